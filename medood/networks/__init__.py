@@ -1,0 +1,7 @@
+"""Networks medood trains or hooks into. Plain ``nn.Module``s, ``spatial_dims`` first."""
+
+from __future__ import annotations
+
+from medood.networks.hooks import FeatureExtractor, find_linear_head
+
+__all__ = ["FeatureExtractor", "find_linear_head"]

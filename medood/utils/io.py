@@ -1,0 +1,84 @@
+"""Atomic file writing: write to a temporary file in the destination folder, then rename.
+
+A crash or a bad input half-way through a run never leaves a truncated output file behind and never
+replaces a good file with a partial one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_text"]
+
+
+def _suffix_of(path: Path) -> str:
+    """Return every extension of ``path`` (``.nii.gz`` stays whole, so writers that sniff it still work)."""
+    return "".join(path.suffixes)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open a temporary file next to ``path`` and move it onto ``path`` when the block ends without error.
+
+    Args:
+        path: final destination.
+        mode: ``"w"`` (text) or ``"wb"`` (binary).
+        encoding: text encoding; ignored in binary mode. Defaults to ``"utf-8"``.
+
+    Yields:
+        The open temporary file.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write supports modes 'w' and 'wb', got {mode!r}")
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding, newline="" if "b" not in mode else None) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path (same folder and extensions as ``path``) for writers that need a file name.
+
+    The temporary file is renamed onto ``path`` when the block ends without error and removed otherwise.
+    Use it with libraries that write by name (``nibabel.save``, ``PIL.Image.save``).
+    """
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{_suffix_of(dest)}", dir=dest.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Atomically write ``text`` to ``path`` and return the path."""
+    with atomic_write(path, "w") as f:
+        f.write(text)
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Atomically write ``data`` to ``path`` and return the path."""
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+    return Path(path)

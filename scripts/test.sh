@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install the dev extras into .venv and run the test suite.
+#   ./scripts/test.sh                 # whole suite
+#   ./scripts/test.sh -m "not slow"   # extra arguments go to pytest
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
+ensure_venv dev
+cd "$ROOT"
+export PYTHONHASHSEED=0 OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+set +e
+"$VENV/bin/python" -m pytest "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  # pytest's "no tests collected" is a failure here: a suite that silently finds nothing must not pass.
+  log "pytest collected no tests (exit 5): treating as failure"
+  exit 1
+fi
+exit "$rc"

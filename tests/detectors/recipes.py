@@ -1,0 +1,35 @@
+"""How the registry-wide contract test builds, fits and probes each detector.
+
+Every registered detector needs a recipe here (the contract test fails otherwise). A recipe builds an
+*unfitted* detector for a spatial dimensionality (the same call must rebuild an identical unfitted instance,
+for the state_dict round trip), fits it on in-distribution toy data, and supplies an ID batch and an
+obviously shifted OOD batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from medood.detectors import OODDetector, get_detector
+from tests.helpers import toy
+
+
+@dataclass
+class Recipe:
+    make: Callable[[int], OODDetector]
+    fit: Callable[[OODDetector, int], None] = field(default=lambda det, sd: det.fit(toy.id_loader(sd)))
+    id_batch: Callable[[int], Tensor] = field(default=lambda sd: toy.blob_images(sd, 12, seed=7)[0])
+    ood_batch: Callable[[int], Tensor] = field(default=lambda sd: toy.ood_images(sd, 12, seed=7))
+
+
+def posthoc(name: str, **kwargs: object) -> Recipe:
+    """A recipe for a post-hoc detector on the trained toy classifier."""
+    return Recipe(make=lambda sd: get_detector(name, model=toy.trained_classifier(sd), **kwargs))
+
+
+RECIPES: dict[str, Recipe] = {
+    "msp": posthoc("msp"),
+}
