@@ -19,6 +19,7 @@ from medood.detectors.calibration import Calibration
 
 # Detector modules (importing one registers it). Keep one line per module, alphabetical.
 from medood.detectors import msp  # noqa: F401, E402  isort: skip
+from medood.detectors import reconstruction  # noqa: F401, E402  isort: skip
 
 __all__ = [
     "Calibration",

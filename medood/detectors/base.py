@@ -39,6 +39,7 @@ __all__ = [
     "NotFittedError",
     "OODDetector",
     "OODOutput",
+    "as_plain_tensor",
     "get_detector",
     "get_detector_class",
     "list_detectors",
@@ -93,6 +94,12 @@ def unpack_batch(
         label = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
         return batch[0], label
     raise TypeError(f"cannot unpack a batch of type {type(batch).__name__}; expected a tensor, dict or tuple")
+
+
+def as_plain_tensor(x: Tensor) -> Tensor:
+    """Drop MONAI ``MetaTensor`` metadata tracking (scoring returns plain tensors)."""
+    as_tensor = getattr(x, "as_tensor", None)
+    return as_tensor() if callable(as_tensor) else x
 
 
 class OODDetector(nn.Module, ABC):
@@ -195,7 +202,7 @@ class OODDetector(nn.Module, ABC):
         with torch.no_grad():
             for batch in loader:
                 x, y = unpack_batch(batch)
-                x = x.to(self.device)
+                x = as_plain_tensor(x).to(self.device)
                 self.partial_fit_features(self.extract_features(x), None if y is None else y.to(self.device))
                 n_batches += 1
         if n_batches == 0 and self.requires_fit:
@@ -235,8 +242,10 @@ class OODDetector(nn.Module, ABC):
         """
         self.check_fitted()
         x, _ = unpack_batch(batch)
+        x = as_plain_tensor(x)
         self._check_input(x)
-        return self.score_features(self.extract_features(x.to(self.device)))
+        with torch.no_grad():
+            return self.score_features(self.extract_features(x.to(self.device)))
 
     def predict_map(self, x: Tensor) -> Tensor:
         """Return the voxel-wise anomaly map ``(B, 1, *spatial)`` (float32) for detectors that make maps.

@@ -98,6 +98,11 @@ class FeatureExtractor:
             raise RuntimeError(f"layers {missing} were not reached in the forward pass")
         return feats
 
+    def pop(self) -> dict[str, Tensor]:
+        """Features captured by the hooks during the last forward pass run by someone else (e.g. an engine)."""
+        feats, self._store = dict(self._store), {}
+        return feats
+
     def remove(self) -> None:
         """Remove every hook."""
         for h in self._handles:

@@ -32,4 +32,8 @@ def posthoc(name: str, **kwargs: object) -> Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "msp": posthoc("msp"),
+    "ae": Recipe(
+        make=lambda sd: get_detector("ae", spatial_dims=sd, channels=(8, 16), strides=(2, 2), epochs=30),
+        ood_batch=lambda sd: toy.artefact_images(sd, 12, seed=7),
+    ),
 }

@@ -1,0 +1,10 @@
+"""Ignite / MONAI handlers: result writers, detector fitting and calibration, metrics."""
+
+from __future__ import annotations
+
+from medood.handlers.detector_fit import CalibrationHandler, DetectorFitHandler, save_detector
+from medood.handlers.metrics import OODAUROC, OODFPR95, BestDice, EngineKeys, OODAUPRIn, OODAUPROut, VoxelAP
+from medood.handlers.writers import OODResultWriter, case_name
+
+__all__ = ["CalibrationHandler", "DetectorFitHandler", "OODResultWriter", "case_name", "save_detector"]
+__all__ += ["OODAUROC", "OODFPR95", "BestDice", "EngineKeys", "OODAUPRIn", "OODAUPROut", "VoxelAP"]

@@ -1,0 +1,188 @@
+"""Handlers that fit and calibrate detectors during an engine pass (no extra pass over the data)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from medood.detectors.base import OODDetector
+from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
+from medood.utils.enums import OODKeys
+from medood.utils.io import atomic_path
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+
+__all__ = ["CalibrationHandler", "DetectorFitHandler", "save_detector"]
+
+logger = logging.getLogger(__name__)
+
+
+def save_detector(detector: nn.Module, path: str | os.PathLike[str], key: str = "model") -> Path:
+    """Atomically save ``{key: detector.state_dict()}`` (loadable with ``torch.load(weights_only=True)``)."""
+    with atomic_path(path) as tmp:
+        torch.save({key: detector.state_dict()}, tmp)
+    return Path(path)
+
+
+def _as_list(x: Any) -> list:
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+class DetectorFitHandler:
+    """Fit post-hoc detectors from the features of the engine's own forward passes, then save them.
+
+    Attach to an evaluator whose network is the host classifier. A forward hook captures the input of the
+    classifier head (the penultimate features) while the engine runs; at each iteration every detector gets
+    ``partial_fit_features({"features", "logits"}, labels)``; at completion ``finalize_fit``. One backbone
+    pass fits them all.
+
+    Args:
+        detectors: the detectors to fit (post-hoc detectors: they consume ``features`` / ``logits``).
+        head: name of the classifier's final linear layer (``None`` = the last ``nn.Linear``).
+        label_key: key of the class labels in the engine output / batch. Defaults to ``"label"``.
+        save_path: optional checkpoint written at completion: ``{"<name>": state_dict, ...}`` for several
+            detectors, or ``{"model": state_dict}`` for one.
+    """
+
+    def __init__(
+        self,
+        detectors: OODDetector | Sequence[OODDetector],
+        head: str | None = None,
+        label_key: str = OODKeys.LABEL.value,
+        save_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.detectors = _as_list(detectors)
+        self.head, self.label_key, self.save_path = head, label_key, save_path
+        self._extractor: FeatureExtractor | None = None
+        self.n_batches = 0
+
+    def attach(self, engine: Engine) -> None:
+        """Hook the engine's network and register the event handlers."""
+        from ignite.engine import Events
+
+        net = getattr(engine.network, "module", engine.network)
+        head_name, _ = find_linear_head(net, self.head)
+        self._extractor = FeatureExtractor(net, {OODKeys.FEATURES.value: f"{head_name}:input"})
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
+        engine.add_event_handler(Events.COMPLETED, self._completed)
+
+    def _started(self, _engine: Engine) -> None:
+        self.n_batches = 0
+        for det in self.detectors:
+            det.reset_fit()
+
+    def _iteration(self, engine: Engine) -> None:
+        assert self._extractor is not None
+        captured = self._extractor.pop()
+        output = engine.state.output
+        logits = _stack(output, "pred")
+        labels = _stack(output, self.label_key)
+        feats = {OODKeys.FEATURES.value: flatten_features(captured[OODKeys.FEATURES.value]).float(),
+                 OODKeys.LOGITS.value: logits.float()}
+        if labels is not None:
+            labels = labels.reshape(labels.shape[0], -1).argmax(1) if labels.ndim > 1 and labels.shape[-1] > 1 else labels.reshape(-1)
+        with torch.no_grad():
+            for det in self.detectors:
+                dev = det.device
+                det.partial_fit_features({k: v.to(dev) for k, v in feats.items()}, None if labels is None else labels.to(dev).long())
+        self.n_batches += 1
+
+    def _completed(self, _engine: Engine) -> None:
+        for det in self.detectors:
+            det.finalize_fit()
+            det._set_fitted()
+        logger.info("fitted %d detector(s) on %d batches", len(self.detectors), self.n_batches)
+        if self.save_path is not None:
+            if len(self.detectors) == 1:
+                save_detector(self.detectors[0], self.save_path)
+            else:
+                with atomic_path(self.save_path) as tmp:
+                    torch.save({d.name or type(d).__name__: d.state_dict() for d in self.detectors}, tmp)
+
+
+def _stack(output: Any, key: str) -> Tensor | None:
+    """Gather ``key`` from a batched output dict or a decollated list of dicts."""
+    if isinstance(output, dict):
+        v = output.get(key)
+        return v if isinstance(v, Tensor) else None
+    items = [o.get(key) for o in output]
+    if any(not isinstance(v, Tensor) for v in items):
+        return None
+    return torch.stack([torch.as_tensor(v) for v in items])
+
+
+class CalibrationHandler:
+    """Record healthy score and map-value quantiles from an evaluator pass into ``detector.calibration``.
+
+    Attach to an :class:`~medood.engines.OODEvaluator` running on **healthy validation data**. It reads the
+    volume score (``ood_score``) and the map (``pred``, after postprocessing, i.e. on the grid maps are written
+    on) of every item; map values are a seeded subsample of the foreground.
+
+    Args:
+        detector: the detector whose calibration is updated.
+        foreground: ``"nonzero"`` (map voxels > 0: detectors that zero the background, e.g. outside the
+            brain), ``"all"``, or a callable ``f(item) -> bool mask``. Defaults to ``"nonzero"``.
+        values_per_case: map values sampled per case. Defaults to 20_000.
+        seed: sampling seed. Defaults to 0.
+        save_path: optional path where the calibrated detector is saved (``{"model": state_dict}``).
+    """
+
+    def __init__(
+        self,
+        detector: OODDetector,
+        foreground: str | Callable[[dict], Tensor] = "nonzero",
+        values_per_case: int = 20_000,
+        seed: int = 0,
+        save_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if isinstance(foreground, str) and foreground not in ("nonzero", "all"):
+            raise ValueError(f"foreground must be 'nonzero', 'all' or a callable, got {foreground!r}")
+        self.detector, self.foreground = detector, foreground
+        self.values_per_case, self.seed, self.save_path = values_per_case, seed, save_path
+        self.scores: list[Tensor] = []
+        self.values: list[Tensor] = []
+
+    def attach(self, engine: Engine) -> None:
+        """Register the event handlers."""
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
+        engine.add_event_handler(Events.COMPLETED, self._completed)
+
+    def _started(self, _engine: Engine) -> None:
+        self.scores, self.values = [], []
+        self._gen = torch.Generator().manual_seed(self.seed)
+
+    def _iteration(self, engine: Engine) -> None:
+        for item in _as_list(engine.state.output):
+            self.scores.append(torch.as_tensor(item[OODKeys.SCORE.value]).detach().float().cpu().reshape(-1))
+            amap = item.get("pred")
+            if not isinstance(amap, Tensor) or amap.ndim < 2:
+                continue
+            m = amap.detach().float().cpu()
+            if self.foreground == "nonzero":
+                v = m[m > 0]
+            elif self.foreground == "all":
+                v = m.reshape(-1)
+            else:
+                v = m[self.foreground(item).cpu().bool().expand_as(m)]
+            if v.numel() > self.values_per_case:
+                v = v[torch.randperm(v.numel(), generator=self._gen)[: self.values_per_case]]
+            self.values.append(v)
+
+    def _completed(self, _engine: Engine) -> None:
+        if not self.scores:
+            raise RuntimeError("CalibrationHandler saw no items: is the validation loader empty?")
+        self.detector.calibration.update(torch.cat(self.scores), torch.cat(self.values) if self.values else None)
+        logger.info("calibrated on %d healthy cases: %s", len(self.scores), self.detector.calibration.to_dict())
+        if self.save_path is not None:
+            save_detector(self.detector, self.save_path)

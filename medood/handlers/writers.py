@@ -1,0 +1,279 @@
+"""Write what a detector found: anomaly-map NIfTI files, thresholded masks, scores and slice scores.
+
+:class:`OODResultWriter` is an Ignite handler for MONAI evaluators (bundle ``val_handlers``). Per case it writes
+
+* ``<case>_anomaly_map.nii.gz``: float32, exactly the input's shape and affine (the map must already be on the
+  input grid, i.e. after MONAI ``Invertd``); 2D images get a single-slice NIfTI that overlays the PNG in 3D
+  Slicer plus ``<case>_anomaly_overlay.png``;
+* ``<case>_anomaly_seg.nii.gz``: uint8 mask ``map >= threshold`` when a threshold is given (taken from healthy
+  validation data: ``detector.threshold(99.0, "map")``), never chosen on the test data;
+
+and at the end of the run ``scores.csv`` (``case,score[,label][,is_ood]``) and ``slice_scores.csv`` (long format
+``case,axis,slice,score``; ``axis`` is the file's voxel axis, slices indexed as a viewer shows them). Every file
+is written atomically (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from torch import Tensor
+
+from medood.inferers.reduce import reduce_map, reduce_slices
+from medood.utils.enums import OODKeys
+from medood.utils.io import atomic_path, atomic_write
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+
+__all__ = ["OODResultWriter", "case_name", "write_map_nifti", "write_scores_csv", "write_slice_scores_csv"]
+
+logger = logging.getLogger(__name__)
+
+_EXT = re.compile(r"(\.nii\.gz|\.nii|\.nrrd|\.mha|\.mhd|\.png|\.jpe?g|\.tiff?|\.bmp|\.dcm|\.npz|\.npy)$", re.IGNORECASE)
+
+
+def case_name(path: str | os.PathLike[str]) -> str:
+    """The case identifier of an input file: its base name without image extensions."""
+    name = Path(os.fspath(path)).name
+    return _EXT.sub("", name) or name
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, Tensor):
+        return x.detach().cpu().float().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def write_map_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike[str], dtype: Any = np.float32) -> Path:
+    """Atomically write a 3D array as NIfTI with ``affine`` (qform and sform codes set to scanner, 1)."""
+    img = nib.Nifti1Image(np.asarray(array, dtype=dtype), np.asarray(affine, dtype=np.float64))
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
+    return Path(path)
+
+
+def write_scores_csv(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]]) -> Path:
+    """Atomically write ``scores.csv``: ``case,score`` plus ``label`` / ``is_ood`` when any row has them."""
+    cols = ["case", "score"] + [c for c in ("label", "is_ood") if any(c in r for r in rows)]
+    with atomic_write(path) as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _fmt(r.get(k, "")) for k in cols})
+    return Path(path)
+
+
+def write_slice_scores_csv(path: str | os.PathLike[str], rows: Sequence[tuple[str, int, int, float]]) -> Path:
+    """Atomically write ``slice_scores.csv`` in long format ``case,axis,slice,score``."""
+    with atomic_write(path) as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["case", "axis", "slice", "score"])
+        for case, axis, idx, score in rows:
+            w.writerow([case, axis, idx, _fmt(score)])
+    return Path(path)
+
+
+def _fmt(v: Any) -> Any:
+    if isinstance(v, float):
+        return f"{v:.7g}"
+    return v
+
+
+class OODResultWriter:
+    """Ignite handler writing maps, masks, ``scores.csv`` and ``slice_scores.csv`` for an OOD evaluator.
+
+    Args:
+        output_dir: where everything goes (created).
+        map_key: engine-output key of the anomaly map, already on the input grid. Defaults to ``"pred"``.
+        score_key: key of the image / volume score. Defaults to ``"ood_score"``.
+        label_key: optional key of a case-level label (1 = OOD / anomalous) copied to ``scores.csv``.
+        threshold: map threshold for ``*_anomaly_seg.nii.gz`` (``None`` = no masks). Take it from healthy data.
+        score_threshold: image-score threshold for the ``is_ood`` column (``None`` = no column).
+        slice_axes: the file's voxel axes for slice scores (``()`` = none). Defaults to ``(-1,)``.
+        slice_reduction: ``"max"``, ``"mean"`` or ``"topk"``. Defaults to ``"topk"``.
+        slice_k: top-k count or fraction per slice. Defaults to 0.01.
+        save_maps: write the map NIfTI files. Defaults to ``True``.
+        window: ``(low, high)`` map values for 2D overlay colours (dataset-level, from healthy data); ``None``
+            uses ``(threshold, 4 * threshold)`` when a threshold is given, else ``(0, max)`` of the map.
+        overwrite: replace existing outputs of the same case; with ``False`` an existing file is an error
+            raised before anything of that case is written. Defaults to ``True``.
+        output_transform: maps ``engine.state.output`` to a list of per-case dicts. Defaults to identity.
+        batch_transform: maps ``engine.state.batch`` to a list of per-case dicts (for labels kept in the
+            batch only). Defaults to identity.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike[str],
+        map_key: str = "pred",
+        score_key: str = OODKeys.SCORE.value,
+        label_key: str | None = None,
+        threshold: float | None = None,
+        score_threshold: float | None = None,
+        slice_axes: Sequence[int] = (-1,),
+        slice_reduction: str = "topk",
+        slice_k: int | float = 0.01,
+        save_maps: bool = True,
+        window: tuple[float, float] | None = None,
+        overwrite: bool = True,
+        output_transform: Callable[[Any], Any] = lambda x: x,
+        batch_transform: Callable[[Any], Any] = lambda x: x,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.map_key, self.score_key, self.label_key = map_key, score_key, label_key
+        self.threshold = None if threshold is None else float(threshold)
+        self.score_threshold = None if score_threshold is None else float(score_threshold)
+        self.slice_axes = tuple(slice_axes)
+        self.slice_reduction, self.slice_k = slice_reduction, slice_k
+        self.save_maps, self.window, self.overwrite = save_maps, window, overwrite
+        self.output_transform, self.batch_transform = output_transform, batch_transform
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the rows collected so far."""
+        self.rows: list[dict[str, Any]] = []
+        self.slice_rows: list[tuple[str, int, int, float]] = []
+        self._seen: dict[str, str] = {}
+
+    def attach(self, engine: Engine) -> None:
+        """Attach to an Ignite engine."""
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, lambda _e: self.reset())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, lambda _e: self.finalize())
+
+    def __call__(self, engine: Engine) -> None:
+        """Write the outputs of the current iteration."""
+        outputs = self.output_transform(engine.state.output)
+        batches = self.batch_transform(engine.state.batch)
+        if isinstance(outputs, dict):
+            outputs = [outputs]
+        if isinstance(batches, dict):
+            batches = [batches]
+        for i, item in enumerate(outputs):
+            extra = batches[i] if isinstance(batches, list) and i < len(batches) else {}
+            self.write_case(item, extra)
+
+    # ------------------------------------------------------------------ per case
+    def _unique_case(self, source: str) -> str:
+        name = case_name(source)
+        if name in self._seen and self._seen[name] != source:
+            parent = Path(source).parent.name
+            name = f"{parent}_{name}" if parent else f"{name}_{len(self._seen)}"
+            logger.warning("two inputs share the case name of %s; writing it as %r", source, name)
+        self._seen[name] = source
+        return name
+
+    def write_case(self, item: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
+        """Write one case's files and collect its rows; returns the case name."""
+        amap = item[self.map_key]
+        meta = getattr(amap, "meta", {}) or {}
+        source = str(meta.get("filename_or_obj", f"case_{len(self.rows):04d}"))
+        case = self._unique_case(source)
+        arr = _to_numpy(amap)
+        if arr.ndim >= 3 and arr.shape[0] == 1:
+            arr = arr[0]
+        arr = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        targets = self._targets(case, arr.ndim)
+        if not self.overwrite:
+            existing = [str(p) for p in targets if p.exists()]
+            if existing:
+                raise FileExistsError(f"{existing[0]} exists and overwrite=False; nothing of case {case!r} was written")
+        if arr.ndim == 3:
+            self._write_3d(case, arr, meta)
+        elif arr.ndim == 2:
+            self._write_2d(case, arr, meta)
+        else:
+            raise ValueError(f"{source}: anomaly map has {arr.ndim} spatial dims after squeezing; expected 2 or 3")
+        self._collect_scores(case, item, extra or {}, arr)
+        return case
+
+    def _targets(self, case: str, ndim: int) -> list[Path]:
+        out = [self.output_dir / f"{case}_anomaly_map.nii.gz"] if self.save_maps else []
+        if self.threshold is not None:
+            out.append(self.output_dir / f"{case}_anomaly_seg.nii.gz")
+        if ndim == 2:
+            out.append(self.output_dir / f"{case}_anomaly_overlay.png")
+        return out
+
+    def _write_3d(self, case: str, arr: np.ndarray, meta: dict[str, Any]) -> None:
+        affine = meta.get("affine", meta.get("original_affine"))
+        if affine is None:
+            raise ValueError(f"case {case}: the anomaly map has no affine in its metadata; invert the preprocessing first")
+        affine = _to_numpy(affine).astype(np.float64)
+        shape = meta.get("spatial_shape")
+        if shape is not None and tuple(int(s) for s in _to_numpy(shape).tolist()) != arr.shape:
+            raise ValueError(
+                f"case {case}: map shape {arr.shape} differs from the input's {tuple(_to_numpy(shape).tolist())}; "
+                "add Invertd to the postprocessing so maps are written on the input grid"
+            )
+        if self.save_maps:
+            write_map_nifti(arr, affine, self.output_dir / f"{case}_anomaly_map.nii.gz")
+        if self.threshold is not None:
+            write_map_nifti(arr >= self.threshold, affine, self.output_dir / f"{case}_anomaly_seg.nii.gz", np.uint8)
+
+    def _write_2d(self, case: str, arr: np.ndarray, meta: dict[str, Any]) -> None:
+        from medood.data.image2d import read_image_2d, write_map_nifti_2d, write_overlay_png
+
+        if self.save_maps:
+            write_map_nifti_2d(arr, self.output_dir / f"{case}_anomaly_map.nii.gz")
+        if self.threshold is not None:
+            write_map_nifti_2d(
+                (arr >= self.threshold).astype(np.uint8), self.output_dir / f"{case}_anomaly_seg.nii.gz"
+            )
+        source = meta.get("filename_or_obj")
+        image = _to_numpy(read_image_2d(source)) if source and Path(str(source)).is_file() else np.zeros_like(arr)
+        if image.shape[-2:] != arr.shape:
+            raise ValueError(f"{source}: image {image.shape[-2:]} and map {arr.shape} differ; invert the preprocessing")
+        write_overlay_png(image, arr, self._window(arr), self.output_dir / f"{case}_anomaly_overlay.png")
+
+    def _window(self, arr: np.ndarray) -> tuple[float, float]:
+        if self.window is not None:
+            return float(self.window[0]), float(self.window[1])
+        if self.threshold is not None:
+            return self.threshold, 4.0 * self.threshold if self.threshold > 0 else self.threshold + 1.0
+        return 0.0, float(max(arr.max(), 1e-12))
+
+    def _collect_scores(self, case: str, item: dict[str, Any], extra: dict[str, Any], arr: np.ndarray) -> None:
+        score_val = item.get(self.score_key)
+        if score_val is None:
+            score = float(reduce_map(torch.from_numpy(arr)[None, None], "max").item())
+        else:
+            score = float(_to_numpy(score_val).reshape(-1)[0])
+        row: dict[str, Any] = {"case": case, "score": score}
+        if self.label_key is not None:
+            lab = item.get(self.label_key, extra.get(self.label_key))
+            if lab is not None:
+                row["label"] = int(np.asarray(_to_numpy(lab)).reshape(-1)[0])
+        if self.score_threshold is not None:
+            row["is_ood"] = int(score > self.score_threshold)
+        self.rows.append(row)
+        if arr.ndim >= 2 and self.slice_axes:
+            t = torch.from_numpy(arr)[None, None]
+            for ax in self.slice_axes:
+                axis = ax % arr.ndim
+                values = reduce_slices(t, axis, self.slice_reduction, self.slice_k)[0].tolist()
+                self.slice_rows.extend((case, axis, i, float(v)) for i, v in enumerate(values))
+
+    def finalize(self) -> None:
+        """Write ``scores.csv`` and ``slice_scores.csv`` (atomically, replacing this run's previous ones)."""
+        if not self.rows:
+            logger.warning("OODResultWriter: no case was scored; no CSV written")
+            return
+        write_scores_csv(self.output_dir / "scores.csv", self.rows)
+        if self.slice_rows:
+            write_slice_scores_csv(self.output_dir / "slice_scores.csv", self.slice_rows)
+        logger.info("wrote %d cases to %s", len(self.rows), self.output_dir)
