@@ -1,0 +1,187 @@
+"""Shared helpers for the readers: path checks, format sniffing from magic bytes, MONAI reader → MetaTensor.
+
+These are internal; the public readers live in :mod:`medood.data.readers`, :mod:`medood.data.dicom`,
+:mod:`medood.data.image2d`, :mod:`medood.data.medmnist`, :mod:`medood.data.folders` and
+:mod:`medood.data.datalist`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import ImageReader, MetaTensor
+from monai.transforms import EnsureChannelFirst
+from monai.transforms.io.array import switch_endianness
+
+from medood.data.errors import DataError
+
+__all__ = ["describe_format", "read_with_monai", "require_dir", "require_file", "sniff_format"]
+
+PathLike = str | os.PathLike[str]
+
+# (signature, offset, format name); checked in order.
+_SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", 0, "png"),
+    (b"\xff\xd8\xff", 0, "jpeg"),
+    (b"II*\x00", 0, "tiff"),
+    (b"MM\x00*", 0, "tiff"),
+    (b"GIF8", 0, "gif"),
+    (b"\x1f\x8b", 0, "gzip"),
+    (b"PK\x03\x04", 0, "zip"),
+    (b"\x93NUMPY", 0, "npy"),
+    (b"DICM", 128, "dicom"),
+    (b"n+1\x00", 344, "nifti1"),
+    (b"ni1\x00", 344, "analyze-pair"),
+    (b"n+2\x00\r\n\x1a\n", 4, "nifti2"),
+    (b"BM", 0, "bmp"),
+)
+
+_DESCRIPTIONS = {
+    "png": "a PNG image",
+    "jpeg": "a JPEG image",
+    "tiff": "a TIFF image",
+    "gif": "a GIF image",
+    "bmp": "a BMP image",
+    "gzip": "a gzip-compressed file",
+    "zip": "a ZIP archive (e.g. a .npz file)",
+    "npy": "a NumPy .npy array",
+    "dicom": "a DICOM file",
+    "nifti1": "a NIfTI-1 file",
+    "nifti2": "a NIfTI-2 file",
+    "analyze-pair": "a NIfTI/Analyze .hdr header (needs its .img file)",
+    "empty": "an empty (0-byte) file",
+    "unknown": "no known format",
+}
+
+
+def require_file(path: PathLike) -> Path:
+    """Return ``path`` as a :class:`Path` if it is an existing, non-empty regular file.
+
+    Raises:
+        DataError: the path does not exist, is a folder, or is a 0-byte file.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(p, "does not exist", "check the path and the current working directory")
+    if p.is_dir():
+        if not any(p.iterdir()):
+            raise DataError(p, "is an empty folder, expected a file")
+        raise DataError(p, "is a folder, expected a file")
+    if p.stat().st_size == 0:
+        raise DataError(p, "is an empty (0-byte) file", "the download or copy probably failed")
+    return p
+
+
+def require_dir(path: PathLike, what: str = "folder") -> Path:
+    """Return ``path`` as a :class:`Path` if it is an existing, non-empty folder.
+
+    Args:
+        path: the folder.
+        what: how to call the folder in the error message. Defaults to ``"folder"``.
+
+    Raises:
+        DataError: the path does not exist, is not a folder, or is empty.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(p, "does not exist", "check the path and the current working directory")
+    if not p.is_dir():
+        raise DataError(p, f"is a file, expected a {what}")
+    if not any(p.iterdir()):
+        raise DataError(p, f"is an empty {what}")
+    return p
+
+
+def _match_signature(head: bytes) -> str:
+    for sig, offset, name in _SIGNATURES:
+        if head[offset : offset + len(sig)] == sig:
+            return name
+    return "unknown"
+
+
+def sniff_format(path: PathLike) -> str:
+    """Guess a file's format from its magic bytes (never from its name).
+
+    Gzip files are looked into: a gzip-compressed NIfTI gives ``"nifti1.gz"`` / ``"nifti2.gz"``, any other
+    gzip content ``"gzip"``, and a gzip stream that ends before 352 bytes ``"gzip-truncated"``.
+
+    Args:
+        path: an existing file.
+
+    Returns:
+        One of ``png, jpeg, tiff, gif, bmp, zip, npy, dicom, nifti1, nifti2, analyze-pair, nifti1.gz,
+        nifti2.gz, gzip, gzip-truncated, gzip-corrupt, empty, unknown``.
+    """
+    with open(path, "rb") as f:
+        head = f.read(352)
+    if not head:
+        return "empty"
+    kind = _match_signature(head)
+    if kind != "gzip":
+        return kind
+    try:
+        with gzip.open(path, "rb") as g:
+            inner = g.read(352)
+    except EOFError:
+        return "gzip-truncated"
+    except (OSError, zlib.error):
+        return "gzip-corrupt"
+    inner_kind = _match_signature(inner)
+    if inner_kind in ("nifti1", "nifti2"):
+        return f"{inner_kind}.gz"
+    if len(inner) < 352 and inner_kind == "unknown":
+        return "gzip-truncated"
+    return "gzip"
+
+
+def describe_format(kind: str) -> str:
+    """Return a human phrase for a :func:`sniff_format` result (``"png"`` → ``"a PNG image"``)."""
+    if kind.endswith(".gz"):
+        return f"a gzip-compressed {_DESCRIPTIONS[kind[:-3]][2:]}"
+    return _DESCRIPTIONS.get(kind, kind)
+
+
+def _simplify_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    return switch_endianness(meta, "<")  # type: ignore[no-any-return]
+
+
+def read_with_monai(
+    reader: ImageReader, path: PathLike, dtype: np.dtype | type | None = np.float32, channel_first: bool = True
+) -> MetaTensor:
+    """Read one file with a MONAI reader, exactly as :class:`monai.transforms.LoadImage` would.
+
+    Unlike ``LoadImage(reader=...)`` this never falls back to other readers and never swallows the
+    reader's exception, so the callers can turn it into a precise :class:`DataError`.
+
+    Args:
+        reader: a MONAI image reader instance.
+        path: the file (or, for DICOM readers, folder or list of files).
+        dtype: output dtype; ``None`` keeps the file's dtype. Defaults to ``np.float32``.
+        channel_first: move the channel dimension first (adds one if absent). Defaults to ``True``.
+
+    Returns:
+        A MetaTensor with the reader's meta data and ``filename_or_obj`` set.
+    """
+    img = reader.read(path)
+    try:
+        array, meta = reader.get_data(img)
+    finally:
+        closer = getattr(img, "close", None)
+        if callable(closer):
+            closer()
+    if dtype is not None:
+        array = np.asarray(array).astype(dtype, copy=False)
+    meta = _simplify_meta(meta)
+    meta["filename_or_obj"] = os.fspath(path) if not isinstance(path, (list, tuple)) else os.fspath(path[0])
+    out = MetaTensor.ensure_torch_and_prune_meta(array, meta)
+    if not isinstance(out, MetaTensor):  # set_track_meta(False) was used by the caller
+        out = MetaTensor(torch.as_tensor(out), meta=meta)
+    if channel_first:
+        out = EnsureChannelFirst()(out, meta_dict=meta)
+    return out  # type: ignore[return-value]

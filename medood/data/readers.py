@@ -1,0 +1,289 @@
+"""NIfTI volumes: validated loading into MONAI MetaTensors, and splitting 4D multi-sequence files.
+
+Every failure becomes a :class:`~medood.data.errors.DataError` that names the file and the problem:
+missing path, empty folder, 0-byte file, wrong magic bytes (a PNG or random bytes renamed ``.nii.gz``),
+truncated gzip stream, header/data size mismatch, NaN/Inf voxels, constant volumes, and a 4D or 2D file
+where a 3D volume is expected.
+
+Constant volumes (all zero, or any single value) are an **error by default**: they carry no image content,
+they usually come from a failed export or conversion, and intensity normalisation divides by their zero
+standard deviation. Pass ``allow_constant=True`` to load them anyway (a warning is logged), e.g. to let a
+detector score them as out-of-distribution.
+
+Arrays are channel-first ``(C, X, Y, Z)`` with the NIfTI affine (RAS) in ``meta["affine"]``, exactly as
+``monai.transforms.LoadImage(reader=NibabelReader(), ensure_channel_first=True)`` gives them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor, NibabelReader
+
+from medood.data._files import PathLike, describe_format, read_with_monai, require_file, sniff_format
+from medood.data.errors import DataError
+from medood.utils.io import atomic_path
+
+__all__ = ["check_volume", "load_volume", "save_split_4d", "split_4d"]
+
+logger = logging.getLogger(__name__)
+
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def _nifti_suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return suffix
+    return ""
+
+
+def _check_nifti_bytes(path: Path) -> None:
+    """Check the extension and the magic bytes before nibabel sees the file."""
+    suffix = _nifti_suffix(path)
+    if not suffix:
+        raise DataError(
+            path,
+            f"unsupported extension {''.join(path.suffixes) or '(none)'!r}, expected .nii or .nii.gz",
+            "read DICOM folders with medood.data.load_dicom_series and PNG/JPG/TIFF with medood.data.read_image_2d",
+        )
+    kind = sniff_format(path)
+    if kind == "gzip-truncated":
+        raise DataError(path, "truncated gzip stream: the file ends before the NIfTI header is complete")
+    if kind == "gzip-corrupt":
+        raise DataError(path, "corrupt gzip stream: not a valid gzip file", "re-download or re-export the file")
+    if suffix == ".nii.gz" and kind in ("nifti1", "nifti2"):
+        raise DataError(path, "is named .nii.gz but is not gzip-compressed", "rename it to .nii")
+    if suffix == ".nii" and kind.endswith(".gz"):
+        raise DataError(path, "is gzip-compressed but named .nii", "rename it to .nii.gz")
+    if kind not in ("nifti1", "nifti2", "nifti1.gz", "nifti2.gz"):
+        looks = "unrecognised content" if kind == "unknown" else f"the content looks like {describe_format(kind)}"
+        raise DataError(path, f"wrong magic bytes: not a NIfTI file ({looks})")
+
+
+def _open_header(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
+    """Open the file lazily with nibabel and check that the data block is as large as the header says."""
+    try:
+        img = nib.load(path)
+    except Exception as e:  # nibabel raises ImageFileError, HeaderDataError, ValueError, OSError ...
+        raise DataError(path, f"invalid NIfTI header: {e}") from e
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise DataError(path, f"is read by nibabel as {type(img).__name__}, not as NIfTI")
+    shape = tuple(int(s) for s in img.shape)
+    if not shape or min(shape) <= 0:
+        raise DataError(path, f"has an empty data shape {shape}")
+    if _nifti_suffix(path) == ".nii":
+        header = img.header
+        nbytes = int(np.prod(shape)) * header.get_data_dtype().itemsize
+        offset = int(getattr(img.dataobj, "offset", 0) or header.get_data_offset())
+        available = path.stat().st_size - offset
+        if available < nbytes:
+            raise DataError(
+                path,
+                f"header/data size mismatch: the header says {_shape_str(shape)} {header.get_data_dtype()} "
+                f"({nbytes} bytes from offset {offset}) but the file holds only {max(available, 0)} bytes of data",
+                "the file is truncated or the header is wrong",
+            )
+    return img
+
+
+def _shape_str(shape: Sequence[int]) -> str:
+    return "×".join(str(s) for s in shape)
+
+
+def _read_data(path: Path, squeeze: bool) -> MetaTensor:
+    """Read the voxels through MONAI's ``NibabelReader``, turning decoder errors into DataErrors."""
+    reader = NibabelReader(squeeze_non_spatial_dims=squeeze)
+    try:
+        return read_with_monai(reader, path)
+    except EOFError as e:
+        raise DataError(path, "truncated gzip stream: the compressed data ends early", "re-download the file") from e
+    except OSError as e:
+        msg = str(e)
+        match = re.search(r"Expected (\d+) bytes, got (\d+) bytes", msg)
+        if match:
+            raise DataError(
+                path,
+                f"header/data size mismatch: the header needs {match.group(1)} bytes of voxel data but the file "
+                f"holds {match.group(2)}",
+                "the file is truncated or the header is wrong",
+            ) from e
+        raise DataError(path, f"cannot read the voxel data: {msg.splitlines()[0]}") from e
+    except Exception as e:  # zlib.error, ValueError from odd dtypes, ...
+        raise DataError(path, f"cannot read the voxel data: {type(e).__name__}: {e}") from e
+
+
+def check_volume(
+    img: torch.Tensor | np.ndarray,
+    path: PathLike,
+    allow_nonfinite: bool = False,
+    allow_constant: bool = False,
+) -> None:
+    """Check loaded voxels: no NaN/Inf, not constant.
+
+    Args:
+        img: the loaded array (any shape).
+        path: the file it came from (for the error message).
+        allow_nonfinite: accept NaN/Inf voxels (only a warning is logged). Defaults to ``False``.
+        allow_constant: accept a constant volume (only a warning is logged). Defaults to ``False``.
+
+    Raises:
+        DataError: NaN/Inf voxels (the message gives how many of each), or a constant volume.
+    """
+    t = torch.as_tensor(img)
+    if t.is_floating_point():
+        n_nan = int(torch.isnan(t).sum())
+        n_inf = int(torch.isinf(t).sum())
+        if n_nan or n_inf:
+            problem = f"contains {n_nan} NaN and {n_inf} Inf voxels (of {t.numel()})"
+            if not allow_nonfinite:
+                raise DataError(path, problem, "fix the file or pass allow_nonfinite=True")
+            logger.warning("%s: %s", path, problem)
+            t = t[torch.isfinite(t)]
+    if t.numel() == 0:
+        return
+    lo, hi = float(t.min()), float(t.max())
+    if lo == hi:
+        problem = "is all zero" if lo == 0 else f"is constant (every voxel is {lo:g})"
+        if not allow_constant:
+            raise DataError(path, problem + ": no image content", "pass allow_constant=True to load it anyway")
+        logger.warning("%s: %s", path, problem)
+
+
+def _check_dims(path: Path, channels: int, spatial: tuple[int, ...], expect_3d: bool) -> None:
+    """Check the channel count and spatial shape of a channel-first volume (singleton extra dims squeezed)."""
+    if not expect_3d:
+        if len(spatial) not in (2, 3):
+            raise DataError(path, f"has {len(spatial)} spatial dimensions {_shape_str(spatial)}, expected 2 or 3")
+        return
+    if channels > 1:
+        raise DataError(
+            path,
+            f"is 4D with {channels} volumes of {_shape_str(spatial)}, expected a single 3D volume",
+            "split it with medood.data.split_4d(path, channel_names=[...]) or load all volumes as channels with "
+            "load_volume(path, expect_3d=False)",
+        )
+    if len(spatial) in (2, 3) and sum(s > 1 for s in spatial) < 3:
+        raise DataError(path, f"is 2D ({_shape_str(spatial)}, a single slice), expected a 3D volume")
+    if len(spatial) != 3:
+        raise DataError(path, f"has {len(spatial)} spatial dimensions {_shape_str(spatial)}, expected 3")
+
+
+def load_volume(
+    path: PathLike,
+    expect_3d: bool = True,
+    allow_nonfinite: bool = False,
+    allow_constant: bool = False,
+) -> MetaTensor:
+    """Load and validate a NIfTI file (``.nii`` or ``.nii.gz``) as a channel-first MONAI MetaTensor.
+
+    Args:
+        path: the NIfTI file.
+        expect_3d: require a single 3D volume, i.e. output shape ``(1, X, Y, Z)`` with ``Z > 1``. A 4D file whose
+            4th dimension is 1 counts as 3D. With ``False``, 2D images give ``(1, X, Y)`` and 4D files
+            ``(N, X, Y, Z)`` (the volumes become channels). Defaults to ``True``.
+        allow_nonfinite: accept NaN/Inf voxels with a warning instead of an error. Defaults to ``False``.
+        allow_constant: accept a constant (e.g. all-zero) volume with a warning instead of an error.
+            Defaults to ``False``.
+
+    Returns:
+        A float32 MetaTensor ``(C, *spatial)`` whose ``meta`` holds ``affine`` (RAS), ``original_affine``,
+        ``spatial_shape`` and ``filename_or_obj``.
+
+    Raises:
+        DataError: missing path, folder, 0-byte file, wrong extension or magic bytes, truncated gzip,
+            header/data size mismatch, NaN/Inf voxels, constant volume, or wrong dimensionality.
+    """
+    p = require_file(path)
+    _check_nifti_bytes(p)
+    header_img = _open_header(p)
+    shape = tuple(int(s) for s in header_img.shape)
+    if expect_3d and len(shape) >= 4:  # fail before reading all the voxels
+        _check_dims(p, int(np.prod(shape[3:])), shape[:3], expect_3d=True)
+    img = _read_data(p, squeeze=True)
+    _check_dims(p, int(img.shape[0]), tuple(int(s) for s in img.shape[1:]), expect_3d)
+    check_volume(img, p, allow_nonfinite=allow_nonfinite, allow_constant=allow_constant)
+    return img
+
+
+def _names_from_header(path: Path, n: int) -> list[str] | None:
+    """Channel names stored in the NIfTI ``intent_name`` or ``descrip`` field, if they list exactly ``n`` names."""
+    header: Any = cast(Any, nib.load(path)).header
+    for field in ("intent_name", "descrip"):
+        try:
+            raw = header[field]
+        except (KeyError, ValueError):
+            continue
+        text = bytes(np.asarray(raw).tobytes()).split(b"\x00")[0].decode("latin-1").strip()
+        tokens = [t for t in re.split(r"[,;|/\s]+", text) if t]
+        if len(tokens) == n and len(set(tokens)) == n:
+            return tokens
+    return None
+
+
+def split_4d(path: PathLike, channel_names: Sequence[str] | None = None) -> dict[str, MetaTensor]:
+    """Split a 4D multi-sequence NIfTI (e.g. BraTS T1/T1ce/T2/FLAIR in one file) into named 3D volumes.
+
+    Channel names come from ``channel_names`` if given; otherwise from the NIfTI ``intent_name`` or ``descrip``
+    field when it lists exactly one name per volume, separated by commas, semicolons, slashes, bars or spaces
+    (e.g. ``"T1,T1ce,T2,FLAIR"``); otherwise they are ``ch0, ch1, ...``. A 3D file (or 4D with one volume)
+    gives one channel.
+
+    Args:
+        path: the NIfTI file.
+        channel_names: one name per volume, in file order. Defaults to ``None`` (from the header, else ``ch<i>``).
+
+    Returns:
+        ``{name: MetaTensor (1, X, Y, Z)}`` in file order, each with the file's affine.
+
+    Raises:
+        DataError: everything :func:`load_volume` rejects, a file that is not 3D/4D, or a wrong number of names.
+    """
+    p = Path(path)
+    vol = load_volume(p, expect_3d=False)
+    if vol.ndim != 4 or vol.shape[-1] == 1:
+        raise DataError(p, f"cannot be split into 3D volumes: its shape is {_shape_str(vol.shape[1:])}")
+    n = int(vol.shape[0])
+    if channel_names is not None:
+        names = [str(c) for c in channel_names]
+        if len(names) != n:
+            raise DataError(p, f"has {n} volumes but {len(names)} channel names were given: {names}")
+        if len(set(names)) != n:
+            raise ValueError(f"channel_names must be unique, got {names}")
+    else:
+        names = _names_from_header(p, n) or [f"ch{i}" for i in range(n)]
+    return {name: cast(MetaTensor, vol[i : i + 1]) for i, name in enumerate(names)}
+
+
+def save_split_4d(path: PathLike, out_dir: PathLike, channel_names: Sequence[str] | None = None) -> dict[str, Path]:
+    """Split a 4D NIfTI with :func:`split_4d` and write one ``<stem>_<name>.nii.gz`` file per volume.
+
+    Args:
+        path: the 4D NIfTI file.
+        out_dir: output folder (created if needed). Files are written atomically.
+        channel_names: as in :func:`split_4d`. Defaults to ``None``.
+
+    Returns:
+        ``{name: written path}``.
+    """
+    p = Path(path)
+    stem = re.sub(r"\.nii(\.gz)?$", "", p.name, flags=re.IGNORECASE)
+    written: dict[str, Path] = {}
+    for name, vol in split_4d(p, channel_names).items():
+        dest = Path(out_dir) / f"{stem}_{name}.nii.gz"
+        affine = np.asarray(vol.affine, dtype=np.float64)
+        out = nib.Nifti1Image(vol[0].numpy().astype(np.float32), affine)
+        out.header.set_qform(affine, code=1)
+        out.header.set_sform(affine, code=1)
+        with atomic_path(dest) as tmp:
+            nib.save(out, tmp)
+        written[name] = dest
+    return written
