@@ -2,6 +2,84 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from medood.data.errors import DataError
 
-__all__ = ["DataError"]
+__all__ = [
+    "DataError",
+    "Image2DReader",
+    "LoadDicomSeriesd",
+    "LoadImage2D",
+    "LoadImage2Dd",
+    "LoadVolume",
+    "LoadVolumed",
+    "MedMNISTDataset",
+    "ValidateImage",
+    "ValidateImaged",
+    "bids_datalist",
+    "check_volume",
+    "class_folder_datalist",
+    "decathlon_datalist",
+    "find_dicom_series",
+    "ham10000_datalist",
+    "isic2019_datalist",
+    "load_dicom_series",
+    "load_volume",
+    "nifti_datalist",
+    "read_image_2d",
+    "read_map_nifti_2d",
+    "save_split_4d",
+    "split_4d",
+    "write_map_nifti_2d",
+    "write_overlay_png",
+    "write_png",
+]
+
+# Readers are exported lazily (PEP 562): importing them pulls in monai.data, SimpleITK and pydicom, and
+# ``from medood.data.errors import DataError`` must stay cheap.
+_LAZY = {
+    "load_volume": "readers", "split_4d": "readers", "save_split_4d": "readers", "check_volume": "readers",
+    "find_dicom_series": "dicom", "load_dicom_series": "dicom",
+    "read_image_2d": "image2d", "write_png": "image2d", "write_overlay_png": "image2d",
+    "write_map_nifti_2d": "image2d", "read_map_nifti_2d": "image2d", "Image2DReader": "image2d",
+    "MedMNISTDataset": "medmnist",
+    "class_folder_datalist": "folders", "isic2019_datalist": "folders", "ham10000_datalist": "folders",
+    "bids_datalist": "datalist", "decathlon_datalist": "datalist", "nifti_datalist": "datalist",
+    "LoadVolume": "transforms", "LoadVolumed": "transforms", "LoadImage2D": "transforms",
+    "LoadImage2Dd": "transforms", "LoadDicomSeriesd": "transforms", "ValidateImage": "transforms",
+    "ValidateImaged": "transforms",
+}  # fmt: skip
+
+if TYPE_CHECKING:
+    from medood.data.datalist import bids_datalist, decathlon_datalist, nifti_datalist
+    from medood.data.dicom import find_dicom_series, load_dicom_series
+    from medood.data.folders import class_folder_datalist, ham10000_datalist, isic2019_datalist
+    from medood.data.image2d import (
+        Image2DReader,
+        read_image_2d,
+        read_map_nifti_2d,
+        write_map_nifti_2d,
+        write_overlay_png,
+        write_png,
+    )
+    from medood.data.medmnist import MedMNISTDataset
+    from medood.data.readers import check_volume, load_volume, save_split_4d, split_4d
+    from medood.data.transforms import (
+        LoadDicomSeriesd,
+        LoadImage2D,
+        LoadImage2Dd,
+        LoadVolume,
+        LoadVolumed,
+        ValidateImage,
+        ValidateImaged,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    """Import the reader modules on first use of one of their names."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"medood.data.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'medood.data' has no attribute {name!r}")

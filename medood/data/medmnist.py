@@ -1,0 +1,200 @@
+"""MedMNIST ``.npz`` files (PathMNIST, DermaMNIST, ..., any size incl. ``_224``) without the medmnist package.
+
+File layout (as written by medmnist): keys ``train_images, train_labels, val_images, val_labels, test_images,
+test_labels``; images ``uint8`` ``(N, H, W)`` (grey) or ``(N, H, W, 3)`` (RGB); labels ``(N, 1)`` (one class
+index) or ``(N, k)`` (multi-label, e.g. ChestMNIST).
+
+Memory: ``np.load(path, mmap_mode="r")`` cannot memory-map members of an ``.npz`` (ZIP) archive, so
+:class:`MedMNISTDataset` reads the ZIP directory itself:
+
+- a member stored **uncompressed** (``np.savez``) is memory-mapped in place (``np.memmap`` at the member's data
+  offset): nothing is read until an item is requested;
+- a **compressed** member (``np.savez_compressed``, which the official files use) cannot be mapped. With
+  ``cache_dir`` set, it is decompressed once to ``<cache_dir>/<file stem>_<split>_images.npy`` and that file is
+  memory-mapped (later runs reuse it); without ``cache_dir`` the split's images are decompressed into memory
+  once, when the dataset is created (a 224×224 RGB train split of 90k images needs ~13.5 GB: use ``cache_dir``).
+
+Labels are always loaded into memory (they are small). Headers are checked before any image data is read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import struct
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from medood.data._files import PathLike, require_file
+from medood.data.errors import DataError
+from medood.utils.io import atomic_path
+
+__all__ = ["MEDMNIST_SPLITS", "MedMNISTDataset", "read_npz_header"]
+
+logger = logging.getLogger(__name__)
+
+MEDMNIST_SPLITS = ("train", "val", "test")
+
+
+def read_npz_header(zf: zipfile.ZipFile, key: str) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+    """Read the ``.npy`` header of one ``.npz`` member without reading its data.
+
+    Args:
+        zf: the open archive.
+        key: the array name (without ``.npy``).
+
+    Returns:
+        ``(shape, dtype, fortran_order, header_length_in_bytes)``.
+    """
+    with zf.open(f"{key}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        return tuple(int(s) for s in shape), np.dtype(dtype), bool(fortran), int(f.tell())
+
+
+def _member_data_offset(path: Path, info: zipfile.ZipInfo) -> int:
+    """Byte offset of a stored member's data in the archive (after the ZIP local file header)."""
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+    if local[:4] != b"PK\x03\x04":
+        raise DataError(path, f"corrupt ZIP local header for member {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    return info.header_offset + 30 + name_len + extra_len
+
+
+class MedMNISTDataset(Dataset):
+    """One split of a MedMNIST ``.npz`` file as a map-style dataset of dictionaries.
+
+    Items are ``{"image": float32 tensor (C, H, W) in [0, 1], "label": int (single label) or float32 tensor (k,)
+    (multi-label), "case": "<file stem>_<split>_<index>"}``; ``transform`` (e.g. a MONAI ``Compose`` of
+    dictionary transforms) is applied to that dictionary. See the module docstring for how images are
+    memory-mapped or loaded.
+
+    Args:
+        path: the ``.npz`` file.
+        split: ``"train"``, ``"val"`` or ``"test"``. Defaults to ``"train"``.
+        transform: callable applied to each item dictionary. Defaults to ``None``.
+        cache_dir: folder where compressed image arrays are decompressed once to ``.npy`` files that can be
+            memory-mapped. Defaults to ``None`` (decompress into memory).
+
+    Raises:
+        DataError: the file is missing or not an ``.npz``, the split is unknown, a key is missing (the message
+            lists the keys present), images and labels differ in count, or an array has a wrong dtype or ndim.
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        split: str = "train",
+        transform: Callable[[dict[str, Any]], Any] | None = None,
+        cache_dir: PathLike | None = None,
+    ) -> None:
+        self.path = require_file(path)
+        self.split = split
+        self.transform = transform
+        self.stem = self.path.name.removesuffix(".npz")
+        try:
+            zf = zipfile.ZipFile(self.path)
+        except zipfile.BadZipFile as e:
+            raise DataError(self.path, "is not a valid .npz file (not a ZIP archive)") from e
+        with zf:
+            keys = sorted(n.removesuffix(".npy") for n in zf.namelist())
+            if split not in MEDMNIST_SPLITS:
+                present = sorted({k.rsplit("_", 1)[0] for k in keys if k.endswith(("_images", "_labels"))})
+                raise DataError(
+                    self.path,
+                    f"unknown split {split!r}: use one of {list(MEDMNIST_SPLITS)}",
+                    f"splits in this file: {present}",
+                )
+            for key in (f"{split}_images", f"{split}_labels"):
+                if key not in keys:
+                    raise DataError(self.path, f"has no key {key!r}", f"keys present: {keys}")
+            img_shape = self._check_headers(zf)
+            self.labels = self._load_labels(zf)
+            self.images = self._open_images(zf, img_shape, cache_dir)
+
+    def _check_headers(self, zf: zipfile.ZipFile) -> tuple[int, ...]:
+        ikey, lkey = f"{self.split}_images", f"{self.split}_labels"
+        ishape, idtype, _, _ = read_npz_header(zf, ikey)
+        lshape, ldtype, _, _ = read_npz_header(zf, lkey)
+        if idtype != np.uint8:
+            raise DataError(self.path, f"{ikey} has dtype {idtype}, expected uint8")
+        if not (len(ishape) == 3 or (len(ishape) == 4 and ishape[-1] in (1, 3))):
+            raise DataError(self.path, f"{ikey} has shape {ishape}, expected (N, H, W) or (N, H, W, 3)")
+        if len(lshape) not in (1, 2) or not (np.issubdtype(ldtype, np.integer) or ldtype == np.bool_):
+            raise DataError(self.path, f"{lkey} has shape {lshape} and dtype {ldtype}, expected integer (N, k)")
+        if ishape[0] != lshape[0]:
+            raise DataError(self.path, f"{ikey} holds {ishape[0]} images but {lkey} holds {lshape[0]} labels")
+        return ishape
+
+    def _load_labels(self, zf: zipfile.ZipFile) -> np.ndarray:
+        with zf.open(f"{self.split}_labels.npy") as f:
+            labels = np.lib.format.read_array(f)
+        return labels.reshape(len(labels), -1).astype(np.int64)
+
+    def _open_images(self, zf: zipfile.ZipFile, shape: tuple[int, ...], cache_dir: PathLike | None) -> np.ndarray:
+        key = f"{self.split}_images"
+        info = zf.getinfo(f"{key}.npy")
+        _, dtype, fortran, header_len = read_npz_header(zf, key)
+        if info.compress_type == zipfile.ZIP_STORED and not fortran:
+            offset = _member_data_offset(self.path, info) + header_len
+            logger.debug("%s: memory-mapping %s at offset %d", self.path, key, offset)
+            return np.memmap(self.path, dtype=dtype, mode="r", offset=offset, shape=shape)
+        if cache_dir is not None:
+            dest = Path(cache_dir) / f"{self.stem}_{self.split}_images.npy"
+            if not dest.exists() or dest.stat().st_size != info.file_size:
+                logger.info("%s: decompressing %s to %s", self.path, key, dest)
+                with zf.open(info) as src, atomic_path(dest) as tmp, open(tmp, "wb") as out:
+                    shutil.copyfileobj(src, out, length=16 << 20)
+            return np.load(dest, mmap_mode="r")
+        nbytes = int(np.prod(shape))
+        logger.info(
+            "%s: loading %s into memory (%.1f MB); pass cache_dir to memory-map instead", self.path, key, nbytes / 2**20
+        )
+        with zf.open(info) as f:
+            return np.lib.format.read_array(f)
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether labels are multi-label vectors ``(k,)`` rather than single class indices."""
+        return self.labels.shape[1] > 1
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes: ``k`` for multi-label files, else the largest class index + 1."""
+        return int(self.labels.shape[1]) if self.multi_label else int(self.labels.max(initial=-1)) + 1
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, index: int) -> Any:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        index = index % len(self)
+        img = np.asarray(self.images[index], dtype=np.float32) / 255.0
+        img = img[None] if img.ndim == 2 else np.moveaxis(img, -1, 0)
+        label: int | torch.Tensor
+        if self.multi_label:
+            label = torch.as_tensor(self.labels[index], dtype=torch.float32)
+        else:
+            label = int(self.labels[index, 0])
+        item = {
+            "image": torch.from_numpy(np.ascontiguousarray(img)),
+            "label": label,
+            "case": f"{self.stem}_{self.split}_{index:06d}",
+        }
+        return self.transform(item) if self.transform is not None else item
+
+    def __repr__(self) -> str:
+        return f"MedMNISTDataset({os.fspath(self.path)!r}, split={self.split!r}, n={len(self)})"
