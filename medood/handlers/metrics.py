@@ -1,0 +1,244 @@
+"""Ignite metric handlers for OOD detection and anomaly segmentation (MONAI ``IgniteMetricHandler`` wrappers).
+
+Use them in MONAI evaluators and bundle configs like MONAI's ``ROCAUC``::
+
+    key_val_metric:
+      val_auroc: {_target_: medood.handlers.OODAUROC}
+    additional_metrics:
+      val_fpr95: {_target_: medood.handlers.OODFPR95}
+      val_pixel_ap: {_target_: medood.handlers.VoxelAP, max_voxels_per_case: 10000}
+
+By default each handler reads its inputs by key: the image-level handlers read ``ood_score`` (higher = more
+OOD) and ``is_ood`` (1 = OOD); the voxel handlers read ``ood_map`` and ``label`` (the lesion mask), plus an
+optional foreground key. Keys are looked up in ``engine.state.output`` first and then in
+``engine.state.batch``: MONAI evaluators put only ``image``/``label``/``pred`` and what post-transforms add into
+the output, while dataset keys such as ``is_ood`` stay in the batch. Both the decollated form (a list of
+per-item dicts, ``decollate=True``, MONAI's default) and batch dicts are accepted. Pass ``output_transform``
+(e.g. ``monai.handlers.from_engine(["pred", "label"])``) to read something else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from ignite.metrics.metric import reinit__is_reduced
+from monai.handlers import IgniteMetricHandler
+
+from medood.metrics.ood import BestDiceMetric, OODScoreMetric, VoxelAPMetric
+from medood.utils.enums import OODKeys
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+
+__all__ = ["OODAUROC", "OODFPR95", "BestDice", "EngineKeys", "OODAUPRIn", "OODAUPROut", "VoxelAP"]
+
+
+class EngineKeys:
+    """An ``output_transform`` reading keys from the engine output, falling back to the engine batch.
+
+    Args:
+        keys: the keys to read, in order; ``None`` entries are skipped.
+
+    Returns (when called):
+        A tuple with one entry per key: a list of per-item values for decollated data, else the batch value.
+    """
+
+    def __init__(self, keys: Sequence[str | None]) -> None:
+        self.keys = [str(k) for k in keys if k is not None]
+
+    @staticmethod
+    def _lookup(data: Any, key: str) -> tuple[bool, Any]:
+        if isinstance(data, dict):
+            return (key in data), data.get(key)
+        if isinstance(data, (list, tuple)) and data and all(isinstance(d, dict) for d in data):
+            if all(key in d for d in data):
+                return True, [d[key] for d in data]
+        return False, None
+
+    @staticmethod
+    def _available(data: Any) -> list[str]:
+        if isinstance(data, dict):
+            return sorted(map(str, data))
+        if isinstance(data, (list, tuple)) and data and isinstance(data[0], dict):
+            return sorted(map(str, data[0]))
+        return []
+
+    def __call__(self, output: Any, batch: Any = None) -> tuple[Any, ...]:
+        """Read the keys from ``output`` (then ``batch``); raise ``KeyError`` naming what is available."""
+        values = []
+        for key in self.keys:
+            found, value = self._lookup(output, key)
+            if not found and batch is not None:
+                found, value = self._lookup(batch, key)
+            if not found:
+                raise KeyError(
+                    f"metric input {key!r} is neither in engine.state.output (keys {self._available(output)}) "
+                    f"nor in engine.state.batch (keys {self._available(batch)}); add it with a post-transform "
+                    "or pass output_transform=monai.handlers.from_engine([...])"
+                )
+            values.append(value)
+        return tuple(values)
+
+
+class _KeyedMetricHandler(IgniteMetricHandler):
+    """``IgniteMetricHandler`` that reads by key (see the module docstring) and never unrolls lists."""
+
+    def __init__(self, metric_fn: Any, keys: Sequence[str | None], output_transform: Callable | None) -> None:
+        transform = EngineKeys(keys) if output_transform is None else output_transform
+        super().__init__(metric_fn=metric_fn, output_transform=transform, save_details=False)
+        self._skip_unrolling = True  # lists of per-item tensors go to the MONAI metric as they are
+
+    def iteration_completed(self, engine: Engine) -> None:
+        """Feed one iteration's data to the metric (key lookup may fall back to ``engine.state.batch``)."""
+        if isinstance(self._output_transform, EngineKeys):
+            self.update(self._output_transform(engine.state.output, engine.state.batch))
+        else:
+            super().iteration_completed(engine)
+
+    @reinit__is_reduced
+    def update(self, output: Sequence[Any]) -> None:
+        """Add ``(y_pred, y)`` to the metric."""
+        if len(output) != 2:
+            raise ValueError(f"{type(self).__name__}: output must be (y_pred, y), got {len(output)} items")
+        self.metric_fn(*output)
+
+
+class _OODHandler(_KeyedMetricHandler):
+    metric_name = "auroc"
+
+    def __init__(
+        self,
+        output_transform: Callable | None = None,
+        score_key: str = OODKeys.SCORE.value,
+        label_key: str = OODKeys.IS_OOD.value,
+        tpr: float = 0.95,
+        fpr_positive: Literal["ood", "id"] = "ood",
+    ) -> None:
+        metric = OODScoreMetric(self.metric_name, tpr=tpr, fpr_positive=fpr_positive)
+        super().__init__(metric, (score_key, label_key), output_transform)
+
+
+class OODAUROC(_OODHandler):
+    """Image-level AUROC with OOD positive (0.5 = chance).
+
+    Args:
+        output_transform: maps ``engine.state.output`` to ``(scores, is_ood)``; ``None`` reads ``score_key`` and
+            ``label_key`` (output first, then batch). Defaults to ``None``.
+        score_key: key of the image scores (higher = more OOD). Defaults to ``"ood_score"``.
+        label_key: key of the labels (1 = OOD, 0 = ID). Defaults to ``"is_ood"``.
+        tpr: unused (FPR handlers only). Defaults to 0.95.
+        fpr_positive: unused (FPR handlers only). Defaults to ``"ood"``.
+    """
+
+    metric_name = "auroc"
+
+
+class OODAUPRIn(_OODHandler):
+    """Image-level AUPR-In: average precision with ID positive on the negated scores.
+
+    Args:
+        output_transform: as in :class:`OODAUROC`. Defaults to ``None``.
+        score_key: key of the image scores. Defaults to ``"ood_score"``.
+        label_key: key of the labels (1 = OOD). Defaults to ``"is_ood"``.
+        tpr: unused. Defaults to 0.95.
+        fpr_positive: unused. Defaults to ``"ood"``.
+    """
+
+    metric_name = "aupr_in"
+
+
+class OODAUPROut(_OODHandler):
+    """Image-level AUPR-Out: average precision with OOD positive.
+
+    Args:
+        output_transform: as in :class:`OODAUROC`. Defaults to ``None``.
+        score_key: key of the image scores. Defaults to ``"ood_score"``.
+        label_key: key of the labels (1 = OOD). Defaults to ``"is_ood"``.
+        tpr: unused. Defaults to 0.95.
+        fpr_positive: unused. Defaults to ``"ood"``.
+    """
+
+    metric_name = "aupr_out"
+
+
+class OODFPR95(_OODHandler):
+    """Image-level FPR at 95 % TPR (lower is better).
+
+    With ``fpr_positive="ood"`` (default) it is the fraction of ID images flagged when 95 % of the OOD images
+    are flagged; with ``"id"`` the fraction of OOD images accepted when 95 % of the ID images are accepted
+    (OpenOOD / NERO's FPR95). See :func:`medood.metrics.fpr_at_tpr`.
+
+    Args:
+        output_transform: as in :class:`OODAUROC`. Defaults to ``None``.
+        score_key: key of the image scores. Defaults to ``"ood_score"``.
+        label_key: key of the labels (1 = OOD). Defaults to ``"is_ood"``.
+        tpr: target true-positive rate. Defaults to 0.95.
+        fpr_positive: ``"ood"`` or ``"id"``. Defaults to ``"ood"``.
+    """
+
+    metric_name = "fpr95"
+
+
+class _VoxelHandler(_KeyedMetricHandler):
+    @reinit__is_reduced
+    def update(self, output: Sequence[Any]) -> None:
+        """Add ``(maps, masks)`` or ``(maps, masks, foreground)``."""
+        if len(output) not in (2, 3):
+            raise ValueError(f"{type(self).__name__}: output must have 2 or 3 items, got {len(output)}")
+        self.metric_fn(output[0], output[1], foreground=output[2] if len(output) == 3 else None)
+
+
+class VoxelAP(_VoxelHandler):
+    """Pooled voxel-level average precision over all cases of the run (MOOD's pixel metric).
+
+    Args:
+        max_voxels_per_case: seeded random voxels kept per case (``None`` = all). Defaults to 100 000.
+        seed: sub-sampling seed. Defaults to 0.
+        output_transform: maps the engine output to ``(maps, masks)`` or ``(maps, masks, foreground)``;
+            ``None`` reads ``map_key``, ``mask_key`` and ``foreground_key``. Defaults to ``None``.
+        map_key: key of the anomaly maps ``(1, *spatial)`` per item. Defaults to ``"ood_map"``.
+        mask_key: key of the lesion masks. Defaults to ``"label"``.
+        foreground_key: optional key of foreground (brain) masks restricting the voxels. Defaults to ``None``.
+    """
+
+    def __init__(
+        self,
+        max_voxels_per_case: int | None = 100_000,
+        seed: int = 0,
+        output_transform: Callable | None = None,
+        map_key: str = OODKeys.MAP.value,
+        mask_key: str = OODKeys.LABEL.value,
+        foreground_key: str | None = None,
+    ) -> None:
+        metric = VoxelAPMetric(max_voxels_per_case=max_voxels_per_case, seed=seed)
+        super().__init__(metric, (map_key, mask_key, foreground_key), output_transform)
+
+
+class BestDice(_VoxelHandler):
+    """The oracle best pooled Dice over thresholds, chosen on the test labels (an upper bound, as papers report).
+
+    After a run, ``handler.metric_fn.threshold`` holds the threshold that achieved it.
+
+    Args:
+        max_voxels_per_case: seeded random voxels kept per case (``None`` = all). Defaults to 100 000.
+        seed: sub-sampling seed. Defaults to 0.
+        n_thresholds: ``None`` = exact over distinct scores, else quantile thresholds. Defaults to ``None``.
+        output_transform: as in :class:`VoxelAP`. Defaults to ``None``.
+        map_key: key of the anomaly maps. Defaults to ``"ood_map"``.
+        mask_key: key of the lesion masks. Defaults to ``"label"``.
+        foreground_key: optional key of foreground masks. Defaults to ``None``.
+    """
+
+    def __init__(
+        self,
+        max_voxels_per_case: int | None = 100_000,
+        seed: int = 0,
+        n_thresholds: int | None = None,
+        output_transform: Callable | None = None,
+        map_key: str = OODKeys.MAP.value,
+        mask_key: str = OODKeys.LABEL.value,
+        foreground_key: str | None = None,
+    ) -> None:
+        metric = BestDiceMetric(max_voxels_per_case=max_voxels_per_case, seed=seed, n_thresholds=n_thresholds)
+        super().__init__(metric, (map_key, mask_key, foreground_key), output_transform)
