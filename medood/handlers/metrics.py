@@ -8,13 +8,19 @@ Use them in MONAI evaluators and bundle configs like MONAI's ``ROCAUC``::
       val_fpr95: {_target_: medood.handlers.OODFPR95}
       val_pixel_ap: {_target_: medood.handlers.VoxelAP, max_voxels_per_case: 10000}
 
-By default each handler reads its inputs by key: the image-level handlers read ``ood_score`` (higher = more
-OOD) and ``is_ood`` (1 = OOD); the voxel handlers read ``ood_map`` and ``label`` (the lesion mask), plus an
-optional foreground key. Keys are looked up in ``engine.state.output`` first and then in
-``engine.state.batch``: MONAI evaluators put only ``image``/``label``/``pred`` and what post-transforms add into
-the output, while dataset keys such as ``is_ood`` stay in the batch. Both the decollated form (a list of
-per-item dicts, ``decollate=True``, MONAI's default) and batch dicts are accepted. Pass ``output_transform``
-(e.g. ``monai.handlers.from_engine(["pred", "label"])``) to read something else.
+By default each handler reads its inputs by key from the engine, in both the decollated form (a list of
+per-item dicts, ``decollate=True``, MONAI's default) and batch dicts:
+
+* image-level handlers: the score from ``ood_score`` (what :class:`medood.engines.OODEvaluator` adds; higher =
+  more OOD) and the ground truth from ``is_ood`` (1 = OOD), looked up in ``engine.state.batch`` **first** and then
+  in the output. The ground truth comes from the dataset, which MONAI keeps in the batch; ``OODEvaluator`` with a
+  ``score_threshold`` also writes a *predicted* ``is_ood`` into the output, which must not be mistaken for the
+  label. If the dataset has no ``is_ood`` key, set ``label_key`` explicitly.
+* voxel handlers: the map from ``ood_map``, else ``pred`` (where ``OODEvaluator`` keeps the stitched map), and
+  the lesion mask from ``label``, plus an optional foreground key; output first (post-transforms such as
+  ``Invertd`` write there), then batch.
+
+Pass ``output_transform`` (e.g. ``monai.handlers.from_engine(["pred", "label"])``) to read something else.
 """
 
 from __future__ import annotations
@@ -35,17 +41,21 @@ __all__ = ["OODAUROC", "OODFPR95", "BestDice", "EngineKeys", "OODAUPRIn", "OODAU
 
 
 class EngineKeys:
-    """An ``output_transform`` reading keys from the engine output, falling back to the engine batch.
+    """An ``output_transform`` reading keys from the engine output and batch.
 
     Args:
-        keys: the keys to read, in order; ``None`` entries are skipped.
+        keys: the inputs to read, in order. Each is a key or a tuple of alternative keys tried in turn;
+            ``None`` entries are skipped.
+        batch_first: keys looked up in ``engine.state.batch`` before ``engine.state.output`` (ground-truth
+            labels); all others are looked up in the output first. Defaults to ``()``.
 
     Returns (when called):
-        A tuple with one entry per key: a list of per-item values for decollated data, else the batch value.
+        A tuple with one entry per input: a list of per-item values for decollated data, else the batch value.
     """
 
-    def __init__(self, keys: Sequence[str | None]) -> None:
-        self.keys = [str(k) for k in keys if k is not None]
+    def __init__(self, keys: Sequence[str | tuple[str, ...] | None], batch_first: Sequence[str] = ()) -> None:
+        self.keys = [(k,) if isinstance(k, str) else tuple(k) for k in keys if k is not None]
+        self.batch_first = {str(k) for k in batch_first}
 
     @staticmethod
     def _lookup(data: Any, key: str) -> tuple[bool, Any]:
@@ -64,28 +74,36 @@ class EngineKeys:
             return sorted(map(str, data[0]))
         return []
 
+    def _read(self, names: tuple[str, ...], output: Any, batch: Any) -> Any:
+        for name in names:
+            sources = (batch, output) if name in self.batch_first else (output, batch)
+            for data in sources:
+                found, value = self._lookup(data, name)
+                if found:
+                    return value
+        wanted = " or ".join(repr(n) for n in names)
+        raise KeyError(
+            f"metric input {wanted} is neither in engine.state.output (keys {self._available(output)}) "
+            f"nor in engine.state.batch (keys {self._available(batch)}); add it with a post-transform, set the "
+            "handler's *_key argument or pass output_transform=monai.handlers.from_engine([...])"
+        )
+
     def __call__(self, output: Any, batch: Any = None) -> tuple[Any, ...]:
-        """Read the keys from ``output`` (then ``batch``); raise ``KeyError`` naming what is available."""
-        values = []
-        for key in self.keys:
-            found, value = self._lookup(output, key)
-            if not found and batch is not None:
-                found, value = self._lookup(batch, key)
-            if not found:
-                raise KeyError(
-                    f"metric input {key!r} is neither in engine.state.output (keys {self._available(output)}) "
-                    f"nor in engine.state.batch (keys {self._available(batch)}); add it with a post-transform "
-                    "or pass output_transform=monai.handlers.from_engine([...])"
-                )
-            values.append(value)
-        return tuple(values)
+        """Read every input; raise ``KeyError`` naming the keys that are available."""
+        return tuple(self._read(names, output, batch) for names in self.keys)
 
 
 class _KeyedMetricHandler(IgniteMetricHandler):
     """``IgniteMetricHandler`` that reads by key (see the module docstring) and never unrolls lists."""
 
-    def __init__(self, metric_fn: Any, keys: Sequence[str | None], output_transform: Callable | None) -> None:
-        transform = EngineKeys(keys) if output_transform is None else output_transform
+    def __init__(
+        self,
+        metric_fn: Any,
+        keys: Sequence[str | tuple[str, ...] | None],
+        output_transform: Callable | None,
+        batch_first: Sequence[str] = (),
+    ) -> None:
+        transform = EngineKeys(keys, batch_first) if output_transform is None else output_transform
         super().__init__(metric_fn=metric_fn, output_transform=transform, save_details=False)
         self._skip_unrolling = True  # lists of per-item tensors go to the MONAI metric as they are
 
@@ -116,7 +134,7 @@ class _OODHandler(_KeyedMetricHandler):
         fpr_positive: Literal["ood", "id"] = "ood",
     ) -> None:
         metric = OODScoreMetric(self.metric_name, tpr=tpr, fpr_positive=fpr_positive)
-        super().__init__(metric, (score_key, label_key), output_transform)
+        super().__init__(metric, (score_key, label_key), output_transform, batch_first=(label_key,))
 
 
 class OODAUROC(_OODHandler):
@@ -124,7 +142,7 @@ class OODAUROC(_OODHandler):
 
     Args:
         output_transform: maps ``engine.state.output`` to ``(scores, is_ood)``; ``None`` reads ``score_key`` and
-            ``label_key`` (output first, then batch). Defaults to ``None``.
+            ``label_key`` (the score from the output first, the label from the batch first). Defaults to ``None``.
         score_key: key of the image scores (higher = more OOD). Defaults to ``"ood_score"``.
         label_key: key of the labels (1 = OOD, 0 = ID). Defaults to ``"is_ood"``.
         tpr: unused (FPR handlers only). Defaults to 0.95.
@@ -180,6 +198,11 @@ class OODFPR95(_OODHandler):
     metric_name = "fpr95"
 
 
+def _map_keys(map_key: str) -> str | tuple[str, ...]:
+    """``ood_map`` falls back to ``pred``, where ``OODEvaluator`` keeps the stitched map."""
+    return (map_key, "pred") if map_key == OODKeys.MAP.value else map_key
+
+
 class _VoxelHandler(_KeyedMetricHandler):
     @reinit__is_reduced
     def update(self, output: Sequence[Any]) -> None:
@@ -197,7 +220,8 @@ class VoxelAP(_VoxelHandler):
         seed: sub-sampling seed. Defaults to 0.
         output_transform: maps the engine output to ``(maps, masks)`` or ``(maps, masks, foreground)``;
             ``None`` reads ``map_key``, ``mask_key`` and ``foreground_key``. Defaults to ``None``.
-        map_key: key of the anomaly maps ``(1, *spatial)`` per item. Defaults to ``"ood_map"``.
+        map_key: key of the anomaly maps ``(1, *spatial)`` per item; the default falls back to ``"pred"``.
+            Defaults to ``"ood_map"``.
         mask_key: key of the lesion masks. Defaults to ``"label"``.
         foreground_key: optional key of foreground (brain) masks restricting the voxels. Defaults to ``None``.
     """
@@ -212,7 +236,7 @@ class VoxelAP(_VoxelHandler):
         foreground_key: str | None = None,
     ) -> None:
         metric = VoxelAPMetric(max_voxels_per_case=max_voxels_per_case, seed=seed)
-        super().__init__(metric, (map_key, mask_key, foreground_key), output_transform)
+        super().__init__(metric, (_map_keys(map_key), mask_key, foreground_key), output_transform)
 
 
 class BestDice(_VoxelHandler):
@@ -225,7 +249,7 @@ class BestDice(_VoxelHandler):
         seed: sub-sampling seed. Defaults to 0.
         n_thresholds: ``None`` = exact over distinct scores, else quantile thresholds. Defaults to ``None``.
         output_transform: as in :class:`VoxelAP`. Defaults to ``None``.
-        map_key: key of the anomaly maps. Defaults to ``"ood_map"``.
+        map_key: key of the anomaly maps (the default falls back to ``"pred"``). Defaults to ``"ood_map"``.
         mask_key: key of the lesion masks. Defaults to ``"label"``.
         foreground_key: optional key of foreground masks. Defaults to ``None``.
     """
@@ -241,4 +265,4 @@ class BestDice(_VoxelHandler):
         foreground_key: str | None = None,
     ) -> None:
         metric = BestDiceMetric(max_voxels_per_case=max_voxels_per_case, seed=seed, n_thresholds=n_thresholds)
-        super().__init__(metric, (map_key, mask_key, foreground_key), output_transform)
+        super().__init__(metric, (_map_keys(map_key), mask_key, foreground_key), output_transform)
