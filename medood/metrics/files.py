@@ -298,6 +298,28 @@ def _slices(
     return scores[keep], has_lesion[keep]
 
 
+def _accumulate(
+    pairs: list[tuple[str, Path, Path, Path | None]],
+    pool: VoxelPool,
+    counter: DiceCounter | None,
+    slice_axis: int | None,
+    slice_reduction: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read the cases one at a time into the pool / Dice counter; return the pooled slice scores and flags."""
+    slice_scores: list[np.ndarray] = [np.empty(0, np.float32)]
+    slice_lesion: list[np.ndarray] = [np.empty(0, bool)]
+    for _, map_path, mask_path, fg_path in pairs:
+        score_map, lesion, fg = load_case(map_path, mask_path, fg_path)
+        pool.add_arrays(score_map, lesion, fg)
+        if counter is not None:
+            counter.add_arrays(score_map, lesion, fg)
+        if slice_axis is not None:
+            s, y = _slices(score_map, lesion, fg, slice_axis, slice_reduction, map_path)
+            slice_scores.append(s)
+            slice_lesion.append(y)
+    return np.concatenate(slice_scores), np.concatenate(slice_lesion)
+
+
 def evaluate_map_folders(
     maps_dir: Path,
     masks_dir: Path,
@@ -331,17 +353,7 @@ def evaluate_map_folders(
     pairs = pair_map_files(maps_dir, masks_dir, foreground_dir)
     pool = VoxelPool(max_voxels, seed)
     counter = None if threshold is None else DiceCounter(threshold)
-    slice_scores: list[np.ndarray] = []
-    slice_lesion: list[np.ndarray] = []
-    for _, map_path, mask_path, fg_path in pairs:
-        score_map, lesion, fg = load_case(map_path, mask_path, fg_path)
-        pool.add_arrays(score_map, lesion, fg)
-        if counter is not None:
-            counter.add_arrays(score_map, lesion, fg)
-        if slice_axis is not None:
-            s, y = _slices(score_map, lesion, fg, slice_axis, slice_reduction, map_path)
-            slice_scores.append(s)
-            slice_lesion.append(y)
+    slice_scores, slice_lesion = _accumulate(pairs, pool, counter, slice_axis, slice_reduction)
     pos, neg = pool.split()
     if pos.size == 0:
         hint = "with --max-voxels a small lesion can be missed: raise it" if max_voxels else None
@@ -357,7 +369,7 @@ def evaluate_map_folders(
         dice = counter.result()
         metrics.update(dice=dice.pooled, dice_mean_per_case=dice.mean_per_case)
     if slice_axis is not None:
-        metrics.update(slice_level_metrics(np.concatenate(slice_scores), np.concatenate(slice_lesion)))
+        metrics.update(slice_level_metrics(slice_scores, slice_lesion))
     return {
         "metrics": metrics,
         "n_cases": len(pairs),
