@@ -175,15 +175,32 @@ def _validate_series(files: Sequence[Path]) -> list[tuple[Path, pydicom.Dataset]
     return sort_dicom_slices(items)
 
 
+def _single_slice_lps(ds: pydicom.Dataset) -> np.ndarray:
+    """LPS affine of one 2D slice from its header (ITK returns such files as 2D images without the z axis)."""
+    iop = _orientation(ds)
+    row, col = (iop[:3], iop[3:]) if iop is not None else (np.array([1.0, 0, 0]), np.array([0, 1.0, 0]))
+    spacing = [float(v) for v in ds.get("PixelSpacing", [1.0, 1.0])]
+    thickness = float(ds.get("SpacingBetweenSlices", ds.get("SliceThickness", 1.0)) or 1.0)
+    lps = np.eye(4)
+    lps[:3, 0] = row * spacing[1]
+    lps[:3, 1] = col * spacing[0]
+    lps[:3, 2] = np.cross(row, col) * thickness
+    lps[:3, 3] = [float(v) for v in ds.get("ImagePositionPatient", [0.0, 0.0, 0.0])]
+    return lps
+
+
 def _to_metatensor(img: sitk.Image, first: pydicom.Dataset, source: Path, n_files: int) -> MetaTensor:
-    arr = sitk.GetArrayFromImage(img)  # (z, y, x) or (z, y, x, components)
+    arr = sitk.GetArrayFromImage(img)  # (z, y, x) or (y, x), plus a trailing component axis if multi-component
     if img.GetNumberOfComponentsPerPixel() == 1:
         arr = arr[..., None]
+    if img.GetDimension() == 2:
+        arr = arr[None]
+        lps = _single_slice_lps(first)
+    else:
+        lps = np.eye(4)
+        lps[:3, :3] = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3) @ np.diag(img.GetSpacing())
+        lps[:3, 3] = img.GetOrigin()
     chw = np.ascontiguousarray(np.moveaxis(arr, -1, 0).transpose(0, 3, 2, 1)).astype(np.float32)  # (C, x, y, z)
-    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
-    lps = np.eye(4)
-    lps[:3, :3] = direction @ np.diag(img.GetSpacing())
-    lps[:3, 3] = img.GetOrigin()
     affine = torch.as_tensor(_LPS_TO_RAS @ lps, dtype=torch.float64)
     meta = {
         "affine": affine,
@@ -198,6 +215,20 @@ def _to_metatensor(img: sitk.Image, first: pydicom.Dataset, source: Path, n_file
         "num_files": n_files,
     }
     return MetaTensor(torch.from_numpy(chw), meta=meta)
+
+
+def _read_pixels(files: list[str], first: pydicom.Dataset) -> sitk.Image:
+    """Decode with SimpleITK: one file (possibly multi-frame) with ImageFileReader, several with ImageSeriesReader."""
+    if len(files) == 1:
+        if int(first.get("NumberOfFrames", 1) or 1) > 1:
+            logger.warning("%s: multi-frame DICOM; per-frame geometry is not read, check the affine", files[0])
+        return sitk.ReadImage(files[0])
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    img = reader.Execute()
+    if img.GetDimension() != 3:
+        raise DataError(files[0], f"a series of multi-frame files gives a {img.GetDimension()}D image; load one file")
+    return img
 
 
 def load_dicom_series(source: PathLike | Sequence[PathLike], series_uid: str | None = None) -> MetaTensor:
@@ -229,10 +260,8 @@ def load_dicom_series(source: PathLike | Sequence[PathLike], series_uid: str | N
         src = files[0].parent
     items = _validate_series(files)
     sorted_files = [os.fspath(f) for f, _ in items]
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sorted_files)
     try:
-        img = reader.Execute()
+        img = _read_pixels(sorted_files, items[0][1])
     except RuntimeError as e:
         raise DataError(src, f"cannot decode the DICOM pixel data: {str(e).strip().splitlines()[-1]}") from e
     return _to_metatensor(img, items[0][1], src, len(sorted_files))

@@ -104,6 +104,7 @@ class MedMNISTDataset(Dataset):
         self.split = split
         self.transform = transform
         self.stem = self.path.name.removesuffix(".npz")
+        self._mmap_spec: tuple[Path, np.dtype, int, tuple[int, ...]] | None = None
         try:
             zf = zipfile.ZipFile(self.path)
         except zipfile.BadZipFile as e:
@@ -150,20 +151,39 @@ class MedMNISTDataset(Dataset):
         if info.compress_type == zipfile.ZIP_STORED and not fortran:
             offset = _member_data_offset(self.path, info) + header_len
             logger.debug("%s: memory-mapping %s at offset %d", self.path, key, offset)
-            return np.memmap(self.path, dtype=dtype, mode="r", offset=offset, shape=shape)
+            self._mmap_spec = (self.path, dtype, offset, shape)
+            return self._reopen()
         if cache_dir is not None:
             dest = Path(cache_dir) / f"{self.stem}_{self.split}_images.npy"
             if not dest.exists() or dest.stat().st_size != info.file_size:
                 logger.info("%s: decompressing %s to %s", self.path, key, dest)
                 with zf.open(info) as src, atomic_path(dest) as tmp, open(tmp, "wb") as out:
                     shutil.copyfileobj(src, out, length=16 << 20)
-            return np.load(dest, mmap_mode="r")
+            mapped = np.load(dest, mmap_mode="r")
+            self._mmap_spec = (dest, mapped.dtype, int(mapped.offset), mapped.shape)
+            return mapped
         nbytes = int(np.prod(shape))
         logger.info(
             "%s: loading %s into memory (%.1f MB); pass cache_dir to memory-map instead", self.path, key, nbytes / 2**20
         )
         with zf.open(info) as f:
             return np.lib.format.read_array(f)
+
+    def _reopen(self) -> np.ndarray:
+        path, dtype, offset, shape = self._mmap_spec  # type: ignore[misc]
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle memory-mapped images as their file location, not their data (DataLoader workers, spawn)."""
+        state = self.__dict__.copy()
+        if self._mmap_spec is not None:
+            state["images"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self._mmap_spec is not None:
+            self.images = self._reopen()
 
     @property
     def multi_label(self) -> bool:

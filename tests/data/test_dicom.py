@@ -146,3 +146,21 @@ def test_missing_positions_fall_back_to_instance_number(tmp_path: Path) -> None:
         ds.save_as(f)
     vol = load_dicom_series(tmp_path / "s")
     assert vol[0, 0, 1, :].tolist() == [0.0, 10.0, 20.0]
+
+
+def test_single_file_and_multiframe_real_files() -> None:
+    ct_path = get_testdata_file("CT_small.dcm")
+    ct = load_dicom_series(ct_path)
+    ref = pydicom.dcmread(ct_path)
+    assert tuple(ct.shape) == (1, 128, 128, 1)
+    np.testing.assert_array_equal(ct[0, :, :, 0].numpy().T, ref.pixel_array + float(ref.RescaleIntercept))
+    lps_origin = np.array([float(v) for v in ref.ImagePositionPatient])
+    np.testing.assert_allclose(ct.affine.numpy()[:3, 3], lps_origin * [-1, -1, 1], atol=1e-4)
+    np.testing.assert_allclose(np.diag(ct.affine.numpy())[:2], [-0.661468, -0.661468], atol=1e-5)
+    multi = load_dicom_series(get_testdata_file("emri_small.dcm"))  # enhanced MR, 10 frames in one file
+    assert tuple(multi.shape) == (1, 64, 64, 10)
+
+
+def test_real_non_image_dicom_has_no_pixel_data() -> None:
+    with pytest.raises(DataError, match=r"rtplan\.dcm: has no pixel data"):
+        load_dicom_series(get_testdata_file("rtplan.dcm"))

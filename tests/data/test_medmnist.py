@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +115,13 @@ def test_bad_split_name(tmp_path: Path) -> None:
     path = _save(tmp_path / "p.npz", _arrays())
     with pytest.raises(DataError, match=r"p\.npz: unknown split 'validation'.*\['test', 'train', 'val'\]"):
         MedMNISTDataset(path, split="validation")
+
+
+def test_pickling_does_not_copy_memory_mapped_images(tmp_path: Path) -> None:
+    arrays = _arrays(size=64, rgb=True)
+    ds = MedMNISTDataset(_save(tmp_path / "big.npz", arrays, compressed=False), split="train")
+    blob = pickle.dumps(ds)
+    assert len(blob) < arrays["train_images"].nbytes / 4, "images must travel as a file reference"
+    clone = pickle.loads(blob)
+    assert isinstance(clone.images, np.memmap)
+    np.testing.assert_array_equal(clone[4]["image"].numpy(), ds[4]["image"].numpy())
