@@ -22,6 +22,7 @@ __all__ = ["class_folder_datalist", "ham10000_datalist", "isic2019_datalist"]
 
 logger = logging.getLogger(__name__)
 
+_SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "test", "testing"}
 ISIC2019_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
 
 
@@ -63,6 +64,8 @@ def class_folder_datalist(
     folders = {p.name: p for p in _subfolders(base)}
     if not folders:
         raise DataError(base, "contains no class folders", "expected <root>/[<split>/]<class>/<image files>")
+    if split is None and set(folders) <= _SPLIT_NAMES:
+        raise DataError(base, f"holds split folders {sorted(folders)}, not class folders", "pass split=...")
     if class_names is None:
         names = sorted(folders)
     else:

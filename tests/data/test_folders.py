@@ -55,6 +55,8 @@ def test_class_folder_errors(tmp_path: Path) -> None:
     root = _kvasir(tmp_path / "kv")
     with pytest.raises(DataError, match=r"kv: has no split folder 'test' \(available: \['train'\]\)"):
         class_folder_datalist(root, split="test")
+    with pytest.raises(DataError, match=r"kv: holds split folders \['train'\], not class folders"):
+        class_folder_datalist(root)
     (root / "train" / "empty-class").mkdir()
     with pytest.raises(DataError, match=r"empty-class: class folder 'empty-class' contains no images"):
         class_folder_datalist(root, split="train")
