@@ -18,10 +18,32 @@ from medood.detectors.base import (
 from medood.detectors.calibration import Calibration
 
 # Detector modules (importing one registers it). Keep one line per module, alphabetical.
+from medood.detectors.energy import EnergyDetector  # isort: skip
+from medood.detectors.entropy import EntropyDetector  # isort: skip
+from medood.detectors.gradnorm import GradNormDetector  # isort: skip
+from medood.detectors.knn import KNNDetector  # isort: skip
+from medood.detectors.mahalanobis import MahalanobisDetector  # isort: skip
+from medood.detectors.maxlogit import MaxLogitDetector  # isort: skip
 from medood.detectors import msp  # noqa: F401, E402  isort: skip
+from medood.detectors.neco import NECODetector  # isort: skip
+from medood.detectors.nero import NERODetector  # isort: skip
+from medood.detectors.odin import ODINDetector  # isort: skip
+from medood.detectors.react import ReActDetector  # isort: skip
 from medood.detectors import reconstruction  # noqa: F401, E402  isort: skip
+from medood.detectors.vim import ViMDetector  # isort: skip
 
 __all__ = [
+    "EnergyDetector",
+    "EntropyDetector",
+    "GradNormDetector",
+    "KNNDetector",
+    "MahalanobisDetector",
+    "MaxLogitDetector",
+    "NECODetector",
+    "NERODetector",
+    "ODINDetector",
+    "ReActDetector",
+    "ViMDetector",
     "Calibration",
     "NotFittedError",
     "OODDetector",

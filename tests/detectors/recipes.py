@@ -9,11 +9,12 @@ obviously shifted OOD batch.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from torch import Tensor
 
 from medood.detectors import OODDetector, get_detector
+from tests.detectors.posthoc_utils import ood_batch_known_failure
 from tests.helpers import toy
 
 
@@ -32,6 +33,17 @@ def posthoc(name: str, **kwargs: object) -> Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "msp": posthoc("msp"),
+    "energy": posthoc("energy"),
+    "entropy": posthoc("entropy"),
+    "gradnorm": replace(posthoc("gradnorm"), ood_batch=ood_batch_known_failure("gradnorm")),
+    "knn": posthoc("knn", k=5),
+    "mahalanobis": posthoc("mahalanobis"),
+    "maxlogit": posthoc("maxlogit"),
+    "neco": posthoc("neco", neco_dim=4),
+    "nero": replace(posthoc("nero", k=6), ood_batch=ood_batch_known_failure("nero")),
+    "odin": posthoc("odin"),
+    "react": replace(posthoc("react"), ood_batch=ood_batch_known_failure("react")),
+    "vim": posthoc("vim"),
     "ae": Recipe(
         make=lambda sd: get_detector("ae", spatial_dims=sd, channels=(8, 16), strides=(2, 2), epochs=30),
         ood_batch=lambda sd: toy.artefact_images(sd, 12, seed=7),
