@@ -28,24 +28,19 @@ DATASETS: tuple[str, ...] = ("brain_mri", "pathology", "dermoscopy", "endoscopy"
 _SIZES = ("small", "full")
 
 
-def _brain(
-    out: Path, size: str, seed: int, n_train: int | None, n_val: int | None, n_test: int | None, n_ood: int | None
-) -> None:
+def _brain(out: Path, size: str, seed: int, counts: tuple[int | None, ...], workers: int | None) -> None:
     from medood.data.demo.brain_set import BRAIN_COUNTS, write_brain_mri
 
-    defaults = BRAIN_COUNTS[size]
-    given = (n_train, n_val, n_test, n_ood)
-    counts = tuple(d if g is None else int(g) for g, d in zip(given, defaults))
-    write_brain_mri(out, size, seed, counts)  # type: ignore[arg-type]
+    full = tuple(d if g is None else int(g) for g, d in zip(counts, BRAIN_COUNTS[size]))
+    write_brain_mri(out, size, seed, full, workers=workers)  # type: ignore[arg-type]
 
 
 def _builder_2d(name: str) -> Callable[..., None]:
-    def build(
-        out: Path, size: str, seed: int, n_train: int | None, n_val: int | None, n_test: int | None, n_ood: int | None
-    ) -> None:
+    def build(out: Path, size: str, seed: int, counts: tuple[int | None, ...], workers: int | None) -> None:
         from medood.data.demo.images2d import write_2d_set
 
-        write_2d_set(name, out, seed, n_train=n_train, n_val=n_val, n_test=n_test, n_ood=n_ood)
+        n_train, n_val, n_test, n_ood = counts
+        write_2d_set(name, out, seed, n_train, n_val, n_test, n_ood, workers=workers)
 
     return build
 
@@ -68,6 +63,7 @@ def build_demo(
     n_val: int | None = None,
     n_test: int | None = None,
     n_ood: int | None = None,
+    workers: int | None = None,
 ) -> dict[str, Path]:
     """Write the demo datasets under ``out``.
 
@@ -84,6 +80,7 @@ def build_demo(
             Defaults to 16 / 8 (brain), 15 (2-D).
         n_ood: brain: OOD volumes (cycling through the OOD kinds); 2-D: images per OOD folder. Defaults to 7
             (brain), 40 (2-D).
+        workers: worker processes; the output does not depend on it. Defaults to ``min(2, cpu_count)``.
 
     Returns:
         ``{name: folder}`` of the datasets written.
@@ -101,7 +98,7 @@ def build_demo(
     written: dict[str, Path] = {}
     for name in names:
         start = time.perf_counter()
-        _BUILDERS[name](root / name, size, int(seed), n_train, n_val, n_test, n_ood)
+        _BUILDERS[name](root / name, size, int(seed), (n_train, n_val, n_test, n_ood), workers)
         written[name] = root / name
         logger.info("demo %s written to %s in %.1f s", name, root / name, time.perf_counter() - start)
     return written

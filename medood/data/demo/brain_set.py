@@ -5,10 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import multiprocessing
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +16,7 @@ from medood.data.demo.brain import Subject, load_template, synthesize_subject
 from medood.data.demo.lesions import LESION_KINDS
 from medood.data.demo.mri_physics import CONTRASTS
 from medood.data.demo.ood import BRAIN_OOD_KINDS, make_brain_ood
+from medood.data.demo.parallel import run_jobs
 from medood.utils.io import atomic_path, atomic_write_text
 
 __all__ = ["BRAIN_COUNTS", "lesion_types_for_test", "save_nifti", "subject_seed", "write_brain_mri"]
@@ -28,7 +26,7 @@ logger = logging.getLogger(__name__)
 #: Default subject counts per size: (train, val, test, ood).
 BRAIN_COUNTS: dict[str, tuple[int, int, int, int]] = {"small": (40, 8, 16, 7), "full": (12, 4, 8, 7)}
 _SPLIT_CODE = {"train": 1, "val": 2, "test": 3, "ood": 4}
-_IMAGE_SLOPE = 1e-4  # float image = int16 * slope
+_IMAGE_SLOPE = 5e-4  # float image = int16 * slope (well below the noise level of every contrast)
 
 
 def subject_seed(seed: int, split: str, index: int) -> tuple[int, int, int]:
@@ -54,7 +52,7 @@ def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray, kind: str = "im
         path: destination (``.nii.gz``).
         data: the volume.
         affine: voxel-to-world affine (written to both sform and qform).
-        kind: ``"image"`` (float -> int16 with slope 1e-4), ``"hu"`` (int16, slope 1) or ``"mask"`` (uint8).
+        kind: ``"image"`` (float -> int16 with slope 5e-4), ``"hu"`` (int16, slope 1) or ``"mask"`` (uint8).
             Defaults to ``"image"``.
         code: sform/qform code (4 = MNI152 space, 1 = scanner). Defaults to 4.
     """
@@ -122,17 +120,6 @@ def _jobs(counts: tuple[int, int, int, int]) -> list[tuple[str, int, int, str]]:
     return jobs
 
 
-def _run_jobs(out: Path, size: str, seed: int, jobs: list[tuple[str, int, int, str]], workers: int) -> list[dict]:
-    """Run the jobs, in ``workers`` processes when more than one (the output does not depend on it)."""
-    work = functools.partial(_job, out, size, seed)
-    if workers <= 1 or len(jobs) < 4:
-        return [work(job) for job in jobs]
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else None)  # fork reuses the loaded template
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        return list(pool.map(work, jobs, chunksize=2))
-
-
 def write_brain_mri(
     out: Path,
     size: str,
@@ -147,18 +134,17 @@ def write_brain_mri(
         size: ``"small"`` (2 mm) or ``"full"`` (1 mm).
         seed: base seed.
         counts: (train, val, test, ood) subject counts. Defaults to :data:`BRAIN_COUNTS` of ``size``.
-        workers: worker processes. Defaults to ``min(2, os.cpu_count())``.
+        workers: worker processes. Defaults to :func:`~medood.data.demo.parallel.default_workers`.
 
     Returns:
         The datalist written to ``dataset.json``.
     """
     counts = BRAIN_COUNTS[size] if counts is None else counts
-    workers = min(2, os.cpu_count() or 1) if workers is None else workers
     template = load_template(size)  # loaded before any fork, so workers share it
     start = time.perf_counter()
     jobs = _jobs(counts)
-    entries = _run_jobs(out, size, seed, jobs, workers)
-    logger.info("brain_mri: %d volumes written in %.1f s (%d workers)", len(jobs), time.perf_counter() - start, workers)
+    entries = run_jobs(functools.partial(_job, out, size, seed), jobs, workers)
+    logger.info("brain_mri: %d volumes written in %.1f s", len(jobs), time.perf_counter() - start)
     datalist: dict[str, Any] = {
         "name": "medood-demo-brain-mri",
         "description": (
@@ -216,7 +202,7 @@ Test lesion types: {", ".join(f"`{k}`" for k in kinds)} (`none` = healthy, `is_a
   order (PIR) and anisotropic thick slices (valid affines), motion ghosting, heavy noise, and a real head CT slice
   from pydicom-data (`693_UNCI.dcm`) extruded to 3-D.
 
-Images are int16 with scale factor 1e-4 (readers that apply `scl_slope`, e.g. nibabel/MONAI, give float
+Images are int16 with scale factor 5e-4 (readers that apply `scl_slope`, e.g. nibabel/MONAI, give float
 signal in units of the CSF equilibrium magnetisation times the gain); masks are uint8. Affines are RAS+ world mm
 (MNI space, sform/qform code 4; the CT case uses code 1).
 

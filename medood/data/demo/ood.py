@@ -24,7 +24,7 @@ from scipy import ndimage as ndi
 from medood.data.demo.brain import BrainTemplate, Subject, synthesize_subject
 from medood.data.errors import DataError
 
-__all__ = ["BRAIN_OOD_KINDS", "dicom_slice", "far_ood_sources", "make_brain_ood"]
+__all__ = ["BRAIN_OOD_KINDS", "FAR_OOD_GROUPS", "dicom_slice", "far_ood_generator", "far_ood_sources", "make_brain_ood"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ def _window(pixels: np.ndarray) -> np.ndarray:
     return unit if unit.ndim == 3 else np.repeat(unit[..., None], 3, axis=-1)
 
 
+@functools.lru_cache(maxsize=1)
 def far_ood_sources() -> dict[str, np.ndarray]:
     """Real non-target images (float32 RGB in [0, 1]) for far-OOD crops: pydicom-data slices + skimage fundus.
 
@@ -108,6 +109,36 @@ def far_ood_sources() -> dict[str, np.ndarray]:
             logger.warning("far-OOD source skipped: %s", err)
     out["skimage_retina"] = skdata.retina().astype(np.float32) / 255.0
     return out
+
+
+#: Far-OOD kinds of the 2-D sets -> the real sources they crop from.
+FAR_OOD_GROUPS: dict[str, tuple[str, ...]] = {
+    "xray": ("RG1_UNCI.dcm", "RG3_UNCI.dcm"),
+    "ct_mr": ("693_UNCI.dcm", "MR2_UNCI.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm"),
+    "ultrasound": ("US1_UNCI.dcm",),
+    "fundus": ("skimage_retina",),
+}
+
+
+def far_ood_generator(group: str) -> Callable[[np.random.Generator, str], np.ndarray]:
+    """Image generator for a 2-D far-OOD kind: a random crop (15-40 % of the side) of one of its real sources.
+
+    Args:
+        group: key of :data:`FAR_OOD_GROUPS`.
+
+    Returns:
+        ``gen(rng, split) -> float32 RGB crop in [0, 1]``.
+    """
+    from medood.data.demo.procedural import random_crop
+
+    names = FAR_OOD_GROUPS[group]
+
+    def gen(rng: np.random.Generator, split: str) -> np.ndarray:
+        sources = far_ood_sources()
+        available = [n for n in names if n in sources] or sorted(sources)
+        return random_crop(sources[available[int(rng.integers(len(available)))]], rng)
+
+    return gen
 
 
 def _ghost(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
