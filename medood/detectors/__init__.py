@@ -24,30 +24,38 @@ from medood.detectors.gradnorm import GradNormDetector  # isort: skip
 from medood.detectors.knn import KNNDetector  # isort: skip
 from medood.detectors.mahalanobis import MahalanobisDetector  # isort: skip
 from medood.detectors.maxlogit import MaxLogitDetector  # isort: skip
-from medood.detectors import msp  # noqa: F401, E402  isort: skip
+from medood.detectors.mim import MIMDetector  # isort: skip
+from medood.detectors.msp import MSPDetector  # isort: skip
 from medood.detectors.neco import NECODetector  # isort: skip
 from medood.detectors.nero import NERODetector  # isort: skip
 from medood.detectors.odin import ODINDetector  # isort: skip
 from medood.detectors.react import ReActDetector  # isort: skip
-from medood.detectors import reconstruction  # noqa: F401, E402  isort: skip
+from medood.detectors.reconstruction import ReconstructionDetector  # isort: skip
 from medood.detectors.vim import ViMDetector  # isort: skip
+from medood.detectors.vqvae_ar import VQVAEARDetector  # isort: skip
+from medood.detectors.vqvae_recon import VQVAEReconstructionDetector  # isort: skip
 
 __all__ = [
+    "Calibration",
     "EnergyDetector",
     "EntropyDetector",
     "GradNormDetector",
     "KNNDetector",
+    "MIMDetector",
+    "MSPDetector",
     "MahalanobisDetector",
     "MaxLogitDetector",
     "NECODetector",
     "NERODetector",
-    "ODINDetector",
-    "ReActDetector",
-    "ViMDetector",
-    "Calibration",
     "NotFittedError",
+    "ODINDetector",
     "OODDetector",
     "OODOutput",
+    "ReActDetector",
+    "ReconstructionDetector",
+    "VQVAEARDetector",
+    "VQVAEReconstructionDetector",
+    "ViMDetector",
     "get_detector",
     "get_detector_class",
     "list_detectors",

@@ -30,6 +30,7 @@ def train_network(
     device: torch.device | str = "cpu",
     weight_decay: float = 0.0,
     progress: bool | None = None,
+    prepare_batch: Callable[..., Any] | None = None,
 ) -> StepTrainer:
     """Train ``network`` with Adam for ``epochs`` passes over ``loader`` and return the finished engine.
 
@@ -42,6 +43,7 @@ def train_network(
         device: where to train. Defaults to ``"cpu"``.
         weight_decay: Adam weight decay. Defaults to 0.
         progress: show an Ignite progress bar; ``None`` = on unless ``CI=true`` or ``MEDOOD_PROGRESS=0``.
+        prepare_batch: MONAI ``prepare_batch`` callable (e.g. :class:`~medood.engines.prepare.PrepareKeys`).
     """
     network.to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=lr, weight_decay=weight_decay)
@@ -49,6 +51,7 @@ def train_network(
     trainer = StepTrainer(
         device=torch.device(device), max_epochs=epochs, train_data_loader=data, network=network,
         optimizer=optimizer, loss_function=loss_function,  # type: ignore[arg-type]
+        **({"prepare_batch": prepare_batch} if prepare_batch is not None else {}),
     )
     if progress if progress is not None else _progress():
         from ignite.contrib.handlers import ProgressBar

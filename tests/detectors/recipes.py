@@ -31,6 +31,21 @@ def posthoc(name: str, **kwargs: object) -> Recipe:
     return Recipe(make=lambda sd: get_detector(name, model=toy.trained_classifier(sd), **kwargs))
 
 
+_TOKENIZER = {"channels": (8, 16), "num_res_layers": 1, "num_embeddings": 16, "embedding_dim": 8}
+_TINY_TRANSFORMER = {"hidden_size": 32, "depth": 1, "num_heads": 2}
+_RESTORATION = {"tokenizer": _TOKENIZER, "erode_mask": 0, "fit_epochs": {"tokenizer": 10, "detector": 10,
+                "inpainter": 10, "prior": 10}}
+
+
+def restoration(name: str, **kwargs: object) -> Recipe:
+    """A recipe for a slice-restoration detector trained from scratch on a few toy images / volumes."""
+    return Recipe(
+        make=lambda sd: get_detector(name, **_RESTORATION, **kwargs),
+        fit=lambda det, sd: det.fit(toy.id_loader(sd, n=48 if sd == 2 else 12, batch_size=12)),
+        ood_batch=lambda sd: toy.artefact_images(sd, 12, seed=7),
+    )
+
+
 RECIPES: dict[str, Recipe] = {
     "msp": posthoc("msp"),
     "energy": posthoc("energy"),
@@ -47,5 +62,11 @@ RECIPES: dict[str, Recipe] = {
     "ae": Recipe(
         make=lambda sd: get_detector("ae", spatial_dims=sd, channels=(8, 16), strides=(2, 2), epochs=30),
         ood_batch=lambda sd: toy.artefact_images(sd, 12, seed=7),
+    ),
+    "vqvae_recon": restoration("vqvae_recon"),
+    "mim": restoration("mim", grid_size=(4, 4), token_detector=_TINY_TRANSFORMER, inpainter=_TINY_TRANSFORMER),
+    "vqvae_ar": restoration(
+        "vqvae_ar", grid_size=(4, 4), n_restorations=3,
+        prior={"attn_layers_dim": 32, "attn_layers_depth": 1, "attn_layers_heads": 2},
     ),
 }

@@ -38,13 +38,12 @@ def ood_images(spatial_dims: int, n: int, seed: int, size: int = SIZE) -> Tensor
 
 
 def artefact_images(spatial_dims: int, n: int, seed: int, size: int = SIZE) -> Tensor:
-    """Obviously shifted inputs for *generative / reconstruction* detectors: ID images with a bright,
-    high-frequency checkerboard patch that healthy data never contains."""
+    """Obviously shifted inputs for *generative / reconstruction* detectors: ID images with a solid bright
+    block (a synthetic "lesion" of intensity 2, twice the brightest healthy tissue) that healthy data never
+    contains."""
     x, _ = blob_images(spatial_dims, n, seed=seed + 2000, size=size)
-    idx = torch.stack(torch.meshgrid(*[torch.arange(size)] * spatial_dims, indexing="ij")).sum(0)
-    checker = (idx % 2).float() * 2.0
-    sl = (slice(None), slice(None), *[slice(size // 4, size // 4 + size // 2)] * spatial_dims)
-    x[sl] = x[sl] + checker[tuple(slice(size // 4, size // 4 + size // 2) for _ in range(spatial_dims))]
+    lo, hi = size // 4, size // 4 + size // 3
+    x[(slice(None), slice(None), *[slice(lo, hi)] * spatial_dims)] = 2.0
     return x
 
 

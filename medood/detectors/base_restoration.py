@@ -1,0 +1,209 @@
+"""Shared base of the token-restoration detectors (MIM-OOD, VQ-VAE + AR, plain VQ-VAE reconstruction).
+
+All three work slice-wise on 2D slices of a volume with a VQ-VAE tokenizer and differ only in how they restore
+a healthy version of each slice. This base turns volumes ``(B, C, H, W, D)`` into foreground slices with their
+normalised position, pads them to the tokenizer's stride, asks the subclass for a per-slice residual, puts the
+volume back together, smooths it (min-pool then mean-pool, as in the authors' LSR pipeline) and zeroes the
+background. 2D inputs ``(B, C, H, W)`` are single slices (position 0 unless given).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor
+
+from medood.detectors.base import OODDetector, OODOutput
+from medood.inferers.reduce import reduce_map
+from medood.networks.nets.vq_tokenizer import SliceTokenizer
+from medood.transforms.slices import slice_positions
+from medood.utils.enums import OODKeys
+
+__all__ = ["SliceRestorationDetector"]
+
+
+def _pool(x: Tensor, kernel: int, kind: str) -> Tensor:
+    if kernel <= 1:
+        return x
+    nd = x.ndim - 2
+    pad = kernel // 2
+    if kind == "min":
+        fn = F.max_pool3d if nd == 3 else F.max_pool2d
+        return -fn(-x, kernel, stride=1, padding=pad)
+    fn = F.avg_pool3d if nd == 3 else F.avg_pool2d
+    return fn(x, kernel, stride=1, padding=pad, count_include_pad=False)
+
+
+class SliceRestorationDetector(OODDetector):
+    """Base class: slice-wise restoration with a VQ-VAE tokenizer.
+
+    Args:
+        tokenizer: a :class:`~medood.networks.nets.SliceTokenizer` or its constructor kwargs.
+        slice_axis: spatial axis of 3D inputs along which 2D slices are taken (2 = axial in RAS). Defaults to 2.
+        min_foreground: slices with a smaller non-zero fraction are not processed (map 0). Defaults to 0.01.
+        minpool: min-pool kernel applied to the residual (removes isolated hot voxels). Defaults to 3.
+        avgpool: mean-pool kernel applied after it. Defaults to 3.
+        erode_mask: voxels of the brain (non-zero) mask removed from its rim before masking the map (the
+            rim carries partial-volume residuals). Defaults to 1.
+        score_reduction: image / volume score reduction. Defaults to ``"topk"``.
+        score_k: top-k count or fraction of foreground voxels. Defaults to 0.001.
+        slice_batch: slices processed per network call. Defaults to 64.
+        fit_epochs: epochs per training stage used by :meth:`fit` (stage name -> epochs; the bundle's stage
+            configs are the way to train on real data). Defaults to 30 per stage.
+        fit_lr: learning rate of :meth:`fit`. Defaults to 1e-3.
+        fit_batch_size: slices / token grids per step in :meth:`fit`. Defaults to 32.
+    """
+
+    #: the training stages :meth:`fit` runs after the tokenizer, in order (set by subclasses)
+    stages: tuple[str, ...] = ()
+
+    requires_training = True
+    produces_map = True
+    supported_spatial_dims = (2, 3)
+
+    def __init__(
+        self,
+        tokenizer: SliceTokenizer | Mapping[str, Any] | None = None,
+        slice_axis: int = 2,
+        min_foreground: float = 0.01,
+        minpool: int = 3,
+        avgpool: int = 3,
+        erode_mask: int = 1,
+        score_reduction: str = "topk",
+        score_k: int | float = 0.001,
+        slice_batch: int = 64,
+        fit_epochs: Mapping[str, int] | None = None,
+        fit_lr: float = 1e-3,
+        fit_batch_size: int = 32,
+    ) -> None:
+        super().__init__()
+        self.fit_epochs = {"tokenizer": 30, **{s: 30 for s in self.stages}, **dict(fit_epochs or {})}
+        self.fit_lr, self.fit_batch_size = fit_lr, fit_batch_size
+        if tokenizer is None:
+            tokenizer = {}
+        self.tokenizer = tokenizer if isinstance(tokenizer, SliceTokenizer) else SliceTokenizer(**dict(tokenizer))
+        if self.tokenizer.spatial_dims != 2:
+            raise ValueError("the restoration detectors use a 2D (slice) tokenizer")
+        self.slice_axis, self.min_foreground = slice_axis, min_foreground
+        self.minpool, self.avgpool, self.erode_mask = minpool, avgpool, erode_mask
+        self.score_reduction, self.score_k = score_reduction, score_k
+        self.slice_batch = slice_batch
+
+    # ------------------------------------------------------------------ subclass hook
+    @abstractmethod
+    def residual_slices(self, slices: Tensor, positions: Tensor) -> Tensor:
+        """Residual ``(N, 1, h, w)`` of padded slices ``(N, C, h, w)`` (h, w divisible by the stride)."""
+
+    # ------------------------------------------------------------------ geometry
+    def _pad(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        s = self.tokenizer.downsample
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % s, (-w) % s
+        return (F.pad(x, (0, pw, 0, ph)) if ph or pw else x), (h, w)
+
+    def _slices_of(self, x: Tensor) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
+        """Foreground slices ``(N, C, H', W')``, their positions and ``(batch, slice)`` indices."""
+        if x.ndim == 4:
+            return x, torch.zeros(x.shape[0], device=x.device), [(b, 0) for b in range(x.shape[0])]
+        ax = 2 + self.slice_axis
+        slices, positions, index = [], [], []
+        for b in range(x.shape[0]):
+            vol = x[b]
+            pos = slice_positions(vol, self.slice_axis).to(x.device)
+            fg = (vol.abs().amax(0) > 0).float().movedim(self.slice_axis, 0).flatten(1).mean(1)
+            keep = torch.nonzero(fg >= self.min_foreground).flatten().tolist()
+            moved = x[b : b + 1].movedim(ax, 1)[0]  # (D, C, H', W')
+            slices.append(moved[keep])
+            positions.append(pos[keep])
+            index.extend((b, z) for z in keep)
+        return torch.cat(slices), torch.cat(positions), index
+
+    def _assemble(self, x: Tensor, res: Tensor, index: list[tuple[int, int]]) -> Tensor:
+        """Put per-slice residuals ``(N, 1, H', W')`` back into a ``(B, 1, *S)`` map (zeros elsewhere)."""
+        if x.ndim == 4:
+            return res
+        ax = 2 + self.slice_axis
+        out = torch.zeros((x.shape[0], 1, *x.shape[2:]), device=x.device, dtype=torch.float32)
+        moved = out.movedim(ax, 2)  # (B, 1, D, H', W') view
+        for i, (b, z) in enumerate(index):
+            moved[b, 0, z] = res[i, 0]
+        return out
+
+    # ------------------------------------------------------------------ map
+    def foreground_mask(self, x: Tensor) -> Tensor:
+        """The non-zero (brain) voxels, eroded by ``erode_mask`` voxels."""
+        fg = (x.abs().amax(1, keepdim=True) > 0).float()
+        if self.erode_mask > 0:
+            fg = _pool(fg, 2 * self.erode_mask + 1, "min")
+        return fg > 0.5
+
+    def predict_map(self, x: Tensor) -> Tensor:
+        """Voxel-wise anomaly map ``(B, 1, *S)`` (float32, 0 outside the brain)."""
+        self.check_fitted()
+        x = x.float()
+        self._check_input(x)
+        slices, positions, index = self._slices_of(x)
+        res = torch.zeros((slices.shape[0], 1, *slices.shape[2:]), device=x.device)
+        with torch.no_grad():
+            for i in range(0, slices.shape[0], self.slice_batch):
+                chunk, (h, w) = self._pad(slices[i : i + self.slice_batch])
+                res[i : i + self.slice_batch] = self.residual_slices(chunk, positions[i : i + self.slice_batch])[..., :h, :w]
+        amap = self._assemble(x, res, index)
+        amap = _pool(_pool(amap, self.minpool, "min"), self.avgpool, "mean")
+        return (amap * self.foreground_mask(x)).float()
+
+    def score_features(self, features: Mapping[str, Tensor]) -> OODOutput:
+        """Map and volume score of ``{"image": x}``."""
+        x = features[OODKeys.IMAGE.value]
+        amap = self.predict_map(x)
+        return OODOutput(reduce_map(amap, self.score_reduction, self.score_k, self.foreground_mask(x)), amap)
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, loader: Any) -> SliceRestorationDetector:
+        """Train every stage on the in-distribution batches of ``loader`` (held in memory: for small data and
+        tests; train real models with the bundle's stage configs), then mark the detector fitted."""
+        from medood.data.tokens import collect_slices
+        from medood.engines.prepare import PrepareKeys
+        from medood.engines.train_utils import train_network
+        from medood.losses import VQVAELoss
+
+        slices, positions = collect_slices(loader, self.slice_axis, min_foreground=0.05)
+        slices, _ = self._pad(slices.to(self.device))
+        positions = positions.to(self.device)
+        bs = self.fit_batch_size
+        batches = [{"image": slices[i : i + bs], "position": positions[i : i + bs]} for i in range(0, len(slices), bs)]
+        train_network(
+            self.tokenizer, batches, VQVAELoss(), epochs=self.fit_epochs["tokenizer"], lr=self.fit_lr,
+            device=self.device, prepare_batch=PrepareKeys("image", "position"),
+        )
+        self.tokenizer.eval()
+        with torch.no_grad():
+            tokens = torch.cat([self.tokenize(b["image"], b["position"]) for b in batches])
+        self.fit_tokens(tokens, positions)
+        self.eval()
+        self._set_fitted()
+        return self
+
+    def fit_tokens(self, tokens: Tensor, positions: Tensor) -> None:
+        """Train the stages after the tokenizer on healthy token grids ``(N, h, w)``. Default: nothing."""
+
+    def _token_batches(self, tokens: Tensor, positions: Tensor) -> list[dict[str, Tensor]]:
+        bs = self.fit_batch_size
+        return [{"tokens": tokens[i : i + bs], "position": positions[i : i + bs]} for i in range(0, len(tokens), bs)]
+
+    def partial_fit_features(self, features: Mapping[str, Tensor], labels: Tensor | None = None) -> None:
+        """``fit_features({"image": x})`` trains on one in-memory batch of images (see :meth:`fit`)."""
+        self.fit([features[OODKeys.IMAGE.value]])
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    def tokenize(self, slices: Tensor, positions: Tensor) -> Tensor:
+        """Token grids of padded slices."""
+        return self.tokenizer.tokenize(slices, positions)
+
+    def decode(self, tokens: Tensor) -> Tensor:
+        """Images of token grids."""
+        return self.tokenizer.decode(tokens)

@@ -1,0 +1,9 @@
+"""Networks trained by medood detectors (plain ``nn.Module``s, ``spatial_dims`` first where it applies)."""
+
+from __future__ import annotations
+
+from medood.networks.nets.ar_cache import KVCache, cached_forward
+from medood.networks.nets.token_transformer import TokenTransformer
+from medood.networks.nets.vq_tokenizer import SliceTokenizer
+
+__all__ = ["KVCache", "SliceTokenizer", "TokenTransformer", "cached_forward"]
