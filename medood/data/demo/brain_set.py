@@ -173,7 +173,7 @@ def _readme(spacing: float, datalist: dict[str, Any]) -> str:
     oods = ", ".join(f"`{e['ood_type']}`" for e in datalist["ood"])
     return f"""# medood demo data: brain_mri
 
-Synthetic multi-contrast (T1w, T2w, FLAIR) brain MRI at {spacing:g} mm, built offline in seconds by
+Synthetic multi-contrast (T1w, T2w, FLAIR) brain MRI at {spacing:g} mm, built offline (no download) by
 `medood data demo`. Deterministic per seed (seed {datalist["seed"]} here).
 
 | folder | content |
@@ -197,7 +197,8 @@ Test lesion types: {", ".join(f"`{k}`" for k in kinds)} (`none` = healthy, `is_a
   jitter and Rician noise. Skull-stripped: 0 outside the brain mask.
 * **Lesions (synthetic, exact masks):** tumour (lobulated core, optional enhancing rim, oedema), MS-like
   periventricular white-matter plaques, and large/small lesions that are hyper- or hypo-intense on every contrast.
-  Blended with soft edges; the mask is the lesion's partial-volume weight >= 0.5, always inside the brain mask.
+  Blended with soft edges; the mask is the lesion's partial-volume weight >= 0.5, always inside the brain mask
+  (the soft border, weight < 0.5, reaches at most one voxel beyond the mask).
 * **OOD (see `dataset.json` `description`):** wrong contrast in the T1w slot (PD-weighted, inverted), other voxel
   order (PIR) and anisotropic thick slices (valid affines), motion ghosting, heavy noise, and a real head CT slice
   from pydicom-data (`693_UNCI.dcm`) extruded to 3-D.
