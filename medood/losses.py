@@ -72,7 +72,12 @@ class TokenDetectorLoss(nn.Module):
         super().__init__()
         self.num_tokens, self.clean_prob, self.max_ratio = num_tokens, clean_prob, max_ratio
         self.register_buffer("pos_weight", torch.tensor(pos_weight))
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
+
+    def reseed(self) -> None:
+        """Restart the corruption sequence (validation engines call this so every validation is identical)."""
+        self.generator.manual_seed(self.seed)
 
     def forward(self, network: nn.Module, tokens: Tensor, positions: Tensor | None = None) -> tuple[Tensor, dict]:
         """``network(tokens, position) -> (B, 1, h, w)`` logits."""
@@ -104,7 +109,12 @@ class MaskedTokenLoss(nn.Module):
     def __init__(self, num_tokens: int, blob_prob: float = 0.5, label_smoothing: float = 0.1, seed: int = 0) -> None:
         super().__init__()
         self.num_tokens, self.blob_prob, self.label_smoothing = num_tokens, blob_prob, label_smoothing
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
+
+    def reseed(self) -> None:
+        """Restart the masking sequence (validation engines call this so every validation is identical)."""
+        self.generator.manual_seed(self.seed)
 
     def forward(self, network: nn.Module, tokens: Tensor, positions: Tensor | None = None) -> tuple[Tensor, dict]:
         """``network(tokens_with_mask, position) -> (B, K, h, w)`` logits."""

@@ -6,8 +6,6 @@ import argparse
 import logging
 import sys
 
-from medood.detectors import get_detector_class, list_detectors
-
 logger = logging.getLogger(__name__)
 
 
@@ -25,6 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the table to stdout."""
+    from medood.detectors import get_detector_class, list_detectors
+
     rows = [("name", "class", "fit", "trains", "map", "dims")]
     for name in list_detectors():
         cls = get_detector_class(name)

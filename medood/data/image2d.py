@@ -33,6 +33,7 @@ from medood.utils.io import atomic_path
 __all__ = [
     "IMAGE_2D_SUFFIXES",
     "Image2DReader",
+    "overlay_rgb",
     "read_image_2d",
     "read_map_nifti_2d",
     "write_map_nifti_2d",
@@ -233,6 +234,17 @@ def write_overlay_png(
     Raises:
         ValueError: the shapes do not match or ``alpha`` is outside ``[0, 1]``.
     """
+    return _save_pil(Image.fromarray(overlay_rgb(image, anomaly_map, window, map_range, alpha)), path)
+
+
+def overlay_rgb(
+    image: Any,
+    anomaly_map: Any,
+    window: tuple[float, float] | None,
+    map_range: tuple[float, float] | None = None,
+    alpha: float = 0.6,
+) -> np.ndarray:
+    """The blended ``(H, W, 3)`` uint8 image :func:`write_overlay_png` writes (same arguments, no path)."""
     img = _window(_as_chw(image, "image"), window)
     amap = _as_hw(anomaly_map, "anomaly_map")
     if img.shape[1:] != amap.shape:
@@ -244,7 +256,7 @@ def write_overlay_png(
     m = _window(amap, map_range)
     weight = (alpha * m)[..., None]
     out = (1.0 - weight) * rgb + weight * _hot(m)
-    return _save_pil(Image.fromarray(np.round(out * 255.0).astype(np.uint8)), path)
+    return np.round(out * 255.0).astype(np.uint8)
 
 
 def write_map_nifti_2d(map_hw: Any, path: PathLike) -> Path:

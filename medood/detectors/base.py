@@ -153,6 +153,12 @@ class OODDetector(nn.Module, ABC):
     def _set_fitted(self, value: bool = True) -> None:
         self._fitted.fill_(value)
 
+    def mark_fitted(self) -> OODDetector:
+        """Declare the detector fitted after its networks were trained outside :meth:`fit` (e.g. by a bundle's
+        training stages); the flag is saved with the weights."""
+        self._set_fitted()
+        return self
+
     def _load_from_state_dict(  # type: ignore[override]
         self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool, missing_keys: list,
         unexpected_keys: list, error_msgs: list,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from medood.engines.evaluator import OODEvaluator
-from medood.engines.trainers import StepTrainer
+from medood.engines.prepare import PrepareKeys
+from medood.engines.trainers import StepEvaluator, StepTrainer
 
-__all__ = ["OODEvaluator", "StepTrainer"]
+__all__ = ["OODEvaluator", "PrepareKeys", "StepEvaluator", "StepTrainer"]

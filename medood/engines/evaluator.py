@@ -19,23 +19,23 @@ __all__ = ["OODEvaluator"]
 
 
 class OODEvaluator(SupervisedEvaluator):
-    """``SupervisedEvaluator`` whose output also holds ``ood_score`` (and ``is_ood``) for every item.
+    """``SupervisedEvaluator`` whose output also holds ``ood_score`` for every item.
 
     The network is a detector (or any module) whose forward returns an anomaly map ``(B, 1, *S)`` (stitched by
     the inferer, usually :class:`~medood.inferers.OODSlidingWindowInferer`) or image scores ``(B,)``. The volume
     score is the inferer's reduction of the map over the foreground (the inferer's ``foreground_fn``, else the
     detector's ``foreground_mask``). Postprocessing (``Invertd``) and handlers run afterwards as usual.
 
+    Ground-truth case labels stay in the batch (e.g. ``is_ood`` / ``is_anomalous``); thresholded decisions are
+    the writer's business (:class:`~medood.handlers.OODResultWriter`, column ``flagged``).
+
     Args:
         *args: as ``SupervisedEvaluator`` (``device``, ``val_data_loader``, ``network``, ...).
-        score_threshold: image-score threshold for the boolean ``is_ood`` key (take it from healthy data:
-            ``detector.threshold(99, "score")``). ``None`` = no ``is_ood`` key.
         **kwargs: as ``SupervisedEvaluator``.
     """
 
-    def __init__(self, *args: Any, score_threshold: float | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.score_threshold = score_threshold
         # scores must be added while the output is still batched: decollation and postprocessing (Invertd)
         # run on MODEL_COMPLETED, after FORWARD_COMPLETED
         self.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._add_scores)
@@ -63,5 +63,3 @@ class OODEvaluator(SupervisedEvaluator):
                 else:
                     score = reduce_map(pred, "max", mask=mask)
         output[OODKeys.SCORE.value] = score
-        if self.score_threshold is not None:
-            output[OODKeys.IS_OOD.value] = score > self.score_threshold

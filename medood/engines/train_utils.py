@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -11,14 +10,11 @@ import torch
 from torch import nn
 
 from medood.engines.trainers import StepTrainer
+from medood.handlers.progress import ProgressBar
 
 __all__ = ["train_network"]
 
 logger = logging.getLogger(__name__)
-
-
-def _progress() -> bool:
-    return os.environ.get("MEDOOD_PROGRESS", "1") != "0" and os.environ.get("CI", "").lower() != "true"
 
 
 def train_network(
@@ -53,10 +49,7 @@ def train_network(
         optimizer=optimizer, loss_function=loss_function,  # type: ignore[arg-type]
         **({"prepare_batch": prepare_batch} if prepare_batch is not None else {}),
     )
-    if progress if progress is not None else _progress():
-        from ignite.contrib.handlers import ProgressBar
-
-        ProgressBar(persist=False).attach(trainer, output_transform=lambda out: {"loss": float(out["loss"])})
+    ProgressBar("loss", enabled=progress).attach(trainer)
     trainer.run()
     logger.info("trained %s for %d epochs; last loss %.4g", type(network).__name__, epochs, float(trainer.state.output["loss"].detach()))
     return trainer

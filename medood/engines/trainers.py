@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 from monai.data import MetaTensor
-from monai.engines import SupervisedTrainer
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 from torch import Tensor
 
-__all__ = ["StepTrainer"]
+__all__ = ["StepEvaluator", "StepTrainer"]
 
 
 class StepTrainer(SupervisedTrainer):
@@ -64,5 +64,40 @@ class StepTrainer(SupervisedTrainer):
             loss.backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+
+class StepEvaluator(SupervisedEvaluator):
+    """Validation counterpart of :class:`StepTrainer`: evaluates ``loss_function(network, inputs, targets)``.
+
+    ``engine.state.output`` holds ``loss`` and the loss function's outputs, so an ignite ``Average`` of the
+    loss (``output_transform=lambda o: o["loss"]``) can be the key metric (lower is better: pass
+    ``metric_cmp_fn="$lambda cur, prev: cur < prev"``).
+
+    Args:
+        *args: as ``SupervisedEvaluator``.
+        loss_function: the stage loss (use a fixed seed so that validation is repeatable).
+        **kwargs: as ``SupervisedEvaluator``; ``decollate`` defaults to False.
+    """
+
+    def __init__(self, *args: Any, loss_function: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("decollate", False)
+        super().__init__(*args, **kwargs)
+        self.loss_function = loss_function
+        if callable(getattr(loss_function, "reseed", None)):  # identical random corruptions at every validation
+            from ignite.engine import Events
+
+            self.add_event_handler(Events.STARTED, lambda _e: loss_function.reseed())
+
+    def _iteration(self, engine: Any, batchdata: dict[str, Tensor]) -> dict:
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        inputs, targets = batch[0], batch[1]
+        if isinstance(inputs, MetaTensor):
+            inputs = inputs.as_tensor()
+        with engine.mode(engine.network):
+            loss, outputs = self.loss_function(engine.network, inputs, targets)
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets, Keys.LOSS: loss.detach(), **outputs}
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from medood.handlers.detector_fit import CalibrationHandler, DetectorFitHandler, save_detector
 from medood.handlers.metrics import OODAUROC, OODFPR95, BestDice, EngineKeys, OODAUPRIn, OODAUPROut, VoxelAP
+from medood.handlers.progress import ProgressBar
 from medood.handlers.writers import OODResultWriter, case_name
 
-__all__ = ["CalibrationHandler", "DetectorFitHandler", "OODResultWriter", "case_name", "save_detector"]
+__all__ = ["CalibrationHandler", "DetectorFitHandler", "OODResultWriter", "ProgressBar", "case_name", "save_detector"]
 __all__ += ["OODAUROC", "OODFPR95", "BestDice", "EngineKeys", "OODAUPRIn", "OODAUPROut", "VoxelAP"]

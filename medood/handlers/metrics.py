@@ -13,9 +13,9 @@ per-item dicts, ``decollate=True``, MONAI's default) and batch dicts:
 
 * image-level handlers: the score from ``ood_score`` (what :class:`medood.engines.OODEvaluator` adds; higher =
   more OOD) and the ground truth from ``is_ood`` (1 = OOD), looked up in ``engine.state.batch`` **first** and then
-  in the output. The ground truth comes from the dataset, which MONAI keeps in the batch; ``OODEvaluator`` with a
-  ``score_threshold`` also writes a *predicted* ``is_ood`` into the output, which must not be mistaken for the
-  label. If the dataset has no ``is_ood`` key, set ``label_key`` explicitly.
+  in the output. The ground truth comes from the dataset, which MONAI keeps in the batch (thresholded decisions
+  are never written under ``is_ood``: the result writer calls them ``flagged``). If the dataset names its labels
+  differently (the brain demo: ``is_anomalous``), set ``label_key``.
 * voxel handlers: the map from ``ood_map``, else ``pred`` (where ``OODEvaluator`` keeps the stitched map), and
   the lesion mask from ``label``, plus an optional foreground key; output first (post-transforms such as
   ``Invertd`` write there), then batch.

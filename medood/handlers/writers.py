@@ -5,10 +5,11 @@
 * ``<case>_anomaly_map.nii.gz``: float32, exactly the input's shape and affine (the map must already be on the
   input grid, i.e. after MONAI ``Invertd``); 2D images get a single-slice NIfTI that overlays the PNG in 3D
   Slicer plus ``<case>_anomaly_overlay.png``;
-* ``<case>_anomaly_seg.nii.gz``: uint8 mask ``map >= threshold`` when a threshold is given (taken from healthy
-  validation data: ``detector.threshold(99.0, "map")``), never chosen on the test data;
+* ``<case>_anomaly_seg.nii.gz``: uint8 mask ``map >= threshold`` when a threshold is known: given, or read from
+  the detector's calibration on healthy validation data (``map_percentile``), never chosen on the test data;
 
-and at the end of the run ``scores.csv`` (``case,score[,label][,is_ood]``) and ``slice_scores.csv`` (long format
+and at the end of the run ``scores.csv`` (``case,score[,label][,flagged]``; ``label`` is the ground truth when the
+data carries it, ``flagged`` = score above the healthy ``score_percentile``) and ``slice_scores.csv`` (long format
 ``case,axis,slice,score``; ``axis`` is the file's voxel axis, slices indexed as a viewer shows them). Every file
 is written atomically (temporary file + rename).
 """
@@ -65,8 +66,8 @@ def write_map_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLi
 
 
 def write_scores_csv(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]]) -> Path:
-    """Atomically write ``scores.csv``: ``case,score`` plus ``label`` / ``is_ood`` when any row has them."""
-    cols = ["case", "score"] + [c for c in ("label", "is_ood") if any(c in r for r in rows)]
+    """Atomically write ``scores.csv``: ``case,score`` plus ``label`` / ``flagged`` when any row has them."""
+    cols = ["case", "score"] + [c for c in ("label", "flagged") if any(c in r for r in rows)]
     with atomic_write(path) as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
@@ -99,8 +100,14 @@ class OODResultWriter:
         map_key: engine-output key of the anomaly map, already on the input grid. Defaults to ``"pred"``.
         score_key: key of the image / volume score. Defaults to ``"ood_score"``.
         label_key: optional key of a case-level label (1 = OOD / anomalous) copied to ``scores.csv``.
-        threshold: map threshold for ``*_anomaly_seg.nii.gz`` (``None`` = no masks). Take it from healthy data.
-        score_threshold: image-score threshold for the ``is_ood`` column (``None`` = no column).
+        threshold: map threshold for ``*_anomaly_seg.nii.gz``. ``None``: read it from ``detector`` (if given and
+            calibrated), else no masks. Take it from healthy data.
+        score_threshold: image-score threshold for the ``flagged`` column; ``None``: from ``detector`` (if
+            calibrated), else no column.
+        detector: a calibrated detector whose healthy quantiles give the thresholds (read at the first case,
+            i.e. after the weights are loaded).
+        map_percentile: healthy map-value percentile used as mask threshold. Defaults to 99.5.
+        score_percentile: healthy image-score percentile used for ``flagged``. Defaults to 95.
         slice_axes: the file's voxel axes for slice scores (``()`` = none). Defaults to ``(-1,)``.
         slice_reduction: ``"max"``, ``"mean"`` or ``"topk"``. Defaults to ``"topk"``.
         slice_k: top-k count or fraction per slice. Defaults to 0.01.
@@ -122,6 +129,9 @@ class OODResultWriter:
         label_key: str | None = None,
         threshold: float | None = None,
         score_threshold: float | None = None,
+        detector: Any = None,
+        map_percentile: float = 99.5,
+        score_percentile: float = 95.0,
         slice_axes: Sequence[int] = (-1,),
         slice_reduction: str = "topk",
         slice_k: int | float = 0.01,
@@ -135,6 +145,7 @@ class OODResultWriter:
         self.map_key, self.score_key, self.label_key = map_key, score_key, label_key
         self.threshold = None if threshold is None else float(threshold)
         self.score_threshold = None if score_threshold is None else float(score_threshold)
+        self.detector, self.map_percentile, self.score_percentile = detector, map_percentile, score_percentile
         self.slice_axes = tuple(slice_axes)
         self.slice_reduction, self.slice_k = slice_reduction, slice_k
         self.save_maps, self.window, self.overwrite = save_maps, window, overwrite
@@ -177,8 +188,23 @@ class OODResultWriter:
         self._seen[name] = source
         return name
 
+    def _resolve_thresholds(self) -> None:
+        """Take missing thresholds from the detector's healthy calibration (once, at the first case)."""
+        cal = getattr(self.detector, "calibration", None)
+        if cal is None:
+            return
+        if self.threshold is None and cal.has_map:
+            self.threshold = cal.quantile(self.map_percentile / 100.0, "map")
+        if self.score_threshold is None and cal.has_scores:
+            self.score_threshold = cal.quantile(self.score_percentile / 100.0, "score")
+        if self.threshold is None:
+            logger.warning("the detector is not calibrated on healthy data: no *_anomaly_seg masks are written")
+        self.detector = None
+
     def write_case(self, item: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
         """Write one case's files and collect its rows; returns the case name."""
+        if self.detector is not None:
+            self._resolve_thresholds()
         amap = item[self.map_key]
         meta = getattr(amap, "meta", {}) or {}
         source = str(meta.get("filename_or_obj", f"case_{len(self.rows):04d}"))
@@ -238,7 +264,7 @@ class OODResultWriter:
         image = _to_numpy(read_image_2d(source)) if source and Path(str(source)).is_file() else np.zeros_like(arr)
         if image.shape[-2:] != arr.shape:
             raise ValueError(f"{source}: image {image.shape[-2:]} and map {arr.shape} differ; invert the preprocessing")
-        write_overlay_png(image, arr, self._window(arr), self.output_dir / f"{case}_anomaly_overlay.png")
+        write_overlay_png(image, arr, None, self.output_dir / f"{case}_anomaly_overlay.png", map_range=self._window(arr))
 
     def _window(self, arr: np.ndarray) -> tuple[float, float]:
         if self.window is not None:
@@ -259,7 +285,7 @@ class OODResultWriter:
             if lab is not None:
                 row["label"] = int(np.asarray(_to_numpy(lab)).reshape(-1)[0])
         if self.score_threshold is not None:
-            row["is_ood"] = int(score > self.score_threshold)
+            row["flagged"] = int(score > self.score_threshold)
         self.rows.append(row)
         if arr.ndim >= 2 and self.slice_axes:
             t = torch.from_numpy(arr)[None, None]

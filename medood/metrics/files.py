@@ -19,6 +19,7 @@ read one at a time, so with ``max_voxels`` the memory stays bounded.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 from pathlib import Path
@@ -351,13 +352,30 @@ def evaluate_map_folders(
         DataError: on unpaired, unreadable, NaN or shape-mismatched files, or masks without lesion voxels.
     """
     pairs = pair_map_files(maps_dir, masks_dir, foreground_dir)
+    return evaluate_pairs(pairs, threshold, max_voxels, seed, n_thresholds, slice_axis, slice_reduction, masks_dir)
+
+
+def evaluate_pairs(
+    pairs: list[tuple[str, Path, Path, Path | None]],
+    threshold: float | None = None,
+    max_voxels: int | None = None,
+    seed: int = 0,
+    n_thresholds: int | None = None,
+    slice_axis: int | None = None,
+    slice_reduction: str = "max",
+    source: Path | None = None,
+) -> dict[str, Any]:
+    """Voxel- and slice-level metrics of ``(case, map, mask, foreground or None)`` file tuples.
+
+    The arguments are those of :func:`evaluate_map_folders`; ``source`` is named in errors.
+    """
     pool = VoxelPool(max_voxels, seed)
     counter = None if threshold is None else DiceCounter(threshold)
     slice_scores, slice_lesion = _accumulate(pairs, pool, counter, slice_axis, slice_reduction)
     pos, neg = pool.split()
     if pos.size == 0:
         hint = "with --max-voxels a small lesion can be missed: raise it" if max_voxels else None
-        raise DataError(masks_dir, "the masks contain no lesion voxel (inside the foreground)", hint=hint)
+        raise DataError(source or Path("."), "the masks contain no lesion voxel (inside the foreground)", hint=hint)
     best = best_dice_from_split(pos, neg, n_thresholds)
     metrics: dict[str, float] = {
         "pixel_ap": ap_from_counts(rank_counts(pos, neg, "voxels")),
@@ -380,3 +398,70 @@ def evaluate_map_folders(
         "slice_axis": slice_axis,
         "slice_reduction": slice_reduction if slice_axis is not None else None,
     }
+
+
+def evaluate_outputs(
+    output_dir: str | Path,
+    cases: list[dict[str, Any]],
+    threshold: float | None = None,
+    label_key: str = "is_anomalous",
+    mask_key: str = "label",
+    foreground_key: str | None = "brainmask",
+    slice_axis: int | None = None,
+    max_voxels: int | None = 200_000,
+    seed: int = 0,
+    out_file: str | Path | None = "metrics.json",
+) -> dict[str, Any]:
+    """Metrics of a bundle run: its ``scores.csv`` and maps in ``output_dir`` against the datalist's truth.
+
+    Volume level: AUROC / AP / FPR95 of ``scores.csv`` against each case's ``label_key``. Voxel level (cases with a
+    ``mask_key`` mask): pixel AP, pixel AUROC, the oracle best Dice (threshold chosen on these labels, as papers
+    report it) and, when ``threshold`` is given (taken from healthy validation data), the Dice a user gets at it;
+    slice AP / AUROC along ``slice_axis``. Maps are paired with their case through the input file name.
+
+    Args:
+        output_dir: the bundle's output folder.
+        cases: the datalist (``{"image": path, label_key: 0|1, mask_key: path, foreground_key: path}``).
+        threshold: map threshold from healthy data (``None`` = skip Dice at threshold).
+        label_key: case-level ground truth (1 = anomalous). Defaults to ``"is_anomalous"``.
+        mask_key: lesion-mask path. Defaults to ``"label"``.
+        foreground_key: optional brain-mask path restricting voxel metrics. Defaults to ``"brainmask"``.
+        slice_axis: voxel axis of slice metrics (``None`` = skip).
+        max_voxels: seeded voxels kept per case. Defaults to 200_000.
+        seed: sub-sampling seed. Defaults to 0.
+        out_file: JSON written (atomically) into ``output_dir`` (``None`` = none). Defaults to ``"metrics.json"``.
+    """
+    from medood.handlers.writers import case_name
+    from medood.metrics.functional import auroc, average_precision, fpr_at_tpr
+    from medood.utils.io import atomic_write_text
+
+    out = Path(output_dir)
+    result: dict[str, Any] = {}
+    scores, _ = read_scores(out / "scores.csv")
+    labelled = [(case_name(c["image"]), int(c[label_key])) for c in cases if label_key in c]
+    if labelled and len({y for _, y in labelled}) == 2:
+        missing = [n for n, _ in labelled if n not in scores]
+        if missing:
+            raise DataError(out / "scores.csv", f"has no score for {_few(missing)}")
+        s = np.array([scores[n] for n, _ in labelled])
+        y = np.array([v for _, v in labelled])
+        result["volume"] = {
+            "auroc": auroc(s, y), "ap": average_precision(s, y), "fpr95": fpr_at_tpr(s, y, 0.95, positive="id"),
+            "n_anomalous": int(y.sum()), "n_healthy": int((1 - y).sum()),
+        }
+    pairs = []
+    for c in cases:
+        mask = c.get(mask_key)
+        if not mask:
+            continue
+        name = case_name(c["image"])
+        amap = out / f"{name}{MAP_SUFFIX}.nii.gz"
+        if not amap.is_file():
+            raise DataError(amap, f"missing: case {name} was not scored into {out}")
+        fg = c.get(foreground_key) if foreground_key else None
+        pairs.append((name, amap, Path(mask), Path(fg) if fg else None))
+    if pairs:
+        result["voxel"] = evaluate_pairs(pairs, threshold, max_voxels, seed, None, slice_axis, "max", out)
+    if out_file is not None:
+        atomic_write_text(out / out_file, json.dumps(result, indent=2, default=float) + "\n")
+    return result

@@ -51,12 +51,15 @@ class RandSlices(Randomizable, Transform):
         num_samples: slices per volume. Defaults to 8.
         axis: spatial axis (2 = axial after ``Orientationd("RAS")``). Defaults to 2.
         min_foreground: minimum fraction of non-zero voxels in a slice. Defaults to 0.05.
+        uniform: take evenly spaced eligible slices instead of random ones (repeatable validation).
+            Defaults to False.
     """
 
-    def __init__(self, num_samples: int = 8, axis: int = 2, min_foreground: float = 0.05) -> None:
+    def __init__(self, num_samples: int = 8, axis: int = 2, min_foreground: float = 0.05, uniform: bool = False) -> None:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         self.num_samples, self.axis, self.min_foreground = num_samples, axis, min_foreground
+        self.uniform = uniform
         self._idx: np.ndarray = np.zeros(0, dtype=int)
 
     def candidates(self, volume: Tensor) -> Tensor:
@@ -68,6 +71,9 @@ class RandSlices(Randomizable, Transform):
     def randomize(self, data: Tensor) -> None:
         """Draw the slice indices (with replacement when there are fewer candidates than samples)."""
         cand = self.candidates(data).numpy()
+        if self.uniform:
+            self._idx = cand[np.linspace(0, len(cand) - 1, self.num_samples).round().astype(int)]
+            return
         replace = len(cand) < self.num_samples
         self._idx = self.R.choice(cand, size=self.num_samples, replace=replace)
 
@@ -92,6 +98,7 @@ class RandSlicesd(Randomizable, MapTransform):
         axis: spatial axis. Defaults to 2.
         min_foreground: minimum non-zero fraction of the first key's slices. Defaults to 0.05.
         position_key: where the slice coordinate goes. Defaults to ``"position"``.
+        uniform: evenly spaced instead of random slices. Defaults to False.
     """
 
     def __init__(
@@ -101,10 +108,11 @@ class RandSlicesd(Randomizable, MapTransform):
         axis: int = 2,
         min_foreground: float = 0.05,
         position_key: str = "position",
+        uniform: bool = False,
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
-        self.sampler = RandSlices(num_samples, axis, min_foreground)
+        self.sampler = RandSlices(num_samples, axis, min_foreground, uniform)
         self.position_key = position_key
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandSlicesd:

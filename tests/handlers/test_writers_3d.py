@@ -89,7 +89,7 @@ def test_map_has_input_grid_and_csvs(tmp_path, trained_ae):
 
     rows = list(csv.DictReader(open(out / "scores.csv")))
     assert [r["case"] for r in rows] == ["case0", "case1", "case2"]
-    assert set(rows[0]) == {"case", "score", "is_ood"}
+    assert set(rows[0]) == {"case", "score", "flagged"}
     assert all(np.isfinite(float(r["score"])) for r in rows)
 
     srows = list(csv.DictReader(open(out / "slice_scores.csv")))

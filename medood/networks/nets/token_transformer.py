@@ -27,6 +27,7 @@ class TokenTransformer(nn.Module):
         depth: transformer blocks. Defaults to 4.
         num_heads: attention heads. Defaults to 4.
         dropout: dropout rate. Defaults to 0.1.
+        mlp_ratio: width of the MLP relative to ``hidden_size``. Defaults to 4.
         use_position: condition on a slice coordinate in ``[-0.5, 0.5]``. Defaults to True.
         use_flash_attention: PyTorch SDPA attention (2.5-4x faster on CPU). Defaults to True.
     """
@@ -40,6 +41,7 @@ class TokenTransformer(nn.Module):
         depth: int = 4,
         num_heads: int = 4,
         dropout: float = 0.1,
+        mlp_ratio: int = 4,
         use_position: bool = True,
         use_flash_attention: bool = True,
     ) -> None:
@@ -63,7 +65,7 @@ class TokenTransformer(nn.Module):
         self.blocks = nn.ModuleList(
             [
                 TransformerBlock(
-                    hidden_size=hidden_size, mlp_dim=4 * hidden_size, num_heads=num_heads, dropout_rate=dropout,
+                    hidden_size=hidden_size, mlp_dim=mlp_ratio * hidden_size, num_heads=num_heads, dropout_rate=dropout,
                     qkv_bias=True, causal=False, use_flash_attention=use_flash_attention,
                 )
                 for _ in range(depth)

@@ -1,0 +1,108 @@
+"""Pictures of results: a montage of the most anomalous slices of a bundle run."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from PIL import Image, ImageDraw
+
+from medood.data.image2d import overlay_rgb
+from medood.utils.io import atomic_path
+
+__all__ = ["worst_slices_montage"]
+
+logger = logging.getLogger(__name__)
+
+
+def _canonical(path: str | os.PathLike[str]) -> np.ndarray:
+    """The volume in RAS voxel order (so that axis 2 is axial whatever the file's orientation)."""
+    return np.asarray(nib.as_closest_canonical(nib.load(str(path))).dataobj, dtype=np.float32)  # type: ignore[arg-type]
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    inner = mask.copy()
+    inner[1:-1, 1:-1] = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+    return mask & ~inner
+
+
+def _tile(image: np.ndarray, amap: np.ndarray, lesion: np.ndarray | None, map_range: tuple[float, float]) -> np.ndarray:
+    brain = image[image > 0]
+    window = (0.0, float(np.percentile(brain, 99.5))) if brain.size else None
+    rgb = overlay_rgb(image.T[::-1], amap.T[::-1], window, map_range)  # radiological display: anterior up
+    if lesion is not None:
+        rgb[_outline(lesion.T[::-1] > 0.5)] = (0, 255, 0)
+    return rgb
+
+
+def worst_slices_montage(
+    output_dir: str | os.PathLike[str],
+    cases: Sequence[dict[str, Any]],
+    n: int = 12,
+    columns: int = 4,
+    map_range: tuple[float, float] | None = None,
+    mask_key: str = "label",
+    filename: str = "worst_slices.png",
+    scale: int = 2,
+) -> Path | None:
+    """Write a PNG montage of the ``n`` axial slices with the highest maximum map value over all cases.
+
+    Each tile shows the input slice (grey), the anomaly map over it (hot colours, ``map_range`` fixed for the
+    whole montage: take it from healthy calibration, e.g. ``(threshold, 4 * threshold)``) and, when the case
+    has a lesion mask, its outline in green. Tiles are labelled ``case z=slice``.
+
+    Args:
+        output_dir: the bundle's output folder (holds ``<case>_anomaly_map.nii.gz``); the PNG goes there too.
+        cases: the datalist (``{"image": path, mask_key: path?}``).
+        n: number of slices. Defaults to 12.
+        columns: tiles per row. Defaults to 4.
+        map_range: map values shown transparent / full colour; ``None`` = (0, the largest value shown).
+        mask_key: lesion-mask key of the datalist entries. Defaults to ``"label"``.
+        filename: output file name. Defaults to ``"worst_slices.png"``.
+        scale: pixel upscaling of every tile. Defaults to 2.
+
+    Returns:
+        The PNG path, or ``None`` when no map was found.
+    """
+    from medood.handlers.writers import case_name
+
+    out = Path(output_dir)
+    ranked = []
+    for c in cases:
+        name = case_name(c["image"])
+        amap_path = out / f"{name}_anomaly_map.nii.gz"
+        if not amap_path.is_file():
+            continue
+        per_slice = _canonical(amap_path).reshape(-1, _canonical(amap_path).shape[2]).max(0)
+        ranked.extend((float(v), name, z, c) for z, v in enumerate(per_slice))
+    if not ranked:
+        logger.warning("no anomaly maps in %s: no montage written", out)
+        return None
+    ranked.sort(key=lambda r: -r[0])
+    chosen = ranked[:n]
+    hi = map_range if map_range is not None else (0.0, max(r[0] for r in chosen) or 1.0)
+    tiles = []
+    for value, name, z, c in chosen:
+        image = _canonical(c["image"])[:, :, z]
+        amap = _canonical(out / f"{name}_anomaly_map.nii.gz")[:, :, z]
+        lesion = _canonical(c[mask_key])[:, :, z] if c.get(mask_key) else None
+        tile = Image.fromarray(_tile(image, amap, lesion, hi)).resize(
+            (image.shape[0] * scale, image.shape[1] * scale), Image.NEAREST
+        )
+        ImageDraw.Draw(tile).text((3, 3), f"{name} z={z} max={value:.3g}", fill=(255, 255, 0))
+        tiles.append(np.asarray(tile))
+    h, w = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
+    rows = -(-len(tiles) // columns)
+    canvas = np.zeros((rows * h, columns * w, 3), np.uint8)
+    for i, t in enumerate(tiles):
+        r, col = divmod(i, columns)
+        canvas[r * h : r * h + t.shape[0], col * w : col * w + t.shape[1]] = t
+    dest = out / filename
+    with atomic_path(dest) as tmp:
+        Image.fromarray(canvas).save(tmp, format="PNG")
+    return dest

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Train the shipped demo weights of bundles/mim_brain_mri_anomaly_segmentation, stage by stage (seeded).
+#
+#   scripts/train_demo_weights.sh                 # all stages: vqvae detector mim ar
+#   scripts/train_demo_weights.sh detector mim    # only these stages (each loads the previous stages' weights)
+#   EXTRA="--epochs 2" scripts/train_demo_weights.sh vqvae   # extra overrides for every stage
+#
+# Each stage writes <bundle>/models/stages/<stage>.pt, a log in <bundle>/logs/<stage>.log and a line with its
+# command, seed and wall time in <bundle>/logs/stages.jsonl (copied into configs/metadata.json by
+# scripts/record_training.py). The final weights are <bundle>/models/model.pt (MIM-OOD) and model_ar.pt (AR).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+B="$ROOT/bundles/mim_brain_mri_anomaly_segmentation"
+PY="${PYTHON:-$ROOT/.venv/bin/python}"
+DATA="${DATA:-$ROOT/demo_data/brain_mri}"
+SEED="${SEED:-0}"
+STAGES=("$@")
+[ ${#STAGES[@]} -gt 0 ] || STAGES=(vqvae detector mim ar)
+
+if [ ! -f "$DATA/dataset.json" ]; then
+  echo "[train] building the demo data in $(dirname "$DATA")" >&2
+  "$ROOT/.venv/bin/medood" data demo --out "$(dirname "$DATA")" --size small --seed "$SEED" --only brain_mri
+fi
+mkdir -p "$B/logs"
+for stage in "${STAGES[@]}"; do
+  case "$stage" in
+    vqvae) configs="['$B/configs/inference.yaml','$B/configs/train_vqvae.yaml']" ;;
+    detector|mim) configs="['$B/configs/inference.yaml','$B/configs/train_tokens.yaml','$B/configs/train_$stage.yaml']" ;;
+    ar) configs="['$B/configs/inference.yaml','$B/configs/inference_ar.yaml','$B/configs/train_tokens.yaml','$B/configs/train_ar.yaml']" ;;
+    *) echo "unknown stage $stage (vqvae detector mim ar)" >&2; exit 2 ;;
+  esac
+  cmd=("$PY" -m monai.bundle run --config_file "$configs" --bundle_root "$B" --dataset_dir "$DATA" --seed "$SEED"
+       --meta_file "$B/configs/metadata.json" --logging_file "$B/configs/logging.conf")
+  # shellcheck disable=SC2206
+  [ -z "${EXTRA:-}" ] || cmd+=(${EXTRA})
+  echo "[train] stage $stage: ${cmd[*]}" >&2
+  start=$(date +%s)
+  MEDOOD_PROGRESS=0 "${cmd[@]}" > "$B/logs/$stage.log" 2>&1
+  end=$(date +%s)
+  printf '{"stage": "%s", "seed": %s, "seconds": %s, "finished": "%s", "command": "%s", "machine": "%s"}\n' \
+    "$stage" "$SEED" "$((end - start))" "$(date -u +%FT%TZ)" "${cmd[*]//\"/\\\"}" "$(uname -m), $(nproc) CPU cores" \
+    >> "$B/logs/stages.jsonl"
+  echo "[train] stage $stage done in $((end - start)) s" >&2
+done
