@@ -127,12 +127,14 @@ class VQVAEARDetector(SliceRestorationDetector):
         return float(self.fitted_nll_threshold)
 
     # ------------------------------------------------------------------ restoration
-    def _sample(self, logits: Tensor, gen: torch.Generator) -> Tensor:
-        probs = (logits[..., : self.num_tokens] / self.temperature).softmax(-1)
-        return torch.multinomial(probs.float().cpu(), 1, generator=gen)[:, 0].to(logits.device)
+    def _sample(self, logits: Tensor, uniforms: Tensor) -> Tensor:
+        """Inverse-CDF sampling with pre-drawn uniforms: the same draws give the same tokens on both paths."""
+        probs = (logits[..., : self.num_tokens].float() / self.temperature).softmax(-1)
+        cdf = probs.cumsum(-1)
+        return torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(-1)).squeeze(-1).clamp_max(self.num_tokens - 1)
 
-    def _resample(self, seqs: Tensor, flagged: Tensor, gen: torch.Generator, cached: bool) -> Tensor:
-        """Resample the flagged positions of ``seqs`` in raster order (in place on a copy)."""
+    def _resample(self, seqs: Tensor, flagged: Tensor, uniforms: Tensor, cached: bool) -> Tensor:
+        """Resample the flagged positions of ``seqs`` in raster order (on a copy); ``uniforms`` is (rows, L)."""
         seqs = seqs.clone()
         order = torch.nonzero(flagged.any(0)).flatten().tolist()
         cache, fed = KVCache(), 0
@@ -143,21 +145,28 @@ class VQVAEARDetector(SliceRestorationDetector):
             else:
                 logits = self.prior(seqs[:, : p + 1])[:, -1]
             rows = flagged[:, p]
-            seqs[rows, p + 1] = self._sample(logits[rows], gen)
+            seqs[rows, p + 1] = self._sample(logits[rows], uniforms[rows, p])
         return seqs
 
     def restore_tokens(self, tokens: Tensor, positions: Tensor) -> Tensor:
-        """``n_restorations`` restored grids per slice, ``(R, N, h, w)``."""
-        gen = torch.Generator().manual_seed(self.seed)
+        """``n_restorations`` restored grids per slice, ``(R, N, h, w)``.
+
+        The random draws depend only on ``seed`` and the slice's place in the batch, so the cached and the
+        LSR-style paths restore identically (up to float rounding of the logits).
+        """
         n, r = tokens.shape[0], self.n_restorations
         seq = self.sequences(tokens, positions)
         flagged = (self.token_nll(tokens, positions) > self.threshold_nll).flatten(1)
+        gen = torch.Generator().manual_seed(self.seed)
+        uniforms = torch.rand(r, n, flagged.shape[1], generator=gen).to(tokens.device)
         if self.use_cache:  # every restoration of every slice in one batch
-            out = self._resample(seq.repeat(r, 1), flagged.repeat(r, 1), gen, cached=True)
+            out = self._resample(seq.repeat(r, 1), flagged.repeat(r, 1), uniforms.reshape(r * n, -1), cached=True)
             return out[:, 1:].reshape(r, n, *tokens.shape[1:])
         restored = []  # LSR-style: one slice at a time, its restorations batched, no cache
         for i in range(n):
-            restored.append(self._resample(seq[i : i + 1].repeat(r, 1), flagged[i : i + 1].repeat(r, 1), gen, False))
+            restored.append(
+                self._resample(seq[i : i + 1].repeat(r, 1), flagged[i : i + 1].repeat(r, 1), uniforms[:, i], cached=False)
+            )
         return torch.stack(restored, 1)[..., 1:].reshape(r, n, *tokens.shape[1:])
 
     def residual_slices(self, slices: Tensor, positions: Tensor) -> Tensor:

@@ -48,13 +48,16 @@ def maskgit_ratio(batch: int, generator: torch.Generator | None = None, min_rati
 
 
 def corrupt_tokens(
-    tokens: Tensor, num_tokens: int, clean_prob: float = 0.15, max_ratio: float = 0.2,
+    tokens: Tensor,
+    num_tokens: int,
+    clean_prob: float = 0.15,
+    max_ratio: float = 0.2,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Synthetic token anomalies for the anomalous-token detector.
 
     Each grid is left clean with probability ``clean_prob``; otherwise a region (contiguous blobs, or scattered
-    positions) covering up to ``max_ratio`` of the grid is replaced by one of: uniformly random codes; the codes
+    positions) covering about ``ratio ~ U(0, max_ratio)`` of the grid (a blob can overshoot it) is replaced by one of: uniformly random codes; the codes
     another healthy grid has at the same positions (plausible codes in the wrong context); one repeated code
     (a homogeneous lesion); the grid's own codes shifted by a few positions.
 

@@ -1,0 +1,88 @@
+"""MIM-OOD and its AR / reconstruction references: in-painting logic, flags, the two AR paths, the residuals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medood.detectors import MIMDetector, VQVAEARDetector, VQVAEReconstructionDetector
+
+TOK = {"channels": (8, 16), "num_res_layers": 1, "num_embeddings": 16, "embedding_dim": 8}
+TINY = {"hidden_size": 16, "depth": 1, "num_heads": 2, "dropout": 0.0}
+
+
+def _mim(**kw: object) -> MIMDetector:
+    torch.manual_seed(0)
+    return MIMDetector(tokenizer=TOK, grid_size=(4, 6), token_detector=TINY, inpainter=TINY, **kw).eval()
+
+
+def test_inpaint_changes_only_masked_tokens_and_all_of_them_get_codes() -> None:
+    det = _mim(mim_steps=3)
+    tokens = torch.randint(0, 16, (3, 4, 6))
+    mask = torch.zeros(3, 4, 6, dtype=torch.bool)
+    mask[:, 1:3, 2:5] = True
+    with torch.no_grad():
+        out = det.inpaint(tokens, mask, torch.zeros(3))
+    assert torch.equal(out[~mask], tokens[~mask])
+    assert int(out.max()) < 16, "no [MASK] token left after the last step"
+
+
+def test_flag_dilation_and_threshold() -> None:
+    det = _mim(mask_dilation=1)
+    tokens = torch.randint(0, 16, (2, 4, 6))
+    det.token_anomaly = lambda t, p: torch.zeros(t.shape, dtype=torch.float32).index_put_(  # type: ignore[method-assign]
+        (torch.tensor([0]), torch.tensor([1]), torch.tensor([1])), torch.tensor(0.9)
+    )
+    flags = det.flag(tokens, torch.zeros(2))
+    assert flags[0].sum() == 9 and flags[1].sum() == 0, "one flagged token dilates to its 3x3 neighbourhood"
+    with pytest.raises(ValueError, match="atd_threshold"):
+        _mim(atd_threshold=1.5)
+
+
+def test_residual_variants_differ_and_gated_is_zero_outside_inpainted_tokens() -> None:
+    x = torch.rand(2, 1, 16, 24)
+    det = _mim(residual="gated")
+    det.flag = lambda t, p: torch.zeros(t.shape, dtype=torch.bool)  # type: ignore[method-assign]
+    with torch.no_grad():
+        assert float(det.residual_slices(x, torch.zeros(2)).abs().max()) == 0.0
+        det.residual = "input"
+        assert float(det.residual_slices(x, torch.zeros(2)).min()) >= 0.0
+        recon = VQVAEReconstructionDetector(tokenizer=det.tokenizer).residual_slices(x, torch.zeros(2))
+    det.residual = "input"
+    with torch.no_grad():
+        torch.testing.assert_close(det.residual_slices(x, torch.zeros(2)), recon)  # nothing flagged = plain recon
+
+
+def test_ar_cached_and_lsr_style_restorations_are_identical() -> None:
+    torch.manual_seed(0)
+    det = VQVAEARDetector(tokenizer=TOK, grid_size=(4, 6), nll_threshold=2.0, n_restorations=4,
+                          prior={"attn_layers_dim": 32, "attn_layers_depth": 2, "attn_layers_heads": 2}).eval()
+    tokens, pos = torch.randint(0, 16, (5, 4, 6)), torch.rand(5) - 0.5
+    with torch.no_grad():
+        cached = det.restore_tokens(tokens, pos)
+        det.use_cache = False
+        slow = det.restore_tokens(tokens, pos)
+        nll = det.token_nll(tokens, pos)
+    assert torch.equal(cached, slow)
+    unflagged = (nll <= 2.0)[None].expand_as(cached)
+    assert torch.equal(cached[unflagged], tokens[None].expand_as(cached)[unflagged]), "only flagged tokens move"
+
+
+def test_ar_needs_a_threshold() -> None:
+    det = VQVAEARDetector(tokenizer=TOK, grid_size=(4, 6), prior={"attn_layers_dim": 16, "attn_layers_depth": 1,
+                                                                  "attn_layers_heads": 2})
+    with pytest.raises(RuntimeError, match="NLL threshold"):
+        _ = det.threshold_nll
+
+
+def test_volume_slices_use_foreground_positions_and_zero_background() -> None:
+    det = VQVAEReconstructionDetector(tokenizer=TOK, erode_mask=0, minpool=1, avgpool=1)
+    det.mark_fitted()
+    x = torch.zeros(1, 1, 14, 22, 10)
+    x[..., 2:12, 3:20, 2:8] = torch.rand(1, 1, 10, 17, 6) + 0.1
+    seen = {}
+    det.residual_slices = lambda s, p: (seen.setdefault("p", p), torch.ones(s.shape[0], 1, *s.shape[2:]))[1]  # type: ignore[method-assign]
+    amap = det.predict_map(x)
+    assert amap.shape == x.shape
+    torch.testing.assert_close(seen["p"], torch.linspace(-0.5, 0.5, 6))
+    assert float(amap[..., 0:2].abs().max()) == 0.0 and float(amap[x > 0].min()) == 1.0
