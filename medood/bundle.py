@@ -88,7 +88,8 @@ def load_weights(
             f"{p}: no trained weights. Train the bundle first (see its docs/README.md) or point ckpt_path at a checkpoint."
         )
     ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    state = ckpt[key] if key else ckpt
+    # Ignite saves a single object's state dict without the key ({"model": net} -> net.state_dict())
+    state = ckpt[key] if key and isinstance(ckpt, dict) and key in ckpt else ckpt
     if prefixes:
         state = {k: v for k, v in state.items() if any(k.startswith(pre) for pre in prefixes)}
         missing = [pre for pre in prefixes if not any(k.startswith(pre) for k in state)]

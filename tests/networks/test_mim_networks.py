@@ -79,3 +79,23 @@ def test_masks_and_corruptions_are_seeded_and_sized() -> None:
     per_grid = target.flatten(1).mean(1)
     assert float(per_grid.max()) <= 0.6 and float(per_grid.mean()) <= 0.2  # blobs may overshoot the drawn ratio
     assert (per_grid == 0).any() and (per_grid > 0).sum() > 30
+
+
+def test_dead_codes_are_revived_from_encoder_outputs() -> None:
+    torch.manual_seed(0)
+    tok = SliceTokenizer(channels=(8, 16), num_res_layers=1, num_embeddings=16, embedding_dim=8)
+    q = tok.vqvae.quantizer.quantizer
+    z = torch.randn(2, 8, 4, 4) * 5 + 3
+    assert tok.revive_dead_codes(z) == 16, "an untrained codebook (zero usage) is initialised from data"
+    flat = z.movedim(1, -1).reshape(-1, 8)
+    dist = torch.cdist(q.embedding.weight, flat).min(1).values
+    assert float(dist.max()) < 1.0, "every code sits next to an encoder output"
+    q.ema_cluster_size.fill_(10.0)
+    q.ema_cluster_size[3] = 0.01
+    before = q.embedding.weight.clone()
+    assert tok.revive_dead_codes(z) == 1
+    changed = (q.embedding.weight != before).any(1)
+    assert changed.tolist() == [i == 3 for i in range(16)]
+    tok.revive_threshold = 0.0
+    tok.train()
+    tok(torch.rand(1, 1, 16, 16))  # disabled: no revival, no error

@@ -29,6 +29,9 @@ class SliceTokenizer(nn.Module):
         commitment_cost: VQ commitment weight. Defaults to 0.25.
         decay: EMA decay of the codebook. Defaults to 0.99.
         dropout: dropout in the residual layers. Defaults to 0.0.
+        revive_threshold: during training, codes whose EMA usage falls below this fraction of the mean usage are
+            re-seeded with random encoder outputs of the current batch (at the first step this initialises the
+            whole codebook from data). Prevents codebook collapse; ``0`` disables it. Defaults to 0.03.
 
     The token grid is the input size divided by ``2 ** len(channels)``.
     """
@@ -45,6 +48,7 @@ class SliceTokenizer(nn.Module):
         commitment_cost: float = 0.25,
         decay: float = 0.99,
         dropout: float = 0.0,
+        revive_threshold: float = 0.03,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -72,6 +76,7 @@ class SliceTokenizer(nn.Module):
             decay=decay,
             dropout=dropout,
         )
+        self.revive_threshold = revive_threshold
 
     def _input(self, x: Tensor, position: Tensor | None) -> Tensor:
         if x.shape[1] != self.in_channels:
@@ -88,7 +93,29 @@ class SliceTokenizer(nn.Module):
 
     def forward(self, x: Tensor, position: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Reconstruction ``(B, C, *S)`` and the quantisation loss."""
-        return self.vqvae(self._input(x, position))
+        z = self.vqvae.encode(self._input(x, position))
+        if self.training and self.revive_threshold > 0:
+            self.revive_dead_codes(z)
+        quantized, loss = self.vqvae.quantize(z)
+        return self.vqvae.decode(quantized), loss
+
+    @torch.no_grad()
+    def revive_dead_codes(self, z: Tensor) -> int:
+        """Re-seed rarely used codes with random encoder outputs of ``z`` (B, D, *grid); returns how many."""
+        q = self.vqvae.quantizer.quantizer  # MONAI EMAQuantizer
+        usage = q.ema_cluster_size
+        dead = usage < self.revive_threshold * usage.mean().clamp_min(1e-12)
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return 0
+        flat = z.movedim(1, -1).reshape(-1, z.shape[1])
+        rows = flat[torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)]
+        rows = rows + 0.01 * rows.std() * torch.randn_like(rows)
+        fill = usage.mean() if bool(usage.sum() > 0) else torch.tensor(1.0, device=usage.device)
+        q.embedding.weight.data[dead] = rows
+        q.ema_cluster_size.data[dead] = fill
+        q.ema_w.data[dead] = rows * fill
+        return n_dead
 
     @torch.no_grad()
     def tokenize(self, x: Tensor, position: Tensor | None = None) -> Tensor:
