@@ -17,12 +17,12 @@ logger = logging.getLogger(__name__)
 _EPILOG = """\
 image level (--scores):
   scores.csv has a header with columns case,score (or ood_score) and optionally label (1 = OOD, 0 = ID); this
-  is what medood's OODResultWriter writes. Its is_ood column is a thresholded prediction and is ignored.
+  is what medood's OODResultWriter writes. Its flagged column is a thresholded prediction and is ignored.
   labels.csv has case,label (or case,is_ood); labels may be 0/1, true/false or id/ood. Labels may come from
   either file; if both carry them they must agree. Every scored case needs a label and every labelled case a
-  score. Reported: AUROC, AUPR-In (ID positive), AUPR-Out (OOD positive), fpr95 = FPR on ID images at 95 % TPR
-  on OOD images (OOD positive, medood's default) and fpr95_id = FPR on OOD images at 95 % TPR on ID images (ID
-  positive, what OpenOOD / NERO call FPR95). Higher score = more OOD.
+  score. Reported: AUROC, AUPR-In (ID positive), AUPR-Out (OOD positive), fpr95 = FPR on OOD images at 95 % TPR
+  on ID images (what OpenOOD / NERO and most papers call FPR95) and fpr95_ood = FPR on ID images at 95 % TPR on
+  OOD images (OOD positive). Higher score = more OOD.
 
 voxel level (--maps / --masks):
   every <case>_anomaly_map.nii.gz (or .nii) in --maps is paired with the first existing file in --masks among
@@ -38,8 +38,8 @@ exit status: 0 on success, 2 on bad input (the message names the file and the pr
 #: What the numbers in the JSON mean (written next to them so tables can quote the convention).
 CONVENTIONS = {
     "score": "higher = more OOD / more anomalous; OOD images and lesion voxels are the positive class",
-    "fpr95": "FPR on ID images at the threshold flagging 95% of OOD images (OOD positive)",
-    "fpr95_id": "FPR on OOD images at the threshold accepting 95% of ID images (ID positive; OpenOOD/NERO FPR95)",
+    "fpr95": "FPR on OOD images at the threshold accepting 95% of ID images (ID positive; OpenOOD/NERO FPR95)",
+    "fpr95_ood": "FPR on ID images at the threshold flagging 95% of OOD images (OOD positive)",
     "aupr_in": "average precision with ID positive on negated scores",
     "aupr_out": "average precision with OOD positive",
     "pixel_ap": "average precision over all (sampled) voxels of all cases pooled, lesion positive (MOOD)",

@@ -131,7 +131,7 @@ class _OODHandler(_KeyedMetricHandler):
         score_key: str = OODKeys.SCORE.value,
         label_key: str = OODKeys.IS_OOD.value,
         tpr: float = 0.95,
-        fpr_positive: Literal["ood", "id"] = "ood",
+        fpr_positive: Literal["ood", "id"] = "id",
     ) -> None:
         metric = OODScoreMetric(self.metric_name, tpr=tpr, fpr_positive=fpr_positive)
         super().__init__(metric, (score_key, label_key), output_transform, batch_first=(label_key,))
@@ -146,7 +146,7 @@ class OODAUROC(_OODHandler):
         score_key: key of the image scores (higher = more OOD). Defaults to ``"ood_score"``.
         label_key: key of the labels (1 = OOD, 0 = ID). Defaults to ``"is_ood"``.
         tpr: unused (FPR handlers only). Defaults to 0.95.
-        fpr_positive: unused (FPR handlers only). Defaults to ``"ood"``.
+        fpr_positive: unused (FPR handlers only). Defaults to ``"id"``.
     """
 
     metric_name = "auroc"
@@ -160,7 +160,7 @@ class OODAUPRIn(_OODHandler):
         score_key: key of the image scores. Defaults to ``"ood_score"``.
         label_key: key of the labels (1 = OOD). Defaults to ``"is_ood"``.
         tpr: unused. Defaults to 0.95.
-        fpr_positive: unused. Defaults to ``"ood"``.
+        fpr_positive: unused. Defaults to ``"id"``.
     """
 
     metric_name = "aupr_in"
@@ -174,7 +174,7 @@ class OODAUPROut(_OODHandler):
         score_key: key of the image scores. Defaults to ``"ood_score"``.
         label_key: key of the labels (1 = OOD). Defaults to ``"is_ood"``.
         tpr: unused. Defaults to 0.95.
-        fpr_positive: unused. Defaults to ``"ood"``.
+        fpr_positive: unused. Defaults to ``"id"``.
     """
 
     metric_name = "aupr_out"
@@ -183,16 +183,16 @@ class OODAUPROut(_OODHandler):
 class OODFPR95(_OODHandler):
     """Image-level FPR at 95 % TPR (lower is better).
 
-    With ``fpr_positive="ood"`` (default) it is the fraction of ID images flagged when 95 % of the OOD images
-    are flagged; with ``"id"`` the fraction of OOD images accepted when 95 % of the ID images are accepted
-    (OpenOOD / NERO's FPR95). See :func:`medood.metrics.fpr_at_tpr`.
+    With ``fpr_positive="id"`` (default) it is the fraction of OOD images accepted when 95 % of the ID images are
+    accepted (the literature's FPR95, OpenOOD / NERO); with ``"ood"`` the fraction of ID images flagged when 95 %
+    of the OOD images are flagged. See :func:`medood.metrics.fpr_at_tpr`.
 
     Args:
         output_transform: as in :class:`OODAUROC`. Defaults to ``None``.
         score_key: key of the image scores. Defaults to ``"ood_score"``.
         label_key: key of the labels (1 = OOD). Defaults to ``"is_ood"``.
         tpr: target true-positive rate. Defaults to 0.95.
-        fpr_positive: ``"ood"`` or ``"id"``. Defaults to ``"ood"``.
+        fpr_positive: ``"id"`` or ``"ood"``. Defaults to ``"id"``.
     """
 
     metric_name = "fpr95"

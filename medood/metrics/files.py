@@ -4,8 +4,8 @@ These back ``medood evaluate`` and can be called from Python. Bad input raises
 :class:`~medood.data.errors.DataError` naming the file and the problem.
 
 Scores CSV: a header with ``case,score`` (or ``ood_score``) and optionally ``label`` (1 = OOD, 0 = ID), as
-:class:`medood.handlers.OODResultWriter` writes it (its ``is_ood`` column is a thresholded *prediction* and is
-ignored). A labels CSV has ``case,label`` (or ``case,is_ood``); labels may be ``0/1``, ``true/false`` or
+:class:`medood.handlers.OODResultWriter` writes it (its ``flagged`` column is a thresholded *prediction* and
+is ignored). A labels CSV has ``case,label`` (or ``case,is_ood``); labels may be ``0/1``, ``true/false`` or
 ``id/ood``. If both files carry labels they must agree; every scored case needs a label and every labelled case
 a score.
 
@@ -175,8 +175,8 @@ def evaluate_scores(scores_path: Path, labels_path: Path | None = None, tpr: flo
         "auroc": auroc(s, y),
         "aupr_in": aupr_in(s, y),
         "aupr_out": aupr_out(s, y),
-        "fpr95": fpr_at_tpr(s, y, tpr, positive="ood"),
-        "fpr95_id": fpr_at_tpr(s, y, tpr, positive="id"),
+        "fpr95": fpr_at_tpr(s, y, tpr, positive="id"),
+        "fpr95_ood": fpr_at_tpr(s, y, tpr, positive="ood"),
     }
     return {"metrics": metrics, "n_id": int((y == 0).sum()), "n_ood": int(y.sum()), "tpr": tpr}
 

@@ -3,8 +3,8 @@
 Conventions (one for the whole package):
 
 * **score: higher = more OOD / more anomalous**;
-* **OOD is the positive class** (``is_ood == 1``), except where a function says otherwise (``aupr_in``,
-  ``fpr_at_tpr(..., positive="id")``).
+* **OOD is the positive class** (``is_ood == 1``), except where a function says otherwise (``aupr_in``, and
+  ``fpr_at_tpr``, whose FPR95 follows the literature: OOD accepted at 95 % ID TPR).
 
 Every function takes scores and labels as torch tensors, numpy arrays or lists (any shape; they are flattened)
 and returns a Python ``float``. Labels must be binary (``0``/``1`` or boolean). All metrics are computed exactly
@@ -286,25 +286,25 @@ def _fpr_at_tpr_pos(pos: np.ndarray, neg: np.ndarray, tpr: float) -> float:
     return n_fp / neg.size
 
 
-def fpr_at_tpr(scores: Any, is_ood: Any, tpr: float = 0.95, positive: Literal["ood", "id"] = "ood") -> float:
+def fpr_at_tpr(scores: Any, is_ood: Any, tpr: float = 0.95, positive: Literal["ood", "id"] = "id") -> float:
     """False-positive rate at the threshold where the positive class reaches a true-positive rate of ``tpr``.
 
-    ``positive="ood"`` (the default, medood's convention): the fraction of **ID** samples flagged as OOD at the
-    highest score threshold that still flags ``tpr`` (95 %) of the **OOD** samples. Flagging means
+    ``positive="id"`` (the default): the fraction of **OOD** samples accepted as ID at the lowest threshold that
+    still accepts ``tpr`` (95 %) of the **ID** samples (accepting means ``score <= threshold``, ties count as
+    accepted); i.e. "FPR of OOD at 95 % ID TPR", the number OpenOOD, NERO, ODIN and most OOD papers call FPR95,
+    so medood's tables compare with published ones.
+
+    ``positive="ood"``: the fraction of **ID** samples flagged as OOD at the highest score threshold that still
+    flags ``tpr`` of the **OOD** samples. Flagging means
     ``score >= threshold``; ID samples tied with the threshold count as false positives. This is the smallest
     FPR over the points of ``sklearn.metrics.roc_curve`` with TPR >= ``tpr``, computed exactly from the sorted
-    scores (pytorch-ood's ``FPR95TPR`` uses this convention).
-
-    ``positive="id"``: the fraction of **OOD** samples accepted as ID at the lowest threshold that still
-    accepts ``tpr`` of the **ID** samples (accepting means ``score <= threshold``, ties count as accepted);
-    i.e. "FPR of OOD at 95 % ID TPR", the number OpenOOD, NERO and most OOD papers call FPR95. The two
-    conventions give different numbers on the same scores; benchmark tables must say which one they use.
+    scores. The two conventions give different numbers on the same scores; tables say which one they use.
 
     Args:
         scores: one score per sample, higher = more OOD.
         is_ood: 1 for OOD samples, 0 for ID samples.
         tpr: target true-positive rate in ``(0, 1]``. Defaults to 0.95.
-        positive: which class is positive, ``"ood"`` or ``"id"``. Defaults to ``"ood"``.
+        positive: which class is positive, ``"id"`` or ``"ood"``. Defaults to ``"id"``.
 
     Returns:
         The FPR in ``[0, 1]`` (lower is better).

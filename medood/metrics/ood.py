@@ -55,12 +55,12 @@ class OODMetrics(CumulativeIterationMetric):
 
     Args:
         tpr: the TPR of the FPR metric. Defaults to 0.95.
-        fpr_positive: positive class of the FPR metric: ``"ood"`` (FPR on ID at 95 % OOD recall; medood's
-            default) or ``"id"`` (FPR on OOD at 95 % ID recall; OpenOOD / NERO). See
-            :func:`medood.metrics.fpr_at_tpr`. Defaults to ``"ood"``.
+        fpr_positive: positive class of the FPR metric: ``"id"`` (FPR on OOD at 95 % ID recall; the literature's
+            FPR95, OpenOOD / NERO) or ``"ood"`` (FPR on ID at 95 % OOD recall). See
+            :func:`medood.metrics.fpr_at_tpr`. Defaults to ``"id"``.
     """
 
-    def __init__(self, tpr: float = 0.95, fpr_positive: Literal["ood", "id"] = "ood") -> None:
+    def __init__(self, tpr: float = 0.95, fpr_positive: Literal["ood", "id"] = "id") -> None:
         super().__init__()
         if not 0.0 < tpr <= 1.0:
             raise ValueError(f"tpr must be in (0, 1], got {tpr}")

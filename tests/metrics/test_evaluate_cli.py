@@ -40,9 +40,10 @@ def test_scores_and_labels_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert m["auroc"] == pytest.approx(auroc(s, y))
     assert m["aupr_in"] == pytest.approx(aupr_in(s, y))
     assert m["fpr95"] == pytest.approx(fpr_at_tpr(s, y))
-    assert m["fpr95_id"] == pytest.approx(fpr_at_tpr(s, y, positive="id"))
+    assert m["fpr95"] == pytest.approx(fpr_at_tpr(s, y, positive="id")), "FPR95 = OOD accepted at 95 % ID TPR"
+    assert m["fpr95_ood"] == pytest.approx(fpr_at_tpr(s, y, positive="ood"))
     assert (res["image"]["n_id"], res["image"]["n_ood"]) == (6, 6)
-    assert "OOD positive" in res["conventions"]["fpr95"]
+    assert "ID positive" in res["conventions"]["fpr95"]
     table = capsys.readouterr().out
     assert "auroc" in table
     assert f"{m['auroc']:.4f}" in table

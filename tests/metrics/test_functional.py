@@ -31,14 +31,14 @@ def test_perfect_separation() -> None:
     assert auroc(s, y) == 1.0
     assert aupr_in(s, y) == 1.0
     assert aupr_out(s, y) == 1.0
-    assert fpr_at_tpr(s, y) == 0.0
+    assert fpr_at_tpr(s, y, positive="ood") == 0.0
     assert fpr_at_tpr(s, y, positive="id") == 0.0
 
 
 def test_reversed_scores() -> None:
     s, y = _sep()
     assert auroc(-s, y) == 0.0
-    assert fpr_at_tpr(-s, y) == 1.0
+    assert fpr_at_tpr(-s, y, positive="ood") == 1.0
     assert fpr_at_tpr(-s, y, positive="id") == 1.0
 
 
@@ -55,7 +55,7 @@ def test_fpr_tie_handling_by_hand() -> None:
     # OOD: 0.9, 0.5 -> 95 % TPR needs both, threshold 0.5; the ID samples tied at 0.5 count as false positives.
     scores = [0.1, 0.5, 0.5, 0.5, 0.9]
     is_ood = [0, 0, 0, 1, 1]
-    assert fpr_at_tpr(scores, is_ood) == pytest.approx(2 / 3)
+    assert fpr_at_tpr(scores, is_ood, positive="ood") == pytest.approx(2 / 3)
     # ID positive: accept 95 % of ID = all three -> threshold 0.5 (score <= 0.5); the tied OOD 0.5 is accepted.
     assert fpr_at_tpr(scores, is_ood, positive="id") == pytest.approx(1 / 2)
 
@@ -65,7 +65,7 @@ def test_conventions_differ() -> None:
     # accepting 95 % of ID (22 of 23) needs a threshold above every OOD image (FPR 1).
     scores = np.r_[np.linspace(0, 1, 20), 5.0, 5.0, 5.0, np.linspace(2, 3, 20)]
     is_ood = np.r_[np.zeros(23), np.ones(20)].astype(int)
-    ood_pos, id_pos = fpr_at_tpr(scores, is_ood), fpr_at_tpr(scores, is_ood, positive="id")
+    ood_pos, id_pos = fpr_at_tpr(scores, is_ood, positive="ood"), fpr_at_tpr(scores, is_ood, positive="id")
     assert ood_pos == pytest.approx(3 / 23)
     assert id_pos == 1.0
     assert ood_pos == pytest.approx(_brute_fpr(scores, is_ood, 0.95, "ood"))
@@ -102,7 +102,7 @@ def test_match_sklearn_property(rows: list[tuple[int, bool]], tpr: float) -> Non
     assert auroc(s, y) == pytest.approx(roc_auc_score(y, s), abs=1e-6)
     assert aupr_out(s, y) == pytest.approx(average_precision_score(y, s), abs=1e-6)
     assert aupr_in(s, y) == pytest.approx(average_precision_score(1 - y, -s), abs=1e-6)
-    assert fpr_at_tpr(s, y, tpr) == pytest.approx(_brute_fpr(s, y, tpr, "ood"), abs=1e-12)
+    assert fpr_at_tpr(s, y, tpr, "ood") == pytest.approx(_brute_fpr(s, y, tpr, "ood"), abs=1e-12)
     assert fpr_at_tpr(s, y, tpr, "id") == pytest.approx(_brute_fpr(s, y, tpr, "id"), abs=1e-12)
 
 
@@ -151,3 +151,12 @@ def test_million_scores_are_fast_and_exact() -> None:
     y = rng.random(1_000_000) < 0.1
     s = (rng.normal(size=y.size) + y).astype(np.float32)
     assert auroc(s, y) == pytest.approx(roc_auc_score(y, s), abs=1e-9)
+
+
+def test_default_fpr95_is_the_literature_convention() -> None:
+    """FPR95 by default = fraction of OOD samples accepted when 95 % of ID samples are accepted."""
+    scores = np.r_[np.arange(20.0), [3.5, 30.0, 40.0]]  # 20 ID (0..19), 3 OOD
+    is_ood = np.r_[np.zeros(20), np.ones(3)].astype(int)
+    # accepting 19 of 20 ID needs threshold 18: one OOD (3.5) is accepted -> 1/3
+    assert fpr_at_tpr(scores, is_ood) == pytest.approx(1 / 3)
+    assert fpr_at_tpr(scores, is_ood) == fpr_at_tpr(scores, is_ood, positive="id")
