@@ -64,17 +64,19 @@ class DetectorFitHandler:
         self.n_batches = 0
 
     def attach(self, engine: Engine) -> None:
-        """Hook the engine's network and register the event handlers."""
+        """Register the event handlers (the network is hooked when the run starts: MONAI engines attach
+        handlers before they set ``engine.network``)."""
         from ignite.engine import Events
 
-        net = getattr(engine.network, "module", engine.network)
-        head_name, _ = find_linear_head(net, self.head)
-        self._extractor = FeatureExtractor(net, {OODKeys.FEATURES.value: f"{head_name}:input"})
         engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
         engine.add_event_handler(Events.COMPLETED, self._completed)
 
-    def _started(self, _engine: Engine) -> None:
+    def _started(self, engine: Engine) -> None:
+        if self._extractor is None:
+            net = getattr(engine.network, "module", engine.network)  # type: ignore[attr-defined]
+            head_name, _ = find_linear_head(net, self.head)
+            self._extractor = FeatureExtractor(net, {OODKeys.FEATURES.value: f"{head_name}:input"})
         self.n_batches = 0
         for det in self.detectors:
             det.reset_fit()
