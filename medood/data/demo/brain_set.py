@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 #: Default subject counts per size: (train, val, test, ood).
 BRAIN_COUNTS: dict[str, tuple[int, int, int, int]] = {"small": (40, 8, 16, 7), "full": (12, 4, 8, 7)}
-_SPLIT_CODE = {"train": 1, "val": 2, "test": 3, "ood": 4}
+_SPLIT_CODE = {"train": 1, "val": 2, "test": 3, "ood": 4, "val_lesion": 5}
 _IMAGE_SLOPE = 5e-4  # float image = int16 * slope (well below the noise level of every contrast)
 
 
@@ -101,10 +101,15 @@ def _job(out: Path, size: str, seed: int, job: tuple[str, int, int, str]) -> dic
         entry = _write_subject(out, "ood", name, subject, code=1 if kind == "ct_head" else 4)
         return {"case": name, **entry, "ood_type": kind, "description": description}
     name = f"sub-{number:03d}"
-    subject = synthesize_subject(template, sub_seed, None if split != "test" else kind)
+    if split == "val_lesion":  # a healthy validation subject's lesioned twin (lesions seeded apart from test)
+        subject = synthesize_subject(
+            template, subject_seed(seed, "val", index), kind, lesion_seed=subject_seed(seed, split, index)
+        )
+    else:
+        subject = synthesize_subject(template, sub_seed, None if split != "test" else kind)
     entry = {"case": name, **_write_subject(out, split, name, subject)}
-    if split == "test":
-        entry["label"] = f"test/{name}_lesion.nii.gz"
+    if split in ("test", "val_lesion"):
+        entry["label"] = f"{split}/{name}_lesion.nii.gz"
         save_nifti(out / entry["label"], subject.lesion, subject.affine, kind="mask")
         entry.update(lesion_type=kind, is_anomalous=int(kind != "none"), lesion_voxels=int(subject.lesion.sum()))
     return entry
@@ -117,6 +122,7 @@ def _jobs(counts: tuple[int, int, int, int]) -> list[tuple[str, int, int, str]]:
     jobs += [("val", i, n_train + i, "none") for i in range(n_val)]
     jobs += [("test", i, n_train + n_val + i, k) for i, k in enumerate(lesion_types_for_test(n_test))]
     jobs += [("ood", i, i, BRAIN_OOD_KINDS[i % len(BRAIN_OOD_KINDS)]) for i in range(n_ood)]
+    jobs += [("val_lesion", i, n_train + i, LESION_KINDS[i % len(LESION_KINDS)]) for i in range(n_val)]
     return jobs
 
 
@@ -160,7 +166,9 @@ def write_brain_mri(
         "modality": {str(i): c for i, c in enumerate(CONTRASTS)},
         "labels": {"0": "background", "1": "lesion"},
     }
-    for key, split in (("training", "train"), ("validation", "val"), ("test", "test"), ("ood", "ood")):
+    splits = (("training", "train"), ("validation", "val"), ("test", "test"), ("ood", "ood"),
+              ("validation_lesion", "val_lesion"))
+    for key, split in splits:
         datalist[key] = [e for e, job in zip(entries, jobs) if job[0] == split]
     atomic_write_text(out / "dataset.json", json.dumps(datalist, indent=2) + "\n")
     atomic_write_text(out / "README.md", _readme(template.spacing, datalist))
@@ -182,7 +190,8 @@ Synthetic multi-contrast (T1w, T2w, FLAIR) brain MRI at {spacing:g} mm, built of
 | `val/` | {len(datalist["validation"])} healthy subjects, same files |
 | `test/` | {len(datalist["test"])} subjects, same files plus `sub-XXX_lesion.nii.gz` (uint8; all zero if healthy) |
 | `ood/` | {len(datalist["ood"])} out-of-distribution volumes: {oods} |
-| `dataset.json` | MONAI Decathlon-style datalist (`training`, `validation`, `test`, `ood`; `image` = T1w) |
+| `val_lesion/` | {len(datalist["validation_lesion"])} lesioned twins of the `val/` subjects (same anatomy, lesions seeded apart from `test/`): a labelled **validation** set for choosing post-processing settings without touching the test set |
+| `dataset.json` | MONAI Decathlon-style datalist (`training`, `validation`, `test`, `ood`, `validation_lesion`; `image` = T1w) |
 
 Test lesion types: {", ".join(f"`{k}`" for k in kinds)} (`none` = healthy, `is_anomalous` = 0).
 
