@@ -76,8 +76,14 @@ class NetworkTimer:
         net.register_forward_hook(lambda *_: self.times.append(time.perf_counter() - self._t))
 
 
-def run_inference(configs: list[str], out: Path, dataset_dir: Path, network: torch.nn.Module | None = None,
-                  datalist: list | None = None, **overrides: Any) -> dict[str, Any]:
+def run_inference(
+    configs: list[str],
+    out: Path,
+    dataset_dir: Path,
+    network: torch.nn.Module | None = None,
+    datalist: list | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
     """Run the bundle's evaluator; return per-volume network and pipeline seconds and the parser."""
     p = parser_for(configs, dataset_dir=str(dataset_dir), output_dir=str(out), **overrides)
     if network is not None:
@@ -95,22 +101,39 @@ def run_inference(configs: list[str], out: Path, dataset_dir: Path, network: tor
     evaluator.run()
     wall = time.perf_counter() - start
     n = len(data)
-    return {"network_s": float(np.mean(timer.times)), "pipeline_s": wall / n, "n": n, "net": net, "datalist": data,
-            "parser": p}
+    return {
+        "network_s": float(np.mean(timer.times)),
+        "pipeline_s": wall / n,
+        "n": n,
+        "net": net,
+        "datalist": data,
+        "parser": p,
+    }
 
 
 def quality(out: Path, datalist: list, net: Any, map_percentile: float) -> dict[str, float]:
     thr = net.threshold(map_percentile, "map") if net.calibration.has_map else None
     m = evaluate_outputs(out, datalist, threshold=thr, slice_axis=2)
     v = m["voxel"]["metrics"]
-    return {"pixel_ap": v["pixel_ap"], "best_dice": v["best_dice"], "dice_at_val_threshold": v.get("dice", float("nan")),
-            "slice_ap": v["slice_ap"], "volume_auroc": m["volume"]["auroc"], "val_threshold": thr}
+    return {
+        "pixel_ap": v["pixel_ap"],
+        "best_dice": v["best_dice"],
+        "dice_at_val_threshold": v.get("dice", float("nan")),
+        "slice_ap": v["slice_ap"],
+        "volume_auroc": m["volume"]["auroc"],
+        "val_threshold": thr,
+    }
 
 
 def calibrate(detector: torch.nn.Module, dataset_dir: Path) -> None:
     """The bundle's own calibration pass (healthy validation volumes, after Invertd)."""
-    p = parser_for(["inference.yaml", "train_tokens.yaml"], dataset_dir=str(dataset_dir), stage="bench",
-                   init_stage="vqvae", ckpt_path="")
+    p = parser_for(
+        ["inference.yaml", "train_tokens.yaml"],
+        dataset_dir=str(dataset_dir),
+        stage="bench",
+        init_stage="vqvae",
+        ckpt_path="",
+    )
     p["network"] = detector
     p["calibrate#handlers#0#save_path"] = None
     p.get_parsed_content("calibrate#evaluator").run()
@@ -133,33 +156,54 @@ def main() -> None:
     first = parser_for(["inference.yaml"], dataset_dir=str(args.dataset_dir)).get_parsed_content("datalist")[:1]
     run_inference(["inference.yaml"], args.work / "warmup", args.dataset_dir, datalist=first)
     mim = run_inference(["inference.yaml"], args.work / "mim", args.dataset_dir)
-    res["mim"] = {"seconds_per_volume": mim["network_s"], **quality(args.work / "mim", mim["datalist"], mim["net"], map_percentile)}
+    res["mim"] = {
+        "seconds_per_volume": mim["network_s"],
+        **quality(args.work / "mim", mim["datalist"], mim["net"], map_percentile),
+    }
     logger.info("mim: %s", res["mim"])
 
     ar = run_inference(["inference.yaml", "inference_ar.yaml"], args.work / "vqvae_ar_cached", args.dataset_dir)
-    res["vqvae_ar_cached"] = {"seconds_per_volume": ar["network_s"],
-                              **quality(args.work / "vqvae_ar_cached", ar["datalist"], ar["net"], map_percentile)}
+    res["vqvae_ar_cached"] = {
+        "seconds_per_volume": ar["network_s"],
+        **quality(args.work / "vqvae_ar_cached", ar["datalist"], ar["net"], map_percentile),
+    }
     logger.info("vqvae_ar_cached: %s", res["vqvae_ar_cached"])
 
     subset = ar["datalist"][: args.lsr_volumes]
-    lsr = run_inference(["inference.yaml", "inference_ar.yaml"], args.work / "vqvae_ar_lsr", args.dataset_dir,
-                        datalist=subset, use_cache=False)
+    lsr = run_inference(
+        ["inference.yaml", "inference_ar.yaml"],
+        args.work / "vqvae_ar_lsr",
+        args.dataset_dir,
+        datalist=subset,
+        use_cache=False,
+    )
     diffs = []
     for item in subset:
         name = Path(item["image"]).name.replace(".nii.gz", "")
         a = np.asarray(nib.load(str(args.work / "vqvae_ar_lsr" / f"{name}_anomaly_map.nii.gz")).dataobj)
         b = np.asarray(nib.load(str(args.work / "vqvae_ar_cached" / f"{name}_anomaly_map.nii.gz")).dataobj)
         diffs.append(float(np.abs(a - b).max()))
-    res["vqvae_ar"] = {**res["vqvae_ar_cached"], "seconds_per_volume": lsr["network_s"],
-                       "timed_on_volumes": len(subset), "max_map_difference_to_cached": max(diffs)}
+    res["vqvae_ar"] = {
+        **res["vqvae_ar_cached"],
+        "seconds_per_volume": lsr["network_s"],
+        "timed_on_volumes": len(subset),
+        "max_map_difference_to_cached": max(diffs),
+    }
     logger.info("vqvae_ar (LSR-style): %s", res["vqvae_ar"])
 
-    recon_det = VQVAEReconstructionDetector(tokenizer=copy.deepcopy(mim["net"].tokenizer), slice_axis=2,
-                                            score_reduction="topk", score_k=0.001).mark_fitted().eval()
+    recon_det = (
+        VQVAEReconstructionDetector(
+            tokenizer=copy.deepcopy(mim["net"].tokenizer), slice_axis=2, score_reduction="topk", score_k=0.001
+        )
+        .mark_fitted()
+        .eval()
+    )
     calibrate(recon_det, args.dataset_dir)
     rec = run_inference(["inference.yaml"], args.work / "vqvae_recon", args.dataset_dir, network=recon_det)
-    res["vqvae_recon"] = {"seconds_per_volume": rec["network_s"],
-                          **quality(args.work / "vqvae_recon", rec["datalist"], recon_det, map_percentile)}
+    res["vqvae_recon"] = {
+        "seconds_per_volume": rec["network_s"],
+        **quality(args.work / "vqvae_recon", rec["datalist"], recon_det, map_percentile),
+    }
     logger.info("vqvae_recon: %s", res["vqvae_recon"])
 
     report = {
@@ -167,7 +211,8 @@ def main() -> None:
         "n_test_volumes": mim["n"],
         "methods": res,
         "speed_ratio_ar_over_mim": res["vqvae_ar"]["seconds_per_volume"] / res["mim"]["seconds_per_volume"],
-        "speed_ratio_cached_ar_over_mim": res["vqvae_ar_cached"]["seconds_per_volume"] / res["mim"]["seconds_per_volume"],
+        "speed_ratio_cached_ar_over_mim": res["vqvae_ar_cached"]["seconds_per_volume"]
+        / res["mim"]["seconds_per_volume"],
         "pipeline_over_network": mim["pipeline_s"] / mim["network_s"],
         "pipeline_seconds_per_volume": mim["pipeline_s"],
         "notes": {
@@ -181,20 +226,29 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(report, indent=2, default=float) + "\n")
-    rows = ["| method | s / volume | pixel AP | best Dice (oracle) | Dice @ val thr | slice AP | volume AUROC |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| method | s / volume | pixel AP | best Dice (oracle) | Dice @ val thr | slice AP | volume AUROC |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for k in ("mim", "vqvae_ar", "vqvae_ar_cached", "vqvae_recon"):
         r = res[k]
-        rows.append(f"| {k} | {r['seconds_per_volume']:.2f} | {r['pixel_ap']:.3f} | {r['best_dice']:.3f} | "
-                    f"{r['dice_at_val_threshold']:.3f} | {r['slice_ap']:.3f} | {r['volume_auroc']:.3f} |")
-    md = "\n".join([
-        f"# MIM-OOD benchmark\n\nMachine: {report['machine']}. {mim['n']} demo test volumes (2 mm).\n",
-        *rows, "",
-        f"Speed ratio LSR-style AR / MIM-OOD: {report['speed_ratio_ar_over_mim']:.1f}x; "
-        f"KV-cached AR / MIM-OOD: {report['speed_ratio_cached_ar_over_mim']:.1f}x; "
-        f"pipeline / network (MIM-OOD): {report['pipeline_over_network']:.2f}.",
-        "", *[f"- {k}: {v}" for k, v in report["notes"].items()], "",
-    ])
+        rows.append(
+            f"| {k} | {r['seconds_per_volume']:.2f} | {r['pixel_ap']:.3f} | {r['best_dice']:.3f} | "
+            f"{r['dice_at_val_threshold']:.3f} | {r['slice_ap']:.3f} | {r['volume_auroc']:.3f} |"
+        )
+    md = "\n".join(
+        [
+            f"# MIM-OOD benchmark\n\nMachine: {report['machine']}. {mim['n']} demo test volumes (2 mm).\n",
+            *rows,
+            "",
+            f"Speed ratio LSR-style AR / MIM-OOD: {report['speed_ratio_ar_over_mim']:.1f}x; "
+            f"KV-cached AR / MIM-OOD: {report['speed_ratio_cached_ar_over_mim']:.1f}x; "
+            f"pipeline / network (MIM-OOD): {report['pipeline_over_network']:.2f}.",
+            "",
+            *[f"- {k}: {v}" for k, v in report["notes"].items()],
+            "",
+        ]
+    )
     atomic_write_text(args.out.with_suffix(".md"), md)
     logger.info("wrote %s and %s", args.out, args.out.with_suffix(".md"))
 
