@@ -5,7 +5,8 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# MEDOOD_TEST_THREADS=1 keeps the suite from thrashing a training job running beside it
+torch.set_num_threads(int(os.environ.get("MEDOOD_TEST_THREADS", min(2, os.cpu_count() or 1))))
 os.environ.setdefault("MEDOOD_PROGRESS", "0")  # no progress bars in test logs
 
 

@@ -67,23 +67,6 @@ KNOWN_DIRECTION_FAILURES: dict[str, tuple[set[int], str]] = {
 }
 
 
-def ood_batch_known_failure(name: str) -> Callable[[int], Tensor]:
-    """A contract-test ``ood_batch`` that marks the case as an expected failure (``pytest.xfail``) in the
-    dimensionalities listed for ``name`` in :data:`KNOWN_DIRECTION_FAILURES`."""
-    import pytest
-
-    from tests.helpers import toy
-
-    dims, reason = KNOWN_DIRECTION_FAILURES[name]
-
-    def batch(sd: int) -> Tensor:
-        if sd in dims:
-            pytest.xfail(reason)
-        return toy.ood_images(sd, 12, seed=7)
-
-    return batch
-
-
 def assert_loader_fit_equals_fit_features(
     make: Callable[[torch.nn.Module], OODDetector], compare_state: bool = True
 ) -> tuple[OODDetector, OODDetector]:

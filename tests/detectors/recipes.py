@@ -9,12 +9,12 @@ obviously shifted OOD batch.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
 from medood.detectors import OODDetector, get_detector
-from tests.detectors.posthoc_utils import ood_batch_known_failure
+from tests.detectors.posthoc_utils import KNOWN_DIRECTION_FAILURES
 from tests.helpers import toy
 
 
@@ -24,11 +24,18 @@ class Recipe:
     fit: Callable[[OODDetector, int], None] = field(default=lambda det, sd: det.fit(toy.id_loader(sd)))
     id_batch: Callable[[int], Tensor] = field(default=lambda sd: toy.blob_images(sd, 12, seed=7)[0])
     ood_batch: Callable[[int], Tensor] = field(default=lambda sd: toy.ood_images(sd, 12, seed=7))
+    #: spatial dims -> reason, where the method ranks this toy OOD data below ID for a principled reason
+    #: (reported, not tuned away); only the direction check is an expected failure there (strict xfail).
+    known_direction_failures: dict[int, str] = field(default_factory=dict)
 
 
 def posthoc(name: str, **kwargs: object) -> Recipe:
     """A recipe for a post-hoc detector on the trained toy classifier."""
-    return Recipe(make=lambda sd: get_detector(name, model=toy.trained_classifier(sd), **kwargs))
+    dims, reason = KNOWN_DIRECTION_FAILURES.get(name, (set(), ""))
+    return Recipe(
+        make=lambda sd: get_detector(name, model=toy.trained_classifier(sd), **kwargs),
+        known_direction_failures=dict.fromkeys(dims, reason),
+    )
 
 
 _TOKENIZER = {"channels": (8, 16), "num_res_layers": 1, "num_embeddings": 16, "embedding_dim": 8}
@@ -50,14 +57,14 @@ RECIPES: dict[str, Recipe] = {
     "msp": posthoc("msp"),
     "energy": posthoc("energy"),
     "entropy": posthoc("entropy"),
-    "gradnorm": replace(posthoc("gradnorm"), ood_batch=ood_batch_known_failure("gradnorm")),
+    "gradnorm": posthoc("gradnorm"),
     "knn": posthoc("knn", k=5),
     "mahalanobis": posthoc("mahalanobis"),
     "maxlogit": posthoc("maxlogit"),
     "neco": posthoc("neco", neco_dim=4),
-    "nero": replace(posthoc("nero", k=6), ood_batch=ood_batch_known_failure("nero")),
+    "nero": posthoc("nero", k=6),
     "odin": posthoc("odin"),
-    "react": replace(posthoc("react"), ood_batch=ood_batch_known_failure("react")),
+    "react": posthoc("react"),
     "vim": posthoc("vim"),
     "ae": Recipe(
         make=lambda sd: get_detector("ae", spatial_dims=sd, channels=(8, 16), strides=(2, 2), epochs=30),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 
 import pytest
@@ -13,11 +14,26 @@ from tests.detectors.recipes import RECIPES
 CASES = [(name, sd) for name in list_detectors() for sd in get_detector_class(name).supported_spatial_dims]
 
 
-def _fitted(name: str, sd: int):
+def _fit(name: str, sd: int):
     torch.manual_seed(0)
     det = RECIPES[name].make(sd)
     RECIPES[name].fit(det, sd)
     return det.eval()
+
+
+@functools.lru_cache(maxsize=None)
+def _fitted(name: str, sd: int):
+    """One fitted detector per case, shared by the tests of this module (they only read it)."""
+    return _fit(name, sd)
+
+
+def _direction_cases() -> list:
+    out = []
+    for name, sd in CASES:
+        reason = RECIPES[name].known_direction_failures.get(sd) if name in RECIPES else None
+        marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
+        out.append(pytest.param(name, sd, marks=marks))
+    return out
 
 
 def test_every_detector_has_a_recipe() -> None:
@@ -44,8 +60,17 @@ def test_not_fitted_error(name: str, sd: int) -> None:
         det.score(RECIPES[name].id_batch(sd))
 
 
+@pytest.mark.parametrize(("name", "sd"), _direction_cases())
+def test_higher_score_on_obviously_shifted_inputs(name: str, sd: int) -> None:
+    recipe = RECIPES[name]
+    det = _fitted(name, sd)
+    with torch.no_grad():
+        s_id, s_ood = det.score(recipe.id_batch(sd)).image_score, det.score(recipe.ood_batch(sd)).image_score
+    assert s_ood.mean() > s_id.mean(), f"{name}: OOD mean {s_ood.mean():.4g} <= ID mean {s_id.mean():.4g}"
+
+
 @pytest.mark.parametrize(("name", "sd"), CASES)
-def test_shapes_direction_roundtrip_determinism(name: str, sd: int) -> None:
+def test_shapes_roundtrip_determinism(name: str, sd: int) -> None:
     recipe = RECIPES[name]
     det = _fitted(name, sd)
     x_id, x_ood = recipe.id_batch(sd), recipe.ood_batch(sd)
@@ -66,11 +91,6 @@ def test_shapes_direction_roundtrip_determinism(name: str, sd: int) -> None:
         with pytest.raises(NotImplementedError):
             det.predict_map(x_id)
 
-    # higher = more OOD on obviously shifted inputs
-    assert out_ood.image_score.mean() > out_id.image_score.mean(), (
-        f"{name}: OOD mean {out_ood.image_score.mean():.4g} <= ID mean {out_id.image_score.mean():.4g}"
-    )
-
     # state_dict -> bytes -> torch.load(weights_only=True) -> a fresh instance scores identically
     buf = io.BytesIO()
     torch.save(det.state_dict(), buf)
@@ -84,6 +104,6 @@ def test_shapes_direction_roundtrip_determinism(name: str, sd: int) -> None:
         torch.testing.assert_close(fresh.score(x_id).image_score, out_id.image_score)
 
     # determinism: the same seed gives the same fitted detector
-    again = _fitted(name, sd)
+    again = _fit(name, sd)
     with torch.no_grad():
         torch.testing.assert_close(again.score(x_ood).image_score, out_ood.image_score)

@@ -99,3 +99,14 @@ def test_dead_codes_are_revived_from_encoder_outputs() -> None:
     tok.revive_threshold = 0.0
     tok.train()
     tok(torch.rand(1, 1, 16, 16))  # disabled: no revival, no error
+
+
+def test_token_transformer_is_deterministic_in_eval_mode_despite_dropout() -> None:
+    torch.manual_seed(0)
+    net = TokenTransformer(16, (4, 6), 16, hidden_size=32, depth=2, num_heads=2, dropout=0.5)
+    t = torch.randint(0, 16, (3, 4, 6))
+    net.eval()
+    torch.testing.assert_close(net(t), net(t), atol=0, rtol=0)
+    net.train()
+    assert not torch.allclose(net(t), net(t)), "dropout (attention included) is active in training"
+    assert all(b.attn.dropout_rate == 0.5 for b in net.blocks)

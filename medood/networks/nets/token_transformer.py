@@ -73,6 +73,18 @@ class TokenTransformer(nn.Module):
         )
         self.norm = nn.LayerNorm(hidden_size)
         self.head = nn.Linear(hidden_size, out_channels)
+        self._attn_dropout = dropout
+
+    def train(self, mode: bool = True) -> TokenTransformer:
+        """Switch modes; attention dropout is active in training only.
+
+        MONAI's ``SABlock`` passes its dropout rate to PyTorch's ``scaled_dot_product_attention`` whatever the
+        module's mode, which would keep attention dropout on at inference (random, noisier outputs).
+        """
+        super().train(mode)
+        for block in self.blocks:
+            block.attn.dropout_rate = self._attn_dropout if mode else 0.0
+        return self
 
     def forward(self, tokens: Tensor, position: Tensor | None = None) -> Tensor:
         """Logits ``(B, out_channels, *grid)`` for token grids ``(B, *grid)`` (``[MASK]`` = ``num_tokens``)."""
