@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medood.networks.nets.token_masks import blob_mask, corrupt_tokens, maskgit_ratio, random_mask
@@ -122,7 +122,9 @@ class MaskedTokenLoss(nn.Module):
         shape = tuple(tokens.shape)
         ratio = maskgit_ratio(b, self.generator)
         blobs = torch.rand(b, generator=self.generator) < self.blob_prob
-        mask = torch.where(blobs[:, None, None], blob_mask(shape, ratio, self.generator), random_mask(shape, ratio, self.generator))
+        mask = torch.where(
+            blobs[:, None, None], blob_mask(shape, ratio, self.generator), random_mask(shape, ratio, self.generator)
+        )
         mask = mask.to(tokens.device)
         logits = network(torch.where(mask, torch.full_like(tokens, self.num_tokens), tokens), positions)
         per_token = F.cross_entropy(logits, tokens, reduction="none", label_smoothing=self.label_smoothing)

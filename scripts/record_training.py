@@ -27,7 +27,7 @@ VAL = re.compile(r"Epoch\[(\d+)\] Metrics -- val_loss: ([0-9.]+)")
 
 
 def md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()  # noqa: S324 - a checksum, not security
+    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def stage_records() -> list[dict[str, Any]]:
@@ -67,8 +67,9 @@ def main() -> None:
         "script": "scripts/train_demo_weights.sh (seeded; see each stage's command)",
         "data": "medood demo brain_mri (small, 2 mm, seed 0): 40 healthy training and 8 healthy validation subjects",
         "stages": stage_records(),
-        "weights": {n: {"md5": md5(p), "bytes": p.stat().st_size, **calibration(p)} for n, p in weights.items()
-                    if p.exists()},
+        "weights": {
+            n: {"md5": md5(p), "bytes": p.stat().st_size, **calibration(p)} for n, p in weights.items() if p.exists()
+        },
     }
     bench = ROOT / "docs" / "benchmarks" / "mim.json"
     if bench.exists():

@@ -73,8 +73,15 @@ class TokenGridDataset(Dataset):
     """
 
     def __init__(
-        self, tokenizer: torch.nn.Module, volumes: Iterable[Any], axis: int = 2, min_foreground: float = 0.05,
-        flip_lr: bool = True, batch_size: int = 64, device: str | torch.device = "cpu", batched: bool = False,
+        self,
+        tokenizer: torch.nn.Module,
+        volumes: Iterable[Any],
+        axis: int = 2,
+        min_foreground: float = 0.05,
+        flip_lr: bool = True,
+        batch_size: int = 64,
+        device: str | torch.device = "cpu",
+        batched: bool = False,
     ) -> None:
         slices, self.positions = collect_slices(volumes, axis, min_foreground, flip_lr, batched)
         s = tokenizer.downsample
@@ -84,7 +91,11 @@ class TokenGridDataset(Dataset):
         grids = []
         with torch.no_grad():
             for i in range(0, slices.shape[0], batch_size):
-                grids.append(tokenizer.tokenize(slices[i : i + batch_size].to(device), self.positions[i : i + batch_size].to(device)).cpu())
+                grids.append(
+                    tokenizer.tokenize(
+                        slices[i : i + batch_size].to(device), self.positions[i : i + batch_size].to(device)
+                    ).cpu()
+                )
         self.tokens = torch.cat(grids).to(torch.int16 if tokenizer.num_embeddings < 2**15 else torch.long)
         logger.info("tokenized %d slices into grids of %s", len(self.tokens), tuple(self.tokens.shape[1:]))
 

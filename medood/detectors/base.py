@@ -154,14 +154,22 @@ class OODDetector(nn.Module, ABC):
         self._fitted.fill_(value)
 
     def mark_fitted(self) -> OODDetector:
-        """Declare the detector fitted after its networks were trained outside :meth:`fit` (e.g. by a bundle's
-        training stages); the flag is saved with the weights."""
+        """Declare the detector fitted after its networks were trained outside :meth:`fit`.
+
+        Bundles train the networks in stages; the flag is saved with the weights.
+        """
         self._set_fitted()
         return self
 
     def _load_from_state_dict(  # type: ignore[override]
-        self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool, missing_keys: list,
-        unexpected_keys: list, error_msgs: list,
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list,
+        unexpected_keys: list,
+        error_msgs: list,
     ) -> None:
         # Fitted statistics have data-dependent shapes (class means, PCA bases, memory banks): an unfitted
         # detector holds empty placeholders, so resize every own buffer to the incoming shape before loading.
@@ -189,7 +197,9 @@ class OODDetector(nn.Module, ABC):
     def partial_fit_features(self, features: Mapping[str, Tensor], labels: Tensor | None = None) -> None:
         """Accumulate statistics from one batch of features. Detectors that need fitting override this."""
         if self.requires_fit:
-            raise NotImplementedError(f"{type(self).__name__} needs fitting but does not implement partial_fit_features")
+            raise NotImplementedError(
+                f"{type(self).__name__} needs fitting but does not implement partial_fit_features"
+            )
 
     def finalize_fit(self) -> None:
         """Turn the accumulated statistics into buffers. The default does nothing."""
@@ -346,7 +356,9 @@ def register_detector(name: str) -> Callable[[D], D]:
         if not issubclass(cls, OODDetector):
             raise TypeError(f"{cls.__name__} must subclass OODDetector to be registered")
         if name in _REGISTRY and _REGISTRY[name] is not cls:
-            warnings.warn(f"detector {name!r} re-registered: {_REGISTRY[name].__name__} -> {cls.__name__}", stacklevel=2)
+            warnings.warn(
+                f"detector {name!r} re-registered: {_REGISTRY[name].__name__} -> {cls.__name__}", stacklevel=2
+            )
         cls.name = name
         _REGISTRY[name] = cls
         return cls

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from torch import Tensor
 
 from medood.detectors.base import OODDetector, OODOutput
@@ -151,7 +151,9 @@ class SliceRestorationDetector(OODDetector):
         with torch.no_grad():
             for i in range(0, slices.shape[0], self.slice_batch):
                 chunk, (h, w) = self._pad(slices[i : i + self.slice_batch])
-                res[i : i + self.slice_batch] = self.residual_slices(chunk, positions[i : i + self.slice_batch])[..., :h, :w]
+                res[i : i + self.slice_batch] = self.residual_slices(chunk, positions[i : i + self.slice_batch])[
+                    ..., :h, :w
+                ]
         amap = self._assemble(x, res, index)
         amap = _pool(_pool(amap, self.minpool, "min"), self.avgpool, "mean")
         return (amap * self.foreground_mask(x)).float()
@@ -164,8 +166,11 @@ class SliceRestorationDetector(OODDetector):
 
     # ------------------------------------------------------------------ fitting
     def fit(self, loader: Any) -> SliceRestorationDetector:
-        """Train every stage on the in-distribution batches of ``loader`` (held in memory: for small data and
-        tests; train real models with the bundle's stage configs), then mark the detector fitted."""
+        """Train every stage on the in-distribution batches of ``loader``, then mark the detector fitted.
+
+        The slices are held in memory: this is for small data and tests; train real models with the bundle's
+        stage configs.
+        """
         from medood.data.tokens import collect_slices
         from medood.engines.prepare import PrepareKeys
         from medood.engines.train_utils import train_network
@@ -177,8 +182,13 @@ class SliceRestorationDetector(OODDetector):
         bs = self.fit_batch_size
         batches = [{"image": slices[i : i + bs], "position": positions[i : i + bs]} for i in range(0, len(slices), bs)]
         train_network(
-            self.tokenizer, batches, VQVAELoss(), epochs=self.fit_epochs["tokenizer"], lr=self.fit_lr,
-            device=self.device, prepare_batch=PrepareKeys("image", "position"),
+            self.tokenizer,
+            batches,
+            VQVAELoss(),
+            epochs=self.fit_epochs["tokenizer"],
+            lr=self.fit_lr,
+            device=self.device,
+            prepare_batch=PrepareKeys("image", "position"),
         )
         self.tokenizer.eval()
         with torch.no_grad():

@@ -13,9 +13,13 @@ from torch import Tensor, nn
 __all__ = ["CALIBRATION_LEVELS", "Calibration"]
 
 #: Quantile levels stored: every 0.1 % plus a finer tail (99.95 %, 99.99 %).
-CALIBRATION_LEVELS = torch.cat(
-    [torch.linspace(0.0, 1.0, 1001, dtype=torch.float64), torch.tensor([0.9995, 0.9999], dtype=torch.float64)]
-).sort().values.float()
+CALIBRATION_LEVELS = (
+    torch.cat(
+        [torch.linspace(0.0, 1.0, 1001, dtype=torch.float64), torch.tensor([0.9995, 0.9999], dtype=torch.float64)]
+    )
+    .sort()
+    .values.float()
+)
 
 
 class Calibration(nn.Module):

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from torch import Tensor
 
 from medood.detectors.base import register_detector
@@ -147,7 +147,21 @@ class MIMDetector(SliceRestorationDetector):
         batches = self._token_batches(tokens, positions)
         k = self.tokenizer.num_embeddings
         prep = PrepareKeys("tokens", "position")
-        train_network(self.token_detector, batches, TokenDetectorLoss(k), epochs=self.fit_epochs["detector"],
-                      lr=self.fit_lr, device=self.device, prepare_batch=prep)
-        train_network(self.inpainter, batches, MaskedTokenLoss(k), epochs=self.fit_epochs["inpainter"],
-                      lr=self.fit_lr, device=self.device, prepare_batch=prep)
+        train_network(
+            self.token_detector,
+            batches,
+            TokenDetectorLoss(k),
+            epochs=self.fit_epochs["detector"],
+            lr=self.fit_lr,
+            device=self.device,
+            prepare_batch=prep,
+        )
+        train_network(
+            self.inpainter,
+            batches,
+            MaskedTokenLoss(k),
+            epochs=self.fit_epochs["inpainter"],
+            lr=self.fit_lr,
+            device=self.device,
+            prepare_batch=prep,
+        )

@@ -73,8 +73,12 @@ class ReconstructionDetector(OODDetector):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         self.spatial_dims = spatial_dims
         self.net = AutoEncoder(
-            spatial_dims=spatial_dims, in_channels=in_channels, out_channels=in_channels, channels=tuple(channels),
-            strides=tuple(strides), num_res_units=num_res_units,
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            out_channels=in_channels,
+            channels=tuple(channels),
+            strides=tuple(strides),
+            num_res_units=num_res_units,
         )
         self.smooth = GaussianSmooth(sigma=smooth_sigma) if smooth_sigma > 0 else None
         self.mask_background = mask_background
@@ -83,7 +87,9 @@ class ReconstructionDetector(OODDetector):
 
     def _check_input(self, x: Tensor) -> None:
         if x.ndim != self.spatial_dims + 2:
-            raise ValueError(f"this {self.spatial_dims}D autoencoder needs (B, C, *spatial) inputs, got {tuple(x.shape)}")
+            raise ValueError(
+                f"this {self.spatial_dims}D autoencoder needs (B, C, *spatial) inputs, got {tuple(x.shape)}"
+            )
 
     def foreground_mask(self, x: Tensor) -> Tensor | None:
         """Voxels where any channel is non-zero, when ``mask_background`` is set."""

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from monai.networks.nets import DecoderOnlyTransformer
 from torch import Tensor
 
@@ -123,7 +123,7 @@ class VQVAEARDetector(SliceRestorationDetector):
             nll = self.token_nll(batch["tokens"].to(self.device), batch["position"].to(self.device))
             values.append(nll.flatten()[torch.randperm(nll.numel())[:100_000]].cpu())
         v = torch.cat(values)
-        self.fitted_nll_threshold.fill_(float(torch.quantile(v[:2**24], self.nll_percentile / 100.0)))
+        self.fitted_nll_threshold.fill_(float(torch.quantile(v[: 2**24], self.nll_percentile / 100.0)))
         return float(self.fitted_nll_threshold)
 
     # ------------------------------------------------------------------ restoration
@@ -165,7 +165,9 @@ class VQVAEARDetector(SliceRestorationDetector):
         restored = []  # LSR-style: one slice at a time, its restorations batched, no cache
         for i in range(n):
             restored.append(
-                self._resample(seq[i : i + 1].repeat(r, 1), flagged[i : i + 1].repeat(r, 1), uniforms[:, i], cached=False)
+                self._resample(
+                    seq[i : i + 1].repeat(r, 1), flagged[i : i + 1].repeat(r, 1), uniforms[:, i], cached=False
+                )
             )
         return torch.stack(restored, 1)[..., 1:].reshape(r, n, *tokens.shape[1:])
 
@@ -188,8 +190,13 @@ class VQVAEARDetector(SliceRestorationDetector):
 
         batches = self._token_batches(tokens, positions)
         train_network(
-            self.prior, batches, ARTokenLoss(self.num_tokens, self.num_position_bins), epochs=self.fit_epochs["prior"],
-            lr=self.fit_lr, device=self.device, prepare_batch=PrepareKeys("tokens", "position"),
+            self.prior,
+            batches,
+            ARTokenLoss(self.num_tokens, self.num_position_bins),
+            epochs=self.fit_epochs["prior"],
+            lr=self.fit_lr,
+            device=self.device,
+            prepare_batch=PrepareKeys("tokens", "position"),
         )
         self.prior.eval()
         self.fit_nll_threshold(batches)

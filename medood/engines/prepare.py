@@ -24,10 +24,14 @@ class PrepareKeys:
         self.input_key, self.target_key = input_key, target_key
 
     def __call__(
-        self, batchdata: Mapping[str, Any], device: str | torch.device | None = None, non_blocking: bool = False,
+        self,
+        batchdata: Mapping[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
         **kwargs: Any,
     ) -> tuple[Tensor, Tensor | None]:
         """Pick and move the two tensors."""
+
         def move(t: Any) -> Any:
             if isinstance(t, MetaTensor):
                 t = t.as_tensor()

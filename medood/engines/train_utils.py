@@ -45,11 +45,20 @@ def train_network(
     optimizer = torch.optim.Adam(network.parameters(), lr=lr, weight_decay=weight_decay)
     data = list(loader) if not hasattr(loader, "__len__") else loader
     trainer = StepTrainer(
-        device=torch.device(device), max_epochs=epochs, train_data_loader=data, network=network,
-        optimizer=optimizer, loss_function=loss_function,  # type: ignore[arg-type]
+        device=torch.device(device),
+        max_epochs=epochs,
+        train_data_loader=data,
+        network=network,
+        optimizer=optimizer,
+        loss_function=loss_function,  # type: ignore[arg-type]
         **({"prepare_batch": prepare_batch} if prepare_batch is not None else {}),
     )
     ProgressBar("loss", enabled=progress).attach(trainer)
     trainer.run()
-    logger.info("trained %s for %d epochs; last loss %.4g", type(network).__name__, epochs, float(trainer.state.output["loss"].detach()))
+    logger.info(
+        "trained %s for %d epochs; last loss %.4g",
+        type(network).__name__,
+        epochs,
+        float(trainer.state.output["loss"].detach()),
+    )
     return trainer

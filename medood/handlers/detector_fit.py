@@ -64,8 +64,10 @@ class DetectorFitHandler:
         self.n_batches = 0
 
     def attach(self, engine: Engine) -> None:
-        """Register the event handlers (the network is hooked when the run starts: MONAI engines attach
-        handlers before they set ``engine.network``)."""
+        """Register the event handlers.
+
+        The network is hooked when the run starts: MONAI engines attach handlers before they set ``network``.
+        """
         from ignite.engine import Events
 
         engine.add_event_handler(Events.STARTED, self._started)
@@ -87,14 +89,22 @@ class DetectorFitHandler:
         output = engine.state.output
         logits = _stack(output, "pred")
         labels = _stack(output, self.label_key)
-        feats = {OODKeys.FEATURES.value: flatten_features(captured[OODKeys.FEATURES.value]).float(),
-                 OODKeys.LOGITS.value: logits.float()}
+        feats = {
+            OODKeys.FEATURES.value: flatten_features(captured[OODKeys.FEATURES.value]).float(),
+            OODKeys.LOGITS.value: logits.float(),
+        }
         if labels is not None:
-            labels = labels.reshape(labels.shape[0], -1).argmax(1) if labels.ndim > 1 and labels.shape[-1] > 1 else labels.reshape(-1)
+            labels = (
+                labels.reshape(labels.shape[0], -1).argmax(1)
+                if labels.ndim > 1 and labels.shape[-1] > 1
+                else labels.reshape(-1)
+            )
         with torch.no_grad():
             for det in self.detectors:
                 dev = det.device
-                det.partial_fit_features({k: v.to(dev) for k, v in feats.items()}, None if labels is None else labels.to(dev).long())
+                det.partial_fit_features(
+                    {k: v.to(dev) for k, v in feats.items()}, None if labels is None else labels.to(dev).long()
+                )
         self.n_batches += 1
 
     def _completed(self, _engine: Engine) -> None:

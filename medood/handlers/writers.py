@@ -55,7 +55,9 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def write_map_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike[str], dtype: Any = np.float32) -> Path:
+def write_map_nifti(
+    array: np.ndarray, affine: np.ndarray, path: str | os.PathLike[str], dtype: Any = np.float32
+) -> Path:
     """Atomically write a 3D array as NIfTI with ``affine`` (qform and sform codes set to scanner, 1)."""
     img = nib.Nifti1Image(np.asarray(array, dtype=dtype), np.asarray(affine, dtype=np.float64))
     img.set_qform(img.affine, code=1)
@@ -238,7 +240,9 @@ class OODResultWriter:
     def _write_3d(self, case: str, arr: np.ndarray, meta: dict[str, Any]) -> None:
         affine = meta.get("affine", meta.get("original_affine"))
         if affine is None:
-            raise ValueError(f"case {case}: the anomaly map has no affine in its metadata; invert the preprocessing first")
+            raise ValueError(
+                f"case {case}: the anomaly map has no affine in its metadata; invert the preprocessing first"
+            )
         affine = _to_numpy(affine).astype(np.float64)
         shape = meta.get("spatial_shape")
         if shape is not None and tuple(int(s) for s in _to_numpy(shape).tolist()) != arr.shape:
@@ -257,14 +261,14 @@ class OODResultWriter:
         if self.save_maps:
             write_map_nifti_2d(arr, self.output_dir / f"{case}_anomaly_map.nii.gz")
         if self.threshold is not None:
-            write_map_nifti_2d(
-                (arr >= self.threshold).astype(np.uint8), self.output_dir / f"{case}_anomaly_seg.nii.gz"
-            )
+            write_map_nifti_2d((arr >= self.threshold).astype(np.uint8), self.output_dir / f"{case}_anomaly_seg.nii.gz")
         source = meta.get("filename_or_obj")
         image = _to_numpy(read_image_2d(source)) if source and Path(str(source)).is_file() else np.zeros_like(arr)
         if image.shape[-2:] != arr.shape:
             raise ValueError(f"{source}: image {image.shape[-2:]} and map {arr.shape} differ; invert the preprocessing")
-        write_overlay_png(image, arr, None, self.output_dir / f"{case}_anomaly_overlay.png", map_range=self._window(arr))
+        write_overlay_png(
+            image, arr, None, self.output_dir / f"{case}_anomaly_overlay.png", map_range=self._window(arr)
+        )
 
     def _window(self, arr: np.ndarray) -> tuple[float, float]:
         if self.window is not None:

@@ -82,8 +82,12 @@ class OODSlidingWindowInferer(Inferer):
         self._inner: Inferer
         if slice_axis is not None:
             self._inner = SliceInferer(
-                spatial_dim=slice_axis, roi_size=roi_size if roi_size is not None else (-1, -1),
-                sw_batch_size=sw_batch_size, overlap=overlap, mode=mode, **sw_kwargs,
+                spatial_dim=slice_axis,
+                roi_size=roi_size if roi_size is not None else (-1, -1),
+                sw_batch_size=sw_batch_size,
+                overlap=overlap,
+                mode=mode,
+                **sw_kwargs,
             )
         elif roi_size is None:
             self._inner = SimpleInferer()
@@ -114,9 +118,7 @@ class OODSlidingWindowInferer(Inferer):
 
     def slice_scores(self, anomaly_map: Tensor, mask: Tensor | None = None) -> dict[int, Tensor]:
         """Slice scores along every configured axis."""
-        return {
-            ax: reduce_slices(anomaly_map, ax, self.slice_reduction, self.slice_k, mask) for ax in self.slice_axes
-        }
+        return {ax: reduce_slices(anomaly_map, ax, self.slice_reduction, self.slice_k, mask) for ax in self.slice_axes}
 
     @torch.no_grad()
     def infer(self, inputs: Tensor, network: Callable[..., Tensor], *args: Any, **kwargs: Any) -> OODInferenceResult:

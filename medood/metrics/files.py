@@ -446,8 +446,11 @@ def evaluate_outputs(
         s = np.array([scores[n] for n, _ in labelled])
         y = np.array([v for _, v in labelled])
         result["volume"] = {
-            "auroc": auroc(s, y), "ap": average_precision(s, y), "fpr95": fpr_at_tpr(s, y, 0.95, positive="id"),
-            "n_anomalous": int(y.sum()), "n_healthy": int((1 - y).sum()),
+            "auroc": auroc(s, y),
+            "ap": average_precision(s, y),
+            "fpr95": fpr_at_tpr(s, y, 0.95, positive="id"),
+            "n_anomalous": int(y.sum()),
+            "n_healthy": int((1 - y).sum()),
         }
     pairs = []
     for c in cases:

@@ -77,7 +77,7 @@ class FeatureExtractor:
             self._handles.append(modules[module_name].register_forward_hook(self._hook(key, where == "input")))
         self.keys = list(spec)
 
-    def _hook(self, key: str, capture_input: bool):  # noqa: ANN202
+    def _hook(self, key: str, capture_input: bool):
         def hook(_module: nn.Module, inputs: tuple, output: Tensor) -> None:
             value = inputs[0] if capture_input else output
             if isinstance(value, (tuple, list)):
@@ -118,7 +118,7 @@ class FeatureExtractor:
     def __del__(self) -> None:
         try:
             self.remove()
-        except Exception:  # noqa: S110 - interpreter shutdown
+        except Exception:
             pass
 
 
@@ -130,6 +130,6 @@ def flatten_features(t: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def run_in_chunks(fn, x: Tensor, chunk: int) -> Tensor:  # noqa: ANN001
+def run_in_chunks(fn, x: Tensor, chunk: int) -> Tensor:
     """Apply ``fn`` to ``x`` in chunks of ``chunk`` rows and concatenate (bounded memory)."""
     return torch.cat([fn(x[i : i + chunk]) for i in range(0, x.shape[0], chunk)])

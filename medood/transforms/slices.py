@@ -29,8 +29,9 @@ def foreground_extent(volume: Tensor, axis: int) -> tuple[int, int]:
 
 
 def slice_positions(volume: Tensor, axis: int) -> Tensor:
-    """Normalised coordinate in ``[-0.5, 0.5]`` of every slice along ``axis``, relative to the foreground
-    extent (the brain's lowest slice is -0.5, its highest +0.5; slices outside are clipped).
+    """Normalised coordinate in ``[-0.5, 0.5]`` of every slice along ``axis``, relative to the foreground.
+
+    The brain's lowest slice is -0.5, its highest +0.5; slices outside are clipped.
 
     Using the foreground rather than the field of view makes the coordinate comparable across subjects
     whatever the cropping (as the slice conditioning of the LSR / MIM-OOD pipelines needs).
@@ -55,7 +56,9 @@ class RandSlices(Randomizable, Transform):
             Defaults to False.
     """
 
-    def __init__(self, num_samples: int = 8, axis: int = 2, min_foreground: float = 0.05, uniform: bool = False) -> None:
+    def __init__(
+        self, num_samples: int = 8, axis: int = 2, min_foreground: float = 0.05, uniform: bool = False
+    ) -> None:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         self.num_samples, self.axis, self.min_foreground = num_samples, axis, min_foreground

@@ -211,12 +211,14 @@ def test_validation_lesion_twins_share_anatomy_with_the_healthy_validation_subje
     root, data = tiny_set
     assert len(data["validation_lesion"]) == len(data["validation"]) == 1
     twin, healthy = data["validation_lesion"][0], data["validation"][0]
-    assert twin["case"] == healthy["case"] and twin["is_anomalous"] == 1
+    assert twin["case"] == healthy["case"]
+    assert twin["is_anomalous"] == 1
     lesion, aff = _load(root / twin["label"])
     t1, aff_t1 = _load(root / twin["T1w"])
     h1, _ = _load(root / healthy["T1w"])
     np.testing.assert_allclose(aff, aff_t1)
-    assert lesion.sum() > 0 and lesion.sum() == twin["lesion_voxels"]
+    assert lesion.sum() > 0
+    assert lesion.sum() == twin["lesion_voxels"]
     near = ndi.binary_dilation(lesion > 0, iterations=3)
     assert np.array_equal(t1[~near], h1[~near]), "outside the lesion the twin is the healthy validation subject"
     assert not np.array_equal(t1[lesion > 0], h1[lesion > 0])

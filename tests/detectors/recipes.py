@@ -40,8 +40,11 @@ def posthoc(name: str, **kwargs: object) -> Recipe:
 
 _TOKENIZER = {"channels": (8, 16), "num_res_layers": 1, "num_embeddings": 16, "embedding_dim": 8}
 _TINY_TRANSFORMER = {"hidden_size": 32, "depth": 1, "num_heads": 2}
-_RESTORATION = {"tokenizer": _TOKENIZER, "erode_mask": 0, "fit_epochs": {"tokenizer": 10, "detector": 10,
-                "inpainter": 10, "prior": 10}}
+_RESTORATION = {
+    "tokenizer": _TOKENIZER,
+    "erode_mask": 0,
+    "fit_epochs": {"tokenizer": 10, "detector": 10, "inpainter": 10, "prior": 10},
+}
 
 
 def restoration(name: str, **kwargs: object) -> Recipe:
@@ -73,7 +76,9 @@ RECIPES: dict[str, Recipe] = {
     "vqvae_recon": restoration("vqvae_recon"),
     "mim": restoration("mim", grid_size=(4, 4), token_detector=_TINY_TRANSFORMER, inpainter=_TINY_TRANSFORMER),
     "vqvae_ar": restoration(
-        "vqvae_ar", grid_size=(4, 4), n_restorations=3,
+        "vqvae_ar",
+        grid_size=(4, 4),
+        n_restorations=3,
         prior={"attn_layers_dim": 32, "attn_layers_depth": 1, "attn_layers_heads": 2},
     ),
 }

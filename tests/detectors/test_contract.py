@@ -21,7 +21,7 @@ def _fit(name: str, sd: int):
     return det.eval()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fitted(name: str, sd: int):
     """One fitted detector per case, shared by the tests of this module (they only read it)."""
     return _fit(name, sd)
@@ -46,7 +46,8 @@ def test_registry_attributes() -> None:
         cls = get_detector_class(name)
         assert cls.name == name
         assert set(cls.supported_spatial_dims) <= {1, 2, 3}, cls
-        assert isinstance(cls.produces_map, bool) and isinstance(cls.requires_fit, bool)
+        assert isinstance(cls.produces_map, bool)
+        assert isinstance(cls.requires_fit, bool)
 
 
 @pytest.mark.parametrize(("name", "sd"), CASES)
@@ -79,7 +80,8 @@ def test_shapes_roundtrip_determinism(name: str, sd: int) -> None:
 
     # shapes and dtypes
     assert out_id.image_score.shape == (x_id.shape[0],)
-    assert torch.isfinite(out_id.image_score).all() and torch.isfinite(out_ood.image_score).all()
+    assert torch.isfinite(out_id.image_score).all()
+    assert torch.isfinite(out_ood.image_score).all()
     if det.produces_map:
         assert out_id.anomaly_map is not None
         assert out_id.anomaly_map.shape == (x_id.shape[0], 1, *x_id.shape[2:])

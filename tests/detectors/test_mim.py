@@ -55,8 +55,13 @@ def test_residual_variants_differ_and_gated_is_zero_outside_inpainted_tokens() -
 
 def test_ar_cached_and_lsr_style_restorations_are_identical() -> None:
     torch.manual_seed(0)
-    det = VQVAEARDetector(tokenizer=TOK, grid_size=(4, 6), nll_threshold=2.0, n_restorations=4,
-                          prior={"attn_layers_dim": 32, "attn_layers_depth": 2, "attn_layers_heads": 2}).eval()
+    det = VQVAEARDetector(
+        tokenizer=TOK,
+        grid_size=(4, 6),
+        nll_threshold=2.0,
+        n_restorations=4,
+        prior={"attn_layers_dim": 32, "attn_layers_depth": 2, "attn_layers_heads": 2},
+    ).eval()
     tokens, pos = torch.randint(0, 16, (5, 4, 6)), torch.rand(5) - 0.5
     with torch.no_grad():
         cached = det.restore_tokens(tokens, pos)
@@ -69,8 +74,9 @@ def test_ar_cached_and_lsr_style_restorations_are_identical() -> None:
 
 
 def test_ar_needs_a_threshold() -> None:
-    det = VQVAEARDetector(tokenizer=TOK, grid_size=(4, 6), prior={"attn_layers_dim": 16, "attn_layers_depth": 1,
-                                                                  "attn_layers_heads": 2})
+    det = VQVAEARDetector(
+        tokenizer=TOK, grid_size=(4, 6), prior={"attn_layers_dim": 16, "attn_layers_depth": 1, "attn_layers_heads": 2}
+    )
     with pytest.raises(RuntimeError, match="NLL threshold"):
         _ = det.threshold_nll
 
@@ -85,4 +91,5 @@ def test_volume_slices_use_foreground_positions_and_zero_background() -> None:
     amap = det.predict_map(x)
     assert amap.shape == x.shape
     torch.testing.assert_close(seen["p"], torch.linspace(-0.5, 0.5, 6))
-    assert float(amap[..., 0:2].abs().max()) == 0.0 and float(amap[x > 0].min()) == 1.0
+    assert float(amap[..., 0:2].abs().max()) == 0.0
+    assert float(amap[x > 0].min()) == 1.0

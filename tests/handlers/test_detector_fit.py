@@ -16,7 +16,10 @@ def test_one_engine_pass_fits_every_detector_like_fit_features(tmp_path) -> None
     names = ("mahalanobis", "knn", "vim")
     via_engine = [get_detector(n, model=model) for n in names]
     evaluator = SupervisedEvaluator(
-        device=torch.device("cpu"), val_data_loader=loader, network=model, decollate=False,
+        device=torch.device("cpu"),
+        val_data_loader=loader,
+        network=model,
+        decollate=False,
         val_handlers=[DetectorFitHandler(via_engine, save_path=tmp_path / "detectors.pt")],
     )
     evaluator.run()

@@ -34,8 +34,11 @@ def test_non_square_png_keeps_orientation(tmp_path) -> None:
     post = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False)
     out = tmp_path / "out"
     evaluator = OODEvaluator(
-        device=torch.device("cpu"), val_data_loader=DataLoader(Dataset([{"image": str(tmp_path / "case.png")}], pre)),
-        network=BrightnessMap(), inferer=OODSlidingWindowInferer(), postprocessing=post,
+        device=torch.device("cpu"),
+        val_data_loader=DataLoader(Dataset([{"image": str(tmp_path / "case.png")}], pre)),
+        network=BrightnessMap(),
+        inferer=OODSlidingWindowInferer(),
+        postprocessing=post,
         val_handlers=[OODResultWriter(out, threshold=0.5, slice_axes=(0,))],
     )
     evaluator.run()
@@ -48,8 +51,12 @@ def test_non_square_png_keeps_orientation(tmp_path) -> None:
     assert overlay.shape == (h, w, 3)
     hot = overlay[..., 0].astype(int) - overlay[..., 2].astype(int)  # the hot colour map is red-yellow
     r2, c2 = np.unravel_index(int(np.argmax(hot)), hot.shape)
-    assert r2 < 6 and c2 > 24
+    assert r2 < 6
+    assert c2 > 24
     seg = read_map_nifti_2d(out / "case_anomaly_seg.nii.gz")
-    assert seg.shape == (h, w) and seg[3, 29] == 1 and seg[15, 5] == 0
+    assert seg.shape == (h, w)
+    assert seg[3, 29] == 1
+    assert seg[15, 5] == 0
     rows = list(csv.DictReader(open(out / "slice_scores.csv")))
-    assert len(rows) == h and {r["axis"] for r in rows} == {"0"}
+    assert len(rows) == h
+    assert {r["axis"] for r in rows} == {"0"}

@@ -42,16 +42,24 @@ def _write_cases(folder, n=3):
 
 
 def _pipeline(paths, det, writer_or_handler, extra_handlers=()):
-    pre = Compose([
-        LoadImaged("image"), EnsureChannelFirstd("image"), Orientationd("image", "RAS"),
-        Spacingd("image", (2.0, 2.0, 2.0)), ResizeWithPadOrCropd("image", (16, 16, 16)),
-        NormalizeIntensityd("image", nonzero=True),
-    ])
+    pre = Compose(
+        [
+            LoadImaged("image"),
+            EnsureChannelFirstd("image"),
+            Orientationd("image", "RAS"),
+            Spacingd("image", (2.0, 2.0, 2.0)),
+            ResizeWithPadOrCropd("image", (16, 16, 16)),
+            NormalizeIntensityd("image", nonzero=True),
+        ]
+    )
     post = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False)
     loader = DataLoader(Dataset([{"image": p} for p in paths], pre), batch_size=2)
     return OODEvaluator(
-        device=torch.device("cpu"), val_data_loader=loader, network=det,
-        inferer=OODSlidingWindowInferer(roi_size=(8, 8, 8), sw_batch_size=2), postprocessing=post,
+        device=torch.device("cpu"),
+        val_data_loader=loader,
+        network=det,
+        inferer=OODSlidingWindowInferer(roi_size=(8, 8, 8), sw_batch_size=2),
+        postprocessing=post,
         val_handlers=[writer_or_handler, *extra_handlers],
     )
 
@@ -69,11 +77,11 @@ def test_map_has_input_grid_and_csvs(tmp_path, trained_ae):
     calib = CalibrationHandler(trained_ae, foreground="all", save_path=tmp_path / "models" / "model.pt")
     _pipeline(paths, trained_ae, calib).run()
     thr = trained_ae.threshold(99.0, "map")
-    assert np.isfinite(thr) and (tmp_path / "models" / "model.pt").exists()
+    assert np.isfinite(thr)
+    assert (tmp_path / "models" / "model.pt").exists()
 
     out = tmp_path / "out"
-    writer = OODResultWriter(out, threshold=thr, score_threshold=trained_ae.threshold(99.0, "score"),
-                             slice_axes=(0, 2))
+    writer = OODResultWriter(out, threshold=thr, score_threshold=trained_ae.threshold(99.0, "score"), slice_axes=(0, 2))
     _pipeline(paths, trained_ae, writer).run()
 
     for i in range(3):
@@ -81,9 +89,11 @@ def test_map_has_input_grid_and_csvs(tmp_path, trained_ae):
         assert img.shape == SHAPE
         np.testing.assert_allclose(img.affine, AFFINE, atol=1e-5)
         assert img.get_data_dtype() == np.float32
-        assert int(img.header["qform_code"]) == 1 and int(img.header["sform_code"]) == 1
+        assert int(img.header["qform_code"]) == 1
+        assert int(img.header["sform_code"]) == 1
         seg = nib.load(str(out / f"case{i}_anomaly_seg.nii.gz"))
-        assert seg.get_data_dtype() == np.uint8 and seg.shape == SHAPE
+        assert seg.get_data_dtype() == np.uint8
+        assert seg.shape == SHAPE
         np.testing.assert_allclose(seg.affine, AFFINE, atol=1e-5)
         assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1}
 

@@ -55,7 +55,11 @@ class TinyClassifier(nn.Module):
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
         pool = nn.AdaptiveAvgPool2d(1) if spatial_dims == 2 else nn.AdaptiveAvgPool3d(1)
         self.features = nn.Sequential(
-            conv(in_channels, 8, 3, padding=1), nn.ReLU(), conv(8, 16, 3, stride=2, padding=1), nn.ReLU(), pool,
+            conv(in_channels, 8, 3, padding=1),
+            nn.ReLU(),
+            conv(8, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+            pool,
             nn.Flatten(),
         )
         self.fc = nn.Linear(16, num_classes)

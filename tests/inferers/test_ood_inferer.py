@@ -67,7 +67,8 @@ def test_slice_wise_2d_network_on_volumes_and_infer_outputs() -> None:
     torch.testing.assert_close(res.anomaly_map, _map_net(x))
     assert sum(calls) == 7
     torch.testing.assert_close(res.volume_score, _map_net(x).amax(dim=(1, 2, 3, 4)))
-    assert set(res.slice_scores) == {0, 2} and res.slice_scores[2].shape == (1, 7)
+    assert set(res.slice_scores) == {0, 2}
+    assert res.slice_scores[2].shape == (1, 7)
 
 
 def test_inferer_rejects_non_map_networks() -> None:

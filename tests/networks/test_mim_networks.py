@@ -11,8 +11,14 @@ from medood.networks.nets.token_masks import blob_mask, corrupt_tokens, maskgit_
 @pytest.mark.parametrize("chunks", [(30,), (1,) * 30, (7, 1, 22), (5, 10, 15)])
 def test_kv_cache_equals_full_forward(chunks: tuple[int, ...]) -> None:
     torch.manual_seed(0)
-    net = DecoderOnlyTransformer(num_tokens=20, max_seq_len=30, attn_layers_dim=32, attn_layers_depth=2,
-                                 attn_layers_heads=4, use_flash_attention=True).eval()
+    net = DecoderOnlyTransformer(
+        num_tokens=20,
+        max_seq_len=30,
+        attn_layers_dim=32,
+        attn_layers_depth=2,
+        attn_layers_heads=4,
+        use_flash_attention=True,
+    ).eval()
     x = torch.randint(0, 20, (3, 30))
     with torch.no_grad():
         full = net(x)
@@ -31,9 +37,12 @@ def test_tokenizer_shapes_and_position(shape: tuple[int, ...], grid: tuple[int, 
     tok = SliceTokenizer(channels=(8, 16), num_res_layers=1, num_embeddings=16, embedding_dim=8)
     x = torch.rand(shape)
     recon, q = tok(x, torch.zeros(shape[0]))
-    assert recon.shape == x.shape and q.ndim == 0
+    assert recon.shape == x.shape
+    assert q.ndim == 0
     codes = tok.tokenize(x, torch.zeros(shape[0]))
-    assert codes.shape == (shape[0], *grid) and codes.dtype == torch.long and int(codes.max()) < 16
+    assert codes.shape == (shape[0], *grid)
+    assert codes.dtype == torch.long
+    assert int(codes.max()) < 16
     assert tok.decode(codes).shape == x.shape
     with pytest.raises(ValueError, match="divisible"):
         tok(torch.rand(1, 1, 18, 24))
@@ -68,17 +77,24 @@ def test_masks_and_corruptions_are_seeded_and_sized() -> None:
     m = random_mask((3, 10, 12), ratio, g)
     assert m.flatten(1).sum(1).tolist() == [12, 60, 108]
     b = blob_mask((3, 10, 12), ratio, torch.Generator().manual_seed(1))
-    assert b.shape == (3, 10, 12) and (b.flatten(1).float().mean(1) > 0).all()
+    assert b.shape == (3, 10, 12)
+    assert (b.flatten(1).float().mean(1) > 0).all()
     assert torch.equal(b, blob_mask((3, 10, 12), ratio, torch.Generator().manual_seed(1)))
     r = maskgit_ratio(1000, torch.Generator().manual_seed(0))
-    assert float(r.min()) >= 0.03 - 1e-6 and float(r.max()) <= 1.0 and 0.55 < float(r.mean()) < 0.72  # E[cos(pi/2 u)] = 2/pi
+    assert float(r.min()) >= 0.03 - 1e-6
+    assert float(r.max()) <= 1.0
+    assert 0.55 < float(r.mean()) < 0.72
 
     tokens = torch.randint(0, 16, (64, 10, 12), generator=torch.Generator().manual_seed(2))
-    corrupted, target = corrupt_tokens(tokens, 16, clean_prob=0.2, max_ratio=0.3, generator=torch.Generator().manual_seed(3))
+    corrupted, target = corrupt_tokens(
+        tokens, 16, clean_prob=0.2, max_ratio=0.3, generator=torch.Generator().manual_seed(3)
+    )
     assert torch.equal(target > 0, corrupted != tokens), "targets mark exactly the changed tokens"
     per_grid = target.flatten(1).mean(1)
-    assert float(per_grid.max()) <= 0.6 and float(per_grid.mean()) <= 0.2  # blobs may overshoot the drawn ratio
-    assert (per_grid == 0).any() and (per_grid > 0).sum() > 30
+    assert float(per_grid.max()) <= 0.6
+    assert float(per_grid.mean()) <= 0.2
+    assert (per_grid == 0).any()
+    assert (per_grid > 0).sum() > 30
 
 
 def test_dead_codes_are_revived_from_encoder_outputs() -> None:

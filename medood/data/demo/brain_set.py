@@ -166,8 +166,13 @@ def write_brain_mri(
         "modality": {str(i): c for i, c in enumerate(CONTRASTS)},
         "labels": {"0": "background", "1": "lesion"},
     }
-    splits = (("training", "train"), ("validation", "val"), ("test", "test"), ("ood", "ood"),
-              ("validation_lesion", "val_lesion"))
+    splits = (
+        ("training", "train"),
+        ("validation", "val"),
+        ("test", "test"),
+        ("ood", "ood"),
+        ("validation_lesion", "val_lesion"),
+    )
     for key, split in splits:
         datalist[key] = [e for e, job in zip(entries, jobs) if job[0] == split]
     atomic_write_text(out / "dataset.json", json.dumps(datalist, indent=2) + "\n")
@@ -190,8 +195,10 @@ Synthetic multi-contrast (T1w, T2w, FLAIR) brain MRI at {spacing:g} mm, built of
 | `val/` | {len(datalist["validation"])} healthy subjects, same files |
 | `test/` | {len(datalist["test"])} subjects, same files plus `sub-XXX_lesion.nii.gz` (uint8; all zero if healthy) |
 | `ood/` | {len(datalist["ood"])} out-of-distribution volumes: {oods} |
-| `val_lesion/` | {len(datalist["validation_lesion"])} lesioned twins of the `val/` subjects (same anatomy, lesions seeded apart from `test/`): a labelled **validation** set for choosing post-processing settings without touching the test set |
-| `dataset.json` | MONAI Decathlon-style datalist (`training`, `validation`, `test`, `ood`, `validation_lesion`; `image` = T1w) |
+| `val_lesion/` | {len(datalist["validation_lesion"])} lesioned twins of the `val/` subjects (same anatomy, \
+lesions seeded apart from `test/`): a labelled **validation** set to choose settings without the test set |
+| `dataset.json` | MONAI Decathlon-style datalist (`training`, `validation`, `test`, `ood`, \
+`validation_lesion`; `image` = T1w) |
 
 Test lesion types: {", ".join(f"`{k}`" for k in kinds)} (`none` = healthy, `is_anomalous` = 0).
 

@@ -22,8 +22,9 @@ def random_mask(shape: tuple[int, ...], ratio: Tensor, generator: torch.Generato
 def blob_mask(
     shape: tuple[int, ...], ratio: Tensor, generator: torch.Generator | None = None, max_blobs: int = 8
 ) -> Tensor:
-    """Boolean masks ``(B, h, w)`` made of random ellipses, added until about ``ratio`` of each grid is covered
-    (at most ``max_blobs``; at least one).
+    """Boolean masks ``(B, h, w)`` of random ellipses covering about ``ratio`` of each grid.
+
+    Ellipses are added until the ratio is reached (at least one, at most ``max_blobs``).
 
     Anomalies are spatially contiguous, so contiguous masks teach the in-painter to fill holes from their rim.
     """
@@ -57,9 +58,9 @@ def corrupt_tokens(
     """Synthetic token anomalies for the anomalous-token detector.
 
     Each grid is left clean with probability ``clean_prob``; otherwise a region (contiguous blobs, or scattered
-    positions) covering about ``ratio ~ U(0, max_ratio)`` of the grid (a blob can overshoot it) is replaced by one of: uniformly random codes; the codes
-    another healthy grid has at the same positions (plausible codes in the wrong context); one repeated code
-    (a homogeneous lesion); the grid's own codes shifted by a few positions.
+    positions) covering about ``ratio ~ U(0, max_ratio)`` of the grid (a blob can overshoot it) is replaced by one
+    of: uniformly random codes; the codes another healthy grid has at the same positions (plausible codes in the
+    wrong context); one repeated code (a homogeneous lesion); the grid's own codes shifted by a few positions.
 
     Returns:
         The corrupted grids and the per-token targets (1 where the token changed).

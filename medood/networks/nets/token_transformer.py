@@ -65,8 +65,13 @@ class TokenTransformer(nn.Module):
         self.blocks = nn.ModuleList(
             [
                 TransformerBlock(
-                    hidden_size=hidden_size, mlp_dim=mlp_ratio * hidden_size, num_heads=num_heads, dropout_rate=dropout,
-                    qkv_bias=True, causal=False, use_flash_attention=use_flash_attention,
+                    hidden_size=hidden_size,
+                    mlp_dim=mlp_ratio * hidden_size,
+                    num_heads=num_heads,
+                    dropout_rate=dropout,
+                    qkv_bias=True,
+                    causal=False,
+                    use_flash_attention=use_flash_attention,
                 )
                 for _ in range(depth)
             ]
