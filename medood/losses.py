@@ -66,6 +66,8 @@ class TokenDetectorLoss(nn.Module):
         seed: seed of the corruption generator. Defaults to 0.
     """
 
+    pos_weight: Tensor
+
     def __init__(
         self, num_tokens: int, clean_prob: float = 0.15, max_ratio: float = 0.2, pos_weight: float = 3.0, seed: int = 0
     ) -> None:

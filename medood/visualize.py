@@ -72,7 +72,7 @@ def worst_slices_montage(
     from medood.handlers.writers import case_name
 
     out = Path(output_dir)
-    ranked = []
+    ranked: list[tuple[float, str, int, dict[str, Any]]] = []
     for c in cases:
         name = case_name(c["image"])
         amap_path = out / f"{name}_anomaly_map.nii.gz"
@@ -92,7 +92,7 @@ def worst_slices_montage(
         amap = _canonical(out / f"{name}_anomaly_map.nii.gz")[:, :, z]
         lesion = _canonical(c[mask_key])[:, :, z] if c.get(mask_key) else None
         tile = Image.fromarray(_tile(image, amap, lesion, hi)).resize(
-            (image.shape[0] * scale, image.shape[1] * scale), Image.NEAREST
+            (image.shape[0] * scale, image.shape[1] * scale), Image.Resampling.NEAREST
         )
         ImageDraw.Draw(tile).text((3, 3), f"{name} z={z} max={value:.3g}", fill=(255, 255, 0))
         tiles.append(np.asarray(tile))

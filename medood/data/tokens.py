@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from medood.detectors.base import unpack_batch
+from medood.networks.nets.vq_tokenizer import SliceTokenizer
 from medood.transforms.slices import slice_positions
 
 __all__ = ["TokenGridDataset", "collect_slices"]
@@ -74,7 +75,7 @@ class TokenGridDataset(Dataset):
 
     def __init__(
         self,
-        tokenizer: torch.nn.Module,
+        tokenizer: SliceTokenizer,
         volumes: Iterable[Any],
         axis: int = 2,
         min_foreground: float = 0.05,

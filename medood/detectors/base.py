@@ -121,6 +121,7 @@ class OODDetector(nn.Module, ABC):
     requires_training: ClassVar[bool] = False
     produces_map: ClassVar[bool] = False
     supported_spatial_dims: ClassVar[tuple[int, ...]] = (2, 3)
+    _fitted: Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -136,10 +137,10 @@ class OODDetector(nn.Module, ABC):
     @property
     def device(self) -> torch.device:
         """The device of the detector's parameters and buffers."""
-        for t in self.parameters():
-            return t.device
-        for t in self.buffers():
-            return t.device
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
         return torch.device("cpu")
 
     def check_fitted(self) -> None:

@@ -43,6 +43,8 @@ class ClassifierDetector(OODDetector):
     requires_training = False
     required_features: ClassVar[tuple[str, ...]] = (LOGITS,)
     needs_head: ClassVar[bool] = False
+    head_weight: Tensor
+    head_bias: Tensor
 
     def __init__(
         self,

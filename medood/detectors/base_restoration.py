@@ -32,10 +32,12 @@ def _pool(x: Tensor, kernel: int, kind: str) -> Tensor:
     nd = x.ndim - 2
     pad = kernel // 2
     if kind == "min":
-        fn = F.max_pool3d if nd == 3 else F.max_pool2d
-        return -fn(-x, kernel, stride=1, padding=pad)
-    fn = F.avg_pool3d if nd == 3 else F.avg_pool2d
-    return fn(x, kernel, stride=1, padding=pad, count_include_pad=False)
+        if nd == 3:
+            return -F.max_pool3d(-x, kernel, stride=1, padding=pad)
+        return -F.max_pool2d(-x, kernel, stride=1, padding=pad)
+    if nd == 3:
+        return F.avg_pool3d(x, kernel, stride=1, padding=pad, count_include_pad=False)
+    return F.avg_pool2d(x, kernel, stride=1, padding=pad, count_include_pad=False)
 
 
 class SliceRestorationDetector(OODDetector):
@@ -110,7 +112,9 @@ class SliceRestorationDetector(OODDetector):
         if x.ndim == 4:
             return x, torch.zeros(x.shape[0], device=x.device), [(b, 0) for b in range(x.shape[0])]
         ax = 2 + self.slice_axis
-        slices, positions, index = [], [], []
+        slices: list[Tensor] = []
+        positions: list[Tensor] = []
+        index: list[tuple[int, int]] = []
         for b in range(x.shape[0]):
             vol = x[b]
             pos = slice_positions(vol, self.slice_axis).to(x.device)

@@ -29,6 +29,12 @@ class Calibration(nn.Module):
     layout; ``NaN`` marks "not calibrated".
     """
 
+    levels: Tensor
+    score_quantiles: Tensor
+    map_quantiles: Tensor
+    n_scores: Tensor
+    n_map_values: Tensor
+
     def __init__(self) -> None:
         super().__init__()
         n = CALIBRATION_LEVELS.numel()

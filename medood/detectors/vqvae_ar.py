@@ -62,6 +62,7 @@ class VQVAEARDetector(SliceRestorationDetector):
     """
 
     stages = ("prior",)
+    fitted_nll_threshold: Tensor
 
     def __init__(
         self,

@@ -76,7 +76,8 @@ class DetectorFitHandler:
 
     def _started(self, engine: Engine) -> None:
         if self._extractor is None:
-            net = getattr(engine.network, "module", engine.network)  # type: ignore[attr-defined]
+            network: nn.Module = engine.network  # type: ignore[attr-defined]
+            net: nn.Module = getattr(network, "module", network)
             head_name, _ = find_linear_head(net, self.head)
             self._extractor = FeatureExtractor(net, {OODKeys.FEATURES.value: f"{head_name}:input"})
         self.n_batches = 0
@@ -88,6 +89,8 @@ class DetectorFitHandler:
         captured = self._extractor.pop()
         output = engine.state.output
         logits = _stack(output, "pred")
+        if logits is None:
+            raise RuntimeError("DetectorFitHandler: the engine output has no 'pred' logits tensor")
         labels = _stack(output, self.label_key)
         feats = {
             OODKeys.FEATURES.value: flatten_features(captured[OODKeys.FEATURES.value]).float(),
@@ -185,8 +188,10 @@ class CalibrationHandler:
                 v = m[m > 0]
             elif self.foreground == "all":
                 v = m.reshape(-1)
-            else:
+            elif callable(self.foreground):
                 v = m[self.foreground(item).cpu().bool().expand_as(m)]
+            else:
+                raise ValueError(f"unknown foreground {self.foreground!r}")
             if v.numel() > self.values_per_case:
                 v = v[torch.randperm(v.numel(), generator=self._gen)[: self.values_per_case]]
             self.values.append(v)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -77,7 +77,7 @@ class FeatureExtractor:
             self._handles.append(modules[module_name].register_forward_hook(self._hook(key, where == "input")))
         self.keys = list(spec)
 
-    def _hook(self, key: str, capture_input: bool):
+    def _hook(self, key: str, capture_input: bool) -> Callable[[nn.Module, tuple, Tensor], None]:
         def hook(_module: nn.Module, inputs: tuple, output: Tensor) -> None:
             value = inputs[0] if capture_input else output
             if isinstance(value, (tuple, list)):
@@ -130,6 +130,6 @@ def flatten_features(t: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def run_in_chunks(fn, x: Tensor, chunk: int) -> Tensor:
+def run_in_chunks(fn: Callable[[Tensor], Tensor], x: Tensor, chunk: int) -> Tensor:
     """Apply ``fn`` to ``x`` in chunks of ``chunk`` rows and concatenate (bounded memory)."""
     return torch.cat([fn(x[i : i + chunk]) for i in range(0, x.shape[0], chunk)])

@@ -9,9 +9,11 @@ keys/values of every earlier position, and appends its own. Results equal the fu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
+from monai.networks.blocks import SABlock, TransformerBlock
 from monai.networks.nets import DecoderOnlyTransformer
 from torch import Tensor
 
@@ -63,8 +65,9 @@ def cached_forward(model: DecoderOnlyTransformer, tokens: Tensor, cache: KVCache
     k_pos = torch.arange(start + n, device=tokens.device)[None, :]
     causal = k_pos <= q_pos  # (n, start + n), True = may attend
     first = not cache.keys
-    for i, block in enumerate(model.blocks):
-        attn = block.attn
+    for i, block_module in enumerate(model.blocks):
+        block = cast(TransformerBlock, block_module)
+        attn = cast(SABlock, block.attn)
         if attn.use_combined_linear:
             raise ValueError("cached decoding expects use_combined_linear=False")
         heads = attn.num_heads

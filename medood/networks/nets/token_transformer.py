@@ -8,6 +8,7 @@ and as the **masked in-painter** (logits over the codebook at every position, Ma
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from monai.networks.blocks import TransformerBlock
@@ -88,7 +89,7 @@ class TokenTransformer(nn.Module):
         """
         super().train(mode)
         for block in self.blocks:
-            block.attn.dropout_rate = self._attn_dropout if mode else 0.0
+            cast(TransformerBlock, block).attn.dropout_rate = self._attn_dropout if mode else 0.0
         return self
 
     def forward(self, tokens: Tensor, position: Tensor | None = None) -> Tensor:
