@@ -10,9 +10,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from medood.detectors.base import unpack_batch
 from medood.networks.nets.vq_tokenizer import SliceTokenizer
 from medood.transforms.slices import slice_positions
+from medood.utils.batch import unpack_batch
 
 __all__ = ["TokenGridDataset", "collect_slices"]
 

@@ -5,17 +5,10 @@ Score: higher = more OOD. See :class:`~medood.detectors.base.OODDetector` for th
 
 from __future__ import annotations
 
-from medood.detectors.base import (
-    NotFittedError,
-    OODDetector,
-    OODOutput,
-    get_detector,
-    get_detector_class,
-    list_detectors,
-    register_detector,
-    unpack_batch,
-)
+from medood.detectors.base import NotFittedError, OODDetector, OODOutput
 from medood.detectors.calibration import Calibration
+from medood.detectors.registry import get_detector, get_detector_class, list_detectors, register_detector
+from medood.utils.batch import unpack_batch
 
 # Detector modules (importing one registers it). Keep one line per module, alphabetical.
 from medood.detectors.energy import EnergyDetector  # isort: skip

@@ -1,11 +1,7 @@
-"""The detector contract shared by every medood method, and the detector registry.
+"""The detector contract shared by every medood method (the registry is in :mod:`medood.detectors.registry`).
 
-Every detector is an ``nn.Module`` subclass of :class:`OODDetector` and follows one convention:
-
-**Score: higher = more OOD / more anomalous.** OOD is the positive class in every metric. Where a paper's
-score has the opposite sign (MSP, Energy, MECAM, ...), the detector converts it.
-
-Two ways in:
+**Score: higher = more OOD / more anomalous.** OOD is the positive class in every metric; where a paper's
+score has the opposite sign (MSP, Energy, MECAM, ...), the detector converts it. Two ways in:
 
 * ``fit(loader)`` / ``score(batch)`` run the host network (or the detector's own networks) on images;
 * ``fit_features(features, labels)`` / ``score_features(features)`` take precomputed features (a mapping of
@@ -18,33 +14,27 @@ checkpoints load with ``torch.load(..., weights_only=True)``.
 
 Thresholds come from in-distribution data only: :meth:`OODDetector.calibrate` records quantiles of healthy
 image scores and map values (a :class:`~medood.detectors.calibration.Calibration` submodule saved with the
-weights); masks, ``is_ood`` flags and overlay windows use :meth:`OODDetector.threshold`.
+weights); masks, ``flagged`` decisions and overlay windows use :meth:`OODDetector.threshold`.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from medood.detectors.calibration import Calibration
+from medood.utils.batch import as_plain_tensor, unpack_batch
 from medood.utils.enums import OODKeys
 
 __all__ = [
     "NotFittedError",
     "OODDetector",
     "OODOutput",
-    "as_plain_tensor",
-    "get_detector",
-    "get_detector_class",
-    "list_detectors",
-    "register_detector",
-    "unpack_batch",
 ]
 
 logger = logging.getLogger(__name__)
@@ -70,38 +60,6 @@ class OODOutput(NamedTuple):
     extras: dict[str, Tensor] | None = None
 
 
-def unpack_batch(
-    batch: Tensor | Mapping[str, Any] | tuple | list,
-    image_key: str = OODKeys.IMAGE,
-    label_key: str = OODKeys.LABEL,
-) -> tuple[Tensor, Tensor | None]:
-    """Split a loader batch into ``(images, labels)``.
-
-    Accepts a tensor, a MONAI-style dict (``{"image": ..., "label": ...}``) or an ``(images, labels)`` tuple.
-
-    Raises:
-        TypeError: the batch has none of these forms.
-        KeyError: a dict batch has no ``image_key``.
-    """
-    if isinstance(batch, Tensor):
-        return batch, None
-    if isinstance(batch, Mapping):
-        if image_key not in batch:
-            raise KeyError(f"batch has no {image_key!r} key (keys: {sorted(map(str, batch))})")
-        label = batch.get(label_key)
-        return batch[image_key], label if isinstance(label, Tensor) else None
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        label = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
-        return batch[0], label
-    raise TypeError(f"cannot unpack a batch of type {type(batch).__name__}; expected a tensor, dict or tuple")
-
-
-def as_plain_tensor(x: Tensor) -> Tensor:
-    """Drop MONAI ``MetaTensor`` metadata tracking (scoring returns plain tensors)."""
-    as_tensor = getattr(x, "as_tensor", None)
-    return as_tensor() if callable(as_tensor) else x
-
-
 class OODDetector(nn.Module, ABC):
     """Base class of every OOD / anomaly detector.
 
@@ -109,7 +67,7 @@ class OODDetector(nn.Module, ABC):
     implement :meth:`partial_fit_features` (and usually :meth:`reset_fit` / :meth:`finalize_fit`).
 
     Attributes:
-        name: registry name, set by :func:`register_detector`.
+        name: registry name, set by :func:`~medood.detectors.registry.register_detector`.
         requires_fit: ``score`` raises :class:`NotFittedError` until ``fit`` has run.
         requires_training: the detector owns networks trained by an Ignite engine (``medood.engines``).
         produces_map: ``predict_map`` returns a voxel-wise anomaly map.
@@ -340,67 +298,3 @@ class OODDetector(nn.Module, ABC):
             RuntimeError: :meth:`calibrate` has not been run.
         """
         return self.calibration.quantile(percentile / 100.0, kind=kind)
-
-
-# ---------------------------------------------------------------------------------------------- registry
-_REGISTRY: dict[str, type[OODDetector]] = {}
-
-D = TypeVar("D", bound=type[OODDetector])
-
-
-def register_detector(name: str) -> Callable[[D], D]:
-    """Class decorator that registers a detector under ``name`` (warns when a name is re-registered)."""
-    if not name or not name.replace("_", "").isalnum() or name.lower() != name:
-        raise ValueError(f"detector names are lower-case identifiers, got {name!r}")
-
-    def wrap(cls: D) -> D:
-        if not issubclass(cls, OODDetector):
-            raise TypeError(f"{cls.__name__} must subclass OODDetector to be registered")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            warnings.warn(
-                f"detector {name!r} re-registered: {_REGISTRY[name].__name__} -> {cls.__name__}", stacklevel=2
-            )
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
-
-
-def _load_all() -> None:
-    import medood.detectors  # noqa: F401  (importing the package registers every detector module)
-
-
-def list_detectors(
-    *, requires_training: bool | None = None, produces_map: bool | None = None, spatial_dims: int | None = None
-) -> list[str]:
-    """Names of the registered detectors, sorted, optionally filtered by their class attributes."""
-    _load_all()
-    out = []
-    for name, cls in sorted(_REGISTRY.items()):
-        if requires_training is not None and cls.requires_training != requires_training:
-            continue
-        if produces_map is not None and cls.produces_map != produces_map:
-            continue
-        if spatial_dims is not None and spatial_dims not in cls.supported_spatial_dims:
-            continue
-        out.append(name)
-    return out
-
-
-def get_detector_class(name: str) -> type[OODDetector]:
-    """The detector class registered under ``name``.
-
-    Raises:
-        KeyError: no detector of that name; the message lists the registered names.
-    """
-    _load_all()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"no detector named {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
-
-
-def get_detector(name: str, **kwargs: Any) -> OODDetector:
-    """Instantiate the detector registered under ``name`` with ``kwargs``."""
-    return get_detector_class(name)(**kwargs)

@@ -18,7 +18,7 @@ from medood.detectors.base import OODDetector
 from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
 from medood.utils.enums import OODKeys
 
-__all__ = ["ClassifierDetector"]
+__all__ = ["ClassifierDetector", "LogitDetector"]
 
 FEATURES = OODKeys.FEATURES.value
 LOGITS = OODKeys.LOGITS.value
@@ -112,3 +112,30 @@ class ClassifierDetector(OODDetector):
         # any classifier input (2D or 3D images, or a flat vector for toy models) is the host model's business
         if x.ndim < 2:
             raise ValueError(f"expected a batch (B, ...), got shape {tuple(x.shape)}")
+
+
+class LogitDetector(ClassifierDetector):
+    """Base of the training-free detectors that score a classifier's softmax / logits with a temperature.
+
+    Args:
+        model: the trained classifier; optional with ``score_features``.
+        head: name of its final linear layer (``None`` = the last ``nn.Linear``).
+        temperature: softmax temperature ``T``. Defaults to 1.
+        weight: ``(C, D)`` head weight, to recompute logits from penultimate features without a model.
+        bias: ``(C,)`` head bias. Defaults to zeros.
+    """
+
+    requires_fit = False
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        head: str | nn.Linear | None = None,
+        temperature: float = 1.0,
+        weight: Tensor | None = None,
+        bias: Tensor | None = None,
+    ) -> None:
+        super().__init__(model=model, head=head, weight=weight, bias=bias)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.temperature = float(temperature)

@@ -17,16 +17,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from medood.detectors.base import OODOutput, register_detector
-from medood.detectors.base_posthoc import LOGITS, ClassifierDetector
+from medood.detectors.base import OODOutput
+from medood.detectors.base_posthoc import LOGITS, LogitDetector
+from medood.detectors.registry import register_detector
 
 __all__ = ["EntropyDetector"]
 
 
 @register_detector("entropy")
-class EntropyDetector(ClassifierDetector):
+class EntropyDetector(LogitDetector):
     """Entropy of the softmax prediction of a classifier.
 
     Args:
@@ -42,21 +43,7 @@ class EntropyDetector(ClassifierDetector):
         scores = det.score(images).image_score  # (B,), higher = more OOD
     """
 
-    requires_fit = False
     required_features = (LOGITS,)
-
-    def __init__(
-        self,
-        model: nn.Module | None = None,
-        head: str | nn.Linear | None = None,
-        temperature: float = 1.0,
-        weight: Tensor | None = None,
-        bias: Tensor | None = None,
-    ) -> None:
-        super().__init__(model=model, head=head, weight=weight, bias=bias)
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature = float(temperature)
 
     @staticmethod
     def entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:

@@ -22,17 +22,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from medood.detectors.base import OODOutput, register_detector
-from medood.detectors.base_posthoc import FEATURES, LOGITS, ClassifierDetector
+from medood.detectors.base import OODOutput
+from medood.detectors.base_posthoc import FEATURES, LOGITS, LogitDetector
+from medood.detectors.registry import register_detector
 from medood.networks.hooks import flatten_features
 
 __all__ = ["GradNormDetector"]
 
 
 @register_detector("gradnorm")
-class GradNormDetector(ClassifierDetector):
+class GradNormDetector(LogitDetector):
     """Negative L1 norm of the last-layer weight gradient of KL(uniform || softmax), in closed form.
 
     Args:
@@ -48,21 +49,7 @@ class GradNormDetector(ClassifierDetector):
         scores = det.score(images).image_score  # (B,), higher = more OOD
     """
 
-    requires_fit = False
     required_features = (FEATURES, LOGITS)
-
-    def __init__(
-        self,
-        model: nn.Module | None = None,
-        head: str | nn.Linear | None = None,
-        temperature: float = 1.0,
-        weight: Tensor | None = None,
-        bias: Tensor | None = None,
-    ) -> None:
-        super().__init__(model=model, head=head, weight=weight, bias=bias)
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature = float(temperature)
 
     @staticmethod
     def gradnorm(features: Tensor, logits: Tensor, temperature: float = 1.0) -> Tensor:

@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medood.detectors._stats import RowSampler
-from medood.detectors.base import OODOutput, register_detector
+from medood.detectors.base import OODOutput
 from medood.detectors.base_posthoc import FEATURES, ClassifierDetector
+from medood.detectors.registry import register_detector
 from medood.networks.hooks import flatten_features
 
 __all__ = ["KNNDetector", "kth_nn_distance"]

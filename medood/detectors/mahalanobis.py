@@ -29,8 +29,9 @@ import torch
 from torch import Tensor, nn
 
 from medood.detectors._stats import ClassSums, RunningMoments, class_labels
-from medood.detectors.base import OODOutput, register_detector
+from medood.detectors.base import OODOutput
 from medood.detectors.base_posthoc import FEATURES, LOGITS, ClassifierDetector
+from medood.detectors.registry import register_detector
 from medood.networks.hooks import flatten_features
 
 __all__ = ["MahalanobisDetector"]

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from medood.detectors.base import OODOutput, register_detector
+from medood.detectors.base import OODOutput
 from medood.detectors.base_posthoc import LOGITS, ClassifierDetector
+from medood.detectors.registry import register_detector
 
 __all__ = ["MaxLogitDetector"]
 
@@ -40,15 +41,6 @@ class MaxLogitDetector(ClassifierDetector):
 
     requires_fit = False
     required_features = (LOGITS,)
-
-    def __init__(
-        self,
-        model: nn.Module | None = None,
-        head: str | nn.Linear | None = None,
-        weight: Tensor | None = None,
-        bias: Tensor | None = None,
-    ) -> None:
-        super().__init__(model=model, head=head, weight=weight, bias=bias)
 
     @staticmethod
     def max_logit(logits: Tensor) -> Tensor:

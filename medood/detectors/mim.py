@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medood.detectors.base import register_detector
 from medood.detectors.base_restoration import SliceRestorationDetector
+from medood.detectors.registry import register_detector
 from medood.networks.nets.token_transformer import TokenTransformer
 from medood.networks.nets.vq_tokenizer import SliceTokenizer
 

@@ -16,14 +16,15 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from medood.detectors.base import OODOutput, register_detector
-from medood.detectors.base_posthoc import LOGITS, ClassifierDetector
+from medood.detectors.base import OODOutput
+from medood.detectors.base_posthoc import LOGITS, LogitDetector
+from medood.detectors.registry import register_detector
 
 __all__ = ["MSPDetector"]
 
 
 @register_detector("msp")
-class MSPDetector(ClassifierDetector):
+class MSPDetector(LogitDetector):
     """Negative maximum softmax probability of a classifier.
 
     Args:
@@ -37,14 +38,7 @@ class MSPDetector(ClassifierDetector):
         scores = det.score(images).image_score  # (B,), higher = more OOD
     """
 
-    requires_fit = False
     required_features = (LOGITS,)
-
-    def __init__(self, model: torch.nn.Module | None = None, head: str | None = None, temperature: float = 1.0) -> None:
-        super().__init__(model=model, head=head)
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature = float(temperature)
 
     @staticmethod
     def msp(logits: Tensor, temperature: float = 1.0) -> Tensor:

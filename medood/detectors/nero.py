@@ -41,8 +41,9 @@ import torch
 from torch import Tensor, nn
 
 from medood.detectors._stats import ClassSums, RowSampler, RunningMoments, class_labels, kmeans, top_eigh
-from medood.detectors.base import OODOutput, register_detector
+from medood.detectors.base import OODOutput
 from medood.detectors.base_posthoc import FEATURES, LOGITS, ClassifierDetector
+from medood.detectors.registry import register_detector
 from medood.networks.hooks import flatten_features
 from medood.relevance.lrp import last_layer_relevance
 

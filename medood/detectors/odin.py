@@ -31,8 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medood.detectors.base import OODOutput, register_detector, unpack_batch
+from medood.detectors.base import OODOutput
 from medood.detectors.base_posthoc import LOGITS, ClassifierDetector
+from medood.detectors.registry import register_detector
+from medood.utils.batch import unpack_batch
 
 __all__ = ["ODINDetector"]
 

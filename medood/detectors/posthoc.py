@@ -25,10 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from medood.detectors.base import OODDetector, unpack_batch
+from medood.detectors.base import OODDetector
 from medood.detectors.base_posthoc import FEATURES, LOGITS, ClassifierDetector
 from medood.detectors.odin import ODINDetector
 from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
+from medood.utils.batch import unpack_batch
 
 __all__ = ["extract_features", "fit_many", "score_many"]
 

@@ -23,7 +23,8 @@ from monai.networks.nets import AutoEncoder
 from monai.transforms import GaussianSmooth
 from torch import Tensor
 
-from medood.detectors.base import OODDetector, OODOutput, register_detector
+from medood.detectors.base import OODDetector, OODOutput
+from medood.detectors.registry import register_detector
 from medood.inferers.reduce import reduce_map
 from medood.utils.enums import OODKeys
 

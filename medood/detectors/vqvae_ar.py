@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from monai.networks.nets import DecoderOnlyTransformer
 from torch import Tensor
 
-from medood.detectors.base import register_detector
 from medood.detectors.base_restoration import SliceRestorationDetector
+from medood.detectors.registry import register_detector
 from medood.losses import ar_sequences
 from medood.networks.nets.ar_cache import KVCache, cached_forward
 from medood.networks.nets.vq_tokenizer import SliceTokenizer

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from medood.detectors.base import register_detector
 from medood.detectors.base_restoration import SliceRestorationDetector
+from medood.detectors.registry import register_detector
 
 __all__ = ["VQVAEReconstructionDetector"]
 
