@@ -18,7 +18,7 @@ from torch import nn
 
 from medood.data.errors import DataError
 
-__all__ = ["datalist", "latest_checkpoint", "load_weights", "resume", "save_weights"]
+__all__ = ["compact_weights", "datalist", "latest_checkpoint", "load_weights", "resume", "save_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,3 +132,31 @@ def resume(trainer: Any, ckpt_dir: str | os.PathLike[str], prefix: str, objects:
     Checkpoint.load_objects(to_load=objects, checkpoint=torch.load(path, map_location="cpu", weights_only=True))
     logger.info("resumed %s from %s (epoch %d)", prefix, path, trainer.state.epoch)
     return path
+
+
+def compact_weights(path: str | os.PathLike[str], dtype: torch.dtype = torch.float16) -> Path:
+    """Rewrite a checkpoint with its floating-point tensors stored in ``dtype`` (float16 halves the file).
+
+    ``load_state_dict`` casts the values back to the network's dtype; integer buffers are kept as they are.
+    Works on a bare state dict and on ``{"model": state_dict, ...}``.
+
+    Raises:
+        FileNotFoundError: the checkpoint does not exist.
+    """
+    from medood.utils.io import atomic_path
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no checkpoint to compact")
+    ckpt = torch.load(p, map_location="cpu", weights_only=True)
+
+    def cast(state: dict) -> dict:
+        return {
+            k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in state.items()
+        }
+
+    ckpt = {**ckpt, "model": cast(ckpt["model"])} if isinstance(ckpt.get("model"), dict) else cast(ckpt)
+    with atomic_path(p) as tmp:
+        torch.save(ckpt, tmp)
+    logger.info("stored the floating-point tensors of %s as %s", p, dtype)
+    return p
