@@ -14,7 +14,7 @@ from medood.cli import main
 from medood.cli.posthoc_cmd import ARCH_CHOICES
 from medood.posthoc_classifier import ARCHS, build_classifier
 from medood.posthoc_eval import posthoc_detector_names
-from tests.helpers.class_folders import CLASSES, SMALL_FIT, make_class_folders
+from tests.helpers.class_folders import CLASSES, SMALL_FIT, make_class_folders, one_thread
 
 
 def _fake_checkpoint(path: Path, image_size: int = 16) -> Path:
@@ -42,6 +42,7 @@ def test_help_is_the_documentation(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    threads = torch.get_num_threads()
     data = make_class_folders(tmp_path / "data")
     model_dir = tmp_path / "model"
     argv = [
@@ -59,7 +60,8 @@ def test_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         "8",
         "--no-progress",
     ]
-    assert main(argv) == 0
+    with one_thread():
+        assert main(argv) == 0
     train = json.loads((model_dir / "train.json").read_text())
     assert train["class_names"] == CLASSES
     assert train["image_size"] == 16
@@ -79,8 +81,11 @@ def test_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         "--detector-args",
         json.dumps(SMALL_FIT),
         "--no-progress",
+        "--threads",
+        "1",
     ]
-    assert main(argv) == 0
+    with one_thread():  # restores the thread count that --threads 1 changes
+        assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["ood_sets"]) == {"ood_far/grey", "ood_far/xray", "ood_near/blue_dye", "ood_near/instrument"}
     assert results["detectors"] == posthoc_detector_names()
@@ -89,6 +94,7 @@ def test_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     fitted = torch.load(out / "detectors.pt", weights_only=True)
     assert set(fitted) == set(posthoc_detector_names())
     stdout = capsys.readouterr().out
+    assert torch.get_num_threads() == threads, "the thread count is restored"
     assert "mean AUROC" in stdout
     assert "nero" in stdout
 

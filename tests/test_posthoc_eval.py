@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +30,16 @@ from medood.posthoc_eval import (
     save_detectors,
     write_results,
 )
-from tests.helpers.class_folders import write_pngs
+from tests.helpers.class_folders import one_thread, write_pngs
 from tests.helpers.toy import blob_images, ood_images, trained_classifier
 
 TOY_ARGS = {"knn": {"k": 5}, "neco": {"neco_dim": 8}, "nero": {"k": 8}}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_thread():
+        yield
 
 
 def _loader(x: torch.Tensor, y: torch.Tensor | None = None, batch: int = 16) -> list:

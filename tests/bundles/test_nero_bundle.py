@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,9 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from medood.posthoc_eval import METRICS, posthoc_detector_names
-from tests.helpers.class_folders import CLASSES, SMALL_FIT, make_class_folders, write_pngs
+from medood.detectors import list_detectors
+from medood.posthoc_eval import METRICS
+from tests.helpers.class_folders import CLASSES, SMALL_FIT, make_class_folders, one_thread, write_pngs
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "nero_endoscopy_ood_classification"
 CONFIGS = BUNDLE / "configs"
@@ -39,7 +41,12 @@ def _run(configs: list[str], kind: str, bundle_root: Path, data: Path, **extra: 
     return wf
 
 
-@pytest.mark.slow
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_thread():
+        yield
+
+
 def test_train_fit_evaluate_and_inference(tmp_path: Path) -> None:
     data = make_class_folders(tmp_path / "data")
     root = tmp_path / "bundle"
@@ -49,7 +56,7 @@ def test_train_fit_evaluate_and_inference(tmp_path: Path) -> None:
 
     _run(["inference.yaml", "fit.yaml"], "infer", root, data)
     fitted = torch.load(root / "models" / "detectors.pt", weights_only=True)
-    expected = set(posthoc_detector_names())
+    expected = set(list_detectors(requires_training=False, produces_map=False))  # every post-hoc detector
     assert set(fitted) == expected
 
     out = tmp_path / "evaluate"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 CLASSES = ["normal_mucosa", "polyp", "ulcer_inflammation"]
@@ -35,3 +38,15 @@ def make_class_folders(root: Path, n_train: int = 6, n_eval: int = 3) -> Path:
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(root / "ood_far" / "grey" / f"g{i}.png")
     return root
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch single-threaded inside the block (tiny 2D nets are fastest so, and a busy 2-core machine does not
+    thrash); the previous thread count is restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
