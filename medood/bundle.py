@@ -65,7 +65,10 @@ def datalist(
 
 
 def load_weights(
-    network: nn.Module, path: str | os.PathLike[str], key: str = "model", prefixes: Sequence[str] | None = None,
+    network: nn.Module,
+    path: str | os.PathLike[str],
+    key: str = "model",
+    prefixes: Sequence[str] | None = None,
     strict: bool = True,
 ) -> nn.Module:
     """Load ``torch.load(path, weights_only=True)[key]`` into ``network``.
@@ -85,7 +88,8 @@ def load_weights(
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(
-            f"{p}: no trained weights. Train the bundle first (see its docs/README.md) or point ckpt_path at a checkpoint."
+            f"{p}: no trained weights. Train the bundle first (see its docs/README.md) "
+            "or point ckpt_path at a checkpoint."
         )
     ckpt = torch.load(p, map_location="cpu", weights_only=True)
     # Ignite saves a single object's state dict without the key ({"model": net} -> net.state_dict())
