@@ -100,6 +100,10 @@ def test_all_stages_then_inference(tmp_path: Path, data: Path) -> None:
         slices = list(csv.DictReader(open(tmp_path / out / "slice_scores.csv")))
         assert len(slices) == 2 * SHAPE[2]
 
+    before = (root / "models" / "model.pt").stat().st_mtime_ns
+    _run(["inference.yaml", "train_tokens.yaml", "calibrate.yaml"], "infer", root, data, atd_threshold=0.3)
+    assert (root / "models" / "model.pt").stat().st_mtime_ns > before, "recalibration rewrites the weights file"
+
     _run(["inference.yaml", "evaluate.yaml"], "infer", root, data, output_dir=str(tmp_path / "evaluate"))
     metrics = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())
     assert set(metrics["volume"]) >= {"auroc", "ap", "fpr95"}
