@@ -14,6 +14,20 @@ Algorithm (as the official NERO code, ``ood/run_nero.py``):
    ``k = 175`` neurons with the *smallest* relevance (``k`` clipped to ``D``);
 5. ``NERO(x) = (d_rel(x) + s |R_b(x)|) * g(x)``.
 
+``k`` and small heads: the code uses ``k = 175`` for ResNet-18 (``D = 512``) and DeiT-S (``D = 384``) alike and
+takes ``argsort(R)[:, :k]``, which keeps every neuron when ``k >= D``. Then ``g(x) = 1`` for every input and the
+feature-norm term does nothing, e.g. for a ``D = 128`` head with the default ``k``; ``finalize_fit`` logs a
+warning. ``k`` may instead be a fraction of ``D`` (a float in ``(0, 1)``: ``k = 175 / 512`` keeps ResNet-18's
+ratio, 44 of 128). That fraction is an extrapolation: the paper does not scale ``k`` with ``D``.
+
+The bias term: ``R_b = sum_c p_c b_c / z_c``, which is about ``b_yhat / z_yhat`` for a confident prediction. It
+shrinks as the top logit grows and depends on which class is predicted. ``s`` makes its training mean equal to
+the mean L1 class distance in the *raw* ``(D+1)`` space, which is 2-3.5 times the PCA-space ``d_rel`` on the demo
+tasks, so ``s |R_b|`` carries most of the score. For a head trained from scratch with biases of about 0
+(``|b| <= 0.014`` on the demo) it mostly measures ``|b_yhat| / max logit``. On the demo endoscopy task it is about
+80 % of the ID score, and it ranks the over-confident far-OOD images, which have larger logits, *below* ID (see
+the NERO bundle's README).
+
 Streaming fit (memory independent of ``N``): the PCA comes from the exact running mean and covariance of
 ``R[:D]`` (float64, ``O(D^2)``; the L1 distance between projections does not depend on the PCA centring or on
 component signs, so it matches sklearn's PCA); the class means from per-class running sums (``O(C D)``) and
@@ -60,7 +74,9 @@ class NERODetector(ClassifierDetector):
         model: the trained classifier; optional with ``fit_features`` / ``score_features``.
         head: name of its final linear layer (``None`` = the last ``nn.Linear``).
         n_components: PCA components. Defaults to ``int(2 D / 3)`` (the code's choice).
-        k: number of least-relevant neurons in the feature-norm term (clipped to ``D``). Defaults to 175.
+        k: least-relevant neurons in the feature-norm term: an ``int >= 1`` is a count (clipped to ``D``; the
+            term is identically 1 when ``k >= D``), a ``float`` in ``(0, 1)`` a fraction of ``D``
+            (``max(1, round(k D))``, e.g. ``175 / 512``). Defaults to 175 (the code's value).
         k_means_per_class: centroids per class; 1 = the class mean (the code). Defaults to 1.
         fit_sample_size: training relevances kept (seeded uniform sample) for the bias scale and k-means.
             Defaults to 20 000.
@@ -97,7 +113,7 @@ class NERODetector(ClassifierDetector):
         model: nn.Module | None = None,
         head: str | nn.Linear | None = None,
         n_components: int | None = None,
-        k: int = 175,
+        k: int | float = 175,
         k_means_per_class: int = 1,
         fit_sample_size: int = 20_000,
         eps: float = 1e-6,
@@ -107,13 +123,14 @@ class NERODetector(ClassifierDetector):
         bias: Tensor | None = None,
     ) -> None:
         super().__init__(model=model, head=head, weight=weight, bias=bias)
-        if (n_components is not None and n_components < 1) or k < 1 or k_means_per_class < 1 or eps < 0:
+        k_ok = (0 < k < 1) if isinstance(k, float) else (k >= 1 and not isinstance(k, bool))
+        if (n_components is not None and n_components < 1) or not k_ok or k_means_per_class < 1 or eps < 0:
             raise ValueError(
-                f"need n_components >= 1, k >= 1, k_means_per_class >= 1 and eps >= 0; got {n_components}, {k}, "
-                f"{k_means_per_class}, {eps}"
+                f"need n_components >= 1, k an int >= 1 or a float in (0, 1), k_means_per_class >= 1 and eps >= 0; "
+                f"got {n_components}, {k!r}, {k_means_per_class}, {eps}"
             )
         self.n_components = n_components
-        self.k = int(k)
+        self.k: int | float = k if isinstance(k, float) else int(k)
         self.k_means_per_class = int(k_means_per_class)
         self.fit_sample_size = int(fit_sample_size)
         self.eps = float(eps)
@@ -124,6 +141,11 @@ class NERODetector(ClassifierDetector):
         self.register_buffer("centroids", torch.empty(0, 0))
         self.register_buffer("bias_scale", torch.zeros(()))
         self.reset_fit()
+
+    def neurons_kept(self, d: int) -> int:
+        """The number of least-relevant neurons ``g(x)`` sums over for ``D = d`` features (``k`` resolved)."""
+        k = max(1, round(self.k * d)) if isinstance(self.k, float) else self.k
+        return min(k, d)
 
     # ------------------------------------------------------------------ relevance
     def relevance(self, features: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -158,6 +180,13 @@ class NERODetector(ClassifierDetector):
             raise ValueError("NERODetector.finalize_fit: no training features were seen")
         d = m.mean.shape[0]
         n_comp = max(1, min(int(2 * d / 3) if self.n_components is None else self.n_components, d))
+        if self.neurons_kept(d) >= d:
+            logger.warning(
+                "NERO: k = %s >= D = %d, so the feature-norm term g(x) = 1 for every input (as in the official "
+                "code); pass a fraction such as k=175/512 to keep the paper's ResNet-18 ratio",
+                self.k,
+                d,
+            )
         if m.n < n_comp:
             logger.warning(
                 "NERO: %d training samples for %d PCA components; trailing components are arbitrary", m.n, n_comp
@@ -207,5 +236,6 @@ class NERODetector(ClassifierDetector):
         a, rel = self.relevance(features)
         d = a.shape[1]
         d_rel = self.relevance_distance(rel[:, :d])
-        score = (d_rel + self.bias_scale * rel[:, d].abs()) * self.feature_norm_term(a, rel[:, :d], self.k)
+        g = self.feature_norm_term(a, rel[:, :d], self.neurons_kept(d))
+        score = (d_rel + self.bias_scale * rel[:, d].abs()) * g
         return OODOutput(image_score=score, extras={"relevance": rel})
