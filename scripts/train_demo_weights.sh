@@ -5,6 +5,11 @@
 #   scripts/train_demo_weights.sh detector mim    # only these stages (each loads the previous stages' weights)
 #   EXTRA="--epochs 2" scripts/train_demo_weights.sh vqvae   # extra overrides for every stage
 #
+# On a multi-core machine the token stages can run side by side after vqvae (the shipped weights were made so):
+#   scripts/train_demo_weights.sh detector &  scripts/train_demo_weights.sh ar &
+#   EXTRA="--init_stage vqvae --init_prefixes ['tokenizer.']" scripts/train_demo_weights.sh mim; wait
+#   scripts/train_demo_weights.sh assemble       # models/model.pt = tokenizer + detector + in-painter, calibrated
+#
 # Each stage writes <bundle>/models/stages/<stage>.pt, a log in <bundle>/logs/<stage>.log and a line with its
 # command, seed and wall time in <bundle>/logs/stages.jsonl (copied into configs/metadata.json by
 # scripts/record_training.py). The final weights are <bundle>/models/model.pt (MIM-OOD) and model_ar.pt (AR).
@@ -26,8 +31,9 @@ for stage in "${STAGES[@]}"; do
   case "$stage" in
     vqvae) configs="['$B/configs/inference.yaml','$B/configs/train_vqvae.yaml']" ;;
     detector|mim) configs="['$B/configs/inference.yaml','$B/configs/train_tokens.yaml','$B/configs/train_$stage.yaml']" ;;
+    assemble) configs="['$B/configs/inference.yaml','$B/configs/train_tokens.yaml','$B/configs/assemble.yaml']" ;;
     ar) configs="['$B/configs/inference.yaml','$B/configs/inference_ar.yaml','$B/configs/train_tokens.yaml','$B/configs/train_ar.yaml']" ;;
-    *) echo "unknown stage $stage (vqvae detector mim ar)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (vqvae detector mim ar assemble)" >&2; exit 2 ;;
   esac
   cmd=("$PY" -m monai.bundle run --config_file "$configs" --bundle_root "$B" --dataset_dir "$DATA" --seed "$SEED"
        --meta_file "$B/configs/metadata.json" --logging_file "$B/configs/logging.conf")

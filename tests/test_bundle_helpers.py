@@ -23,12 +23,23 @@ def test_datalist_from_json_and_from_a_plain_folder(tmp_path) -> None:
     _nii(tmp_path / "a" / "x_T1w.nii.gz", np.ones((4, 4, 4)))
     _nii(tmp_path / "a" / "x_T2w.nii.gz", np.ones((4, 4, 4)))
     _nii(tmp_path / "a" / "x_lesion.nii.gz", np.zeros((4, 4, 4)))
-    (tmp_path / "dataset.json").write_text(json.dumps(
-        {"test": [{"T1w": "a/x_T1w.nii.gz", "T2w": "a/x_T2w.nii.gz", "label": "a/x_lesion.nii.gz", "is_anomalous": 0}]}
-    ))
+    (tmp_path / "dataset.json").write_text(
+        json.dumps(
+            {
+                "test": [
+                    {"T1w": "a/x_T1w.nii.gz", "T2w": "a/x_T2w.nii.gz", "label": "a/x_lesion.nii.gz", "is_anomalous": 0}
+                ]
+            }
+        )
+    )
     items = datalist(tmp_path, "test", "T2w", keep=["label", "is_anomalous"])
-    assert items == [{"image": str((tmp_path / "a/x_T2w.nii.gz").resolve()), "is_anomalous": 0,
-                      "label": str((tmp_path / "a/x_lesion.nii.gz").resolve())}]
+    assert items == [
+        {
+            "image": str((tmp_path / "a/x_T2w.nii.gz").resolve()),
+            "is_anomalous": 0,
+            "label": str((tmp_path / "a/x_lesion.nii.gz").resolve()),
+        }
+    ]
     with pytest.raises(DataError, match="no list 'training'"):
         datalist(tmp_path, "training")
     (tmp_path / "dataset.json").unlink()

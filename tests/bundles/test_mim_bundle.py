@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from monai.bundle import ConfigWorkflow
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "mim_brain_mri_anomaly_segmentation"
@@ -103,6 +104,19 @@ def test_all_stages_then_inference(tmp_path: Path, data: Path) -> None:
     before = (root / "models" / "model.pt").stat().st_mtime_ns
     _run(["inference.yaml", "train_tokens.yaml", "calibrate.yaml"], "infer", root, data, atd_threshold=0.3)
     assert (root / "models" / "model.pt").stat().st_mtime_ns > before, "recalibration rewrites the weights file"
+
+    # stages trained side by side are merged: model.pt = mim.pt's in-painter + detector.pt's token detector
+    stale = torch.load(root / "models" / "stages" / "mim.pt", weights_only=True)
+    stale["model"] = {k: v.zero_() if k.startswith("token_detector.") else v for k, v in stale["model"].items()}
+    torch.save(stale, root / "models" / "stages" / "mim.pt")  # as if mim had been trained beside the detector
+    _run(["inference.yaml", "train_tokens.yaml", "assemble.yaml"], "infer", root, data)
+    merged = torch.load(root / "models" / "model.pt", weights_only=True)["model"]
+    det = torch.load(root / "models" / "stages" / "detector.pt", weights_only=True)["model"]
+    mim = torch.load(root / "models" / "stages" / "mim.pt", weights_only=True)["model"]
+    for k in merged:
+        source = det if k.startswith("token_detector.") else mim
+        if k.startswith(("token_detector.", "inpainter.")):
+            assert torch.equal(merged[k], source[k]), k
 
     _run(["inference.yaml", "evaluate.yaml"], "infer", root, data, output_dir=str(tmp_path / "evaluate"))
     metrics = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())

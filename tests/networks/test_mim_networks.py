@@ -126,3 +126,12 @@ def test_token_transformer_is_deterministic_in_eval_mode_despite_dropout() -> No
     net.train()
     assert not torch.allclose(net(t), net(t)), "dropout (attention included) is active in training"
     assert all(b.attn.dropout_rate == 0.5 for b in net.blocks)
+
+
+def test_attention_dropout_can_be_switched_off_separately() -> None:
+    net = TokenTransformer(16, (4, 6), 16, hidden_size=32, depth=2, num_heads=2, dropout=0.3, attention_dropout=0.0)
+    net.train()
+    assert all(b.attn.dropout_rate == 0.0 for b in net.blocks), "no attention dropout: the fused CPU kernel runs"
+    assert net.dropout.p == 0.3, "embedding/MLP dropout keeps its rate"
+    net.eval()
+    assert all(b.attn.dropout_rate == 0.0 for b in net.blocks)
