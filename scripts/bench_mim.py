@@ -25,7 +25,6 @@ import copy
 import json
 import logging
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -39,23 +38,12 @@ from medood.bundle import load_weights
 from medood.detectors import VQVAEReconstructionDetector
 from medood.metrics.files import evaluate_outputs
 from medood.utils.io import atomic_write_text
+from medood.utils.machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "mim_brain_mri_anomaly_segmentation"
 CONFIGS = BUNDLE / "configs"
 logger = logging.getLogger("bench_mim")
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, CPU only"
 
 
 def parser_for(configs: list[str], **overrides: Any) -> ConfigParser:
@@ -207,7 +195,7 @@ def main() -> None:
     logger.info("vqvae_recon: %s", res["vqvae_recon"])
 
     report = {
-        "machine": machine(),
+        "machine": describe_machine(),
         "n_test_volumes": mim["n"],
         "methods": res,
         "speed_ratio_ar_over_mim": res["vqvae_ar"]["seconds_per_volume"] / res["mim"]["seconds_per_volume"],

@@ -26,8 +26,6 @@ import argparse
 import inspect
 import json
 import logging
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -51,27 +49,12 @@ from medood.posthoc_classifier import (
 from medood.posthoc_data import ood_datalists
 from medood.posthoc_eval import FPR95_CONVENTION, METRICS, build_detectors, evaluate_posthoc, load_detectors
 from medood.utils.io import atomic_write_text
+from medood.utils.machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "nero_endoscopy_ood_classification"
 CLASSES = ["normal_mucosa", "polyp", "ulcer_inflammation"]
 logger = logging.getLogger("bench_posthoc")
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
-        f"CPU only, load average {load:.1f} at start (shared machine)"
-    )
 
 
 def bundle_classifier() -> torch.nn.Module:
@@ -391,7 +374,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    res: dict[str, Any] = {"machine": machine(), "fpr95_convention": FPR95_CONVENTION, "metrics": list(METRICS)}
+    res: dict[str, Any] = {
+        "machine": describe_machine(),
+        "fpr95_convention": FPR95_CONVENTION,
+        "metrics": list(METRICS),
+    }
     net = bundle_classifier()
     res.update(overhead(net, args.overhead_images, args.repeats))
     logger.info("overhead %.3f, ODIN %.2f", res["overhead_all_over_forward"], res["odin_over_forward"])
