@@ -138,11 +138,14 @@ def resume(trainer: Any, ckpt_dir: str | os.PathLike[str], prefix: str, objects:
     return path
 
 
-def compact_weights(path: str | os.PathLike[str], dtype: torch.dtype = torch.float16) -> Path:
+def compact_weights(
+    path: str | os.PathLike[str], dtype: torch.dtype = torch.float16, keep: Sequence[str] = ("calibration.",)
+) -> Path:
     """Rewrite a checkpoint with its floating-point tensors stored in ``dtype`` (float16 halves the file).
 
-    ``load_state_dict`` casts the values back to the network's dtype; integer buffers are kept as they are.
-    Works on a bare state dict and on ``{"model": state_dict, ...}``.
+    ``load_state_dict`` casts the values back to the network's dtype; integer buffers are kept as they are, and
+    so are tensors whose names start with one of ``keep`` (by default the healthy calibration: thresholds keep
+    full precision). Works on a bare state dict and on ``{"model": state_dict, ...}``.
 
     Raises:
         FileNotFoundError: the checkpoint does not exist.
@@ -156,7 +159,10 @@ def compact_weights(path: str | os.PathLike[str], dtype: torch.dtype = torch.flo
 
     def cast(state: dict) -> dict:
         return {
-            k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in state.items()
+            k: v.to(dtype)
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not k.startswith(tuple(keep))
+            else v
+            for k, v in state.items()
         }
 
     ckpt = {**ckpt, "model": cast(ckpt["model"])} if isinstance(ckpt.get("model"), dict) else cast(ckpt)

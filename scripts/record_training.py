@@ -6,11 +6,12 @@ healthy calibration recorded in the weights, and (if present) the test figures o
 and writes them under ``training`` / ``eval_metrics`` with the md5 of each weight file (also into
 ``large_files.yml``).
 
-    .venv/bin/python scripts/record_training.py
+    .venv/bin/python scripts/record_training.py [--note "what a reader of the figures must know" ...]
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import re
@@ -60,6 +61,9 @@ def calibration(path: Path) -> dict[str, Any]:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--note", action="append", default=[], help="a note stored under training.notes (repeatable)")
+    args = ap.parse_args()
     meta_path = BUNDLE / "configs" / "metadata.json"
     meta = json.loads(meta_path.read_text())
     weights = {name: BUNDLE / "models" / name for name in ("model.pt", "model_ar.pt")}
@@ -67,6 +71,7 @@ def main() -> None:
         "script": "scripts/train_demo_weights.sh (seeded; see each stage's command)",
         "data": "medood demo brain_mri (small, 2 mm, seed 0): 40 healthy training and 8 healthy validation subjects",
         "stages": stage_records(),
+        "notes": args.note,
         "weights": {
             n: {"md5": md5(p), "bytes": p.stat().st_size, **calibration(p)} for n, p in weights.items() if p.exists()
         },

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-from medood.bundle import datalist, latest_checkpoint, load_weights, save_weights
+from medood.bundle import compact_weights, datalist, latest_checkpoint, load_weights, save_weights
 from medood.cli import main
 from medood.data.errors import DataError
 from medood.detectors import list_detectors
@@ -94,3 +95,22 @@ def test_medood_list_prints_every_detector(capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
     assert exc.value.code == 0
+
+
+def test_compact_weights_halves_floats_but_keeps_calibration_and_integers(tmp_path: Path) -> None:
+    state = {
+        "layer.weight": torch.randn(4, 4),
+        "calibration.map_quantiles": torch.linspace(0, 1, 5, dtype=torch.float32),
+        "counter": torch.tensor([3]),
+    }
+    path = tmp_path / "w.pt"
+    torch.save({"model": state}, path)
+    compact_weights(path)
+    out = torch.load(path, weights_only=True)["model"]
+    assert out["layer.weight"].dtype == torch.float16
+    torch.testing.assert_close(out["layer.weight"].float(), state["layer.weight"], atol=2e-3, rtol=1e-3)
+    assert out["calibration.map_quantiles"].dtype == torch.float32, "thresholds keep full precision"
+    assert torch.equal(out["counter"], state["counter"])
+    net = torch.nn.Linear(4, 4, bias=False)
+    net.load_state_dict({"weight": out["layer.weight"]})
+    assert net.weight.dtype == torch.float32, "load_state_dict casts back to the network's dtype"
