@@ -32,7 +32,7 @@ logger = logging.getLogger("tune_mim")
 
 GRID = {
     "residual": ["input", "gated", "recon"],
-    "atd_threshold": [0.3, 0.5, 0.7],
+    "atd_threshold": [0.2, 0.3, 0.5, 0.7],
     "mask_dilation": [0, 1],
     "mim_steps": [1, 4],
     "pool": [(3, 3), (1, 3), (3, 5)],
