@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medood.detectors.base import OODOutput
-from medood.detectors.base_posthoc import LOGITS, ClassifierDetector
+from medood.detectors.base_posthoc import LOGITS, LogitDetector
 from medood.detectors.registry import register_detector
 from medood.utils.batch import unpack_batch
 
@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 
 @register_detector("odin")
-class ODINDetector(ClassifierDetector):
+class ODINDetector(LogitDetector):
     """Negative temperature-scaled max-softmax after ODIN's input perturbation.
 
     Args:
@@ -72,12 +72,9 @@ class ODINDetector(ClassifierDetector):
         weight: Tensor | None = None,
         bias: Tensor | None = None,
     ) -> None:
-        super().__init__(model=model, head=head, weight=weight, bias=bias)
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+        super().__init__(model=model, head=head, temperature=temperature, weight=weight, bias=bias)
         if epsilon < 0:
             raise ValueError(f"epsilon must be >= 0, got {epsilon}")
-        self.temperature = float(temperature)
         self.epsilon = float(epsilon)
         self._warned = False
 
