@@ -114,10 +114,7 @@ def test_fractional_k_scales_with_d_and_bad_k_is_rejected() -> None:
             NERODetector(weight=wt, bias=bt, k=bad)
 
 
-@pytest.mark.skipif(
-    not (ROOT / "demo_data" / "endoscopy" / "train").is_dir(), reason="demo_data/endoscopy is not built here"
-)
-def test_demo_endoscopy_features_match_the_reference() -> None:
+def test_demo_endoscopy_features_match_the_reference(tmp_path: Path) -> None:
     from medood.bundle import load_weights
     from medood.detectors.posthoc import extract_features
     from medood.posthoc_classifier import build_classifier, class_folder_loader
@@ -125,7 +122,10 @@ def test_demo_endoscopy_features_match_the_reference() -> None:
     bundle = ROOT / "bundles" / "nero_endoscopy_ood_classification"
     classes = ["normal_mucosa", "polyp", "ulcer_inflammation"]
     net = load_weights(build_classifier("resnet10", 3), bundle / "models" / "model.pt").eval()
-    data = ROOT / "demo_data" / "endoscopy"
+    from medood.data.demo import build_demo
+
+    build_demo(tmp_path, size="small", seed=0, only=["endoscopy"])  # the demo set the bundle was trained on
+    data = tmp_path / "endoscopy"
     with torch.no_grad():
         train, labels = extract_features(net, class_folder_loader(data, "train", 64, classes, batch_size=64)[0])
         test, _ = extract_features(net, class_folder_loader(data, "test", 64, classes, batch_size=64)[0])
