@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-from medood.bundle import load_weights
 from medood.detectors import VQVAEReconstructionDetector
 from medood.metrics.files import evaluate_outputs
+from medood.utils.checkpoints import load_state as load_weights
 from medood.utils.io import atomic_write_text
 from medood.utils.machine import describe_machine
 

@@ -35,7 +35,6 @@ from typing import Any
 import torch
 from monai.data import DataLoader, Dataset
 
-from medood.bundle import load_weights
 from medood.detectors.odin import ODINDetector
 from medood.detectors.registry import get_detector_class
 from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
@@ -48,6 +47,7 @@ from medood.posthoc_classifier import (
 )
 from medood.posthoc_data import ood_datalists
 from medood.posthoc_eval import FPR95_CONVENTION, METRICS, build_detectors, evaluate_posthoc, load_detectors
+from medood.utils.checkpoints import load_state as load_weights
 from medood.utils.io import atomic_write_text
 from medood.utils.machine import describe_machine
 

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-from medood.bundle import datalist, load_weights
+from medood.data.datalist import bundle_datalist as datalist
 from medood.inferers.reduce import reduce_map
 from medood.metrics import auroc, best_dice, dice_at_threshold, pixel_ap
+from medood.utils.checkpoints import load_state as load_weights
 from medood.utils.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]

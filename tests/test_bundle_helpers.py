@@ -8,10 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from medood.bundle import compact_weights, datalist, latest_checkpoint, load_weights, save_weights
 from medood.cli import main
+from medood.data.datalist import bundle_datalist as datalist
 from medood.data.errors import DataError
 from medood.detectors import list_detectors
+from medood.engines.resume import latest_checkpoint
+from medood.utils.checkpoints import compact_checkpoint as compact_weights
+from medood.utils.checkpoints import load_state as load_weights
+from medood.utils.checkpoints import save_state as save_weights
 from medood.visualize import worst_slices_montage, write_slicer_script
 
 
@@ -57,9 +61,9 @@ def test_load_weights_prefixes_and_clear_errors(tmp_path) -> None:
     torch.save(src.state_dict(), tmp_path / "bare.pt")  # Ignite's single-object layout (no "model" key)
     load_weights(dst, tmp_path / "bare.pt")
     torch.testing.assert_close(dst[1].weight, src[1].weight)
-    with pytest.raises(FileNotFoundError, match="no trained weights"):
+    with pytest.raises(DataError, match="checkpoint does not exist"):
         load_weights(dst, tmp_path / "missing.pt")
-    with pytest.raises(KeyError, match="no parameters start with"):
+    with pytest.raises(DataError, match="no parameters start with"):
         load_weights(dst, tmp_path / "m.pt", prefixes=["nope."])
     with pytest.raises(FileNotFoundError, match="to resume from"):
         latest_checkpoint(tmp_path, "stage_last")

@@ -18,6 +18,7 @@ __all__ = [
     "ValidateImage",
     "ValidateImaged",
     "bids_datalist",
+    "bundle_datalist",
     "check_volume",
     "class_folder_datalist",
     "decathlon_datalist",
@@ -45,14 +46,15 @@ _LAZY = {
     "write_map_nifti_2d": "image2d", "read_map_nifti_2d": "image2d", "Image2DReader": "image2d",
     "MedMNISTDataset": "medmnist",
     "class_folder_datalist": "folders", "isic2019_datalist": "folders", "ham10000_datalist": "folders",
-    "bids_datalist": "datalist", "decathlon_datalist": "datalist", "nifti_datalist": "datalist",
+    "bids_datalist": "datalist", "bundle_datalist": "datalist", "decathlon_datalist": "datalist",
+    "nifti_datalist": "datalist",
     "LoadVolume": "transforms", "LoadVolumed": "transforms", "LoadImage2D": "transforms",
     "LoadImage2Dd": "transforms", "LoadDicomSeriesd": "transforms", "ValidateImage": "transforms",
     "ValidateImaged": "transforms",
 }  # fmt: skip
 
 if TYPE_CHECKING:
-    from medood.data.datalist import bids_datalist, decathlon_datalist, nifti_datalist
+    from medood.data.datalist import bids_datalist, bundle_datalist, decathlon_datalist, nifti_datalist
     from medood.data.dicom import find_dicom_series, load_dicom_series
     from medood.data.folders import class_folder_datalist, ham10000_datalist, isic2019_datalist
     from medood.data.image2d import (

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +150,42 @@ def decathlon_datalist(
             f"paths are resolved relative to {base}",
         )
     return datalist
+
+
+def bundle_datalist(
+    dataset_dir: str | os.PathLike[str], key: str = "test", contrast: str = "T1w", keep: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """The cases a bundle processes.
+
+    If ``dataset_dir`` holds a ``dataset.json`` (MONAI Decathlon style, as the demo data), the list under ``key``
+    is used; each entry's ``contrast`` path (else its ``"image"``) becomes ``"image"``, and the case-level fields in
+    ``keep`` (e.g. ``"is_anomalous"``, ``"label"``) are carried along (paths are made absolute). Otherwise every
+    ``*.nii`` / ``*.nii.gz`` under ``dataset_dir`` (recursive, symlinks followed) is a case.
+
+    Raises:
+        DataError: the folder does not exist, the key or contrast is missing, or no scan is found.
+    """
+    root = Path(dataset_dir)
+    js = root / "dataset.json"
+    if not js.is_file():
+        return nifti_datalist(root)
+    content = json.loads(js.read_text(encoding="utf-8"))
+    if key not in content or not isinstance(content[key], list):
+        lists = sorted(k for k, v in content.items() if isinstance(v, list))
+        raise DataError(js, f"has no list {key!r}", f"lists: {lists}")
+    out = []
+    for entry in content[key]:
+        rel = entry.get(contrast, entry.get("image"))
+        if rel is None:
+            raise DataError(js, f"an entry of {key!r} has neither {contrast!r} nor 'image': {entry}")
+        item: dict[str, Any] = {"image": str((root / rel).resolve())}
+        for k in keep:
+            if k in entry:
+                v = entry[k]
+                item[k] = str((root / v).resolve()) if isinstance(v, str) and v.endswith((".nii", ".nii.gz")) else v
+        if not Path(item["image"]).is_file():
+            raise DataError(item["image"], f"is listed in {js} under {key!r} but does not exist")
+        out.append(item)
+    if not out:
+        raise DataError(js, f"list {key!r} is empty")
+    return out

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from medood.handlers.detector_fit import CalibrationHandler, DetectorFitHandler, save_detector
+from medood.handlers.detector_fit import CalibrationHandler, DetectorFitHandler
 from medood.handlers.metrics import OODAUROC, OODFPR95, BestDice, EngineKeys, OODAUPRIn, OODAUPROut, VoxelAP
 from medood.handlers.progress import ProgressBar
 from medood.handlers.writers import OODResultWriter, case_name
 
-__all__ = ["CalibrationHandler", "DetectorFitHandler", "OODResultWriter", "ProgressBar", "case_name", "save_detector"]
+__all__ = ["CalibrationHandler", "DetectorFitHandler", "OODResultWriter", "ProgressBar", "case_name"]
 __all__ += ["OODAUROC", "OODFPR95", "BestDice", "EngineKeys", "OODAUPRIn", "OODAUPROut", "VoxelAP"]

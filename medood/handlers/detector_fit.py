@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -13,22 +12,15 @@ from torch import Tensor, nn
 
 from medood.detectors.base import OODDetector
 from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
+from medood.utils.checkpoints import save_checkpoint, save_state
 from medood.utils.enums import OODKeys
-from medood.utils.io import atomic_path
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["CalibrationHandler", "DetectorFitHandler", "save_detector"]
+__all__ = ["CalibrationHandler", "DetectorFitHandler"]
 
 logger = logging.getLogger(__name__)
-
-
-def save_detector(detector: nn.Module, path: str | os.PathLike[str], key: str = "model") -> Path:
-    """Atomically save ``{key: detector.state_dict()}`` (loadable with ``torch.load(weights_only=True)``)."""
-    with atomic_path(path) as tmp:
-        torch.save({key: detector.state_dict()}, tmp)
-    return Path(path)
 
 
 def _as_list(x: Any) -> list:
@@ -117,10 +109,9 @@ class DetectorFitHandler:
         logger.info("fitted %d detector(s) on %d batches", len(self.detectors), self.n_batches)
         if self.save_path is not None:
             if len(self.detectors) == 1:
-                save_detector(self.detectors[0], self.save_path)
+                save_state(self.detectors[0], self.save_path)
             else:
-                with atomic_path(self.save_path) as tmp:
-                    torch.save({d.name or type(d).__name__: d.state_dict() for d in self.detectors}, tmp)
+                save_checkpoint({d.name or type(d).__name__: d.state_dict() for d in self.detectors}, self.save_path)
 
 
 def _stack(output: Any, key: str) -> Tensor | None:
@@ -202,4 +193,4 @@ class CalibrationHandler:
         self.detector.calibration.update(torch.cat(self.scores), torch.cat(self.values) if self.values else None)
         logger.info("calibrated on %d healthy cases: %s", len(self.scores), self.detector.calibration.to_dict())
         if self.save_path is not None:
-            save_detector(self.detector, self.save_path)
+            save_state(self.detector, self.save_path)

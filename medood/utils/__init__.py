@@ -1,8 +1,23 @@
-"""Small shared utilities: enums, atomic file writing."""
+"""Small shared utilities: enums, errors, atomic file writing, checkpoints."""
 
 from __future__ import annotations
 
+from medood.utils.checkpoints import compact_checkpoint, load_checkpoint, load_state, save_checkpoint, save_state
 from medood.utils.enums import MapReduction, OODKeys
+from medood.utils.errors import DataError
 from medood.utils.io import atomic_path, atomic_write, atomic_write_bytes, atomic_write_text
 
-__all__ = ["MapReduction", "OODKeys", "atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_text"]
+__all__ = [
+    "DataError",
+    "MapReduction",
+    "OODKeys",
+    "atomic_path",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "compact_checkpoint",
+    "load_checkpoint",
+    "load_state",
+    "save_checkpoint",
+    "save_state",
+]

@@ -43,7 +43,7 @@ def test_flagship_network_in_out_with_the_shipped_weights() -> None:
     import torch
     from monai.bundle import ConfigParser
 
-    from medood.bundle import load_weights
+    from medood.utils.checkpoints import load_state as load_weights
 
     bundle = next(b for b in BUNDLES if b.name == "mim_brain_mri_anomaly_segmentation")
     assert (bundle / "models" / "model.pt").is_file(), "the shipped weights are committed in models/"
