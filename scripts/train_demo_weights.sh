@@ -35,6 +35,7 @@ for stage in "${STAGES[@]}"; do
     ar) configs="['$B/configs/inference.yaml','$B/configs/inference_ar.yaml','$B/configs/train_tokens.yaml','$B/configs/train_ar.yaml']" ;;
     *) echo "unknown stage $stage (vqvae detector mim ar assemble)" >&2; exit 2 ;;
   esac
+  [ "$stage" = assemble ] || configs="${configs%]},'$B/configs/augment.yaml']"
   cmd=("$PY" -m monai.bundle run --config_file "$configs" --bundle_root "$B" --dataset_dir "$DATA" --seed "$SEED"
        --meta_file "$B/configs/metadata.json" --logging_file "$B/configs/logging.conf")
   # shellcheck disable=SC2206
