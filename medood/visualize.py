@@ -69,7 +69,7 @@ def worst_slices_montage(
     Returns:
         The PNG path, or ``None`` when no map was found.
     """
-    from medood.handlers.writers import case_name
+    from medood.utils.io import case_name
 
     out = Path(output_dir)
     ranked: list[tuple[float, str, int, dict[str, Any]]] = []
@@ -121,7 +121,7 @@ def write_slicer_script(
     shown with the Inferno colour table, transparent below ``threshold`` (the healthy-validation threshold);
     ``*_anomaly_seg.nii.gz`` masks are loaded as segmentations.
     """
-    from medood.handlers.writers import case_name
+    from medood.utils.io import case_name
 
     out = Path(output_dir).resolve()
     lines = [

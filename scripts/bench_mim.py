@@ -100,7 +100,7 @@ def run_inference(
 
 
 def quality(out: Path, datalist: list, net: Any, map_percentile: float) -> dict[str, float]:
-    thr = net.threshold(map_percentile, "map") if net.calibration.has_map else None
+    thr = net.calibration.thresholds(map_percentile).map
     m = evaluate_outputs(out, datalist, threshold=thr, slice_axis=2)
     v = m["voxel"]["metrics"]
     return {

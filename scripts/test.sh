@@ -7,6 +7,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 ensure_venv dev
 cd "$ROOT"
 export PYTHONHASHSEED=0 OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+# the layer contract of pyproject.toml ([tool.importlinter]): a lower layer never imports a higher one
+log "checking the import layers (lint-imports)"
+"$VENV/bin/lint-imports" --no-cache >/dev/null || { "$VENV/bin/lint-imports" --no-cache; log "import layers broken"; exit 1; }
 set +e
 "$VENV/bin/python" -m pytest "$@"
 rc=$?

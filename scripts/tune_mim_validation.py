@@ -22,10 +22,10 @@ import torch
 from monai.bundle import ConfigParser
 
 from medood.data.datalist import bundle_datalist as datalist
-from medood.inferers.reduce import reduce_map
 from medood.metrics import auroc, best_dice, dice_at_threshold, pixel_ap
 from medood.utils.checkpoints import load_state as load_weights
 from medood.utils.io import atomic_write_text
+from medood.utils.reduce import reduce_map
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "mim_brain_mri_anomaly_segmentation"

@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from medood.networks.nets.vq_tokenizer import SliceTokenizer
 from medood.transforms.slices import slice_positions
 from medood.utils.batch import unpack_batch
 
-__all__ = ["TokenGridDataset", "collect_slices"]
+__all__ = ["TokenGridDataset", "Tokenizer", "collect_slices"]
 
 logger = logging.getLogger(__name__)
+
+
+class Tokenizer(Protocol):
+    """What :class:`TokenGridDataset` needs of a tokenizer (e.g. :class:`~medood.networks.nets.SliceTokenizer`)."""
+
+    downsample: int
+    num_embeddings: int
+
+    def to(self, device: str | torch.device) -> Tokenizer: ...  # noqa: D102
+
+    def eval(self) -> Tokenizer: ...  # noqa: D102
+
+    def tokenize(self, x: Tensor, position: Tensor | None = None) -> Tensor: ...  # noqa: D102
 
 
 def collect_slices(
@@ -75,7 +87,7 @@ class TokenGridDataset(Dataset):
 
     def __init__(
         self,
-        tokenizer: SliceTokenizer,
+        tokenizer: Tokenizer,
         volumes: Iterable[Any],
         axis: int = 2,
         min_foreground: float = 0.05,

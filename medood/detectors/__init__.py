@@ -1,57 +1,51 @@
-"""OOD / anomaly detectors: one module per method, all registered in :mod:`medood.detectors.base`.
+"""OOD / anomaly detectors: one module per method, each registered with ``@register_detector("name")``.
 
 Score: higher = more OOD. See :class:`~medood.detectors.base.OODDetector` for the contract.
+
+Adding a detector is one file plus its registration: importing this package imports every module in it (so
+every ``@register_detector`` runs), and the registered classes are reachable by class name
+(``medood.detectors.MIMDetector``, as the bundle configs write it) as well as by registry name
+(``get_detector("mim")``). The registry-wide contract test covers a new file with no test edit
+(:meth:`~medood.detectors.base.OODDetector.tiny_config`).
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from typing import Any
+
 from medood.detectors.base import NotFittedError, OODDetector, OODOutput
 from medood.detectors.calibration import Calibration
-from medood.detectors.registry import get_detector, get_detector_class, list_detectors, register_detector
-from medood.utils.batch import unpack_batch
-
-# Detector modules (importing one registers it). Keep one line per module, alphabetical.
-from medood.detectors.energy import EnergyDetector  # isort: skip
-from medood.detectors.entropy import EntropyDetector  # isort: skip
-from medood.detectors.gradnorm import GradNormDetector  # isort: skip
-from medood.detectors.knn import KNNDetector  # isort: skip
-from medood.detectors.mahalanobis import MahalanobisDetector  # isort: skip
-from medood.detectors.maxlogit import MaxLogitDetector  # isort: skip
-from medood.detectors.mim import MIMDetector  # isort: skip
-from medood.detectors.msp import MSPDetector  # isort: skip
-from medood.detectors.neco import NECODetector  # isort: skip
-from medood.detectors.nero import NERODetector  # isort: skip
-from medood.detectors.odin import ODINDetector  # isort: skip
-from medood.detectors.react import ReActDetector  # isort: skip
-from medood.detectors.reconstruction import ReconstructionDetector  # isort: skip
-from medood.detectors.vim import ViMDetector  # isort: skip
-from medood.detectors.vqvae_ar import VQVAEARDetector  # isort: skip
-from medood.detectors.vqvae_recon import VQVAEReconstructionDetector  # isort: skip
+from medood.detectors.registry import (
+    detector_classes,
+    get_detector,
+    get_detector_class,
+    list_detectors,
+    register_detector,
+)
+from medood.detectors.stages import TrainingStage
 
 __all__ = [
     "Calibration",
-    "EnergyDetector",
-    "EntropyDetector",
-    "GradNormDetector",
-    "KNNDetector",
-    "MIMDetector",
-    "MSPDetector",
-    "MahalanobisDetector",
-    "MaxLogitDetector",
-    "NECODetector",
-    "NERODetector",
     "NotFittedError",
-    "ODINDetector",
     "OODDetector",
     "OODOutput",
-    "ReActDetector",
-    "ReconstructionDetector",
-    "VQVAEARDetector",
-    "VQVAEReconstructionDetector",
-    "ViMDetector",
+    "TrainingStage",
+    "detector_classes",
     "get_detector",
     "get_detector_class",
     "list_detectors",
     "register_detector",
-    "unpack_batch",
 ]
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+
+def __getattr__(name: str) -> Any:
+    """A registered detector class by its class name (``medood.detectors.MIMDetector``)."""
+    for cls in detector_classes():
+        if cls.__name__ == name:
+            return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,14 +7,23 @@ score has the opposite sign (MSP, Energy, MECAM, ...), the detector converts it.
 * ``fit_features(features, labels)`` / ``score_features(features)`` take precomputed features (a mapping of
   name -> tensor, e.g. ``{"features": ..., "logits": ...}``), so one backbone pass feeds many detectors.
 
-Fitting streams: ``fit`` calls :meth:`OODDetector.partial_fit_features` once per batch and
-:meth:`OODDetector.finalize_fit` at the end, so detectors whose method allows it fit in memory independent of
-the number of training images. Fitted statistics are registered buffers: ``state_dict()`` round-trips them and
-checkpoints load with ``torch.load(..., weights_only=True)``.
+Fitting has two parts, both driven by ``fit(loader)``:
 
-Thresholds come from in-distribution data only: :meth:`OODDetector.calibrate` records quantiles of healthy
-image scores and map values (a :class:`~medood.detectors.calibration.Calibration` submodule saved with the
-weights); masks, ``flagged`` decisions and overlay windows use :meth:`OODDetector.threshold`.
+* **training** of the detector's own networks: a trained detector declares its stages as data
+  (:meth:`OODDetector.training_stages`, :class:`~medood.detectors.stages.TrainingStage`) and ``fit`` hands them
+  to the training backend that the package root registers (:func:`medood.engines.fit.fit_detector`); no
+  detector imports the engines;
+* **statistics**, streamed: :meth:`OODDetector.partial_fit_features` once per batch and
+  :meth:`OODDetector.finalize_fit` at the end, so memory does not grow with the number of training images.
+
+Fitted state lives in registered buffers: ``state_dict()`` round-trips it and checkpoints load with
+``torch.load(..., weights_only=True)``.
+
+Thresholds come from in-distribution data only: the :class:`~medood.detectors.calibration.Calibration`
+submodule (saved with the weights) holds quantiles of healthy image scores and map values, recorded by
+:class:`medood.handlers.CalibrationHandler` during an evaluator pass over healthy validation data
+(:func:`medood.engines.calibrate_detector` runs that pass); masks, ``flagged`` decisions and overlay colour
+windows read them through :meth:`Calibration.thresholds <medood.detectors.calibration.Calibration.thresholds>`.
 """
 
 from __future__ import annotations
@@ -28,8 +37,12 @@ import torch
 from torch import Tensor, nn
 
 from medood.detectors.calibration import Calibration
+from medood.detectors.stages import TrainingStage
 from medood.utils.batch import as_plain_tensor, unpack_batch
 from medood.utils.enums import OODKeys
+from medood.utils.modules import ResizableBuffers
+from medood.utils.plugins import get_training_backend
+from medood.utils.reduce import reduce_map
 
 __all__ = [
     "NotFittedError",
@@ -60,7 +73,7 @@ class OODOutput(NamedTuple):
     extras: dict[str, Tensor] | None = None
 
 
-class OODDetector(nn.Module, ABC):
+class OODDetector(ResizableBuffers, nn.Module, ABC):
     """Base class of every OOD / anomaly detector.
 
     Subclasses set the class attributes and implement :meth:`score_features`; detectors that need fitting
@@ -69,16 +82,25 @@ class OODDetector(nn.Module, ABC):
     Attributes:
         name: registry name, set by :func:`~medood.detectors.registry.register_detector`.
         requires_fit: ``score`` raises :class:`NotFittedError` until ``fit`` has run.
-        requires_training: the detector owns networks trained by an Ignite engine (``medood.engines``).
+        requires_training: the detector owns networks; :meth:`training_stages` declares how they are trained.
         produces_map: ``predict_map`` returns a voxel-wise anomaly map.
+        needs_model: the constructor takes a host classifier ``model`` (post-hoc detectors).
+        needs_input_grad: scoring back-propagates to the input (ODIN), so it cannot share a no-grad feature pass.
         supported_spatial_dims: spatial dimensionalities of the inputs the detector accepts.
+        score_reduction: how a map becomes the image / volume score (``"max"``, ``"mean"``, ``"topk"``); the
+            only place this is decided (:meth:`map_score`; the inferer calls it). Defaults to ``"topk"``.
+        score_k: top-k count or fraction of the foreground. Defaults to 0.001 (top 0.1 %).
     """
 
     name: ClassVar[str] = ""
     requires_fit: ClassVar[bool] = True
     requires_training: ClassVar[bool] = False
     produces_map: ClassVar[bool] = False
+    needs_model: ClassVar[bool] = False
+    needs_input_grad: ClassVar[bool] = False
     supported_spatial_dims: ClassVar[tuple[int, ...]] = (2, 3)
+    score_reduction: str = "topk"
+    score_k: int | float = 0.001
     _fitted: Tensor
 
     def __init__(self) -> None:
@@ -109,37 +131,10 @@ class OODDetector(nn.Module, ABC):
                 " or load a fitted state_dict"
             )
 
-    def _set_fitted(self, value: bool = True) -> None:
+    def mark_fitted(self, value: bool = True) -> OODDetector:
+        """Set the fitted flag (saved with the weights); bundles call it after training the stages one by one."""
         self._fitted.fill_(value)
-
-    def mark_fitted(self) -> OODDetector:
-        """Declare the detector fitted after its networks were trained outside :meth:`fit`.
-
-        Bundles train the networks in stages; the flag is saved with the weights.
-        """
-        self._set_fitted()
         return self
-
-    def _load_from_state_dict(  # type: ignore[override]
-        self,
-        state_dict: dict,
-        prefix: str,
-        local_metadata: dict,
-        strict: bool,
-        missing_keys: list,
-        unexpected_keys: list,
-        error_msgs: list,
-    ) -> None:
-        # Fitted statistics have data-dependent shapes (class means, PCA bases, memory banks): an unfitted
-        # detector holds empty placeholders, so resize every own buffer to the incoming shape before loading.
-        for name, buf in self._buffers.items():
-            key = prefix + name
-            if buf is not None and key in state_dict and state_dict[key].shape != buf.shape:
-                incoming = state_dict[key]
-                self._buffers[name] = torch.empty(incoming.shape, dtype=incoming.dtype, device=buf.device)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
 
     # ------------------------------------------------------------------ fitting
     def extract_features(self, x: Tensor) -> dict[str, Tensor]:
@@ -154,8 +149,8 @@ class OODDetector(nn.Module, ABC):
         """Clear running fit statistics before a new fit. The default does nothing."""
 
     def partial_fit_features(self, features: Mapping[str, Tensor], labels: Tensor | None = None) -> None:
-        """Accumulate statistics from one batch of features. Detectors that need fitting override this."""
-        if self.requires_fit:
+        """Accumulate statistics from one batch of features. Detectors with fitted statistics override this."""
+        if self.requires_fit and not self.training_stages():
             raise NotImplementedError(
                 f"{type(self).__name__} needs fitting but does not implement partial_fit_features"
             )
@@ -163,15 +158,58 @@ class OODDetector(nn.Module, ABC):
     def finalize_fit(self) -> None:
         """Turn the accumulated statistics into buffers. The default does nothing."""
 
-    def fit(self: Self, loader: Iterable[Any]) -> Self:
-        """Fit on in-distribution data, streaming over ``loader`` once.
+    def training_stages(self) -> tuple[TrainingStage, ...]:
+        """The training stages of the detector's own networks, in order (none for post-hoc detectors)."""
+        return ()
+
+    def stage(self, name: str) -> TrainingStage:
+        """The declared stage called ``name`` (``KeyError`` listing the stages if there is none)."""
+        stages = {s.name: s for s in self.training_stages()}
+        if name not in stages:
+            raise KeyError(f"{type(self).__name__} has no training stage {name!r}; stages: {list(stages)}")
+        return stages[name]
+
+    def stage_network(self, name: str) -> nn.Module:
+        """The submodule that stage ``name`` trains."""
+        module: nn.Module = self
+        for part in self.stage(name).network.split("."):
+            module = getattr(module, part)
+        return module
+
+    @property
+    def fits_statistics(self) -> bool:
+        """Whether the detector accumulates statistics (it overrides :meth:`partial_fit_features`)."""
+        return type(self).partial_fit_features is not OODDetector.partial_fit_features
+
+    @classmethod
+    def tiny_config(cls, spatial_dims: int) -> dict[str, Any]:
+        """Constructor arguments of a tiny, quickly fitted instance (used by the registry-wide contract test).
+
+        Detectors whose constructor needs more than the defaults (small networks, short training) override it;
+        ``needs_model`` detectors get the host classifier from the caller.
+        """
+        return {}
+
+    def fit(self: Self, loader: Iterable[Any], **train_options: Any) -> Self:
+        """Fit on in-distribution data: train the declared stages, then stream the statistics.
 
         Args:
-            loader: an iterable of batches (tensors, ``{"image", "label"}`` dicts or ``(image, label)`` tuples).
+            loader: an iterable of batches (tensors, ``{"image", "label"}`` dicts or ``(image, label)`` tuples);
+                it must be re-iterable when the detector has training stages.
+            **train_options: forwarded to the training backend (``epochs``, ``lr``, ``device``, ``stages``, ...).
 
         Returns:
             ``self``, fitted.
         """
+        if self.training_stages():
+            get_training_backend()(self, loader, **train_options)
+            self.eval()
+        if self.fits_statistics:
+            self.fit_statistics(loader)
+        return self.mark_fitted()  # type: ignore[return-value]
+
+    def fit_statistics(self, loader: Iterable[Any]) -> None:
+        """Stream ``loader`` once through ``partial_fit_features`` and ``finalize_fit`` (no training)."""
         self.reset_fit()
         n_batches = 0
         with torch.no_grad():
@@ -180,12 +218,10 @@ class OODDetector(nn.Module, ABC):
                 x = as_plain_tensor(x).to(self.device)
                 self.partial_fit_features(self.extract_features(x), None if y is None else y.to(self.device))
                 n_batches += 1
-        if n_batches == 0 and self.requires_fit:
+        if n_batches == 0:
             raise ValueError(f"{type(self).__name__}.fit got an empty loader: no in-distribution data to fit on")
         self.finalize_fit()
-        self._set_fitted()
-        logger.info("%s fitted on %d batches", type(self).__name__, n_batches)
-        return self
+        logger.info("%s: statistics fitted on %d batches", type(self).__name__, n_batches)
 
     def fit_features(self: Self, features: Mapping[str, Tensor], labels: Tensor | None = None) -> Self:
         """Fit on precomputed features of the whole in-distribution training set.
@@ -197,11 +233,14 @@ class OODDetector(nn.Module, ABC):
         Returns:
             ``self``, fitted.
         """
+        if self.training_stages():  # trained detectors: the features are images, one in-memory batch
+            batch = {**features, **({OODKeys.LABEL.value: labels} if labels is not None else {})}
+            return self.fit([batch])
         self.reset_fit()
         with torch.no_grad():
             self.partial_fit_features(features, labels)
         self.finalize_fit()
-        self._set_fitted()
+        self.mark_fitted()
         return self
 
     # ------------------------------------------------------------------ scoring
@@ -248,53 +287,14 @@ class OODDetector(nn.Module, ABC):
                 f"got a tensor of shape {tuple(x.shape)}"
             )
 
-    # ------------------------------------------------------------------ thresholds
+    # ------------------------------------------------------------------ maps -> scores
     def foreground_mask(self, x: Tensor) -> Tensor | None:
-        """Voxels whose map values count for calibration (``None`` = all). Brain detectors use the brain mask."""
+        """The voxels that count for the image score (``None`` = all). Brain detectors use the brain mask."""
         return None
 
-    def calibrate(self, loader: Iterable[Any], max_values: int = 1_000_000, seed: int = 0) -> Calibration:
-        """Record the distribution of scores and map values on healthy / in-distribution validation data.
+    def map_score(self, anomaly_map: Tensor, x: Tensor) -> Tensor:
+        """``(B,)`` image / volume scores of maps ``(B, 1, *S)``: ``score_reduction`` over ``foreground_mask(x)``.
 
-        The quantiles are stored with the weights; :meth:`threshold` reads them. Use data the detector was
-        not fitted on.
-
-        Args:
-            loader: in-distribution validation batches.
-            max_values: bound on the map values kept (a seeded uniform subsample per batch).
-            seed: seed of that subsample.
+        The one definition of a map detector's image score: ``score`` and the bundles' inferer both use it.
         """
-        self.check_fitted()
-        scores, values = [], []
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for batch in loader:
-                x, _ = unpack_batch(batch)
-                out = self.score(x)
-                scores.append(out.image_score.detach().float().cpu())
-                if out.anomaly_map is not None:
-                    m = out.anomaly_map.detach().float().cpu()
-                    fg = self.foreground_mask(x.to(self.device))
-                    v = m[fg.cpu().expand_as(m)] if fg is not None else m.reshape(-1)
-                    if v.numel() > max_values // 4:
-                        v = v[torch.randperm(v.numel(), generator=gen)[: max_values // 4]]
-                    values.append(v)
-        if not scores:
-            raise ValueError("calibrate got an empty loader")
-        map_values = torch.cat(values) if values else None
-        if map_values is not None and map_values.numel() > max_values:
-            map_values = map_values[torch.randperm(map_values.numel(), generator=gen)[:max_values]]
-        self.calibration.update(torch.cat(scores), map_values)
-        return self.calibration
-
-    def threshold(self, percentile: float = 99.0, kind: str = "map") -> float:
-        """A threshold taken from the recorded in-distribution distribution.
-
-        Args:
-            percentile: in ``[0, 100]``. Defaults to 99 (1 % of healthy voxels / images flagged).
-            kind: ``"map"`` (voxel values) or ``"score"`` (image scores).
-
-        Raises:
-            RuntimeError: :meth:`calibrate` has not been run.
-        """
-        return self.calibration.quantile(percentile / 100.0, kind=kind)
+        return reduce_map(anomaly_map, self.score_reduction, self.score_k, self.foreground_mask(x))

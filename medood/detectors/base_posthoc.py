@@ -43,6 +43,7 @@ class ClassifierDetector(OODDetector):
     requires_training = False
     required_features: ClassVar[tuple[str, ...]] = (LOGITS,)
     needs_head: ClassVar[bool] = False
+    needs_model = True
     head_weight: Tensor
     head_bias: Tensor
 

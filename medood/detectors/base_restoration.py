@@ -3,8 +3,11 @@
 All three work slice-wise on 2D slices of a volume with a VQ-VAE tokenizer and differ only in how they restore
 a healthy version of each slice. This base turns volumes ``(B, C, H, W, D)`` into foreground slices with their
 normalised position, pads them to the tokenizer's stride, asks the subclass for a per-slice residual, puts the
-volume back together, smooths it (min-pool then mean-pool, as in the authors' LSR pipeline) and zeroes the
-background. 2D inputs ``(B, C, H, W)`` are single slices (position 0 unless given).
+volume back together, smooths it (min-pool then mean-pool, as in the authors' LSR pipeline) and zeroes it
+outside the eroded brain. 2D inputs ``(B, C, H, W)`` are single slices (position 0 unless given).
+
+Training is declared, not run here: the tokenizer stage (VQ-VAE on foreground slices) plus the subclass's
+token stages (:meth:`SliceRestorationDetector.training_stages`); :mod:`medood.engines` trains them.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from medood.detectors.base import OODDetector, OODOutput
-from medood.inferers.reduce import reduce_map
+from medood.detectors.stages import TrainingStage
+from medood.losses import VQVAELoss
 from medood.networks.nets.vq_tokenizer import SliceTokenizer
 from medood.transforms.slices import slice_positions
 from medood.utils.enums import OODKeys
@@ -51,17 +55,14 @@ class SliceRestorationDetector(OODDetector):
         avgpool: mean-pool kernel applied after it. Defaults to 3.
         erode_mask: voxels of the brain (non-zero) mask removed from its rim before masking the map (the
             rim carries partial-volume residuals). Defaults to 1.
-        score_reduction: image / volume score reduction. Defaults to ``"topk"``.
-        score_k: top-k count or fraction of foreground voxels. Defaults to 0.001.
+        score_reduction: image / volume score reduction over the brain. Defaults to ``"topk"``.
+        score_k: top-k count or fraction of brain voxels. Defaults to 0.001.
         slice_batch: slices processed per network call. Defaults to 64.
-        fit_epochs: epochs per training stage used by :meth:`fit` (stage name -> epochs; the bundle's stage
-            configs are the way to train on real data). Defaults to 30 per stage.
-        fit_lr: learning rate of :meth:`fit`. Defaults to 1e-3.
-        fit_batch_size: slices / token grids per step in :meth:`fit`. Defaults to 32.
+        fit_epochs: epochs of each declared stage when trained by ``fit`` (stage name -> epochs; the bundle's
+            stage configs are the way to train on real data). Defaults to 30 per stage.
+        fit_lr: learning rate of ``fit``. Defaults to 1e-3.
+        fit_batch_size: slices / token grids per step in ``fit``. Defaults to 32.
     """
-
-    #: the training stages :meth:`fit` runs after the tokenizer, in order (set by subclasses)
-    stages: tuple[str, ...] = ()
 
     requires_training = True
     produces_map = True
@@ -83,7 +84,7 @@ class SliceRestorationDetector(OODDetector):
         fit_batch_size: int = 32,
     ) -> None:
         super().__init__()
-        self.fit_epochs = {"tokenizer": 30, **{s: 30 for s in self.stages}, **dict(fit_epochs or {})}
+        self.fit_epochs = dict(fit_epochs or {})
         self.fit_lr, self.fit_batch_size = fit_lr, fit_batch_size
         if tokenizer is None:
             tokenizer = {}
@@ -101,7 +102,8 @@ class SliceRestorationDetector(OODDetector):
         """Residual ``(N, 1, h, w)`` of padded slices ``(N, C, h, w)`` (h, w divisible by the stride)."""
 
     # ------------------------------------------------------------------ geometry
-    def _pad(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    def pad_slices(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """Zero-pad slices ``(N, C, h, w)`` to multiples of the tokenizer's stride; returns them and ``(h, w)``."""
         s = self.tokenizer.downsample
         h, w = x.shape[-2:]
         ph, pw = (-h) % s, (-w) % s
@@ -139,8 +141,12 @@ class SliceRestorationDetector(OODDetector):
 
     # ------------------------------------------------------------------ map
     def foreground_mask(self, x: Tensor) -> Tensor:
-        """The non-zero (brain) voxels, eroded by ``erode_mask`` voxels."""
-        fg = (x.abs().amax(1, keepdim=True) > 0).float()
+        """The brain: voxels where any channel is non-zero (the volume score is reduced over them)."""
+        return x.abs().amax(1, keepdim=True) > 0
+
+    def map_support(self, x: Tensor) -> Tensor:
+        """Where the map may be non-zero: the brain eroded by ``erode_mask`` voxels (its rim is partial volume)."""
+        fg = self.foreground_mask(x).float()
         if self.erode_mask > 0:
             fg = _pool(fg, 2 * self.erode_mask + 1, "min")
         return fg > 0.5
@@ -154,64 +160,53 @@ class SliceRestorationDetector(OODDetector):
         res = torch.zeros((slices.shape[0], 1, *slices.shape[2:]), device=x.device)
         with torch.no_grad():
             for i in range(0, slices.shape[0], self.slice_batch):
-                chunk, (h, w) = self._pad(slices[i : i + self.slice_batch])
+                chunk, (h, w) = self.pad_slices(slices[i : i + self.slice_batch])
                 res[i : i + self.slice_batch] = self.residual_slices(chunk, positions[i : i + self.slice_batch])[
                     ..., :h, :w
                 ]
         amap = self._assemble(x, res, index)
         amap = _pool(_pool(amap, self.minpool, "min"), self.avgpool, "mean")
-        return (amap * self.foreground_mask(x)).float()
+        return (amap * self.map_support(x)).float()
 
     def score_features(self, features: Mapping[str, Tensor]) -> OODOutput:
         """Map and volume score of ``{"image": x}``."""
         x = features[OODKeys.IMAGE.value]
         amap = self.predict_map(x)
-        return OODOutput(reduce_map(amap, self.score_reduction, self.score_k, self.foreground_mask(x)), amap)
+        return OODOutput(self.map_score(amap, x), amap)
 
-    # ------------------------------------------------------------------ fitting
-    def fit(self, loader: Any) -> SliceRestorationDetector:
-        """Train every stage on the in-distribution batches of ``loader``, then mark the detector fitted.
-
-        The slices are held in memory: this is for small data and tests; train real models with the bundle's
-        stage configs.
-        """
-        from medood.data.tokens import collect_slices
-        from medood.engines.prepare import PrepareKeys
-        from medood.engines.train_utils import train_network
-        from medood.losses import VQVAELoss
-
-        slices, positions = collect_slices(loader, self.slice_axis, min_foreground=0.05)
-        slices, _ = self._pad(slices.to(self.device))
-        positions = positions.to(self.device)
-        bs = self.fit_batch_size
-        batches = [{"image": slices[i : i + bs], "position": positions[i : i + bs]} for i in range(0, len(slices), bs)]
-        train_network(
-            self.tokenizer,
-            batches,
-            VQVAELoss(),
-            epochs=self.fit_epochs["tokenizer"],
-            lr=self.fit_lr,
-            device=self.device,
-            prepare_batch=PrepareKeys("image", "position"),
+    # ------------------------------------------------------------------ training (declared; medood.engines runs it)
+    def training_stages(self) -> tuple[TrainingStage, ...]:
+        """The VQ-VAE tokenizer on foreground slices, then :meth:`token_stages`."""
+        tokenizer = TrainingStage(
+            "tokenizer",
+            "tokenizer",
+            VQVAELoss,
+            data="slices",
+            target_key="position",
+            **self._stage_defaults("tokenizer"),
         )
-        self.tokenizer.eval()
-        with torch.no_grad():
-            tokens = torch.cat([self.tokenize(b["image"], b["position"]) for b in batches])
-        self.fit_tokens(tokens, positions)
-        self.eval()
-        self._set_fitted()
-        return self
+        return (tokenizer, *self.token_stages())
 
-    def fit_tokens(self, tokens: Tensor, positions: Tensor) -> None:
-        """Train the stages after the tokenizer on healthy token grids ``(N, h, w)``. Default: nothing."""
+    def token_stages(self) -> tuple[TrainingStage, ...]:
+        """The stages after the tokenizer (subclasses). Default: none."""
+        return ()
 
-    def _token_batches(self, tokens: Tensor, positions: Tensor) -> list[dict[str, Tensor]]:
-        bs = self.fit_batch_size
-        return [{"tokens": tokens[i : i + bs], "position": positions[i : i + bs]} for i in range(0, len(tokens), bs)]
+    @classmethod
+    def tiny_config(cls, spatial_dims: int) -> dict[str, Any]:
+        """A two-level 8/16-channel tokenizer with 16 codes, 10 epochs per stage, no mask erosion."""
+        tokenizer = {"channels": (8, 16), "num_res_layers": 1, "num_embeddings": 16, "embedding_dim": 8}
+        epochs = {"tokenizer": 10, "detector": 10, "inpainter": 10, "prior": 10}
+        return {"tokenizer": tokenizer, "erode_mask": 0, "fit_epochs": epochs}
 
-    def partial_fit_features(self, features: Mapping[str, Tensor], labels: Tensor | None = None) -> None:
-        """``fit_features({"image": x})`` trains on one in-memory batch of images (see :meth:`fit`)."""
-        self.fit([features[OODKeys.IMAGE.value]])
+    def _stage_defaults(self, name: str) -> dict[str, Any]:
+        return {"epochs": self.fit_epochs.get(name, 30), "lr": self.fit_lr, "batch_size": self.fit_batch_size}
+
+    def _token_stage(self, name: str, network: str, loss: Any, **loss_kwargs: Any) -> TrainingStage:
+        """A stage trained on token grids ``{"tokens", "position"}`` of the healthy slices."""
+        return TrainingStage(
+            name, network, loss, loss_kwargs, data="tokens", input_key="tokens", target_key="position",
+            **self._stage_defaults(name),
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ helpers for subclasses
     def tokenize(self, slices: Tensor, positions: Tensor) -> Tensor:

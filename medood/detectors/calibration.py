@@ -7,10 +7,12 @@ never from per-image min-max scaling.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CALIBRATION_LEVELS", "Calibration"]
+__all__ = ["CALIBRATION_LEVELS", "Calibration", "Thresholds", "overlay_window"]
 
 #: Quantile levels stored: every 0.1 % plus a finer tail (99.95 %, 99.99 %).
 CALIBRATION_LEVELS = (
@@ -20,6 +22,28 @@ CALIBRATION_LEVELS = (
     .sort()
     .values.float()
 )
+
+
+class Thresholds(NamedTuple):
+    """What the outputs of a run are thresholded with, all from healthy data.
+
+    Attributes:
+        map: map-value threshold of the masks (``None`` = not calibrated).
+        score: image-score threshold of the ``flagged`` decision (``None`` = not calibrated).
+        window: ``(low, high)`` colour window of map overlays (:func:`overlay_window` of ``map``), or ``None``.
+    """
+
+    map: float | None
+    score: float | None
+    window: tuple[float, float] | None
+
+
+def overlay_window(map_threshold: float) -> tuple[float, float]:
+    """The fixed colour window of map overlays: from the healthy threshold to four times it.
+
+    Every overlay, montage and Slicer scene of a run uses it, so colours mean the same in every image.
+    """
+    return map_threshold, 4.0 * map_threshold if map_threshold > 0 else map_threshold + 1.0
 
 
 class Calibration(nn.Module):
@@ -87,7 +111,8 @@ class Calibration(nn.Module):
         values = self.map_quantiles if kind == "map" else self.score_quantiles
         if not (self.has_map if kind == "map" else self.has_scores):
             raise RuntimeError(
-                f"no in-distribution {kind} quantiles recorded: run detector.calibrate(healthy_val_loader) first"
+                f"no in-distribution {kind} quantiles recorded: calibrate on healthy validation data first "
+                "(medood.engines.calibrate_detector or the bundle's calibration stage)"
             )
         levels = self.levels.double()
         idx = int(torch.searchsorted(levels, torch.tensor([q], dtype=torch.float64)).item())
@@ -96,6 +121,17 @@ class Calibration(nn.Module):
         vlo, vhi = values[idx - 1].item(), values[idx].item()
         w = 0.0 if hi == lo else (q - lo) / (hi - lo)
         return float(vlo + w * (vhi - vlo))
+
+    def thresholds(self, map_percentile: float = 99.5, score_percentile: float = 95.0) -> Thresholds:
+        """The thresholds of a run: map and score percentiles of the healthy data, and the overlay window.
+
+        Args:
+            map_percentile: healthy map-value percentile of the mask threshold. Defaults to 99.5.
+            score_percentile: healthy image-score percentile of the ``flagged`` threshold. Defaults to 95.
+        """
+        map_thr = self.quantile(map_percentile / 100.0, "map") if self.has_map else None
+        score_thr = self.quantile(score_percentile / 100.0, "score") if self.has_scores else None
+        return Thresholds(map_thr, score_thr, None if map_thr is None else overlay_window(map_thr))
 
     def to_dict(self, percentiles: tuple[float, ...] = (50.0, 95.0, 99.0, 99.9)) -> dict[str, dict[str, float]]:
         """A small JSON-able summary (percentile -> value) of what is recorded."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +81,11 @@ class KNNDetector(ClassifierDetector):
 
     required_features = (FEATURES,)
     bank: Tensor
+
+    @classmethod
+    def tiny_config(cls, spatial_dims: int) -> dict[str, Any]:
+        """Five neighbours (the toy training sets are small)."""
+        return {"k": 5}
 
     def __init__(
         self,

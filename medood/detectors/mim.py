@@ -34,6 +34,8 @@ from torch import Tensor
 
 from medood.detectors.base_restoration import SliceRestorationDetector
 from medood.detectors.registry import register_detector
+from medood.detectors.stages import TrainingStage
+from medood.losses import MaskedTokenLoss, TokenDetectorLoss
 from medood.networks.nets.token_transformer import TokenTransformer
 from medood.networks.nets.vq_tokenizer import SliceTokenizer
 
@@ -60,8 +62,6 @@ class MIMDetector(SliceRestorationDetector):
             only). Defaults to ``"input"``.
         **kwargs: :class:`~medood.detectors.base_restoration.SliceRestorationDetector` arguments.
     """
-
-    stages = ("detector", "inpainter")
 
     def __init__(
         self,
@@ -137,31 +137,17 @@ class MIMDetector(SliceRestorationDetector):
             res = res * F.interpolate(mask.float()[:, None], scale_factor=scale, mode="nearest")
         return res
 
-    # ------------------------------------------------------------------ fitting
-    def fit_tokens(self, tokens: Tensor, positions: Tensor) -> None:
-        """Train the token detector and the in-painter on healthy grids (used by :meth:`fit`)."""
-        from medood.engines.prepare import PrepareKeys
-        from medood.engines.train_utils import train_network
-        from medood.losses import MaskedTokenLoss, TokenDetectorLoss
-
-        batches = self._token_batches(tokens, positions)
+    # ------------------------------------------------------------------ training (declared)
+    def token_stages(self) -> tuple[TrainingStage, ...]:
+        """The anomalous-token detector (BCE on corrupted healthy grids), then the MaskGIT in-painter."""
         k = self.tokenizer.num_embeddings
-        prep = PrepareKeys("tokens", "position")
-        train_network(
-            self.token_detector,
-            batches,
-            TokenDetectorLoss(k),
-            epochs=self.fit_epochs["detector"],
-            lr=self.fit_lr,
-            device=self.device,
-            prepare_batch=prep,
+        return (
+            self._token_stage("detector", "token_detector", TokenDetectorLoss, num_tokens=k),
+            self._token_stage("inpainter", "inpainter", MaskedTokenLoss, num_tokens=k),
         )
-        train_network(
-            self.inpainter,
-            batches,
-            MaskedTokenLoss(k),
-            epochs=self.fit_epochs["inpainter"],
-            lr=self.fit_lr,
-            device=self.device,
-            prepare_batch=prep,
-        )
+
+    @classmethod
+    def tiny_config(cls, spatial_dims: int) -> dict[str, Any]:
+        """A tiny tokenizer and one-layer transformers on 16-pixel toy slices."""
+        tiny = {"hidden_size": 32, "depth": 1, "num_heads": 2}
+        return {**super().tiny_config(spatial_dims), "grid_size": (4, 4), "token_detector": tiny, "inpainter": tiny}

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -76,6 +77,11 @@ class NECODetector(ClassifierDetector):
     feature_mean: Tensor
     feature_std: Tensor
     components: Tensor
+
+    @classmethod
+    def tiny_config(cls, spatial_dims: int) -> dict[str, Any]:
+        """A 4-dimensional NECO subspace (the toy features are 16-dimensional)."""
+        return {"neco_dim": 4}
 
     def __init__(
         self,

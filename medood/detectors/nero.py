@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -107,6 +108,11 @@ class NERODetector(ClassifierDetector):
     pca_components: Tensor
     centroids: Tensor
     bias_scale: Tensor
+
+    @classmethod
+    def tiny_config(cls, spatial_dims: int) -> dict[str, Any]:
+        """Six principal components (the toy relevance vectors are 16-dimensional)."""
+        return {"k": 6}
 
     def __init__(
         self,

@@ -166,7 +166,7 @@ def fit_many(
     for det in to_fit.values():
         det.finalize_fit()
     for det in named.values():
-        det._set_fitted()  # as OODDetector.fit, which marks detectors that need no fit as fitted too
+        det.mark_fitted()  # as OODDetector.fit, which marks detectors that need no fit as fitted too
     logger.info("fit_many: fitted %s on %d batches in one pass", sorted(to_fit), n_batches)
     return named
 

@@ -92,7 +92,7 @@ class ReActDetector(ClassifierDetector):
         self.seed = int(seed)
         self.register_buffer("clip_value", torch.tensor(0.0 if clip is None else float(clip)))
         if clip is not None:
-            self._set_fitted(True)
+            self.mark_fitted(True)
         self.reset_fit()
 
     def reset_fit(self) -> None:

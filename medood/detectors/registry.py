@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from medood.detectors.base import OODDetector
 
-__all__ = ["get_detector", "get_detector_class", "list_detectors", "register_detector"]
+__all__ = ["detector_classes", "get_detector", "get_detector_class", "list_detectors", "register_detector"]
 
 _REGISTRY: dict[str, type[OODDetector]] = {}
 
@@ -40,6 +40,12 @@ def register_detector(name: str) -> Callable[[D], D]:
 
 def _load_all() -> None:
     import medood.detectors  # noqa: F401  (importing the package registers every detector module)
+
+
+def detector_classes() -> list[type[OODDetector]]:
+    """Every registered detector class, sorted by registry name."""
+    _load_all()
+    return [cls for _, cls in sorted(_REGISTRY.items())]
 
 
 def list_detectors(

@@ -34,9 +34,11 @@ from torch import Tensor
 
 from medood.detectors.base_restoration import SliceRestorationDetector
 from medood.detectors.registry import register_detector
-from medood.losses import ar_sequences
+from medood.detectors.stages import TrainingStage
+from medood.losses import ARTokenLoss, ar_sequences
 from medood.networks.nets.ar_cache import KVCache, cached_forward
 from medood.networks.nets.vq_tokenizer import SliceTokenizer
+from medood.utils.enums import OODKeys
 
 __all__ = ["VQVAEARDetector"]
 
@@ -61,7 +63,6 @@ class VQVAEARDetector(SliceRestorationDetector):
         **kwargs: :class:`~medood.detectors.base_restoration.SliceRestorationDetector` arguments.
     """
 
-    stages = ("prior",)
     fitted_nll_threshold: Tensor
 
     def __init__(
@@ -103,7 +104,9 @@ class VQVAEARDetector(SliceRestorationDetector):
             return float(self.nll_threshold)
         value = float(self.fitted_nll_threshold)
         if value != value:  # NaN
-            raise RuntimeError("no NLL threshold: pass nll_threshold=... or fit the prior (fit_nll_threshold)")
+            raise RuntimeError(
+                "no NLL threshold: pass nll_threshold=... or fit the detector (fit / the bundle's train_ar)"
+            )
         return value
 
     def sequences(self, tokens: Tensor, positions: Tensor) -> Tensor:
@@ -115,17 +118,6 @@ class VQVAEARDetector(SliceRestorationDetector):
         seq = self.sequences(tokens, positions)
         logp = self.prior(seq[:, :-1])[..., : self.num_tokens].log_softmax(-1)
         return -logp.gather(-1, seq[:, 1:, None])[..., 0].reshape(tokens.shape)
-
-    @torch.no_grad()
-    def fit_nll_threshold(self, token_batches: Any) -> float:
-        """Set the NLL threshold to ``nll_percentile`` of the NLLs of healthy token grids and return it."""
-        values = []
-        for batch in token_batches:
-            nll = self.token_nll(batch["tokens"].to(self.device), batch["position"].to(self.device))
-            values.append(nll.flatten()[torch.randperm(nll.numel())[:100_000]].cpu())
-        v = torch.cat(values)
-        self.fitted_nll_threshold.fill_(float(torch.quantile(v[: 2**24], self.nll_percentile / 100.0)))
-        return float(self.fitted_nll_threshold)
 
     # ------------------------------------------------------------------ restoration
     def _sample(self, logits: Tensor, uniforms: Tensor) -> Tensor:
@@ -182,22 +174,36 @@ class VQVAEARDetector(SliceRestorationDetector):
         weights = F.softmax(self.weight_temperature / res.flatten(2).mean(2).clamp_min(1e-6), dim=0)
         return (weights[..., None, None, None] * res).sum(0)
 
-    # ------------------------------------------------------------------ fitting
-    def fit_tokens(self, tokens: Tensor, positions: Tensor) -> None:
-        """Train the prior on healthy grids and set the NLL threshold (used by :meth:`fit`)."""
-        from medood.engines.prepare import PrepareKeys
-        from medood.engines.train_utils import train_network
-        from medood.losses import ARTokenLoss
-
-        batches = self._token_batches(tokens, positions)
-        train_network(
-            self.prior,
-            batches,
-            ARTokenLoss(self.num_tokens, self.num_position_bins),
-            epochs=self.fit_epochs["prior"],
-            lr=self.fit_lr,
-            device=self.device,
-            prepare_batch=PrepareKeys("tokens", "position"),
+    # ------------------------------------------------------------------ training (declared) and statistics
+    def token_stages(self) -> tuple[TrainingStage, ...]:
+        """The causal prior over raster-ordered token grids."""
+        return (
+            self._token_stage(
+                "prior", "prior", ARTokenLoss, num_tokens=self.num_tokens, num_position_bins=self.num_position_bins
+            ),
         )
-        self.prior.eval()
-        self.fit_nll_threshold(batches)
+
+    def reset_fit(self) -> None:
+        """Forget the token NLLs collected so far."""
+        self._nll_values: list[Tensor] = []
+        self._nll_gen = torch.Generator().manual_seed(self.seed)
+
+    def partial_fit_features(self, features: Mapping[str, Tensor], labels: Tensor | None = None) -> None:
+        """Collect (a seeded subsample of) the token NLLs of the healthy slices of ``{"image": x}``."""
+        slices, positions, _ = self._slices_of(features[OODKeys.IMAGE.value].float())
+        for i in range(0, slices.shape[0], self.slice_batch):
+            chunk, _ = self.pad_slices(slices[i : i + self.slice_batch])
+            pos = positions[i : i + self.slice_batch]
+            nll = self.token_nll(self.tokenize(chunk, pos), pos).flatten().cpu()
+            self._nll_values.append(nll[torch.randperm(nll.numel(), generator=self._nll_gen)[:100_000]])
+
+    def finalize_fit(self) -> None:
+        """Set the NLL threshold to ``nll_percentile`` of the healthy token NLLs."""
+        v = torch.cat(self._nll_values)
+        self.fitted_nll_threshold.fill_(float(torch.quantile(v[: 2**24], self.nll_percentile / 100.0)))
+
+    @classmethod
+    def tiny_config(cls, spatial_dims: int) -> dict[str, Any]:
+        """A tiny prior and three restorations on 16-pixel toy slices."""
+        prior = {"attn_layers_dim": 32, "attn_layers_depth": 1, "attn_layers_heads": 2}
+        return {**super().tiny_config(spatial_dims), "grid_size": (4, 4), "n_restorations": 3, "prior": prior}

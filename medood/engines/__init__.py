@@ -1,10 +1,23 @@
-"""Ignite engines: the OOD evaluator and the step trainer for detector-owned networks."""
+"""Ignite engines: the OOD evaluator, the stage trainers of detector-owned networks, fitting and calibration."""
 
 from __future__ import annotations
 
+from medood.engines.calibrate import calibrate_detector
 from medood.engines.evaluator import OODEvaluator
+from medood.engines.fit import StageEvaluator, StageTrainer, fit_detector
 from medood.engines.prepare import PrepareKeys
 from medood.engines.resume import latest_checkpoint, resume_training
 from medood.engines.trainers import StepEvaluator, StepTrainer
 
-__all__ = ["OODEvaluator", "PrepareKeys", "StepEvaluator", "StepTrainer", "latest_checkpoint", "resume_training"]
+__all__ = [
+    "OODEvaluator",
+    "PrepareKeys",
+    "StageEvaluator",
+    "StageTrainer",
+    "StepEvaluator",
+    "StepTrainer",
+    "calibrate_detector",
+    "fit_detector",
+    "latest_checkpoint",
+    "resume_training",
+]

@@ -105,7 +105,7 @@ class DetectorFitHandler:
     def _completed(self, _engine: Engine) -> None:
         for det in self.detectors:
             det.finalize_fit()
-            det._set_fitted()
+            det.mark_fitted()
         logger.info("fitted %d detector(s) on %d batches", len(self.detectors), self.n_batches)
         if self.save_path is not None:
             if len(self.detectors) == 1:

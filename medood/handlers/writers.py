@@ -17,21 +17,20 @@ is written atomically (temporary file + rename).
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
-import torch
 from torch import Tensor
 
-from medood.inferers.reduce import reduce_map, reduce_slices
+from medood.detectors.calibration import Calibration, overlay_window
 from medood.utils.enums import OODKeys
-from medood.utils.io import atomic_path, atomic_write
+from medood.utils.io import atomic_path, atomic_write, atomic_write_text, case_name
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -39,14 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["OODResultWriter", "case_name", "write_map_nifti", "write_scores_csv", "write_slice_scores_csv"]
 
 logger = logging.getLogger(__name__)
-
-_EXT = re.compile(r"(\.nii\.gz|\.nii|\.nrrd|\.mha|\.mhd|\.png|\.jpe?g|\.tiff?|\.bmp|\.dcm|\.npz|\.npy)$", re.IGNORECASE)
-
-
-def case_name(path: str | os.PathLike[str]) -> str:
-    """The case identifier of an input file: its base name without image extensions."""
-    name = Path(os.fspath(path)).name
-    return _EXT.sub("", name) or name
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -102,20 +93,21 @@ class OODResultWriter:
         map_key: engine-output key of the anomaly map, already on the input grid. Defaults to ``"pred"``.
         score_key: key of the image / volume score. Defaults to ``"ood_score"``.
         label_key: optional key of a case-level label (1 = OOD / anomalous) copied to ``scores.csv``.
-        threshold: map threshold for ``*_anomaly_seg.nii.gz``. ``None``: read it from ``detector`` (if given and
-            calibrated), else no masks. Take it from healthy data.
-        score_threshold: image-score threshold for the ``flagged`` column; ``None``: from ``detector`` (if
+        threshold: map threshold for ``*_anomaly_seg.nii.gz``. ``None``: read it from ``calibration`` (if given
+            and calibrated), else no masks. Take it from healthy data.
+        score_threshold: image-score threshold for the ``flagged`` column; ``None``: from ``calibration`` (if
             calibrated), else no column.
-        detector: a calibrated detector whose healthy quantiles give the thresholds (read at the first case,
-            i.e. after the weights are loaded).
+        calibration: the detector's :class:`~medood.detectors.calibration.Calibration` (``detector.calibration``);
+            its :meth:`~medood.detectors.calibration.Calibration.thresholds` give the thresholds and the overlay
+            colour window, read at the first case (i.e. after the weights are loaded).
         map_percentile: healthy map-value percentile used as mask threshold. Defaults to 99.5.
         score_percentile: healthy image-score percentile used for ``flagged``. Defaults to 95.
-        slice_axes: the file's voxel axes for slice scores (``()`` = none). Defaults to ``(-1,)``.
-        slice_reduction: ``"max"``, ``"mean"`` or ``"topk"``. Defaults to ``"topk"``.
-        slice_k: top-k count or fraction per slice. Defaults to 0.01.
         save_maps: write the map NIfTI files. Defaults to ``True``.
-        window: ``(low, high)`` map values for 2D overlay colours (dataset-level, from healthy data); ``None``
-            uses ``(threshold, 4 * threshold)`` when a threshold is given, else ``(0, max)`` of the map.
+        window: ``(low, high)`` map values for 2D overlay colours (dataset-level); ``None`` uses the
+            calibration's window, else ``(0, max)`` of the map.
+
+    Slice scores are written as the engine output carries them (``slice_scores``, computed by the inferer);
+    ``thresholds.json`` records the thresholds and colour window the run used.
         overwrite: replace existing outputs of the same case; with ``False`` an existing file is an error
             raised before anything of that case is written. Defaults to ``True``.
         output_transform: maps ``engine.state.output`` to a list of per-case dicts. Defaults to identity.
@@ -131,12 +123,9 @@ class OODResultWriter:
         label_key: str | None = None,
         threshold: float | None = None,
         score_threshold: float | None = None,
-        detector: Any = None,
+        calibration: Calibration | None = None,
         map_percentile: float = 99.5,
         score_percentile: float = 95.0,
-        slice_axes: Sequence[int] = (-1,),
-        slice_reduction: str = "topk",
-        slice_k: int | float = 0.01,
         save_maps: bool = True,
         window: tuple[float, float] | None = None,
         overwrite: bool = True,
@@ -147,9 +136,7 @@ class OODResultWriter:
         self.map_key, self.score_key, self.label_key = map_key, score_key, label_key
         self.threshold = None if threshold is None else float(threshold)
         self.score_threshold = None if score_threshold is None else float(score_threshold)
-        self.detector, self.map_percentile, self.score_percentile = detector, map_percentile, score_percentile
-        self.slice_axes = tuple(slice_axes)
-        self.slice_reduction, self.slice_k = slice_reduction, slice_k
+        self.calibration, self.map_percentile, self.score_percentile = calibration, map_percentile, score_percentile
         self.save_maps, self.window, self.overwrite = save_maps, window, overwrite
         self.output_transform, self.batch_transform = output_transform, batch_transform
         self.reset()
@@ -159,6 +146,7 @@ class OODResultWriter:
         self.rows: list[dict[str, Any]] = []
         self.slice_rows: list[tuple[str, int, int, float]] = []
         self._seen: dict[str, str] = {}
+        self._resolved = False
 
     def attach(self, engine: Engine) -> None:
         """Attach to an Ignite engine."""
@@ -191,22 +179,32 @@ class OODResultWriter:
         return name
 
     def _resolve_thresholds(self) -> None:
-        """Take missing thresholds from the detector's healthy calibration (once, at the first case)."""
-        cal = getattr(self.detector, "calibration", None)
-        if cal is None:
-            return
-        if self.threshold is None and cal.has_map:
-            self.threshold = cal.quantile(self.map_percentile / 100.0, "map")
-        if self.score_threshold is None and cal.has_scores:
-            self.score_threshold = cal.quantile(self.score_percentile / 100.0, "score")
+        """Take missing thresholds and the window from the healthy calibration (once, at the first case)."""
+        if self.calibration is not None:
+            found = self.calibration.thresholds(self.map_percentile, self.score_percentile)
+            self.threshold = found.map if self.threshold is None else self.threshold
+            self.score_threshold = found.score if self.score_threshold is None else self.score_threshold
+            self.window = found.window if self.window is None else self.window
+        if self.window is None and self.threshold is not None:
+            self.window = overlay_window(self.threshold)
         if self.threshold is None:
-            logger.warning("the detector is not calibrated on healthy data: no *_anomaly_seg masks are written")
-        self.detector = None
+            logger.warning("no healthy calibration: no *_anomaly_seg masks are written")
+        self.calibration = None
+        info = {
+            "map_threshold": self.threshold,
+            "score_threshold": self.score_threshold,
+            "window": None if self.window is None else [float(v) for v in self.window],
+            "map_percentile": self.map_percentile,
+            "score_percentile": self.score_percentile,
+        }
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.output_dir / "thresholds.json", json.dumps(info, indent=2) + "\n")
 
     def write_case(self, item: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
         """Write one case's files and collect its rows; returns the case name."""
-        if self.detector is not None:
+        if not self._resolved:
             self._resolve_thresholds()
+            self._resolved = True
         amap = item[self.map_key]
         meta = getattr(amap, "meta", {}) or {}
         source = str(meta.get("filename_or_obj", f"case_{len(self.rows):04d}"))
@@ -273,16 +271,13 @@ class OODResultWriter:
     def _window(self, arr: np.ndarray) -> tuple[float, float]:
         if self.window is not None:
             return float(self.window[0]), float(self.window[1])
-        if self.threshold is not None:
-            return self.threshold, 4.0 * self.threshold if self.threshold > 0 else self.threshold + 1.0
         return 0.0, float(max(arr.max(), 1e-12))
 
     def _collect_scores(self, case: str, item: dict[str, Any], extra: dict[str, Any], arr: np.ndarray) -> None:
         score_val = item.get(self.score_key)
         if score_val is None:
-            score = float(reduce_map(torch.from_numpy(arr)[None, None], "max").item())
-        else:
-            score = float(_to_numpy(score_val).reshape(-1)[0])
+            raise KeyError(f"case {case}: the engine output has no {self.score_key!r} (run an OODEvaluator)")
+        score = float(_to_numpy(score_val).reshape(-1)[0])
         row: dict[str, Any] = {"case": case, "score": score}
         if self.label_key is not None:
             lab = item.get(self.label_key, extra.get(self.label_key))
@@ -291,12 +286,8 @@ class OODResultWriter:
         if self.score_threshold is not None:
             row["flagged"] = int(score > self.score_threshold)
         self.rows.append(row)
-        if arr.ndim >= 2 and self.slice_axes:
-            t = torch.from_numpy(arr)[None, None]
-            for ax in self.slice_axes:
-                axis = ax % arr.ndim
-                values = reduce_slices(t, axis, self.slice_reduction, self.slice_k)[0].tolist()
-                self.slice_rows.extend((case, axis, i, float(v)) for i, v in enumerate(values))
+        for axis, values in sorted((item.get(OODKeys.SLICE_SCORES.value) or {}).items()):
+            self.slice_rows.extend((case, int(axis), i, float(v)) for i, v in enumerate(_to_numpy(values).tolist()))
 
     def finalize(self) -> None:
         """Write ``scores.csv`` and ``slice_scores.csv`` (atomically, replacing this run's previous ones)."""

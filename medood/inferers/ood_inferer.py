@@ -1,8 +1,11 @@
-"""Whole-image anomaly maps stitched by MONAI's sliding-window (or slice-wise) inferers, plus reductions.
+"""The inference step of a detector run: the whole-input anomaly map, its volume score and its slice scores.
 
-MONAI stitches only spatial outputs, so a map-producing detector's ``forward`` returns its map
-``(B, 1, *patch)`` and this inferer stitches it over the whole volume; the slice and volume scores are then
-reductions of the stitched map (:mod:`medood.inferers.reduce`).
+MONAI stitches only spatial outputs, so a map-producing detector's ``forward`` returns its map ``(B, 1, *patch)``
+and :class:`OODInferer` runs it on the whole input at once, patch-wise (MONAI ``SlidingWindowInferer``) or slice by
+slice (MONAI ``SliceInferer``). It is also the one place that turns maps into scores on the inference path:
+the volume score is the detector's own :meth:`~medood.detectors.base.OODDetector.map_score` (the method defines
+it), the slice scores the reduction configured here; :class:`~medood.engines.OODEvaluator` calls both once and
+carries the results in the engine output, and the writers only write them.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import torch
 from monai.inferers import Inferer, SimpleInferer, SliceInferer, SlidingWindowInferer
 from torch import Tensor
 
-from medood.inferers.reduce import reduce_map, reduce_slices
+from medood.detectors.base import OODDetector
 from medood.utils.enums import MapReduction
+from medood.utils.reduce import reduce_map, reduce_slices
 
-__all__ = ["OODInferenceResult", "OODSlidingWindowInferer"]
+__all__ = ["OODInferenceResult", "OODInferer"]
 
 
 class OODInferenceResult(NamedTuple):
@@ -34,26 +38,23 @@ class OODInferenceResult(NamedTuple):
     slice_scores: dict[int, Tensor]
 
 
-class OODSlidingWindowInferer(Inferer):
-    """Stitch anomaly maps over whole images and reduce them to slice and volume scores.
+class OODInferer(Inferer):
+    """Anomaly maps over whole inputs, and their volume and slice scores.
 
     Args:
-        roi_size: patch size for sliding-window inference; ``None`` runs the network on the whole input at
-            once (right for detectors that handle a full, fixed-size field of view themselves).
+        roi_size: patch size for sliding-window inference; ``None`` (default) runs the network on the whole
+            input at once (right for detectors that take a full, fixed-size field of view themselves).
         sw_batch_size: patches per network call. Defaults to 4.
         overlap: patch overlap. Defaults to 0.25.
-        mode: blending, ``"gaussian"`` (removes patch seams in residual maps) or ``"constant"``.
+        mode: patch blending, ``"gaussian"`` (removes seams in residual maps) or ``"constant"``.
             Defaults to ``"gaussian"``.
-        slice_axis: run a **2D** network slice by slice over a 3D volume along this spatial axis
-            (MONAI ``SliceInferer``; after ``Orientationd("RAS")`` the axial axis is 2). ``roi_size`` is then
-            the 2D slice patch size (or ``None`` for whole slices). Defaults to ``None`` (network matches the
-            input dimensionality).
-        reduction: volume-score reduction, ``"max"``, ``"mean"`` or ``"topk"``. Defaults to ``"topk"``.
-        k: top-k count or fraction for the volume score. Defaults to 0.001 (top 0.1 % of foreground voxels).
-        slice_axes: spatial axes along which :meth:`infer` also returns slice scores. Defaults to ``(-1,)``.
-        slice_reduction: slice-score reduction. Defaults to ``"topk"``.
-        slice_k: top-k count or fraction per slice. Defaults to 0.01.
-        foreground_fn: optional ``f(inputs) -> bool mask`` restricting the reductions (e.g. the brain).
+        slice_axis: run a **2D** network slice by slice over a 3D volume along this spatial axis (MONAI
+            ``SliceInferer``); ``roi_size`` is then the 2D patch size (or ``None`` for whole slices).
+            Defaults to ``None`` (the network matches the input dimensionality).
+        slice_axes: spatial axes of the slice scores. In a bundle run they are computed on the map after
+            ``Invertd``, so they are the input file's voxel axes. Defaults to ``(-1,)``.
+        slice_reduction: slice-score reduction, ``"max"``, ``"mean"`` or ``"topk"``. Defaults to ``"topk"``.
+        slice_k: top-k count or fraction of each slice's voxels. Defaults to 0.01.
         **sw_kwargs: forwarded to MONAI's ``SlidingWindowInferer`` (``sw_device``, ``device``, ``progress`` ...).
     """
 
@@ -64,20 +65,15 @@ class OODSlidingWindowInferer(Inferer):
         overlap: float = 0.25,
         mode: str = "gaussian",
         slice_axis: int | None = None,
-        reduction: str = "topk",
-        k: int | float = 0.001,
         slice_axes: Sequence[int] = (-1,),
         slice_reduction: str = "topk",
         slice_k: int | float = 0.01,
-        foreground_fn: Callable[[Tensor], Tensor | None] | None = None,
         **sw_kwargs: Any,
     ) -> None:
         super().__init__()
-        MapReduction(reduction), MapReduction(slice_reduction)  # validate early
-        self.reduction, self.k = reduction, k
+        MapReduction(slice_reduction)  # validate early
         self.slice_axes = tuple(slice_axes)
         self.slice_reduction, self.slice_k = slice_reduction, slice_k
-        self.foreground_fn = foreground_fn
         self.slice_axis = slice_axis
         self._inner: Inferer
         if slice_axis is not None:
@@ -108,21 +104,28 @@ class OODSlidingWindowInferer(Inferer):
             )
         return out.float()
 
-    def foreground(self, inputs: Tensor) -> Tensor | None:
-        """The foreground mask used by the reductions (``None`` = every voxel)."""
-        return None if self.foreground_fn is None else self.foreground_fn(inputs)
+    @staticmethod
+    def volume_score(anomaly_map: Tensor, inputs: Tensor, network: Any) -> Tensor:
+        """``(B,)`` volume / image scores: the detector's :meth:`~medood.detectors.base.OODDetector.map_score`.
 
-    def volume_score(self, anomaly_map: Tensor, mask: Tensor | None = None) -> Tensor:
-        """``(B,)`` volume / image scores from stitched maps."""
-        return reduce_map(anomaly_map, self.reduction, self.k, mask)
+        A network that is not a detector (a plain map network) scores its map's maximum.
+        """
+        net = getattr(network, "module", network)
+        if isinstance(net, OODDetector):
+            return net.map_score(anomaly_map, inputs)
+        return reduce_map(anomaly_map, MapReduction.MAX.value)
 
-    def slice_scores(self, anomaly_map: Tensor, mask: Tensor | None = None) -> dict[int, Tensor]:
-        """Slice scores along every configured axis."""
-        return {ax: reduce_slices(anomaly_map, ax, self.slice_reduction, self.slice_k, mask) for ax in self.slice_axes}
+    def slice_scores(self, anomaly_map: Tensor) -> dict[int, Tensor]:
+        """Slice scores ``{axis: (B, n_slices)}`` of maps ``(B, 1, *spatial)`` along every ``slice_axes`` axis."""
+        n_spatial = anomaly_map.ndim - 2
+        return {
+            ax % n_spatial: reduce_slices(anomaly_map, ax, self.slice_reduction, self.slice_k)
+            for ax in self.slice_axes
+            if n_spatial >= 2
+        }
 
     @torch.no_grad()
     def infer(self, inputs: Tensor, network: Callable[..., Tensor], *args: Any, **kwargs: Any) -> OODInferenceResult:
-        """Map, volume score and slice scores in one call."""
+        """Map, volume score and slice scores of a batch in one call (outside an engine)."""
         amap = self(inputs, network, *args, **kwargs)
-        mask = self.foreground(inputs)
-        return OODInferenceResult(amap, self.volume_score(amap, mask), self.slice_scores(amap, mask))
+        return OODInferenceResult(amap, self.volume_score(amap, inputs, network), self.slice_scores(amap))

@@ -284,7 +284,7 @@ def _slices(
     """Per-slice scores and lesion flags along ``axis``; slices without foreground are dropped."""
     import torch
 
-    from medood.inferers.reduce import reduce_slices
+    from medood.utils.reduce import reduce_slices
 
     if not -score_map.ndim <= axis < score_map.ndim:
         raise DataError(path, f"slice axis {axis} out of range for a map of shape {score_map.shape}")
@@ -431,9 +431,8 @@ def evaluate_outputs(
         seed: sub-sampling seed. Defaults to 0.
         out_file: JSON written (atomically) into ``output_dir`` (``None`` = none). Defaults to ``"metrics.json"``.
     """
-    from medood.handlers.writers import case_name
     from medood.metrics.functional import auroc, average_precision, fpr_at_tpr
-    from medood.utils.io import atomic_write_text
+    from medood.utils.io import atomic_write_text, case_name
 
     out = Path(output_dir)
     result: dict[str, Any] = {}

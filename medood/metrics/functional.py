@@ -327,7 +327,7 @@ def fpr_at_tpr(scores: Any, is_ood: Any, tpr: float = 0.95, positive: Literal["o
 def slice_level_metrics(slice_scores: Any, slice_has_lesion: Any) -> dict[str, float]:
     """AP and AUROC over slices (lesion slices positive), pooled over all slices of all cases.
 
-    Slice scores come from reducing an anomaly map over each slice (``medood.inferers.reduce_slices``).
+    Slice scores come from reducing an anomaly map over each slice (``medood.utils.reduce_slices``).
 
     Args:
         slice_scores: one score per slice (any shape, e.g. ``(cases, slices)``; flattened).

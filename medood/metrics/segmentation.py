@@ -274,7 +274,7 @@ def best_dice(
 
     This is the upper bound most unsupervised-anomaly-segmentation papers report ("best possible Dice",
     "max-DICE"). A user cannot reach it: a real threshold must come from healthy validation data
-    (``detector.threshold(...)``); report :func:`dice_at_threshold` with that threshold next to it.
+    (``detector.calibration.thresholds(...)``); report :func:`dice_at_threshold` with that threshold next to it.
 
     Computed from one sort of the pooled voxels: Dice(t) = 2 TP(t) / (P(t) + G) with predictions
     ``map >= t``, exactly over every distinct lesion-voxel score (default) or over ``n_thresholds`` quantiles.

@@ -27,6 +27,7 @@ class OODKeys(StrEnum):
     FEATURES = "features"
     LOGITS = "logits"
     CASE = "case"
+    SLICE_SCORES = "slice_scores"
 
 
 class MapReduction(StrEnum):

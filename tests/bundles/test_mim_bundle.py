@@ -142,7 +142,7 @@ def test_inference_config_alone_runs_on_a_plain_folder(tmp_path: Path, data: Pat
     )
     wf.initialize()
     assert wf.check_properties() in (None, [])
-    wf.network_def._set_fitted()  # untrained weights are enough to check the plumbing
+    wf.network_def.mark_fitted()  # untrained weights are enough to check the plumbing
     wf.run()
     assert sorted(p.name for p in out.glob("*_anomaly_map.nii.gz")) == ["p0_anomaly_map.nii.gz", "p1_anomaly_map.nii.gz"]
     assert (out / "scores.csv").exists() and (out / "slice_scores.csv").exists()

@@ -33,7 +33,7 @@ def fit_in_batches(det: OODDetector, features: dict[str, Tensor], labels: Tensor
             {k: v[i : i + size] for k, v in features.items()}, None if labels is None else labels[i : i + size]
         )
     det.finalize_fit()
-    det._set_fitted()
+    det.mark_fitted()
     return det
 
 

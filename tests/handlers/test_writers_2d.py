@@ -15,7 +15,7 @@ from medood.data.image2d import read_map_nifti_2d
 from medood.data.transforms import LoadImage2Dd
 from medood.engines import OODEvaluator
 from medood.handlers import OODResultWriter
-from medood.inferers import OODSlidingWindowInferer
+from medood.inferers import OODInferer
 
 
 class BrightnessMap(torch.nn.Module):
@@ -37,9 +37,9 @@ def test_non_square_png_keeps_orientation(tmp_path) -> None:
         device=torch.device("cpu"),
         val_data_loader=DataLoader(Dataset([{"image": str(tmp_path / "case.png")}], pre)),
         network=BrightnessMap(),
-        inferer=OODSlidingWindowInferer(),
+        inferer=OODInferer(slice_axes=(0,)),
         postprocessing=post,
-        val_handlers=[OODResultWriter(out, threshold=0.5, slice_axes=(0,))],
+        val_handlers=[OODResultWriter(out, threshold=0.5)],
     )
     evaluator.run()
 

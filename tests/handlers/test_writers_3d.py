@@ -4,6 +4,7 @@ the result writer; the written map has the input's shape and affine; CSVs have t
 from __future__ import annotations
 
 import csv
+import json
 
 import nibabel as nib
 import numpy as np
@@ -24,7 +25,8 @@ from monai.transforms import (
 from medood.detectors import get_detector
 from medood.engines import OODEvaluator
 from medood.handlers import CalibrationHandler, OODResultWriter
-from medood.inferers import OODSlidingWindowInferer
+from medood.inferers import OODInferer
+from medood.utils.reduce import reduce_slices
 
 AFFINE = np.array([[-1.2, 0.0, 0.0, 50.0], [0.0, 1.0, 0.0, -30.0], [0.0, 0.0, 2.0, 10.0], [0.0, 0.0, 0.0, 1.0]])
 SHAPE = (20, 24, 10)
@@ -58,7 +60,7 @@ def _pipeline(paths, det, writer_or_handler, extra_handlers=()):
         device=torch.device("cpu"),
         val_data_loader=loader,
         network=det,
-        inferer=OODSlidingWindowInferer(roi_size=(8, 8, 8), sw_batch_size=2),
+        inferer=OODInferer(roi_size=(8, 8, 8), sw_batch_size=2, slice_axes=(0, 2)),
         postprocessing=post,
         val_handlers=[writer_or_handler, *extra_handlers],
     )
@@ -76,12 +78,14 @@ def test_map_has_input_grid_and_csvs(tmp_path, trained_ae):
     paths = _write_cases(tmp_path, 3)
     calib = CalibrationHandler(trained_ae, foreground="all", save_path=tmp_path / "models" / "model.pt")
     _pipeline(paths, trained_ae, calib).run()
-    thr = trained_ae.threshold(99.0, "map")
-    assert np.isfinite(thr)
+    found = trained_ae.calibration.thresholds(99.0, 40.0)
+    thr, score_thr = found.map, found.score
+    assert thr is not None and np.isfinite(thr)
+    assert score_thr is not None and np.isfinite(score_thr)
     assert (tmp_path / "models" / "model.pt").exists()
 
     out = tmp_path / "out"
-    writer = OODResultWriter(out, threshold=thr, score_threshold=trained_ae.threshold(99.0, "score"), slice_axes=(0, 2))
+    writer = OODResultWriter(out, calibration=trained_ae.calibration, map_percentile=99.0, score_percentile=40.0)
     _pipeline(paths, trained_ae, writer).run()
 
     for i in range(3):
@@ -96,11 +100,16 @@ def test_map_has_input_grid_and_csvs(tmp_path, trained_ae):
         assert seg.shape == SHAPE
         np.testing.assert_allclose(seg.affine, AFFINE, atol=1e-5)
         assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1}
+        np.testing.assert_array_equal(np.asarray(seg.dataobj), (np.asarray(img.dataobj) >= thr).astype(np.uint8))
 
     rows = list(csv.DictReader(open(out / "scores.csv")))
     assert [r["case"] for r in rows] == ["case0", "case1", "case2"]
     assert set(rows[0]) == {"case", "score", "flagged"}
     assert all(np.isfinite(float(r["score"])) for r in rows)
+    # flagged = score above the 40th percentile of the same three (calibration) cases: exactly the top two
+    assert [int(r["flagged"]) for r in rows] == [int(float(r["score"]) > score_thr) for r in rows]
+    assert sum(int(r["flagged"]) for r in rows) == 2
+    assert json.loads((out / "thresholds.json").read_text())["score_threshold"] == pytest.approx(score_thr)
 
     srows = list(csv.DictReader(open(out / "slice_scores.csv")))
     assert list(srows[0]) == ["case", "axis", "slice", "score"]
@@ -109,6 +118,12 @@ def test_map_has_input_grid_and_csvs(tmp_path, trained_ae):
         per_axis[(r["case"], r["axis"])] += 1
     assert all(per_axis[(c, "0")] == SHAPE[0] and per_axis[(c, "2")] == SHAPE[2] for c in ("case0", "case1", "case2"))
     assert len(srows) == 3 * (SHAPE[0] + SHAPE[2])
+    # the slice scores are the inferer's reduction of the written map, along the file's voxel axes
+    written = torch.from_numpy(np.asarray(nib.load(str(out / "case1_anomaly_map.nii.gz")).dataobj))[None, None]
+    for axis in (0, 2):
+        expect = reduce_slices(written, axis, "topk", 0.01)[0]
+        got = [float(r["score"]) for r in srows if r["case"] == "case1" and r["axis"] == str(axis)]
+        np.testing.assert_allclose(got, expect.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_no_overwrite_keeps_existing_outputs(tmp_path, trained_ae):

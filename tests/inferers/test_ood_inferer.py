@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medood.inferers import OODSlidingWindowInferer, reduce_map, reduce_slices
+from medood.inferers import OODInferer
+from medood.utils.reduce import reduce_map, reduce_slices
 
 
 def test_reductions_by_hand() -> None:
@@ -48,8 +49,8 @@ def _map_net(x: torch.Tensor) -> torch.Tensor:
 
 def test_sliding_window_matches_whole_image_for_a_local_network() -> None:
     x = torch.rand(2, 1, 20, 18, 12)
-    whole = OODSlidingWindowInferer(roi_size=None)(x, _map_net)
-    tiled = OODSlidingWindowInferer(roi_size=(8, 8, 8), sw_batch_size=3, overlap=0.5, mode="constant")(x, _map_net)
+    whole = OODInferer(roi_size=None)(x, _map_net)
+    tiled = OODInferer(roi_size=(8, 8, 8), sw_batch_size=3, overlap=0.5, mode="constant")(x, _map_net)
     torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=1e-5)
 
 
@@ -62,7 +63,7 @@ def test_slice_wise_2d_network_on_volumes_and_infer_outputs() -> None:
         calls.append(s.shape[0])
         return _map_net(s)
 
-    inf = OODSlidingWindowInferer(slice_axis=2, slice_axes=(0, 2), reduction="max", slice_reduction="max")
+    inf = OODInferer(slice_axis=2, slice_axes=(0, 2), slice_reduction="max")
     res = inf.infer(x, net2d)
     torch.testing.assert_close(res.anomaly_map, _map_net(x))
     assert sum(calls) == 7
@@ -72,10 +73,10 @@ def test_slice_wise_2d_network_on_volumes_and_infer_outputs() -> None:
 
 
 def test_inferer_rejects_non_map_networks() -> None:
-    inf = OODSlidingWindowInferer()
+    inf = OODInferer()
     with pytest.raises(ValueError, match="does not match"):
         inf(torch.rand(1, 1, 8, 8), lambda x: torch.rand(1, 2, 8, 8))
     with pytest.raises(TypeError, match="one anomaly map"):
         inf(torch.rand(1, 1, 8, 8), lambda x: (x, x))
     with pytest.raises(ValueError):
-        OODSlidingWindowInferer(reduction="median")
+        OODInferer(slice_reduction="median")

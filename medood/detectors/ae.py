@@ -15,7 +15,7 @@ References:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -25,16 +25,17 @@ from torch import Tensor
 
 from medood.detectors.base import OODDetector, OODOutput
 from medood.detectors.registry import register_detector
-from medood.inferers.reduce import reduce_map
+from medood.detectors.stages import TrainingStage
+from medood.losses import ReconstructionLoss
 from medood.utils.enums import OODKeys
 
-__all__ = ["ReconstructionDetector"]
+__all__ = ["AutoencoderDetector"]
 
 logger = logging.getLogger(__name__)
 
 
 @register_detector("ae")
-class ReconstructionDetector(OODDetector):
+class AutoencoderDetector(OODDetector):
     """Autoencoder reconstruction-residual detector (trained; produces maps; 2D and 3D).
 
     Args:
@@ -48,8 +49,8 @@ class ReconstructionDetector(OODDetector):
         mask_background: zero the map where every input channel is 0 (skull-stripped MRI). Defaults to False.
         score_reduction: ``"max"``, ``"mean"`` or ``"topk"``. Defaults to ``"topk"``.
         score_k: top-k count or fraction of foreground voxels. Defaults to 0.001.
-        epochs: training epochs run by :meth:`fit`. Defaults to 20.
-        lr: Adam learning rate. Defaults to 1e-3.
+        epochs: epochs of the declared training stage when trained by ``fit``. Defaults to 20.
+        lr: its Adam learning rate. Defaults to 1e-3.
     """
 
     requires_training = True
@@ -96,24 +97,16 @@ class ReconstructionDetector(OODDetector):
         """Voxels where any channel is non-zero, when ``mask_background`` is set."""
         return (x.abs().amax(1, keepdim=True) > 0) if self.mask_background else None
 
-    def fit(self, loader: Iterable[Any]) -> ReconstructionDetector:
-        """Train the autoencoder on in-distribution batches for ``epochs`` epochs (Ignite, progress bar)."""
-        from medood.engines.train_utils import train_network
-        from medood.losses import ReconstructionLoss
+    def training_stages(self) -> tuple[TrainingStage, ...]:
+        """One stage: the autoencoder, L1 reconstruction of the in-distribution images."""
+        return (
+            TrainingStage("autoencoder", "net", ReconstructionLoss, {"kind": "l1"}, epochs=self.epochs, lr=self.lr),
+        )
 
-        train_network(self.net, loader, ReconstructionLoss("l1"), epochs=self.epochs, lr=self.lr, device=self.device)
-        self.net.eval()
-        self._set_fitted()
-        return self
-
-    def partial_fit_features(self, features: Mapping[str, Tensor], labels: Tensor | None = None) -> None:
-        """Train on one in-memory batch of images for ``epochs`` steps (for ``fit_features``)."""
-        from medood.engines.train_utils import train_network
-        from medood.losses import ReconstructionLoss
-
-        images = features[OODKeys.IMAGE.value]
-        train_network(self.net, [images], ReconstructionLoss("l1"), epochs=self.epochs, lr=self.lr, device=self.device)
-        self.net.eval()
+    @classmethod
+    def tiny_config(cls, spatial_dims: int) -> dict[str, Any]:
+        """An 8/16-channel autoencoder trained for 30 epochs."""
+        return {"spatial_dims": spatial_dims, "channels": (8, 16), "strides": (2, 2), "epochs": 30}
 
     def residual_map(self, x: Tensor) -> Tensor:
         """``(B, 1, *S)`` smoothed mean absolute residual, zero outside the foreground if masked."""
@@ -132,4 +125,4 @@ class ReconstructionDetector(OODDetector):
         x = features[OODKeys.IMAGE.value].float()
         self._check_input(x)
         amap = self.residual_map(x)
-        return OODOutput(reduce_map(amap, self.score_reduction, self.score_k, self.foreground_mask(x)), amap)
+        return OODOutput(self.map_score(amap, x), amap)

@@ -1,0 +1,18 @@
+"""Stage losses: ``loss(network, inputs, targets) -> (loss, outputs)`` callables run by the stage trainers.
+
+They sit between the networks and the detectors: detectors name them in their declared training stages
+(:class:`~medood.detectors.stages.TrainingStage`), :mod:`medood.engines` runs them.
+"""
+
+from __future__ import annotations
+
+from medood.losses.stages import (
+    ARTokenLoss,
+    MaskedTokenLoss,
+    ReconstructionLoss,
+    TokenDetectorLoss,
+    VQVAELoss,
+    ar_sequences,
+)
+
+__all__ = ["ARTokenLoss", "MaskedTokenLoss", "ReconstructionLoss", "TokenDetectorLoss", "VQVAELoss", "ar_sequences"]
