@@ -72,6 +72,9 @@ class OODDetector(nn.Module, ABC):
         requires_training: the detector owns networks trained by an Ignite engine (``medood.engines``).
         produces_map: ``predict_map`` returns a voxel-wise anomaly map.
         supported_spatial_dims: spatial dimensionalities of the inputs the detector accepts.
+        needs_input_grad: scoring needs gradients with respect to the input (e.g. ODIN's perturbation), so
+            precomputed features are not enough: batch scorers call :meth:`score` on the images instead of
+            :meth:`score_features`.
     """
 
     name: ClassVar[str] = ""
@@ -79,6 +82,7 @@ class OODDetector(nn.Module, ABC):
     requires_training: ClassVar[bool] = False
     produces_map: ClassVar[bool] = False
     supported_spatial_dims: ClassVar[tuple[int, ...]] = (2, 3)
+    needs_input_grad: ClassVar[bool] = False
     _fitted: Tensor
 
     def __init__(self) -> None:
