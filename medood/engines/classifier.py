@@ -188,6 +188,34 @@ def _cpu_state(network: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
 
 
+class _KeepBest:
+    """Evaluator handler: after each validation, keep (and save) the weights if the value is the best so far."""
+
+    def __init__(
+        self, network: nn.Module, trainer: Any, metric: str, lower_is_better: bool, path: Any, config: dict | None
+    ) -> None:
+        self.network, self.trainer, self.metric, self.lower = network, trainer, metric, lower_is_better
+        self.path, self.config = path, dict(config or {})
+        self.value, self.epoch = math.nan, 0
+        self.state: dict[str, Tensor] | None = None
+        self.history: list[tuple[int, float]] = []
+
+    def __call__(self, engine: Any) -> None:
+        value, epoch = float(engine.state.metrics[self.metric]), self.trainer.state.epoch
+        self.history.append((epoch, value))
+        logger.info("epoch %d: %s %.4f", epoch, self.metric, value)
+        improved = value < self.value if self.lower else value > self.value
+        if self.state is None or improved:
+            self.value, self.epoch, self.state = value, epoch, _cpu_state(self.network)
+            self.save()
+
+    def save(self, **extra: Any) -> None:
+        """Write the kept weights with the config, the best value and epoch, and ``extra``."""
+        if self.path is not None:
+            info = {**self.config, f"best_{self.metric}": self.value, "best_epoch": self.epoch, **extra}
+            save_checkpoint({"model": self.state, "config": info}, self.path)
+
+
 def train_classifier(
     network: nn.Module,
     train_loader: Iterable[Any],
@@ -231,33 +259,18 @@ def train_classifier(
     ProgressBar("loss", enabled=progress).attach(trainer)
     for handler in train_handlers:
         handler.attach(trainer)
-    best: dict[str, Any] = {"value": math.nan, "epoch": 0, "state": None}
-    history: list[tuple[int, float]] = []
-    better = (lambda a, b: a < b) if s.select == "loss" else (lambda a, b: a > b)
-
-    def record(extra: dict[str, Any]) -> None:
-        if checkpoint_path is not None:
-            save_checkpoint({"model": best["state"], "config": {**(config or {}), **extra}}, checkpoint_path)
-
-    @evaluator.on(Events.COMPLETED)
-    def _keep_best(engine: Any) -> None:
-        value, epoch = float(engine.state.metrics[s.metric]), trainer.state.epoch
-        history.append((epoch, value))
-        logger.info("epoch %d: %s %.4f", epoch, s.metric, value)
-        if best["state"] is None or better(value, best["value"]):
-            best.update(value=value, epoch=epoch, state=_cpu_state(network))
-            record({f"best_{s.metric}": value, "best_epoch": epoch})
-
+    keeper = _KeepBest(network, trainer, s.metric, s.select == "loss", checkpoint_path, config)
+    evaluator.add_event_handler(Events.COMPLETED, keeper)
     start = time.perf_counter()
     trainer.run()
     seconds = time.perf_counter() - start
-    if best["state"] is None:  # no validation ran (val_interval > epochs): keep the last weights
-        best["state"] = _cpu_state(network)
-    network.load_state_dict(best["state"])
-    record({f"best_{s.metric}": best["value"], "best_epoch": best["epoch"], "train_seconds": seconds})
+    if keeper.state is None:  # no validation ran (val_interval > epochs): keep the last weights
+        keeper.state = _cpu_state(network)
+    network.load_state_dict(keeper.state)
+    keeper.save(train_seconds=seconds)
     saved = f"; saved {checkpoint_path}" if checkpoint_path is not None else ""
-    logger.info("best %s %.4f at epoch %d%s", s.metric, best["value"], best["epoch"], saved)
-    return TrainedClassifier(network.eval(), best["epoch"], best["value"], s.metric, history, seconds)
+    logger.info("best %s %.4f at epoch %d%s", s.metric, keeper.value, keeper.epoch, saved)
+    return TrainedClassifier(network.eval(), keeper.epoch, keeper.value, s.metric, keeper.history, seconds)
 
 
 def load_classifier(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
