@@ -42,7 +42,7 @@ def _scale(v: float, lo: float, hi: float, a: float, b: float) -> float:
 def _vline(x: float, height: int, colour: str, label: str) -> str:
     return (
         f'<line x1="{x:.1f}" y1="{_PAD_T}" x2="{x:.1f}" y2="{height - _PAD_B}" stroke="{colour}" '
-        f'stroke-dasharray="4 3"/><text x="{x + 3:.1f}" y="{_PAD_T + 10}" font-size="10" fill="{colour}">'
+        f'stroke-dasharray="4 3"/><text x="{x + 3:.1f}" y="{height - _PAD_B - 4}" font-size="10" fill="{colour}">'
         f"{escape(label)}</text>"
     )
 
