@@ -23,4 +23,12 @@ from medood.monailabel.studies import (
     resolve_study,
 )
 
-__all__ = ["MAPS_FOLDER", "AnomalyOutputd", "HideStudyPathd", "anomaly_map_path", "bundle_makes_maps", "resolve_bundle", "resolve_study"]
+__all__ = [
+    "MAPS_FOLDER",
+    "AnomalyOutputd",
+    "HideStudyPathd",
+    "anomaly_map_path",
+    "bundle_makes_maps",
+    "resolve_bundle",
+    "resolve_study",
+]

@@ -17,7 +17,16 @@ from medood.handlers.writers import case_name, write_map_nifti
 from medood.inferers.reduce import reduce_slices
 from medood.utils.errors import DataError
 
-__all__ = ["MAPS_FOLDER", "STUDY_KEY", "AnomalyOutputd", "HideStudyPathd", "anomaly_map_path", "bundle_makes_maps", "resolve_bundle", "resolve_study"]
+__all__ = [
+    "MAPS_FOLDER",
+    "STUDY_KEY",
+    "AnomalyOutputd",
+    "HideStudyPathd",
+    "anomaly_map_path",
+    "bundle_makes_maps",
+    "resolve_bundle",
+    "resolve_study",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +131,8 @@ class AnomalyOutputd(MapTransform):
     """The app's last post transform: save the float map, threshold it into the labelmap, scores into ``result``.
 
     Input: ``d[key]``, the map ``(1, *spatial)`` on the input's grid (after the bundle's ``Invertd``), with its
-    ``affine``; ``d["study_path"]`` (:class:`HideStudyPathd`) or ``d["image_path"]``, the study; ``d[score_key]``, the volume score (from the network's grid);
+    ``affine``; ``d["study_path"]`` (:class:`HideStudyPathd`) or ``d["image_path"]``, the study;
+    ``d[score_key]``, the volume score (from the network's grid);
     ``d[threshold_key]``, the request's threshold (``None`` / ``""`` = ``default_threshold``).
     Output: ``d[key]`` = uint8 mask (0 background, 1 anomaly) with ``d[key + "_meta_dict"]["affine"]``, the float
     map written to :func:`anomaly_map_path`, and ``d[result_key]`` = the JSON MONAI Label returns.
@@ -153,7 +163,8 @@ class AnomalyOutputd(MapTransform):
         result_key: str = "result",
     ) -> None:
         super().__init__(keys)
-        self.studies, self.default_threshold, self.threshold_source = Path(studies), default_threshold, threshold_source
+        self.studies = Path(studies)
+        self.default_threshold, self.threshold_source = default_threshold, threshold_source
         self.score_threshold, self.slice_axes = score_threshold, tuple(slice_axes)
         self.slice_reduction, self.slice_k = slice_reduction, slice_k
         self.score_key, self.threshold_key, self.result_key = score_key, threshold_key, result_key
@@ -189,7 +200,7 @@ class AnomalyOutputd(MapTransform):
             for ax in self.slice_axes
         }
         raw_score = d.get(self.score_key)
-        score = float(np.asarray(torch.as_tensor(raw_score).float()).reshape(-1)[0]) if raw_score is not None else None
+        score = None if raw_score is None else float(torch.as_tensor(raw_score).float().reshape(-1)[0])
         d[key] = (arr >= threshold).astype(np.uint8)
         d[f"{key}_meta_dict"] = {"affine": affine}
         d[self.result_key] = {

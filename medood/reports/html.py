@@ -125,7 +125,7 @@ def _scores_table(run: RunOutputs) -> str:
     head = '<tr><th class="l">case</th><th>score</th><th>label</th><th>flagged</th></tr>'
     rows = [
         f'<tr><td class="l">{escape(c.name)}</td><td>{_fmt(c.score)}</td><td>{"" if c.label is None else c.label}'
-        f'</td><td>{"<span class=flag>yes</span>" if c.flagged else ("no" if c.flagged == 0 else "")}</td></tr>'
+        f"</td><td>{'<span class=flag>yes</span>' if c.flagged else ('no' if c.flagged == 0 else '')}</td></tr>"
         for c in _ranked(run.cases)
     ]
     return f"<table>{head}{''.join(rows)}</table>"

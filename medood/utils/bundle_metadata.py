@@ -66,7 +66,9 @@ def validate_metadata(path: str | os.PathLike[str], max_errors: int = 5) -> dict
     if isinstance(meta.get("changelog"), dict) and meta.get("version") not in meta["changelog"]:
         problems.append(f"version: {meta.get('version')!r} has no entry in changelog")
     if problems:
-        shown = "; ".join(problems[:max_errors]) + (f"; ... ({len(problems)} in all)" if len(problems) > max_errors else "")
+        shown = "; ".join(problems[:max_errors]) + (
+            f"; ... ({len(problems)} in all)" if len(problems) > max_errors else ""
+        )
         raise DataError(p, f"does not follow the MONAI bundle metadata schema: {shown}", hint=str(schema_path()))
     return meta
 

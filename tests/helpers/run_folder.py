@@ -51,7 +51,7 @@ def make_run_2d(root: Path) -> Path:
     rows = []
     for i in range(2):
         name = f"img{i}"
-        Image.fromarray((np.arange(48, dtype=np.uint8).reshape(6, 8) * 5)).save(inputs / f"{name}.png")
+        Image.fromarray(np.arange(48, dtype=np.uint8).reshape(6, 8) * 5).save(inputs / f"{name}.png")
         amap = np.full((6, 8), 0.1 * i, np.float32)
         write_map_nifti_2d(amap, run / f"{name}_anomaly_map.nii.gz")
         Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(run / f"{name}_anomaly_overlay.png")

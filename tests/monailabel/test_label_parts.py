@@ -58,11 +58,11 @@ def test_bundles_resolve_and_only_map_bundles_are_served(tmp_path) -> None:
     assert resolve_bundle(str(mim)) == mim
     assert bundle_makes_maps(mim)
     assert not bundle_makes_maps(resolve_bundle("nero_endoscopy_ood_classification"))
-    with pytest.raises(DataError, match="known bundles: .*mim_brain_mri_anomaly_segmentation"):
+    with pytest.raises(DataError, match=r"known bundles: .*mim_brain_mri_anomaly_segmentation"):
         resolve_bundle("no_such_bundle")
     bad = tmp_path / "b"
     (bad / "configs").mkdir(parents=True)
-    with pytest.raises(DataError, match="metadata.json: has no readable network_data_format"):
+    with pytest.raises(DataError, match=r"metadata\.json: has no readable network_data_format"):
         bundle_makes_maps(bad)
 
 

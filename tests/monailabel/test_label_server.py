@@ -54,8 +54,11 @@ def _post(url: str, params: dict) -> tuple[int, str, bytes]:
 
 def _parts(content_type: str, body: bytes) -> dict[str, bytes]:
     msg = BytesParser().parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
-    return {part.get_param("name", header="content-disposition"): part.get_payload(decode=True) for part in msg.walk()
-            if part.get_param("name", header="content-disposition")}
+    return {
+        part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+        for part in msg.walk()
+        if part.get_param("name", header="content-disposition")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +73,23 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     log = (studies.parent / "server.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "medood.cli", "label", "serve", "--studies", str(studies), "--bundle", BUNDLE,
-         "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(studies.parent),
+        [
+            sys.executable,
+            "-m",
+            "medood.cli",
+            "label",
+            "serve",
+            "--studies",
+            str(studies),
+            "--bundle",
+            BUNDLE,
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=str(studies.parent),
     )
     url = f"http://127.0.0.1:{port}"
     try:

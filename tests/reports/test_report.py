@@ -121,17 +121,22 @@ def test_report_renders_in_headless_chromium(tmp_path) -> None:
     page = write_report(read_run(run_dir, images_dir=tmp_path / "inputs"))
     opts = webdriver.ChromeOptions()
     opts.binary_location = found[0]
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 f"--user-data-dir={tmp_path / 'chrome-profile'}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'chrome-profile'}",
+    ):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=found[1]), options=opts)
     try:
         driver.get(page.as_uri())
-        widths = driver.execute_script(
-            "return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)"
-        )
+        widths = driver.execute_script("return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
         n_svg = driver.execute_script("return document.querySelectorAll('svg').length")
         errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
     finally:

@@ -110,8 +110,8 @@ def test_scene_3d_loads_every_case_with_fixed_window_and_named_segments(tmp_path
     colour = [c for c in rec.calls if c[1:3] == ("SetAndObserveColorNodeID", COLOR_NODE)]
     window = [c for c in rec.calls if c[1] == "SetWindowLevelMinMax"]
     assert len(colour) == 3 and {c[2:] for c in window} == {(0.5, 2.0)}, "the window comes from thresholds.json"
-    assert [c for c in rec.calls if c[1] == "SetLowerThreshold"][0][2] == 0.5
-    assert [c for c in rec.calls if c[1] == "SetAutoWindowLevel"][0][2] == 0
+    assert next(c for c in rec.calls if c[1] == "SetLowerThreshold")[2] == 0.5
+    assert next(c for c in rec.calls if c[1] == "SetAutoWindowLevel")[2] == 0
     layers = [c for c in rec.calls if c[0] == "layers"]
     assert all(c[1] and c[2].endswith("_anomaly_map.nii.gz") and c[3] == 0.5 for c in layers)
     assert len(segs) == 3 and all(s.GetNumberOfSegments() == 1 for s in segs)
