@@ -170,12 +170,14 @@ class AnomalyOutputd(MapTransform):
         self.score_key, self.threshold_key, self.result_key = score_key, threshold_key, result_key
 
     def _threshold(self, d: Mapping[Hashable, Any]) -> tuple[float, str]:
-        raw = d.get(self.threshold_key)
+        raw = d.get(self.threshold_key)  # MONAI Label fills it from the task's config when the request has none
         if raw is not None and str(raw).strip() != "":
             try:
-                return float(raw), "request"
+                value = float(raw)
             except ValueError:
                 raise ValueError(f"threshold must be a number, got {raw!r}") from None
+            if value != self.default_threshold:
+                return value, "request"
         if self.default_threshold is None:
             raise ValueError("the detector has no healthy calibration: give a threshold with the request")
         return float(self.default_threshold), self.threshold_source

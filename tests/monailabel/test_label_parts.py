@@ -92,6 +92,7 @@ def test_anomaly_output_saves_the_map_and_returns_mask_and_scores(tmp_path) -> N
     assert r["volume_score"] == 1.5 and r["flagged"] is True and r["threshold"] == 1.0
     assert r["threshold_source"] == "healthy calibration" and r["slice_scores"] == {"2": [0.0, 2.0, 0.0, 0.0]}
     assert d["image_path"].endswith("case7.nii.gz")
+    assert t(_data(tmp_path, 1.0))["result"]["threshold_source"] == "healthy calibration"  # the config default
     d = t(_data(tmp_path, "3.0"))
     assert d["pred"].sum() == 0 and d["result"]["threshold_source"] == "request"
     with pytest.raises(ValueError, match="threshold must be a number"):
