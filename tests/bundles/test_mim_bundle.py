@@ -134,6 +134,8 @@ def test_all_stages_then_inference(tmp_path: Path, data: Path) -> None:
     assert 0.0 < voxel["best_dice"] <= 1.0
     assert {"dice", "slice_ap", "slice_auroc"} <= set(voxel), "Dice at the healthy threshold and slice metrics"
     assert (tmp_path / "evaluate" / "worst_slices.png").stat().st_size > 0
+    for name in ("thresholds.json", "report.html", "open_in_slicer.py"):  # medood.reports, from the output folder
+        assert (tmp_path / "evaluate" / name).stat().st_size > 0, name
 
 
 def test_inference_config_alone_runs_on_a_plain_folder(tmp_path: Path, data: Path) -> None:
