@@ -85,7 +85,7 @@ def test_all_stages_then_inference(tmp_path: Path, data: Path) -> None:
     _run(["inference.yaml", "train_vqvae.yaml"], "train", root, data)
     assert (root / "models" / "stages" / "vqvae.pt").exists()
     _run(["inference.yaml", "train_tokens.yaml", "train_detector.yaml"], "train", root, data)
-    _run(["inference.yaml", "train_tokens.yaml", "train_mim.yaml"], "train", root, data)
+    _run(["inference.yaml", "train_tokens.yaml", "train_mim.yaml", "augment.yaml"], "train", root, data)  # augmented
     assert (root / "models" / "model.pt").exists(), "the mim stage writes the calibrated final weights"
     _run(["inference.yaml", "inference_ar.yaml", "train_tokens.yaml", "train_ar.yaml"], "train", root, data)
     assert (root / "models" / "model_ar.pt").exists()
