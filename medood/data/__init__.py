@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from medood.data.errors import DataError
 
 __all__ = [
+    "CaseFailure",
     "DataError",
     "Image2DReader",
     "LoadDicomSeriesd",
@@ -15,10 +16,13 @@ __all__ = [
     "LoadVolume",
     "LoadVolumed",
     "MedMNISTDataset",
+    "SafeDataset",
+    "SkippingDataLoader",
     "ValidateImage",
     "ValidateImaged",
     "bids_datalist",
     "bundle_datalist",
+    "check_dataset",
     "check_volume",
     "class_folder_datalist",
     "decathlon_datalist",
@@ -51,9 +55,12 @@ _LAZY = {
     "LoadVolume": "transforms", "LoadVolumed": "transforms", "LoadImage2D": "transforms",
     "LoadImage2Dd": "transforms", "LoadDicomSeriesd": "transforms", "ValidateImage": "transforms",
     "ValidateImaged": "transforms",
+    "CaseFailure": "skipping", "SafeDataset": "skipping", "SkippingDataLoader": "skipping",
+    "check_dataset": "check",
 }  # fmt: skip
 
 if TYPE_CHECKING:
+    from medood.data.check import check_dataset
     from medood.data.datalist import bids_datalist, bundle_datalist, decathlon_datalist, nifti_datalist
     from medood.data.dicom import find_dicom_series, load_dicom_series
     from medood.data.folders import class_folder_datalist, ham10000_datalist, isic2019_datalist
@@ -67,6 +74,7 @@ if TYPE_CHECKING:
     )
     from medood.data.medmnist import MedMNISTDataset
     from medood.data.readers import check_volume, load_volume, save_split_4d, split_4d
+    from medood.data.skipping import CaseFailure, SafeDataset, SkippingDataLoader
     from medood.data.transforms import (
         LoadDicomSeriesd,
         LoadImage2D,
