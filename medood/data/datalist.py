@@ -75,11 +75,14 @@ def _outside(base: Path, target: str | os.PathLike[str]) -> bool:
     return os.path.commonpath([root, path]) != root
 
 
-def _check_entries(json_path: Path, key: str, items: list[dict[str, Any]], base: Path, allow_outside: bool) -> None:
-    """No path outside ``base`` (unless allowed), no file or ``case`` id listed twice."""
+def _check_entries(json_path: Path, key: str, items: list[Any], base: Path, allow_outside: bool) -> None:
+    """No path outside ``base`` (unless allowed), no file or ``case`` id listed twice; ``items`` as written."""
     seen_files: dict[str, int] = {}
     seen_cases: dict[str, int] = {}
-    for i, item in enumerate(items):
+    for i, entry in enumerate(items):
+        item = {"image": entry} if isinstance(entry, str) else entry
+        if not isinstance(item, dict):
+            continue  # reported by MONAI's parser as a malformed list
         for field in ("image", "label"):
             for v in entry_paths(item.get(field)):
                 if not allow_outside and _outside(base, v):
@@ -192,11 +195,11 @@ def decathlon_datalist(
     if not isinstance(content[key], list):
         raise DataError(p, f"key {key!r} is a {type(content[key]).__name__}, expected a list")
     base = Path(base_dir) if base_dir is not None else p.parent
+    _check_entries(p, key, content[key], base, allow_outside)
     try:
         datalist = load_decathlon_datalist(p, is_segmentation=True, data_list_key=key, base_dir=base)
     except (ValueError, TypeError, KeyError) as e:
         raise DataError(p, f"has a malformed {key!r} list: {e}") from e
-    _check_entries(p, key, datalist, base, allow_outside)
     missing = [
         str(v)
         for item in datalist

@@ -2,12 +2,12 @@
 
 Every failure becomes a :class:`~medood.data.errors.DataError` that names the file and the problem:
 missing path, empty folder, 0-byte file, wrong magic bytes (a PNG or random bytes renamed ``.nii.gz``),
-truncated gzip stream, header/data size mismatch, NaN/Inf voxels, constant volumes, a 4D or 2D file
-where a 3D volume is expected, a volume above the memory budget (checked from the header, before any voxel
-is read; :func:`medood.data._files.max_image_bytes`), and a bad geometry: a zero, negative or non-finite
-``pixdim`` (nibabel would silently replace it by 1 or its absolute value), a singular, sheared or absurd affine
-(:func:`medood.data.geometry.check_affine`), and an sform / qform / pixdim disagreement that MONAI would
-silently resolve by picking one of them.
+truncated or corrupt gzip stream (the whole stream's CRC is verified), header/data size mismatch, NaN/Inf
+voxels, constant volumes, a 4D or 2D file where a 3D volume is expected, a volume above the memory budget
+(checked from the header, before any voxel is read; :func:`medood.data._files.max_image_bytes`), and a bad
+geometry: a zero, negative or non-finite ``pixdim`` (nibabel would silently replace it by 1 or its absolute
+value), a singular, sheared or absurd affine (:func:`medood.data.geometry.check_affine`), and an sform /
+qform / pixdim disagreement that MONAI would silently resolve by picking one of them.
 
 Constant volumes (all zero, or any single value) are an **error by default**: they carry no image content,
 they usually come from a failed export or conversion, and intensity normalisation divides by their zero
@@ -20,8 +20,10 @@ Arrays are channel-first ``(C, X, Y, Z)`` with the NIfTI affine (RAS) in ``meta[
 
 from __future__ import annotations
 
+import gzip
 import logging
 import re
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -79,6 +81,8 @@ def _check_nifti_bytes(path: Path) -> str:
     if kind not in ("nifti1", "nifti2", "nifti1.gz", "nifti2.gz"):
         looks = "unrecognised content" if kind == "unknown" else f"the content looks like {describe_format(kind)}"
         raise DataError(path, f"wrong magic bytes: not a NIfTI file ({looks})")
+    if kind.endswith(".gz"):
+        _verify_gzip(path)
     return kind
 
 
@@ -100,6 +104,22 @@ def _check_raw_pixdim(path: Path, kind: str) -> None:
             f"has a {what} voxel spacing in its header (pixdim {describe_spacing(pixdim)})",
             "fix the header; nibabel would silently set it to 1 or its absolute value",
         )
+
+
+def _verify_gzip(path: Path) -> None:
+    """Decompress the whole stream once to verify its CRC and length.
+
+    gzip checks them only at the end of the stream, which nibabel never reaches when it reads just the voxels it
+    needs, so a corrupted stream would otherwise load wrong voxels.
+    """
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 22):
+                pass
+    except EOFError as e:
+        raise DataError(path, "truncated gzip stream: the compressed data ends early", "re-download the file") from e
+    except (OSError, zlib.error) as e:
+        raise DataError(path, f"corrupt gzip stream ({e})", "re-download or re-export the file") from e
 
 
 def _open_header(path: Path, max_bytes: int | None) -> nib.Nifti1Image | nib.Nifti2Image:
