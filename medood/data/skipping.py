@@ -176,3 +176,7 @@ class SkippingDataLoader(DataLoader):
 
     def __len__(self) -> int:
         raise TypeError("SkippingDataLoader has no length: failed items are dropped as they are met")
+
+    def __bool__(self) -> bool:
+        """Always true (``bool()`` would otherwise ask for the length)."""
+        return True

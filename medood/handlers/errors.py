@@ -108,7 +108,8 @@ class FailedCasesWriter:
     def _source(self, engine: Engine | None) -> Any:
         if self.source is not None or engine is None:
             return self.source
-        return getattr(engine, "data_loader", None) or getattr(engine.state, "dataloader", None)
+        loader = getattr(engine, "data_loader", None)
+        return loader if loader is not None else getattr(engine.state, "dataloader", None)
 
     def failures(self, engine: Engine | None = None) -> list[CaseFailure]:
         """The failures recorded by ``source`` (or the engine's data loader)."""
