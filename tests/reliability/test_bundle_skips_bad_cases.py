@@ -68,6 +68,7 @@ def test_five_good_five_bad_volumes(tmp_path: Path) -> None:
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert run.returncode != 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "5 of 10 cases failed" in run.stderr + run.stdout, run.stderr[-3000:]
+    assert "GHSA-873f-pvrv-4x83" in run.stderr, "MONAI's warning that configs run code is kept"
 
     maps = sorted(p.name for p in out.glob("*_anomaly_map.nii.gz"))
     assert maps == [f"g{i}_anomaly_map.nii.gz" for i in range(5)]
