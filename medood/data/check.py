@@ -103,18 +103,19 @@ def _is_datalist(value: Any) -> bool:
 
 
 def _label_files(report: CheckReport, json_path: Path) -> set[str]:
-    """Check every list of a ``dataset.json``; return the resolved paths listed as ``label``."""
-    labels: set[str] = set()
+    """Check every list of a ``dataset.json``; return the resolved paths its entries list as ``label``."""
     content = report.run("dataset.json", lambda: read_json_object(json_path))
     if content is None:
-        return labels
+        return set()
+    labels: set[str] = set()
     for key in sorted(k for k, v in content.items() if _is_datalist(v)):
+        for entry in content[key]:
+            if isinstance(entry, dict):
+                labels.update(str((json_path.parent / v).resolve()) for v in entry_paths(entry.get("label")))
         try:
-            items = decathlon_datalist(json_path, key)
+            decathlon_datalist(json_path, key)
         except DataError as e:
             report.add(e)
-            continue
-        labels.update(str(Path(v).resolve()) for item in items for v in entry_paths(item.get("label")))
     return labels
 
 

@@ -13,7 +13,7 @@ used. Files without the DICOM preamble (``DICM`` at byte 128) are not recognised
 
 Refused with a :class:`~medood.data.errors.DataError` before any pixel is decoded: files without pixel data, mixed
 series, sizes or orientations, duplicate slice positions, a **missing slice** (a gap in the positions more than
-10 % wider than the others: ITK would silently spread the slices evenly), a zero or negative ``PixelSpacing``, a
+10 % wider than the smallest one: ITK would silently spread the slices evenly), a zero or negative ``PixelSpacing``, a
 transfer syntax the decoder does not handle (video, HTJ2K, private), and a series above the memory budget
 (:func:`medood.data._files.max_image_bytes`). A file whose pixel data cannot be decoded (e.g. truncated) is named.
 """
@@ -67,7 +67,7 @@ _DECODABLE = frozenset(
         pydicom.uid.JPEG2000,
     }
 )
-#: Largest accepted relative deviation of a slice gap from the median gap before a slice counts as missing.
+#: Largest accepted relative excess of a slice gap over the smallest gap before a slice counts as missing.
 MAX_GAP_DEVIATION = 0.1
 
 
@@ -197,19 +197,18 @@ def sort_dicom_slices(
 
 
 def _check_gaps(items: Sequence[tuple[Path, pydicom.Dataset]], order: np.ndarray, gaps: np.ndarray) -> None:
-    """Refuse a gap much wider than the others (a missing slice); warn on a slightly uneven spacing."""
-    median = float(np.median(gaps))
-    deviation = np.abs(gaps - median) / median
-    k = int(np.argmax(deviation))
-    if deviation[k] > MAX_GAP_DEVIATION:
+    """Refuse a gap much wider than the series' smallest one (a missing slice); warn on a slightly uneven spacing."""
+    nominal = float(np.min(gaps))
+    k = int(np.argmax(gaps))
+    if gaps[k] > (1.0 + MAX_GAP_DEVIATION) * nominal:
         raise DataError(
             items[order[k + 1]][0],
-            f"is {gaps[k]:.3f} mm from the previous slice {items[order[k]][0].name} where the series' spacing is "
-            f"{median:.3f} mm (a missing slice, or variable spacing)",
+            f"is {gaps[k]:.3f} mm from the previous slice {items[order[k]][0].name}, {gaps[k] / nominal:.2f} times "
+            f"the series' smallest slice spacing of {nominal:.3f} mm (a missing slice, or variable spacing)",
             "add the missing file, or resample the series with a tool that reads every slice position",
         )
-    if deviation[k] > 0.01:
-        logger.warning("%s: non-uniform slice spacing (%.3f–%.3f mm)", items[0][0].parent, gaps.min(), gaps.max())
+    if gaps[k] > 1.01 * nominal:
+        logger.warning("%s: non-uniform slice spacing (%.3f–%.3f mm)", items[0][0].parent, nominal, gaps[k])
 
 
 def _select_series(root: Path, series_uid: str | None) -> list[Path]:

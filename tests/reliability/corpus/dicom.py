@@ -85,7 +85,7 @@ def _(tmp: Path) -> Built:
     return tmp / "s", files[2]
 
 
-@dicom("missing_slice", "5.000 mm from the previous slice.*2.500 mm.*missing slice")
+@dicom("missing_slice", "5.000 mm from the previous slice img002.dcm, 2.00 times.*2.500 mm.*missing slice")
 def _(tmp: Path) -> Built:
     files = write_series(tmp / "s", positions=[0.0, 2.5, 5.0, 10.0, 12.5])
     return tmp / "s", files[3]
