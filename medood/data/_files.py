@@ -298,6 +298,8 @@ def read_with_monai(
             closer()
     if dtype is not None:
         array = np.asarray(array).astype(dtype, copy=False)
+    if isinstance(array, np.ndarray) and not array.flags.writeable:  # e.g. PIL's float images; torch warns
+        array = array.copy()
     meta = _simplify_meta(meta)
     meta["filename_or_obj"] = os.fspath(path) if not isinstance(path, (list, tuple)) else os.fspath(path[0])
     out = MetaTensor.ensure_torch_and_prune_meta(array, meta)

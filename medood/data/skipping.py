@@ -92,7 +92,11 @@ def _first_path(item: Any, key: str) -> str:
 
 
 def _message(error: BaseException) -> str:
-    text = str(error) if isinstance(error, DataError) else f"{type(error).__name__}: {error}"
+    """One line; a DataError's path is left out (it is the record's ``file``)."""
+    if isinstance(error, DataError):
+        text = error.problem + (f" ({error.hint})" if error.hint else "")
+    else:
+        text = f"{type(error).__name__}: {error}"
     return " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(error).__name__
 
 
