@@ -29,8 +29,8 @@ class DataError(ValueError):
 
     def __init__(self, path: str | os.PathLike[str], problem: str, hint: str | None = None) -> None:
         self.path = os.fspath(path)
-        self.problem = _one_line(problem)
-        self.hint = _one_line(hint) if hint else hint
+        self.problem = printable_path(_one_line(problem))
+        self.hint = printable_path(_one_line(hint)) if hint else hint
         msg = f"{printable_path(self.path)}: {self.problem}"
         if self.hint:
             msg += f" ({self.hint})"

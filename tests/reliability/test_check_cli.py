@@ -36,6 +36,7 @@ def _dataset(root: Path) -> dict[str, str]:
     write_nifti(root / os.fsdecode(b"caf\xe9.nii.gz"))
     os.symlink(root / "loop.nii.gz", root / "loop.nii.gz")
     write_series(root / "dicom" / "good", 3)
+    os.symlink(root / "dicom", root / "dicom" / "good" / "up")  # a folder loop: walked once, no duplicate slices
     gap = write_series(root / "dicom" / "gap", positions=[0.0, 2.5, 7.5])
     png(root / "photos" / "a.png")
     raw = png(root / "photos" / "b.png").read_bytes()
