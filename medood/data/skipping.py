@@ -34,8 +34,8 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from pydicom.errors import InvalidDicomError
 
-from medood.utils.cases import case_name
 from medood.utils.errors import DataError, printable_path
+from medood.utils.io import case_name
 
 __all__ = ["DATA_ERRORS", "CaseFailure", "SafeDataset", "SkippingDataLoader", "data_error_in", "skip_failures_collate"]
 
@@ -109,7 +109,7 @@ class SafeDataset(Dataset):
         image_key: the item key holding the input path (for the ``file`` and ``case`` of a failure when the
             error does not name its own file). Defaults to ``"image"``.
         case_key: the item key holding an explicit case id; without it the case is
-            :func:`medood.utils.cases.case_name` of the input path. Defaults to ``"case"``.
+            :func:`medood.utils.io.case_name` of the input path. Defaults to ``"case"``.
         catch: exception types that mark an item as failed. Defaults to :data:`DATA_ERRORS`.
     """
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,6 @@ import torch
 from torch import Tensor
 
 from medood.inferers.reduce import reduce_map, reduce_slices
-from medood.utils.cases import case_name
 from medood.utils.enums import OODKeys
 from medood.utils.io import atomic_path, atomic_write
 
@@ -39,6 +39,14 @@ if TYPE_CHECKING:
 __all__ = ["OODResultWriter", "case_name", "write_map_nifti", "write_scores_csv", "write_slice_scores_csv"]
 
 logger = logging.getLogger(__name__)
+
+_EXT = re.compile(r"(\.nii\.gz|\.nii|\.nrrd|\.mha|\.mhd|\.png|\.jpe?g|\.tiff?|\.bmp|\.dcm|\.npz|\.npy)$", re.IGNORECASE)
+
+
+def case_name(path: str | os.PathLike[str]) -> str:
+    """The case identifier of an input file: its base name without image extensions."""
+    name = Path(os.fspath(path)).name
+    return _EXT.sub("", name) or name
 
 
 def _to_numpy(x: Any) -> np.ndarray:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_text", "case_name"]
 
 
 def _umask_mode() -> int:
@@ -93,3 +94,12 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     with atomic_write(path, "wb") as f:
         f.write(data)
     return Path(path)
+
+
+_EXT = re.compile(r"(\.nii\.gz|\.nii|\.nrrd|\.mha|\.mhd|\.png|\.jpe?g|\.tiff?|\.bmp|\.dcm|\.npz|\.npy)$", re.IGNORECASE)
+
+
+def case_name(path: str | os.PathLike[str]) -> str:
+    """The case identifier of an input file: its base name without image extensions."""
+    name = Path(os.fspath(path)).name
+    return _EXT.sub("", name) or name

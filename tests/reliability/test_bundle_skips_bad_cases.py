@@ -31,6 +31,10 @@ TINY = {
 }
 
 
+#: files written once per run (the run report and thresholds come with the report handler, when configured)
+RUN_FILES = {"scores.csv", "slice_scores.csv", "errors.csv", "thresholds.json", "report.html", "open_in_slicer.py"}
+
+
 def _good(path: Path, seed: int) -> None:
     rng = np.random.default_rng(seed)
     zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, s) for s in SHAPE], indexing="ij")
@@ -81,5 +85,8 @@ def test_five_good_five_bad_volumes(tmp_path: Path) -> None:
     assert "4D with 4 volumes" in errors[1]["error"] and "zero voxel spacing" in errors[3]["error"]
     scores = list(csv.DictReader(open(out / "scores.csv", encoding="utf-8")))
     assert [r["case"] for r in scores] == [f"g{i}" for i in range(5)]
-    expected = {*maps, "scores.csv", "slice_scores.csv", "errors.csv"}
-    assert {p.name for p in out.iterdir()} == expected, "nothing else: no partial map, no temporary file"
+    names = {p.name for p in out.iterdir()}
+    assert {*maps, "scores.csv", "slice_scores.csv", "errors.csv"} <= names
+    assert not [n for n in names if any(b in n for b in bad)], "nothing is written for a bad case"
+    assert not [n for n in names if n.startswith(".") or ".tmp" in n], "no temporary file is left"
+    assert names - set(maps) <= RUN_FILES, f"unexpected outputs: {sorted(names - set(maps) - RUN_FILES)}"
