@@ -176,6 +176,8 @@ def _name(node: ast.AST) -> str:
 
 def _writes(call: ast.Call) -> bool:
     name = _name(call.func)
+    if name == "save" and not call.args:  # a method of medood's own (``keeper.save()``), not a library writer
+        return False
     if name == "open":
         modes = [a for a in call.args[1:2]] + [k.value for k in call.keywords if k.arg == "mode"]
         return any(isinstance(m, ast.Constant) and set(str(m.value)) & set("wax+") for m in modes)
@@ -195,14 +197,17 @@ def _atomic_ranges(tree: ast.AST) -> list[tuple[int, int]]:
 
 
 def test_every_write_in_medood_goes_through_the_atomic_helpers() -> None:
+    """A write that is not to a file (e.g. a PNG into an ``io.BytesIO``) carries ``# not-a-file-write`` on its line."""
     offenders = []
     for path in sorted(MEDOOD.rglob("*.py")):
         if path.name in ("io.py",) and path.parent.name == "utils":
             continue  # the helpers themselves
-        tree = ast.parse(path.read_text(encoding="utf-8"))
+        source = path.read_text(encoding="utf-8")
+        lines = source.splitlines()
+        tree = ast.parse(source)
         ranges = _atomic_ranges(tree)
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and _writes(node):
+            if isinstance(node, ast.Call) and _writes(node) and "# not-a-file-write" not in lines[node.lineno - 1]:
                 if not any(a <= node.lineno <= b for a, b in ranges):
                     offenders.append(f"{path.relative_to(MEDOOD.parent)}:{node.lineno}: {ast.unparse(node)[:80]}")
     assert offenders == [], "writes outside atomic_path / atomic_write:\n" + "\n".join(offenders)

@@ -27,7 +27,11 @@ TINY = {
     "transformer_def": {"hidden_size": 16, "depth": 1, "num_heads": 2, "mlp_ratio": 2, "dropout": 0.0},
     "network_def#grid_size": [4, 4],
     "load_pretrain": False,
-    "initialize": ["$monai.utils.set_determinism(seed=0)", "$@network_def._set_fitted()"],
+    # mark_fitted() after the core refactor, _set_fitted() before it
+    "initialize": [
+        "$monai.utils.set_determinism(seed=0)",
+        "$(getattr(@network_def, 'mark_fitted', None) or @network_def._set_fitted)()",
+    ],
 }
 
 

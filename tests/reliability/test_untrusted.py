@@ -78,7 +78,10 @@ import importlib, logging.config, pkgutil
 import medood
 for module in pkgutil.walk_packages(medood.__path__, "medood."):
     if not module.name.endswith("__main__"):
-        importlib.import_module(module.name)
+        try:
+            importlib.import_module(module.name)
+        except ModuleNotFoundError as e:  # an optional extra (e.g. monailabel) that is not installed
+            print("skipped", module.name, e)
 logging.config.fileConfig({str(CONFIGS / "logging.conf")!r}, disable_existing_loggers=False)
 from monai.bundle.scripts import create_workflow
 create_workflow(config_file={str(tmp_path / "tiny.yaml")!r}, workflow_type="infer", logging_file=False)
