@@ -85,8 +85,7 @@ class OODDetector(ResizableBuffers, nn.Module, ABC):
         requires_training: the detector owns networks; :meth:`training_stages` declares how they are trained.
         produces_map: ``predict_map`` returns a voxel-wise anomaly map.
         needs_model: the constructor takes a host classifier ``model`` (post-hoc detectors).
-        needs_input_grad: scoring needs gradients with respect to the input (ODIN's perturbation), so features
-            are not enough: batch scorers (``medood.detectors.posthoc``) call :meth:`score` on the images.
+        needs_input_grad: scoring differentiates w.r.t. the input (ODIN): batch scorers call :meth:`score` on images.
         supported_spatial_dims: spatial dimensionalities of the inputs the detector accepts.
         score_reduction: how a map becomes the image / volume score (``"max"``, ``"mean"``, ``"topk"``); the
             only place this is decided (:meth:`map_score`; the inferer calls it). Defaults to ``"topk"``.
