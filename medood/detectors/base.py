@@ -86,6 +86,11 @@ class OODDetector(ResizableBuffers, nn.Module, ABC):
         produces_map: ``predict_map`` returns a voxel-wise anomaly map.
         needs_model: the constructor takes a host classifier ``model`` (post-hoc detectors).
         needs_input_grad: scoring back-propagates to the input (ODIN), so it cannot share a no-grad feature pass.
+        score_from_map: for map detectors, whether the image score is :meth:`map_score` of the map (an anomaly
+            map, reduced over its foreground). ``False`` for detectors whose map only *explains* a score computed
+            otherwise (MECAM's class activation map): their score comes from :meth:`score_features` alone,
+            :meth:`map_score` raises ``NotImplementedError``, the inferer takes the score from ``score`` and no
+            healthy map threshold (mask) is recorded for them. Defaults to ``True``.
         supported_spatial_dims: spatial dimensionalities of the inputs the detector accepts.
         score_reduction: how a map becomes the image / volume score (``"max"``, ``"mean"``, ``"topk"``); the
             only place this is decided (:meth:`map_score`; the inferer calls it). Defaults to ``"topk"``.
@@ -98,6 +103,7 @@ class OODDetector(ResizableBuffers, nn.Module, ABC):
     produces_map: ClassVar[bool] = False
     needs_model: ClassVar[bool] = False
     needs_input_grad: ClassVar[bool] = False
+    score_from_map: ClassVar[bool] = True
     supported_spatial_dims: ClassVar[tuple[int, ...]] = (2, 3)
     score_reduction: str = "topk"
     score_k: int | float = 0.001
@@ -296,5 +302,13 @@ class OODDetector(ResizableBuffers, nn.Module, ABC):
         """``(B,)`` image / volume scores of maps ``(B, 1, *S)``: ``score_reduction`` over ``foreground_mask(x)``.
 
         The one definition of a map detector's image score: ``score`` and the bundles' inferer both use it.
+
+        Raises:
+            NotImplementedError: the detector's map is an explanation, not the source of its score
+                (``score_from_map = False``).
         """
+        if not self.score_from_map:
+            raise NotImplementedError(
+                f"{type(self).__name__}'s map explains its score but does not define it: use score(x).image_score"
+            )
         return reduce_map(anomaly_map, self.score_reduction, self.score_k, self.foreground_mask(x))
