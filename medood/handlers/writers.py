@@ -105,6 +105,9 @@ class OODResultWriter:
         save_maps: write the map NIfTI files. Defaults to ``True``.
         window: ``(low, high)`` map values for 2D overlay colours (dataset-level); ``None`` uses the
             calibration's window, else ``(0, max)`` of the map.
+        map_name: the map's kind in the file names, ``<case>_<map_name>_map.nii.gz`` (``_seg``, ``_overlay.png``):
+            ``"anomaly"`` for anomaly maps, e.g. ``"cam"`` for a map that explains a score. Defaults to
+            ``"anomaly"``.
 
     Slice scores are written as the engine output carries them (``slice_scores``, computed by the inferer);
     ``thresholds.json`` records the thresholds and colour window the run used.
@@ -128,6 +131,7 @@ class OODResultWriter:
         score_percentile: float = 95.0,
         save_maps: bool = True,
         window: tuple[float, float] | None = None,
+        map_name: str = "anomaly",
         overwrite: bool = True,
         output_transform: Callable[[Any], Any] = lambda x: x,
         batch_transform: Callable[[Any], Any] = lambda x: x,
@@ -138,6 +142,7 @@ class OODResultWriter:
         self.score_threshold = None if score_threshold is None else float(score_threshold)
         self.calibration, self.map_percentile, self.score_percentile = calibration, map_percentile, score_percentile
         self.save_maps, self.window, self.overwrite = save_maps, window, overwrite
+        self.map_name = map_name
         self.output_transform, self.batch_transform = output_transform, batch_transform
         self.reset()
 
@@ -188,7 +193,9 @@ class OODResultWriter:
         if self.window is None and self.threshold is not None:
             self.window = overlay_window(self.threshold)
         if self.threshold is None:
-            logger.warning("no healthy calibration: no *_anomaly_seg masks are written")
+            logger.warning(
+                "no map threshold (none given, none calibrated): no *_%s_seg masks are written", self.map_name
+            )
         self.calibration = None
         info = {
             "map_threshold": self.threshold,
@@ -228,11 +235,11 @@ class OODResultWriter:
         return case
 
     def _targets(self, case: str, ndim: int) -> list[Path]:
-        out = [self.output_dir / f"{case}_anomaly_map.nii.gz"] if self.save_maps else []
+        out = [self.output_dir / f"{case}_{self.map_name}_map.nii.gz"] if self.save_maps else []
         if self.threshold is not None:
-            out.append(self.output_dir / f"{case}_anomaly_seg.nii.gz")
+            out.append(self.output_dir / f"{case}_{self.map_name}_seg.nii.gz")
         if ndim == 2:
-            out.append(self.output_dir / f"{case}_anomaly_overlay.png")
+            out.append(self.output_dir / f"{case}_{self.map_name}_overlay.png")
         return out
 
     def _write_3d(self, case: str, arr: np.ndarray, meta: dict[str, Any]) -> None:
@@ -249,23 +256,27 @@ class OODResultWriter:
                 "add Invertd to the postprocessing so maps are written on the input grid"
             )
         if self.save_maps:
-            write_map_nifti(arr, affine, self.output_dir / f"{case}_anomaly_map.nii.gz")
+            write_map_nifti(arr, affine, self.output_dir / f"{case}_{self.map_name}_map.nii.gz")
         if self.threshold is not None:
-            write_map_nifti(arr >= self.threshold, affine, self.output_dir / f"{case}_anomaly_seg.nii.gz", np.uint8)
+            write_map_nifti(
+                arr >= self.threshold, affine, self.output_dir / f"{case}_{self.map_name}_seg.nii.gz", np.uint8
+            )
 
     def _write_2d(self, case: str, arr: np.ndarray, meta: dict[str, Any]) -> None:
         from medood.data.image2d import read_image_2d, write_map_nifti_2d, write_overlay_png
 
         if self.save_maps:
-            write_map_nifti_2d(arr, self.output_dir / f"{case}_anomaly_map.nii.gz")
+            write_map_nifti_2d(arr, self.output_dir / f"{case}_{self.map_name}_map.nii.gz")
         if self.threshold is not None:
-            write_map_nifti_2d((arr >= self.threshold).astype(np.uint8), self.output_dir / f"{case}_anomaly_seg.nii.gz")
+            write_map_nifti_2d(
+                (arr >= self.threshold).astype(np.uint8), self.output_dir / f"{case}_{self.map_name}_seg.nii.gz"
+            )
         source = meta.get("filename_or_obj")
         image = _to_numpy(read_image_2d(source)) if source and Path(str(source)).is_file() else np.zeros_like(arr)
         if image.shape[-2:] != arr.shape:
             raise ValueError(f"{source}: image {image.shape[-2:]} and map {arr.shape} differ; invert the preprocessing")
         write_overlay_png(
-            image, arr, None, self.output_dir / f"{case}_anomaly_overlay.png", map_range=self._window(arr)
+            image, arr, None, self.output_dir / f"{case}_{self.map_name}_overlay.png", map_range=self._window(arr)
         )
 
     def _window(self, arr: np.ndarray) -> tuple[float, float]:
