@@ -85,7 +85,8 @@ class OODDetector(ResizableBuffers, nn.Module, ABC):
         requires_training: the detector owns networks; :meth:`training_stages` declares how they are trained.
         produces_map: ``predict_map`` returns a voxel-wise anomaly map.
         needs_model: the constructor takes a host classifier ``model`` (post-hoc detectors).
-        needs_input_grad: scoring back-propagates to the input (ODIN), so it cannot share a no-grad feature pass.
+        needs_input_grad: scoring needs gradients with respect to the input (ODIN's perturbation), so features
+            are not enough: batch scorers (``medood.detectors.posthoc``) call :meth:`score` on the images.
         score_from_map: for map detectors, whether the image score is :meth:`map_score` of the map (an anomaly
             map, reduced over its foreground). ``False`` for detectors whose map only *explains* a score computed
             otherwise (MECAM's class activation map): their score comes from :meth:`score_features` alone,
@@ -170,7 +171,7 @@ class OODDetector(ResizableBuffers, nn.Module, ABC):
 
     def stage(self, name: str) -> TrainingStage:
         """The declared stage called ``name`` (``KeyError`` listing the stages if there is none)."""
-        stages = {s.name: s for s in self.training_stages()}
+        stages = {st.name: st for st in self.training_stages()}
         if name not in stages:
             raise KeyError(f"{type(self).__name__} has no training stage {name!r}; stages: {list(stages)}")
         return stages[name]

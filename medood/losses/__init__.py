@@ -6,7 +6,8 @@ They sit between the networks and the detectors: detectors name them in their de
 
 from __future__ import annotations
 
-from medood.losses.multi_exit import MECAM_EXIT_WEIGHTS, MultiExitLoss, MultiExitStageLoss
+from medood.losses.classification import MultiExitLoss
+from medood.losses.multi_exit import MECAM_EXIT_WEIGHTS, MultiExitStageLoss
 from medood.losses.stages import (
     ARTokenLoss,
     MaskedTokenLoss,
