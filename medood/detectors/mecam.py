@@ -194,21 +194,25 @@ class MECAMDetector(OODDetector):
         return OODOutput(-mse, cam, {"feature_mse": mse, "pred_class": pred})
 
     @torch.no_grad()
-    def score_subsets(self, x: Tensor, subsets: Iterable[Iterable[int] | str] | None = None) -> dict[str, Tensor]:
+    def score_subsets(self, x: Tensor, subsets: Iterable[Iterable[int] | str] | str = "all") -> dict[str, Tensor]:
         """Scores of ``x`` for many exit subsets with one unmasked pass (plus one masked pass per subset).
 
         Args:
             x: images ``(B, C, *S)``.
-            subsets: exit subsets. Defaults to all 15 (:func:`all_exit_subsets`).
+            subsets: exit subsets (``[[3], [2, 3], "0123"]``), or ``"all"`` for the 15 (:func:`all_exit_subsets`).
+                Defaults to ``"all"``.
 
         Returns:
-            ``{"0123": (B,) scores, "3": ..., ...}`` (subset names are the exit digits), higher = more OOD.
+            ``{"exits_0123": (B,) scores, "exits_3": ..., ...}`` (the exit digits), higher = more OOD.
         """
         self.check_fitted()
         x = self._image({OODKeys.IMAGE.value: x.to(self.device)})
-        chosen = [parse_exits(s, self.net.num_exits) for s in (subsets or all_exit_subsets(self.net.num_exits))]
+        todo = all_exit_subsets(self.net.num_exits) if subsets == "all" else subsets
+        chosen = [parse_exits(s, self.net.num_exits) for s in todo]
         out = self.net.forward_cams(x)
         return {
-            "".join(map(str, s)): -self._masked_change(x, out.features, self.fused_cam(out.cams, x.shape[2:], s))
+            "exits_" + "".join(map(str, s)): -self._masked_change(
+                x, out.features, self.fused_cam(out.cams, x.shape[2:], s)
+            )
             for s in chosen
         }

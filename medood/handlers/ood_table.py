@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from monai.networks.utils import eval_mode
 from torch import Tensor
 
 from medood.metrics.tables import results_payload, results_table, write_results
@@ -44,7 +45,8 @@ class OODTableWriter:
     output). At completion ``results.json`` and ``results.md`` (:func:`medood.metrics.tables.write_results`) hold,
     for each OOD set (ID vs that set, OOD positive), AUROC, FPR95, AUPR-In and AUPR-Out of every score column:
     ``name`` for the evaluator's own score (``ood_score``), plus the columns of ``variants``, a callable run on
-    each batch's network input that returns more named scores (e.g. MECAM's exit subsets,
+    each batch's network input (the batch's ``image``, not the post-processed one; the network in eval mode) that
+    returns more named scores (e.g. MECAM's exit subsets,
     :meth:`~medood.detectors.mecam.MECAMDetector.score_subsets`). Nothing is written when the data carries no
     ``is_ood`` labels (plain inference) or lacks either ID or OOD items.
 
@@ -99,9 +101,10 @@ class OODTableWriter:
             self.columns[self.name].append(float(_scalar(out[self.score_key])))
             self.is_ood.append(_scalar(item.get(self.is_ood_key)))
             self.sets.append(_scalar(item.get(self.set_key)))
-        if self.variants is not None:
-            images = torch.stack([torch.as_tensor(o[OODKeys.IMAGE.value]) for o in outputs])
-            with torch.no_grad():
+        if self.variants is not None:  # the network input: the batch's (the output's may be post-processed)
+            key = OODKeys.IMAGE.value
+            images = torch.stack([torch.as_tensor((b if key in b else o)[key]) for b, o in zip(batch, outputs)])
+            with torch.no_grad(), eval_mode(engine.network):  # type: ignore[attr-defined]
                 for column, scores in self.variants(images).items():
                     self.columns.setdefault(column, []).extend(scores.detach().float().cpu().reshape(-1).tolist())
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
+from monai.data import MetaTensor
 from monai.inferers import Inferer, SimpleInferer, SliceInferer, SlidingWindowInferer
 from torch import Tensor
 
@@ -112,6 +113,9 @@ class OODInferer(Inferer):
                 "(expected (B, 1, *spatial))"
             )
         out = out.float()
+        if isinstance(inputs, MetaTensor) and not isinstance(out, MetaTensor):  # the map is on the input's grid
+            out = MetaTensor(out)
+            out.copy_meta_from(inputs)  # its metadata and transform trace: Invertd takes the map back
         if self._pending is not None:
             self._pending = (out, self._pending[1])
         return out

@@ -83,10 +83,11 @@ def test_score_subsets_equals_scoring_with_each_subset() -> None:
     x = toy.blob_images(2, 5, seed=4)[0]
     subsets = det.score_subsets(x)
     assert len(subsets) == 15
-    assert set(subsets) == {"".join(map(str, s)) for s in all_exit_subsets()}
+    assert set(subsets) == {"exits_" + "".join(map(str, s)) for s in all_exit_subsets()}
     for name in ("0123", "3", "02", "123"):
         det.exits = name
-        torch.testing.assert_close(subsets[name], det.score(x).image_score)
+        torch.testing.assert_close(subsets["exits_" + name], det.score(x).image_score)
+    assert list(det.score_subsets(x, ["32", [1]])) == ["exits_23", "exits_1"]
 
 
 def test_exit_parsing() -> None:
