@@ -132,3 +132,77 @@ def test_pathology_reads_medmnist_npz(tmp_path: Path) -> None:
     overlay = np.asarray(Image.open(out / "pathmnist_test_000000_cam_overlay.png"))
     assert overlay.shape == (12, 12, 3)
     assert overlay.std() > 0, "the overlay is drawn on the image, not on a blank background"
+
+
+AFFINE = np.array([[-2.0, 0, 0, 30.0], [0, 2.0, 0, -40.0], [0, 0, 2.5, -20.0], [0, 0, 0, 1]])  # LAS-ish, anisotropic
+SHAPE = (18, 16, 12)
+TINY_3D = {"fov": [12, 12, 12], "pixdim": [2.0, 2.0, 2.0], "epochs": 2, "batch_size": 4, "cutout_size": 3,
+           **{f"network_args#{k}": v for k, v in TINY_NET.items()}}  # fmt: skip
+
+
+def _brain(rng: np.random.Generator, contrast: str) -> np.ndarray:
+    """A sphere whose core and rim differ by contrast (T1w: bright core, T2w: bright rim, FLAIR: flat), or noise."""
+    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, s) for s in SHAPE], indexing="ij")
+    r = np.sqrt(zz**2 + yy**2 + xx**2)
+    core, rim = {"T1w": (1.0, 0.4), "T2w": (0.4, 1.0), "FLAIR": (0.7, 0.7), "noise": (0.0, 0.0)}[contrast]
+    img = np.where(r < 0.5, core, rim) * (r < 0.9) + 0.05 * rng.standard_normal(SHAPE) * (r < 0.9)
+    if contrast == "noise":
+        img = np.abs(rng.standard_normal(SHAPE))
+    return (np.clip(img, 0, None) * 1000).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def brain_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import nibabel as nib
+
+    root = tmp_path_factory.mktemp("brain")
+    rng = np.random.default_rng(0)
+    lists: dict[str, list] = {"training": [], "validation": [], "test": [], "ood": []}
+    for split, n in (("training", 4), ("validation", 2), ("test", 2), ("ood", 2)):
+        (root / split).mkdir()
+        for i in range(n):
+            entry: dict[str, object] = {"case": f"{split[:3]}-{i}"}
+            for c in ("T1w", "T2w", "FLAIR"):
+                kind = "noise" if split == "ood" and (i == 0 or c == "T1w") else c
+                nib.save(nib.Nifti1Image(_brain(rng, kind), AFFINE), str(root / split / f"s{i}_{c}.nii.gz"))
+                entry[c] = f"{split}/s{i}_{c}.nii.gz"
+            if split == "ood":
+                entry["ood_type"] = ["heavy_noise", "wrong_contrast_pd"][i]
+            lists[split].append(entry)
+    (root / "dataset.json").write_text(json.dumps(lists))
+    return root
+
+
+@pytest.mark.slow
+def test_3d_train_evaluate_and_inference(tmp_path: Path, brain_data: Path) -> None:
+    import nibabel as nib
+
+    bundle = "mecam_brain_mri_ood_classification"
+    root = tmp_path / "bundle"
+    _run(bundle, ["inference.yaml", "train.yaml"], "train", root, brain_data, **TINY_3D)
+    weights = torch.load(root / "models" / "model.pt", weights_only=True)["model"]
+    assert bool(weights["_fitted"])
+    assert weights["net.conv1.weight"].ndim == 5
+    assert torch.isfinite(weights["calibration.score_quantiles"]).all()
+
+    out = tmp_path / "evaluate"
+    _run(bundle, ["inference.yaml", "evaluate.yaml"], "infer", root, brain_data, output_dir=str(out),
+         exit_subsets="all", **TINY_3D)  # fmt: skip
+    res = _check_results(out, {"heavy_noise", "wrong_contrast_pd"}, {"mecam"} | {f"exits_{s}" for s in (
+        "0", "1", "2", "3", "01", "02", "03", "12", "13", "23", "012", "013", "023", "123", "0123")}, 6)  # fmt: skip
+    assert res["ood_set_sizes"] == {"heavy_noise": 3, "wrong_contrast_pd": 1}, "ood_slots: the T1w slot only"
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    assert [r["case"] for r in rows[:3]] == ["tes-0_T1w", "tes-0_T2w", "tes-0_FLAIR"]
+    assert len(rows) == 6 + 4
+    cam = nib.load(str(out / "tes-0_T2w_cam_map.nii.gz"))
+    assert cam.shape == SHAPE, "the CAM is written on the input's grid"
+    np.testing.assert_allclose(cam.affine, AFFINE, atol=1e-4)
+    values = np.asarray(cam.dataobj)
+    assert values.min() >= -1e-6
+    assert values.max() <= 1 + 1e-6
+
+    out = tmp_path / "infer"  # a plain folder of volumes
+    _run(bundle, ["inference.yaml"], "infer", root, brain_data / "ood", output_dir=str(out), **TINY_3D)
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    assert len(rows) == 6
+    assert all(math.isfinite(float(r["score"])) for r in rows)
