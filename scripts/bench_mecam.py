@@ -14,7 +14,8 @@ detector (``models/model.pt``) and the bundle's own preprocessing and datalists 
 * ``exit_ablation``: the same metrics for MECAM with each of the 15 non-empty exit subsets
   (:meth:`~medood.detectors.mecam.MECAMDetector.score_subsets`).
 * ``cost``: MECAM's scoring time over the plain forward pass of the classifier on the same batches, median of
-  interleaved repeated pairs after a warm-up (the target is <= 2.2: MECAM needs a second, masked pass).
+  interleaved repeated pairs after a warm-up (the target is <= 2.2: MECAM needs a second, masked pass), with
+  the bundle's ``cam_grid``; ``cam_grid`` has the mean metrics and the cost of both settings for every task.
 
 Usage::
 
@@ -39,7 +40,7 @@ from monai.data import DataLoader, Dataset
 
 from medood.data.contrasts import contrast_datalist, contrast_evaluation_datalist
 from medood.data.folders import class_folder_datalist, ood_datalists
-from medood.detectors.mecam import MECAMDetector, all_exit_subsets
+from medood.detectors.mecam import CAM_GRIDS, MECAMDetector, all_exit_subsets
 from medood.engines.posthoc import evaluate_posthoc
 from medood.metrics.tables import FPR95_CONVENTION, METRICS, results_table
 from medood.networks.nets import FinalExitClassifier
@@ -129,7 +130,8 @@ def _paired_ratio(base: Callable[[], Any], other: Callable[[], Any], repeats: in
 
 
 def cost(det: MECAMDetector, batches: Sequence[torch.Tensor], repeats: int) -> dict[str, Any]:
-    """MECAM scoring vs the classifier's plain forward pass (all exit logits) on the same batches."""
+    """MECAM scoring (the detector's ``cam_grid``) vs the classifier's plain forward pass (all exit logits) on the
+    same batches."""
 
     def forward() -> None:
         with torch.no_grad():
@@ -143,7 +145,23 @@ def cost(det: MECAMDetector, batches: Sequence[torch.Tensor], repeats: int) -> d
     res = _paired_ratio(forward, mecam, repeats)
     n = sum(int(x.shape[0]) for x in batches)
     return {**res, "images": n, "batch_size": int(batches[0].shape[0]), "input_shape": list(batches[0].shape[1:]),
-            "repeats": repeats, "ms_per_image_mecam": 1000 * res["mecam_seconds"] / n}  # fmt: skip
+            "repeats": repeats, "ms_per_image_mecam": 1000 * res["mecam_seconds"] / n,
+            "cam_grid": det.cam_grid}  # fmt: skip
+
+
+def grid_variants(det: MECAMDetector, id_loader: DataLoader, sets: dict[str, DataLoader], batches: list,
+                  repeats: int) -> dict[str, Any]:  # fmt: skip
+    """Mean metrics and cost of MECAM with each ``cam_grid`` (the bundle's setting is restored afterwards)."""
+    configured, out = det.cam_grid, {}
+    for grid in CAM_GRIDS:
+        det.cam_grid = grid
+        with torch.no_grad():
+            ids = torch.cat([det.score(_plain(b)).image_score.cpu() for b in id_loader])
+            ood = {s: torch.cat([det.score(_plain(b)).image_score.cpu() for b in ld]) for s, ld in sets.items()}
+        table = results_table({"mecam": ids}, {s: {"mecam": v} for s, v in ood.items()})
+        out[grid] = {m: _mean(table, "mecam", m) for m in METRICS} | {"cost": cost(det, batches, repeats)}
+    det.cam_grid = configured
+    return out
 
 
 def run_task(task: str, data: Path, batch_size: int, repeats: int) -> dict[str, Any]:
@@ -166,10 +184,12 @@ def run_task(task: str, data: Path, batch_size: int, repeats: int) -> dict[str, 
     table = {s: {"mecam": mecam_table[s]["mecam"], **payload["results"][s]} for s in sets}
     ablation = {s: {k: v for k, v in mecam_table[s].items() if k != "mecam"} for s in sets}
     batches = [_plain(b) for b in loader(test)]
+    variants = grid_variants(det, loader(test), {s: loader(v) for s, v in sets.items()}, batches, repeats)
     return {
         "table": table,
         "ablation": ablation,
-        "cost": cost(det, batches, repeats),
+        "cost": variants[det.cam_grid]["cost"],
+        "cam_grid": variants,
         "summary": {
             "bundle": BUNDLES[task],
             "exits": list(det.exits),
@@ -256,15 +276,30 @@ def _cost_markdown(res: dict[str, Any]) -> list[str]:
         "MECAM scoring (plain pass + fused CAM + masked pass) over the classifier's plain forward pass on the same",
         "batches (the ID test set): median ratio of interleaved pairs after a warm-up. Target <= 2.2.",
         "",
-        "| task | input | batch | images | repeats | forward s | MECAM s | ratio | MECAM ms / image |",
+        "| task (cam_grid) | input | batch | images | repeats | forward s | MECAM s | ratio | MECAM ms / image |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for task, c in res["cost"].items():
         lines.append(
-            f"| {task} | {'x'.join(map(str, c['input_shape']))} | {c['batch_size']} | {c['images']} | {c['repeats']} "
-            f"| {c['forward_seconds']:.3f} | {c['mecam_seconds']:.3f} | **{c['mecam_over_forward']:.2f}** "
-            f"| {c['ms_per_image_mecam']:.2f} |"
+            f"| {task} ({c['cam_grid']}) | {'x'.join(map(str, c['input_shape']))} | {c['batch_size']} | {c['images']} "
+            f"| {c['repeats']} | {c['forward_seconds']:.3f} | {c['mecam_seconds']:.3f} "
+            f"| **{c['mecam_over_forward']:.2f}** | {c['ms_per_image_mecam']:.2f} |"
         )
+    lines += [
+        "",
+        "`cam_grid`: `input` = every exit's CAM up-sampled to the input, then softmaxed and fused (the paper); `cam` =",
+        "softmax and fusion on the finest fused exit's CAM grid, then one up-sampling of the fused map (the 3D",
+        "bundle's setting). Both on every task (mean over the OOD sets, %; cost as above):",
+        "",
+        "| task | cam_grid | mean AUROC | mean FPR95 | MECAM / forward |",
+        "|---|---|---|---|---|",
+    ]
+    for task, by_grid in res.get("cam_grid", {}).items():
+        for grid, v in by_grid.items():
+            lines.append(
+                f"| {task} | {grid} | {100 * v['auroc']:.1f} | {100 * v['fpr95']:.1f} "
+                f"| {v['cost']['mecam_over_forward']:.2f} |"
+            )
     return lines
 
 
@@ -277,7 +312,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=9, help="interleaved timing pairs")
     p.add_argument("--discussion", type=Path, default=ROOT / "docs" / "benchmarks" / "mecam_discussion.md",
                    help="markdown appended to mecam.md (if it exists)")  # fmt: skip
+    p.add_argument("--render", action="store_true", help="only rewrite the markdown from the existing JSON")
     args = p.parse_args()
+    discussion = args.discussion.read_text() if args.discussion.is_file() else ""
+    if args.render:
+        res = json.loads(args.out.read_text())
+        atomic_write_text(args.out.with_suffix(".md"), markdown(res, discussion))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -290,8 +331,8 @@ def main() -> None:
         out = run_task(task, args.data / ("brain_mri" if task == "brain_mri" else task), batch, args.repeats)
         res["tasks"][task], res["exit_ablation"][task] = out["table"], out["ablation"]
         res["cost"][task], res["task_summary"][task] = out["cost"], out["summary"]
+        res.setdefault("cam_grid", {})[task] = out["cam_grid"]
         logger.info("%s: MECAM / forward %.2f", task, out["cost"]["mecam_over_forward"])
-    discussion = args.discussion.read_text() if args.discussion.is_file() else ""
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(res, indent=2) + "\n")
     atomic_write_text(args.out.with_suffix(".md"), markdown(res, discussion))

@@ -44,7 +44,10 @@ from medood.losses import MECAM_EXIT_WEIGHTS, MultiExitStageLoss
 from medood.networks.nets.multi_exit_resnet import MultiExitResNet
 from medood.utils.enums import OODKeys
 
-__all__ = ["MECAMDetector", "all_exit_subsets", "parse_exits"]
+__all__ = ["CAM_GRIDS", "MECAMDetector", "all_exit_subsets", "parse_exits"]
+
+#: Where the exits' CAMs are fused: on the input grid (the paper) or on the finest fused CAM's grid.
+CAM_GRIDS = ("input", "cam")
 
 
 def parse_exits(exits: Iterable[int] | str, num_exits: int = 4) -> tuple[int, ...]:
@@ -78,6 +81,11 @@ class MECAMDetector(OODDetector):
         exit_weights: the training loss weight of each exit. Defaults to ``(0.25, 0.5, 0.75, 1.0)``.
         epochs: training epochs of ``fit`` (the bundles train with their own recipe). Defaults to 30.
         lr: Adam learning rate of ``fit``. Defaults to 1e-3.
+        cam_grid: where the CAMs are softmaxed and fused: ``"input"`` (the paper: every exit's CAM up-sampled to
+            the input size first) or ``"cam"`` (on the grid of the finest fused exit's CAM, then the fused map is
+            up-sampled to the input once: cheaper for 3D volumes, where up-sampling every class channel of every
+            exit to the full volume costs about one forward pass; the maps differ only below the CAM's voxel size).
+            Defaults to ``"input"``.
 
     Example::
 
@@ -98,6 +106,7 @@ class MECAMDetector(OODDetector):
         exit_weights: Sequence[float] = MECAM_EXIT_WEIGHTS,
         epochs: int = 30,
         lr: float = 1e-3,
+        cam_grid: str = "input",
     ) -> None:
         super().__init__()
         if network is None:
@@ -108,6 +117,9 @@ class MECAMDetector(OODDetector):
         self.exits = exits  # type: ignore[assignment]
         self.exit_weights = tuple(float(w) for w in exit_weights)
         self.epochs, self.lr = int(epochs), float(lr)
+        if cam_grid not in CAM_GRIDS:
+            raise ValueError(f"cam_grid must be one of {CAM_GRIDS}, got {cam_grid!r}")
+        self.cam_grid = cam_grid
 
     @property
     def exits(self) -> tuple[int, ...]:
@@ -156,11 +168,15 @@ class MECAMDetector(OODDetector):
         conf = torch.stack([logits[e].softmax(1).amax(1) for e in exits], 1)
         weights = conf / conf.sum(1, keepdim=True)
         mode = "bilinear" if len(size) == 2 else "trilinear"
-        index = pred.view(-1, 1, *[1] * len(size)).expand(-1, 1, *size)
-        fused = torch.zeros(pred.shape[0], 1, *size, device=cams[0].device)
+        grid = tuple(int(s) for s in (size if self.cam_grid == "input" else cams[exits[0]].shape[2:]))
+        index = pred.view(-1, 1, *[1] * len(grid)).expand(-1, 1, *grid)
+        fused = torch.zeros(pred.shape[0], 1, *grid, device=cams[0].device)
         for i, e in enumerate(exits):
-            up = F.interpolate(cams[e].float(), size=tuple(size), mode=mode, align_corners=False)
-            fused = fused + weights[:, i].view(-1, 1, *[1] * len(size)) * up.softmax(1).gather(1, index)
+            up = cams[e].float()
+            up = up if tuple(up.shape[2:]) == grid else F.interpolate(up, size=grid, mode=mode, align_corners=False)
+            fused = fused + weights[:, i].view(-1, 1, *[1] * len(grid)) * up.softmax(1).gather(1, index)
+        if grid != tuple(size):
+            fused = F.interpolate(fused, size=tuple(size), mode=mode, align_corners=False)
         return fused.clamp(0.0, 1.0)
 
     def _masked_change(self, x: Tensor, features: Tensor, cam: Tensor) -> Tensor:

@@ -137,7 +137,7 @@ def test_pathology_reads_medmnist_npz(tmp_path: Path) -> None:
 AFFINE = np.array([[-2.0, 0, 0, 30.0], [0, 2.0, 0, -40.0], [0, 0, 2.5, -20.0], [0, 0, 0, 1]])  # LAS-ish, anisotropic
 SHAPE = (18, 16, 12)
 TINY_3D = {"fov": [12, 12, 12], "pixdim": [2.0, 2.0, 2.0], "epochs": 2, "batch_size": 4, "cutout_size": 3,
-           **{f"network_args#{k}": v for k, v in TINY_NET.items()}}  # fmt: skip
+           **{f"network_args#{k}": v for k, v in {**TINY_NET, "stem_stride": 2}.items()}}  # fmt: skip
 
 
 def _brain(rng: np.random.Generator, contrast: str) -> np.ndarray:
@@ -184,6 +184,14 @@ def test_3d_train_evaluate_and_inference(tmp_path: Path, brain_data: Path) -> No
     assert bool(weights["_fitted"])
     assert weights["net.conv1.weight"].ndim == 5
     assert torch.isfinite(weights["calibration.score_quantiles"]).all()
+    # calibrate.yaml: the ID validation quantiles re-recorded with another scoring setting (the CAMs fused on the
+    # input grid instead of the bundle's CAM grid: other scores, so other quantiles)
+    _run(bundle, ["inference.yaml", "train.yaml", "calibrate.yaml"], "train", root, brain_data, cam_grid="input",
+         **TINY_3D)  # fmt: skip
+    again = torch.load(root / "models" / "model.pt", weights_only=True)["model"]
+    assert bool(again["_fitted"])
+    assert not torch.equal(again["calibration.score_quantiles"], weights["calibration.score_quantiles"])
+    torch.testing.assert_close(again["net.conv1.weight"], weights["net.conv1.weight"])
 
     out = tmp_path / "evaluate"
     _run(bundle, ["inference.yaml", "evaluate.yaml"], "infer", root, brain_data, output_dir=str(out),

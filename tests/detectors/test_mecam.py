@@ -78,6 +78,33 @@ def test_matches_the_paper_formula(sd: int, exits: tuple[int, ...]) -> None:
     torch.testing.assert_close(out.extras["pred_class"], det.net(x)[-1].argmax(1))
 
 
+def test_fusion_on_the_cam_grid() -> None:
+    """cam_grid="cam": softmax and fusion on the finest fused CAM's grid, one up-sampling of the fused map."""
+    det = _detector(3, (1, 3))
+    x = toy.blob_images(3, 3, seed=8)[0]
+    det.cam_grid = "cam"
+    with torch.no_grad():
+        cams = det.net.forward_cams(x).cams
+        got = det.fused_cam(cams, x.shape[2:])
+    p = cams[3].mean(dim=(2, 3, 4)).argmax(1)
+    conf = [torch.softmax(cams[e].mean(dim=(2, 3, 4)), 1).amax(1) for e in (1, 3)]
+    grid = cams[1].shape[2:]
+    expected = []
+    for b in range(x.shape[0]):
+        fine = torch.softmax(cams[1][b], 0)[p[b]]
+        coarse = F.interpolate(cams[3][b : b + 1], size=grid, mode="trilinear", align_corners=False)[0]
+        coarse = torch.softmax(coarse, 0)[p[b]]
+        fused = (conf[0][b] * fine + conf[1][b] * coarse) / (conf[0][b] + conf[1][b])
+        expected.append(F.interpolate(fused[None, None], size=x.shape[2:], mode="trilinear", align_corners=False)[0])
+    torch.testing.assert_close(got, torch.stack(expected).clamp(0, 1), atol=1e-5, rtol=1e-4)
+    det.exits = (0, 3)  # the stride-1 tiny network's finest CAM is on the input grid: both modes agree
+    out_cam = det.score(x)
+    det.cam_grid = "input"
+    torch.testing.assert_close(det.score(x).image_score, out_cam.image_score)
+    with pytest.raises(ValueError, match="cam_grid"):
+        MECAMDetector({"spatial_dims": 2}, cam_grid="exit")
+
+
 def test_score_subsets_equals_scoring_with_each_subset() -> None:
     det = _detector(2)
     x = toy.blob_images(2, 5, seed=4)[0]
