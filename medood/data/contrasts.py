@@ -8,14 +8,14 @@ contrast slot of an entry becomes one item labelled with the contrast's index; O
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medood.data._files import PathLike, require_file
+from medood.data._files import PathLike
 from medood.utils.enums import OODKeys
 from medood.utils.errors import DataError
+from medood.utils.io import read_json_object
 
 __all__ = ["CONTRASTS", "contrast_datalist", "contrast_evaluation_datalist", "contrast_ood_datalist"]
 
@@ -24,13 +24,10 @@ CONTRASTS = ("T1w", "T2w", "FLAIR")
 
 
 def _entries(dataset_dir: PathLike, key: str) -> tuple[Path, list[dict[str, Any]]]:
-    js = require_file(Path(dataset_dir) / "dataset.json")
-    try:
-        content = json.loads(js.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(js, f"is not valid JSON: {e}") from e
-    if not isinstance(content, dict) or not isinstance(content.get(key), list):
-        lists = sorted(k for k, v in content.items() if isinstance(v, list)) if isinstance(content, dict) else []
+    js = Path(dataset_dir) / "dataset.json"
+    content = read_json_object(js, "expected a Decathlon-style dataset.json with one path per contrast")
+    if not isinstance(content.get(key), list):
+        lists = sorted(k for k, v in content.items() if isinstance(v, list))
         raise DataError(js, f"has no list {key!r}", f"lists: {lists}")
     if not content[key]:
         raise DataError(js, f"list {key!r} is empty")

@@ -9,7 +9,7 @@ carries the results in the engine output, and the writers only write them.
 
 Detectors whose map only explains a score computed otherwise (``score_from_map = False``, e.g. MECAM's class
 activation map) score whole inputs: the inferer calls their ``score`` once per batch, returns the map and hands the
-image score of that same call to :meth:`OODInferer.volume_score` (no second scoring pass).
+image score of that same call to :meth:`OODInferer.inferred_score` (no second scoring pass).
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ class OODInferer(Inferer):
         return out
 
     def _explained(self, inputs: Tensor, det: OODDetector) -> Tensor:
-        """One ``score`` call of a detector whose map explains its score; the score waits for ``volume_score``."""
+        """One ``score`` call of a detector whose map explains its score; the score waits for ``inferred_score``."""
         if not isinstance(self._inner, SimpleInferer):
             raise ValueError(
                 f"{type(det).__name__} scores whole inputs (its map explains the score, score_from_map=False): "
@@ -133,22 +133,31 @@ class OODInferer(Inferer):
         self._pending = (result.anomaly_map, result.image_score)
         return result.anomaly_map
 
-    def volume_score(self, anomaly_map: Tensor, inputs: Tensor, network: Any) -> Tensor:
+    @staticmethod
+    def volume_score(anomaly_map: Tensor, inputs: Tensor, network: Any) -> Tensor:
         """``(B,)`` volume / image scores: the detector's :meth:`~medood.detectors.base.OODDetector.map_score`.
 
-        For a detector whose map only explains its score (``score_from_map = False``) it is the image score of the
-        ``score`` call that made ``anomaly_map`` in :meth:`__call__` (or a new ``score(inputs)`` for another map).
-        A network that is not a detector (a plain map network) scores its map's maximum.
+        For a detector whose map only explains its score (``score_from_map = False``) it is ``score(inputs)``
+        (:meth:`inferred_score` reuses the score of the call that made the map instead). A network that is not a
+        detector (a plain map network) scores its map's maximum.
         """
         net = _detector(network)
         if net is None:
             return reduce_map(anomaly_map, MapReduction.MAX.value)
         if net.score_from_map:
             return net.map_score(anomaly_map, inputs)
+        return net.score(inputs).image_score
+
+    def inferred_score(self, anomaly_map: Tensor, inputs: Tensor, network: Any) -> Tensor:
+        """:meth:`volume_score` of a map this inferer has just made (what :class:`~medood.engines.OODEvaluator` calls).
+
+        An explanation-map detector's score is the image score of the ``score`` call that made ``anomaly_map`` in
+        :meth:`__call__` (no second scoring pass); any other map goes to :meth:`volume_score`.
+        """
         pending, self._pending = self._pending, None
         if pending is not None and pending[0] is anomaly_map:
             return pending[1]
-        return net.score(inputs).image_score
+        return self.volume_score(anomaly_map, inputs, network)
 
     def slice_scores(self, anomaly_map: Tensor) -> dict[int, Tensor]:
         """Slice scores ``{axis: (B, n_slices)}`` of maps ``(B, 1, *spatial)`` along every ``slice_axes`` axis."""
@@ -163,7 +172,7 @@ class OODInferer(Inferer):
     def infer(self, inputs: Tensor, network: Callable[..., Tensor], *args: Any, **kwargs: Any) -> OODInferenceResult:
         """Map, volume score and slice scores of a batch in one call (outside an engine)."""
         amap = self(inputs, network, *args, **kwargs)
-        return OODInferenceResult(amap, self.volume_score(amap, inputs, network), self.slice_scores(amap))
+        return OODInferenceResult(amap, self.inferred_score(amap, inputs, network), self.slice_scores(amap))
 
 
 def _detector(network: Any) -> OODDetector | None:
