@@ -7,6 +7,7 @@ They sit between the networks and the detectors: detectors name them in their de
 from __future__ import annotations
 
 from medood.losses.classification import MultiExitLoss
+from medood.losses.multi_exit import MECAM_EXIT_WEIGHTS, MultiExitStageLoss
 from medood.losses.stages import (
     ARTokenLoss,
     MaskedTokenLoss,
@@ -17,9 +18,11 @@ from medood.losses.stages import (
 )
 
 __all__ = [
+    "MECAM_EXIT_WEIGHTS",
     "ARTokenLoss",
     "MaskedTokenLoss",
     "MultiExitLoss",
+    "MultiExitStageLoss",
     "ReconstructionLoss",
     "TokenDetectorLoss",
     "VQVAELoss",

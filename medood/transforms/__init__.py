@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from medood.transforms.color import ToRGB, ToRGBd
+from medood.transforms.color import RandSaturation, RandSaturationd, ToRGB, ToRGBd
 from medood.transforms.intensity import ScaleNonzeroPercentile, ScaleNonzeroPercentiled
 from medood.transforms.slices import RandSlices, RandSlicesd, foreground_extent, slice_positions
 
 __all__ = [
+    "RandSaturation",
+    "RandSaturationd",
     "RandSlices",
     "RandSlicesd",
     "ScaleNonzeroPercentile",
