@@ -151,28 +151,32 @@ class InterleavedLoader:
     """Alternate the batches of several loaders (one per task) until every loader is exhausted once.
 
     Round robin: a batch of task 1, of task 2, ..., then task 1 again; a loader that runs out drops out of the
-    rotation. ``len`` is the total number of batches, so it serves as an Ignite ``epoch_length``.
+    rotation. ``len`` is the total number of batches, so it serves as an Ignite ``epoch_length``; ``current`` is the
+    name of the loader that gave the last batch.
 
     Args:
         loaders: ``{task: loader}`` (or a sequence); each loader is re-iterated every epoch (e.g. reshuffled).
     """
 
     def __init__(self, loaders: Mapping[str, Iterable[Any]] | Sequence[Iterable[Any]]) -> None:
-        self.loaders = list(loaders.values()) if isinstance(loaders, Mapping) else list(loaders)
-        if not self.loaders:
+        named = dict(loaders) if isinstance(loaders, Mapping) else {str(i): ld for i, ld in enumerate(loaders)}
+        if not named:
             raise ValueError("InterleavedLoader needs at least one loader")
+        self.names, self.loaders = list(named), list(named.values())
+        self.current: str | None = None
 
     def __len__(self) -> int:
         return sum(len(loader) for loader in self.loaders)  # type: ignore[arg-type,misc]
 
     def __iter__(self) -> Iterator[Any]:
-        active = [iter(loader) for loader in self.loaders]
+        active = [(name, iter(loader)) for name, loader in zip(self.names, self.loaders)]
         while active:
             still = []
-            for it in active:
+            for name, it in active:
                 batch = next(it, None)
                 if batch is not None:
-                    still.append(it)
+                    still.append((name, it))
+                    self.current = name
                     yield batch
             active = still
 
@@ -182,8 +186,10 @@ def brain_case_sets(
 ) -> dict[str, tuple[str, str]]:
     """``{case: (task, set)}`` of a demo brain set: ``brain_<contrast>`` tasks, ``"id"`` or the ``ood_type``.
 
-    Case names are the file names without extension (what the bundle writers use), e.g. ``sub-048_T1w``.
+    Case names are the file names without extension (what the bundle writers use), e.g. ``sub-048_T1w``. OOD kinds
+    that leave a contrast's slot normal (:data:`~medood.data.demo.ood.T1W_ONLY_KINDS` outside T1w) are left out.
     """
+    from medood.data.demo.ood import T1W_ONLY_KINDS
     from medood.utils.io import case_name
 
     path = require_file(Path(dataset_dir) / "dataset.json")
@@ -192,5 +198,7 @@ def brain_case_sets(
     for key, kind in ((id_key, None), (ood_key, "ood_type")):
         for entry in data.get(key, []):
             for contrast in contrasts:
+                if kind is not None and entry[kind] in T1W_ONLY_KINDS and contrast != "T1w":
+                    continue
                 out[case_name(entry[contrast])] = (f"brain_{contrast}", "id" if kind is None else str(entry[kind]))
     return out

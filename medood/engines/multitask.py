@@ -35,9 +35,8 @@ class MultiTaskTrainer(SupervisedTrainer):
     Args:
         device: where to train.
         max_epochs: epochs.
-        task_loaders: ``{task: loader}``; the batches carry their task name under ``task_key``.
+        task_loaders: ``{task: loader}`` (a batch never mixes loaders, so its loss is its loader's).
         *args: as ``SupervisedTrainer`` after ``train_data_loader`` (``network``, ``optimizer``, ``loss_function``).
-        task_key: batch key of the task name. Defaults to ``"task"``.
         **kwargs: as ``SupervisedTrainer``.
 
     Attributes:
@@ -50,13 +49,12 @@ class MultiTaskTrainer(SupervisedTrainer):
         max_epochs: int,
         task_loaders: Mapping[str, Iterable[Any]],
         *args: Any,
-        task_key: str = "task",
         **kwargs: Any,
     ) -> None:
         loader = InterleavedLoader(task_loaders)
         kwargs.setdefault("epoch_length", len(loader))
         super().__init__(torch.device(device), max_epochs, loader, *args, **kwargs)
-        self.task_key = task_key
+        self.interleaved = loader
         self.task_losses: dict[str, list[float]] = defaultdict(list)
         self._sums: dict[str, list[float]] = {}
         from ignite.engine import Events
@@ -66,9 +64,8 @@ class MultiTaskTrainer(SupervisedTrainer):
         self.add_event_handler(Events.EPOCH_COMPLETED, self._log)
 
     def _record(self, engine: Any) -> None:
-        batch, output = engine.state.batch, engine.state.output
-        tasks = batch.get(self.task_key) if isinstance(batch, Mapping) else None
-        task = str(tasks[0]) if isinstance(tasks, (list, tuple)) and tasks else "all"
+        output = engine.state.output
+        task = self.interleaved.current or "all"
         loss = output[0]["loss"] if isinstance(output, list) else output["loss"]
         total = self._sums.setdefault(task, [0.0, 0.0])
         total[0] += float(loss)
