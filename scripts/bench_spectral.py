@@ -142,24 +142,43 @@ def forward_features(
     return x, {k: v[0] for k, v in recorder.pop_calls().items()}
 
 
-def score_domain(net: nn.Module, items: dict, transform: Callable, mc_samples: int) -> dict[str, dict[str, float]]:
-    """Fit the feature detectors on ``items["fit"]`` (one forward each), score ``items["eval"]`` (one forward each,
-    plus the MC-dropout passes)."""
-    layers = encoder_stages(net, 2)
-    dets = feature_detectors(layers)
-    recorder = FeatureRecorder(net, {name: name for name in [*layers, ""]})
+def fit_detectors(
+    net: nn.Module, recorder: FeatureRecorder, transform: Callable, items: list[dict], dets: dict
+) -> None:
+    """Stream the fit cases through every detector that needs fitting (one forward each)."""
+    start = time.perf_counter()
     for det in dets.values():
         det.reset_fit()
-    start = time.perf_counter()
-    for item in items["fit"]:
+    for item in items:
         _, feats = forward_features(net, recorder, transform, item)
         for det in dets.values():
             if det.requires_fit:
                 det.partial_fit_features(feats)
     for det in dets.values():
-        det.finalize_fit() if det.requires_fit else None
+        if det.requires_fit:
+            det.finalize_fit()
         det.mark_fitted()
-    log.info("fitted on %d cases in %.0f s (layers %s)", len(items["fit"]), time.perf_counter() - start, layers)
+    log.info("fitted on %d cases in %.0f s", len(items), time.perf_counter() - start)
+
+
+def context_accuracy(det: SpectralDetector, tasks: Sequence[str]) -> float | None:
+    """Leave-one-out 1-NN accuracy of the task (context) of each training signature: are contexts distinct?"""
+    if len(set(tasks)) < 2 or det.banks[0].shape[0] != len(tasks):
+        return None
+    d = torch.stack([torch.cdist(b, b) for b in det.banks]).mean(0)
+    d.fill_diagonal_(float("inf"))
+    nearest = d.argmin(1).tolist()
+    return sum(tasks[j] == t for j, t in zip(nearest, tasks)) / len(tasks)
+
+
+def score_domain(net: nn.Module, items: dict, transform: Callable, mc_samples: int) -> tuple[dict, float | None]:
+    """Fit the feature detectors on ``items["fit"]``, score ``items["eval"]`` (one forward each, plus the
+    MC-dropout passes). Returns ``({detector: {case key: score}}, context accuracy of the spectral signatures)``."""
+    layers = encoder_stages(net, 2)
+    dets = feature_detectors(layers)
+    recorder = FeatureRecorder(net, {name: name for name in [*layers, ""]})
+    fit_detectors(net, recorder, transform, items["fit"], dets)
+    accuracy = context_accuracy(dets["spectral"], [it["task"] for it in items["fit"]])
     mc = MCDropoutDetector(model=net, n_samples=mc_samples, region="foreground")
     scores: dict[str, dict[str, float]] = {name: {} for name in [*dets, "mc_dropout"]}
     for i, item in enumerate(items["eval"]):
@@ -171,7 +190,7 @@ def score_domain(net: nn.Module, items: dict, transform: Callable, mc_samples: i
         if i % 50 == 0:
             log.info("scored %d / %d", i + 1, len(items["eval"]))
     recorder.remove()
-    return scores
+    return scores, accuracy
 
 
 def limited(items: dict[str, list[dict]], n: int | None) -> dict[str, list[dict]]:
@@ -286,6 +305,9 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         f"volumes): **{result['guard_overhead']:.3f}x** ({ov['guard_overhead_end_to_end']:.3f}x for whole "
         "`monai.bundle run` processes).",
         "",
+        "Spectral signatures identify the contrast of a brain training volume (leave-one-out nearest neighbour, "
+        f"chance 1/3): {result['spectral_contrast_identification']['loo_1nn_accuracy']}.",
+        "",
         f"Cases per set: {json.dumps(result['set_sizes'])}",
         "",
     ]
@@ -315,8 +337,9 @@ def main() -> None:
     pixdim, fov = parser.get_parsed_content("pixdim"), parser.get_parsed_content("fov")
     brain = limited(brain_items(args.brain_dir, args.work, args.extra_ood, args.seed), args.limit)
     patho = limited(pathology_items(args.pathology_dir), args.limit)
-    scores = score_domain(net, brain, brain_transforms(False, pixdim, fov), args.mc_samples)
-    for name, s in score_domain(net, patho, pathology_transforms(False), args.mc_samples).items():
+    scores, contrast_accuracy = score_domain(net, brain, brain_transforms(False, pixdim, fov), args.mc_samples)
+    patho_scores, _ = score_domain(net, patho, pathology_transforms(False), args.mc_samples)
+    for name, s in patho_scores.items():
         scores[name].update(s)
     sets = case_sets(brain["eval"] + patho["eval"])
     tasks = task_tables(scores, sets)
@@ -334,6 +357,11 @@ def main() -> None:
         "tasks": tasks,
         "overhead": overhead,
         "set_sizes": sizes,
+        "spectral_contrast_identification": {
+            "loo_1nn_accuracy": contrast_accuracy,
+            "what": "leave-one-out nearest-neighbour contrast (T1w / T2w / FLAIR) of each brain training volume's "
+            "spectral signature (mean distance over the two layers): 1/3 = chance",
+        },
         "detectors": {
             "spectral": "2 deepest encoder stages (downsamples.1, bottleneck), min distance, mean over layers",
             "spectral_bottleneck": "bottleneck only, min distance",

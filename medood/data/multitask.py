@@ -15,7 +15,6 @@ never mixes them).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from medood.data.folders import class_folder_datalist
 from medood.data.transforms import LoadImage2Dd, LoadVolumed
 from medood.transforms.intensity import ScaleNonzeroPercentiled
 from medood.transforms.stain import ImageAsSlabd, StainDensityd, StainLabelsd
+from medood.utils.io import read_json_object
 
 __all__ = [
     "BRAIN_CONTRASTS",
@@ -79,7 +79,7 @@ def brain_datalist(
         DataError: missing json, list, contrast or label.
     """
     path = require_file(dataset_json)
-    data = json.loads(path.read_text())
+    data = read_json_object(path)
     if key not in data or not isinstance(data[key], list):
         raise DataError(path, f"has no list {key!r}", f"lists: {[k for k, v in data.items() if isinstance(v, list)]}")
     out = []
@@ -192,8 +192,7 @@ def brain_case_sets(
     from medood.data.demo.ood import T1W_ONLY_KINDS
     from medood.utils.io import case_name
 
-    path = require_file(Path(dataset_dir) / "dataset.json")
-    data = json.loads(path.read_text())
+    data = read_json_object(Path(dataset_dir) / "dataset.json")
     out: dict[str, tuple[str, str]] = {}
     for key, kind in ((id_key, None), (ood_key, "ood_type")):
         for entry in data.get(key, []):

@@ -38,7 +38,7 @@ from medood.detectors.registry import get_detector_class
 from medood.handlers.guard import FeatureCalibrationHandler, FeatureFitHandler
 from medood.networks.feature_maps import encoder_stages
 from medood.utils.checkpoints import load_state, save_state
-from medood.utils.io import atomic_write_text
+from medood.utils.io import atomic_write_text, read_json_object
 
 __all__ = ["build_guard", "find_inference_config", "read_id_datalist"]
 
@@ -218,7 +218,7 @@ def _write_companion(
     )
     atomic_write_text(dest / "configs" / "inference.json", json.dumps(config, indent=2) + "\n")
     meta_path = src / "configs" / "metadata.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = read_json_object(meta_path) if meta_path.is_file() else {}
     version = f"{meta.get('version', '0.0.0')}+guard"
     meta.update(
         version=version,

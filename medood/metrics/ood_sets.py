@@ -1,8 +1,8 @@
 """OOD metrics per task and per OOD set: each OOD set of a task against that task's in-distribution test cases.
 
-``FPR95`` is the fraction of OOD cases accepted when 95 % of the ID cases are accepted
-(:func:`~medood.metrics.functional.fpr_at_tpr` with ``positive="id"``): computed from the sorted scores, with no
-threshold window.
+The metrics are :func:`medood.metrics.tables.ood_metrics` (AUROC, FPR95 = the fraction of OOD cases accepted when
+95 % of the ID cases are accepted, computed from the sorted scores with no threshold window, AUPR-In, AUPR-Out);
+this module only groups cases by task and set, for several detectors at once.
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from medood.metrics.functional import aupr_in, aupr_out, auroc, fpr_at_tpr
+import torch
+
+from medood.metrics.tables import METRICS, ood_metrics
 from medood.utils.io import atomic_write_text
 
 __all__ = [
     "ID_SET",
     "METRICS",
     "markdown_table",
-    "ood_set_metrics",
     "read_scores_csv",
     "task_tables",
     "write_task_tables",
@@ -29,20 +30,6 @@ __all__ = [
 
 #: The set name of in-distribution cases.
 ID_SET = "id"
-#: Metric keys, in table order.
-METRICS = ("auroc", "fpr95", "aupr_in", "aupr_out")
-
-
-def ood_set_metrics(id_scores: list[float], ood_scores: list[float]) -> dict[str, float]:
-    """AUROC, FPR95, AUPR-In and AUPR-Out of one OOD set against the ID cases (OOD = positive class)."""
-    scores = [*id_scores, *ood_scores]
-    labels = [0] * len(id_scores) + [1] * len(ood_scores)
-    return {
-        "auroc": auroc(scores, labels),
-        "fpr95": fpr_at_tpr(scores, labels, 0.95, positive="id"),
-        "aupr_in": aupr_in(scores, labels),
-        "aupr_out": aupr_out(scores, labels),
-    }
 
 
 def task_tables(
@@ -73,8 +60,9 @@ def task_tables(
                 missing = [c for c in members[ID_SET] + members[ood_set] if c not in det_scores]
                 if missing:
                     raise ValueError(f"{det} has no score for {missing[:3]}")
-                table[ood_set][det] = ood_set_metrics(
-                    [det_scores[c] for c in members[ID_SET]], [det_scores[c] for c in members[ood_set]]
+                table[ood_set][det] = ood_metrics(
+                    torch.tensor([det_scores[c] for c in members[ID_SET]], dtype=torch.float64),
+                    torch.tensor([det_scores[c] for c in members[ood_set]], dtype=torch.float64),
                 )
         out[task] = table
     return out

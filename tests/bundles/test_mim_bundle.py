@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "mim_brain_mri_anomaly_segmentation"
 CONFIGS = BUNDLE / "configs"
@@ -84,7 +85,7 @@ def test_all_stages_then_inference(tmp_path: Path, data: Path) -> None:
     _run(["inference.yaml", "train_vqvae.yaml"], "train", root, data)
     assert (root / "models" / "stages" / "vqvae.pt").exists()
     _run(["inference.yaml", "train_tokens.yaml", "train_detector.yaml"], "train", root, data)
-    _run(["inference.yaml", "train_tokens.yaml", "train_mim.yaml"], "train", root, data)
+    _run(["inference.yaml", "train_tokens.yaml", "train_mim.yaml", "augment.yaml"], "train", root, data)  # augmented
     assert (root / "models" / "model.pt").exists(), "the mim stage writes the calibrated final weights"
     _run(["inference.yaml", "inference_ar.yaml", "train_tokens.yaml", "train_ar.yaml"], "train", root, data)
     assert (root / "models" / "model_ar.pt").exists()
@@ -122,9 +123,19 @@ def test_all_stages_then_inference(tmp_path: Path, data: Path) -> None:
     metrics = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())
     assert set(metrics["volume"]) >= {"auroc", "ap", "fpr95"}
     voxel = metrics["voxel"]["metrics"]
-    assert 0.0 <= voxel["pixel_ap"] <= 1.0 and 0.0 <= voxel["best_dice"] <= 1.0
+    # the figures agree with scikit-learn on the written maps and the lesion masks (all voxels: no brain mask)
+    maps = [np.asarray(nib.load(str(tmp_path / "evaluate" / f"s{i}_T1w_anomaly_map.nii.gz")).dataobj) for i in (0, 1)]
+    masks = [np.asarray(nib.load(str(data / "test" / f"s{i}_lesion.nii.gz")).dataobj) for i in (0, 1)]
+    y, s = np.concatenate([m.ravel() for m in masks]), np.concatenate([m.ravel() for m in maps])
+    assert voxel["pixel_ap"] == pytest.approx(average_precision_score(y, s), abs=1e-6)
+    assert voxel["pixel_auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-6)
+    scores = {r["case"]: float(r["score"]) for r in csv.DictReader(open(tmp_path / "evaluate" / "scores.csv"))}
+    assert metrics["volume"]["auroc"] == pytest.approx(float(scores["s0_T1w"] > scores["s1_T1w"]))
+    assert 0.0 < voxel["best_dice"] <= 1.0
     assert {"dice", "slice_ap", "slice_auroc"} <= set(voxel), "Dice at the healthy threshold and slice metrics"
     assert (tmp_path / "evaluate" / "worst_slices.png").stat().st_size > 0
+    for name in ("thresholds.json", "report.html", "open_in_slicer.py"):  # medood.reports, from the output folder
+        assert (tmp_path / "evaluate" / name).stat().st_size > 0, name
 
 
 def test_inference_config_alone_runs_on_a_plain_folder(tmp_path: Path, data: Path) -> None:

@@ -16,7 +16,7 @@ from monai.bundle import ConfigWorkflow
 
 from medood.detectors import get_detector_class, list_detectors
 from medood.detectors.base_posthoc import ClassifierDetector
-from medood.posthoc_eval import METRICS
+from medood.metrics.tables import METRICS
 from tests.helpers.class_folders import CLASSES, SMALL_FIT, make_class_folders, one_thread, write_pngs
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "nero_endoscopy_ood_classification"

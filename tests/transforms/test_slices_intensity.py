@@ -43,6 +43,14 @@ def test_rand_slices_draw_foreground_slices_reproducibly() -> None:
     out = s(vol)
     assert len(out) == 6
     assert all(sl.shape == (1, 8, 8) and float(sl.sum()) > 0 for sl, _ in out)
+    # reproducible: the same seed draws the same slices again, another seed (almost surely) others
+    again = RandSlices(num_samples=6, axis=2, min_foreground=0.1)
+    again.set_random_state(0)
+    positions = [float(p) for _, p in out]
+    assert [float(p) for _, p in again(vol)] == positions
+    other = RandSlices(num_samples=6, axis=2, min_foreground=0.1)
+    other.set_random_state(1)
+    assert [float(p) for _, p in other(vol)] != positions
     d = RandSlicesd("image", num_samples=4, uniform=True)({"image": vol, "case": "a"})
     assert [round(float(i["position"]), 3) for i in d] == [-0.5, -0.167, 0.167, 0.5]
     assert d[0]["case"] == "a"

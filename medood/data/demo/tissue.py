@@ -21,7 +21,7 @@ import numpy as np
 from medood.data.demo.brain import BrainTemplate, _anatomy, _rng, _sample_params, _uncrop, load_template
 from medood.data.demo.brain_set import save_nifti, subject_seed
 from medood.data.errors import DataError
-from medood.utils.io import atomic_write_text
+from medood.utils.io import atomic_write_text, read_json_object
 
 __all__ = ["TISSUE_LABELS", "subject_tissue", "tissue_labels", "write_tissue_labels"]
 
@@ -49,10 +49,8 @@ def subject_tissue(template: BrainTemplate, seed: tuple[int, ...]) -> tuple[np.n
 
 def _read_list(brain_dir: Path) -> dict[str, Any]:
     path = brain_dir / "dataset.json"
-    if not path.is_file():
-        raise DataError(path, "missing", "build the demo data first: medood data demo --out DIR --only brain_mri")
+    datalist = read_json_object(path, "build the demo data first: medood data demo --out DIR --only brain_mri")
     try:
-        datalist = json.loads(path.read_text())
         seed, spacing = int(datalist["seed"]), float(datalist["spacing_mm"][0])
     except (ValueError, KeyError, TypeError) as err:
         raise DataError(path, f"is not a medood demo brain_mri dataset.json ({err})") from err
