@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import random
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from medood.detectors.registry import get_detector_class
 from medood.handlers.guard import FeatureCalibrationHandler, FeatureFitHandler
 from medood.networks.feature_maps import encoder_stages
 from medood.utils.checkpoints import load_state, save_state
-from medood.utils.io import atomic_write_text, read_json_object
+from medood.utils.io import atomic_write_bytes, atomic_write_text, read_json_object
 
 __all__ = ["build_guard", "find_inference_config", "read_id_datalist"]
 
@@ -228,8 +227,7 @@ def _write_companion(
     )
     atomic_write_text(dest / "configs" / "metadata.json", json.dumps(meta, indent=2) + "\n")
     if (src / "configs" / "logging.conf").is_file():
-        (dest / "configs").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src / "configs" / "logging.conf", dest / "configs" / "logging.conf")
+        atomic_write_bytes(dest / "configs" / "logging.conf", (src / "configs" / "logging.conf").read_bytes())
     atomic_write_text(dest / "docs" / "README.md", _readme(src, dest, info))
 
 
