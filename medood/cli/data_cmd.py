@@ -24,12 +24,39 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=("brain_mri", "pathology", "dermoscopy", "endoscopy"),
         help="build only these datasets",
     )
+    demo.add_argument(
+        "--tissue-labels",
+        action="store_true",
+        help="also write brain tissue labels (<case>_tissue.nii.gz: 1 CSF, 2 grey, 3 white matter) of every subject",
+    )
     demo.set_defaults(func=run_demo)
+    tissue = dsub.add_parser(
+        "tissue",
+        help="write tissue labels of an existing demo brain_mri set",
+        description="Derive the CSF / grey / white-matter labels of every subject of a demo brain_mri set from its "
+        "dataset.json seed (deterministic; each derived brain mask is checked against the stored one) and write "
+        "<case>_tissue.nii.gz plus a dataset.json that lists them under 'tissue'.",
+    )
+    tissue.add_argument("--brain-dir", required=True, help="the demo brain_mri folder (with dataset.json)")
+    tissue.add_argument("--out", help="output folder (default: next to the images, dataset.json updated in place)")
+    tissue.set_defaults(func=run_tissue)
 
 
 def run_demo(args: argparse.Namespace) -> int:
     """Build the demo data."""
     from medood.data.demo import build_demo
 
-    build_demo(args.out, size=args.size, seed=args.seed, only=args.only)
+    written = build_demo(args.out, size=args.size, seed=args.seed, only=args.only)
+    if args.tissue_labels and "brain_mri" in written:
+        from medood.data.demo.tissue import write_tissue_labels
+
+        write_tissue_labels(written["brain_mri"])
+    return 0
+
+
+def run_tissue(args: argparse.Namespace) -> int:
+    """Write the tissue labels of a demo brain set."""
+    from medood.data.demo.tissue import write_tissue_labels
+
+    write_tissue_labels(args.brain_dir, args.out)
     return 0

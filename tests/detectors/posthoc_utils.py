@@ -64,6 +64,11 @@ KNOWN_DIRECTION_FAILURES: dict[str, tuple[set[int], str]] = {
     "gradnorm": ({3}, "3D toy: speckle noise gives larger feature L1 norms and GradNorm ~ ||a||_1 (AUROC 0.0)"),
     "nero": ({2}, "2D toy: ID logits near zero inflate LRP-0 relevance; OOD relevance is small (AUROC 0.08)"),
     "react": ({3}, "3D toy: ID class evidence sits in the top activations that the p90 clip removes (AUROC 0.33)"),
+    "mc_dropout": (
+        {2, 3},
+        "toy classifier: test-time dropout on its 16 penultimate features flips the ID predictions more than the "
+        "noise ones (mean variance 0.315 ID vs 0.306 OOD in 2D, 0.31 vs 0.13 in 3D; AUROC 0.49 and 0.22)",
+    ),
 }
 
 

@@ -24,7 +24,15 @@ from scipy import ndimage as ndi
 from medood.data.demo.brain import BrainTemplate, Subject, synthesize_subject
 from medood.data.errors import DataError
 
-__all__ = ["BRAIN_OOD_KINDS", "FAR_OOD_GROUPS", "dicom_slice", "far_ood_generator", "far_ood_sources", "make_brain_ood"]
+__all__ = [
+    "BRAIN_OOD_KINDS",
+    "FAR_OOD_GROUPS",
+    "T1W_ONLY_KINDS",
+    "dicom_slice",
+    "far_ood_generator",
+    "far_ood_sources",
+    "make_brain_ood",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +45,8 @@ BRAIN_OOD_KINDS: tuple[str, ...] = (
     "heavy_noise",
     "ct_head",
 )
+#: OOD kinds whose T2w and FLAIR slots hold normal images (only the T1w slot is out of distribution).
+T1W_ONLY_KINDS: tuple[str, ...] = ("wrong_contrast_pd", "inverted_t1w")
 
 
 @functools.lru_cache(maxsize=16)

@@ -24,6 +24,7 @@ from scipy import ndimage as ndi
 from medood.data.demo.images2d import Generator, SetSpec
 from medood.data.demo.ood import far_ood_generator
 from medood.data.demo.procedural import random_crop, to_rgb
+from medood.transforms.stain import DAB_THRESHOLD, HAEMATOXYLIN_THRESHOLD
 
 __all__ = ["CLASSES", "SPEC", "stain_fractions"]
 
@@ -35,7 +36,7 @@ _SPLIT_BLOCKS: dict[str, tuple[int, ...]] = {
     "test": (12, 13),
 }
 _CROP_SIZES = (40, 56, 72, 88)
-_DAB_T, _HEM_T = 0.08, 0.03  # optical-density thresholds of a positive pixel (rgb2hed units)
+_DAB_T, _HEM_T = DAB_THRESHOLD, HAEMATOXYLIN_THRESHOLD  # optical density of a positive pixel (rgb2hed units)
 
 
 @functools.lru_cache(maxsize=1)

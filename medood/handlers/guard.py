@@ -1,0 +1,277 @@
+"""Handlers that feed a feature-map detector from the hooks of an engine's *own* forward pass.
+
+A bundle's evaluator runs its network once per batch (or once per window batch with a sliding-window inferer);
+forward hooks (:class:`~medood.networks.feature_maps.FeatureRecorder`) on the detector's layers record what that
+pass computes, and at the end of each iteration the handler turns the recorded calls into one feature map per
+case (:func:`item_features`) and hands them to the detector. Nothing else runs: the segmentation and whatever the
+bundle writes are untouched.
+
+* :class:`FeatureFitHandler`: ``partial_fit_features`` per batch, ``finalize_fit`` at the end (in-distribution
+  training data);
+* :class:`FeatureCalibrationHandler`: records the scores of in-distribution validation cases into the
+  detector's :class:`~medood.detectors.calibration.Calibration` (the thresholds);
+* :class:`GuardScoreWriter`: scores every case and writes ``scores.csv`` (``case,score,is_ood``) and
+  ``guard.json``; ``is_ood`` = score above the threshold at the requested false-alarm rate on the validation
+  scores.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from medood.detectors.base_featuremap import FeatureMapDetector
+from medood.networks.feature_maps import FeatureRecorder
+from medood.utils.checkpoints import save_state
+from medood.utils.io import atomic_write, atomic_write_text, case_name
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+
+__all__ = ["FeatureCalibrationHandler", "FeatureFitHandler", "GuardScoreWriter", "item_features"]
+
+logger = logging.getLogger(__name__)
+
+
+def item_features(calls: dict[str, list[Tensor]], batch_size: int) -> dict[str, Tensor]:
+    """One feature map per case from the hooked calls of one iteration.
+
+    One call with the whole batch gives the maps as they are. Several calls for one case (sliding-window
+    inference) give a ``(1, C, N)`` map with the voxels of every window side by side: every feature-map
+    detector flattens the spatial axes, so its Gram matrix, pooled mean or voxel mean is that of all windows.
+
+    Raises:
+        ValueError: several calls for a batch of several cases (their windows cannot be told apart).
+    """
+    if not calls:
+        raise RuntimeError("no features were recorded in this iteration: is the hooked network the engine's?")
+    n_calls = len(next(iter(calls.values())))
+    first = next(iter(calls.values()))[0]
+    if n_calls == 1 and first.shape[0] == batch_size:
+        return {k: v[0] for k, v in calls.items()}
+    if batch_size == 1:
+        return {
+            k: torch.cat([t.transpose(0, 1).reshape(t.shape[1], -1) for t in v], dim=1)[None] for k, v in calls.items()
+        }
+    raise ValueError(
+        f"{n_calls} network calls for a batch of {batch_size} cases: use batch_size 1 with sliding-window inference"
+    )
+
+
+def _items(batch: Any) -> list[Any]:
+    return batch if isinstance(batch, list) else [batch]
+
+
+def _batch_size(batch: Any, image_key: str) -> int:
+    if isinstance(batch, list):
+        return len(batch)
+    image = batch[image_key]
+    return int(image.shape[0])
+
+
+def _case_names(batch: Any, image_key: str, start: int) -> list[str]:
+    names: list[str] = []
+    for item in _items(batch):
+        meta = getattr(item.get(image_key), "meta", {}) or {}
+        source = meta.get("filename_or_obj")
+        sources = source if isinstance(source, (list, tuple)) else [source]
+        for s in sources:
+            names.append(case_name(str(s)) if s else f"case_{start + len(names):04d}")
+    return names
+
+
+class _HookedPass:
+    """Hook ``engine.network`` at the start of a run; hand one feature map per case to :meth:`on_batch`."""
+
+    def __init__(self, detector: FeatureMapDetector, image_key: str = "image") -> None:
+        if not isinstance(detector, FeatureMapDetector):
+            raise TypeError(f"{type(detector).__name__} does not read feature maps of a host network")
+        self.detector, self.image_key = detector, image_key
+        self._recorder: FeatureRecorder | None = None
+
+    def attach(self, engine: Engine) -> None:
+        """Register the event handlers (the network is hooked when the run starts)."""
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
+        engine.add_event_handler(Events.COMPLETED, self._completed)
+
+    def _started(self, engine: Engine) -> None:
+        network: nn.Module = engine.network  # type: ignore[attr-defined]
+        net = getattr(network, "module", network)
+        if self._recorder is not None:
+            self._recorder.remove()
+        self._recorder = FeatureRecorder(net, {name: name for name in self.detector.layers})
+        self.on_start(engine)
+
+    def _iteration(self, engine: Engine) -> None:
+        assert self._recorder is not None
+        calls = self._recorder.pop_calls()
+        feats = item_features(calls, _batch_size(engine.state.batch, self.image_key))
+        with torch.no_grad():
+            self.on_batch(engine, {k: v.to(self.detector.layer_mean.device) for k, v in feats.items()})
+
+    def _completed(self, engine: Engine) -> None:
+        if self._recorder is not None:
+            self._recorder.remove()
+            self._recorder = None
+        self.on_end(engine)
+
+    def on_start(self, engine: Engine) -> None:
+        """Called when the run starts."""
+
+    def on_batch(self, engine: Engine, features: dict[str, Tensor]) -> None:
+        """Called with ``{layer: (B, C, *S)}`` of every iteration."""
+
+    def on_end(self, engine: Engine) -> None:
+        """Called when the run completes."""
+
+
+class FeatureFitHandler(_HookedPass):
+    """Fit a feature-map detector on the cases of an in-distribution pass.
+
+    Args:
+        detector: the detector (its ``layers`` are hooked).
+        image_key: batch key of the image. Defaults to ``"image"``.
+        save_path: write the fitted detector there at the end (``{"model": state_dict}``). Defaults to ``None``.
+    """
+
+    def __init__(
+        self, detector: FeatureMapDetector, image_key: str = "image", save_path: str | os.PathLike[str] | None = None
+    ) -> None:
+        super().__init__(detector, image_key)
+        self.save_path, self.n_cases = save_path, 0
+
+    def on_start(self, engine: Engine) -> None:
+        """Clear the running statistics."""
+        self.detector.reset_fit()
+        self.n_cases = 0
+
+    def on_batch(self, engine: Engine, features: dict[str, Tensor]) -> None:
+        """Accumulate the batch."""
+        self.detector.partial_fit_features(features)
+        self.n_cases += next(iter(features.values())).shape[0]
+
+    def on_end(self, engine: Engine) -> None:
+        """Finalise the fit (and save)."""
+        if self.n_cases == 0:
+            raise RuntimeError("FeatureFitHandler saw no case: is the in-distribution list empty?")
+        self.detector.finalize_fit()
+        self.detector.mark_fitted()
+        logger.info("%s fitted on %d in-distribution cases", type(self.detector).__name__, self.n_cases)
+        if self.save_path is not None:
+            save_state(self.detector, self.save_path)
+
+
+class FeatureCalibrationHandler(_HookedPass):
+    """Record the scores of in-distribution validation cases as the detector's calibration.
+
+    Args:
+        detector: a fitted detector.
+        image_key: batch key of the image. Defaults to ``"image"``.
+        save_path: write the calibrated detector there at the end. Defaults to ``None``.
+    """
+
+    def __init__(
+        self, detector: FeatureMapDetector, image_key: str = "image", save_path: str | os.PathLike[str] | None = None
+    ) -> None:
+        super().__init__(detector, image_key)
+        self.save_path = save_path
+        self.scores: list[Tensor] = []
+
+    def on_start(self, engine: Engine) -> None:
+        """Require a fitted detector; clear the scores."""
+        self.detector.check_fitted()
+        self.scores = []
+
+    def on_batch(self, engine: Engine, features: dict[str, Tensor]) -> None:
+        """Score the batch."""
+        self.scores.append(self.detector.score_features(features).image_score.detach().cpu())
+
+    def on_end(self, engine: Engine) -> None:
+        """Record the score quantiles (and save)."""
+        if not self.scores:
+            raise RuntimeError("FeatureCalibrationHandler saw no case: is the validation list empty?")
+        self.detector.calibration.update(torch.cat(self.scores))
+        logger.info(
+            "calibrated on %d validation cases: %s", sum(map(len, self.scores)), self.detector.calibration.to_dict()
+        )
+        if self.save_path is not None:
+            save_state(self.detector, self.save_path)
+
+
+class GuardScoreWriter(_HookedPass):
+    """Score every case of the run and write ``scores.csv`` (``case,score,is_ood``) and ``guard.json``.
+
+    Args:
+        detector: a fitted, calibrated detector.
+        output_dir: where the files go.
+        false_alarm_rate: the fraction of in-distribution validation cases allowed above the threshold.
+            Defaults to 0.05.
+        threshold: a fixed score threshold instead (``None``: from the calibration). Defaults to ``None``.
+        image_key: batch key of the image. Defaults to ``"image"``.
+    """
+
+    def __init__(
+        self,
+        detector: FeatureMapDetector,
+        output_dir: str | os.PathLike[str],
+        false_alarm_rate: float = 0.05,
+        threshold: float | None = None,
+        image_key: str = "image",
+    ) -> None:
+        super().__init__(detector, image_key)
+        if not 0.0 < false_alarm_rate < 1.0:
+            raise ValueError(f"false_alarm_rate must be in (0, 1), got {false_alarm_rate}")
+        self.output_dir, self.false_alarm_rate, self.threshold = Path(output_dir), false_alarm_rate, threshold
+        self.rows: list[dict[str, Any]] = []
+
+    def on_start(self, engine: Engine) -> None:
+        """Resolve the threshold from the calibration."""
+        self.detector.check_fitted()
+        if self.threshold is None:
+            self.threshold = self.detector.calibration.quantile(1.0 - self.false_alarm_rate, "score")
+        self.rows = []
+
+    def on_batch(self, engine: Engine, features: dict[str, Tensor]) -> None:
+        """Score and flag the cases of the batch."""
+        out = self.detector.score_features(features)
+        names = _case_names(engine.state.batch, self.image_key, len(self.rows))
+        assert self.threshold is not None
+        for name, score in zip(names, out.image_score.tolist()):
+            flagged = int(score > self.threshold)
+            self.rows.append({"case": name, "score": score, "is_ood": flagged})
+            if flagged:
+                logger.warning(
+                    "%s is out of distribution (score %.4g > %.4g): do not trust its output",
+                    name,
+                    score,
+                    self.threshold,
+                )
+
+    def on_end(self, engine: Engine) -> None:
+        """Write scores.csv and guard.json."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.output_dir / "scores.csv") as f:
+            w = csv.DictWriter(f, fieldnames=["case", "score", "is_ood"], lineterminator="\n")
+            w.writeheader()
+            w.writerows({**r, "score": f"{r['score']:.7g}"} for r in self.rows)
+        info = {
+            "detector": self.detector.name,
+            "layers": self.detector.layers,
+            "threshold": self.threshold,
+            "false_alarm_rate": self.false_alarm_rate,
+            "n_cases": len(self.rows),
+            "n_flagged": sum(r["is_ood"] for r in self.rows),
+            "score_convention": "higher = more out-of-distribution; is_ood = score > threshold",
+        }
+        atomic_write_text(self.output_dir / "guard.json", json.dumps(info, indent=2) + "\n")
+        logger.info("guard: %d of %d cases flagged out of distribution", info["n_flagged"], info["n_cases"])

@@ -1,0 +1,78 @@
+"""The guard handlers on an in-process evaluator: fit, calibrate and score from the engine's own forward hooks."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.engines import SupervisedEvaluator
+from monai.inferers import SimpleInferer, SlidingWindowInferer
+from monai.networks.nets import UNet
+
+from medood.detectors.spectral import SpectralDetector
+from medood.handlers.guard import FeatureCalibrationHandler, FeatureFitHandler, GuardScoreWriter, item_features
+from medood.networks.feature_maps import encoder_stages
+
+
+def test_item_features_one_call_or_windows() -> None:
+    a, b, c = torch.randn(2, 3, 4, 4), torch.randn(1, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    assert torch.equal(item_features({"x": [a]}, 2)["x"], a)
+    joined = item_features({"x": [b, c]}, 1)["x"]
+    assert joined.shape == (1, 3, 48)
+    torch.testing.assert_close(joined[0, :, :16], b[0].reshape(3, 16))
+    torch.testing.assert_close(joined[0, :, 16:32], c[0].reshape(3, 16))
+    with pytest.raises(ValueError, match="batch_size 1"):
+        item_features({"x": [a, c]}, 2)
+    with pytest.raises(RuntimeError, match="no features"):
+        item_features({}, 1)
+
+
+def _cases(n: int, seed: int, invert: bool = False) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    grid = torch.stack(torch.meshgrid(*[torch.linspace(-1, 1, 16)] * 2, indexing="ij")).pow(2).sum(0)
+    out = []
+    for i in range(n):
+        x = (grid < 0.6).float() * (0.5 + grid) + 0.02 * torch.randn(16, 16, generator=g)
+        x = 1.2 - x if invert else x
+        out.append({"image": MetaTensor(x[None], meta={"filename_or_obj": f"/data/case_{seed}_{i}.png"})})
+    return out
+
+
+def _run(net: torch.nn.Module, cases: list[dict], handler: object, inferer: object = None, batch: int = 1) -> None:
+    loader = []
+    for i in range(0, len(cases), batch):
+        chunk = cases[i : i + batch]
+        names = [c["image"].meta["filename_or_obj"] for c in chunk]
+        loader.append(
+            {"image": MetaTensor(torch.stack([c["image"].as_tensor() for c in chunk]), meta={"filename_or_obj": names})}
+        )
+    SupervisedEvaluator(
+        "cpu", loader, net, inferer=inferer or SimpleInferer(), val_handlers=[handler], decollate=False
+    ).run()
+
+
+@pytest.mark.parametrize("sliding", [False, True])
+def test_fit_calibrate_and_write_scores(tmp_path: Path, sliding: bool) -> None:
+    torch.manual_seed(0)
+    net = UNet(2, 1, 2, channels=(4, 8), strides=(2,), num_res_units=0).eval()
+    det = SpectralDetector(layers=encoder_stages(net))  # no model: the handlers' hooks feed it
+    inferer = SlidingWindowInferer((8, 8), sw_batch_size=2, overlap=0) if sliding else None
+    _run(net, _cases(8, 0), FeatureFitHandler(det, save_path=tmp_path / "det.pt"), inferer, batch=1 if sliding else 4)
+    assert det.is_fitted and det.signatures_0.shape[0] == 8 and (tmp_path / "det.pt").is_file()
+    _run(net, _cases(5, 1), FeatureCalibrationHandler(det), inferer)
+    assert int(det.calibration.n_scores) == 5
+    writer = GuardScoreWriter(det, tmp_path / "out", false_alarm_rate=0.2)
+    _run(net, _cases(3, 2) + _cases(3, 3, invert=True), writer, inferer)
+    rows = list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))
+    assert [r["case"] for r in rows] == [f"case_2_{i}" for i in range(3)] + [f"case_3_{i}" for i in range(3)]
+    threshold = det.calibration.quantile(0.8, "score")
+    assert all(int(r["is_ood"]) == int(float(r["score"]) > threshold) for r in rows)
+    scores = [float(r["score"]) for r in rows]
+    assert min(scores[3:]) > max(scores[:3]), "inverted contrast scores higher"
+    info = json.loads((tmp_path / "out" / "guard.json").read_text())
+    assert info["n_cases"] == 6 and info["threshold"] == pytest.approx(threshold) and info["detector"] == "spectral"
+    assert all(not m._forward_hooks for m in net.modules()), "the handlers remove their hooks at the end of a run"
