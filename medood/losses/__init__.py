@@ -6,6 +6,7 @@ They sit between the networks and the detectors: detectors name them in their de
 
 from __future__ import annotations
 
+from medood.losses.heatmap import HeatmapLoss, weighted_residual_loss
 from medood.losses.stages import (
     ARTokenLoss,
     MaskedTokenLoss,
@@ -15,4 +16,13 @@ from medood.losses.stages import (
     ar_sequences,
 )
 
-__all__ = ["ARTokenLoss", "MaskedTokenLoss", "ReconstructionLoss", "TokenDetectorLoss", "VQVAELoss", "ar_sequences"]
+__all__ = [
+    "ARTokenLoss",
+    "HeatmapLoss",
+    "MaskedTokenLoss",
+    "ReconstructionLoss",
+    "TokenDetectorLoss",
+    "VQVAELoss",
+    "ar_sequences",
+    "weighted_residual_loss",
+]
