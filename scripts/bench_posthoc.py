@@ -3,9 +3,10 @@
 Writes ``docs/benchmarks/posthoc.json`` and ``posthoc.md`` (``--out``):
 
 * ``overhead_all_over_forward``: one backbone forward over ``--overhead-images`` images (batch 64, 2D, the NERO
-  bundle's classifier at its 64x64 input) versus the same forward with the penultimate features hooked plus every
-  detector's ``score_features`` except ODIN's (median of ``--repeats`` runs after a warm-up). ODIN needs its own
-  forward-backward-forward per batch; its cost is reported separately (``odin_over_forward``).
+  bundle's classifier at its 64x64 input) versus :func:`medood.detectors.posthoc.score_many` with every detector
+  that shares the forward pass (all but those with ``needs_input_grad``, i.e. ODIN) on the same batches (median of
+  ``--repeats`` runs after a warm-up). ODIN needs its own forward-backward-forward per batch; its cost is reported
+  separately (``odin_over_forward``).
 * ``fit_seconds`` / ``fit_peak_mb``: fitting every detector that needs a fit on N = 1k, 10k, 100k synthetic
   feature vectors (D = the classifier's feature width, C classes, logits from its real head), streamed through
   ``partial_fit_features`` in batches of 1024, then ``finalize_fit``. Peak memory = the rise of the process's
@@ -35,18 +36,15 @@ from typing import Any
 import torch
 from monai.data import DataLoader, Dataset
 
-from medood.detectors.odin import ODINDetector
+from medood.data.classification import class_folder_loader, classifier_preprocessing
+from medood.data.folders import ood_datalists
+from medood.detectors.posthoc import score_many
 from medood.detectors.registry import get_detector_class
+from medood.engines.classifier import load_classifier, train_folder_classifier
+from medood.engines.posthoc import build_detectors, evaluate_posthoc, load_detectors
+from medood.metrics.tables import FPR95_CONVENTION, METRICS
+from medood.networks.classifiers import build_classifier
 from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
-from medood.posthoc_classifier import (
-    build_classifier,
-    class_folder_loader,
-    load_classifier,
-    preprocessing,
-    train_classifier,
-)
-from medood.posthoc_data import ood_datalists
-from medood.posthoc_eval import FPR95_CONVENTION, METRICS, build_detectors, evaluate_posthoc, load_detectors
 from medood.utils.checkpoints import load_state as load_weights
 from medood.utils.io import atomic_write_text
 from medood.utils.machine import describe_machine
@@ -91,10 +89,12 @@ def _paired_ratio(base: Callable[[], Any], other: Callable[[], Any], repeats: in
 
 
 def overhead(net: torch.nn.Module, n_images: int, repeats: int) -> dict[str, Any]:
-    """Forward alone vs forward + every non-ODIN detector; ODIN separately. Fitted detectors from the bundle."""
+    """Forward alone vs score_many with every detector sharing it; ODIN separately. Fitted detectors from the
+    bundle."""
     dets = load_detectors(build_detectors("all", net), BUNDLE / "models" / "detectors.pt")
     batches = list(torch.rand(n_images, 3, 64, 64, generator=torch.Generator().manual_seed(0)).split(64))
-    others = {n: d for n, d in dets.items() if not isinstance(d, ODINDetector)}
+    others = {n: d for n, d in dets.items() if not d.needs_input_grad}
+    own = [d for d in dets.values() if d.needs_input_grad]
     head, _ = find_linear_head(net)
 
     def forward() -> None:
@@ -103,16 +103,12 @@ def overhead(net: torch.nn.Module, n_images: int, repeats: int) -> dict[str, Any
                 net(x)
 
     def forward_all() -> None:
-        with torch.no_grad(), FeatureExtractor(net, {"features": f"{head}:input"}) as fx:
-            for x in batches:
-                f = fx(x)
-                feats = {"features": flatten_features(f["features"]), "logits": f["logits"]}
-                for det in others.values():
-                    det.score_features(feats)
+        score_many(others, net, batches)
 
     def odin() -> None:
         for x in batches:
-            dets["odin"].score(x)
+            for det in own:
+                det.score(x)
 
     ratio_all, t_fwd, t_all = _paired_ratio(forward, forward_all, repeats)
     ratio_odin, _, t_odin = _paired_ratio(forward, odin, max(1, repeats // 2))
@@ -128,7 +124,7 @@ def overhead(net: torch.nn.Module, n_images: int, repeats: int) -> dict[str, Any
             "batch_size": 64,
             "image_size": 64,
             "repeats": repeats,
-            "method": "median over interleaved (forward, forward + detectors) pairs of the time ratio",
+            "method": "median over interleaved (forward, score_many with the detectors) pairs of the time ratio",
             "forward_seconds": t_fwd,
             "forward_plus_all_seconds": t_all,
             "odin_seconds": t_odin,
@@ -249,13 +245,13 @@ def task(work: Path, name: str, epochs: int) -> tuple[dict[str, Any], dict[str, 
     else:
         ckpt = work / "models" / name / "model.pt"
         if not ckpt.is_file():
-            train_classifier(data, ckpt.parent, epochs=epochs, seed=0, progress=False)
+            train_folder_classifier(data, ckpt.parent, epochs=epochs, seed=0, progress=False)
         net, cfg = load_classifier(ckpt)
         classes, how = cfg["class_names"], f"trained here: resnet10, {epochs} epochs, seed 0"
     train, _ = class_folder_loader(data, "train", 64, classes, batch_size=64)
     test, _ = class_folder_loader(data, "test", 64, classes, batch_size=64)
     sets = ood_datalists([data / "ood_near", data / "ood_far"])
-    oods = {s: DataLoader(Dataset(v, preprocessing(64)), batch_size=64) for s, v in sets.items()}
+    oods = {s: DataLoader(Dataset(v, classifier_preprocessing(64)), batch_size=64) for s, v in sets.items()}
     payload = evaluate_posthoc(net, train, test, oods, "all", out_dir=work / "results" / name)
     summary = {
         "classifier": how,
@@ -279,7 +275,7 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         "## Scoring overhead",
         "",
-        f"- forward + every detector except ODIN / forward alone: **{res['overhead_all_over_forward']:.3f}** "
+        f"- score_many with every detector except ODIN / forward alone: **{res['overhead_all_over_forward']:.3f}** "
         "(target <= 1.10; median ratio over interleaved pairs of runs after a warm-up, "
         f"{res['overhead_detail']['images']} images, batch 64, 64x64, the NERO bundle's resnet10)",
         f"- ODIN (perturbation: forward + backward + forward) / forward alone: {res['odin_over_forward']:.2f}",

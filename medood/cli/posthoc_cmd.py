@@ -11,7 +11,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-#: ``medood.posthoc_classifier.ARCHS`` keys (spelled out so that ``medood --help`` does not import torch).
+#: ``medood.networks.classifiers.ARCHS`` keys (spelled out so that ``medood --help`` does not import torch).
 ARCH_CHOICES = ("densenet_small", "resnet10", "resnet18", "resnet18_small")
 
 _DESCRIPTION = """\
@@ -155,13 +155,13 @@ def _set_threads(args: argparse.Namespace) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train the classifier; returns the exit status."""
-    from medood.posthoc_classifier import train_classifier
+    from medood.engines.classifier import train_folder_classifier
     from medood.utils.io import atomic_write_text
 
     if args.epochs < 1 or args.batch_size < 1 or args.val_interval < 1:
         raise ValueError("--epochs, --batch-size and --val-interval must be >= 1")
     _set_threads(args)
-    config = train_classifier(
+    config = train_folder_classifier(
         args.data,
         args.out,
         arch=args.arch,
@@ -209,9 +209,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """Fit, score and tabulate; returns the exit status."""
     from monai.data import DataLoader, Dataset
 
-    from medood.posthoc_classifier import class_folder_loader, load_classifier, preprocessing
-    from medood.posthoc_data import ood_datalists
-    from medood.posthoc_eval import evaluate_posthoc, parse_detectors
+    from medood.data.classification import class_folder_loader, classifier_preprocessing
+    from medood.data.folders import ood_datalists
+    from medood.engines.classifier import load_classifier
+    from medood.engines.posthoc import evaluate_posthoc, parse_detectors
 
     _set_threads(args)
     names = parse_detectors(args.detectors)
@@ -230,7 +231,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     sets = ood_datalists(_ood_roots(args))
     ood_loaders = {
         name: DataLoader(
-            Dataset(items, preprocessing(size, norm)), batch_size=args.batch_size, num_workers=args.num_workers
+            Dataset(items, classifier_preprocessing(size, norm)),
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
         )
         for name, items in sets.items()
     }

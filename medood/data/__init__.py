@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 from medood.data.errors import DataError
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "DataError",
     "Image2DReader",
     "LoadDicomSeriesd",
@@ -20,17 +22,25 @@ __all__ = [
     "bids_datalist",
     "bundle_datalist",
     "check_volume",
+    "class_balanced_loader",
+    "class_balanced_sampler",
     "class_folder_datalist",
+    "class_folder_loader",
+    "classifier_preprocessing",
     "decathlon_datalist",
+    "evaluation_datalist",
     "find_dicom_series",
     "ham10000_datalist",
+    "image_datalist",
     "isic2019_datalist",
     "load_dicom_series",
     "load_volume",
     "nifti_datalist",
+    "ood_datalists",
     "read_image_2d",
     "read_map_nifti_2d",
     "save_split_4d",
+    "scoring_datalist",
     "split_4d",
     "write_map_nifti_2d",
     "write_overlay_png",
@@ -46,6 +56,11 @@ _LAZY = {
     "write_map_nifti_2d": "image2d", "read_map_nifti_2d": "image2d", "Image2DReader": "image2d",
     "MedMNISTDataset": "medmnist",
     "class_folder_datalist": "folders", "isic2019_datalist": "folders", "ham10000_datalist": "folders",
+    "image_datalist": "folders", "ood_datalists": "folders", "scoring_datalist": "folders",
+    "evaluation_datalist": "folders",
+    "IMAGENET_MEAN": "classification", "IMAGENET_STD": "classification", "classifier_preprocessing": "classification",
+    "class_folder_loader": "classification", "class_balanced_sampler": "classification",
+    "class_balanced_loader": "classification",
     "bids_datalist": "datalist", "bundle_datalist": "datalist", "decathlon_datalist": "datalist",
     "nifti_datalist": "datalist",
     "LoadVolume": "transforms", "LoadVolumed": "transforms", "LoadImage2D": "transforms",
@@ -54,9 +69,25 @@ _LAZY = {
 }  # fmt: skip
 
 if TYPE_CHECKING:
+    from medood.data.classification import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        class_balanced_loader,
+        class_balanced_sampler,
+        class_folder_loader,
+        classifier_preprocessing,
+    )
     from medood.data.datalist import bids_datalist, bundle_datalist, decathlon_datalist, nifti_datalist
     from medood.data.dicom import find_dicom_series, load_dicom_series
-    from medood.data.folders import class_folder_datalist, ham10000_datalist, isic2019_datalist
+    from medood.data.folders import (
+        class_folder_datalist,
+        evaluation_datalist,
+        ham10000_datalist,
+        image_datalist,
+        isic2019_datalist,
+        ood_datalists,
+        scoring_datalist,
+    )
     from medood.data.image2d import (
         Image2DReader,
         read_image_2d,

@@ -1,8 +1,14 @@
-"""2D classification datasets as MONAI-style datalists: class folders (Kvasir-v2, GastroVision), ISIC, HAM10000.
+"""2D classification datasets as MONAI-style datalists: class folders, ISIC, HAM10000, OOD-evaluation folders.
 
-Every function returns ``(datalist, class_names)`` where ``datalist`` is a list of ``{"image": path, "label":
+Class folders follow the Kvasir-v2 / GastroVision layout; the image folders of post-hoc OOD evaluation are the
+OOD sets, the folders to score, and the ID test set plus the OOD sets.
+
+The dataset readers return ``(datalist, class_names)`` where ``datalist`` is a list of ``{"image": path, "label":
 int}`` dictionaries (ready for ``monai.data.Dataset`` with a :class:`~medood.data.transforms.LoadImage2Dd`
-transform) and ``label`` indexes ``class_names``.
+transform) and ``label`` indexes ``class_names``. The OOD helpers (:func:`ood_datalists`,
+:func:`scoring_datalist`, :func:`evaluation_datalist`) give ``{"image", "case", ...}`` entries for
+:func:`medood.data.classification.classifier_preprocessing`: every sub-folder of an OOD folder is one OOD set; a
+folder that holds images directly is one set.
 """
 
 from __future__ import annotations
@@ -17,8 +23,18 @@ from typing import Any
 from medood.data._files import PathLike, require_dir, require_file
 from medood.data.errors import DataError
 from medood.data.image2d import IMAGE_2D_SUFFIXES
+from medood.utils.enums import OODKeys
 
-__all__ = ["class_folder_datalist", "ham10000_datalist", "isic2019_datalist"]
+__all__ = [
+    "class_folder_datalist",
+    "evaluation_datalist",
+    "ham10000_datalist",
+    "image_datalist",
+    "isic2019_datalist",
+    "ood_datalists",
+    "relative_case",
+    "scoring_datalist",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +48,11 @@ def _subfolders(path: Path) -> list[Path]:
 
 def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_2D_SUFFIXES and not p.name.startswith("."))
+
+
+def relative_case(image: PathLike, base: PathLike, prefix: str = "") -> str:
+    """``prefix`` + the image's path relative to ``base`` without its suffix (``"polyp/img_00"``)."""
+    return prefix + Path(image).relative_to(base).with_suffix("").as_posix()
 
 
 def class_folder_datalist(
@@ -223,3 +244,84 @@ def ham10000_datalist(
     if missing:
         raise _missing_error(folders, missing, len(rows), image_ext)
     return datalist, classes
+
+
+def image_datalist(root: PathLike, **fields: Any) -> list[dict[str, Any]]:
+    """Every image under ``root`` (recursive) as ``{"image": path, "case": relative name, **fields}``.
+
+    Raises:
+        DataError: ``root`` is not a folder or holds no image.
+    """
+    base = Path(root)
+    if not base.is_dir():
+        raise DataError(base, "is not a folder", "give a folder of images")
+    images = _images_in(base)
+    if not images:
+        raise DataError(base, "contains no images", f"expected files ending in {', '.join(IMAGE_2D_SUFFIXES)}")
+    return [{"image": str(p), OODKeys.CASE.value: relative_case(p, base), **fields} for p in images]
+
+
+def ood_datalists(roots: Sequence[PathLike]) -> dict[str, list[dict[str, Any]]]:
+    """OOD sets from folders, one set per sub-folder.
+
+    Each sub-folder of a root is one set named ``<root>/<sub>``; a root holding image files directly (or no
+    sub-folders) is one set named after it. Entries have ``is_ood = 1``, ``ood_set`` = the set's name and
+    ``case = "<set>/<relative name>"``.
+
+    Raises:
+        DataError: a root is missing, holds no images, or one of its sub-folders holds none.
+    """
+    sets: dict[str, list[dict[str, Any]]] = {}
+    for root in roots:
+        base = Path(root)
+        if not base.is_dir():
+            raise DataError(base, "OOD folder does not exist")
+        subs = _subfolders(base)
+        direct = [p for p in base.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_2D_SUFFIXES]
+        groups = [(base.name, base)] if direct or not subs else [(f"{base.name}/{p.name}", p) for p in subs]
+        for name, folder in groups:
+            if name in sets:
+                raise DataError(folder, f"OOD set name {name!r} is used twice", "give OOD roots with distinct names")
+            entries = image_datalist(folder, is_ood=1, ood_set=name)
+            for e in entries:
+                e[OODKeys.CASE.value] = f"{name}/{e[OODKeys.CASE.value]}"
+            sets[name] = entries
+    return sets
+
+
+def scoring_datalist(root: PathLike, split: str | None = "test") -> list[dict[str, Any]]:
+    """The images a bundle's inference scores, as ``{"image", "case"}``.
+
+    Every image under ``root/<split>`` if that folder exists (a class-folder dataset), else every image under
+    ``root`` (a plain folder), searched recursively.
+
+    Raises:
+        DataError: no folder or no image.
+    """
+    base = Path(root)
+    if split and (base / split).is_dir():
+        base = base / split
+    return image_datalist(base)
+
+
+def evaluation_datalist(
+    root: PathLike, ood_roots: Sequence[PathLike], id_split: str = "test", class_names: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """ID test images followed by every OOD set, for the bundle's evaluation.
+
+    ID entries have ``is_ood = 0``, ``label`` = their class, ``ood_set = "id"`` and ``case = "id/<class>/<name>"``;
+    OOD entries ``is_ood = 1``, ``label = -1`` and ``ood_set`` = the set's name (see :func:`ood_datalists`).
+
+    Raises:
+        DataError: missing split or class folders, or an empty or missing OOD folder.
+    """
+    data, _ = class_folder_datalist(root, id_split, class_names)
+    base = Path(root) / id_split
+    out = [
+        {**d, "is_ood": 0, "ood_set": "id", OODKeys.CASE.value: relative_case(d["image"], base, "id/")} for d in data
+    ]
+    if not ood_roots:
+        raise DataError(Path(root), "no OOD folders given", "e.g. <root>/ood_near <root>/ood_far")
+    for entries in ood_datalists(ood_roots).values():
+        out.extend({**e, "label": -1} for e in entries)
+    return out

@@ -85,7 +85,8 @@ class OODDetector(ResizableBuffers, nn.Module, ABC):
         requires_training: the detector owns networks; :meth:`training_stages` declares how they are trained.
         produces_map: ``predict_map`` returns a voxel-wise anomaly map.
         needs_model: the constructor takes a host classifier ``model`` (post-hoc detectors).
-        needs_input_grad: scoring back-propagates to the input (ODIN), so it cannot share a no-grad feature pass.
+        needs_input_grad: scoring needs gradients with respect to the input (ODIN's perturbation), so features
+            are not enough: batch scorers (``medood.detectors.posthoc``) call :meth:`score` on the images.
         supported_spatial_dims: spatial dimensionalities of the inputs the detector accepts.
         score_reduction: how a map becomes the image / volume score (``"max"``, ``"mean"``, ``"topk"``); the
             only place this is decided (:meth:`map_score`; the inferer calls it). Defaults to ``"topk"``.
@@ -164,7 +165,7 @@ class OODDetector(ResizableBuffers, nn.Module, ABC):
 
     def stage(self, name: str) -> TrainingStage:
         """The declared stage called ``name`` (``KeyError`` listing the stages if there is none)."""
-        stages = {s.name: s for s in self.training_stages()}
+        stages = {st.name: st for st in self.training_stages()}
         if name not in stages:
             raise KeyError(f"{type(self).__name__} has no training stage {name!r}; stages: {list(stages)}")
         return stages[name]

@@ -10,7 +10,9 @@ Algorithm, per input ``x`` (needs the host model and input gradients):
 Defaults follow the NERO code (``T = 100``, ``eps = 0.0005``), not the ODIN paper's ``T = 1000`` and tuned
 ``eps``. As in the NERO code the gradient is not divided by the input normalisation's standard deviation.
 
-:meth:`ODINDetector.score` runs the perturbation (two forward passes and one backward pass per batch).
+:meth:`ODINDetector.score` runs the perturbation (two forward passes and one backward pass per batch); the class
+sets ``needs_input_grad = True``, so batch scorers (:func:`medood.detectors.posthoc.score_many`) call it on the
+images.
 :meth:`ODINDetector.score_features` cannot perturb precomputed features: it returns the temperature-scaled
 MSP only (ODIN without input pre-processing) and logs a one-time warning.
 
@@ -60,6 +62,7 @@ class ODINDetector(LogitDetector):
     """
 
     requires_fit = False
+    needs_input_grad = True
     required_features = (LOGITS,)
     model: nn.Module | None
 

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from medood.detectors.base import OODDetector
+from medood.detectors.posthoc import begin_fit, end_fit, fit_batch
 from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
 from medood.utils.checkpoints import save_checkpoint, save_state
 from medood.utils.enums import OODKeys
@@ -51,6 +52,7 @@ class DetectorFitHandler:
         save_path: str | os.PathLike[str] | None = None,
     ) -> None:
         self.detectors = _as_list(detectors)
+        self._named = {f"{i}:{d.name}": d for i, d in enumerate(self.detectors)}
         self.head, self.label_key, self.save_path = head, label_key, save_path
         self._extractor: FeatureExtractor | None = None
         self.n_batches = 0
@@ -73,8 +75,7 @@ class DetectorFitHandler:
             head_name, _ = find_linear_head(net, self.head)
             self._extractor = FeatureExtractor(net, {OODKeys.FEATURES.value: f"{head_name}:input"})
         self.n_batches = 0
-        for det in self.detectors:
-            det.reset_fit()
+        begin_fit(self._named)
 
     def _iteration(self, engine: Engine) -> None:
         assert self._extractor is not None
@@ -94,18 +95,11 @@ class DetectorFitHandler:
                 if labels.ndim > 1 and labels.shape[-1] > 1
                 else labels.reshape(-1)
             )
-        with torch.no_grad():
-            for det in self.detectors:
-                dev = det.device
-                det.partial_fit_features(
-                    {k: v.to(dev) for k, v in feats.items()}, None if labels is None else labels.to(dev).long()
-                )
+        fit_batch(self._named, feats, None if labels is None else labels.long())
         self.n_batches += 1
 
     def _completed(self, _engine: Engine) -> None:
-        for det in self.detectors:
-            det.finalize_fit()
-            det.mark_fitted()
+        end_fit(self._named)
         logger.info("fitted %d detector(s) on %d batches", len(self.detectors), self.n_batches)
         if self.save_path is not None:
             if len(self.detectors) == 1:

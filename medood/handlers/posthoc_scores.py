@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from medood.detectors.base import OODDetector
-from medood.detectors.odin import ODINDetector
+from medood.detectors.posthoc import score_batch
+from medood.metrics.tables import results_payload, results_table, write_results
 from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
 from medood.utils.enums import OODKeys
 from medood.utils.io import atomic_write
@@ -50,13 +51,14 @@ class PosthocScoreWriter:
     """Score every batch of an evaluator with post-hoc detectors, then write CSVs (and the results table).
 
     Attach to a ``SupervisedEvaluator`` whose network is the host classifier. A forward hook captures the
-    penultimate features of the engine's own forward pass; every detector scores them (``score_features``);
-    ODIN perturbs the batch's images itself (in eval mode). At completion it writes into ``output_dir``:
+    penultimate features of the engine's own forward pass and :func:`~medood.detectors.posthoc.score_batch`
+    scores them with every detector (detectors with ``needs_input_grad``, i.e. ODIN, run their own passes on the
+    batch's images, in eval mode). At completion it writes into ``output_dir``:
 
     * ``<detector>/scores.csv``: ``case,score`` (higher = more OOD), plus ``label`` (1 = OOD, 0 = ID; the
       ``medood evaluate --scores`` format) and ``ood_set`` when the data carries ``is_ood`` / ``ood_set``;
     * ``predictions.csv``: ``case,pred_class,confidence`` (+ ``label`` = the true class when known);
-    * ``results.json`` / ``results.md`` (:func:`medood.posthoc_eval.write_results`) when the data holds ID
+    * ``results.json`` / ``results.md`` (:func:`medood.metrics.tables.write_results`) when the data holds ID
       (``is_ood = 0``) and OOD (``is_ood = 1``) cases: one OOD set per ``ood_set`` value.
 
     Args:
@@ -114,21 +116,19 @@ class PosthocScoreWriter:
         from monai.networks.utils import eval_mode
 
         assert self._extractor is not None
-        captured = self._extractor.pop()  # before ODIN's own passes overwrite it
+        captured = self._extractor.pop()  # before the detectors' own passes (ODIN) overwrite it
         logits = _stack(engine.state.output, "pred").float().detach()
         feats = {
             OODKeys.FEATURES.value: flatten_features(captured[OODKeys.FEATURES.value]).float(),
             OODKeys.LOGITS.value: logits,
         }
         batch = engine.state.batch
-        for name, det in self.detectors.items():
-            if isinstance(det, ODINDetector):
-                with eval_mode(self._net):
-                    out = det.score(_stack(batch, OODKeys.IMAGE.value))
-            else:
-                with torch.no_grad():
-                    out = det.score_features({k: v.to(det.device) for k, v in feats.items()})
-            self.scores[name].append(out.image_score.detach().float().cpu())
+        needs_images = any(det.needs_input_grad for det in self.detectors.values())
+        images = _stack(batch, OODKeys.IMAGE.value) if needs_images else None
+        with eval_mode(self._net):
+            scores = score_batch(self.detectors, feats, images)
+        for name, s in scores.items():
+            self.scores[name].append(s)
         n = logits.shape[0]
         cases = _column(batch, OODKeys.CASE.value)
         start = len(self.rows["case"])
@@ -177,8 +177,6 @@ class PosthocScoreWriter:
             self._write_table(scores, pred, labels if has_label else None)
 
     def _write_table(self, scores: dict[str, Tensor], pred: Tensor, labels: list[Any] | None) -> None:
-        from medood.posthoc_eval import results_payload, results_table, write_results
-
         is_ood = torch.tensor([int(v) for v in self.rows["is_ood"]], dtype=torch.bool)
         sets = [str(s) if s is not None else "ood" for s in self.rows["ood_set"]]
         id_scores = {n: s[~is_ood] for n, s in scores.items()}

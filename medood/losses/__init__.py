@@ -6,6 +6,7 @@ They sit between the networks and the detectors: detectors name them in their de
 
 from __future__ import annotations
 
+from medood.losses.classification import MultiExitLoss
 from medood.losses.heatmap import HeatmapLoss, weighted_residual_loss
 from medood.losses.stages import (
     ARTokenLoss,
@@ -20,6 +21,7 @@ __all__ = [
     "ARTokenLoss",
     "HeatmapLoss",
     "MaskedTokenLoss",
+    "MultiExitLoss",
     "ReconstructionLoss",
     "TokenDetectorLoss",
     "VQVAELoss",

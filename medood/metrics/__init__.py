@@ -25,9 +25,22 @@ from medood.metrics.segmentation import (
     pixel_ap,
     pixel_auroc,
 )
+from medood.metrics.tables import (
+    FPR95_CONVENTION,
+    METRICS,
+    SCORE_CONVENTION,
+    ood_metrics,
+    results_markdown,
+    results_payload,
+    results_table,
+    write_results,
+)
 
 __all__ = [
+    "FPR95_CONVENTION",
+    "METRICS",
     "OOD_METRIC_NAMES",
+    "SCORE_CONVENTION",
     "BestDice",
     "BestDiceMetric",
     "DiceCounter",
@@ -43,7 +56,12 @@ __all__ = [
     "best_dice",
     "dice_at_threshold",
     "fpr_at_tpr",
+    "ood_metrics",
     "pixel_ap",
     "pixel_auroc",
+    "results_markdown",
+    "results_payload",
+    "results_table",
     "slice_level_metrics",
+    "write_results",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from medood.networks.classifiers import ARCHS, build_classifier
 from medood.networks.hooks import FeatureExtractor, find_linear_head
 
-__all__ = ["FeatureExtractor", "find_linear_head"]
+__all__ = ["ARCHS", "FeatureExtractor", "build_classifier", "find_linear_head"]

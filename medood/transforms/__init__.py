@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from medood.transforms.color import ToRGB, ToRGBd
 from medood.transforms.intensity import ScaleNonzeroPercentile, ScaleNonzeroPercentiled
 from medood.transforms.slices import RandSlices, RandSlicesd, foreground_extent, slice_positions
 
@@ -10,6 +11,8 @@ __all__ = [
     "RandSlicesd",
     "ScaleNonzeroPercentile",
     "ScaleNonzeroPercentiled",
+    "ToRGB",
+    "ToRGBd",
     "foreground_extent",
     "slice_positions",
 ]

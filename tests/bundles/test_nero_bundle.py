@@ -15,7 +15,7 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 from medood.detectors import list_detectors
-from medood.posthoc_eval import METRICS
+from medood.metrics.tables import METRICS
 from tests.helpers.class_folders import CLASSES, SMALL_FIT, make_class_folders, one_thread, write_pngs
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "nero_endoscopy_ood_classification"

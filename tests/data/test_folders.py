@@ -1,13 +1,22 @@
-"""Class-folder, ISIC 2019 and HAM10000 datalists."""
+"""Class-folder, ISIC 2019 and HAM10000 datalists; the OOD-folder datalists of post-hoc evaluation."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from medood.data import DataError
-from medood.data.folders import class_folder_datalist, ham10000_datalist, isic2019_datalist
+from medood.data.folders import (
+    class_folder_datalist,
+    evaluation_datalist,
+    ham10000_datalist,
+    isic2019_datalist,
+    ood_datalists,
+    scoring_datalist,
+)
+from tests.helpers.class_folders import make_class_folders, write_pngs
 
 ISIC_HEADER = "image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK"
 
@@ -140,3 +149,35 @@ def test_ham10000_two_image_folders(tmp_path: Path) -> None:
     ]
     with pytest.raises(DataError, match=r"part_1: 1 of 2 images listed in the CSV are missing: ISIC_0025030\.jpg"):
         ham10000_datalist(tmp_path / "part_1", meta)
+
+
+def test_ood_datalists_sets_and_errors(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    write_pngs(tmp_path / "near" / "dye", 2, (0, 0, 200), rng)
+    write_pngs(tmp_path / "near" / "tool" / "deep", 1, (9, 9, 9), rng)
+    write_pngs(tmp_path / "flat", 2, (9, 9, 9), rng)
+    sets = ood_datalists([tmp_path / "near", tmp_path / "flat"])
+    assert {k: len(v) for k, v in sets.items()} == {"near/dye": 2, "near/tool": 1, "flat": 2}
+    assert sets["near/tool"][0]["case"] == "near/tool/deep/img_00"
+    assert all(e["is_ood"] == 1 for v in sets.values() for e in v)
+    (tmp_path / "empty" / "kind").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"empty/kind: contains no images"):
+        ood_datalists([tmp_path / "empty"])
+    with pytest.raises(DataError, match=r"nowhere: OOD folder does not exist"):
+        ood_datalists([tmp_path / "nowhere"])
+
+
+def test_evaluation_and_scoring_datalists(tmp_path: Path) -> None:
+    root = make_class_folders(tmp_path / "data", n_train=1, n_eval=2)
+    data = evaluation_datalist(root, [root / "ood_near", root / "ood_far"], "test")
+    ids = [d for d in data if d["is_ood"] == 0]
+    assert len(ids) == 6
+    assert ids[0]["case"] == "id/normal_mucosa/img_00"
+    assert {d["label"] for d in ids} == {0, 1, 2}
+    oods = [d for d in data if d["is_ood"] == 1]
+    assert {d["ood_set"] for d in oods} == {"ood_near/blue_dye", "ood_near/instrument", "ood_far/grey", "ood_far/xray"}
+    assert all(d["label"] == -1 for d in oods)
+    with pytest.raises(DataError, match="no OOD folders"):
+        evaluation_datalist(root, [], "test")
+    assert [d["case"] for d in scoring_datalist(root, "val")][:2] == ["normal_mucosa/img_00", "normal_mucosa/img_01"]
+    assert len(scoring_datalist(root / "ood_far", "test")) == 6, "no split folder: every image under the root"

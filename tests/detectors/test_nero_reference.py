@@ -115,8 +115,9 @@ def test_fractional_k_scales_with_d_and_bad_k_is_rejected() -> None:
 
 
 def test_demo_endoscopy_features_match_the_reference(tmp_path: Path) -> None:
+    from medood.data.classification import class_folder_loader
     from medood.detectors.posthoc import extract_features
-    from medood.posthoc_classifier import build_classifier, class_folder_loader
+    from medood.networks.classifiers import build_classifier
     from medood.utils.checkpoints import load_state as load_weights
 
     bundle = ROOT / "bundles" / "nero_endoscopy_ood_classification"

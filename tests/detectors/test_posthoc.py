@@ -7,6 +7,7 @@ import torch
 
 from medood.detectors import (
     EnergyDetector,
+    GradNormDetector,
     KNNDetector,
     MahalanobisDetector,
     NECODetector,
@@ -14,7 +15,9 @@ from medood.detectors import (
     ODINDetector,
     ViMDetector,
 )
-from medood.detectors.posthoc import extract_features, fit_many, score_many
+from medood.detectors.base import OODOutput
+from medood.detectors.posthoc import extract_features, fit_many, score_batch, score_many
+from medood.detectors.registry import get_detector_class, list_detectors
 from tests.detectors.posthoc_utils import assert_same_state
 from tests.helpers import toy
 
@@ -61,11 +64,48 @@ def test_score_many_equals_scoring_each_alone(model: torch.nn.Module) -> None:
     dets = fit_many(_detectors(model), model, toy.id_loader(2, n=30, batch_size=10))
     dets["odin"] = ODINDetector(model=model)
     test = [toy.blob_images(2, 5, seed=9)[0], toy.ood_images(2, 4, seed=9)]
-    scores = score_many(dets, model, test)
+    out = score_many(dets, model, test)
     for name, det in dets.items():
         expected = torch.cat([det.score(x).image_score for x in test])
-        assert scores[name].shape == (9,)
-        torch.testing.assert_close(scores[name], expected, rtol=1e-4, atol=1e-5)
+        assert out.scores[name].shape == (9,)
+        torch.testing.assert_close(out.scores[name], expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.logits, model(torch.cat(test)), rtol=1e-4, atol=1e-5)
+    assert out.labels is None, "plain tensor batches carry no labels"
+    assert set(out.seconds) == {"features", "input_grad"}
+    with_labels = score_many(dets, model, toy.id_loader(2, n=6, batch_size=4))
+    assert with_labels.labels is not None
+    assert with_labels.labels.tolist() == (torch.arange(6) % 3).tolist()
+    with pytest.raises(ValueError, match="empty"):
+        score_many(dets, model, [])
+
+
+def test_only_odin_needs_input_gradients() -> None:
+    needs = {n for n in list_detectors() if get_detector_class(n).needs_input_grad}
+    assert needs == {"odin"}, "GradNorm's last-layer gradient has a closed form on the features"
+    assert not GradNormDetector.needs_input_grad
+
+
+class _ImageOnly(EnergyDetector):
+    """A detector that declares it needs input gradients: score_batch must call score(images)."""
+
+    needs_input_grad = True
+
+    def score(self, batch: object) -> OODOutput:
+        x = batch if isinstance(batch, torch.Tensor) else None
+        assert x is not None, "score receives the batch's images"
+        return OODOutput(image_score=x.flatten(1).sum(1))
+
+
+def test_score_batch_uses_score_for_detectors_that_need_input_gradients(model: torch.nn.Module) -> None:
+    x = toy.blob_images(2, 4, seed=3)[0]
+    feats, _ = extract_features(model, [x])
+    dets = {"energy": EnergyDetector(model=model), "image_only": _ImageOnly(model=model)}
+    out = score_batch(dets, feats, x)
+    torch.testing.assert_close(out["image_only"], x.flatten(1).sum(1))
+    torch.testing.assert_close(out["energy"], dets["energy"].score_features(feats).image_score)
+    with pytest.raises(ValueError, match="image_only needs gradients"):
+        score_batch(dets, feats)
+    torch.testing.assert_close(score_many(dets, model, [x]).scores["image_only"], x.flatten(1).sum(1))
 
 
 def test_bad_inputs(model: torch.nn.Module) -> None:

@@ -12,8 +12,9 @@ import torch
 
 from medood.cli import main
 from medood.cli.posthoc_cmd import ARCH_CHOICES
-from medood.posthoc_classifier import ARCHS, build_classifier
-from medood.posthoc_eval import posthoc_detector_names
+from medood.engines.posthoc import posthoc_detector_names
+from medood.networks.classifiers import ARCHS, build_classifier
+from medood.utils.checkpoints import save_checkpoint
 from tests.helpers.class_folders import CLASSES, SMALL_FIT, make_class_folders, one_thread
 
 
@@ -21,8 +22,7 @@ def _fake_checkpoint(path: Path, image_size: int = 16) -> Path:
     """An untrained classifier saved in the `medood posthoc train` format (no training needed)."""
     net = build_classifier("resnet10", len(CLASSES))
     config = {"arch": "resnet10", "class_names": CLASSES, "image_size": image_size, "normalize": False}
-    torch.save({"model": net.state_dict(), "config": config}, path)
-    return path
+    return save_checkpoint({"model": net.state_dict(), "config": config}, path)
 
 
 def test_help_is_the_documentation(capsys: pytest.CaptureFixture[str]) -> None:
@@ -38,7 +38,7 @@ def test_help_is_the_documentation(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--detectors" in text
     assert "--checkpoint" in text
     assert "--epochs" in text
-    assert set(ARCH_CHOICES) == set(ARCHS), "the CLI's architecture list follows medood.posthoc_classifier.ARCHS"
+    assert set(ARCH_CHOICES) == set(ARCHS), "the CLI's architecture list follows medood.networks.classifiers.ARCHS"
 
 
 def test_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
