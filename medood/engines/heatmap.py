@@ -127,6 +127,16 @@ def ood_pairs(
     ]
 
 
+def _uniform(item: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The training keys only, the same for every item (so ID and auxiliary items collate into one batch)."""
+    return {
+        IMAGE: item[IMAGE],
+        "corruption": item.get("corruption") or "",
+        "corruption_seed": int(item.get("corruption_seed", 0)),
+        "aux_source": item.get("aux_source", source),
+    }
+
+
 def _loader(items: Sequence[Mapping[str, Any]], transform: Any, batch_size: int, num_workers: int) -> DataLoader:
     return DataLoader(Dataset(list(items), transform), batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
@@ -157,17 +167,21 @@ def heatmap_training_datalist(
         device: where the classifier runs. Defaults to the detector's device.
 
     Returns:
-        ID items then the kept auxiliary items, each with a ``"target"`` path.
+        ID items then the kept auxiliary items, each ``{"image", "target", "corruption", "corruption_seed",
+        "aux_source"}`` (``corruption`` empty and ``aux_source = "id"`` for ID items; other fields are dropped, so
+        every item collates with every other).
     """
     if not id_items:
         raise ValueError("heatmap_training_datalist needs ID training items")
-    id_f, id_p = predicted_features(detector, _loader(id_items, transform, batch_size, num_workers), device)
+    ids = [_uniform(item, "id") for item in id_items]
+    auxs = [_uniform(item, "auxiliary") for item in aux_items]
+    id_f, id_p = predicted_features(detector, _loader(ids, transform, batch_size, num_workers), device)
     detector.fit_feature_range(id_f)
-    out = [{**item, TARGET: item[IMAGE]} for item in id_items]
-    if aux_items:
-        aux_f, aux_p = predicted_features(detector, _loader(aux_items, transform, batch_size, num_workers), device)
+    out = [{**item, TARGET: item[IMAGE]} for item in ids]
+    if auxs:
+        aux_f, aux_p = predicted_features(detector, _loader(auxs, transform, batch_size, num_workers), device)
         idx = nearest_id_targets(id_f, id_p, aux_f, aux_p)
-        out += [{**a, TARGET: id_items[int(j)][IMAGE]} for a, j in zip(aux_items, idx.tolist()) if j >= 0]
+        out += [{**a, TARGET: ids[int(j)][IMAGE]} for a, j in zip(auxs, idx.tolist()) if j >= 0]
     per_class = torch.bincount(id_p).tolist()
     logger.info("decoder training set: %d ID (predicted classes %s) + %d auxiliary", len(id_items), per_class,
                 len(out) - len(id_items))  # fmt: skip

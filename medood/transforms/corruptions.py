@@ -7,13 +7,14 @@ images themselves with strong, deterministic corruptions (plus, in the bundles, 
 ========== ==================================================================================================
 name       what it does (defaults are strong on purpose: an auxiliary OOD image must look unlike ID data)
 ========== ==================================================================================================
-noise      additive Gaussian noise, std drawn up to ``std`` (MONAI ``RandGaussianNoise``)
+noise      additive Gaussian noise, std drawn in ``std`` (MONAI ``RandGaussianNoise``)
 blur       Gaussian blur, sigma in ``sigma`` voxels (MONAI ``RandGaussianSmooth``)
 bias       multiplicative smooth field ``exp(a * u)``, ``u`` a ``knots``-per-axis random grid upsampled (cubic)
 shuffle    pixels shuffled inside random boxes of about ``box`` of the image (MONAI ``RandCoarseShuffle``)
 contrast   gamma far from 1 (``gamma`` or its inverse) on the image's own min-max range
 gibbs      k-space truncation ringing (MONAI ``RandGibbsNoise``)
-spike      k-space spike, herring-bone stripes (MONAI ``RandKSpaceSpikeNoise``, its default log-intensity)
+spike      one k-space spike of ``amplitude`` times the DC term: herring-bone stripes (MONAI's
+           ``RandKSpaceSpikeNoise`` default intensities barely change an image)
 motion     rigid shifts on a random part of the k-space lines: ghosting as from patient motion
 stain      RGB only: haematoxylin / eosin / DAB densities rescaled in optical-density space (Ruifrok & Johnston)
 ========== ==================================================================================================
@@ -38,7 +39,6 @@ from monai.transforms import (
     RandGaussianNoise,
     RandGaussianSmooth,
     RandGibbsNoise,
-    RandKSpaceSpikeNoise,
     Transform,
 )
 from monai.utils.type_conversion import convert_to_tensor
@@ -48,13 +48,13 @@ __all__ = ["CORRUPTIONS", "Corrupt", "Corruptd", "corruption_plan"]
 
 #: Default options of every corruption (override per name with ``Corrupt(options={name: {...}})``).
 CORRUPTIONS: dict[str, dict[str, Any]] = {
-    "noise": {"std": 0.3},
+    "noise": {"std": (0.1, 0.3)},
     "blur": {"sigma": (1.5, 3.0)},
     "bias": {"strength": (0.5, 1.0), "knots": 3},
-    "shuffle": {"box": 0.3, "holes": 3},
+    "shuffle": {"box": 0.35, "holes": 4},
     "contrast": {"gamma": (2.5, 4.0)},
-    "gibbs": {"alpha": (0.6, 0.9)},
-    "spike": {"intensity": None},
+    "gibbs": {"alpha": (0.7, 0.95)},
+    "spike": {"amplitude": (0.1, 0.3)},
     "motion": {"fraction": (0.2, 0.4), "shift": (0.05, 0.12)},
     "stain": {"scale": (0.3, 0.6), "offset": 0.15},
 }
@@ -64,7 +64,10 @@ _HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]]
 _HED = _HED / _HED.norm(dim=1, keepdim=True)
 
 
-def _draw(rng: np.random.Generator, bounds: Sequence[float]) -> float:
+def _draw(rng: np.random.Generator, bounds: Sequence[float] | float) -> float:
+    """A uniform draw in ``bounds = (low, high)``; a single number is returned as it is."""
+    if isinstance(bounds, (int, float)):
+        return float(bounds)
     return float(rng.uniform(float(bounds[0]), float(bounds[1])))
 
 
@@ -89,6 +92,17 @@ def _motion(img: Tensor, rng: np.random.Generator, fraction: Sequence[float], sh
     sel = [1] * img.ndim
     sel[1 + pe_axis] = n_lines
     k = torch.where(lines.view(sel), k * ramp.view(view), k)
+    return torch.fft.ifftn(k, dim=dims).abs().to(img.dtype)
+
+
+def _spike(img: Tensor, rng: np.random.Generator, amplitude: Sequence[float]) -> Tensor:
+    """Magnitude image after adding one k-space spike (a random mid frequency) of ``amplitude`` x the DC term."""
+    dims = tuple(range(1, img.ndim))
+    k = torch.fft.fftn(img.double(), dim=dims)
+    loc = tuple(int(rng.integers(max(1, s // 8), max(2, s // 2))) * int(rng.choice([-1, 1])) for s in img.shape[1:])
+    dc = k.reshape(k.shape[0], -1)[:, 0].abs()
+    spike = _draw(rng, amplitude) * dc * np.exp(2j * np.pi * rng.random())
+    k[(slice(None), *loc)] += spike
     return torch.fft.ifftn(k, dim=dims).abs().to(img.dtype)
 
 
@@ -149,7 +163,7 @@ class Corrupt(Transform):
     def _apply(self, x: Tensor, name: str, seed: int, o: dict[str, Any]) -> Tensor:
         rng = np.random.default_rng(seed)
         if name == "noise":
-            return _seeded(RandGaussianNoise(prob=1.0, std=o["std"]), seed)(x)
+            return _seeded(RandGaussianNoise(prob=1.0, std=_draw(rng, o["std"]), sample_std=False), seed)(x)
         if name == "blur":
             s = tuple(o["sigma"])
             return _seeded(RandGaussianSmooth(sigma_x=s, sigma_y=s, sigma_z=s, prob=1.0), seed)(x)
@@ -167,7 +181,7 @@ class Corrupt(Transform):
         if name == "gibbs":
             return _seeded(RandGibbsNoise(prob=1.0, alpha=tuple(o["alpha"])), seed)(x)
         if name == "spike":
-            return _seeded(RandKSpaceSpikeNoise(prob=1.0, intensity_range=o["intensity"], channel_wise=False), seed)(x)
+            return _spike(x, rng, o["amplitude"])
         if name == "motion":
             return _motion(x, rng, o["fraction"], o["shift"])
         if name == "stain":

@@ -87,9 +87,6 @@ class HeatmapDecoder(nn.Module):
         h = dec(z_normalised, predicted_class)  # (B, 3, 64, 64) in [-1, 1]
     """
 
-    out_size: list[int]
-    grid: list[int]
-
     def __init__(
         self,
         spatial_dims: int,
