@@ -14,7 +14,9 @@ from tests.helpers import toy
 
 def fitted_untrained(model: torch.nn.Module, sd: int = 2, channels: int = 1) -> HeatmapDetector:
     """A detector whose feature range is fitted on toy images and whose decoder is random (not trained)."""
-    det = HeatmapDetector(model=model, image_size=16, spatial_dims=sd, in_channels=channels, decoder={"base_channels": 4})
+    det = HeatmapDetector(
+        model=model, image_size=16, spatial_dims=sd, in_channels=channels, decoder={"base_channels": 4}
+    )
     x = toy.blob_images(sd, 12, seed=0)[0].expand(-1, channels, *[-1] * sd)
     det.fit_statistics([x])
     return det.mark_fitted().eval()  # type: ignore[return-value]
@@ -65,7 +67,10 @@ def test_declared_stage_is_the_papers_optimiser_on_ood_pairs() -> None:
     (stage,) = det.training_stages()
     assert (stage.name, stage.network, stage.data, stage.target_key) == ("decoder", "decoder", "ood_pairs", "target")
     assert (stage.lr, stage.epochs, stage.batch_size, dict(stage.optimizer_kwargs)) == (
-        2e-4, 150, 200, {"betas": (0.5, 0.999)}
+        2e-4,
+        150,
+        200,
+        {"betas": (0.5, 0.999)},
     )
     assert stage.make_loss().weight == 5.0
     assert det.stage_network("decoder") is det.decoder
