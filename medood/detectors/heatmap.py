@@ -39,6 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
+from monai.data import MetaTensor
 from monai.utils import ensure_tuple_rep
 from torch import Tensor, nn
 
@@ -227,6 +228,19 @@ class HeatmapDetector(ClassifierDetector):
         h = self.residual(features)
         amap = h.abs().amax(1, keepdim=True).float()
         return OODOutput(self.map_score(amap, amap), amap, {"residual": h})  # no foreground: the map stands for x
+
+    def predict_map(self, x: Tensor) -> Tensor:
+        """The ``(B, 1, *S)`` map; a MONAI ``MetaTensor`` input's metadata is kept, so ``Invertd`` can map it back.
+
+        (The decoder paints the map from features alone; without the input's metadata and transform history the
+        bundles' ``Invertd`` would leave the map on the classifier's grid.)
+        """
+        amap = super().predict_map(x)
+        if isinstance(x, MetaTensor):
+            out = MetaTensor(amap)
+            out.copy_meta_from(x)
+            return out
+        return amap
 
     def _check_input(self, x: Tensor) -> None:
         if tuple(x.shape[2:]) != self.image_size:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from medood.handlers.detector_fit import CalibrationHandler, DetectorFitHandler
 from medood.handlers.metrics import OODAUROC, OODFPR95, BestDice, EngineKeys, OODAUPRIn, OODAUPROut, VoxelAP
+from medood.handlers.ood_sets import OODSetResults
 from medood.handlers.progress import ProgressBar
 from medood.handlers.writers import OODResultWriter, case_name
 
-__all__ = ["CalibrationHandler", "DetectorFitHandler", "OODResultWriter", "ProgressBar", "case_name"]
+__all__ = ["CalibrationHandler", "DetectorFitHandler", "OODResultWriter", "OODSetResults", "ProgressBar", "case_name"]
 __all__ += ["OODAUROC", "OODFPR95", "BestDice", "EngineKeys", "OODAUPRIn", "OODAUPROut", "VoxelAP"]
