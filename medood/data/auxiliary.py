@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from medood.data._files import PathLike
 from medood.data.datalist import nifti_datalist
 from medood.data.errors import DataError
@@ -92,7 +94,11 @@ def check_disjoint(items: Sequence[Mapping[str, Any]], forbidden: Sequence[PathL
 
 
 def auxiliary_datalist(
-    folders: Sequence[PathLike], volumes: bool = False, forbidden: Sequence[PathLike] = ()
+    folders: Sequence[PathLike],
+    volumes: bool = False,
+    forbidden: Sequence[PathLike] = (),
+    max_per_folder: int | None = None,
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Every image (or NIfTI volume, ``volumes=True``) under ``folders``, as auxiliary OOD items.
 
@@ -100,16 +106,22 @@ def auxiliary_datalist(
         folders: folders searched recursively, e.g. other demo sets' ``train`` splits.
         volumes: list ``*.nii[.gz]`` volumes instead of 2D images. Defaults to False.
         forbidden: evaluation folders the items must not come from (:func:`check_disjoint`).
+        max_per_folder: keep at most this many items per folder, a seeded random sample (the official code also
+            samples its auxiliary set once). Defaults to all.
+        seed: seed of the sample. Defaults to 0.
 
     Returns:
-        ``[{"image": path, "aux_source": <folder name>}, ...]`` sorted per folder.
+        ``[{"image": path, "aux_source": <folder name>}, ...]``, in path order per folder.
 
     Raises:
         DataError: a folder is missing or empty, or an item lies in a forbidden folder.
     """
     out: list[dict[str, Any]] = []
+    rng = np.random.default_rng(seed)
     for folder in folders:
         found = nifti_datalist(folder) if volumes else image_datalist(folder)
+        if max_per_folder is not None and len(found) > max_per_folder:
+            found = [found[i] for i in sorted(rng.choice(len(found), max_per_folder, replace=False).tolist())]
         source = f"{Path(folder).parent.name}/{Path(folder).name}"
         out += [{IMAGE: d[IMAGE], "aux_source": source} for d in found]
     check_disjoint(out, forbidden)

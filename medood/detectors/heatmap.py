@@ -48,6 +48,7 @@ from medood.detectors.base_posthoc import FEATURES, LOGITS, ClassifierDetector
 from medood.detectors.registry import register_detector
 from medood.detectors.stages import TrainingStage
 from medood.losses import HeatmapLoss
+from medood.losses.heatmap import TARGET_KEYS
 from medood.networks.hooks import flatten_features
 from medood.networks.nets.heatmap_decoder import HeatmapDecoder
 from medood.transforms.corruptions import CORRUPTIONS, Corrupt
@@ -196,25 +197,32 @@ class HeatmapDetector(ClassifierDetector):
         return self.mark_fitted()  # type: ignore[return-value]
 
     def training_stages(self) -> tuple[TrainingStage, ...]:
-        """One stage: the decoder, on ID images (target = itself) and auxiliary OOD images (nearest ID image)."""
+        """One stage: the decoder, on ID images (target = itself) and auxiliary OOD images (nearest ID image).
+
+        Batches hold ``image``, ``target`` and the classifier's ``features`` (normalised) and ``pred``, computed
+        once when the targets are searched (:mod:`medood.engines.heatmap`).
+        """
         return (
             TrainingStage(
-                "decoder", "decoder", HeatmapLoss, {"encode": self.encode, "weight": self.loss_weight},
-                data="ood_pairs", target_key="target", epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                "decoder", "decoder", HeatmapLoss, {"weight": self.loss_weight},
+                data="ood_pairs", target_key=TARGET_KEYS, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
                 optimizer_kwargs={"betas": (0.5, 0.999)},
             ),
         )  # fmt: skip
 
     # ------------------------------------------------------------------ scoring
+    def normalise(self, z: Tensor) -> Tensor:
+        """Min-max normalised penultimate features ``(z - min) / (max - min)`` (the fitted ID training range)."""
+        lo, hi = self.feature_min.to(z.device), self.feature_max.to(z.device)
+        return (flatten_features(z) - lo) / (hi - lo).clamp_min(1e-12)
+
     def decoder_inputs(self, features: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """``(normalised z (B, D), predicted class (B,))`` from ``{"features", "logits"}``."""
-        z = flatten_features(self.get(features, FEATURES))
-        span = (self.feature_max - self.feature_min).clamp_min(1e-12)
-        return (z - self.feature_min) / span, self.get(features, LOGITS).argmax(1)
+        return self.normalise(self.get(features, FEATURES)), self.get(features, LOGITS).argmax(1)
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The frozen classifier's decoder inputs for images ``x`` (no gradients)."""
+        """The frozen classifier's decoder inputs for images ``x``: ``(normalised z, predicted class)``."""
         return self.decoder_inputs(self.extract_features(x))
 
     def residual(self, features: Mapping[str, Tensor]) -> Tensor:

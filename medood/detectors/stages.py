@@ -39,7 +39,8 @@ class TrainingStage:
         loss_kwargs: its constructor arguments.
         data: one of :data:`STAGE_DATA`.
         input_key: batch key of the network input. Defaults to ``"image"``.
-        target_key: batch key handed second to the loss (``None`` = nothing). Defaults to ``None``.
+        target_key: batch key handed second to the loss (``None`` = nothing; several keys = a dict of them).
+            Defaults to ``None``.
         epochs: epochs ``detector.fit`` runs. Defaults to 20.
         lr: Adam learning rate of ``detector.fit``. Defaults to 1e-3.
         batch_size: batch size of the ``slices`` / ``tokens`` / ``ood_pairs`` data ``detector.fit`` builds.
@@ -54,7 +55,7 @@ class TrainingStage:
     loss_kwargs: Mapping[str, Any] = field(default_factory=dict)
     data: str = "images"
     input_key: str = "image"
-    target_key: str | None = None
+    target_key: str | tuple[str, ...] | None = None
     epochs: int = 20
     lr: float = 1e-3
     batch_size: int = 32

@@ -98,7 +98,10 @@ def ood_pairs(
     device: torch.device | None = None,
     aux_images: Tensor | None = None,
 ) -> list[dict[str, Tensor]]:
-    """In-memory training batches ``{"image", "target"}`` of the decoder stage, shuffled once (seeded).
+    """In-memory training batches of the decoder stage, shuffled once (seeded).
+
+    Batches are ``{"image", "target", "features" (normalised), "pred"}`` (the stage's keys,
+    :data:`~medood.losses.heatmap.TARGET_KEYS`); the detector's feature range must be fitted.
 
     Args:
         detector: the heatmap detector (its classifier, corruptions and seed).
@@ -111,20 +114,19 @@ def ood_pairs(
     aux = _corrupted(detector, x)
     if aux_images is not None:
         aux = torch.cat([aux, as_plain_tensor(aux_images).float().cpu()])
-    inputs, targets = x, x
+    id_f, id_p = predicted_features(detector, [x], device)
+    inputs, targets, feats, preds = x, x, id_f, id_p
     if aux.shape[0]:
-        id_f, id_p = predicted_features(detector, [x], device)
         aux_f, aux_p = predicted_features(detector, [aux], device)
         idx = nearest_id_targets(id_f, id_p, aux_f, aux_p)
         keep = idx >= 0
         inputs, targets = torch.cat([x, aux[keep]]), torch.cat([x, x[idx[keep]]])
+        feats, preds = torch.cat([id_f, aux_f[keep]]), torch.cat([id_p, aux_p[keep]])
     logger.info("heatmap pairs: %d ID images, %d auxiliary OOD images", x.shape[0], inputs.shape[0] - x.shape[0])
+    columns = {IMAGE: inputs, TARGET: targets, "features": detector.normalise(feats).cpu(), "pred": preds}
     order = torch.randperm(inputs.shape[0], generator=torch.Generator().manual_seed(detector.seed))
-    inputs, targets = inputs[order], targets[order]
-    return [
-        {IMAGE: inputs[i : i + batch_size], TARGET: targets[i : i + batch_size]}
-        for i in range(0, inputs.shape[0], batch_size)
-    ]
+    columns = {k: v[order] for k, v in columns.items()}
+    return [{k: v[i : i + batch_size] for k, v in columns.items()} for i in range(0, inputs.shape[0], batch_size)]
 
 
 def _uniform(item: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -153,7 +155,8 @@ def heatmap_training_datalist(
     """The decoder's training datalist; fits the detector's feature range on the way.
 
     Every ID item gets ``"target"`` = its own image, every auxiliary item the image of its nearest same-class ID
-    item.
+    item; every item also carries the classifier's normalised ``"features"`` and ``"pred"`` of its image (the
+    classifier is frozen and the images fixed, so the training never runs it again).
 
     Args:
         detector: the heatmap detector (its classifier must hold the trained weights).
@@ -167,9 +170,9 @@ def heatmap_training_datalist(
         device: where the classifier runs. Defaults to the detector's device.
 
     Returns:
-        ID items then the kept auxiliary items, each ``{"image", "target", "corruption", "corruption_seed",
-        "aux_source"}`` (``corruption`` empty and ``aux_source = "id"`` for ID items; other fields are dropped, so
-        every item collates with every other).
+        ID items then the kept auxiliary items, each ``{"image", "target", "features", "pred", "corruption",
+        "corruption_seed", "aux_source"}`` (``corruption`` empty and ``aux_source = "id"`` for ID items; other
+        fields are dropped, so every item collates with every other).
     """
     if not id_items:
         raise ValueError("heatmap_training_datalist needs ID training items")
@@ -177,11 +180,17 @@ def heatmap_training_datalist(
     auxs = [_uniform(item, "auxiliary") for item in aux_items]
     id_f, id_p = predicted_features(detector, _loader(ids, transform, batch_size, num_workers), device)
     detector.fit_feature_range(id_f)
-    out = [{**item, TARGET: item[IMAGE]} for item in ids]
+    id_n = detector.normalise(id_f).cpu()
+    out = [{**item, TARGET: item[IMAGE], "features": id_n[i], "pred": id_p[i]} for i, item in enumerate(ids)]
     if auxs:
         aux_f, aux_p = predicted_features(detector, _loader(auxs, transform, batch_size, num_workers), device)
         idx = nearest_id_targets(id_f, id_p, aux_f, aux_p)
-        out += [{**a, TARGET: ids[int(j)][IMAGE]} for a, j in zip(auxs, idx.tolist()) if j >= 0]
+        aux_n = detector.normalise(aux_f).cpu()
+        out += [
+            {**a, TARGET: ids[int(j)][IMAGE], "features": aux_n[i], "pred": aux_p[i]}
+            for i, (a, j) in enumerate(zip(auxs, idx.tolist()))
+            if j >= 0
+        ]
     per_class = torch.bincount(id_p).tolist()
     logger.info("decoder training set: %d ID (predicted classes %s) + %d auxiliary", len(id_items), per_class,
                 len(out) - len(id_items))  # fmt: skip

@@ -5,18 +5,21 @@ image for auxiliary OOD ones) the decoder's residual ``h`` should make ``x + h``
 
     loss = mean over the batch of  sum over channels and voxels of  (1 + w |t|) (x + h(x) - t)^2
 
-with ``w = 5`` in the official code (``ase_loss_weighted``). The classifier that feeds the decoder is frozen: its
-features are computed without gradients by ``encode``.
+with ``w = 5`` in the official code (``ase_loss_weighted``). The decoder reads the frozen classifier's normalised
+penultimate features and predicted class. The classifier is frozen and the training images are fixed (no
+augmentation, as in the official training), so its outputs are computed once, when the targets are searched,
+and travel with the batch (``"features"``, ``"pred"``) instead of being recomputed at every step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 
-import torch
 from torch import Tensor, nn
 
-__all__ = ["HeatmapLoss", "weighted_residual_loss"]
+__all__ = ["TARGET_KEYS", "HeatmapLoss", "weighted_residual_loss"]
+
+TARGET_KEYS = ("target", "features", "pred")
 
 
 def weighted_residual_loss(x: Tensor, h: Tensor, t: Tensor, weight: float = 5.0) -> Tensor:
@@ -31,23 +34,22 @@ def weighted_residual_loss(x: Tensor, h: Tensor, t: Tensor, weight: float = 5.0)
 class HeatmapLoss(nn.Module):
     """``loss(decoder, images, targets) -> (loss, {"pred": residual})`` for :class:`~medood.engines.StageTrainer`.
 
+    ``targets`` is ``{"target": (B, C, *S) target images, "features": (B, D) normalised classifier features,
+    "pred": (B,) predicted classes}`` (batch keys of the stage, :data:`TARGET_KEYS`).
+
     Args:
-        encode: ``images -> (decoder input features, predicted class)``, the frozen classifier (run without
-            gradients), e.g. :meth:`medood.detectors.heatmap.HeatmapDetector.encode`.
         weight: ``w`` of the ``1 + w |t|`` weighting. Defaults to 5.0 (the official code).
     """
 
-    def __init__(self, encode: Callable[[Tensor], tuple[Tensor, Tensor]], weight: float = 5.0) -> None:
+    def __init__(self, weight: float = 5.0) -> None:
         super().__init__()
         if weight < 0:
             raise ValueError(f"weight must be >= 0, got {weight}")
-        self.encode, self.weight = encode, float(weight)
+        self.weight = float(weight)
 
-    def forward(self, network: nn.Module, inputs: Tensor, targets: Tensor | None) -> tuple[Tensor, dict]:
-        """Residual ``network(z, y)`` of the frozen classifier's features, compared with the targets."""
-        if targets is None:
-            raise ValueError("the heatmap stage needs a target image per input (batch key 'target')")
-        with torch.no_grad():
-            z, y = self.encode(inputs)
-        h = network(z, y)
-        return weighted_residual_loss(inputs, h, targets, self.weight), {"pred": h.detach()}
+    def forward(self, network: nn.Module, inputs: Tensor, targets: Mapping[str, Tensor] | None) -> tuple[Tensor, dict]:
+        """Residual ``network(features, pred)`` compared with the target images."""
+        if not isinstance(targets, Mapping) or any(k not in targets for k in TARGET_KEYS):
+            raise ValueError(f"the heatmap stage needs the batch keys {TARGET_KEYS} besides the image")
+        h = network(targets["features"].float(), targets["pred"].reshape(-1).long())
+        return weighted_residual_loss(inputs, h, targets["target"], self.weight), {"pred": h.detach()}

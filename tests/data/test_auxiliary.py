@@ -27,6 +27,10 @@ def test_auxiliary_datalist_lists_other_folders_and_refuses_evaluation_sets(tmp_
     other = make_class_folders(tmp_path / "organ_b")
     aux = auxiliary_datalist([other / "train"], forbidden=[root / "ood_near", root / "ood_far"])
     assert len(aux) == 18 and all(a["aux_source"] == "organ_b/train" for a in aux)
+    both = [other / "train", root / "train"]
+    sample = auxiliary_datalist(both, max_per_folder=5, seed=1)
+    assert len(sample) == 10 and sample == auxiliary_datalist(both, max_per_folder=5, seed=1)
+    assert {a["image"] for a in sample} <= {a["image"] for a in auxiliary_datalist(both)}
     with pytest.raises(DataError, match="evaluation folder"):
         auxiliary_datalist([root / "ood_far"], forbidden=[root / "ood_near", root / "ood_far"])
     link = tmp_path / "innocent_name"

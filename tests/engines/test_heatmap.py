@@ -39,6 +39,10 @@ def test_ood_pairs_targets_by_brute_force() -> None:
     batches = ood_pairs(det, loader, batch_size=7, aux_images=extra)
     images = torch.cat([b["image"] for b in batches])
     targets = torch.cat([b["target"] for b in batches])
+    feats, preds = torch.cat([b["features"] for b in batches]), torch.cat([b["pred"] for b in batches])
+    z, y = det.encode(images)  # the stored classifier outputs are those of each row's own image
+    torch.testing.assert_close(feats, z)
+    torch.testing.assert_close(preds, y)
     assert images.shape[0] == 18 + 2 * 18 + 5  # ID + 2 corruptions per image + the extra images
     assert [b["image"].shape[0] for b in batches] == [7] * 8 + [3]
     is_id = (images[:, None] == id_x[None]).flatten(2).all(2).any(1)
@@ -72,6 +76,10 @@ def test_training_datalist_from_files(tmp_path: Path) -> None:
 
     assert len(items) == len(id_items) + len(aux)  # every predicted class has ID images here
     assert all(it["target"] == it["image"] for it in items[: len(id_items)])
+    for it in items[:: len(items) // 6]:  # stored classifier outputs = those of the item's own (corrupted) image
+        z, y = det.encode(transform(it)["image"][None])
+        torch.testing.assert_close(it["features"], z[0])
+        assert int(it["pred"]) == int(y)
     id_paths = {it["image"] for it in id_items}
     assert all(it["target"] in id_paths for it in items)
     id_x = torch.stack([transform(it)["image"] for it in id_items])

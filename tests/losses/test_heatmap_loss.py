@@ -33,20 +33,19 @@ class Echo(nn.Module):
         return self.h.expand(z.shape[0], 1, 4)
 
 
-def test_loss_runs_the_frozen_encoder_and_trains_only_the_decoder() -> None:
-    calls = []
-
-    def encode(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        calls.append(torch.is_grad_enabled())
-        return x.flatten(1), torch.zeros(x.shape[0], dtype=torch.long)
-
+def test_loss_feeds_the_precomputed_features_and_trains_the_decoder() -> None:
     net = Echo()
     x, t = torch.zeros(3, 1, 4), torch.ones(3, 1, 4)
-    loss, out = HeatmapLoss(encode, weight=0.0)(net, x, t)
-    assert calls == [False]  # features without gradients
+    feats, pred = torch.rand(3, 5), torch.tensor([[2], [0], [1]])
+    loss, out = HeatmapLoss(weight=0.0)(net, x, {"target": t, "features": feats, "pred": pred})
+    assert net.seen is not None
+    torch.testing.assert_close(net.seen[0], feats)
+    assert net.seen[1].tolist() == [2, 0, 1]  # (B, 1) collated labels become (B,) class indices
     assert loss.item() == pytest.approx(4.0)  # 4 pixels of (0 + 0 - 1)^2 per item
     loss.backward()
     assert net.h.grad is not None and torch.all(net.h.grad < 0)  # pushes h towards t - x = 1
     assert out["pred"].shape == (3, 1, 4)
-    with pytest.raises(ValueError, match="target"):
-        HeatmapLoss(encode)(net, x, None)
+    with pytest.raises(ValueError, match="batch keys"):
+        HeatmapLoss()(net, x, {"target": t})
+    with pytest.raises(ValueError, match=">= 0"):
+        HeatmapLoss(weight=-1.0)
