@@ -13,10 +13,10 @@ from medood.data.datalist import bundle_datalist as datalist
 from medood.data.errors import DataError
 from medood.detectors import list_detectors
 from medood.engines.resume import latest_checkpoint
+from medood.reports import worst_slices_montage, write_slicer_scene
 from medood.utils.checkpoints import compact_checkpoint as compact_weights
 from medood.utils.checkpoints import load_state as load_weights
 from medood.utils.checkpoints import save_state as save_weights
-from medood.visualize import worst_slices_montage, write_slicer_script
 
 
 def _nii(path, arr):
@@ -85,8 +85,8 @@ def test_montage_and_slicer_script(tmp_path) -> None:
     from PIL import Image
 
     assert Image.open(png).size == (2 * 8 * 2, 9 * 2)  # two tiles side by side, upscaled by 2
-    script = write_slicer_script(tmp_path / "out", cases, threshold=1.5).read_text()
-    assert "c_T1w_anomaly_map.nii.gz" in script and "THRESHOLD = 1.5" in script
+    script = write_slicer_scene(tmp_path / "out", images={"c_T1w": cases[0]["image"]}).read_text()
+    assert "'c_T1w_anomaly_map.nii.gz'" in script and "c_T1w.nii.gz" in script
     compile(script, "open_in_slicer.py", "exec")
     assert worst_slices_montage(tmp_path / "empty", cases) is None
 

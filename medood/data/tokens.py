@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import torch
+from monai.transforms import Randomizable
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from medood.transforms.slices import slice_positions
 from medood.utils.batch import unpack_batch
 
-__all__ = ["TokenGridDataset", "Tokenizer", "collect_slices"]
+__all__ = ["TokenGridDataset", "Tokenizer", "augmented_copies", "collect_slices"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,35 @@ def collect_slices(
     return s, p
 
 
+def augmented_copies(
+    slices: Tensor, positions: Tensor, augment: Callable[[dict[str, Any]], dict[str, Any]], copies: int, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """``slices`` followed by ``copies`` augmented versions of each (same positions), seeded.
+
+    Args:
+        slices: ``(N, C, h, w)``.
+        positions: ``(N,)``.
+        augment: a dictionary transform of ``{"image": (C, h, w), "position": float}``; MONAI randomizable
+            transforms are re-seeded with ``seed`` first, so the copies are reproducible.
+        copies: how many augmented versions of each slice.
+        seed: the seed. Defaults to 0.
+    """
+    if isinstance(augment, Randomizable):
+        augment.set_random_state(seed)
+    out = [slices]
+    for _ in range(copies):
+        out.append(
+            torch.stack(
+                [
+                    torch.as_tensor(augment({"image": sl, "position": p})["image"]).float()
+                    for sl, p in zip(slices, positions)
+                ]
+            )
+        )
+    logger.info("added %d augmented copies of %d slices", copies, slices.shape[0])
+    return torch.cat(out), positions.repeat(copies + 1)
+
+
 class TokenGridDataset(Dataset):
     """``{"tokens": (h, w) long, "position": float}`` items: the tokenized foreground slices of volumes.
 
@@ -83,6 +113,11 @@ class TokenGridDataset(Dataset):
         batch_size: slices tokenized per call. Defaults to 64.
         device: where to tokenize. Defaults to CPU.
         batched: whether ``volumes`` yields batches (a DataLoader) or single items (a Dataset). Defaults to False.
+        augment: a dictionary transform of one slice ``{"image": (C, h, w), "position": float}`` (e.g. the
+            bundle's ``slice_augmentation`` list composed); with ``copies > 0`` every slice is added ``copies``
+            more times, augmented, before tokenizing (seeded by ``seed``). Defaults to ``None``.
+        copies: augmented copies of every slice. Defaults to 0.
+        seed: seed of the augmentations. Defaults to 0.
     """
 
     def __init__(
@@ -95,8 +130,13 @@ class TokenGridDataset(Dataset):
         batch_size: int = 64,
         device: str | torch.device = "cpu",
         batched: bool = False,
+        augment: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        copies: int = 0,
+        seed: int = 0,
     ) -> None:
         slices, self.positions = collect_slices(volumes, axis, min_foreground, flip_lr, batched)
+        if augment is not None and copies > 0:
+            slices, self.positions = augmented_copies(slices, self.positions, augment, copies, seed)
         s = tokenizer.downsample
         h, w = slices.shape[-2:]
         slices = torch.nn.functional.pad(slices, (0, (-w) % s, 0, (-h) % s))

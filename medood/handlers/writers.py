@@ -35,7 +35,16 @@ from medood.utils.io import atomic_path, atomic_write, atomic_write_text, case_n
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["OODResultWriter", "case_name", "write_map_nifti", "write_scores_csv", "write_slice_scores_csv"]
+__all__ = [
+    "THRESHOLDS_FILE",
+    "OODResultWriter",
+    "case_name",
+    "thresholds_record",
+    "write_map_nifti",
+    "write_scores_csv",
+    "write_slice_scores_csv",
+    "write_thresholds",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +86,50 @@ def write_slice_scores_csv(path: str | os.PathLike[str], rows: Sequence[tuple[st
         for case, axis, idx, score in rows:
             w.writerow([case, axis, idx, _fmt(score)])
     return Path(path)
+
+
+#: The run folder's record of the healthy-calibration numbers every mask, flag and picture of the run used.
+THRESHOLDS_FILE = "thresholds.json"
+
+
+def thresholds_record(
+    calibration: Calibration | None,
+    map_percentile: float = 99.5,
+    score_percentile: float = 95.0,
+    map_threshold: float | None = None,
+    score_threshold: float | None = None,
+    window: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """The content of ``thresholds.json`` (the one place its format is defined; ``medood.reports`` reads it).
+
+    ``{"map_threshold", "score_threshold", "window", "map_percentile", "score_percentile", "id_scores"}``: the
+    thresholds of :meth:`~medood.detectors.calibration.Calibration.thresholds` unless given explicitly, the colour
+    window (:func:`~medood.detectors.calibration.overlay_window` of the map threshold unless given), and
+    ``id_scores``, the healthy image-score quantiles at every 1 % (the ID reference of the run reports).
+    Uncalibrated parts are ``None``.
+    """
+    found = calibration.thresholds(map_percentile, score_percentile) if calibration is not None else None
+    map_t = map_threshold if map_threshold is not None else (found.map if found else None)
+    score_t = score_threshold if score_threshold is not None else (found.score if found else None)
+    if window is None and map_t is not None:
+        window = overlay_window(map_t)
+    has_scores = calibration is not None and calibration.has_scores
+    return {
+        "map_threshold": None if map_t is None else float(map_t),
+        "score_threshold": None if score_t is None else float(score_t),
+        "window": None if window is None else [float(window[0]), float(window[1])],
+        "map_percentile": map_percentile,
+        "score_percentile": score_percentile,
+        "id_scores": [calibration.quantile(q / 100.0, "score") for q in range(101)]
+        if calibration and has_scores
+        else None,
+    }
+
+
+def write_thresholds(run_dir: str | os.PathLike[str], record: dict[str, Any]) -> Path:
+    """Atomically write ``thresholds.json`` (a :func:`thresholds_record`) into a run folder."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(Path(run_dir) / THRESHOLDS_FILE, json.dumps(record, indent=2) + "\n")
 
 
 def _fmt(v: Any) -> Any:
@@ -180,25 +233,16 @@ class OODResultWriter:
 
     def _resolve_thresholds(self) -> None:
         """Take missing thresholds and the window from the healthy calibration (once, at the first case)."""
-        if self.calibration is not None:
-            found = self.calibration.thresholds(self.map_percentile, self.score_percentile)
-            self.threshold = found.map if self.threshold is None else self.threshold
-            self.score_threshold = found.score if self.score_threshold is None else self.score_threshold
-            self.window = found.window if self.window is None else self.window
-        if self.window is None and self.threshold is not None:
-            self.window = overlay_window(self.threshold)
+        record = thresholds_record(
+            self.calibration, self.map_percentile, self.score_percentile,
+            map_threshold=self.threshold, score_threshold=self.score_threshold, window=self.window,
+        )  # fmt: skip
+        self.threshold, self.score_threshold = record["map_threshold"], record["score_threshold"]
+        self.window = None if record["window"] is None else (record["window"][0], record["window"][1])
         if self.threshold is None:
             logger.warning("no healthy calibration: no *_anomaly_seg masks are written")
         self.calibration = None
-        info = {
-            "map_threshold": self.threshold,
-            "score_threshold": self.score_threshold,
-            "window": None if self.window is None else [float(v) for v in self.window],
-            "map_percentile": self.map_percentile,
-            "score_percentile": self.score_percentile,
-        }
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.output_dir / "thresholds.json", json.dumps(info, indent=2) + "\n")
+        write_thresholds(self.output_dir, record)
 
     def write_case(self, item: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
         """Write one case's files and collect its rows; returns the case name."""

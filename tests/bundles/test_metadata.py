@@ -4,6 +4,7 @@ and MONAI's verify_net_in_out on the flagship's network definition."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,39 @@ def test_flagship_network_in_out_with_the_shipped_weights() -> None:
         out = net.eval()(x)
     assert out.shape == (1, meta["outputs"]["pred"]["num_channels"], *shape)
     assert out.dtype == getattr(torch, meta["outputs"]["pred"]["dtype"])
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_metadata_validates_offline_against_the_vendored_schema(bundle: Path) -> None:
+    from medood.utils.bundle_metadata import validate_metadata, verify_metadata_with_monai
+
+    meta = validate_metadata(bundle / "configs" / "metadata.json")
+    assert meta["version"] in meta["changelog"]
+    verify_metadata_with_monai(bundle / "configs" / "metadata.json")  # MONAI's own check, schema pre-placed
+
+
+def test_vendored_schema_rejects_what_it_should(tmp_path: Path) -> None:
+    from medood.utils.bundle_metadata import schema_path, validate_metadata
+    from medood.utils.errors import DataError
+
+    assert schema_path().is_file()
+    good = json.loads((BUNDLES[0] / "configs" / "metadata.json").read_text())
+    cases = {
+        "missing authors": ({k: v for k, v in good.items() if k != "authors"}, "'authors' is a required property"),
+        "bad version": ({**good, "version": "one"}, "version: 'one' does not match"),
+        "no changelog entry": ({**good, "version": "9.9.9"}, "'9.9.9' has no entry in changelog"),
+        "bad dtype": (
+            {**good, "network_data_format": {"inputs": {"image": {**good["network_data_format"]["inputs"]["image"],
+                                                                  "dtype": "float"}},
+                                             "outputs": good["network_data_format"]["outputs"]}},
+            "network_data_format/inputs/image/dtype",
+        ),
+    }
+    for name, (meta, message) in cases.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.json"
+        path.write_text(json.dumps(meta))
+        with pytest.raises(DataError, match=re.escape(message)):
+            validate_metadata(path)
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(DataError, match="broken.json: is not valid JSON"):
+        validate_metadata(tmp_path / "broken.json")

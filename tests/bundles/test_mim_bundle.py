@@ -85,7 +85,7 @@ def test_all_stages_then_inference(tmp_path: Path, data: Path) -> None:
     _run(["inference.yaml", "train_vqvae.yaml"], "train", root, data)
     assert (root / "models" / "stages" / "vqvae.pt").exists()
     _run(["inference.yaml", "train_tokens.yaml", "train_detector.yaml"], "train", root, data)
-    _run(["inference.yaml", "train_tokens.yaml", "train_mim.yaml"], "train", root, data)
+    _run(["inference.yaml", "train_tokens.yaml", "train_mim.yaml", "augment.yaml"], "train", root, data)  # augmented
     assert (root / "models" / "model.pt").exists(), "the mim stage writes the calibrated final weights"
     _run(["inference.yaml", "inference_ar.yaml", "train_tokens.yaml", "train_ar.yaml"], "train", root, data)
     assert (root / "models" / "model_ar.pt").exists()
@@ -134,6 +134,8 @@ def test_all_stages_then_inference(tmp_path: Path, data: Path) -> None:
     assert 0.0 < voxel["best_dice"] <= 1.0
     assert {"dice", "slice_ap", "slice_auroc"} <= set(voxel), "Dice at the healthy threshold and slice metrics"
     assert (tmp_path / "evaluate" / "worst_slices.png").stat().st_size > 0
+    for name in ("thresholds.json", "report.html", "open_in_slicer.py"):  # medood.reports, from the output folder
+        assert (tmp_path / "evaluate" / name).stat().st_size > 0, name
 
 
 def test_inference_config_alone_runs_on_a_plain_folder(tmp_path: Path, data: Path) -> None:
