@@ -14,7 +14,7 @@ from collections.abc import Sequence
 __all__ = ["build_parser", "main"]
 
 #: Sub-command modules, in the order ``--help`` lists them.
-COMMANDS = ("list_cmd", "data_cmd", "evaluate_cmd", "posthoc_cmd", "report_cmd", "label_cmd")
+COMMANDS = ("list_cmd", "data_cmd", "check_cmd", "evaluate_cmd", "posthoc_cmd", "report_cmd", "label_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:

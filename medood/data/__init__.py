@@ -9,6 +9,7 @@ from medood.data.errors import DataError
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "CaseFailure",
     "DataError",
     "Image2DReader",
     "LoadDicomSeriesd",
@@ -17,10 +18,13 @@ __all__ = [
     "LoadVolume",
     "LoadVolumed",
     "MedMNISTDataset",
+    "SafeDataset",
+    "SkippingDataLoader",
     "ValidateImage",
     "ValidateImaged",
     "bids_datalist",
     "bundle_datalist",
+    "check_dataset",
     "check_volume",
     "class_balanced_loader",
     "class_balanced_sampler",
@@ -66,9 +70,12 @@ _LAZY = {
     "LoadVolume": "transforms", "LoadVolumed": "transforms", "LoadImage2D": "transforms",
     "LoadImage2Dd": "transforms", "LoadDicomSeriesd": "transforms", "ValidateImage": "transforms",
     "ValidateImaged": "transforms",
+    "CaseFailure": "skipping", "SafeDataset": "skipping", "SkippingDataLoader": "skipping",
+    "check_dataset": "check",
 }  # fmt: skip
 
 if TYPE_CHECKING:
+    from medood.data.check import check_dataset
     from medood.data.classification import (
         IMAGENET_MEAN,
         IMAGENET_STD,
@@ -98,6 +105,7 @@ if TYPE_CHECKING:
     )
     from medood.data.medmnist import MedMNISTDataset
     from medood.data.readers import check_volume, load_volume, save_split_4d, split_4d
+    from medood.data.skipping import CaseFailure, SafeDataset, SkippingDataLoader
     from medood.data.transforms import (
         LoadDicomSeriesd,
         LoadImage2D,

@@ -7,6 +7,7 @@ These are internal; the public readers live in :mod:`medood.data.readers`, :mod:
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import zlib
@@ -21,9 +22,25 @@ from monai.transforms.io.array import switch_endianness
 
 from medood.data.errors import DataError
 
-__all__ = ["describe_format", "read_with_monai", "require_dir", "require_file", "sniff_format"]
+__all__ = [
+    "DEFAULT_MAX_IMAGE_BYTES",
+    "check_memory_budget",
+    "check_name",
+    "describe_format",
+    "max_image_bytes",
+    "read_with_monai",
+    "require_dir",
+    "require_file",
+    "sniff_format",
+    "walk_files",
+]
 
 PathLike = str | os.PathLike[str]
+
+#: Largest decoded image (float32 voxels) a reader accepts unless told otherwise: 4 GiB, i.e. about 1024³ voxels.
+DEFAULT_MAX_IMAGE_BYTES = 4 * 2**30
+#: Environment variable overriding :data:`DEFAULT_MAX_IMAGE_BYTES` (bytes; suffixes K, M, G allowed).
+MAX_IMAGE_BYTES_ENV = "MEDOOD_MAX_IMAGE_BYTES"
 
 # (signature, offset, format name); checked in order.
 _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
@@ -60,15 +77,47 @@ _DESCRIPTIONS = {
 }
 
 
-def require_file(path: PathLike) -> Path:
-    """Return ``path`` as a :class:`Path` if it is an existing, non-empty regular file.
+def check_name(path: PathLike) -> Path:
+    """Return ``path`` as a :class:`Path` if its name is valid UTF-8.
+
+    Names that are not (e.g. Latin-1 names copied from an old system) cannot go into CSV files, logs or case ids.
 
     Raises:
-        DataError: the path does not exist, is a folder, or is a 0-byte file.
+        DataError: the name holds bytes that are not UTF-8.
     """
     p = Path(path)
-    if not p.exists():
-        raise DataError(p, "does not exist", "check the path and the current working directory")
+    try:
+        os.fsencode(p.name).decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(p, "the file name is not valid UTF-8", "rename it (e.g. with convmv)") from None
+    return p
+
+
+def _require_exists(p: Path) -> None:
+    if p.exists():
+        return
+    if p.is_symlink():
+        try:
+            p.resolve(strict=True)
+        except RuntimeError:  # Python < 3.13 reports a loop as RuntimeError
+            raise DataError(p, "is a symbolic link loop") from None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise DataError(p, "is a symbolic link loop") from None
+        raise DataError(p, f"is a broken symbolic link to {os.readlink(p)}")
+    raise DataError(p, "does not exist", "check the path and the current working directory")
+
+
+def require_file(path: PathLike) -> Path:
+    """Return ``path`` as a :class:`Path` if it is an existing, non-empty regular file with a UTF-8 name.
+
+    Raises:
+        DataError: the path does not exist, is a broken link or a link loop, is a folder, is a 0-byte file, or
+            its name is not valid UTF-8.
+    """
+    p = Path(path)
+    _require_exists(p)
+    check_name(p)
     if p.is_dir():
         if not any(p.iterdir()):
             raise DataError(p, "is an empty folder, expected a file")
@@ -89,13 +138,85 @@ def require_dir(path: PathLike, what: str = "folder") -> Path:
         DataError: the path does not exist, is not a folder, or is empty.
     """
     p = Path(path)
-    if not p.exists():
-        raise DataError(p, "does not exist", "check the path and the current working directory")
+    _require_exists(p)
     if not p.is_dir():
         raise DataError(p, f"is a file, expected a {what}")
     if not any(p.iterdir()):
         raise DataError(p, f"is an empty {what}")
     return p
+
+
+def walk_files(root: Path) -> list[Path]:
+    """Every non-hidden file under ``root``, sorted, following symlinks but never visiting a folder twice.
+
+    A symlink loop or two links to one folder are therefore listed once, and the walk always ends.
+    """
+    seen: set[str] = set()
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(Path(dirpath) / f for f in filenames if not f.startswith("."))
+    return sorted(found)
+
+
+def _parse_bytes(text: str) -> int:
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = units.get(t[-1:], 1)
+    return int(float(t[:-1] if t[-1:] in units else t) * scale)
+
+
+def max_image_bytes(max_bytes: int | None = None) -> int:
+    """The memory budget for one decoded image: ``max_bytes`` if given, else ``$MEDOOD_MAX_IMAGE_BYTES``, else 4 GiB.
+
+    Raises:
+        ValueError: the environment variable is not a number of bytes (``"8G"``, ``"500M"``, ``"1e9"``).
+    """
+    if max_bytes is not None:
+        return int(max_bytes)
+    env = os.environ.get(MAX_IMAGE_BYTES_ENV)
+    if not env:
+        return DEFAULT_MAX_IMAGE_BYTES
+    try:
+        return _parse_bytes(env)
+    except ValueError:
+        raise ValueError(f"{MAX_IMAGE_BYTES_ENV}={env!r} is not a number of bytes (e.g. 8G, 500M)") from None
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def check_memory_budget(path: PathLike, shape: tuple[int, ...], max_bytes: int | None = None) -> None:
+    """Refuse an image whose decoded float32 array would exceed the memory budget, before reading its data.
+
+    Args:
+        path: the file (for the message).
+        shape: the image shape from its header (all dimensions, channels included).
+        max_bytes: the budget; ``None`` = :func:`max_image_bytes`.
+
+    Raises:
+        DataError: the image is larger than the budget (a header claiming an absurd size, or a genuinely huge
+            scan on a small machine).
+    """
+    budget = max_image_bytes(max_bytes)
+    need = 4 * int(np.prod([int(s) for s in shape], dtype=np.float64))
+    if need > budget:
+        dims = "×".join(str(int(s)) for s in shape)
+        raise DataError(
+            path,
+            f"is {dims} voxels ({_human(need)} as float32), above the memory budget of {_human(budget)}",
+            f"raise it with {MAX_IMAGE_BYTES_ENV}=... (bytes, e.g. 16G) if the machine has the memory",
+        )
 
 
 def _match_signature(head: bytes) -> str:
@@ -177,6 +298,8 @@ def read_with_monai(
             closer()
     if dtype is not None:
         array = np.asarray(array).astype(dtype, copy=False)
+    if isinstance(array, np.ndarray) and not array.flags.writeable:  # e.g. PIL's float images; torch warns
+        array = array.copy()
     meta = _simplify_meta(meta)
     meta["filename_or_obj"] = os.fspath(path) if not isinstance(path, (list, tuple)) else os.fspath(path[0])
     out = MetaTensor.ensure_torch_and_prune_meta(array, meta)

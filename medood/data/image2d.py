@@ -11,6 +11,8 @@ or, to get :class:`~medood.data.errors.DataError` messages instead of MONAI's ge
 Modes: ``1``/``L``/``LA`` load as one grey channel, ``P``/``PA``/``RGB``/``RGBA`` as three RGB channels (the
 alpha channel is dropped), ``I;16*``/``I``/``F`` as one channel with their integer or float values. Other modes
 (CMYK, YCbCr, LAB, HSV, ...) and multi-frame files are rejected. 48-bit RGB PNGs are reduced to 8 bits by PIL.
+Float images with NaN/Inf pixels, and images above the memory budget (from the header, before decoding;
+:func:`medood.data._files.max_image_bytes`) or above PIL's decompression-bomb limit, are rejected too.
 """
 
 from __future__ import annotations
@@ -26,8 +28,16 @@ import torch
 from monai.data import MetaTensor, PILReader
 from PIL import Image
 
-from medood.data._files import PathLike, describe_format, read_with_monai, require_file, sniff_format
+from medood.data._files import (
+    PathLike,
+    check_memory_budget,
+    describe_format,
+    read_with_monai,
+    require_file,
+    sniff_format,
+)
 from medood.data.errors import DataError
+from medood.data.readers import check_volume
 from medood.utils.io import atomic_path
 
 __all__ = [
@@ -98,20 +108,38 @@ class Image2DReader(PILReader):
         return meta
 
 
-def read_image_2d(path: PathLike, scale: bool = False) -> MetaTensor:
+def _check_header(p: Path, kind: str, max_bytes: int | None) -> None:
+    """Open lazily: refuse images above the memory budget; verify a PNG's chunk CRCs and final IEND chunk.
+
+    (Decoding alone does not check them.)
+    """
+    try:
+        with Image.open(p) as im:
+            channels = 1 if im.mode in ("1", "L", "I", "F") or im.mode.startswith("I;16") else 3
+            check_memory_budget(p, (channels, im.height, im.width), max_bytes)
+            if kind == "png":
+                im.verify()
+    except Image.DecompressionBombError as e:
+        raise DataError(p, f"is refused by PIL as a possible decompression bomb: {e}") from e
+
+
+def read_image_2d(path: PathLike, scale: bool = False, max_bytes: int | None = None) -> MetaTensor:
     """Read a PNG/JPEG/TIFF/BMP file as a float32 ``(C, H, W)`` MetaTensor (rows, columns as in PIL/numpy).
 
     Args:
         path: the image file. Its format is detected from the magic bytes, not the extension.
         scale: divide 8-bit images by 255 and 16-bit images by 65535 so they lie in ``[0, 1]``; 32-bit integer
             and float images are left as they are. Defaults to ``False`` (raw pixel values).
+        max_bytes: memory budget of the decoded float32 image. Defaults to ``None``
+            (``$MEDOOD_MAX_IMAGE_BYTES``, else 4 GiB).
 
     Returns:
         A float32 MetaTensor ``(1, H, W)`` (grey) or ``(3, H, W)`` (RGB) with ``meta["mode"]``,
         ``meta["original_mode"]``, ``meta["spatial_shape"] == (H, W)`` and ``meta["filename_or_obj"]``.
 
     Raises:
-        DataError: missing/empty file, wrong magic bytes, truncated or corrupt file, unsupported mode.
+        DataError: missing/empty file, wrong magic bytes, truncated or corrupt file, unsupported mode, NaN/Inf
+            pixels, an image above the memory budget.
     """
     p = require_file(path)
     kind = sniff_format(p)
@@ -119,14 +147,15 @@ def read_image_2d(path: PathLike, scale: bool = False) -> MetaTensor:
         looks = "unrecognised content" if kind == "unknown" else f"it looks like {describe_format(kind)}"
         raise DataError(p, f"wrong magic bytes: not a PNG, JPEG, TIFF or BMP image ({looks})")
     try:
-        if kind == "png":  # checks every chunk CRC and the final IEND chunk, which decoding alone does not
-            with Image.open(p) as check:
-                check.verify()
+        _check_header(p, kind, max_bytes)
         img = read_with_monai(Image2DReader(), p)
+    except DataError:
+        raise
     except _ImageProblem as e:
         raise DataError(p, str(e), "convert it to a single-frame grey or RGB image, e.g. with PIL") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(p, f"truncated or corrupt {kind.upper()} file: {e}", "re-download or re-export it") from e
+    check_volume(img, p, allow_constant=True)
     mode = str(img.meta.get("mode", ""))
     if scale and mode in _MODE_MAX:
         return cast(MetaTensor, img / _MODE_MAX[mode])

@@ -24,6 +24,7 @@ import os
 import shutil
 import struct
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from medood.data._files import PathLike, require_file
 from medood.data.errors import DataError
 from medood.utils.io import atomic_path
 
-__all__ = ["MEDMNIST_SPLITS", "MedMNISTDataset", "read_npz_header"]
+__all__ = ["MEDMNIST_SPLITS", "MedMNISTDataset", "read_npz_header", "validate_npz"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,70 @@ def _member_data_offset(path: Path, info: zipfile.ZipInfo) -> int:
     return info.header_offset + 30 + name_len + extra_len
 
 
+def _check_split_headers(path: Path, zf: zipfile.ZipFile, split: str) -> tuple[int, ...]:
+    """Check dtypes, ndims and counts of one split from the ``.npy`` headers; return the image shape."""
+    ikey, lkey = f"{split}_images", f"{split}_labels"
+    ishape, idtype, _, _ = read_npz_header(zf, ikey)
+    lshape, ldtype, _, _ = read_npz_header(zf, lkey)
+    if idtype != np.uint8:
+        raise DataError(path, f"{ikey} has dtype {idtype}, expected uint8")
+    if not (len(ishape) == 3 or (len(ishape) == 4 and ishape[-1] in (1, 3))):
+        raise DataError(path, f"{ikey} has shape {ishape}, expected (N, H, W) or (N, H, W, 3)")
+    if len(lshape) not in (1, 2) or not (np.issubdtype(ldtype, np.integer) or ldtype == np.bool_):
+        raise DataError(path, f"{lkey} has shape {lshape} and dtype {ldtype}, expected integer (N, k)")
+    if ishape[0] != lshape[0]:
+        raise DataError(path, f"{ikey} holds {ishape[0]} images but {lkey} holds {lshape[0]} labels")
+    return ishape
+
+
+def _read_labels(path: Path, zf: zipfile.ZipFile, split: str) -> np.ndarray:
+    with zf.open(f"{split}_labels.npy") as f:
+        labels = np.lib.format.read_array(f, allow_pickle=False)
+    labels = labels.reshape(len(labels), -1).astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise DataError(path, f"{split}_labels holds negative labels (min {labels.min()})")
+    return labels
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise DataError(path, "is not a valid .npz file (not a ZIP archive, or truncated)") from e
+
+
+def validate_npz(path: PathLike) -> list[str]:
+    """Check a MedMNIST ``.npz`` without keeping its images in memory; return the splits it holds.
+
+    Every split present (a ``<split>_images`` or ``<split>_labels`` key) gets the checks of
+    :class:`MedMNISTDataset`, and its image member is streamed through once so a corrupt (CRC) member is found.
+
+    Raises:
+        DataError: as :class:`MedMNISTDataset`, or no split at all.
+    """
+    p = require_file(path)
+    with _open_zip(p) as zf:
+        keys = sorted(n.removesuffix(".npy") for n in zf.namelist())
+        splits = [s for s in MEDMNIST_SPLITS if f"{s}_images" in keys or f"{s}_labels" in keys]
+        if not splits:
+            raise DataError(p, "holds no <split>_images / <split>_labels arrays", f"keys present: {keys}")
+        for split in splits:
+            for key in (f"{split}_images", f"{split}_labels"):
+                if key not in keys:
+                    raise DataError(p, f"has no key {key!r}", f"keys present: {keys}")
+            try:
+                _check_split_headers(p, zf, split)
+                _read_labels(p, zf, split)
+                with zf.open(f"{split}_images.npy") as f:
+                    while f.read(16 << 20):
+                        pass
+            except DataError:
+                raise
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
+                raise DataError(p, f"has a corrupt {split!r} member: {type(e).__name__}: {e}") from e
+    return splits
+
+
 class MedMNISTDataset(Dataset):
     """One split of a MedMNIST ``.npz`` file as a map-style dataset of dictionaries.
 
@@ -90,7 +155,8 @@ class MedMNISTDataset(Dataset):
 
     Raises:
         DataError: the file is missing or not an ``.npz``, the split is unknown, a key is missing (the message
-            lists the keys present), images and labels differ in count, or an array has a wrong dtype or ndim.
+            lists the keys present), images and labels differ in count, an array has a wrong dtype (object arrays,
+            which would need unpickling, included) or ndim, labels are negative, or a member is corrupt.
     """
 
     def __init__(
@@ -105,11 +171,7 @@ class MedMNISTDataset(Dataset):
         self.transform = transform
         self.stem = self.path.name.removesuffix(".npz")
         self._mmap_spec: tuple[Path, np.dtype, int, tuple[int, ...]] | None = None
-        try:
-            zf = zipfile.ZipFile(self.path)
-        except zipfile.BadZipFile as e:
-            raise DataError(self.path, "is not a valid .npz file (not a ZIP archive)") from e
-        with zf:
+        with _open_zip(self.path) as zf:
             keys = sorted(n.removesuffix(".npy") for n in zf.namelist())
             if split not in MEDMNIST_SPLITS:
                 present = sorted({k.rsplit("_", 1)[0] for k in keys if k.endswith(("_images", "_labels"))})
@@ -121,28 +183,22 @@ class MedMNISTDataset(Dataset):
             for key in (f"{split}_images", f"{split}_labels"):
                 if key not in keys:
                     raise DataError(self.path, f"has no key {key!r}", f"keys present: {keys}")
-            img_shape = self._check_headers(zf)
-            self.labels = self._load_labels(zf)
-            self.images = self._open_images(zf, img_shape, cache_dir)
+            try:
+                img_shape = self._check_headers(zf)
+                self.labels = self._load_labels(zf)
+                self.images = self._open_images(zf, img_shape, cache_dir)
+            except DataError:
+                raise
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
+                raise DataError(
+                    self.path, f"has a corrupt {split!r} member: {type(e).__name__}: {e}", "re-download the file"
+                ) from e
 
     def _check_headers(self, zf: zipfile.ZipFile) -> tuple[int, ...]:
-        ikey, lkey = f"{self.split}_images", f"{self.split}_labels"
-        ishape, idtype, _, _ = read_npz_header(zf, ikey)
-        lshape, ldtype, _, _ = read_npz_header(zf, lkey)
-        if idtype != np.uint8:
-            raise DataError(self.path, f"{ikey} has dtype {idtype}, expected uint8")
-        if not (len(ishape) == 3 or (len(ishape) == 4 and ishape[-1] in (1, 3))):
-            raise DataError(self.path, f"{ikey} has shape {ishape}, expected (N, H, W) or (N, H, W, 3)")
-        if len(lshape) not in (1, 2) or not (np.issubdtype(ldtype, np.integer) or ldtype == np.bool_):
-            raise DataError(self.path, f"{lkey} has shape {lshape} and dtype {ldtype}, expected integer (N, k)")
-        if ishape[0] != lshape[0]:
-            raise DataError(self.path, f"{ikey} holds {ishape[0]} images but {lkey} holds {lshape[0]} labels")
-        return ishape
+        return _check_split_headers(self.path, zf, self.split)
 
     def _load_labels(self, zf: zipfile.ZipFile) -> np.ndarray:
-        with zf.open(f"{self.split}_labels.npy") as f:
-            labels = np.lib.format.read_array(f)
-        return labels.reshape(len(labels), -1).astype(np.int64)
+        return _read_labels(self.path, zf, self.split)
 
     def _open_images(self, zf: zipfile.ZipFile, shape: tuple[int, ...], cache_dir: PathLike | None) -> np.ndarray:
         key = f"{self.split}_images"
@@ -167,7 +223,7 @@ class MedMNISTDataset(Dataset):
             "%s: loading %s into memory (%.1f MB); pass cache_dir to memory-map instead", self.path, key, nbytes / 2**20
         )
         with zf.open(info) as f:
-            return np.lib.format.read_array(f)
+            return np.lib.format.read_array(f, allow_pickle=False)
 
     def _reopen(self) -> np.ndarray:
         path, dtype, offset, shape = self._mmap_spec  # type: ignore[misc]

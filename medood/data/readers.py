@@ -2,8 +2,12 @@
 
 Every failure becomes a :class:`~medood.data.errors.DataError` that names the file and the problem:
 missing path, empty folder, 0-byte file, wrong magic bytes (a PNG or random bytes renamed ``.nii.gz``),
-truncated gzip stream, header/data size mismatch, NaN/Inf voxels, constant volumes, and a 4D or 2D file
-where a 3D volume is expected.
+truncated or corrupt gzip stream (the whole stream's CRC is verified), header/data size mismatch, NaN/Inf
+voxels, constant volumes, a 4D or 2D file where a 3D volume is expected, a volume above the memory budget
+(checked from the header, before any voxel is read; :func:`medood.data._files.max_image_bytes`), and a bad
+geometry: a zero, negative or non-finite ``pixdim`` (nibabel would silently replace it by 1 or its absolute
+value), a singular, sheared or absurd affine (:func:`medood.data.geometry.check_affine`), and an sform /
+qform / pixdim disagreement that MONAI would silently resolve by picking one of them.
 
 Constant volumes (all zero, or any single value) are an **error by default**: they carry no image content,
 they usually come from a failed export or conversion, and intensity normalisation divides by their zero
@@ -16,8 +20,10 @@ Arrays are channel-first ``(C, X, Y, Z)`` with the NIfTI affine (RAS) in ``meta[
 
 from __future__ import annotations
 
+import gzip
 import logging
 import re
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -27,8 +33,16 @@ import numpy as np
 import torch
 from monai.data import MetaTensor, NibabelReader
 
-from medood.data._files import PathLike, describe_format, read_with_monai, require_file, sniff_format
+from medood.data._files import (
+    PathLike,
+    check_memory_budget,
+    describe_format,
+    read_with_monai,
+    require_file,
+    sniff_format,
+)
 from medood.data.errors import DataError
+from medood.data.geometry import check_affine, describe_spacing
 from medood.utils.io import atomic_path
 
 __all__ = ["check_volume", "load_volume", "save_split_4d", "split_4d"]
@@ -46,8 +60,8 @@ def _nifti_suffix(path: Path) -> str:
     return ""
 
 
-def _check_nifti_bytes(path: Path) -> None:
-    """Check the extension and the magic bytes before nibabel sees the file."""
+def _check_nifti_bytes(path: Path) -> str:
+    """Check the extension and the magic bytes before nibabel sees the file; return the sniffed format."""
     suffix = _nifti_suffix(path)
     if not suffix:
         raise DataError(
@@ -67,10 +81,49 @@ def _check_nifti_bytes(path: Path) -> None:
     if kind not in ("nifti1", "nifti2", "nifti1.gz", "nifti2.gz"):
         looks = "unrecognised content" if kind == "unknown" else f"the content looks like {describe_format(kind)}"
         raise DataError(path, f"wrong magic bytes: not a NIfTI file ({looks})")
+    if kind.endswith(".gz"):
+        _verify_gzip(path)
+    return kind
 
 
-def _open_header(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
-    """Open the file lazily with nibabel and check that the data block is as large as the header says."""
+def _check_raw_pixdim(path: Path, kind: str) -> None:
+    """Check the header's voxel spacing as stored, before nibabel replaces 0 by 1 and negatives by their abs."""
+    klass = nib.Nifti2Header if kind.startswith("nifti2") else nib.Nifti1Header
+    try:
+        with nib.openers.ImageOpener(str(path)) as f:
+            header = klass.from_fileobj(f, check=False)
+    except Exception as e:  # a header that does not even parse: reported by _open_header
+        logger.debug("%s: raw header not readable: %s", path, e)
+        return
+    n = int(min(max(int(header["dim"][0]), 1), 3))
+    pixdim = np.asarray(header["pixdim"][1 : n + 1], dtype=np.float64)
+    if not np.isfinite(pixdim).all() or (pixdim <= 0).any():
+        what = "not finite" if not np.isfinite(pixdim).all() else "zero" if (pixdim == 0).any() else "negative"
+        raise DataError(
+            path,
+            f"has a {what} voxel spacing in its header (pixdim {describe_spacing(pixdim)})",
+            "fix the header; nibabel would silently set it to 1 or its absolute value",
+        )
+
+
+def _verify_gzip(path: Path) -> None:
+    """Decompress the whole stream once to verify its CRC and length.
+
+    gzip checks them only at the end of the stream, which nibabel never reaches when it reads just the voxels it
+    needs, so a corrupted stream would otherwise load wrong voxels.
+    """
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 22):
+                pass
+    except EOFError as e:
+        raise DataError(path, "truncated gzip stream: the compressed data ends early", "re-download the file") from e
+    except (OSError, zlib.error) as e:
+        raise DataError(path, f"corrupt gzip stream ({e})", "re-download or re-export the file") from e
+
+
+def _open_header(path: Path, max_bytes: int | None) -> nib.Nifti1Image | nib.Nifti2Image:
+    """Open the file lazily with nibabel; check size, budget and geometry before any voxel is read."""
     try:
         img = nib.load(path)
     except Exception as e:  # nibabel raises ImageFileError, HeaderDataError, ValueError, OSError ...
@@ -79,7 +132,9 @@ def _open_header(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
         raise DataError(path, f"is read by nibabel as {type(img).__name__}, not as NIfTI")
     shape = tuple(int(s) for s in img.shape)
     if not shape or min(shape) <= 0:
-        raise DataError(path, f"has an empty data shape {shape}")
+        raise DataError(path, f"has an empty data shape {shape}: an axis of length 0")
+    check_memory_budget(path, shape, max_bytes)
+    check_affine(path, img.affine, spatial_dims=min(len(shape), 3))
     if _nifti_suffix(path) == ".nii":
         header = img.header
         nbytes = int(np.prod(shape)) * header.get_data_dtype().itemsize
@@ -93,6 +148,22 @@ def _open_header(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
                 "the file is truncated or the header is wrong",
             )
     return img
+
+
+def _check_same_affine(path: Path, header_img: nib.Nifti1Image | nib.Nifti2Image, img: MetaTensor) -> None:
+    """MONAI replaces an sform (or qform) that disagrees with ``pixdim`` by the other one: refuse that guess."""
+    expected = np.asarray(header_img.affine, dtype=np.float64)
+    got = np.asarray(img.affine, dtype=np.float64)
+    if got.shape == expected.shape and np.allclose(got, expected, rtol=1e-4, atol=1e-3):
+        return
+    spacing = np.linalg.norm(expected[:3, :3], axis=0)
+    pixdim = np.asarray(header_img.header.get_zooms()[:3], dtype=np.float64)
+    raise DataError(
+        path,
+        f"has an inconsistent header: the sform/qform spacing {describe_spacing(spacing)} differs from pixdim "
+        f"{describe_spacing(pixdim)} (MONAI would silently use another geometry than nibabel and viewers)",
+        "fix the header so sform, qform and pixdim agree",
+    )
 
 
 def _shape_str(shape: Sequence[int]) -> str:
@@ -182,6 +253,7 @@ def load_volume(
     expect_3d: bool = True,
     allow_nonfinite: bool = False,
     allow_constant: bool = False,
+    max_bytes: int | None = None,
 ) -> MetaTensor:
     """Load and validate a NIfTI file (``.nii`` or ``.nii.gz``) as a channel-first MONAI MetaTensor.
 
@@ -193,6 +265,8 @@ def load_volume(
         allow_nonfinite: accept NaN/Inf voxels with a warning instead of an error. Defaults to ``False``.
         allow_constant: accept a constant (e.g. all-zero) volume with a warning instead of an error.
             Defaults to ``False``.
+        max_bytes: memory budget of the decoded float32 volume. Defaults to ``None``
+            (``$MEDOOD_MAX_IMAGE_BYTES``, else 4 GiB).
 
     Returns:
         A float32 MetaTensor ``(C, *spatial)`` whose ``meta`` holds ``affine`` (RAS), ``original_affine``,
@@ -200,15 +274,18 @@ def load_volume(
 
     Raises:
         DataError: missing path, folder, 0-byte file, wrong extension or magic bytes, truncated gzip,
-            header/data size mismatch, NaN/Inf voxels, constant volume, or wrong dimensionality.
+            header/data size mismatch, a volume above the memory budget, bad geometry (see the module
+            docstring), NaN/Inf voxels, constant volume, or wrong dimensionality.
     """
     p = require_file(path)
-    _check_nifti_bytes(p)
-    header_img = _open_header(p)
+    kind = _check_nifti_bytes(p)
+    _check_raw_pixdim(p, kind)
+    header_img = _open_header(p, max_bytes)
     shape = tuple(int(s) for s in header_img.shape)
     if expect_3d and len(shape) >= 4:  # fail before reading all the voxels
         _check_dims(p, int(np.prod(shape[3:])), shape[:3], expect_3d=True)
     img = _read_data(p, squeeze=True)
+    _check_same_affine(p, header_img, img)
     _check_dims(p, int(img.shape[0]), tuple(int(s) for s in img.shape[1:]), expect_3d)
     check_volume(img, p, allow_nonfinite=allow_nonfinite, allow_constant=allow_constant)
     return img

@@ -55,16 +55,25 @@ class LoadVolume(Transform):
         expect_3d: require a single 3D volume. Defaults to ``True``.
         allow_nonfinite: accept NaN/Inf voxels with a warning. Defaults to ``False``.
         allow_constant: accept constant volumes with a warning. Defaults to ``False``.
+        max_bytes: memory budget of one decoded volume. Defaults to ``None`` (``$MEDOOD_MAX_IMAGE_BYTES``, else
+            4 GiB).
     """
 
-    def __init__(self, expect_3d: bool = True, allow_nonfinite: bool = False, allow_constant: bool = False) -> None:
+    def __init__(
+        self,
+        expect_3d: bool = True,
+        allow_nonfinite: bool = False,
+        allow_constant: bool = False,
+        max_bytes: int | None = None,
+    ) -> None:
         self.expect_3d = expect_3d
         self.allow_nonfinite = allow_nonfinite
         self.allow_constant = allow_constant
+        self.max_bytes = max_bytes
 
     def __call__(self, path: Any) -> MetaTensor:
         """Load ``path``."""
-        return load_volume(path, self.expect_3d, self.allow_nonfinite, self.allow_constant)
+        return load_volume(path, self.expect_3d, self.allow_nonfinite, self.allow_constant, self.max_bytes)
 
 
 class LoadImage2D(Transform):
@@ -156,6 +165,8 @@ class LoadVolumed(_LoadMapTransform):
         allow_nonfinite: accept NaN/Inf voxels with a warning. Defaults to ``False``.
         allow_constant: accept constant volumes with a warning. Defaults to ``False``.
         allow_missing_keys: do not raise for absent keys. Defaults to ``False``.
+        max_bytes: memory budget of one decoded volume. Defaults to ``None`` (``$MEDOOD_MAX_IMAGE_BYTES``, else
+            4 GiB).
     """
 
     def __init__(
@@ -165,9 +176,10 @@ class LoadVolumed(_LoadMapTransform):
         allow_nonfinite: bool = False,
         allow_constant: bool = False,
         allow_missing_keys: bool = False,
+        max_bytes: int | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.loader = LoadVolume(expect_3d, allow_nonfinite, allow_constant)
+        self.loader = LoadVolume(expect_3d, allow_nonfinite, allow_constant, max_bytes)
 
 
 class LoadImage2Dd(_LoadMapTransform):

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from medood.utils.io import atomic_path
+
 __all__ = ["install_shims", "make_grid", "save_image"]
 
 logger = logging.getLogger(__name__)
@@ -76,7 +78,8 @@ def save_image(tensor: Tensor | Sequence[Tensor], fp: str | os.PathLike[str], **
 
     grid = make_grid(tensor, **kwargs)  # type: ignore[arg-type]
     arr = (grid.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    Image.fromarray(np.ascontiguousarray(arr)).save(fp, format="PNG")
+    with atomic_path(fp) as tmp:
+        Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG")
 
 
 def _torchvision_works() -> bool:

@@ -53,7 +53,7 @@ def _png_uri(rgb: np.ndarray, scale: int = 2) -> str:
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
     buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
+    img.save(buf, format="PNG", optimize=True)  # not-a-file-write (an in-memory buffer)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

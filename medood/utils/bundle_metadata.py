@@ -87,7 +87,7 @@ def verify_metadata_with_monai(path: str | os.PathLike[str]) -> None:
     _read(p)
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / SCHEMA_NAME
-        shutil.copyfile(schema_path(), target)
+        shutil.copyfile(schema_path(), target)  # not-a-file-write (a scratch copy in a temporary folder)
         try:
             verify_metadata(meta_file=str(p), filepath=str(target))
         except Exception as e:  # jsonschema.ValidationError and MONAI's own errors

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -74,11 +75,18 @@ def load_checkpoint(path: str | os.PathLike[str], hint: str | None = None) -> An
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found is None:
+            raise DataError(p, "is not a readable torch checkpoint (neither a torch archive nor a pickle)") from e
         raise DataError(
-            p, "refused: the checkpoint holds Python objects other than tensors (loaded with weights_only=True only)"
+            p,
+            f"refused: the checkpoint holds Python objects other than tensors (e.g. {found.group(1)}), which "
+            "loading would construct or call; it is loaded with weights_only=True only",
+            "only use checkpoints from a source you trust; re-save it as a plain state dict",
         ) from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise DataError(p, f"is not a readable torch checkpoint ({type(e).__name__}: {e})") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise DataError(p, f"is not a readable torch checkpoint ({type(e).__name__}: {first})") from e
 
 
 def load_state(

@@ -1,0 +1,186 @@
+"""Batch mode that goes on: one bad case is recorded and skipped, never the end of a run.
+
+* :class:`SafeDataset`: a MONAI ``Dataset`` whose transform errors on an item (a :class:`DataError`, or a
+  nibabel / pydicom / PIL / I/O error, also when MONAI wraps it in ``RuntimeError("applying transform ...")``)
+  give a :class:`CaseFailure` ``(case, file, error)`` in place of the item; other exceptions (programming
+  errors) still propagate.
+* :class:`SkippingDataLoader`: a MONAI ``DataLoader`` that drops those markers from each batch, collates the
+  good items as usual, never yields an empty batch, and keeps the failures of the current pass in
+  ``loader.failures``. It works with worker processes (the markers travel through the collate function).
+
+The loader has **no length** (``len()`` raises ``TypeError``): how many batches remain is only known at the end,
+and an Ignite engine that was told a length would restart the loader to make up for the dropped batches,
+scoring the good cases twice. Ignite and MONAI engines handle a loader without a length.
+
+:class:`medood.handlers.FailedCasesWriter` writes ``loader.failures`` to ``errors.csv`` and fails the run.
+
+Example (bundle YAML)::
+
+    dataset: {_target_: medood.data.SafeDataset, data: '@datalist', transform: '@preprocessing'}
+    dataloader: {_target_: medood.data.SkippingDataLoader, dataset: '@dataset', batch_size: 1}
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, NamedTuple
+
+from monai.data import DataLoader, Dataset, list_data_collate
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
+from pydicom.errors import InvalidDicomError
+
+from medood.utils.errors import DataError, printable_path
+from medood.utils.io import case_name
+
+__all__ = ["DATA_ERRORS", "CaseFailure", "SafeDataset", "SkippingDataLoader", "data_error_in", "skip_failures_collate"]
+
+logger = logging.getLogger(__name__)
+
+#: Exceptions that mean "this input is bad" (the readers' own, and those of the libraries they call).
+DATA_ERRORS: tuple[type[BaseException], ...] = (
+    DataError,
+    OSError,
+    EOFError,
+    zlib.error,
+    ImageFileError,
+    HeaderDataError,
+    InvalidDicomError,
+)
+
+
+class CaseFailure(NamedTuple):
+    """A case that could not be loaded: its id, the file at fault and a one-line error message."""
+
+    case: str
+    file: str
+    error: str
+
+
+class CollatedBatch(NamedTuple):
+    """What :func:`skip_failures_collate` returns: the collated good items (``None`` if none) and the failures."""
+
+    batch: Any
+    failures: list[CaseFailure]
+
+
+def data_error_in(exc: BaseException, catch: tuple[type[BaseException], ...] = DATA_ERRORS) -> BaseException | None:
+    """The first exception of ``catch`` types in ``exc``'s chain (``__cause__`` / ``__context__``), or ``None``.
+
+    MONAI's ``Compose`` re-raises a transform's exception as ``RuntimeError("applying transform ...")`` whose
+    cause is the original one; this finds it.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, catch):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _first_path(item: Any, key: str) -> str:
+    value = item.get(key) if isinstance(item, dict) else item
+    if isinstance(value, (list, tuple)) and value:
+        value = value[0]
+    return printable_path(value) if isinstance(value, (str, os.PathLike)) else ""
+
+
+def _message(error: BaseException) -> str:
+    """One line; a DataError's path is left out (it is the record's ``file``)."""
+    if isinstance(error, DataError):
+        text = error.problem + (f" ({error.hint})" if error.hint else "")
+    else:
+        text = f"{type(error).__name__}: {error}"
+    return " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(error).__name__
+
+
+class SafeDataset(Dataset):
+    """A MONAI ``Dataset`` that returns a :class:`CaseFailure` for an item whose transform fails on bad data.
+
+    Args:
+        data: the datalist.
+        transform: the (dictionary) transform, e.g. a ``Compose`` starting with ``LoadVolumed``.
+        image_key: the item key holding the input path (for the ``file`` and ``case`` of a failure when the
+            error does not name its own file). Defaults to ``"image"``.
+        case_key: the item key holding an explicit case id; without it the case is
+            :func:`medood.utils.io.case_name` of the input path. Defaults to ``"case"``.
+        catch: exception types that mark an item as failed. Defaults to :data:`DATA_ERRORS`.
+    """
+
+    def __init__(
+        self,
+        data: Sequence,
+        transform: Callable | None = None,
+        image_key: str = "image",
+        case_key: str = "case",
+        catch: Sequence[type[BaseException]] = DATA_ERRORS,
+    ) -> None:
+        super().__init__(data, transform)
+        self.image_key, self.case_key = image_key, case_key
+        self.catch = tuple(catch)
+
+    def failure(self, item: Any, error: BaseException) -> CaseFailure:
+        """The record of ``item`` failing with ``error``."""
+        source = _first_path(item, self.image_key)
+        case = item.get(self.case_key) if isinstance(item, dict) else None
+        file = printable_path(error.path) if isinstance(error, DataError) else source
+        return CaseFailure(str(case) if case is not None else case_name(source or file), file, _message(error))
+
+    def _transform(self, index: int) -> Any:
+        try:
+            return super()._transform(index)
+        except Exception as e:
+            cause = data_error_in(e, self.catch)
+            if cause is None:
+                raise
+            failure = self.failure(self.data[index], cause)
+            logger.warning("skipping case %s: %s", failure.case, failure.error)
+            return failure
+
+
+def skip_failures_collate(items: Sequence[Any], collate: Callable[[Any], Any] = list_data_collate) -> CollatedBatch:
+    """Collate the items that are not :class:`CaseFailure` with ``collate``; return them with the failures."""
+    failures = [x for x in items if isinstance(x, CaseFailure)]
+    good = [x for x in items if not isinstance(x, CaseFailure)]
+    return CollatedBatch(collate(good) if good else None, failures)
+
+
+class SkippingDataLoader(DataLoader):
+    """MONAI ``DataLoader`` that drops failed items (see the module docstring); ``failures`` lists them.
+
+    Args:
+        dataset: usually a :class:`SafeDataset`.
+        num_workers: as ``DataLoader``. Defaults to 0.
+        collate_fn: how the good items are collated. Defaults to MONAI's ``list_data_collate``.
+        kwargs: other ``DataLoader`` arguments (``batch_size``, ``shuffle``, ...).
+    """
+
+    def __init__(
+        self, dataset: Any, num_workers: int = 0, collate_fn: Callable[[Any], Any] = list_data_collate, **kwargs: Any
+    ) -> None:
+        super().__init__(dataset, num_workers, collate_fn=partial(skip_failures_collate, collate=collate_fn), **kwargs)
+        self.failures: list[CaseFailure] = []
+
+    def __iter__(self) -> Any:
+        """Yield the non-empty batches of one pass; ``failures`` is reset at the start of each pass."""
+        self.failures = []
+        for out in super().__iter__():
+            if not isinstance(out, CollatedBatch):  # a custom batch_sampler=None pass-through
+                yield out
+                continue
+            self.failures.extend(out.failures)
+            if out.batch is not None:
+                yield out.batch
+
+    def __len__(self) -> int:
+        raise TypeError("SkippingDataLoader has no length: failed items are dropped as they are met")
+
+    def __bool__(self) -> bool:
+        """Always true (``bool()`` would otherwise ask for the length)."""
+        return True
