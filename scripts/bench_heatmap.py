@@ -67,7 +67,8 @@ def loaders_2d(parser: ConfigParser, data: Path) -> tuple[DataLoader, DataLoader
     names = parser.get_parsed_content("class_names")
 
     def loader(items: list[dict[str, Any]]) -> DataLoader:
-        return DataLoader(Dataset([{"image": d["image"], "label": d.get("label", -1)} for d in items], pre), 64)
+        data = [{"image": d["image"], "label": d.get("label", -1)} for d in items]
+        return DataLoader(Dataset(data, pre), batch_size=64)
 
     sets = ood_datalists([data / "ood_near", data / "ood_far"])
     train, test = (loader(class_folder_datalist(data, s, names)[0]) for s in ("train", "test"))
@@ -178,7 +179,7 @@ def task_2d(name: str, data_root: Path, repeats: int) -> dict[str, Any]:
     res = evaluate(net, det, train, test, oods, {})
     res["summary"]["classifier"] = str(Path(parser.get_parsed_content("classifier_path")).resolve().relative_to(ROOT))
     res["summary"]["n_train"] = len(train.dataset)
-    res["summary"]["cost"] = cost(net, det, _images(test, 64)[:1] * 4, repeats)
+    res["summary"]["cost"] = cost(net, det, _images(test, 64)[:1] * 4, repeats)  # the ID test batch, 4 times
     return res
 
 
