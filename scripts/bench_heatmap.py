@@ -244,7 +244,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    res: dict[str, Any] = {"machine": describe_machine(), "fpr95_convention": FPR95_CONVENTION, "metrics": list(METRICS)}
+    res: dict[str, Any] = {"machine": describe_machine(), "fpr95_convention": FPR95_CONVENTION}
+    res["metrics"] = list(METRICS)
     res["tasks"], res["task_summary"] = {}, {}
     for name in args.tasks:
         out = task_2d(name, args.data, args.repeats)
