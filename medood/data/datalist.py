@@ -12,7 +12,6 @@ twice (two outputs would overwrite each other).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from monai.data import load_decathlon_datalist
 
 from medood.data._files import PathLike, require_dir, require_file, walk_files
 from medood.data.errors import DataError
+from medood.utils.io import read_json_object as _read_json_object
 
 __all__ = [
     "bids_datalist",
@@ -37,22 +37,13 @@ _NIFTI_RE = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 
 
 def read_json_object(path: PathLike) -> dict[str, Any]:
-    """Read a JSON file that must hold an object (a ``dataset.json``).
+    """Read a JSON file that must hold an object (a ``dataset.json``); empty files are refused too.
 
     Raises:
         DataError: missing or empty file, not UTF-8, invalid JSON (the message gives line and column), or a
             top-level value other than an object.
     """
-    p = require_file(path)
-    try:
-        content = json.loads(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise DataError(p, f"is not UTF-8 text: {e}") from e
-    except json.JSONDecodeError as e:
-        raise DataError(p, f"is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from e
-    if not isinstance(content, dict):
-        raise DataError(p, f"holds a JSON {type(content).__name__}, expected an object with datalist keys")
-    return content
+    return _read_json_object(require_file(path))
 
 
 def entry_paths(value: Any) -> list[str]:

@@ -25,19 +25,19 @@ import shutil
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from medood.data._files import PathLike, require_file
 from medood.data.errors import DataError
 from medood.utils.io import atomic_path
 
-__all__ = ["MEDMNIST_SPLITS", "MedMNISTDataset", "read_npz_header", "validate_npz"]
+__all__ = ["MEDMNIST_SPLITS", "MedMNISTDataset", "medmnist_evaluation_dataset", "read_npz_header", "validate_npz"]
 
 logger = logging.getLogger(__name__)
 
@@ -274,3 +274,39 @@ class MedMNISTDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"MedMNISTDataset({os.fspath(self.path)!r}, split={self.split!r}, n={len(self)})"
+
+
+class _Tagged(Dataset):
+    """Items of ``base`` with extra fields (after ``base``'s transform)."""
+
+    def __init__(self, base: MedMNISTDataset, **fields: Any) -> None:
+        self.base, self.fields = base, fields
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> Any:
+        return {**self.base[index], **self.fields}
+
+
+def medmnist_evaluation_dataset(
+    id_path: PathLike,
+    ood_paths: Sequence[PathLike] = (),
+    split: str = "test",
+    transform: Callable[[dict[str, Any]], Any] | None = None,
+    cache_dir: PathLike | None = None,
+) -> ConcatDataset:
+    """The ``split`` of an ID MedMNIST file followed by the same split of each OOD file, for an OOD evaluation.
+
+    ID items get ``is_ood = 0`` and ``ood_set = "id"``; the items of each OOD file ``is_ood = 1``, ``label = -1`` and
+    ``ood_set`` = the file's stem (e.g. ``dermamnist_64``). ``transform`` is applied to every item before the
+    fields are added.
+
+    Raises:
+        DataError: see :class:`MedMNISTDataset`.
+    """
+    parts: list[Dataset] = [_Tagged(MedMNISTDataset(id_path, split, transform, cache_dir), is_ood=0, ood_set="id")]
+    for path in ood_paths:
+        ood = MedMNISTDataset(path, split, transform, cache_dir)
+        parts.append(_Tagged(ood, is_ood=1, ood_set=ood.stem, label=-1))
+    return ConcatDataset(parts)

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from medood.detectors.calibration import Calibration
-from medood.detectors.stages import TrainingStage
+from medood.detectors.stages import DeclaresStages
 from medood.utils.batch import as_plain_tensor, unpack_batch
 from medood.utils.enums import OODKeys
 from medood.utils.modules import ResizableBuffers
@@ -73,7 +73,7 @@ class OODOutput(NamedTuple):
     extras: dict[str, Tensor] | None = None
 
 
-class OODDetector(ResizableBuffers, nn.Module, ABC):
+class OODDetector(ResizableBuffers, DeclaresStages, nn.Module, ABC):
     """Base class of every OOD / anomaly detector.
 
     Subclasses set the class attributes and implement :meth:`score_features`; detectors that need fitting
@@ -85,8 +85,9 @@ class OODDetector(ResizableBuffers, nn.Module, ABC):
         requires_training: the detector owns networks; :meth:`training_stages` declares how they are trained.
         produces_map: ``predict_map`` returns a voxel-wise anomaly map.
         needs_model: the constructor takes a host classifier ``model`` (post-hoc detectors).
-        needs_input_grad: scoring needs gradients with respect to the input (ODIN's perturbation), so features
-            are not enough: batch scorers (``medood.detectors.posthoc``) call :meth:`score` on the images.
+        needs_input_grad: scoring differentiates w.r.t. the input (ODIN): batch scorers call :meth:`score` on images.
+        score_from_map: whether the image score is :meth:`map_score` of the map. ``False`` where the map only
+            explains a score computed otherwise (MECAM's CAM): no map threshold is recorded for it.
         supported_spatial_dims: spatial dimensionalities of the inputs the detector accepts.
         score_reduction: how a map becomes the image / volume score (``"max"``, ``"mean"``, ``"topk"``); the
             only place this is decided (:meth:`map_score`; the inferer calls it). Defaults to ``"topk"``.
@@ -99,6 +100,7 @@ class OODDetector(ResizableBuffers, nn.Module, ABC):
     produces_map: ClassVar[bool] = False
     needs_model: ClassVar[bool] = False
     needs_input_grad: ClassVar[bool] = False
+    score_from_map: ClassVar[bool] = True
     supported_spatial_dims: ClassVar[tuple[int, ...]] = (2, 3)
     score_reduction: str = "topk"
     score_k: int | float = 0.001
@@ -158,24 +160,6 @@ class OODDetector(ResizableBuffers, nn.Module, ABC):
 
     def finalize_fit(self) -> None:
         """Turn the accumulated statistics into buffers. The default does nothing."""
-
-    def training_stages(self) -> tuple[TrainingStage, ...]:
-        """The training stages of the detector's own networks, in order (none for post-hoc detectors)."""
-        return ()
-
-    def stage(self, name: str) -> TrainingStage:
-        """The declared stage called ``name`` (``KeyError`` listing the stages if there is none)."""
-        stages = {st.name: st for st in self.training_stages()}
-        if name not in stages:
-            raise KeyError(f"{type(self).__name__} has no training stage {name!r}; stages: {list(stages)}")
-        return stages[name]
-
-    def stage_network(self, name: str) -> nn.Module:
-        """The submodule that stage ``name`` trains."""
-        module: nn.Module = self
-        for part in self.stage(name).network.split("."):
-            module = getattr(module, part)
-        return module
 
     @property
     def fits_statistics(self) -> bool:
@@ -297,5 +281,13 @@ class OODDetector(ResizableBuffers, nn.Module, ABC):
         """``(B,)`` image / volume scores of maps ``(B, 1, *S)``: ``score_reduction`` over ``foreground_mask(x)``.
 
         The one definition of a map detector's image score: ``score`` and the bundles' inferer both use it.
+
+        Raises:
+            NotImplementedError: the detector's map is an explanation, not the source of its score
+                (``score_from_map = False``).
         """
+        if not self.score_from_map:
+            raise NotImplementedError(
+                f"{type(self).__name__}'s map explains its score but does not define it: use score(x).image_score"
+            )
         return reduce_map(anomaly_map, self.score_reduction, self.score_k, self.foreground_mask(x))

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["STAGE_DATA", "TrainingStage"]
+__all__ = ["STAGE_DATA", "DeclaresStages", "TrainingStage"]
 
 #: What a stage can train on. ``images``: the loader's batches as they are; ``slices``: the 2D foreground slices
 #: of the images with their normalised position (``{"image", "position"}``), padded to the detector's stride;
@@ -70,3 +70,25 @@ class TrainingStage:
     def make_loss(self, **overrides: Any) -> nn.Module:
         """A new loss instance (``loss_kwargs`` updated with ``overrides``, e.g. a validation seed)."""
         return self.loss(**{**dict(self.loss_kwargs), **overrides})
+
+
+class DeclaresStages(nn.Module):
+    """Mixin of :class:`~medood.detectors.base.OODDetector`: the stage declarations and their lookup."""
+
+    def training_stages(self) -> tuple[TrainingStage, ...]:
+        """The training stages of the detector's own networks, in order (none for post-hoc detectors)."""
+        return ()
+
+    def stage(self, name: str) -> TrainingStage:
+        """The declared stage called ``name`` (``KeyError`` listing the stages if there is none)."""
+        stages = {st.name: st for st in self.training_stages()}
+        if name not in stages:
+            raise KeyError(f"{type(self).__name__} has no training stage {name!r}; stages: {list(stages)}")
+        return stages[name]
+
+    def stage_network(self, name: str) -> nn.Module:
+        """The submodule that stage ``name`` trains."""
+        module: nn.Module = self
+        for part in self.stage(name).network.split("."):
+            module = getattr(module, part)
+        return module

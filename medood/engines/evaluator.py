@@ -47,7 +47,8 @@ class OODEvaluator(SupervisedEvaluator):
         if not isinstance(pred, Tensor):
             raise TypeError(f"OODEvaluator expects the network to return a tensor, got {type(pred).__name__}")
         with torch.no_grad():
-            score = pred.float() if pred.ndim == 1 else self.scorer.volume_score(pred, output[Keys.IMAGE], self.network)
+            image = output[Keys.IMAGE]
+            score = pred.float() if pred.ndim == 1 else self.scorer.inferred_score(pred, image, self.network)
         output[OODKeys.SCORE.value] = score
 
     def _add_slice_scores(self, engine: Any) -> None:

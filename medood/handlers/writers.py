@@ -158,6 +158,11 @@ class OODResultWriter:
         save_maps: write the map NIfTI files. Defaults to ``True``.
         window: ``(low, high)`` map values for 2D overlay colours (dataset-level); ``None`` uses the
             calibration's window, else ``(0, max)`` of the map.
+        map_name: the map's kind in the file names, ``<case>_<map_name>_map.nii.gz`` (``_seg``, ``_overlay.png``):
+            ``"anomaly"`` for anomaly maps, e.g. ``"cam"`` for a map that explains a score. Defaults to
+            ``"anomaly"``.
+        case_key: an item / batch field naming the case (e.g. ``"case"`` for images read from an array file,
+            which have no file name); ``None`` names cases after the map's source file. Defaults to ``None``.
 
     Slice scores are written as the engine output carries them (``slice_scores``, computed by the inferer);
     ``thresholds.json`` records the thresholds and colour window the run used.
@@ -181,6 +186,8 @@ class OODResultWriter:
         score_percentile: float = 95.0,
         save_maps: bool = True,
         window: tuple[float, float] | None = None,
+        map_name: str = "anomaly",
+        case_key: str | None = None,
         overwrite: bool = True,
         output_transform: Callable[[Any], Any] = lambda x: x,
         batch_transform: Callable[[Any], Any] = lambda x: x,
@@ -191,6 +198,7 @@ class OODResultWriter:
         self.score_threshold = None if score_threshold is None else float(score_threshold)
         self.calibration, self.map_percentile, self.score_percentile = calibration, map_percentile, score_percentile
         self.save_maps, self.window, self.overwrite = save_maps, window, overwrite
+        self.map_name, self.case_key = map_name, case_key
         self.output_transform, self.batch_transform = output_transform, batch_transform
         self.reset()
 
@@ -240,7 +248,9 @@ class OODResultWriter:
         self.threshold, self.score_threshold = record["map_threshold"], record["score_threshold"]
         self.window = None if record["window"] is None else (record["window"][0], record["window"][1])
         if self.threshold is None:
-            logger.warning("no healthy calibration: no *_anomaly_seg masks are written")
+            logger.warning(
+                "no map threshold (none given, none calibrated): no *_%s_seg masks are written", self.map_name
+            )
         self.calibration = None
         write_thresholds(self.output_dir, record)
 
@@ -251,8 +261,9 @@ class OODResultWriter:
             self._resolved = True
         amap = item[self.map_key]
         meta = getattr(amap, "meta", {}) or {}
-        source = str(meta.get("filename_or_obj", f"case_{len(self.rows):04d}"))
-        case = self._unique_case(source)
+        named = None if self.case_key is None else item.get(self.case_key, (extra or {}).get(self.case_key))
+        source = str(named if named is not None else meta.get("filename_or_obj", f"case_{len(self.rows):04d}"))
+        case = self._unique_case(source.replace("/", "_") if named is not None else source)
         arr = _to_numpy(amap)
         if arr.ndim >= 3 and arr.shape[0] == 1:
             arr = arr[0]
@@ -265,18 +276,18 @@ class OODResultWriter:
         if arr.ndim == 3:
             self._write_3d(case, arr, meta)
         elif arr.ndim == 2:
-            self._write_2d(case, arr, meta)
+            self._write_2d(case, arr, meta, item.get("image"))
         else:
             raise ValueError(f"{source}: anomaly map has {arr.ndim} spatial dims after squeezing; expected 2 or 3")
         self._collect_scores(case, item, extra or {}, arr)
         return case
 
     def _targets(self, case: str, ndim: int) -> list[Path]:
-        out = [self.output_dir / f"{case}_anomaly_map.nii.gz"] if self.save_maps else []
+        out = [self.output_dir / f"{case}_{self.map_name}_map.nii.gz"] if self.save_maps else []
         if self.threshold is not None:
-            out.append(self.output_dir / f"{case}_anomaly_seg.nii.gz")
+            out.append(self.output_dir / f"{case}_{self.map_name}_seg.nii.gz")
         if ndim == 2:
-            out.append(self.output_dir / f"{case}_anomaly_overlay.png")
+            out.append(self.output_dir / f"{case}_{self.map_name}_overlay.png")
         return out
 
     def _write_3d(self, case: str, arr: np.ndarray, meta: dict[str, Any]) -> None:
@@ -293,23 +304,32 @@ class OODResultWriter:
                 "add Invertd to the postprocessing so maps are written on the input grid"
             )
         if self.save_maps:
-            write_map_nifti(arr, affine, self.output_dir / f"{case}_anomaly_map.nii.gz")
+            write_map_nifti(arr, affine, self.output_dir / f"{case}_{self.map_name}_map.nii.gz")
         if self.threshold is not None:
-            write_map_nifti(arr >= self.threshold, affine, self.output_dir / f"{case}_anomaly_seg.nii.gz", np.uint8)
+            write_map_nifti(
+                arr >= self.threshold, affine, self.output_dir / f"{case}_{self.map_name}_seg.nii.gz", np.uint8
+            )
 
-    def _write_2d(self, case: str, arr: np.ndarray, meta: dict[str, Any]) -> None:
+    def _write_2d(self, case: str, arr: np.ndarray, meta: dict[str, Any], fallback: Any = None) -> None:
         from medood.data.image2d import read_image_2d, write_map_nifti_2d, write_overlay_png
 
         if self.save_maps:
-            write_map_nifti_2d(arr, self.output_dir / f"{case}_anomaly_map.nii.gz")
+            write_map_nifti_2d(arr, self.output_dir / f"{case}_{self.map_name}_map.nii.gz")
         if self.threshold is not None:
-            write_map_nifti_2d((arr >= self.threshold).astype(np.uint8), self.output_dir / f"{case}_anomaly_seg.nii.gz")
+            write_map_nifti_2d(
+                (arr >= self.threshold).astype(np.uint8), self.output_dir / f"{case}_{self.map_name}_seg.nii.gz"
+            )
         source = meta.get("filename_or_obj")
-        image = _to_numpy(read_image_2d(source)) if source and Path(str(source)).is_file() else np.zeros_like(arr)
+        if source and Path(str(source)).is_file():
+            image = _to_numpy(read_image_2d(source))
+        elif fallback is not None and tuple(fallback.shape[-2:]) == arr.shape:  # no file (an array dataset):
+            image = _to_numpy(fallback)  # the item's image, when the postprocessing inverted it to the map's grid
+        else:
+            image = np.zeros_like(arr)
         if image.shape[-2:] != arr.shape:
             raise ValueError(f"{source}: image {image.shape[-2:]} and map {arr.shape} differ; invert the preprocessing")
         write_overlay_png(
-            image, arr, None, self.output_dir / f"{case}_anomaly_overlay.png", map_range=self._window(arr)
+            image, arr, None, self.output_dir / f"{case}_{self.map_name}_overlay.png", map_range=self._window(arr)
         )
 
     def _window(self, arr: np.ndarray) -> tuple[float, float]:

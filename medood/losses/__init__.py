@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from medood.losses.classification import MultiExitLoss
 from medood.losses.heatmap import HeatmapLoss, weighted_residual_loss
+from medood.losses.multi_exit import MECAM_EXIT_WEIGHTS, MultiExitStageLoss
 from medood.losses.stages import (
     ARTokenLoss,
     MaskedTokenLoss,
@@ -18,10 +19,12 @@ from medood.losses.stages import (
 )
 
 __all__ = [
+    "MECAM_EXIT_WEIGHTS",
     "ARTokenLoss",
     "HeatmapLoss",
     "MaskedTokenLoss",
     "MultiExitLoss",
+    "MultiExitStageLoss",
     "ReconstructionLoss",
     "TokenDetectorLoss",
     "VQVAELoss",

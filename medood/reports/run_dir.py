@@ -25,7 +25,6 @@ raises :class:`~medood.utils.errors.DataError` naming the bad file.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -36,6 +35,7 @@ from typing import Any
 from medood.detectors.calibration import overlay_window
 from medood.handlers.writers import THRESHOLDS_FILE, thresholds_record, write_thresholds
 from medood.utils.errors import DataError
+from medood.utils.io import read_json_object
 
 __all__ = [
     "MAP_SUFFIX",
@@ -133,12 +133,7 @@ def read_thresholds(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(run_dir) / THRESHOLDS_FILE
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(path, f"is not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise DataError(path, "must hold a JSON object", hint="see medood.reports.run_dir for the expected keys")
+    data = read_json_object(path, hint="see medood.reports.run_dir for the expected keys")
     for key in ("map_threshold", "score_threshold"):
         if data.get(key) is not None and not isinstance(data[key], int | float):
             raise DataError(path, f"{key} must be a number or null, got {data[key]!r}")
@@ -258,12 +253,4 @@ def _read_slice_scores(path: Path, cases: dict[str, CaseOutputs]) -> None:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(path, f"is not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise DataError(path, "must hold a JSON object")
-    return data
+    return read_json_object(path) if path.is_file() else None

@@ -1,4 +1,4 @@
-"""Channel conversion for RGB classifiers: grey and RGBA images to three channels."""
+"""Colour for RGB classifiers: grey and RGBA images to three channels, and saturation jitter."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ from collections.abc import Hashable, Mapping
 
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, Transform
+from monai.transforms import MapTransform, RandomizableTransform, Transform
 
-__all__ = ["ToRGB", "ToRGBd"]
+__all__ = ["RandSaturation", "RandSaturationd", "ToRGB", "ToRGBd"]
+
+#: ITU-R BT.601 luma weights (what torchvision's grayscale and saturation use).
+LUMA = (0.299, 0.587, 0.114)
 
 
 class ToRGB(Transform):
@@ -44,4 +47,78 @@ class ToRGBd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.converter(d[key])
+        return d
+
+
+class RandSaturation(RandomizableTransform):
+    """Scale the colour saturation of an RGB image by a random factor (torchvision's ``ColorJitter(saturation=)``).
+
+    ``out = grey + f * (img - grey)`` with ``grey`` the BT.601 luma and ``f`` uniform in ``[1 - factors, 1 + factors]``
+    (0 = grey, 1 = unchanged), clipped to ``[0, 1]`` when ``clip``. Channel-first ``(3, *S)`` images.
+
+    Args:
+        factors: the half-width of the factor range. Defaults to 0.5.
+        prob: probability of the transform. Defaults to 1.0.
+        clip: clip the result to ``[0, 1]`` (inputs scaled to ``[0, 1]``). Defaults to ``True``.
+
+    Raises:
+        ValueError: ``factors`` negative or above 1.
+    """
+
+    def __init__(self, factors: float = 0.5, prob: float = 1.0, clip: bool = True) -> None:
+        super().__init__(prob)
+        if not 0.0 <= factors <= 1.0:
+            raise ValueError(f"factors must be in [0, 1], got {factors}")
+        self.factors, self.clip = factors, clip
+        self.factor = 1.0
+
+    def randomize(self, data: object = None) -> None:
+        """Draw whether to apply the transform and the factor."""
+        super().randomize(None)
+        self.factor = float(self.R.uniform(1.0 - self.factors, 1.0 + self.factors))
+
+    def __call__(self, img: torch.Tensor, randomize: bool = True) -> torch.Tensor:
+        """Return ``img`` with its saturation scaled.
+
+        Raises:
+            ValueError: ``img`` does not have 3 channels.
+        """
+        if img.shape[0] != 3:
+            raise ValueError(f"saturation needs an RGB image (3, *S), got shape {tuple(img.shape)}")
+        if randomize:
+            self.randomize()
+        if not self._do_transform:
+            return img
+        weights = torch.tensor(LUMA, dtype=img.dtype, device=img.device).view(3, *[1] * (img.ndim - 1))
+        grey = (img * weights).sum(0, keepdim=True)
+        out = grey + self.factor * (img - grey)
+        return out.clamp(0.0, 1.0) if self.clip else out
+
+
+class RandSaturationd(RandomizableTransform, MapTransform):
+    """Dictionary version of :class:`RandSaturation` (one factor for every key of an item)."""
+
+    def __init__(
+        self, keys: KeysCollection, factors: float = 0.5, prob: float = 1.0, clip: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:  # fmt: skip
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.saturation = RandSaturation(factors, 1.0, clip)
+
+    def set_random_state(self, seed: int | None = None, state: object = None) -> RandSaturationd:
+        """Seed this transform and its array transform."""
+        super().set_random_state(seed, state)  # type: ignore[arg-type]
+        self.saturation.set_random_state(seed, state)  # type: ignore[arg-type]
+        return self
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        """Scale the saturation of every key (same factor)."""
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        self.saturation.randomize()
+        for key in self.key_iterator(d):
+            d[key] = self.saturation(d[key], randomize=False)
         return d

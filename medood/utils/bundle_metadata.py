@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from medood.utils.errors import DataError
+from medood.utils.io import read_json_object
 
 __all__ = ["SCHEMA_NAME", "load_schema", "schema_path", "validate_metadata", "verify_metadata_with_monai"]
 
@@ -36,15 +37,7 @@ def load_schema() -> dict[str, Any]:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DataError(path, "does not exist", hint="a bundle keeps its metadata in configs/metadata.json")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(path, f"is not valid JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise DataError(path, "must hold a JSON object")
-    return meta
+    return read_json_object(path, hint="a bundle keeps its metadata in configs/metadata.json")
 
 
 def validate_metadata(path: str | os.PathLike[str], max_errors: int = 5) -> dict[str, Any]:

@@ -7,14 +7,17 @@ replaces a good file with a partial one.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_text", "case_name"]
+from medood.utils.errors import DataError
+
+__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_text", "case_name", "read_json_object"]
 
 
 def _umask_mode() -> int:
@@ -103,3 +106,24 @@ def case_name(path: str | os.PathLike[str]) -> str:
     """The case identifier of an input file: its base name without image extensions."""
     name = Path(os.fspath(path)).name
     return _EXT.sub("", name) or name
+
+
+def read_json_object(path: str | os.PathLike[str], hint: str | None = None) -> dict[str, Any]:
+    """Read a JSON file that must hold an object (``dataset.json``, ``metadata.json``, ``thresholds.json``, ...).
+
+    Raises:
+        DataError: the file is missing, not UTF-8, not valid JSON (the message gives line and column), or holds
+            another top-level value than an object; ``hint`` is added to the message.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(p, "does not exist", hint)
+    try:
+        content = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(p, f"is not UTF-8 text: {e}", hint) from e
+    except json.JSONDecodeError as e:
+        raise DataError(p, f"is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}", hint) from e
+    if not isinstance(content, dict):
+        raise DataError(p, f"holds a JSON {type(content).__name__}, expected an object", hint)
+    return content

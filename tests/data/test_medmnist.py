@@ -125,3 +125,22 @@ def test_pickling_does_not_copy_memory_mapped_images(tmp_path: Path) -> None:
     clone = pickle.loads(blob)
     assert isinstance(clone.images, np.memmap)
     np.testing.assert_array_equal(clone[4]["image"].numpy(), ds[4]["image"].numpy())
+
+
+def test_evaluation_dataset_tags_id_and_ood_items(tmp_path: Path) -> None:
+    from medood.data.medmnist import medmnist_evaluation_dataset
+
+    ident = _save(tmp_path / "pathmnist_64.npz", _arrays(rgb=True))
+    other = _save(tmp_path / "dermamnist.npz", _arrays(n=3, rgb=True, seed=1))
+    ds = medmnist_evaluation_dataset(ident, [other], split="test", transform=lambda d: {**d, "seen": True})
+    assert len(ds) == 3 + 3  # the test splits
+    first, last = ds[0], ds[5]
+    assert (first["is_ood"], first["ood_set"], first["case"]) == (0, "id", "pathmnist_64_test_000000")
+    assert first["label"] >= 0
+    assert (last["is_ood"], last["ood_set"], last["label"], last["case"]) == (
+        1,
+        "dermamnist",
+        -1,
+        "dermamnist_test_000002",
+    )
+    assert first["seen"] and last["seen"], "the transform runs on every item"

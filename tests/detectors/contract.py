@@ -2,8 +2,9 @@
 
 Each detector supplies its own tiny example (:meth:`OODDetector.tiny_config`); the only things chosen here are
 the toy data: detectors with a host classifier (``needs_model``) get the trained toy classifier, detectors with
-training stages a few toy images to train on, map-producing detectors an artefact (a bright block) as OOD and the
-others blob-free noise. A new detector file is covered with no edit here.
+training stages a few toy images to train on, detectors scored from an anomaly map an artefact (a bright block)
+as OOD and the others (image-level scores, or a map that only explains the score: ``score_from_map = False``)
+blob-free noise. A new detector file is covered with no edit here.
 """
 
 from __future__ import annotations
@@ -47,7 +48,10 @@ def id_batch(sd: int) -> Tensor:
 
 
 def ood_batch(name: str, sd: int) -> Tensor:
-    if get_detector_class(name).produces_map:
+    """A local artefact for detectors scored from an anomaly map; no class evidence at all for image-level scores
+    (including detectors whose map only explains the score, ``score_from_map = False``)."""
+    cls = get_detector_class(name)
+    if cls.produces_map and cls.score_from_map:
         return toy.artefact_images(sd, 12, seed=7)
     return toy.ood_images(sd, 12, seed=7)
 
@@ -66,7 +70,8 @@ def check_registry_attributes(name: str) -> None:
     cls = get_detector_class(name)
     assert cls.name == name
     assert set(cls.supported_spatial_dims) <= {1, 2, 3}, cls
-    for flag in ("produces_map", "requires_fit", "requires_training", "needs_model", "needs_input_grad"):
+    flags = ("produces_map", "requires_fit", "requires_training", "needs_model", "needs_input_grad", "score_from_map")
+    for flag in flags:
         assert isinstance(getattr(cls, flag), bool), f"{name}.{flag}"
     det = make_detector(name, cls.supported_spatial_dims[0])
     assert bool(det.training_stages()) == cls.requires_training, f"{name}: requires_training vs declared stages"
@@ -102,7 +107,11 @@ def check_outputs(det: OODDetector, name: str, sd: int) -> None:
         assert amap is not None and amap.shape == (x_id.shape[0], 1, *x_id.shape[2:])
         assert amap.dtype == torch.float32 and torch.isfinite(amap).all()
         torch.testing.assert_close(det.predict_map(x_id), amap)
-        torch.testing.assert_close(det.map_score(amap, x_id), out_id.image_score)  # one definition of the score
+        if det.score_from_map:
+            torch.testing.assert_close(det.map_score(amap, x_id), out_id.image_score)  # one definition of the score
+        else:  # the map explains the score; it is not reduced into it
+            with pytest.raises(NotImplementedError):
+                det.map_score(amap, x_id)
     else:
         assert out_id.anomaly_map is None
         with pytest.raises(NotImplementedError):
