@@ -118,3 +118,44 @@ def test_endoscopy_bundle_reuses_the_nero_classifier(tmp_path: Path) -> None:
     out = tmp_path / "evaluate"
     _run(name, ["inference.yaml", "evaluate.yaml"], "infer", root, data, **extra, output_dir=str(out))
     assert set(_check_results(out, 9)["results"]) == OOD_SETS
+
+
+TINY_3D = {
+    "fov": [12, 12, 12],
+    "pixdim": [2.0, 2.0, 2.0],
+    "batch_size": 4,
+    "train_batch_size": 4,
+    "epochs": 2,
+    "classifier_epochs": 1,
+    "decoder_def": {"base_channels": 2, "max_channels": 4, "scale": 2},
+}
+
+
+@pytest.mark.slow
+def test_brain_mri_bundle_3d(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from tests.helpers.brain_volumes import AFFINE, SHAPE, write_brain_dataset
+
+    data = write_brain_dataset(tmp_path / "brain")
+    root, name = tmp_path / "bundle", "heatmap_brain_mri_ood_classification"
+    _run(name, ["inference.yaml", "train_classifier.yaml"], "train", root, data, **TINY_3D)
+    _run(name, ["inference.yaml", "train.yaml"], "train", root, data, **TINY_3D)
+    state = torch.load(root / "models" / "model.pt", weights_only=True)["model"]
+    assert bool(state["_fitted"]) and state["decoder.fc.weight"].shape[1] == 64 + 3  # D = 64 features + 3 classes
+    assert int(state["calibration.n_scores"]) == 6, "calibrated on the 2 x 3 validation volumes"
+
+    out = tmp_path / "evaluate"
+    _run(name, ["inference.yaml", "evaluate.yaml"], "infer", root, data, **TINY_3D, output_dir=str(out))
+    results = _check_results(out, 6)
+    assert results["ood_set_sizes"] == {"heavy_noise": 3, "wrong_contrast_pd": 1}, "ood_slots: the T1w slot only"
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    assert [r["case"] for r in rows[:3]] == ["tes-0_T1w", "tes-0_T2w", "tes-0_FLAIR"] and len(rows) == 6 + 4
+    img = nib.load(str(out / "ood-1_T1w_anomaly_map.nii.gz"))
+    assert img.shape == SHAPE, "the map is written on the input's grid (Invertd), not the 12^3 field of view"
+    np.testing.assert_allclose(img.affine, AFFINE, atol=1e-4)
+    assert np.asarray(img.dataobj).min() >= 0
+
+    out2 = tmp_path / "infer"  # a plain folder of volumes
+    _run(name, ["inference.yaml"], "infer", root, data / "ood", **TINY_3D, output_dir=str(out2))
+    assert len(list(csv.DictReader(open(out2 / "scores.csv")))) == 6
