@@ -49,10 +49,10 @@ logger = logging.getLogger("bench_heatmap")
 
 
 def bundle_parts(task: str, data: Path) -> tuple[ConfigParser, torch.nn.Module, Any]:
-    """The bundle's parsed inference config, its frozen classifier and its trained heatmap detector."""
+    """The bundle's parsed inference (+ evaluate) config, its frozen classifier and its trained heatmap detector."""
     bundle = ROOT / "bundles" / f"heatmap_{task}_ood_classification"
     parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.yaml"))
+    parser.read_config([str(bundle / "configs" / "inference.yaml"), str(bundle / "configs" / "evaluate.yaml")])
     parser.update({"bundle_root": str(bundle), "dataset_dir": str(data), "device": "$torch.device('cpu')"})
     det = parser.get_parsed_content("network")
     load_state(det, parser.get_parsed_content("ckpt_path"))
@@ -73,6 +73,23 @@ def loaders_2d(parser: ConfigParser, data: Path) -> tuple[DataLoader, DataLoader
     sets = ood_datalists([data / "ood_near", data / "ood_far"])
     train, test = (loader(class_folder_datalist(data, s, names)[0]) for s in ("train", "test"))
     return train, test, {k: loader(v) for k, v in sets.items()}
+
+
+def loaders_3d(parser: ConfigParser) -> tuple[DataLoader, DataLoader, dict[str, DataLoader]]:
+    """ID train, ID test and OOD-set loaders of the brain bundle (its evaluate.yaml protocol and preprocessing)."""
+    from medood.data.contrasts import contrast_datalist
+
+    pre = parser.get_parsed_content("preprocessing")
+    contrasts = parser.get_parsed_content("contrasts")
+    items = parser.get_parsed_content("datalist")  # the evaluation datalist: ID test, then the OOD sets
+
+    def loader(data: list[dict[str, Any]]) -> DataLoader:
+        return DataLoader(Dataset([{"image": d["image"], "label": d["label"]} for d in data], pre), batch_size=8)
+
+    train = loader(contrast_datalist(parser.get_parsed_content("dataset_dir"), "training", contrasts))
+    sets = list(dict.fromkeys(d["ood_set"] for d in items if d["is_ood"]))
+    oods = {s: loader([d for d in items if d["is_ood"] and d["ood_set"] == s]) for s in sets}
+    return train, loader([d for d in items if not d["is_ood"]]), oods
 
 
 def _paired_ratio(base: Callable[[], Any], other: Callable[[], Any], repeats: int) -> tuple[float, float, float]:
@@ -171,11 +188,11 @@ def evaluate(
     }
 
 
-def task_2d(name: str, data_root: Path, repeats: int) -> dict[str, Any]:
-    """One 2D demo task (pathology / endoscopy) with its bundle's weights."""
+def run_task(name: str, data_root: Path, repeats: int) -> dict[str, Any]:
+    """One demo task (pathology / endoscopy: 2D class folders; brain_mri: 3D contrast volumes) with its bundle."""
     data = data_root / name
     parser, net, det = bundle_parts(name, data)
-    train, test, oods = loaders_2d(parser, data)
+    train, test, oods = loaders_3d(parser) if name == "brain_mri" else loaders_2d(parser, data)
     res = evaluate(net, det, train, test, oods, {})
     res["summary"]["classifier"] = str(Path(parser.get_parsed_content("classifier_path")).resolve().relative_to(ROOT))
     res["summary"]["n_train"] = len(train.dataset)
@@ -238,7 +255,7 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=ROOT / "demo_data", help="the demo data root")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--tasks", nargs="*", default=["pathology", "endoscopy"])
+    p.add_argument("--tasks", nargs="*", default=["pathology", "endoscopy", "brain_mri"])
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
@@ -248,7 +265,7 @@ def main() -> None:
     res["metrics"] = list(METRICS)
     res["tasks"], res["task_summary"] = {}, {}
     for name in args.tasks:
-        out = task_2d(name, args.data, args.repeats)
+        out = run_task(name, args.data, args.repeats)
         res["tasks"][name], res["task_summary"][name] = out["table"], out["summary"]
         logger.info("%s done", name)
     args.out.parent.mkdir(parents=True, exist_ok=True)

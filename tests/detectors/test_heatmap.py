@@ -118,3 +118,13 @@ def test_errors() -> None:
         det.score(torch.rand(2, 1, 20, 20))
     with pytest.raises(NotFittedError):
         HeatmapDetector(model=toy.trained_classifier(2), image_size=16, in_channels=1).score(torch.rand(1, 1, 16, 16))
+
+
+def test_fit_many_refuses_to_fit_a_detector_that_trains_a_network() -> None:
+    from medood.detectors.posthoc import fit_many
+
+    net = toy.trained_classifier(2)
+    det = HeatmapDetector(model=net, image_size=16, in_channels=1)
+    with pytest.raises(ValueError, match="train networks"):
+        fit_many({"heatmap": det, "msp": get_detector("msp", model=net)}, net, toy.id_loader(2, n=6))
+    assert not det.is_fitted
