@@ -200,6 +200,27 @@ def run_task(name: str, data_root: Path, repeats: int) -> dict[str, Any]:
     return res
 
 
+def _standing(table: Mapping[str, Any], order: list[str]) -> str:
+    """Where the heatmap decoder is and is not ahead: its rank, the sets it wins and the sets it loses most."""
+    best = [k for k in table if table[k]["heatmap"]["auroc"] >= max(table[k][d]["auroc"] for d in order) - 1e-9]
+    gap = {k: max(table[k][d]["auroc"] for d in order) - table[k]["heatmap"]["auroc"] for k in table}
+    behind = sorted((k for k in gap if gap[k] > 0.05), key=lambda k: -gap[k])
+    top = {k: max((d for d in order if d != "heatmap"), key=lambda d: table[k][d]["auroc"]) for k in behind}
+    return (
+        f"Heatmap decoder: rank {order.index('heatmap') + 1} of {len(order)} by mean AUROC; best (or tied) on: "
+        + (", ".join(best) or "none")
+        + "; more than 5 AUROC points behind the best detector on: "
+        + (
+            ", ".join(
+                f"{k} ({100 * table[k]['heatmap']['auroc']:.1f} vs {top[k]} {100 * table[k][top[k]]['auroc']:.1f})"
+                for k in behind
+            )
+            or "none"
+        )
+        + ". Why: see the bundles' docs/README.md."
+    )
+
+
 def markdown(res: Mapping[str, Any]) -> str:
     """The tables: per task, AUROC / FPR95 per OOD set and the means, then the heatmap's |h| ratios and cost."""
     lines = [
@@ -236,6 +257,7 @@ def markdown(res: Mapping[str, Any]) -> str:
             lines.append(f"| {bold}{det}{bold} | " + " | ".join(cells) + " |")
         c = s["cost"]
         ratios = ", ".join(f"{k} {v:.2f}" for k, v in s["mean_abs_h_ratio_to_id"].items())
+        lines += ["", _standing(table, order)]
         lines += [
             "",
             f"Mean |h| on the ID test set: {s['mean_abs_h']['id_test']:.4f}; ratio of each OOD set's mean |h| to it: "
@@ -246,7 +268,29 @@ def markdown(res: Mapping[str, Any]) -> str:
             f"= **{c['decoder_over_forward']:.2f}x** the forward; classifier + decoder (`det.score`) "
             f"{c['score_over_forward']:.2f}x the forward alone ({c['decoder_parameters']} decoder parameters).",
         ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _READING) + "\n"
+
+
+_READING = [
+    "",
+    "## Reading the results",
+    "",
+    "- The decoder sees only what the frozen classifier's penultimate features and predicted class encode, like the "
+    "feature-space detectors (ViM, Mahalanobis): a shift that leaves the features in-distribution-like gets a small "
+    "heatmap (defocus blur keeps the stain colours a pathology classifier encodes; an inverted T1w is classified as "
+    "a confident T2w and lands among the ID T2w features).",
+    "- What it learns is a mapping from feature deviations to residuals, fitted on the auxiliary OOD data only. The "
+    "bundles' auxiliary data (corruptions of ID images, other demo organs) deliberately leaves out every corruption "
+    "that copies an evaluation OOD type, so each table measures generalisation to unseen shifts; types far from the "
+    "auxiliary data (fundus crops for endoscopy, heavy noise for the brain) are where it falls behind a plain "
+    "feature distance, which needs no such coverage.",
+    "- Targets are defined per *predicted* class, so ID images the classifier gets wrong receive large heatmaps: "
+    "they lengthen the ID tail that FPR95 reads (brain task: 89.6 % test accuracy).",
+    "- It is the only detector here that returns a map; its cost is one decoder pass on top of the backbone pass it "
+    "shares with every post-hoc detector.",
+    "- The OOD sets are small (1-14 images): one image moves AUROC by several points and, with 1-3 images, FPR95 can "
+    "only be 0, 33, 67 or 100 %. The paper reports the mean of 5 trained decoders; these are single decoders.",
+]
 
 
 def main() -> None:
@@ -256,8 +300,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--tasks", nargs="*", default=["pathology", "endoscopy", "brain_mri"])
+    p.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the existing .json")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.markdown_only:
+        atomic_write_text(args.out.with_suffix(".md"), markdown(json.loads(args.out.read_text())))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
