@@ -286,7 +286,7 @@ _READING = [
     "feature distance, which needs no such coverage.",
     "- Targets are defined per *predicted* class, so ID images the classifier gets wrong receive large heatmaps: "
     "they lengthen the ID tail that FPR95 reads (brain task: 89.6 % test accuracy).",
-    "- It is the only detector here that returns a map; its cost is one decoder pass on top of the backbone pass it "
+    "- It is the only detector in these tables that returns a map; its cost is one decoder pass on top of the backbone pass it "
     "shares with every post-hoc detector.",
     "- The OOD sets are small (1-14 images): one image moves AUROC by several points and, with 1-3 images, FPR95 can "
     "only be 0, 33, 67 or 100 %. The paper reports the mean of 5 trained decoders; these are single decoders.",
