@@ -1,6 +1,7 @@
 """The heatmap bundles through MONAI's ConfigWorkflow on tiny data written by the test, check_properties() clean:
 2D pathology (train classifier -> train decoder -> evaluate -> inference on a plain folder), 2D endoscopy (the NERO
-bundle's shipped classifier reused -> train decoder -> evaluate) and 3D brain MRI."""
+bundle's shipped classifier reused -> train decoder -> evaluate) and 3D brain MRI (the MECAM bundle's shipped
+multi-exit classifier reused -> train decoder -> evaluate -> inference on a plain folder)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from tests.helpers.class_folders import CLASSES, make_class_folders, one_thread
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 NERO_CLASSIFIER = BUNDLES / "nero_endoscopy_ood_classification" / "models" / "model.pt"
+MECAM_CLASSIFIER = BUNDLES / "mecam_brain_mri_ood_classification" / "models" / "model.pt"
 TINY_2D = {
     "image_size": 16,
     "batch_size": 8,
@@ -159,3 +161,23 @@ def test_brain_mri_bundle_3d(tmp_path: Path) -> None:
     out2 = tmp_path / "infer"  # a plain folder of volumes
     _run(name, ["inference.yaml"], "infer", root, data / "ood", **TINY_3D, output_dir=str(out2))
     assert len(list(csv.DictReader(open(out2 / "scores.csv")))) == 6
+
+
+@pytest.mark.slow
+def test_brain_mri_bundle_reuses_the_mecam_classifier(tmp_path: Path) -> None:
+    from tests.helpers.brain_volumes import write_brain_dataset
+
+    data = write_brain_dataset(tmp_path / "brain")
+    root, name = tmp_path / "bundle", "heatmap_brain_mri_ood_classification"
+    extra = {**TINY_3D, "classifier_path": str(MECAM_CLASSIFIER)}
+    before = MECAM_CLASSIFIER.read_bytes()
+    _run(name, ["inference.yaml", "mecam_classifier.yaml", "train.yaml"], "train", root, data, **extra)
+    assert MECAM_CLASSIFIER.read_bytes() == before, "the reused classifier is never written"
+    state = torch.load(root / "models" / "model_mecam.pt", weights_only=True)["model"]
+    mecam = torch.load(MECAM_CLASSIFIER, weights_only=True)["model"]
+    torch.testing.assert_close(state["head_weight"], mecam["net.exits.3.weight"].float().flatten(1))  # final exit
+    assert bool(state["_fitted"]) and state["decoder.fc.weight"].shape[1] == 64 + 3
+    out = tmp_path / "evaluate"
+    cfgs = ["inference.yaml", "mecam_classifier.yaml", "evaluate.yaml"]
+    _run(name, cfgs, "infer", root, data, **extra, output_dir=str(out))
+    assert _check_results(out, 6)["ood_set_sizes"] == {"heavy_noise": 3, "wrong_contrast_pd": 1}
