@@ -174,9 +174,13 @@ def fit_many(
         The detectors by name, fitted.
 
     Raises:
-        ValueError: the loader is empty.
+        ValueError: the loader is empty, or a detector has training stages (e.g. the heatmap decoder: its one pass
+            would fit the statistics but leave the networks untrained; train it with ``det.fit``, score it here).
     """
     named = _named(detectors)
+    trained = sorted(n for n, d in named.items() if d.training_stages())
+    if trained:
+        raise ValueError(f"fit_many fits statistics only; {trained} train networks: call their fit() instead")
     begin_fit(named)
     n_batches = 0
     for _, feats, y in _batches(model, loader, head, _device(model, device), chunk_size):

@@ -22,8 +22,10 @@ __all__ = ["STAGE_DATA", "DeclaresStages", "TrainingStage"]
 #: What a stage can train on. ``images``: the loader's batches as they are; ``slices``: the 2D foreground slices
 #: of the images with their normalised position (``{"image", "position"}``), padded to the detector's stride;
 #: ``tokens``: those slices tokenized once by the detector's (already trained) tokenizer (``{"tokens",
-#: "position"}``).
-STAGE_DATA = ("images", "slices", "tokens")
+#: "position"}``); ``ood_pairs``: the images with a ``"target"`` each (themselves) plus auxiliary OOD images
+#: with their nearest same-class in-distribution image as target (the heatmap decoder;
+#: :func:`medood.engines.heatmap.ood_pairs`).
+STAGE_DATA = ("images", "slices", "tokens", "ood_pairs")
 
 
 @dataclass(frozen=True)
@@ -37,10 +39,14 @@ class TrainingStage:
         loss_kwargs: its constructor arguments.
         data: one of :data:`STAGE_DATA`.
         input_key: batch key of the network input. Defaults to ``"image"``.
-        target_key: batch key handed second to the loss (``None`` = nothing). Defaults to ``None``.
+        target_key: batch key handed second to the loss (``None`` = nothing; several keys = a dict of them).
+            Defaults to ``None``.
         epochs: epochs ``detector.fit`` runs. Defaults to 20.
         lr: Adam learning rate of ``detector.fit``. Defaults to 1e-3.
-        batch_size: batch size of the ``slices`` / ``tokens`` data ``detector.fit`` builds. Defaults to 32.
+        batch_size: batch size of the ``slices`` / ``tokens`` / ``ood_pairs`` data ``detector.fit`` builds.
+            Defaults to 32.
+        optimizer_kwargs: further Adam arguments of ``detector.fit`` (e.g. ``{"betas": (0.5, 0.999)}``).
+            Defaults to none.
     """
 
     name: str
@@ -49,10 +55,11 @@ class TrainingStage:
     loss_kwargs: Mapping[str, Any] = field(default_factory=dict)
     data: str = "images"
     input_key: str = "image"
-    target_key: str | None = None
+    target_key: str | tuple[str, ...] | None = None
     epochs: int = 20
     lr: float = 1e-3
     batch_size: int = 32
+    optimizer_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.data not in STAGE_DATA:

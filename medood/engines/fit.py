@@ -19,6 +19,7 @@ from torch import Tensor
 from medood.data.tokens import collect_slices
 from medood.detectors.base import OODDetector
 from medood.detectors.stages import TrainingStage
+from medood.engines.heatmap import ood_pairs
 from medood.engines.prepare import PrepareKeys
 from medood.engines.trainers import StepEvaluator, StepTrainer
 from medood.handlers.progress import ProgressBar
@@ -97,15 +98,23 @@ def _chunks(items: Mapping[str, Tensor], batch_size: int) -> list[dict[str, Tens
 
 
 def stage_batches(
-    detector: Any, stage: TrainingStage, images: Sequence[Mapping[str, Tensor]], batch_size: int, device: torch.device
+    detector: Any,
+    stage: TrainingStage,
+    images: Sequence[Mapping[str, Tensor]],
+    batch_size: int,
+    device: torch.device,
+    **options: Any,
 ) -> list[dict[str, Tensor]]:
     """The in-memory training batches of ``stage`` (see :data:`~medood.detectors.stages.STAGE_DATA`).
 
     ``slices`` and ``tokens`` use the restoration detectors' slicing (``slice_axis``, ``pad_slices``) and their
-    trained tokenizer (``tokenize``).
+    trained tokenizer (``tokenize``); ``ood_pairs`` is :func:`medood.engines.heatmap.ood_pairs` (``options``:
+    its ``aux_images``).
     """
     if stage.data == "images":
         return [dict(b) for b in images]
+    if stage.data == "ood_pairs":
+        return ood_pairs(detector, images, batch_size, device, **options)
     slices, positions = collect_slices(images, detector.slice_axis, min_foreground=0.05)
     slices, _ = detector.pad_slices(slices)
     if stage.data == "slices":
@@ -133,6 +142,7 @@ def fit_detector(
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     progress: bool | None = None,
+    stage_options: Mapping[str, Any] | None = None,
 ) -> OODDetector:
     """Train the declared stages of ``detector`` in order on the in-distribution batches of ``loader``.
 
@@ -148,6 +158,8 @@ def fit_detector(
         batch_size: batch size of slice / token data (default: the declared one).
         device: where to train (default: the detector's device).
         progress: Ignite progress bar; ``None`` = on unless ``CI=true`` or ``MEDOOD_PROGRESS=0``.
+        stage_options: extra arguments of the stage data builder (:func:`stage_batches`), e.g. the heatmap
+            decoder's ``aux_images``.
 
     Returns:
         ``detector`` with trained networks (in eval mode; statistics and the fitted flag are ``fit``'s business).
@@ -158,9 +170,9 @@ def fit_detector(
     for spec in detector.training_stages():
         if stages is not None and spec.name not in stages:
             continue
-        data = stage_batches(detector, spec, images, batch_size or spec.batch_size, dev)
+        data = stage_batches(detector, spec, images, batch_size or spec.batch_size, dev, **dict(stage_options or {}))
         network = detector.stage_network(spec.name)
-        optimizer = torch.optim.Adam(network.parameters(), lr=lr or spec.lr)
+        optimizer = torch.optim.Adam(network.parameters(), lr=lr or spec.lr, **dict(spec.optimizer_kwargs))
         trainer = StageTrainer(
             detector, spec.name, device=dev, max_epochs=_epochs_of(spec, epochs), train_data_loader=data,
             optimizer=optimizer,

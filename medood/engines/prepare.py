@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -17,10 +17,11 @@ class PrepareKeys:
 
     Args:
         input_key: the network input. Defaults to ``"image"``.
-        target_key: the second value handed to the loss (``None`` = none). Defaults to ``"position"``.
+        target_key: the second value handed to the loss (``None`` = none; several keys = a dict of them, e.g. a
+            target image with precomputed features). Defaults to ``"position"``.
     """
 
-    def __init__(self, input_key: str = "image", target_key: str | None = "position") -> None:
+    def __init__(self, input_key: str = "image", target_key: str | Sequence[str] | None = "position") -> None:
         self.input_key, self.target_key = input_key, target_key
 
     def __call__(
@@ -29,8 +30,8 @@ class PrepareKeys:
         device: str | torch.device | None = None,
         non_blocking: bool = False,
         **kwargs: Any,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Pick and move the two tensors."""
+    ) -> tuple[Tensor, Any]:
+        """Pick and move the two tensors (the second a dict of tensors when several target keys are given)."""
 
         def move(t: Any) -> Any:
             if isinstance(t, MetaTensor):
@@ -39,5 +40,10 @@ class PrepareKeys:
 
         if self.input_key not in batchdata:
             raise KeyError(f"batch has no {self.input_key!r} key (keys: {sorted(batchdata)})")
-        target = batchdata.get(self.target_key) if self.target_key is not None else None
-        return move(batchdata[self.input_key]), move(target)
+        if self.target_key is None or isinstance(self.target_key, str):
+            target = batchdata.get(self.target_key) if self.target_key is not None else None
+            return move(batchdata[self.input_key]), move(target)
+        missing = [k for k in self.target_key if k not in batchdata]
+        if missing:
+            raise KeyError(f"batch has no {missing} keys (keys: {sorted(batchdata)})")
+        return move(batchdata[self.input_key]), {k: move(batchdata[k]) for k in self.target_key}

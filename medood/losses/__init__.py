@@ -7,6 +7,7 @@ They sit between the networks and the detectors: detectors name them in their de
 from __future__ import annotations
 
 from medood.losses.classification import MultiExitLoss
+from medood.losses.heatmap import HeatmapLoss, weighted_residual_loss
 from medood.losses.multi_exit import MECAM_EXIT_WEIGHTS, MultiExitStageLoss
 from medood.losses.stages import (
     ARTokenLoss,
@@ -20,6 +21,7 @@ from medood.losses.stages import (
 __all__ = [
     "MECAM_EXIT_WEIGHTS",
     "ARTokenLoss",
+    "HeatmapLoss",
     "MaskedTokenLoss",
     "MultiExitLoss",
     "MultiExitStageLoss",
@@ -27,4 +29,5 @@ __all__ = [
     "TokenDetectorLoss",
     "VQVAELoss",
     "ar_sequences",
+    "weighted_residual_loss",
 ]

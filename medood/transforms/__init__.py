@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from medood.transforms.color import RandSaturation, RandSaturationd, ToRGB, ToRGBd
+from medood.transforms.corruptions import CORRUPTIONS, Corrupt, Corruptd, corruption_plan
 from medood.transforms.intensity import ScaleNonzeroPercentile, ScaleNonzeroPercentiled
 from medood.transforms.slices import RandSlices, RandSlicesd, foreground_extent, slice_positions
 
 __all__ = [
+    "CORRUPTIONS",
+    "Corrupt",
+    "Corruptd",
     "RandSaturation",
     "RandSaturationd",
     "RandSlices",
@@ -15,6 +19,7 @@ __all__ = [
     "ScaleNonzeroPercentiled",
     "ToRGB",
     "ToRGBd",
+    "corruption_plan",
     "foreground_extent",
     "slice_positions",
 ]

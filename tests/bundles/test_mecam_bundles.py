@@ -17,6 +17,7 @@ from monai.bundle import ConfigWorkflow
 from PIL import Image
 
 from medood.metrics.tables import METRICS
+from tests.helpers.brain_volumes import AFFINE, SHAPE, write_brain_dataset
 from tests.helpers.class_folders import CLASSES, make_class_folders, one_thread
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
@@ -134,43 +135,13 @@ def test_pathology_reads_medmnist_npz(tmp_path: Path) -> None:
     assert overlay.std() > 0, "the overlay is drawn on the image, not on a blank background"
 
 
-AFFINE = np.array([[-2.0, 0, 0, 30.0], [0, 2.0, 0, -40.0], [0, 0, 2.5, -20.0], [0, 0, 0, 1]])  # LAS-ish, anisotropic
-SHAPE = (18, 16, 12)
 TINY_3D = {"fov": [12, 12, 12], "pixdim": [2.0, 2.0, 2.0], "epochs": 2, "batch_size": 4, "cutout_size": 3,
            **{f"network_args#{k}": v for k, v in {**TINY_NET, "stem_stride": 2}.items()}}  # fmt: skip
 
 
-def _brain(rng: np.random.Generator, contrast: str) -> np.ndarray:
-    """A sphere whose core and rim differ by contrast (T1w: bright core, T2w: bright rim, FLAIR: flat), or noise."""
-    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, s) for s in SHAPE], indexing="ij")
-    r = np.sqrt(zz**2 + yy**2 + xx**2)
-    core, rim = {"T1w": (1.0, 0.4), "T2w": (0.4, 1.0), "FLAIR": (0.7, 0.7), "noise": (0.0, 0.0)}[contrast]
-    img = np.where(r < 0.5, core, rim) * (r < 0.9) + 0.05 * rng.standard_normal(SHAPE) * (r < 0.9)
-    if contrast == "noise":
-        img = np.abs(rng.standard_normal(SHAPE))
-    return (np.clip(img, 0, None) * 1000).astype(np.int16)
-
-
 @pytest.fixture(scope="module")
 def brain_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import nibabel as nib
-
-    root = tmp_path_factory.mktemp("brain")
-    rng = np.random.default_rng(0)
-    lists: dict[str, list] = {"training": [], "validation": [], "test": [], "ood": []}
-    for split, n in (("training", 4), ("validation", 2), ("test", 2), ("ood", 2)):
-        (root / split).mkdir()
-        for i in range(n):
-            entry: dict[str, object] = {"case": f"{split[:3]}-{i}"}
-            for c in ("T1w", "T2w", "FLAIR"):
-                kind = "noise" if split == "ood" and (i == 0 or c == "T1w") else c
-                nib.save(nib.Nifti1Image(_brain(rng, kind), AFFINE), str(root / split / f"s{i}_{c}.nii.gz"))
-                entry[c] = f"{split}/s{i}_{c}.nii.gz"
-            if split == "ood":
-                entry["ood_type"] = ["heavy_noise", "wrong_contrast_pd"][i]
-            lists[split].append(entry)
-    (root / "dataset.json").write_text(json.dumps(lists))
-    return root
+    return write_brain_dataset(tmp_path_factory.mktemp("brain"))
 
 
 @pytest.mark.slow

@@ -1,0 +1,224 @@
+"""Training data of the heatmap decoder: ID images and auxiliary OOD images, each with its target image.
+
+ID images are their own target; an auxiliary OOD image's target is the nearest same-class ID training image
+(Hornauer & Belagiannis, WACV 2023; official ``prototype_heatmap.py``).
+
+The classifier is frozen, so the targets are found **once**: one pass over the ID training images and one over
+the auxiliary images gives penultimate features and predicted classes; each auxiliary image gets the ID image of
+the same predicted class with the nearest features (exact, memory-bounded :func:`~medood.utils.neighbours.
+nearest_neighbours`). An auxiliary image whose predicted class no ID training image has is dropped.
+
+* :func:`ood_pairs` builds the pairs in memory (``detector.fit`` through :func:`~medood.engines.fit.fit_detector`;
+  auxiliary images = the detector's corruptions of the ID images, plus optional extra images);
+* :func:`heatmap_training_datalist` builds them as a datalist of file paths (the bundles): it also fits the
+  detector's feature range on the ID training features of the same pass;
+* :func:`train_heatmap_decoder` fits and trains a detector on in-memory ID and extra auxiliary loaders.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.data import DataLoader, Dataset
+from torch import Tensor
+
+from medood.detectors.heatmap import HeatmapDetector
+from medood.transforms.corruptions import corruption_plan
+from medood.utils.batch import as_plain_tensor, unpack_batch
+from medood.utils.enums import OODKeys
+from medood.utils.neighbours import nearest_neighbours
+
+__all__ = [
+    "heatmap_training_datalist",
+    "nearest_id_targets",
+    "ood_pairs",
+    "predicted_features",
+    "train_heatmap_decoder",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE = OODKeys.IMAGE.value
+TARGET = "target"
+
+
+@torch.no_grad()
+def predicted_features(
+    detector: HeatmapDetector, batches: Iterable[Any], device: torch.device | None = None, chunk_size: int = 64
+) -> tuple[Tensor, Tensor]:
+    """Raw penultimate features ``(N, D)`` and predicted classes ``(N,)`` of image batches, on the CPU.
+
+    Args:
+        detector: the detector whose (frozen) classifier runs.
+        batches: tensors, ``{"image", ...}`` dicts or ``(image, label)`` tuples.
+        device: where the classifier runs. Defaults to the detector's device.
+        chunk_size: the most images per forward pass. Defaults to 64.
+    """
+    dev = device or detector.device
+    feats, preds = [], []
+    for batch in batches:
+        x, _ = unpack_batch(batch)
+        for xc in as_plain_tensor(x).float().split(chunk_size):
+            f = detector.extract_features(xc.to(dev))
+            feats.append(f[OODKeys.FEATURES.value].cpu())
+            preds.append(detector.get(f, OODKeys.LOGITS.value).argmax(1).cpu())
+    if not feats:
+        raise ValueError("predicted_features got no images")
+    return torch.cat(feats), torch.cat(preds)
+
+
+def nearest_id_targets(
+    id_features: Tensor, id_pred: Tensor, aux_features: Tensor, aux_pred: Tensor, chunk_size: int = 2048
+) -> Tensor:
+    """Index of each auxiliary image's target: the ID image of the same predicted class with the nearest features.
+
+    Returns ``(N_aux,)`` indices into the ID set; ``-1`` where no ID image has the auxiliary image's class.
+    """
+    idx, _ = nearest_neighbours(aux_features, id_features, aux_pred, id_pred, chunk_size)
+    dropped = int((idx < 0).sum())
+    if dropped:
+        logger.warning("%d auxiliary images predicted as a class no ID training image has: dropped", dropped)
+    return idx
+
+
+def _corrupted(detector: HeatmapDetector, images: Tensor) -> Tensor:
+    if not detector.aux_corruptions or detector.aux_per_image < 1:
+        return images[:0]
+    plan = corruption_plan(images.shape[0], detector.aux_corruptions, detector.aux_per_image, detector.seed)
+    return torch.stack([detector.corrupt(images[i], name, seed) for i, name, seed in plan])
+
+
+def ood_pairs(
+    detector: HeatmapDetector,
+    images: Sequence[Mapping[str, Tensor]],
+    batch_size: int,
+    device: torch.device | None = None,
+    aux_images: Tensor | None = None,
+) -> list[dict[str, Tensor]]:
+    """In-memory training batches of the decoder stage, shuffled once (seeded).
+
+    Batches are ``{"image", "target", "features" (normalised), "pred"}`` (the stage's keys,
+    :data:`~medood.losses.heatmap.TARGET_KEYS`); the detector's feature range must be fitted.
+
+    Args:
+        detector: the heatmap detector (its classifier, corruptions and seed).
+        images: ID training batches ``{"image": (B, C, *S), ...}``.
+        batch_size: rows per returned batch.
+        device: where the classifier runs. Defaults to the detector's device.
+        aux_images: extra auxiliary OOD images ``(M, C, *S)`` besides the corrupted ID images.
+    """
+    x = torch.cat([as_plain_tensor(b[IMAGE]).float().cpu() for b in images])
+    aux = _corrupted(detector, x)
+    if aux_images is not None:
+        aux = torch.cat([aux, as_plain_tensor(aux_images).float().cpu()])
+    id_f, id_p = predicted_features(detector, [x], device)
+    inputs, targets, feats, preds = x, x, id_f, id_p
+    if aux.shape[0]:
+        aux_f, aux_p = predicted_features(detector, [aux], device)
+        idx = nearest_id_targets(id_f, id_p, aux_f, aux_p)
+        keep = idx >= 0
+        inputs, targets = torch.cat([x, aux[keep]]), torch.cat([x, x[idx[keep]]])
+        feats, preds = torch.cat([id_f, aux_f[keep]]), torch.cat([id_p, aux_p[keep]])
+    logger.info("heatmap pairs: %d ID images, %d auxiliary OOD images", x.shape[0], inputs.shape[0] - x.shape[0])
+    columns = {IMAGE: inputs, TARGET: targets, "features": detector.normalise(feats).cpu(), "pred": preds}
+    order = torch.randperm(inputs.shape[0], generator=torch.Generator().manual_seed(detector.seed))
+    columns = {k: v[order] for k, v in columns.items()}
+    return [{k: v[i : i + batch_size] for k, v in columns.items()} for i in range(0, inputs.shape[0], batch_size)]
+
+
+def _uniform(item: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The training keys only, the same for every item (so ID and auxiliary items collate into one batch)."""
+    return {
+        IMAGE: item[IMAGE],
+        "corruption": item.get("corruption") or "",
+        "corruption_seed": int(item.get("corruption_seed", 0)),
+        "aux_source": item.get("aux_source", source),
+    }
+
+
+def _loader(items: Sequence[Mapping[str, Any]], transform: Any, batch_size: int, num_workers: int) -> DataLoader:
+    return DataLoader(Dataset(list(items), transform), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+
+def heatmap_training_datalist(
+    detector: HeatmapDetector,
+    id_items: Sequence[Mapping[str, Any]],
+    aux_items: Sequence[Mapping[str, Any]],
+    transform: Any,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    device: torch.device | None = None,
+) -> list[dict[str, Any]]:
+    """The decoder's training datalist; fits the detector's feature range on the way.
+
+    Every ID item gets ``"target"`` = its own image, every auxiliary item the image of its nearest same-class ID
+    item; every item also carries the classifier's normalised ``"features"`` and ``"pred"`` of its image (the
+    classifier is frozen and the images fixed, so the training never runs it again).
+
+    Args:
+        detector: the heatmap detector (its classifier must hold the trained weights).
+        id_items: ID training items ``{"image": path, ...}``.
+        aux_items: auxiliary OOD items (other organs / modalities ``{"image": path}``, corruptions ``{"image":
+            id_path, "corruption": name, "corruption_seed": seed}``); never the evaluation OOD sets.
+        transform: the dictionary transform giving the classifier's input under ``"image"`` (loading, resizing,
+            intensity scaling and :class:`~medood.transforms.corruptions.Corruptd`).
+        batch_size: images per classifier pass. Defaults to 32.
+        num_workers: data-loading workers. Defaults to 0.
+        device: where the classifier runs. Defaults to the detector's device.
+
+    Returns:
+        ID items then the kept auxiliary items, each ``{"image", "target", "features", "pred", "corruption",
+        "corruption_seed", "aux_source"}`` (``corruption`` empty and ``aux_source = "id"`` for ID items; other
+        fields are dropped, so every item collates with every other).
+    """
+    if not id_items:
+        raise ValueError("heatmap_training_datalist needs ID training items")
+    ids = [_uniform(item, "id") for item in id_items]
+    auxs = [_uniform(item, "auxiliary") for item in aux_items]
+    id_f, id_p = predicted_features(detector, _loader(ids, transform, batch_size, num_workers), device)
+    detector.fit_feature_range(id_f)
+    id_n = detector.normalise(id_f).cpu()
+    out = [{**item, TARGET: item[IMAGE], "features": id_n[i], "pred": id_p[i]} for i, item in enumerate(ids)]
+    if auxs:
+        aux_f, aux_p = predicted_features(detector, _loader(auxs, transform, batch_size, num_workers), device)
+        idx = nearest_id_targets(id_f, id_p, aux_f, aux_p)
+        aux_n = detector.normalise(aux_f).cpu()
+        out += [
+            {**a, TARGET: ids[int(j)][IMAGE], "features": aux_n[i], "pred": aux_p[i]}
+            for i, (a, j) in enumerate(zip(auxs, idx.tolist()))
+            if j >= 0
+        ]
+    per_class = torch.bincount(id_p).tolist()
+    logger.info("decoder training set: %d ID (predicted classes %s) + %d auxiliary", len(id_items), per_class,
+                len(out) - len(id_items))  # fmt: skip
+    return out
+
+
+def train_heatmap_decoder(
+    detector: HeatmapDetector,
+    id_loader: Iterable[Any],
+    aux_loader: Iterable[Any] | None = None,
+    **train_options: Any,
+) -> HeatmapDetector:
+    """Fit the feature range and train the decoder on in-memory images; mark the detector fitted.
+
+    The training images are the ID images, their corruptions and extra auxiliary OOD images (e.g. another organ's
+    training set).
+
+    Args:
+        detector: the heatmap detector.
+        id_loader: ID training batches (re-iterable).
+        aux_loader: batches of extra auxiliary OOD images (never an evaluation OOD set). Defaults to none.
+        **train_options: as :func:`~medood.engines.fit.fit_detector` (``epochs``, ``lr``, ``device``, ...).
+    """
+    from medood.engines.fit import fit_detector
+
+    aux = None
+    if aux_loader is not None:
+        aux = torch.cat([as_plain_tensor(unpack_batch(b)[0]).float().cpu() for b in aux_loader])
+    detector.fit_statistics(id_loader)
+    fit_detector(detector, id_loader, stage_options={"aux_images": aux}, **train_options)
+    return detector.mark_fitted()  # type: ignore[return-value]

@@ -1,0 +1,55 @@
+"""Stage loss of the heatmap decoder (Hornauer & Belagiannis, WACV 2023): a weighted residual reconstruction.
+
+For an input ``x`` with target ``t`` (``t = x`` for in-distribution images, the nearest same-class ID training
+image for auxiliary OOD ones) the decoder's residual ``h`` should make ``x + h`` equal ``t``:
+
+    loss = mean over the batch of  sum over channels and voxels of  (1 + w |t|) (x + h(x) - t)^2
+
+with ``w = 5`` in the official code (``ase_loss_weighted``). The decoder reads the frozen classifier's normalised
+penultimate features and predicted class. The classifier is frozen and the training images are fixed (no
+augmentation, as in the official training), so its outputs are computed once, when the targets are searched,
+and travel with the batch (``"features"``, ``"pred"``) instead of being recomputed at every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import Tensor, nn
+
+__all__ = ["TARGET_KEYS", "HeatmapLoss", "weighted_residual_loss"]
+
+TARGET_KEYS = ("target", "features", "pred")
+
+
+def weighted_residual_loss(x: Tensor, h: Tensor, t: Tensor, weight: float = 5.0) -> Tensor:
+    """``mean_b sum (1 + weight |t|) (x + h - t)^2`` over every non-batch axis."""
+    if x.shape != h.shape or x.shape != t.shape:
+        shapes = f"{tuple(x.shape)}, {tuple(h.shape)}, {tuple(t.shape)}"
+        raise ValueError(f"image, residual and target shapes differ: {shapes}")
+    per_item = ((1.0 + weight * t.abs()) * (x + h - t) ** 2).flatten(1).sum(1)
+    return per_item.mean()
+
+
+class HeatmapLoss(nn.Module):
+    """``loss(decoder, images, targets) -> (loss, {"pred": residual})`` for :class:`~medood.engines.StageTrainer`.
+
+    ``targets`` is ``{"target": (B, C, *S) target images, "features": (B, D) normalised classifier features,
+    "pred": (B,) predicted classes}`` (batch keys of the stage, :data:`TARGET_KEYS`).
+
+    Args:
+        weight: ``w`` of the ``1 + w |t|`` weighting. Defaults to 5.0 (the official code).
+    """
+
+    def __init__(self, weight: float = 5.0) -> None:
+        super().__init__()
+        if weight < 0:
+            raise ValueError(f"weight must be >= 0, got {weight}")
+        self.weight = float(weight)
+
+    def forward(self, network: nn.Module, inputs: Tensor, targets: Mapping[str, Tensor] | None) -> tuple[Tensor, dict]:
+        """Residual ``network(features, pred)`` compared with the target images."""
+        if not isinstance(targets, Mapping) or any(k not in targets for k in TARGET_KEYS):
+            raise ValueError(f"the heatmap stage needs the batch keys {TARGET_KEYS} besides the image")
+        h = network(targets["features"].float(), targets["pred"].reshape(-1).long())
+        return weighted_residual_loss(inputs, h, targets["target"], self.weight), {"pred": h.detach()}

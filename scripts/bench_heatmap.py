@@ -1,0 +1,344 @@
+"""Benchmark the heatmap decoder against every post-hoc detector on the same classifier, and its cost.
+
+For each task the bundle's shipped weights are used: the frozen classifier and the trained decoder
+(``bundles/heatmap_<task>_ood_classification/models``; the endoscopy classifier is the NERO bundle's;
+``brain_mri_mecam_classifier`` is the brain bundle with the MECAM bundle's classifier, ``mecam_classifier.yaml``). Every
+post-hoc detector of ``medood list`` (default settings, nothing tuned on OOD data) is fitted on the ID training
+set in one backbone pass (:func:`~medood.detectors.posthoc.fit_many`); the ID test set and every OOD set are then
+scored by all detectors **and** the heatmap decoder with one backbone pass per batch
+(:func:`~medood.detectors.posthoc.score_many`; ODIN adds its own perturbed passes). Per OOD set (ID test vs that
+set, OOD positive): AUROC, FPR95 (fraction of OOD accepted when 95 % of ID is accepted), AUPR-In, AUPR-Out.
+
+Also recorded per task: ``mean |h|`` of the maps per set (the image score is that mean) and its ratio to the ID
+test set's, and the cost: the decoder alone and the full ``det.score`` (classifier + decoder) over the classifier
+forward alone (median of interleaved pairs on the same batches).
+
+Writes ``docs/benchmarks/heatmap.json`` (``{"machine", "tasks": {task: {ood_set: {detector: {"auroc", "fpr95",
+"aupr_in", "aupr_out"}}}}, ...}``) and ``heatmap.md``.
+
+Usage::
+
+    .venv/bin/python scripts/bench_heatmap.py [--threads 2] [--tasks pathology endoscopy brain_mri] \
+        [--data demo_data]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.bundle import ConfigParser
+from monai.data import DataLoader, Dataset
+
+from medood.detectors.posthoc import fit_many, score_many
+from medood.engines.posthoc import build_detectors
+from medood.metrics.tables import FPR95_CONVENTION, METRICS, results_table
+from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
+from medood.utils.checkpoints import load_state
+from medood.utils.io import atomic_write_text
+from medood.utils.machine import describe_machine
+
+ROOT = Path(__file__).resolve().parents[1]
+logger = logging.getLogger("bench_heatmap")
+
+
+#: task -> (bundle, demo data set, extra config merged after inference.yaml)
+TASKS = {
+    "pathology": ("pathology", "pathology", None),
+    "endoscopy": ("endoscopy", "endoscopy", None),
+    "brain_mri": ("brain_mri", "brain_mri", None),
+    "brain_mri_mecam_classifier": ("brain_mri", "brain_mri", "mecam_classifier.yaml"),
+}
+
+
+def bundle_parts(task: str, data: Path) -> tuple[ConfigParser, torch.nn.Module, Any]:
+    """The bundle's parsed inference (+ evaluate) config, its frozen classifier and its trained heatmap detector."""
+    name, _, extra = TASKS[task]
+    configs = ROOT / "bundles" / f"heatmap_{name}_ood_classification" / "configs"
+    parser = ConfigParser()
+    files = [configs / "inference.yaml", *([configs / extra] if extra else []), configs / "evaluate.yaml"]
+    parser.read_config([str(f) for f in files])
+    bundle = configs.parent
+    parser.update({"bundle_root": str(bundle), "dataset_dir": str(data), "device": "$torch.device('cpu')"})
+    det = parser.get_parsed_content("network")
+    load_state(det, parser.get_parsed_content("ckpt_path"))
+    return parser, parser.get_parsed_content("classifier"), det.eval()
+
+
+def loaders_2d(parser: ConfigParser, data: Path) -> tuple[DataLoader, DataLoader, dict[str, DataLoader]]:
+    """ID train, ID test and OOD-set loaders of a class-folder demo set, with the bundle's preprocessing."""
+    from medood.data.folders import class_folder_datalist, ood_datalists
+
+    pre = parser.get_parsed_content("preprocessing")
+    names = parser.get_parsed_content("class_names")
+
+    def loader(items: list[dict[str, Any]]) -> DataLoader:
+        data = [{"image": d["image"], "label": d.get("label", -1)} for d in items]
+        return DataLoader(Dataset(data, pre), batch_size=64)
+
+    sets = ood_datalists([data / "ood_near", data / "ood_far"])
+    train, test = (loader(class_folder_datalist(data, s, names)[0]) for s in ("train", "test"))
+    return train, test, {k: loader(v) for k, v in sets.items()}
+
+
+def loaders_3d(parser: ConfigParser) -> tuple[DataLoader, DataLoader, dict[str, DataLoader]]:
+    """ID train, ID test and OOD-set loaders of the brain bundle (its evaluate.yaml protocol and preprocessing)."""
+    from medood.data.contrasts import contrast_datalist
+
+    pre = parser.get_parsed_content("preprocessing")
+    contrasts = parser.get_parsed_content("contrasts")
+    items = parser.get_parsed_content("datalist")  # the evaluation datalist: ID test, then the OOD sets
+
+    def loader(data: list[dict[str, Any]]) -> DataLoader:
+        return DataLoader(Dataset([{"image": d["image"], "label": d["label"]} for d in data], pre), batch_size=8)
+
+    train = loader(contrast_datalist(parser.get_parsed_content("dataset_dir"), "training", contrasts))
+    sets = list(dict.fromkeys(d["ood_set"] for d in items if d["is_ood"]))
+    oods = {s: loader([d for d in items if d["is_ood"] and d["ood_set"] == s]) for s in sets}
+    return train, loader([d for d in items if not d["is_ood"]]), oods
+
+
+def _paired_ratio(base: Callable[[], Any], other: Callable[[], Any], repeats: int) -> tuple[float, float, float]:
+    """Median of ``time(other) / time(base)`` over interleaved pairs, with the median times."""
+    base()
+    other()  # warm-up
+    ratios, t_base, t_other = [], [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        base()
+        mid = time.perf_counter()
+        other()
+        end = time.perf_counter()
+        t_base.append(mid - start)
+        t_other.append(end - mid)
+        ratios.append((end - mid) / (mid - start))
+    return statistics.median(ratios), statistics.median(t_base), statistics.median(t_other)
+
+
+def cost(net: torch.nn.Module, det: Any, batches: list[torch.Tensor], repeats: int) -> dict[str, Any]:
+    """Decoder alone and classifier + decoder (``det.score``) over the classifier forward alone."""
+    head, _ = find_linear_head(net)
+    with torch.no_grad(), FeatureExtractor(net, {"features": f"{head}:input"}) as fx:
+        feats = [fx(x) for x in batches]
+    feats = [{"features": flatten_features(f["features"]), "logits": f["logits"]} for f in feats]
+
+    def forward() -> None:
+        with torch.no_grad():
+            for x in batches:
+                net(x)
+
+    def decoder() -> None:
+        with torch.no_grad():
+            for f in feats:
+                det.score_features(f)
+
+    def full() -> None:
+        for x in batches:
+            det.score(x)
+
+    r_dec, t_fwd, t_dec = _paired_ratio(forward, decoder, repeats)
+    r_full, _, t_full = _paired_ratio(forward, full, repeats)
+    n = sum(x.shape[0] for x in batches)
+    return {
+        "decoder_over_forward": r_dec,
+        "score_over_forward": r_full,
+        "images": n,
+        "batch_size": batches[0].shape[0],
+        "input_shape": list(batches[0].shape[1:]),
+        "forward_ms_per_image": 1000 * t_fwd / n,
+        "decoder_ms_per_image": 1000 * t_dec / n,
+        "score_ms_per_image": 1000 * t_full / n,
+        "decoder_parameters": sum(p.numel() for p in det.decoder.parameters()),
+        "repeats": repeats,
+        "method": "median over interleaved (classifier forward, other) pairs of the time ratio, same batches",
+    }
+
+
+def _images(loader: Iterable[Any], limit: int) -> list[torch.Tensor]:
+    out, n = [], 0
+    for b in loader:
+        out.append(torch.as_tensor(b["image"]).as_subclass(torch.Tensor).float())
+        n += out[-1].shape[0]
+        if n >= limit:
+            break
+    return out
+
+
+def evaluate(
+    net: torch.nn.Module, det: Any, train: Any, test: Any, oods: Mapping[str, Any], detector_args: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Fit every post-hoc detector in one pass; score ID test and every OOD set with them and the heatmap."""
+    baselines = build_detectors("all", net, detector_args)
+    start = time.perf_counter()
+    fit_many(baselines, net, train)
+    fit_seconds = time.perf_counter() - start
+    dets = {**baselines, "heatmap": det}
+    id_scores = score_many(dets, net, test)
+    ood = {name: score_many(dets, net, loader) for name, loader in oods.items()}
+    table = results_table(id_scores.scores, {k: v.scores for k, v in ood.items()})
+    id_h = float(id_scores.scores["heatmap"].mean())
+    mean_h = {"id_test": id_h, **{k: float(v.scores["heatmap"].mean()) for k, v in ood.items()}}
+    labels = id_scores.labels
+    acc = float((id_scores.logits.argmax(1) == labels).float().mean()) if labels is not None else float("nan")
+    return {
+        "table": table,
+        "summary": {
+            "id_test_accuracy": acc,
+            "n_id_test": int(id_scores.logits.shape[0]),
+            "ood_set_sizes": {k: int(v.logits.shape[0]) for k, v in ood.items()},
+            "mean_abs_h": mean_h,
+            "mean_abs_h_ratio_to_id": {k: v / id_h for k, v in mean_h.items() if k != "id_test"},
+            "posthoc_fit_seconds_one_pass": fit_seconds,
+            "detector_args": dict(detector_args),
+        },
+    }
+
+
+def run_task(name: str, data_root: Path, repeats: int) -> dict[str, Any]:
+    """One demo task (pathology / endoscopy: 2D class folders; brain_mri*: 3D contrast volumes) with its bundle."""
+    data = data_root / TASKS[name][1]
+    parser, net, det = bundle_parts(name, data)
+    train, test, oods = loaders_3d(parser) if TASKS[name][1] == "brain_mri" else loaders_2d(parser, data)
+    res = evaluate(net, det, train, test, oods, {})
+    res["summary"]["classifier"] = str(Path(parser.get_parsed_content("classifier_path")).resolve().relative_to(ROOT))
+    res["summary"]["n_train"] = len(train.dataset)
+    res["summary"]["cost"] = cost(net, det, _images(test, 64)[:1] * 4, repeats)  # the ID test batch, 4 times
+    return res
+
+
+def _standing(table: Mapping[str, Any], order: list[str]) -> str:
+    """Where the heatmap decoder is and is not ahead: its rank, the sets it wins and the sets it loses most."""
+    best = [k for k in table if table[k]["heatmap"]["auroc"] >= max(table[k][d]["auroc"] for d in order) - 1e-9]
+    gap = {k: max(table[k][d]["auroc"] for d in order) - table[k]["heatmap"]["auroc"] for k in table}
+    behind = sorted((k for k in gap if gap[k] > 0.05), key=lambda k: -gap[k])
+    top = {k: max((d for d in order if d != "heatmap"), key=lambda d: table[k][d]["auroc"]) for k in behind}
+    return (
+        f"Heatmap decoder: rank {order.index('heatmap') + 1} of {len(order)} by mean AUROC; best (or tied) on: "
+        + (", ".join(best) or "none")
+        + "; more than 5 AUROC points behind the best detector on: "
+        + (
+            ", ".join(
+                f"{k} ({100 * table[k]['heatmap']['auroc']:.1f} vs {top[k]} {100 * table[k][top[k]]['auroc']:.1f})"
+                for k in behind
+            )
+            or "none"
+        )
+        + ". Why: see the bundles' docs/README.md."
+    )
+
+
+def markdown(res: Mapping[str, Any]) -> str:
+    """The tables: per task, AUROC / FPR95 per OOD set and the means, then the heatmap's |h| ratios and cost."""
+    lines = [
+        "# Heatmap-based OOD detection (Hornauer & Belagiannis, WACV 2023) next to every post-hoc detector",
+        "",
+        f"Machine: {res['machine']}.",
+        "",
+        "Written by `scripts/bench_heatmap.py`; numbers in `heatmap.json`. The bundles' shipped weights; every "
+        "detector on the **same frozen classifier**, post-hoc detectors fitted on the ID training set in one "
+        "backbone pass, all (with the heatmap decoder) scored in one backbone pass per batch. Nothing is tuned on "
+        f"OOD data. Metrics in %, OOD positive; FPR95 = {FPR95_CONVENTION}. Demo data: not comparable with "
+        "published numbers (small sets: see the set sizes).",
+    ]
+    for name, table in res["tasks"].items():
+        s = res["task_summary"][name]
+        dets = list(next(iter(table.values())))
+        mean = {d: {m: statistics.fmean(table[k][d][m] for k in table) for m in METRICS} for d in dets}
+        order = sorted(dets, key=lambda d: -mean[d]["auroc"])
+        lines += [
+            "",
+            f"## {name}",
+            "",
+            f"Classifier: `{s['classifier']}`, ID test accuracy {100 * s['id_test_accuracy']:.1f} %; "
+            f"{s.get('n_train', '?')} training images; {s['n_id_test']} ID test; OOD sets: "
+            + ", ".join(f"{k} ({v})" for k, v in s["ood_set_sizes"].items()),
+            "",
+            "| detector | " + " | ".join(f"{k} AUROC / FPR95" for k in table) + " | mean AUROC | mean FPR95 |",
+            "|---" * (len(table) + 3) + "|",
+        ]
+        for det in order:
+            cells = [f"{100 * table[k][det]['auroc']:.1f} / {100 * table[k][det]['fpr95']:.1f}" for k in table]
+            cells += [f"{100 * mean[det]['auroc']:.1f}", f"{100 * mean[det]['fpr95']:.1f}"]
+            bold = "**" if det == "heatmap" else ""
+            lines.append(f"| {bold}{det}{bold} | " + " | ".join(cells) + " |")
+        c = s["cost"]
+        ratios = ", ".join(f"{k} {v:.2f}" for k, v in s["mean_abs_h_ratio_to_id"].items())
+        lines += ["", _standing(table, order)]
+        lines += [
+            "",
+            f"Mean |h| on the ID test set: {s['mean_abs_h']['id_test']:.4f}; ratio of each OOD set's mean |h| to it: "
+            f"{ratios}.",
+            "",
+            f"Cost ({c['images']} images of shape {c['input_shape']}, batch {c['batch_size']}): classifier forward "
+            f"{c['forward_ms_per_image']:.2f} ms / image; decoder alone {c['decoder_ms_per_image']:.2f} ms / image "
+            f"= **{c['decoder_over_forward']:.2f}x** the forward; classifier + decoder (`det.score`) "
+            f"{c['score_over_forward']:.2f}x the forward alone ({c['decoder_parameters']} decoder parameters).",
+        ]
+    return "\n".join(lines + _READING) + "\n"
+
+
+_READING = [
+    "",
+    "## Reading the results",
+    "",
+    "- The decoder sees only what the frozen classifier's penultimate features and predicted class encode, like the "
+    "feature-space detectors (ViM, Mahalanobis): a shift that leaves the features in-distribution-like gets a small "
+    "heatmap (defocus blur keeps the stain colours a pathology classifier encodes; an inverted T1w is classified as "
+    "a confident T2w and lands among the ID T2w features).",
+    "- What it learns is a mapping from feature deviations to residuals, fitted on the auxiliary OOD data only. The "
+    "bundles' auxiliary data (corruptions of ID images, other demo organs) deliberately leaves out every corruption "
+    "that copies an evaluation OOD type, so each table measures generalisation to unseen shifts; types far from the "
+    "auxiliary data (fundus crops for endoscopy, heavy noise for the brain) are where it falls behind a plain "
+    "feature distance, which needs no such coverage.",
+    "- Targets are defined per *predicted* class, so ID images the classifier gets wrong receive large heatmaps: "
+    "they lengthen the ID tail that FPR95 reads (brain task: 89.6 % test accuracy).",
+    "- The decoder needs a classifier whose features move under the auxiliary shifts. The MECAM bundle's "
+    "classifier (brain_mri_mecam_classifier) was trained with intensity / gamma jitter and Cutout, so its features "
+    "barely move under the auxiliary corruptions: the decoder trained on it paints the same small |h| on ID and "
+    "auxiliary training volumes, and ranks every OOD set below chance. On the bundle's own classifier (flips only) "
+    "it learns the separation.",
+    "- It is the only detector in these tables that returns a map; its cost is one decoder pass on top of the "
+    "backbone pass it shares with every post-hoc detector.",
+    "- The OOD sets are small (1-14 images): one image moves AUROC by several points and, with 1-3 images, FPR95 can "
+    "only be 0, 33, 67 or 100 %. The paper reports the mean of 5 trained decoders; these are single decoders.",
+]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "heatmap.json")
+    p.add_argument("--data", type=Path, default=ROOT / "demo_data", help="the demo data root")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the existing .json")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.markdown_only:
+        atomic_write_text(args.out.with_suffix(".md"), markdown(json.loads(args.out.read_text())))
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    res: dict[str, Any] = {"machine": describe_machine(), "fpr95_convention": FPR95_CONVENTION}
+    res["metrics"] = list(METRICS)
+    res["tasks"], res["task_summary"] = {}, {}
+    for name in args.tasks:
+        out = run_task(name, args.data, args.repeats)
+        res["tasks"][name], res["task_summary"][name] = out["table"], out["summary"]
+        logger.info("%s done", name)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(res, indent=2) + "\n")
+    atomic_write_text(args.out.with_suffix(".md"), markdown(res))
+    logger.info("wrote %s and %s", args.out, args.out.with_suffix(".md"))
+
+
+if __name__ == "__main__":
+    main()
