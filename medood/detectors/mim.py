@@ -10,6 +10,10 @@ Algorithm (slice-wise, on healthy-trained networks only):
    in one step by default (``mim_steps > 1`` decodes iteratively, most confident tokens first);
 4. the restored grid is decoded; the map is the smoothed residual ``|x - x_hat|`` inside the brain.
 
+``flagging`` chooses who flags the tokens to in-paint: ``"atd"`` (step 2, the default), ``"nll"`` (the in-painter
+itself: each token's masked negative log-likelihood, from ``nll_groups`` complementary seeded random masks run as
+one batch, above a threshold fitted as a percentile of healthy token NLLs, or fixed) or ``"union"`` of both.
+
 Compared with an autoregressive prior (``vqvae_ar``) there is no raster-order resampling: both transformers run
 once per slice, which is where the speed-up comes from.
 
@@ -25,7 +29,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -40,6 +44,7 @@ from medood.networks.nets.vq_tokenizer import SliceTokenizer
 __all__ = ["MIMDetector"]
 
 RESIDUALS = ("input", "recon", "gated")
+FLAGGINGS = ("atd", "nll", "union")
 
 
 @register_detector("mim")
@@ -58,10 +63,18 @@ class MIMDetector(SliceRestorationDetector):
         residual: ``"input"`` (``|x - decode(restored)|``), ``"recon"`` (``|decode(tokens) - decode(restored)|``,
             zero outside in-painted tokens) or ``"gated"`` (``|x - decode(restored)|`` inside in-painted tokens
             only). Defaults to ``"input"``.
+        flagging: ``"atd"`` (token detector probability > ``atd_threshold``), ``"nll"`` (in-painter masked NLL >
+            the NLL threshold) or ``"union"`` (either). Defaults to ``"atd"``.
+        nll_groups: complementary random masks (= in-painter passes, batched) of the NLL flagging; each token is
+            masked in exactly one. Defaults to 4.
+        nll_threshold: fixed NLL threshold; ``None`` uses the fitted ``nll_percentile``. Defaults to None.
+        nll_percentile: percentile of healthy token NLLs set by :meth:`fit_nll_threshold`. Defaults to 95.
+        nll_seed: seed of the random partition of the grid into ``nll_groups`` masks. Defaults to 0.
         **kwargs: :class:`~medood.detectors.base_restoration.SliceRestorationDetector` arguments.
     """
 
     stages = ("detector", "inpainter")
+    fitted_nll_threshold: Tensor
 
     def __init__(
         self,
@@ -73,11 +86,20 @@ class MIMDetector(SliceRestorationDetector):
         mask_dilation: int = 1,
         mim_steps: int = 1,
         residual: str = "input",
+        flagging: str = "atd",
+        nll_groups: int = 4,
+        nll_threshold: float | None = None,
+        nll_percentile: float = 95.0,
+        nll_seed: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(tokenizer=tokenizer, **kwargs)
         if residual not in RESIDUALS:
             raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}")
+        if flagging not in FLAGGINGS:
+            raise ValueError(f"flagging must be one of {FLAGGINGS}, got {flagging!r}")
+        if nll_groups < 2 or not 0.0 < nll_percentile < 100.0:
+            raise ValueError("nll_groups must be >= 2 and nll_percentile in (0, 100)")
         if not 0.0 < atd_threshold < 1.0:
             raise ValueError(f"atd_threshold must be in (0, 1), got {atd_threshold}")
         if mim_steps < 1 or mask_dilation < 0:
@@ -88,15 +110,86 @@ class MIMDetector(SliceRestorationDetector):
         self.inpainter = TokenTransformer(k, grid_size, k, use_position=use_pos, **dict(inpainter or {}))
         self.atd_threshold, self.mask_dilation, self.mim_steps = atd_threshold, mask_dilation, mim_steps
         self.residual = residual
+        self.flagging, self.nll_groups, self.nll_seed = flagging, nll_groups, nll_seed
+        self.nll_threshold, self.nll_percentile = nll_threshold, nll_percentile
+        # healthy-NLL threshold of the "nll" flagging; NaN until fitted (older checkpoints load without it)
+        self.register_buffer("fitted_nll_threshold", torch.tensor(float("nan")))
 
     # ------------------------------------------------------------------ inference
     def token_anomaly(self, tokens: Tensor, positions: Tensor) -> Tensor:
         """Per-token anomaly probability ``(N, h, w)``."""
         return torch.sigmoid(self.token_detector(tokens, positions)[:, 0])
 
+    def inpainter_nll(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        """Masked negative log-likelihood of every token under the in-painter, ``(N, h, w)``.
+
+        The grid is split into ``nll_groups`` seeded random groups of (almost) equal size; pass ``g`` masks group
+        ``g`` and sees every other token. All passes run as one batch; a token's NLL comes from the pass where it
+        was masked.
+        """
+        n, h, w = tokens.shape
+        g = self.nll_groups
+        gen = torch.Generator().manual_seed(self.nll_seed)
+        groups = (torch.randperm(h * w, generator=gen) % g).reshape(h, w).to(tokens.device)
+        masks = groups[None] == torch.arange(g, device=tokens.device)[:, None, None]  # (g, h, w)
+        inp = torch.where(masks[:, None], torch.full_like(tokens, self.inpainter.mask_token)[None], tokens[None])
+        logits = self.inpainter(inp.reshape(g * n, h, w), positions.repeat(g))  # (g * n, K, h, w)
+        target = tokens.long().repeat(g, 1, 1)[:, None]
+        nll = -logits.float().log_softmax(1).gather(1, target)[:, 0].reshape(g, n, h, w)
+        return (nll * masks[:, None]).sum(0)
+
+    @property
+    def threshold_nll(self) -> float:
+        """The in-painter NLL above which a token is flagged (``nll`` / ``union`` flagging)."""
+        if self.nll_threshold is not None:
+            return float(self.nll_threshold)
+        value = float(self.fitted_nll_threshold)
+        if value != value:  # NaN
+            raise RuntimeError("no NLL threshold: pass nll_threshold=... or fit it (fit_nll_threshold)")
+        return value
+
+    @torch.no_grad()
+    def collect_nll(
+        self, token_batches: Iterable[Mapping[str, Tensor]], max_grids: int | None = 2048, per_batch: int = 100_000
+    ) -> Tensor:
+        """In-painter NLLs of healthy token grids (``{"tokens", "position"}`` batches), in eval mode.
+
+        Stops after ``max_grids`` grids (``None`` = all); keeps a seeded subsample of ``per_batch`` values per batch.
+        """
+        gen = torch.Generator().manual_seed(self.nll_seed)
+        values, seen, was_training = [], 0, self.inpainter.training
+        self.inpainter.eval()
+        try:
+            for batch in token_batches:
+                tokens, pos = batch["tokens"].to(self.device), batch["position"].to(self.device)
+                nll = self.inpainter_nll(tokens, pos).flatten().cpu()
+                values.append(nll[torch.randperm(nll.numel(), generator=gen)[:per_batch]])
+                seen += tokens.shape[0]
+                if max_grids is not None and seen >= max_grids:
+                    break
+        finally:
+            self.inpainter.train(was_training)
+        if not values:
+            raise ValueError("no healthy token grids to fit the NLL threshold on")
+        return torch.cat(values)
+
+    def set_nll_threshold(self, healthy_nll: Tensor) -> float:
+        """Set the NLL threshold to the ``nll_percentile`` of healthy NLL values and return it."""
+        v = healthy_nll.flatten().double()
+        self.fitted_nll_threshold.fill_(float(torch.quantile(v[: 2**24], self.nll_percentile / 100.0)))
+        return float(self.fitted_nll_threshold)
+
+    def fit_nll_threshold(self, token_batches: Iterable[Mapping[str, Tensor]], max_grids: int | None = 2048) -> float:
+        """Fit the NLL threshold on (at most ``max_grids``) healthy token grids and return it."""
+        return self.set_nll_threshold(self.collect_nll(token_batches, max_grids))
+
     def flag(self, tokens: Tensor, positions: Tensor) -> Tensor:
-        """Boolean grid of the tokens to in-paint (thresholded probability, dilated)."""
-        flagged = self.token_anomaly(tokens, positions) > self.atd_threshold
+        """Boolean grid of the tokens to in-paint (thresholded per ``flagging``, dilated)."""
+        flagged = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
+        if self.flagging in ("atd", "union"):
+            flagged |= self.token_anomaly(tokens, positions) > self.atd_threshold
+        if self.flagging in ("nll", "union"):
+            flagged |= self.inpainter_nll(tokens, positions) > self.threshold_nll
         if self.mask_dilation > 0:
             k = 2 * self.mask_dilation + 1
             flagged = F.max_pool2d(flagged.float()[:, None], k, stride=1, padding=self.mask_dilation)[:, 0] > 0
@@ -164,4 +257,22 @@ class MIMDetector(SliceRestorationDetector):
             lr=self.fit_lr,
             device=self.device,
             prepare_batch=prep,
+        )
+        self.inpainter.eval()
+        self.fit_nll_threshold(batches)
+
+    def _load_from_state_dict(  # type: ignore[override]
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list,
+        unexpected_keys: list,
+        error_msgs: list,
+    ) -> None:
+        # checkpoints written before the NLL flagging existed have no threshold: keep it unfitted (NaN)
+        state_dict.setdefault(prefix + "fitted_nll_threshold", self.fitted_nll_threshold.detach().clone())
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
