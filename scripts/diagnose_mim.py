@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "mim_brain_mri_anomaly_segmentation"
 logger = logging.getLogger("diagnose_mim")
 MODES = ("atd", "nll", "union", "oracle")
+OPTIONAL_MODES = ("ar",)  # the AR baseline's own end result (slow: ~1 min per volume on 2 cores)
 
 
 # ---------------------------------------------------------------------------------------------- setup
@@ -189,6 +190,30 @@ def token_figures(net: Any, ar: Any, lesion_stats: list[dict], healthy_stats: li
     return res
 
 
+def threshold_sweep(
+    lesion_stats: list[dict], healthy_stats: list[dict], key: str, thresholds: dict[str, float]
+) -> list[dict[str, Any]]:
+    """Recall / precision (25 % lesion tokens) and healthy flag rate of ``stats[key] > t``, dilation 0 and 1."""
+    rows = []
+    for name, t in thresholds.items():
+        for r in (0, 1):
+            hits = [(dilate(st[key] > t, r), st) for st in lesion_stats]
+            keep = [st["brain"] & st["lesion_px"].flatten(1).any(1)[:, None, None] for _, st in hits]
+            f = torch.cat([h[k] for (h, _), k in zip(hits, keep)])
+            y = torch.cat([st["lesion_frac"][k] >= 0.25 for (_, st), k in zip(hits, keep)])
+            healthy = torch.cat([dilate(st[key] > t, r)[st["brain"]] for st in healthy_stats])
+            rows.append(
+                {
+                    "threshold": name,
+                    "value": t,
+                    "dilation": r,
+                    **flag_quality(f, y),
+                    "healthy_flag_rate": float(healthy.float().mean()),
+                }
+            )
+    return rows
+
+
 def inpainter_figures(net: Any, lesion_stats: list[dict], healthy_stats: list[dict]) -> dict[str, Any]:
     """All lesion tokens in-painted (dilated as configured): what is healed, what is disturbed; tokenizer floor."""
     acc: dict[str, list[Tensor]] = {k: [] for k in ("rec_in", "inp_in", "contrast", "heal_rec", "heal_inp")}
@@ -300,7 +325,8 @@ def run_pipeline(net: Any, datalist: list[dict], out: Path, dataset_dir: Path, c
 
 def end_result(net: Any, mode: str, lists: dict[str, list], work: Path, dataset_dir: Path, oracle: dict) -> dict:
     """Healthy pass (calibration) then lesion pass through the bundle pipeline; the bench's metrics."""
-    net.flagging = "atd" if mode == "oracle" else mode
+    if mode in ("atd", "nll", "union", "oracle"):
+        net.flagging = "atd" if mode == "oracle" else mode
     hooks = []
     times = []
     for part in ("healthy", "lesion"):
@@ -345,11 +371,11 @@ def nll_threshold(net: Any, dataset_dir: Path, n_volumes: int, refit: bool) -> d
     ]
     values = net.collect_nll(batches, max_grids=None)
     value = net.set_nll_threshold(values)
-    table = {f"p{q:g}": float(torch.quantile(values.double(), q / 100)) for q in (90, 95, 97.5, 99, 99.5)}
+    table = {f"p{q:g}": float(torch.quantile(values.double(), q / 100)) for q in (90, 95, 98, 99, 99.5)}
     return {
         "value": value,
         "source": f"fitted: p{net.nll_percentile:g} of NLLs, {len(ds)} slices of {len(train)} training volumes",
-        "healthy_percentiles": table,
+        "healthy_nll": table,
     }
 
 
@@ -357,26 +383,22 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
-def diagnose(args: argparse.Namespace) -> dict[str, Any]:
-    t0 = time.perf_counter()
+def setup(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
+    """The MIM and AR detectors with the command-line overrides, and the NLL threshold record."""
     net = detector(["inference.yaml"], args.weights)
     ar = detector(["inference.yaml", "inference_ar.yaml"], args.ar_weights)
+    for name in ("nll_percentile", "atd_threshold", "mask_dilation"):
+        if getattr(args, name) is not None:
+            setattr(net, name, getattr(args, name))
+    if args.nll_threshold is not None:
+        net.nll_threshold = args.nll_threshold
+        thr: dict[str, Any] = {"value": args.nll_threshold, "source": "fixed (--nll-threshold)"}
+    else:
+        thr = nll_threshold(net, args.dataset_dir, args.nll_fit_volumes, args.nll_percentile is not None)
     same = all(
         torch.equal(a, b) for a, b in zip(net.tokenizer.state_dict().values(), ar.tokenizer.state_dict().values())
     )
-    if args.nll_percentile is not None:
-        net.nll_percentile = args.nll_percentile
-    thr = nll_threshold(net, args.dataset_dir, args.nll_fit_volumes, args.nll_percentile is not None)
-    if args.nll_threshold is not None:
-        net.nll_threshold = args.nll_threshold
-        thr = {**thr, "value": args.nll_threshold, "source": "fixed (--nll-threshold)"}
-    lesioned, healthy = load_cases(args.dataset_dir)
-    lesion_stats = [slice_stats(net, ar, c, same) for c in lesioned]
-    healthy_stats = [slice_stats(net, ar, c, same) for c in healthy]
-    logger.info("per-slice statistics done (%.0f s)", time.perf_counter() - t0)
-    entry: dict[str, Any] = {
-        "label": args.label,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    record = {
         "weights": {
             "mim": str(args.weights),
             "mim_sha256": sha(args.weights),
@@ -392,7 +414,23 @@ def diagnose(args: argparse.Namespace) -> dict[str, Any]:
             "ar_nll_threshold": ar.threshold_nll,
         },
         "nll_threshold": thr,
+    }
+    return net, ar, record
+
+
+def stage_figures(net: Any, ar: Any, record: dict[str, Any], dataset_dir: Path) -> tuple[dict[str, Any], dict]:
+    """Token, in-painter and tokenizer figures, and the oracle flags of every validation volume."""
+    lesioned, healthy = load_cases(dataset_dir)
+    same = record["weights"]["same_tokenizer"]
+    lesion_stats = [slice_stats(net, ar, c, same) for c in lesioned]
+    healthy_stats = [slice_stats(net, ar, c, same) for c in healthy]
+    atd_thresholds = {f"p>{v:g}": v for v in (0.2, 0.5, 0.8, 0.95)}
+    figures = {
         "tokens": token_figures(net, ar, lesion_stats, healthy_stats),
+        "sweeps": {
+            "atd": threshold_sweep(lesion_stats, healthy_stats, "atd", atd_thresholds),
+            "nll": threshold_sweep(lesion_stats, healthy_stats, "nll", record["nll_threshold"].get("healthy_nll", {})),
+        },
         **inpainter_figures(net, lesion_stats, healthy_stats),
         "per_case": per_case(net, ar, lesion_stats, lesioned),
     }
@@ -400,7 +438,23 @@ def diagnose(args: argparse.Namespace) -> dict[str, Any]:
         "lesion": [dilate(st["lesion_frac"] >= 0.25, net.mask_dilation) for st in lesion_stats],
         "healthy": [torch.zeros(st["tokens"].shape, dtype=torch.bool) for st in healthy_stats],
     }
-    del lesion_stats, healthy_stats
+    return figures, oracle
+
+
+def diagnose(args: argparse.Namespace) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    machine = describe_machine()
+    net, ar, record = setup(args)
+    entry: dict[str, Any] = {
+        "label": args.label,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        **record,
+    }
+    oracle: dict = {}
+    if not args.end_result_only:
+        figures, oracle = stage_figures(net, ar, record, args.dataset_dir)
+        entry.update(figures)
+        logger.info("per-stage figures done (%.0f s)", time.perf_counter() - t0)
     keep = ["label", "brainmask", "is_anomalous"]
     lists = {
         "lesion": bundle_datalist(args.dataset_dir, "validation_lesion", keep=keep),
@@ -408,10 +462,11 @@ def diagnose(args: argparse.Namespace) -> dict[str, Any]:
     }
     entry["end_result"] = {}
     for mode in args.modes:
-        entry["end_result"][mode] = end_result(net, mode, lists, args.work, args.dataset_dir, oracle)
+        target = ar if mode == "ar" else net
+        entry["end_result"][mode] = end_result(target, mode, lists, args.work, args.dataset_dir, oracle)
         logger.info("%s: %s (%.0f s)", mode, entry["end_result"][mode], time.perf_counter() - t0)
     entry["seconds"] = time.perf_counter() - t0
-    entry["machine"] = describe_machine()
+    entry["machine"] = machine
     return entry
 
 
@@ -421,7 +476,6 @@ def _f(v: Any) -> str:
 
 
 def entry_markdown(e: dict[str, Any]) -> list[str]:
-    t = e["tokens"]
     lines = [
         f"## {e['label']}",
         "",
@@ -429,6 +483,27 @@ def entry_markdown(e: dict[str, Any]) -> list[str]:
         f" ({e['weights']['ar_sha256']}), same tokenizer: {e['weights']['same_tokenizer']}. Settings: {e['settings']}."
         f" NLL threshold {e['nll_threshold']['value']:.3f} ({e['nll_threshold']['source']}). {e['machine']};"
         f" {e['seconds']:.0f} s.",
+    ]
+    if "tokens" in e:
+        lines += stage_markdown(e)
+    lines += [
+        "",
+        "End result (bundle pipeline, validation lesions vs healthy validation):",
+        "",
+        "| flagging | s / volume | pixel AP | best Dice | Dice @ healthy thr | slice AP | volume AUROC |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode, r in e["end_result"].items():
+        lines.append(
+            f"| {mode} | {r['seconds_per_volume']:.2f} | {_f(r['pixel_ap'])} | {_f(r['best_dice'])} | "
+            f"{_f(r['dice_at_healthy_threshold'])} | {_f(r['slice_ap'])} | {_f(r['volume_auroc'])} |"
+        )
+    return [*lines, ""]
+
+
+def stage_markdown(e: dict[str, Any]) -> list[str]:
+    t = e["tokens"]
+    lines = [
         "",
         f"Token scores over the {t['n_tokens']} brain tokens of lesioned slices ({t['n_lesion_tokens_25']} lesion"
         f" tokens at >= 25 %, {t['n_lesion_tokens_any']} with any lesion pixel):",
@@ -454,6 +529,21 @@ def entry_markdown(e: dict[str, Any]) -> list[str]:
             f"| {k} | {_f(f['lesion_25']['recall'])} | {_f(f['lesion_25']['precision'])} | "
             f"{_f(f['lesion_any']['recall'])} | {_f(f['lesion_any']['precision'])} | {_f(f['healthy_flag_rate'])} |"
         )
+    for key, what in (("atd", "token detector p"), ("nll", "in-painter NLL")):
+        rows = e.get("sweeps", {}).get(key, [])
+        if rows:
+            lines += [
+                "",
+                f"Threshold sweep, {what}:",
+                "",
+                "| threshold | value | dilation | recall (25 %) | precision (25 %) | healthy brain tokens flagged |",
+                "|---|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {r['threshold']} | {r['value']:.3f} | {r['dilation']} | {_f(r['recall'])} | "
+                f"{_f(r['precision'])} | {_f(r['healthy_flag_rate'])} |"
+                for r in rows
+            ]
     lines += ["", "In-painter (all lesion tokens in-painted) and tokenizer (model-space intensities, ~[0, 1]):", ""]
     lines += [f"- {k}: {_f(v)}" for k, v in {**e["inpainter"], **e["tokenizer"]}.items()]
     lines += [
@@ -466,19 +556,7 @@ def entry_markdown(e: dict[str, Any]) -> list[str]:
             f"| {r['case']} | {r['lesion_type']} | {r['lesion_tokens']} | {_f(r['recall_atd'])} | "
             f"{_f(r['recall_nll'])} | {_f(r['recall_union'])} | {_f(r['recall_ar'])} |"
         )
-    lines += [
-        "",
-        "End result (bundle pipeline, validation lesions vs healthy validation):",
-        "",
-        "| flagging | s / volume | pixel AP | best Dice | Dice @ healthy thr | slice AP | volume AUROC |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for mode, r in e["end_result"].items():
-        lines.append(
-            f"| {mode} | {r['seconds_per_volume']:.2f} | {_f(r['pixel_ap'])} | {_f(r['best_dice'])} | "
-            f"{_f(r['dice_at_healthy_threshold'])} | {_f(r['slice_ap'])} | {_f(r['volume_auroc'])} |"
-        )
-    return [*lines, ""]
+    return lines
 
 
 def write_report(out: Path, entry: dict[str, Any]) -> None:
@@ -499,7 +577,7 @@ def write_report(out: Path, entry: dict[str, Any]) -> None:
             md.append(
                 f"| {e['label']} | {mode} | {_f(r['pixel_ap'])} | {_f(r['best_dice'])} | "
                 f"{_f(r['dice_at_healthy_threshold'])} | {_f(r['volume_auroc'])} | "
-                f"{_f(e['tokens']['atd_ranking']['lesion_25']['auroc'])} |"
+                f"{_f(e['tokens']['atd_ranking']['lesion_25']['auroc']) if 'tokens' in e else '-'} |"
             )
     md.append("")
     for e in report["entries"]:
@@ -515,7 +593,13 @@ def main() -> None:
     ap.add_argument("--dataset-dir", type=Path, default=ROOT / "demo_data" / "brain_mri")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "mim_diagnosis.json")
     ap.add_argument("--work", type=Path, default=ROOT / "outputs" / "diagnose_mim")
-    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="end-result flaggings to run")
+    ap.add_argument(
+        "--modes",
+        nargs="+",
+        default=list(MODES),
+        choices=MODES + OPTIONAL_MODES,
+        help="end results to run: MIM with each flagging, oracle flagging, ar = the AR baseline",
+    )
     ap.add_argument(
         "--nll-percentile",
         type=float,
@@ -524,7 +608,12 @@ def main() -> None:
     )
     ap.add_argument("--nll-threshold", type=float, default=None, help="fixed in-painter NLL threshold")
     ap.add_argument("--nll-fit-volumes", type=int, default=6, help="training volumes the NLL threshold is fitted on")
+    ap.add_argument("--atd-threshold", type=float, default=None, help="override the bundle's atd_threshold")
+    ap.add_argument("--mask-dilation", type=int, default=None, help="override the bundle's mask_dilation")
+    ap.add_argument("--end-result-only", action="store_true", help="skip the per-stage figures (no oracle mode)")
     args = ap.parse_args()
+    if args.end_result_only and "oracle" in args.modes:
+        ap.error("the oracle mode needs the per-stage figures: drop --end-result-only or the oracle mode")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("MEDOOD_PROGRESS", "0")
     torch.manual_seed(0)
