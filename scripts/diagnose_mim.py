@@ -387,9 +387,13 @@ def setup(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     """The MIM and AR detectors with the command-line overrides, and the NLL threshold record."""
     net = detector(["inference.yaml"], args.weights)
     ar = detector(["inference.yaml", "inference_ar.yaml"], args.ar_weights)
-    for name in ("nll_percentile", "atd_threshold", "mask_dilation"):
-        if getattr(args, name) is not None:
-            setattr(net, name, getattr(args, name))
+    if args.nll_percentile is not None:
+        net.nll_percentile = args.nll_percentile
+    overrides = dict(item.split("=", 1) for item in args.set)
+    for name, value in overrides.items():
+        if not hasattr(net, name):
+            raise SystemExit(f"--set {name}: MIMDetector has no attribute {name!r}")
+        setattr(net, name, json.loads(value))
     if args.nll_threshold is not None:
         net.nll_threshold = args.nll_threshold
         thr: dict[str, Any] = {"value": args.nll_threshold, "source": "fixed (--nll-threshold)"}
@@ -412,6 +416,9 @@ def setup(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
             "nll_groups": net.nll_groups,
             "nll_percentile": net.nll_percentile,
             "ar_nll_threshold": ar.threshold_nll,
+            "minpool": net.minpool,
+            "avgpool": net.avgpool,
+            "overrides": overrides,
         },
         "nll_threshold": thr,
     }
@@ -608,8 +615,13 @@ def main() -> None:
     )
     ap.add_argument("--nll-threshold", type=float, default=None, help="fixed in-painter NLL threshold")
     ap.add_argument("--nll-fit-volumes", type=int, default=6, help="training volumes the NLL threshold is fitted on")
-    ap.add_argument("--atd-threshold", type=float, default=None, help="override the bundle's atd_threshold")
-    ap.add_argument("--mask-dilation", type=int, default=None, help="override the bundle's mask_dilation")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override an inference setting of the detector (JSON value), e.g. --set mask_dilation=0 --set minpool=3",
+    )
     ap.add_argument("--end-result-only", action="store_true", help="skip the per-stage figures (no oracle mode)")
     args = ap.parse_args()
     if args.end_result_only and "oracle" in args.modes:

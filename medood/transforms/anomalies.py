@@ -320,7 +320,7 @@ class RandMassEffect(ImageAnomaly):
         s = min(_uniform(rng, self.radius), (float(depth.max()) - a) / 3.0)
         if s < 1.0:
             return x, np.zeros(brain.shape, dtype=bool)
-        centre = self.centre_in(depth >= 3.0 * s + a, rng)
+        centre = self.centre_in(depth >= min(3.0 * s + a, float(depth.max())), rng)  # min: float rounding
         grid = np.indices(brain.shape, dtype=np.float32)
         rel = grid - centre.reshape(-1, *[1] * brain.ndim)
         r2 = (rel**2).sum(0)

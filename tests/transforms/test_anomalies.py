@@ -88,6 +88,16 @@ def test_transplant_brings_donor_tissue_and_mass_effect_skips_a_thin_brain() -> 
     assert torch.equal(out, thin) and mask.sum() == 0, "no room for a deformation: nothing changes"
 
 
+def test_mass_effect_fits_brains_of_any_thickness() -> None:
+    for size in range(6, 30, 3):  # small brains clip the radius to the deepest pixel (float rounding included)
+        x = _brain((size, size + 4))
+        t = RandMassEffect(radius=(3.0, 8.0), strength=(1.0, 3.0))
+        t.set_random_state(size)
+        for _ in range(5):
+            out, mask = t(x)
+            assert float(out[0][x[0] == 0].abs().max()) == 0.0
+
+
 def test_invalid_ranges_raise() -> None:
     with pytest.raises(ValueError, match="radius"):
         RandBlobIntensity(radius=(5.0, 2.0))
