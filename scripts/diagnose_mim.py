@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.bundle import ConfigParser
+from diagnose_mim_pipeline import end_result, parser_for  # scripts/ is on sys.path when run as a script
+from diagnose_mim_report import write_report
 from monai.data import Dataset
 from monai.transforms import Compose, CropForegroundd, EnsureTyped, Orientationd, ResizeWithPadOrCropd, Spacingd
 from torch import Tensor
@@ -45,10 +46,8 @@ from medood.data.datalist import bundle_datalist
 from medood.data.tokens import TokenGridDataset
 from medood.data.transforms import LoadVolumed
 from medood.metrics import auroc, average_precision
-from medood.metrics.files import evaluate_outputs, read_scores
 from medood.transforms import ScaleNonzeroPercentiled
 from medood.utils.checkpoints import load_state
-from medood.utils.io import atomic_write_text
 from medood.utils.machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,13 +58,6 @@ OPTIONAL_MODES = ("ar",)  # the AR baseline's own end result (slow: ~1 min per v
 
 
 # ---------------------------------------------------------------------------------------------- setup
-def parser_for(configs: list[str], **overrides: Any) -> ConfigParser:
-    p = ConfigParser()
-    p.read_config([str(BUNDLE / "configs" / c) for c in configs])
-    p.update({"bundle_root": str(BUNDLE), **overrides})
-    return p
-
-
 def detector(configs: list[str], weights: Path) -> Any:
     net = parser_for(configs).get_parsed_content("network")
     load_state(net, weights)
@@ -277,87 +269,6 @@ def per_case(net: Any, ar: Any, lesion_stats: list[dict], cases: list[dict]) -> 
     return rows
 
 
-# ---------------------------------------------------------------------------------------------- end result
-class OracleFlags:
-    """Stands in for ``MIMDetector.flag`` in the pipeline: the true lesion tokens (dilated) of each volume, in order.
-
-    A forward pre-hook on the detector calls :meth:`next_volume`; the masks must match the pipeline's slices.
-    """
-
-    def __init__(self, masks: list[Tensor]) -> None:
-        self.masks, self.volume, self.pointer = masks, -1, 0
-
-    def next_volume(self, *_: Any) -> None:
-        if self.volume >= 0 and self.pointer != len(self.masks[self.volume]):
-            raise RuntimeError(
-                f"volume {self.volume}: {self.pointer} slices seen, {len(self.masks[self.volume])} expected"
-            )
-        self.volume, self.pointer = self.volume + 1, 0
-
-    def __call__(self, tokens: Tensor, positions: Tensor) -> Tensor:
-        m = self.masks[self.volume][self.pointer : self.pointer + len(tokens)]
-        if m.shape != tokens.shape:
-            raise RuntimeError(
-                f"oracle masks {tuple(m.shape)} do not match the pipeline's tokens {tuple(tokens.shape)}"
-            )
-        self.pointer += len(tokens)
-        return m.to(tokens.device)
-
-
-def run_pipeline(net: Any, datalist: list[dict], out: Path, dataset_dir: Path, calibrate: bool) -> list[float]:
-    """The bundle's inference evaluator on ``datalist`` (+ calibration on it); network seconds per volume."""
-    p = parser_for(["inference.yaml"], dataset_dir=str(dataset_dir), output_dir=str(out))
-    p["network"], p["datalist"] = net, datalist
-    if calibrate:
-        cal = {"_target_": "medood.handlers.CalibrationHandler", "detector": "@network", "foreground": "nonzero"}
-        p["handlers"] = [*p["handlers"], cal]
-    times: list[float] = []
-    start = [0.0]
-    pre = net.register_forward_pre_hook(lambda *_: start.__setitem__(0, time.perf_counter()))
-    post = net.register_forward_hook(lambda *_: times.append(time.perf_counter() - start[0]))
-    try:
-        p.get_parsed_content("evaluator").run()
-    finally:
-        pre.remove()
-        post.remove()
-    return times
-
-
-def end_result(net: Any, mode: str, lists: dict[str, list], work: Path, dataset_dir: Path, oracle: dict) -> dict:
-    """Healthy pass (calibration) then lesion pass through the bundle pipeline; the bench's metrics."""
-    if mode in ("atd", "nll", "union", "oracle"):
-        net.flagging = "atd" if mode == "oracle" else mode
-    hooks = []
-    times = []
-    for part in ("healthy", "lesion"):
-        if mode == "oracle":
-            flagger = OracleFlags(oracle[part])
-            net.flag = flagger
-            hooks.append(net.register_forward_pre_hook(flagger.next_volume))
-        try:
-            times += run_pipeline(net, lists[part], work / mode / part, dataset_dir, calibrate=part == "healthy")
-        finally:
-            for h in hooks:
-                h.remove()
-            hooks.clear()
-            net.__dict__.pop("flag", None)
-    map_percentile = float(parser_for(["inference.yaml"])["map_percentile"])
-    thr = net.threshold(map_percentile, "map")
-    v = evaluate_outputs(work / mode / "lesion", lists["lesion"], threshold=thr, slice_axis=2)["voxel"]["metrics"]
-    h, _ = read_scores(work / mode / "healthy" / "scores.csv")
-    ls, _ = read_scores(work / mode / "lesion" / "scores.csv")
-    y = np.array([0] * len(h) + [1] * len(ls))
-    return {
-        "seconds_per_volume": float(np.mean(times)),
-        "pixel_ap": v["pixel_ap"],
-        "best_dice": v["best_dice"],
-        "dice_at_healthy_threshold": v["dice"],
-        "slice_ap": v["slice_ap"],
-        "volume_auroc": auroc(np.array(list(h.values()) + list(ls.values())), y),
-        "healthy_threshold": thr,
-    }
-
-
 # ---------------------------------------------------------------------------------------------- NLL threshold
 def nll_threshold(net: Any, dataset_dir: Path, n_volumes: int, refit: bool) -> dict[str, Any]:
     """Use the checkpoint's fitted threshold, or fit it on the first ``n_volumes`` healthy TRAINING volumes."""
@@ -425,6 +336,19 @@ def setup(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     return net, ar, record
 
 
+@torch.no_grad()
+def paired_timing(net: Any, volume: Tensor, repeats: int = 3) -> dict[str, float]:
+    """Median detector seconds on one volume per flagging, the flaggings interleaved (fair under a varying load)."""
+    times: dict[str, list[float]] = {m: [] for m in ("atd", "nll", "union")}
+    for _ in range(repeats):
+        for mode, values in times.items():
+            net.flagging = mode
+            start = time.perf_counter()
+            net.predict_map(volume[None])
+            values.append(time.perf_counter() - start)
+    return {m: float(np.median(v)) for m, v in times.items()}
+
+
 def stage_figures(net: Any, ar: Any, record: dict[str, Any], dataset_dir: Path) -> tuple[dict[str, Any], dict]:
     """Token, in-painter and tokenizer figures, and the oracle flags of every validation volume."""
     lesioned, healthy = load_cases(dataset_dir)
@@ -440,6 +364,7 @@ def stage_figures(net: Any, ar: Any, record: dict[str, Any], dataset_dir: Path) 
         },
         **inpainter_figures(net, lesion_stats, healthy_stats),
         "per_case": per_case(net, ar, lesion_stats, lesioned),
+        "seconds_per_volume_paired": paired_timing(net, healthy[0]["image"]),
     }
     oracle = {
         "lesion": [dilate(st["lesion_frac"] >= 0.25, net.mask_dilation) for st in lesion_stats],
@@ -475,121 +400,6 @@ def diagnose(args: argparse.Namespace) -> dict[str, Any]:
     entry["seconds"] = time.perf_counter() - t0
     entry["machine"] = machine
     return entry
-
-
-# ---------------------------------------------------------------------------------------------- report
-def _f(v: Any) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-
-def entry_markdown(e: dict[str, Any]) -> list[str]:
-    lines = [
-        f"## {e['label']}",
-        "",
-        f"{e['date']}; MIM weights `{e['weights']['mim']}` ({e['weights']['mim_sha256']}), AR `{e['weights']['ar']}`"
-        f" ({e['weights']['ar_sha256']}), same tokenizer: {e['weights']['same_tokenizer']}. Settings: {e['settings']}."
-        f" NLL threshold {e['nll_threshold']['value']:.3f} ({e['nll_threshold']['source']}). {e['machine']};"
-        f" {e['seconds']:.0f} s.",
-    ]
-    if "tokens" in e:
-        lines += stage_markdown(e)
-    lines += [
-        "",
-        "End result (bundle pipeline, validation lesions vs healthy validation):",
-        "",
-        "| flagging | s / volume | pixel AP | best Dice | Dice @ healthy thr | slice AP | volume AUROC |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for mode, r in e["end_result"].items():
-        lines.append(
-            f"| {mode} | {r['seconds_per_volume']:.2f} | {_f(r['pixel_ap'])} | {_f(r['best_dice'])} | "
-            f"{_f(r['dice_at_healthy_threshold'])} | {_f(r['slice_ap'])} | {_f(r['volume_auroc'])} |"
-        )
-    return [*lines, ""]
-
-
-def stage_markdown(e: dict[str, Any]) -> list[str]:
-    t = e["tokens"]
-    lines = [
-        "",
-        f"Token scores over the {t['n_tokens']} brain tokens of lesioned slices ({t['n_lesion_tokens_25']} lesion"
-        f" tokens at >= 25 %, {t['n_lesion_tokens_any']} with any lesion pixel):",
-        "",
-        "| score | AUROC (25 %) | AP (25 %) | AUROC (any) | AP (any) |",
-        "|---|---|---|---|---|",
-    ]
-    for k, name in (("atd", "token detector p"), ("nll", "in-painter masked NLL"), ("ar_nll", "AR token NLL")):
-        r = t[f"{k}_ranking"]
-        lines.append(
-            f"| {name} | {_f(r['lesion_25']['auroc'])} | {_f(r['lesion_25']['ap'])} | {_f(r['lesion_any']['auroc'])}"
-            f" | {_f(r['lesion_any']['ap'])} |"
-        )
-    lines += [
-        "",
-        "| flagged tokens | recall (25 %) | precision (25 %) | recall (any) | precision (any) |"
-        " healthy brain tokens flagged |",
-        "|---|---|---|---|---|---|",
-    ]
-    for k in ("atd", "nll", "union", "ar"):
-        f = t[f"{k}_flags"]
-        lines.append(
-            f"| {k} | {_f(f['lesion_25']['recall'])} | {_f(f['lesion_25']['precision'])} | "
-            f"{_f(f['lesion_any']['recall'])} | {_f(f['lesion_any']['precision'])} | {_f(f['healthy_flag_rate'])} |"
-        )
-    for key, what in (("atd", "token detector p"), ("nll", "in-painter NLL")):
-        rows = e.get("sweeps", {}).get(key, [])
-        if rows:
-            lines += [
-                "",
-                f"Threshold sweep, {what}:",
-                "",
-                "| threshold | value | dilation | recall (25 %) | precision (25 %) | healthy brain tokens flagged |",
-                "|---|---|---|---|---|---|",
-            ]
-            lines += [
-                f"| {r['threshold']} | {r['value']:.3f} | {r['dilation']} | {_f(r['recall'])} | "
-                f"{_f(r['precision'])} | {_f(r['healthy_flag_rate'])} |"
-                for r in rows
-            ]
-    lines += ["", "In-painter (all lesion tokens in-painted) and tokenizer (model-space intensities, ~[0, 1]):", ""]
-    lines += [f"- {k}: {_f(v)}" for k, v in {**e["inpainter"], **e["tokenizer"]}.items()]
-    lines += [
-        "",
-        "| case | lesion | lesion tokens | recall atd | recall nll | recall union | recall AR |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in e["per_case"]:
-        lines.append(
-            f"| {r['case']} | {r['lesion_type']} | {r['lesion_tokens']} | {_f(r['recall_atd'])} | "
-            f"{_f(r['recall_nll'])} | {_f(r['recall_union'])} | {_f(r['recall_ar'])} |"
-        )
-    return lines
-
-
-def write_report(out: Path, entry: dict[str, Any]) -> None:
-    report = json.loads(out.read_text()) if out.is_file() else {"entries": []}
-    report["entries"] = [e for e in report["entries"] if e["label"] != entry["label"]] + [entry]
-    report["about"] = __doc__.split("Usage::")[0].strip()
-    atomic_write_text(out, json.dumps(report, indent=2, default=float) + "\n")
-    md = [
-        "# MIM-OOD per-stage diagnosis (validation lesions only)",
-        "",
-        report["about"],
-        "",
-        "| entry | flagging | pixel AP | best Dice | Dice @ healthy thr | volume AUROC | token AUROC (ATD, 25 %) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for e in report["entries"]:
-        for mode, r in e["end_result"].items():
-            md.append(
-                f"| {e['label']} | {mode} | {_f(r['pixel_ap'])} | {_f(r['best_dice'])} | "
-                f"{_f(r['dice_at_healthy_threshold'])} | {_f(r['volume_auroc'])} | "
-                f"{_f(e['tokens']['atd_ranking']['lesion_25']['auroc']) if 'tokens' in e else '-'} |"
-            )
-    md.append("")
-    for e in report["entries"]:
-        md += entry_markdown(e)
-    atomic_write_text(out.with_suffix(".md"), "\n".join(md))
 
 
 def main() -> None:
@@ -630,7 +440,7 @@ def main() -> None:
     os.environ.setdefault("MEDOOD_PROGRESS", "0")
     torch.manual_seed(0)
     entry = diagnose(args)
-    write_report(args.out, entry)
+    write_report(args.out, entry, __doc__.split("Usage::")[0].strip())
     logger.info("wrote %s and %s", args.out, args.out.with_suffix(".md"))
 
 
