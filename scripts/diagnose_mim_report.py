@@ -82,6 +82,14 @@ def stage_markdown(e: dict[str, Any]) -> list[str]:
                 f"{_f(r['precision'])} | {_f(r['healthy_flag_rate'])} |"
                 for r in rows
             ]
+    if "synthetic" in e:
+        sy = e["synthetic"]
+        lines += [
+            "",
+            "Token detector on synthetic anomalies of the healthy validation slices: AUROC"
+            f" {_f(sy['atd_auroc_image_space'])} on the image-space generators,"
+            f" {_f(sy['atd_auroc_token_space'])} on token-space corruptions.",
+        ]
     if "seconds_per_volume_paired" in e:
         timing = ", ".join(f"{k} {v:.2f} s" for k, v in e["seconds_per_volume_paired"].items())
         lines += ["", f"Detector time on one healthy volume (median of 3, flaggings interleaved): {timing}."]
