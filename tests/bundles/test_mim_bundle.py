@@ -86,11 +86,15 @@ def test_all_stages_then_inference(tmp_path: Path, data: Path) -> None:
     _run(["inference.yaml", "train_tokens.yaml", "train_detector.yaml"], "train", root, data)
     _run(["inference.yaml", "train_tokens.yaml", "train_mim.yaml"], "train", root, data)
     assert (root / "models" / "model.pt").exists(), "the mim stage writes the calibrated final weights"
+    state = torch.load(root / "models" / "model.pt", weights_only=True)["model"]
+    assert torch.isfinite(state["fitted_nll_threshold"]), "the mim stage fits the in-painter NLL threshold"
     _run(["inference.yaml", "inference_ar.yaml", "train_tokens.yaml", "train_ar.yaml"], "train", root, data)
     assert (root / "models" / "model_ar.pt").exists()
 
-    for configs, out in ((["inference.yaml"], "eval"), (["inference.yaml", "inference_ar.yaml"], "eval_ar")):
-        _run(configs, "infer", root, data, output_dir=str(tmp_path / out))
+    runs = ((["inference.yaml"], "eval", {}), (["inference.yaml", "inference_ar.yaml"], "eval_ar", {}),
+            (["inference.yaml"], "eval_nll", {"flagging": "union"}))
+    for configs, out, extra in runs:
+        _run(configs, "infer", root, data, output_dir=str(tmp_path / out), **extra)
         for i in range(2):
             img = nib.load(str(tmp_path / out / f"s{i}_T1w_anomaly_map.nii.gz"))
             assert img.shape == SHAPE
