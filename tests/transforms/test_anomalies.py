@@ -95,7 +95,7 @@ def test_mass_effect_fits_brains_of_any_thickness() -> None:
         t.set_random_state(size)
         for _ in range(5):
             out, mask = t(x)
-            assert float(out[0][x[0] == 0].abs().max()) == 0.0
+            assert float(out[0][x[0] == 0].abs().max()) == 0.0 and not bool(mask[0][x[0] == 0].any())
 
 
 def test_invalid_ranges_raise() -> None:
