@@ -1,145 +1,230 @@
 """Choose the MIM-OOD inference settings on VALIDATION data only (never the test set).
 
 Scores the demo ``validation_lesion`` volumes (lesioned twins of the healthy validation subjects) and the healthy
-``validation`` volumes with the trained detector for a small grid of inference settings (residual variant, token
-anomaly threshold, mask dilation, in-painting steps, smoothing), in the preprocessed 2 mm space, and reports per
-setting: pixel AP and best Dice on the validation lesions, the Dice at the healthy ``map_percentile`` threshold,
-and the volume AUROC lesion-vs-healthy. Writes ``--out`` (JSON). The bundle's defaults are set from this table.
+``validation`` volumes in the bundle's 2 mm model space, for a grid of settings, and reports per setting every
+figure a user sees: pixel AP and best Dice on the validation lesions, the Dice at the healthy ``map_percentile``
+threshold, and the volume AUROC lesion-vs-healthy.
 
-    .venv/bin/python scripts/tune_mim_validation.py [--ckpt bundles/.../models/model.pt]
+The expensive part (the networks) runs once per volume and flagging: the tokens, the in-painter's masked token
+NLL and the token detector's probabilities are computed once; each flagging (``nll`` at a percentile of healthy
+*training* token NLLs, ``atd`` at a probability, ``union``; each with a mask dilation) then costs one in-painting
+pass and one decode. The post-processing (residual variant, min-/mean-pool kernels, volume reduction) is swept on
+the cached raw residuals. Selection rule (``select``): among settings whose validation volume AUROC is within
+``--auroc-slack`` of the best, the highest mean of pixel AP, best Dice and Dice at the healthy threshold.
+
+    PYTHONPATH=. .venv/bin/python scripts/tune_mim_validation.py --ckpt W [--no-atd] [--out J]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.bundle import ConfigParser
+from monai.data import Dataset
+from monai.transforms import Compose, CropForegroundd, EnsureTyped, Orientationd, ResizeWithPadOrCropd, Spacingd
 
-from medood.data.datalist import bundle_datalist as datalist
+from medood.data.datalist import bundle_datalist
+from medood.data.transforms import LoadVolumed
+from medood.detectors.base_restoration import _pool
 from medood.metrics import auroc, best_dice, dice_at_threshold, pixel_ap
-from medood.utils.checkpoints import load_state as load_weights
+from medood.transforms import ScaleNonzeroPercentiled
+from medood.utils.checkpoints import load_state
 from medood.utils.io import atomic_write_text
+from medood.utils.machine import describe_machine
 from medood.utils.reduce import reduce_map
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "mim_brain_mri_anomaly_segmentation"
 logger = logging.getLogger("tune_mim")
 
-GRID = {
-    "residual": ["input", "gated", "recon"],
-    "atd_threshold": [0.2, 0.3, 0.5, 0.7],
-    "mask_dilation": [0, 1],
-    "mim_steps": [1, 4],
-    "pool": [(3, 3), (1, 3), (3, 5)],
-}
+NLL_PERCENTILES = (95.0, 98.0, 99.0, 99.5, 99.8, 99.9)
+ATD_THRESHOLDS = (0.2, 0.5, 0.8)
+DILATIONS = (0, 1)
+RESIDUALS = ("input", "gated")
+POOLS = ((1, 1), (1, 3), (3, 3), (1, 5), (3, 5))
+REDUCTIONS = (("topk", 0.0001), ("topk", 0.001), ("topk", 0.01))
 
 
-def evaluate(net: Any, healthy: list, lesioned: list, percentile: float) -> dict[str, float]:
-    """Validation figures of the detector's current settings."""
-    with torch.no_grad():
-        hmaps = [net.predict_map(x[None])[0] for x in healthy]
-        lmaps = [net.predict_map(d["image"][None])[0] for d in lesioned]
-    hv = torch.cat([m[x > 0].flatten() for m, x in zip(hmaps, healthy)])
-    g = torch.Generator().manual_seed(0)
-    thr = float(torch.quantile(hv[torch.randperm(hv.numel(), generator=g)[:2_000_000]], percentile / 100))
-    maps = [m.numpy() for m in lmaps]
-    masks = [(d["label"] > 0.5).numpy() for d in lesioned]
-    fgs = [(d["image"] > 0).numpy() for d in lesioned]
-    scores = [float(reduce_map(m[None], "topk", 0.001, (x > 0)[None])) for m, x in zip(hmaps, healthy)]
-    scores += [float(reduce_map(m[None], "topk", 0.001, (d["image"] > 0)[None])) for m, d in zip(lmaps, lesioned)]
-    y = [0] * len(hmaps) + [1] * len(lmaps)
+def load(dataset_dir: Path, parser: ConfigParser) -> tuple[list[dict], list[dict], list[dict]]:
+    """Healthy training (for the NLL percentiles), healthy validation and lesioned validation volumes."""
+    keys = ["image", "label"]
+    joint = Compose(
+        [
+            LoadVolumed(keys),
+            Orientationd(keys, "RAS", labels=None),
+            Spacingd(keys, parser["pixdim"], mode=("bilinear", "nearest")),
+            ScaleNonzeroPercentiled("image"),
+            CropForegroundd(keys, source_key="image", allow_smaller=True),
+            ResizeWithPadOrCropd(keys, parser["fov"]),
+            EnsureTyped(keys, dtype=torch.float32, track_meta=False),
+        ]
+    )
+    pre = parser.get_parsed_content("preprocessing")
+    lesioned = list(Dataset(bundle_datalist(dataset_dir, "validation_lesion", keep=["label"]), joint))
+    healthy = list(Dataset(bundle_datalist(dataset_dir, "validation"), pre))
+    return healthy, lesioned, bundle_datalist(dataset_dir, "training")
+
+
+class Cached:
+    """Per volume: padded slices, positions, tokens, in-painter NLL, detector probabilities (computed once)."""
+
+    def __init__(self, net: Any, x: torch.Tensor, with_atd: bool) -> None:
+        self.x = torch.as_tensor(x).float()[None]
+        slices, self.positions, self.index = net._slices_of(self.x)
+        self.slices, self.hw = net.pad_slices(slices)
+        b = net.slice_batch
+        parts = [(self.slices[i : i + b], self.positions[i : i + b]) for i in range(0, len(self.slices), b)]
+        with torch.no_grad():
+            self.tokens = torch.cat([net.tokenize(s, p) for s, p in parts])
+            self.nll = torch.cat([net.token_nll(t, p) for t, (_, p) in zip(self.tokens.split(b), parts)])
+            self.atd = (
+                torch.cat([net.token_anomaly(t, p) for t, (_, p) in zip(self.tokens.split(b), parts)])
+                if with_atd
+                else None
+            )
+
+    def raw(self, net: Any, flags: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Raw residual volumes (before pooling and masking) of each residual variant for the flagged tokens."""
+        b, out = net.slice_batch, {r: [] for r in RESIDUALS}
+        with torch.no_grad():
+            for i in range(0, len(self.slices), b):
+                s, p, t, m = (v[i : i + b] for v in (self.slices, self.positions, self.tokens, flags))
+                res = (s - net.decode(net.inpaint(t, m, p))).abs().mean(1, keepdim=True)
+                out["input"].append(res)
+                scale = s.shape[-1] // t.shape[-1]
+                out["gated"].append(res * F.interpolate(m.float()[:, None], scale_factor=scale, mode="nearest"))
+        h, w = self.hw
+        return {r: net._assemble(self.x, torch.cat(v)[..., :h, :w], self.index) for r, v in out.items()}
+
+
+def dilate(flags: torch.Tensor, radius: int) -> torch.Tensor:
+    if radius == 0:
+        return flags
+    return F.max_pool2d(flags.float()[:, None], 2 * radius + 1, stride=1, padding=radius)[:, 0] > 0
+
+
+def figures(
+    hmaps: list[torch.Tensor], lmaps: list[torch.Tensor], healthy: list, lesioned: list, map_pct: float
+) -> dict[str, float]:
+    """Validation figures of one setting (maps already post-processed)."""
+    hv = torch.cat([m[0][x[None] > 0].flatten() for m, x in zip(hmaps, [h["image"][0] for h in healthy])])
+    thr = float(
+        torch.quantile(
+            hv[torch.randperm(hv.numel(), generator=torch.Generator().manual_seed(0))[: 2**24]], map_pct / 100
+        )
+    )
+    maps = [m[0, 0].numpy() for m in lmaps]
+    masks = [(d["label"][0] > 0.5).numpy() for d in lesioned]
+    fgs = [(d["image"][0] > 0).numpy() for d in lesioned]
     return {
-        "pixel_ap": pixel_ap(maps, masks, foreground=fgs),
-        "best_dice": best_dice(maps, masks, foreground=fgs)[0],
-        "dice_at_healthy_threshold": dice_at_threshold(maps, masks, thr, foreground=fgs).pooled,
-        "volume_auroc": auroc(np.array(scores), np.array(y)),
-        "threshold": thr,
+        "pixel_ap": float(pixel_ap(maps, masks, foreground=fgs)),
+        "best_dice": float(best_dice(maps, masks, foreground=fgs)[0]),
+        "dice_at_healthy_threshold": float(dice_at_threshold(maps, masks, thr, foreground=fgs).pooled),
+        "map_threshold": thr,
     }
 
 
-def apply(net: Any, cfg: dict[str, Any]) -> None:
-    net.residual, net.atd_threshold = cfg["residual"], cfg["atd_threshold"]
-    net.mask_dilation, net.mim_steps = cfg["mask_dilation"], cfg["mim_steps"]
-    net.minpool, net.avgpool = cfg["pool"]
+def volume_aurocs(hmaps: list, lmaps: list, healthy: list, lesioned: list) -> dict[str, float]:
+    out = {}
+    for kind, k in REDUCTIONS:
+        s = [float(reduce_map(m, kind, k, (d["image"] > 0)[None])) for m, d in zip(hmaps + lmaps, healthy + lesioned)]
+        out[f"{kind}_{k:g}"] = float(auroc(np.array(s), np.array([0] * len(hmaps) + [1] * len(lmaps))))
+    return out
+
+
+def postprocess(net: Any, raw: torch.Tensor, x: torch.Tensor, pool: tuple[int, int]) -> torch.Tensor:
+    amap = _pool(_pool(raw, pool[0], "min"), pool[1], "mean")
+    return (amap * net.map_support(x)).float()
+
+
+def select(results: list[dict[str, Any]], slack: float) -> dict[str, Any]:
+    best_auroc = max(r["volume_auroc"] for r in results)
+    ok = [r for r in results if r["volume_auroc"] >= best_auroc - slack]
+    return max(ok, key=lambda r: (r["pixel_ap"] + r["best_dice"] + r["dice_at_healthy_threshold"]) / 3)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset-dir", type=Path, default=ROOT / "demo_data" / "brain_mri")
     ap.add_argument("--ckpt", type=Path, default=BUNDLE / "models" / "model.pt")
+    ap.add_argument("--no-atd", action="store_true", help="the token detector is untrained: nll flagging only")
+    ap.add_argument("--nll-volumes", type=int, default=10, help="training volumes for the NLL percentiles")
+    ap.add_argument("--auroc-slack", type=float, default=0.05)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "mim_validation_tuning.json")
-    ap.add_argument("--map-percentile", type=float, default=99.5)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.manual_seed(0)
-
-    p = ConfigParser()
-    p.read_config(str(BUNDLE / "configs" / "inference.yaml"))
-    p.update({"bundle_root": str(BUNDLE)})
-    net = p.get_parsed_content("network")
-    load_weights(net, args.ckpt)
+    start = time.perf_counter()
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.yaml"))
+    parser.update({"bundle_root": str(BUNDLE)})
+    net = parser.get_parsed_content("network")
+    load_state(net, args.ckpt, prefixes=["tokenizer.", "inpainter."] + ([] if args.no_atd else ["token_detector."]))
     net.eval()
-    pre = p.get_parsed_content("preprocessing")
-    # images and masks through the same preprocessing (the mask as a second key, nearest interpolation)
-    from monai.transforms import Compose, CropForegroundd, EnsureTyped, Orientationd, ResizeWithPadOrCropd, Spacingd
-
-    from medood.data.transforms import LoadVolumed
-    from medood.transforms import ScaleNonzeroPercentiled
-
-    fov, pixdim = p["fov"], p["pixdim"]
-    joint = Compose(
-        [
-            LoadVolumed(["image", "label"]),
-            Orientationd(["image", "label"], "RAS", labels=None),
-            Spacingd(["image", "label"], pixdim, mode=("bilinear", "nearest")),
-            ScaleNonzeroPercentiled("image"),
-            CropForegroundd(["image", "label"], source_key="image", allow_smaller=True),
-            ResizeWithPadOrCropd(["image", "label"], fov),
-            EnsureTyped(["image", "label"], dtype=torch.float32),
-        ]
-    )
-    lesion_cases = datalist(args.dataset_dir, "validation_lesion", keep=["label"])
-    healthy_cases = datalist(args.dataset_dir, "validation")
-    lesioned = [joint(c) for c in lesion_cases]
-    healthy = [pre(c)["image"] for c in healthy_cases]
-    del pre
-    # coordinate search from the bundle defaults: vary one setting at a time, keep the best by pixel AP
-    current = {"residual": "input", "atd_threshold": 0.5, "mask_dilation": 1, "mim_steps": 1, "pool": (3, 3)}
+    map_pct = float(parser["map_percentile"])
+    healthy, lesioned, train = load(args.dataset_dir, parser)
+    pre = parser.get_parsed_content("preprocessing")
+    train_nll = torch.cat([Cached(net, pre(c)["image"], False).nll.flatten() for c in train[: args.nll_volumes]])
+    nll_thr = {p: float(torch.quantile(train_nll.double()[: 2**24], p / 100)) for p in NLL_PERCENTILES}
+    logger.info("healthy training token NLL percentiles: %s", nll_thr)
+    cases = [Cached(net, d["image"], not args.no_atd) for d in healthy + lesioned]
+    nh = len(healthy)
+    flaggings: list[tuple[str, float]] = [("nll", p) for p in NLL_PERCENTILES]
+    if not args.no_atd:
+        flaggings += [("atd", t) for t in ATD_THRESHOLDS] + [("union", 99.5), ("union", 99.9)]
     results: list[dict[str, Any]] = []
-    seen: dict[str, dict[str, Any]] = {}
-    for key, options in GRID.items():
-        best = None
-        for value in options:
-            cfg = {**current, key: value}
-            tag = json.dumps(cfg, sort_keys=True, default=list)
-            if tag not in seen:
-                apply(net, cfg)
-                seen[tag] = {
-                    **{k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
-                    **evaluate(net, healthy, lesioned, args.map_percentile),
-                }
-                logger.info("%s", seen[tag])
-                results.append(seen[tag])
-            if best is None or seen[tag]["pixel_ap"] > best[1]:
-                best = (value, seen[tag]["pixel_ap"])
-        current[key] = best[0]
-    results.sort(key=lambda r: -r["pixel_ap"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for (kind, value), dil in itertools.product(flaggings, DILATIONS):
+        raws, healthy_flagged = [], []
+        for i, c in enumerate(cases):
+            flags = torch.zeros_like(c.tokens, dtype=torch.bool)
+            if kind in ("nll", "union"):
+                flags |= c.nll > nll_thr[value]
+            if kind in ("atd", "union"):
+                flags |= c.atd > (value if kind == "atd" else net.atd_threshold)
+            flags = dilate(flags, dil)
+            if i < nh:
+                healthy_flagged.append(float(flags.float().mean()))
+            raws.append(c.raw(net, flags))
+        flagged = float(np.mean(healthy_flagged))
+        for residual, pool in itertools.product(RESIDUALS, POOLS):
+            maps = [postprocess(net, r[residual], c.x, pool) for r, c in zip(raws, cases)]
+            fig = figures(maps[:nh], maps[nh:], healthy, lesioned, map_pct)
+            vol = volume_aurocs(maps[:nh], maps[nh:], healthy, lesioned)
+            for red, v in vol.items():
+                row = {
+                    "flagging": kind, "value": value, "mask_dilation": dil, "residual": residual,
+                    "minpool": pool[0], "avgpool": pool[1], "reduction": red, **fig, "volume_auroc": v,
+                    "healthy_tokens_flagged": flagged,
+                }  # fmt: skip
+                results.append(row)
+            logger.info("%s %s dil %d %s pool %s: %s vol %s", kind, value, dil, residual, pool, fig, vol)
+    chosen = select(results, args.auroc_slack)
     report = {
-        "data": "demo validation_lesion (lesioned twins of the validation subjects) + healthy validation volumes,"
-        " 2 mm model space; the test set is not used",
-        "map_percentile": args.map_percentile,
-        "selected": {k: (list(v) if isinstance(v, tuple) else v) for k, v in current.items()},
-        "results": results,
+        "data": "demo validation_lesion (lesioned twins of the 8 validation subjects) + the 8 healthy validation "
+        "volumes, 2 mm model space; the test set is not used",
+        "checkpoint": str(args.ckpt),
+        "nll_thresholds": {f"p{p:g}": v for p, v in nll_thr.items()},
+        "nll_threshold_source": f"token NLLs of {min(args.nll_volumes, len(train))} healthy training volumes",
+        "map_percentile": map_pct,
+        "selection": f"volume AUROC within {args.auroc_slack} of the best, then the highest mean of pixel AP, "
+        "best Dice and Dice at the healthy threshold",
+        "selected": chosen,
+        "machine": describe_machine(),
+        "seconds": time.perf_counter() - start,
+        "results": sorted(results, key=lambda r: -r["pixel_ap"]),
     }
-    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
-    logger.info("best by pixel AP: %s", results[0])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(report, indent=1) + "\n")
+    logger.info("selected: %s", chosen)
 
 
 if __name__ == "__main__":

@@ -196,13 +196,15 @@ class OODDetector(ResizableBuffers, DeclaresStages, nn.Module, ABC):
     def fit_statistics(self, loader: Iterable[Any]) -> None:
         """Stream ``loader`` once through ``partial_fit_features`` and ``finalize_fit`` (no training)."""
         self.reset_fit()
-        n_batches = 0
+        n_batches, was_training = 0, self.training
+        self.eval()  # statistics of the networks as they infer (no dropout)
         with torch.no_grad():
             for batch in loader:
                 x, y = unpack_batch(batch)
                 x = as_plain_tensor(x).to(self.device)
                 self.partial_fit_features(self.extract_features(x), None if y is None else y.to(self.device))
                 n_batches += 1
+        self.train(was_training)
         if n_batches == 0:
             raise ValueError(f"{type(self).__name__}.fit got an empty loader: no in-distribution data to fit on")
         self.finalize_fit()

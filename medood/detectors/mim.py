@@ -10,6 +10,11 @@ Algorithm (slice-wise, on healthy-trained networks only):
    in one step by default (``mim_steps > 1`` decodes iteratively, most confident tokens first);
 4. the restored grid is decoded; the map is the smoothed residual ``|x - x_hat|`` inside the brain.
 
+``flagging`` chooses who flags the tokens to in-paint: ``"atd"`` (step 2, the paper's), ``"nll"`` (the in-painter
+itself: each token's masked negative log-likelihood, from ``nll_groups`` complementary seeded random masks run as
+one batch, above ``nll_percentile`` of healthy token NLLs fitted by ``fit_statistics``, or a fixed threshold) or
+``"union"`` of both. ``docs/benchmarks/mim_diagnosis.md`` measures each on validation lesions.
+
 Compared with an autoregressive prior (``vqvae_ar``) there is no raster-order resampling: both transformers run
 once per slice, which is where the speed-up comes from.
 
@@ -32,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medood.detectors.base_restoration import SliceRestorationDetector
+from medood.detectors.base_restoration import TokenNLLRestorationDetector
 from medood.detectors.registry import register_detector
 from medood.detectors.stages import TrainingStage
 from medood.losses import MaskedTokenLoss, TokenDetectorLoss
@@ -42,10 +47,11 @@ from medood.networks.nets.vq_tokenizer import SliceTokenizer
 __all__ = ["MIMDetector"]
 
 RESIDUALS = ("input", "recon", "gated")
+FLAGGINGS = ("atd", "nll", "union")
 
 
 @register_detector("mim")
-class MIMDetector(SliceRestorationDetector):
+class MIMDetector(TokenNLLRestorationDetector):
     """MIM-OOD anomaly maps from a VQ-VAE, an anomalous-token detector and a masked in-painter.
 
     Args:
@@ -60,7 +66,13 @@ class MIMDetector(SliceRestorationDetector):
         residual: ``"input"`` (``|x - decode(restored)|``), ``"recon"`` (``|decode(tokens) - decode(restored)|``,
             zero outside in-painted tokens) or ``"gated"`` (``|x - decode(restored)|`` inside in-painted tokens
             only). Defaults to ``"input"``.
-        **kwargs: :class:`~medood.detectors.base_restoration.SliceRestorationDetector` arguments.
+        flagging: ``"atd"`` (token detector probability > ``atd_threshold``), ``"nll"`` (in-painter masked NLL >
+            the NLL threshold) or ``"union"`` (either). Defaults to ``"atd"``.
+        nll_groups: complementary random masks (= in-painter passes, batched) of the NLL flagging; each token is
+            masked in exactly one. Defaults to 4.
+        nll_percentile: percentile of healthy token NLLs used as the NLL threshold. Defaults to 95.
+        **kwargs: :class:`~medood.detectors.base_restoration.TokenNLLRestorationDetector` arguments
+            (``nll_threshold``, ``seed``: of the random partition into ``nll_groups`` masks, ...).
     """
 
     def __init__(
@@ -73,11 +85,18 @@ class MIMDetector(SliceRestorationDetector):
         mask_dilation: int = 1,
         mim_steps: int = 1,
         residual: str = "input",
+        flagging: str = "atd",
+        nll_groups: int = 4,
+        nll_percentile: float = 95.0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(tokenizer=tokenizer, **kwargs)
+        super().__init__(tokenizer=tokenizer, nll_percentile=nll_percentile, **kwargs)
         if residual not in RESIDUALS:
             raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}")
+        if flagging not in FLAGGINGS:
+            raise ValueError(f"flagging must be one of {FLAGGINGS}, got {flagging!r}")
+        if nll_groups < 2:
+            raise ValueError(f"nll_groups must be >= 2, got {nll_groups}")
         if not 0.0 < atd_threshold < 1.0:
             raise ValueError(f"atd_threshold must be in (0, 1), got {atd_threshold}")
         if mim_steps < 1 or mask_dilation < 0:
@@ -87,16 +106,38 @@ class MIMDetector(SliceRestorationDetector):
         self.token_detector = TokenTransformer(k, grid_size, 1, use_position=use_pos, **dict(token_detector or {}))
         self.inpainter = TokenTransformer(k, grid_size, k, use_position=use_pos, **dict(inpainter or {}))
         self.atd_threshold, self.mask_dilation, self.mim_steps = atd_threshold, mask_dilation, mim_steps
-        self.residual = residual
+        self.residual, self.flagging, self.nll_groups = residual, flagging, nll_groups
 
     # ------------------------------------------------------------------ inference
     def token_anomaly(self, tokens: Tensor, positions: Tensor) -> Tensor:
         """Per-token anomaly probability ``(N, h, w)``."""
         return torch.sigmoid(self.token_detector(tokens, positions)[:, 0])
 
+    def token_nll(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        """Masked negative log-likelihood of every token under the in-painter, ``(N, h, w)``.
+
+        The grid is split into ``nll_groups`` seeded random groups of (almost) equal size; pass ``g`` masks group
+        ``g`` and sees every other token. All passes run as one batch; a token's NLL comes from the pass where it
+        was masked.
+        """
+        n, h, w = tokens.shape
+        g = self.nll_groups
+        gen = torch.Generator().manual_seed(self.seed)
+        groups = (torch.randperm(h * w, generator=gen) % g).reshape(h, w).to(tokens.device)
+        masks = groups[None] == torch.arange(g, device=tokens.device)[:, None, None]  # (g, h, w)
+        inp = torch.where(masks[:, None], torch.full_like(tokens, self.inpainter.mask_token)[None], tokens[None])
+        logits = self.inpainter(inp.reshape(g * n, h, w), positions.repeat(g))  # (g * n, K, h, w)
+        target = tokens.long().repeat(g, 1, 1)[:, None]
+        nll = -logits.float().log_softmax(1).gather(1, target)[:, 0].reshape(g, n, h, w)
+        return (nll * masks[:, None]).sum(0)
+
     def flag(self, tokens: Tensor, positions: Tensor) -> Tensor:
-        """Boolean grid of the tokens to in-paint (thresholded probability, dilated)."""
-        flagged = self.token_anomaly(tokens, positions) > self.atd_threshold
+        """Boolean grid of the tokens to in-paint (thresholded per ``flagging``, dilated)."""
+        flagged = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
+        if self.flagging in ("atd", "union"):
+            flagged |= self.token_anomaly(tokens, positions) > self.atd_threshold
+        if self.flagging in ("nll", "union"):
+            flagged |= self.token_nll(tokens, positions) > self.threshold_nll
         if self.mask_dilation > 0:
             k = 2 * self.mask_dilation + 1
             flagged = F.max_pool2d(flagged.float()[:, None], k, stride=1, padding=self.mask_dilation)[:, 0] > 0

@@ -32,19 +32,18 @@ import torch.nn.functional as F
 from monai.networks.nets import DecoderOnlyTransformer
 from torch import Tensor
 
-from medood.detectors.base_restoration import SliceRestorationDetector
+from medood.detectors.base_restoration import TokenNLLRestorationDetector
 from medood.detectors.registry import register_detector
 from medood.detectors.stages import TrainingStage
 from medood.losses import ARTokenLoss, ar_sequences
 from medood.networks.nets.ar_cache import KVCache, cached_forward
 from medood.networks.nets.vq_tokenizer import SliceTokenizer
-from medood.utils.enums import OODKeys
 
 __all__ = ["VQVAEARDetector"]
 
 
 @register_detector("vqvae_ar")
-class VQVAEARDetector(SliceRestorationDetector):
+class VQVAEARDetector(TokenNLLRestorationDetector):
     """AR-prior latent spatial restoration (see the module docstring).
 
     Args:
@@ -63,8 +62,6 @@ class VQVAEARDetector(SliceRestorationDetector):
         **kwargs: :class:`~medood.detectors.base_restoration.SliceRestorationDetector` arguments.
     """
 
-    fitted_nll_threshold: Tensor
-
     def __init__(
         self,
         tokenizer: SliceTokenizer | Mapping[str, Any] | None = None,
@@ -80,7 +77,9 @@ class VQVAEARDetector(SliceRestorationDetector):
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(tokenizer=tokenizer, **kwargs)
+        super().__init__(
+            tokenizer=tokenizer, nll_threshold=nll_threshold, nll_percentile=nll_percentile, seed=seed, **kwargs
+        )
         if n_restorations < 1 or temperature <= 0:
             raise ValueError("n_restorations must be >= 1 and temperature > 0")
         self.grid_size = tuple(int(g) for g in grid_size)
@@ -91,24 +90,10 @@ class VQVAEARDetector(SliceRestorationDetector):
         self.prior = DecoderOnlyTransformer(
             num_tokens=self.num_tokens + num_position_bins, max_seq_len=seq_len, use_flash_attention=True, **cfg
         )
-        self.register_buffer("fitted_nll_threshold", torch.tensor(float("nan")))
-        self.nll_threshold, self.nll_percentile = nll_threshold, nll_percentile
         self.n_restorations, self.temperature, self.weight_temperature = n_restorations, temperature, weight_temperature
-        self.use_cache, self.seed = use_cache, seed
+        self.use_cache = use_cache
 
     # ------------------------------------------------------------------ likelihood
-    @property
-    def threshold_nll(self) -> float:
-        """The NLL above which tokens are resampled."""
-        if self.nll_threshold is not None:
-            return float(self.nll_threshold)
-        value = float(self.fitted_nll_threshold)
-        if value != value:  # NaN
-            raise RuntimeError(
-                "no NLL threshold: pass nll_threshold=... or fit the detector (fit / the bundle's train_ar)"
-            )
-        return value
-
     def sequences(self, tokens: Tensor, positions: Tensor) -> Tensor:
         """Begin-token-prefixed raster sequences ``(N, 1 + h*w)``."""
         return ar_sequences(tokens, positions, self.num_tokens, self.num_position_bins)
@@ -174,7 +159,7 @@ class VQVAEARDetector(SliceRestorationDetector):
         weights = F.softmax(self.weight_temperature / res.flatten(2).mean(2).clamp_min(1e-6), dim=0)
         return (weights[..., None, None, None] * res).sum(0)
 
-    # ------------------------------------------------------------------ training (declared) and statistics
+    # ------------------------------------------------------------------ training (declared)
     def token_stages(self) -> tuple[TrainingStage, ...]:
         """The causal prior over raster-ordered token grids."""
         return (
@@ -182,25 +167,6 @@ class VQVAEARDetector(SliceRestorationDetector):
                 "prior", "prior", ARTokenLoss, num_tokens=self.num_tokens, num_position_bins=self.num_position_bins
             ),
         )
-
-    def reset_fit(self) -> None:
-        """Forget the token NLLs collected so far."""
-        self._nll_values: list[Tensor] = []
-        self._nll_gen = torch.Generator().manual_seed(self.seed)
-
-    def partial_fit_features(self, features: Mapping[str, Tensor], labels: Tensor | None = None) -> None:
-        """Collect (a seeded subsample of) the token NLLs of the healthy slices of ``{"image": x}``."""
-        slices, positions, _ = self._slices_of(features[OODKeys.IMAGE.value].float())
-        for i in range(0, slices.shape[0], self.slice_batch):
-            chunk, _ = self.pad_slices(slices[i : i + self.slice_batch])
-            pos = positions[i : i + self.slice_batch]
-            nll = self.token_nll(self.tokenize(chunk, pos), pos).flatten().cpu()
-            self._nll_values.append(nll[torch.randperm(nll.numel(), generator=self._nll_gen)[:100_000]])
-
-    def finalize_fit(self) -> None:
-        """Set the NLL threshold to ``nll_percentile`` of the healthy token NLLs."""
-        v = torch.cat(self._nll_values)
-        self.fitted_nll_threshold.fill_(float(torch.quantile(v[: 2**24], self.nll_percentile / 100.0)))
 
     @classmethod
     def tiny_config(cls, spatial_dims: int) -> dict[str, Any]:

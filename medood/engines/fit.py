@@ -65,8 +65,8 @@ class StageEvaluator(StepEvaluator):
         stage: the stage name.
         *args: as ``SupervisedEvaluator``.
         loss_kwargs: overrides of the declared loss arguments (``{"seed": 12345}`` for repeatable corruptions).
-        **kwargs: as :class:`~medood.engines.StepEvaluator` (``network`` and ``prepare_batch`` default to the
-            declared ones).
+        **kwargs: as :class:`~medood.engines.StepEvaluator` (``network``, ``loss_function`` and ``prepare_batch``
+            default to the declared ones).
     """
 
     def __init__(
@@ -75,7 +75,8 @@ class StageEvaluator(StepEvaluator):
         spec = detector.stage(stage)
         kwargs.setdefault("network", detector.stage_network(stage))
         kwargs.setdefault("prepare_batch", PrepareKeys(spec.input_key, spec.target_key))
-        super().__init__(*args, loss_function=spec.make_loss(**dict(loss_kwargs or {})), **kwargs)
+        kwargs.setdefault("loss_function", spec.make_loss(**dict(loss_kwargs or {})))
+        super().__init__(*args, **kwargs)
         self.stage = spec
 
 

@@ -11,6 +11,7 @@ from medood.losses.heatmap import HeatmapLoss, weighted_residual_loss
 from medood.losses.multi_exit import MECAM_EXIT_WEIGHTS, MultiExitStageLoss
 from medood.losses.stages import (
     ARTokenLoss,
+    ImageAnomalyTokenLoss,
     MaskedTokenLoss,
     ReconstructionLoss,
     TokenDetectorLoss,
@@ -22,6 +23,7 @@ __all__ = [
     "MECAM_EXIT_WEIGHTS",
     "ARTokenLoss",
     "HeatmapLoss",
+    "ImageAnomalyTokenLoss",
     "MaskedTokenLoss",
     "MultiExitLoss",
     "MultiExitStageLoss",

@@ -2,6 +2,22 @@
 
 from __future__ import annotations
 
+from medood.transforms.anomalies import (
+    ImageAnomaly,
+    RandBlobIntensity,
+    RandLocalIntensityScale,
+    RandMassEffect,
+    RandPatchTransplant,
+    RandTexturedNoise,
+)
+from medood.transforms.anomalies_dict import (
+    ImageAnomalyd,
+    RandBlobIntensityd,
+    RandLocalIntensityScaled,
+    RandMassEffectd,
+    RandPatchTransplantd,
+    RandTexturedNoised,
+)
 from medood.transforms.color import RandSaturation, RandSaturationd, ToRGB, ToRGBd
 from medood.transforms.corruptions import CORRUPTIONS, Corrupt, Corruptd, corruption_plan
 from medood.transforms.intensity import ScaleNonzeroPercentile, ScaleNonzeroPercentiled
@@ -11,10 +27,22 @@ __all__ = [
     "CORRUPTIONS",
     "Corrupt",
     "Corruptd",
+    "ImageAnomaly",
+    "ImageAnomalyd",
+    "RandBlobIntensity",
+    "RandBlobIntensityd",
+    "RandLocalIntensityScale",
+    "RandLocalIntensityScaled",
+    "RandMassEffect",
+    "RandMassEffectd",
+    "RandPatchTransplant",
+    "RandPatchTransplantd",
     "RandSaturation",
     "RandSaturationd",
     "RandSlices",
     "RandSlicesd",
+    "RandTexturedNoise",
+    "RandTexturedNoised",
     "ScaleNonzeroPercentile",
     "ScaleNonzeroPercentiled",
     "ToRGB",

@@ -84,14 +84,25 @@ def test_all_stages_then_inference(tmp_path: Path, data: Path) -> None:
     root = tmp_path / "bundle"
     _run(["inference.yaml", "train_vqvae.yaml"], "train", root, data)
     assert (root / "models" / "stages" / "vqvae.pt").exists()
+    # the image-anomaly detector stage (the alternative), then the token-corruption one that the mim stage reads
+    _run(["inference.yaml", "train_tokens.yaml", "train_detector_image.yaml", "augment.yaml"], "train", root, data,
+         volumes_per_batch=2)
+    image_stage = torch.load(root / "models" / "stages" / "detector.pt", weights_only=True)["model"]
     _run(["inference.yaml", "train_tokens.yaml", "train_detector.yaml"], "train", root, data)
+    token_stage = torch.load(root / "models" / "stages" / "detector.pt", weights_only=True)["model"]
+    key = next(k for k in image_stage if k.startswith("token_detector.") and k.endswith("weight"))
+    assert not torch.equal(image_stage[key], token_stage[key]), "each detector stage trains the token detector"
     _run(["inference.yaml", "train_tokens.yaml", "train_mim.yaml", "augment.yaml"], "train", root, data)  # augmented
     assert (root / "models" / "model.pt").exists(), "the mim stage writes the calibrated final weights"
+    state = torch.load(root / "models" / "model.pt", weights_only=True)["model"]
+    assert torch.isfinite(state["fitted_nll_threshold"]), "the mim stage fits the in-painter NLL threshold"
     _run(["inference.yaml", "inference_ar.yaml", "train_tokens.yaml", "train_ar.yaml"], "train", root, data)
     assert (root / "models" / "model_ar.pt").exists()
 
-    for configs, out in ((["inference.yaml"], "eval"), (["inference.yaml", "inference_ar.yaml"], "eval_ar")):
-        _run(configs, "infer", root, data, output_dir=str(tmp_path / out))
+    runs = ((["inference.yaml"], "eval", {}), (["inference.yaml", "inference_ar.yaml"], "eval_ar", {}),
+            (["inference.yaml"], "eval_nll", {"flagging": "union"}))
+    for configs, out, extra in runs:
+        _run(configs, "infer", root, data, output_dir=str(tmp_path / out), **extra)
         for i in range(2):
             img = nib.load(str(tmp_path / out / f"s{i}_T1w_anomaly_map.nii.gz"))
             assert img.shape == SHAPE

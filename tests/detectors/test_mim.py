@@ -93,3 +93,59 @@ def test_volume_slices_use_foreground_positions_and_zero_background() -> None:
     torch.testing.assert_close(seen["p"], torch.linspace(-0.5, 0.5, 6))
     assert float(amap[..., 0:2].abs().max()) == 0.0
     assert float(amap[x > 0].min()) == 1.0
+
+
+def test_token_nll_takes_each_token_from_the_pass_that_masked_it() -> None:
+    det = _mim(nll_groups=3)
+    tokens, pos = torch.randint(0, 16, (2, 4, 6)), torch.tensor([-0.2, 0.3])
+    with torch.no_grad():
+        nll = det.token_nll(tokens, pos)
+        assert nll.shape == (2, 4, 6) and bool((nll > 0).all())
+        groups = torch.randperm(24, generator=torch.Generator().manual_seed(det.seed)) % 3
+        for g in range(3):  # one pass by hand: mask group g only
+            mask = (groups == g).reshape(4, 6)
+            logits = det.inpainter(torch.where(mask, torch.full_like(tokens, 16), tokens), pos)
+            ref = -logits.log_softmax(1).gather(1, tokens[:, None])[:, 0]
+            torch.testing.assert_close(nll[:, mask], ref[:, mask])
+    assert int(torch.bincount(groups).min()) == 8, "a balanced partition: every token masked exactly once"
+
+
+def test_nll_and_union_flagging() -> None:
+    det = _mim(flagging="nll", mask_dilation=0, nll_threshold=2.0)
+    tokens = torch.randint(0, 16, (1, 4, 6))
+    nll = torch.zeros(1, 4, 6)
+    nll[0, 0, 0], nll[0, 3, 5] = 2.5, 1.5
+    atd = torch.zeros(1, 4, 6)
+    atd[0, 1, 1] = 0.9
+    det.token_nll = lambda t, p: nll  # type: ignore[method-assign]
+    det.token_anomaly = lambda t, p: atd  # type: ignore[method-assign]
+    flags = det.flag(tokens, torch.zeros(1))
+    assert flags.sum() == 1 and flags[0, 0, 0], "only NLLs above the threshold"
+    det.flagging = "union"
+    assert det.flag(tokens, torch.zeros(1)).sum() == 2
+    det.flagging = "atd"
+    assert det.flag(tokens, torch.zeros(1))[0, 1, 1] and det.flag(tokens, torch.zeros(1)).sum() == 1
+    with pytest.raises(ValueError, match="flagging"):
+        _mim(flagging="both")
+
+
+def test_nll_threshold_is_fitted_as_a_percentile_of_healthy_token_nlls() -> None:
+    det = _mim(flagging="nll", nll_percentile=90.0)
+    with pytest.raises(RuntimeError, match="NLL threshold"):
+        _ = det.threshold_nll
+    x = torch.rand(5, 1, 16, 24)  # 2D inputs: every image is one slice at position 0
+    det.train()
+    det.fit_statistics([x[:2], x[2:]])
+    assert det.training, "the mode is restored"
+    with torch.no_grad():
+        det.eval()
+        pos = torch.zeros(5)
+        values = det.token_nll(det.tokenize(x, pos), pos).flatten()
+    assert values.numel() == 5 * 24
+    thr = float(torch.quantile(values.double(), 0.9))
+    assert det.threshold_nll == pytest.approx(thr, rel=1e-5), "fitted in eval mode, on every token"
+    fresh = _mim(flagging="nll")
+    fresh.load_state_dict(det.state_dict())
+    assert float(fresh.fitted_nll_threshold) == pytest.approx(thr, rel=1e-5), "saved with the weights"
+    det.nll_threshold = 7.0
+    assert det.threshold_nll == 7.0, "a fixed threshold wins"
