@@ -103,9 +103,7 @@ DATA_KINDS: dict[str, Callable[[Path], dict[str, Any]]] = {
 
 
 # ---------------------------------------------------------------------------------------------- running
-def run_workflow(
-    bundle: Path, configs: Sequence[str], kind: str, root: Path, **overrides: Any
-) -> ConfigWorkflow:
+def run_workflow(bundle: Path, configs: Sequence[str], kind: str, root: Path, **overrides: Any) -> ConfigWorkflow:
     """Initialise, check (``check_properties()`` clean), run and finalise one workflow of ``bundle``.
 
     Args:
@@ -159,6 +157,11 @@ class BundleRun:
     def snapshot(self, workflow: str) -> Path:
         """The ``models/`` folder as it was after a workflow (file times kept)."""
         return self.root / "snapshots" / workflow
+
+    def extra(self, configs: Sequence[str], kind: str, root: Path | None = None, **overrides: Any) -> ConfigWorkflow:
+        """Run a workflow the spec does not declare (a test's own variant) with the bundle's overrides, on the run's
+        bundle root unless ``root`` is given. Workflows that change ``models/`` must get a copy as ``root``."""
+        return run_workflow(self.bundle, configs, kind, root or self.root, **{**self.overrides(), **overrides})
 
     def run(self, workflow: Mapping[str, Any]) -> None:
         """Run one declared workflow, check what it writes and snapshot ``models/``."""
