@@ -20,15 +20,21 @@ from tests.helpers.bundles import DATA_KINDS, BundleRun, bundle_dirs, load_spec,
 
 BUNDLES = bundle_dirs()
 EXPORT_MODES = ("script", "trace", "none")
+#: the keys of configs/workflows.yaml (tests/helpers/bundles.py): a misspelt key fails instead of being ignored
+SPEC_KEYS = {"data", "reuses", "overrides", "workflows", "export"}
+WORKFLOW_KEYS = {"name", "type", "configs", "overrides", "data", "writes"}
+EXPORT_KEYS = {"net_id", "configs", "ckpt", "key_in_ckpt", "input_shape", "mode", "reason", "note"}
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
 def test_spec_declares_every_shipped_workflow_config(bundle: Path) -> None:
     spec = load_spec(bundle)
+    assert set(spec) <= SPEC_KEYS, f"{bundle.name}: unknown keys {set(spec) - SPEC_KEYS}"
     names = [w.get("name") for w in spec["workflows"]]
     assert len(set(names)) == len(names) and all(names), f"{bundle.name}: workflow names must be unique: {names}"
     used: set[str] = set()
     for workflow in spec["workflows"]:
+        assert set(workflow) <= WORKFLOW_KEYS, f"{bundle.name} {workflow['name']}: unknown keys"
         assert workflow.get("type") in ("train", "infer"), f"{bundle.name} {workflow['name']}: type train | infer"
         assert workflow.get("data", spec.get("data")) in DATA_KINDS, f"{bundle.name} {workflow['name']}: data kind"
         missing = [c for c in workflow["configs"] if not (bundle / "configs" / c).is_file()]
@@ -40,6 +46,7 @@ def test_spec_declares_every_shipped_workflow_config(bundle: Path) -> None:
         assert (bundle.parent / sibling / "configs").is_dir(), f"{bundle.name} reuses a missing bundle {sibling}"
     export = spec.get("export")
     assert export, f"{bundle.name}: declare what ckpt_export gives (export: mode script | trace | none)"
+    assert set(export) <= EXPORT_KEYS, f"{bundle.name}: unknown export keys {set(export) - EXPORT_KEYS}"
     assert export.get("mode") in EXPORT_MODES, f"{bundle.name}: export mode must be one of {EXPORT_MODES}"
     assert export["mode"] == "script" or export.get("reason"), f"{bundle.name}: say why export is {export['mode']}"
     assert all(isinstance(s, int) for s in export["input_shape"]), f"{bundle.name}: export input_shape"

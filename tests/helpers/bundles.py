@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,12 +166,14 @@ class BundleRun:
 
     def run(self, workflow: Mapping[str, Any]) -> None:
         """Run one declared workflow, check what it writes and snapshot ``models/``."""
-        name = workflow["name"]
+        name, start = workflow["name"], time.time_ns()
         overrides = {**self.overrides(workflow), "output_dir": str(self.output(name))}
         run_workflow(self.bundle, workflow["configs"], workflow["type"], self.root, **overrides)
         for pattern in workflow.get("writes", []):
             found = [p for p in self.root.glob(pattern) if p.is_file() and p.stat().st_size > 0]
             assert found, f"{self.bundle.name}: workflow {name!r} wrote nothing matching {pattern!r}"
+            fresh = [p for p in found if p.stat().st_mtime_ns >= start]
+            assert fresh, f"{self.bundle.name}: workflow {name!r} did not write {pattern!r} (an earlier one did)"
         if (self.root / "models").is_dir():
             shutil.copytree(self.root / "models", self.snapshot(name))
         self.done.append(name)
