@@ -49,13 +49,22 @@ from pathlib import Path
 out = Path(sys.argv[1])
 m = json.loads((out / "metrics.json").read_text())
 maps = sorted(out.glob("*_anomaly_map.nii.gz"))
+failed = max(0, len((out / "errors.csv").read_text().splitlines()) - 1) if (out / "errors.csv").is_file() else 0
 print(f"\nmedood quickstart: {len(maps)} volumes scored. Outputs in {out}/")
-print("  <case>_anomaly_map.nii.gz  voxel anomaly maps (float32, same grid and affine as each input)")
-print("  <case>_anomaly_seg.nii.gz  masks at the threshold fixed on healthy validation volumes")
-print("  scores.csv                 volume scores (higher = more anomalous), ground truth and 'flagged'")
-print("  slice_scores.csv           one score per axial slice of every input")
-print("  metrics.json               metrics against the demo lesion masks")
-print("  worst_slices.png           the most anomalous slices (map over the input, lesion outline in green)")
+outputs = [  # (file or pattern written by inference.yaml + evaluate.yaml, what it is); only those present are named
+    ("*_anomaly_map.nii.gz", "<case>_anomaly_map.nii.gz  voxel anomaly maps (float32, same grid and affine as each input)"),
+    ("*_anomaly_seg.nii.gz", "<case>_anomaly_seg.nii.gz  masks at the threshold fixed on healthy validation volumes"),
+    ("scores.csv", "scores.csv                 volume scores (higher = more anomalous), ground truth and 'flagged'"),
+    ("slice_scores.csv", "slice_scores.csv           one score per axial slice of every input"),
+    ("metrics.json", "metrics.json               metrics against the demo lesion masks"),
+    ("thresholds.json", "thresholds.json            the healthy-validation thresholds (mask, flag) and the map colour window"),
+    ("report.html", "report.html                the run report: worst slices, slice-score curves, scores vs healthy (open in a browser)"),
+    ("worst_slices.png", "worst_slices.png           the most anomalous slices (map over the input, lesion outline in green)"),
+    ("errors.csv", f"errors.csv                 cases that could not be read (case,file,error): {failed} here"),
+]
+for pattern, line in outputs:
+    if any(out.glob(pattern)):
+        print("  " + line)
 v = m.get("volume", {}); x = m.get("voxel", {}).get("metrics", {})
 if v:
     print(f"\nvolume AUROC {v['auroc']:.3f}   pixel AP {x.get('pixel_ap', float('nan')):.3f}   "

@@ -1,59 +1,29 @@
-"""The heatmap bundles through MONAI's ConfigWorkflow on tiny data written by the test, check_properties() clean:
-2D pathology (train classifier -> train decoder -> evaluate -> inference on a plain folder), 2D endoscopy (the NERO
-bundle's shipped classifier reused -> train decoder -> evaluate) and 3D brain MRI (the MECAM bundle's shipped
-multi-exit classifier reused -> train decoder -> evaluate -> inference on a plain folder)."""
+"""The heatmap bundles' outputs on the runs of their declared workflows (configs/workflows.yaml; tests/bundles/
+test_bundles.py checks every bundle's properties, outputs and export): 2D pathology (train classifier -> train
+decoder -> evaluate, inference on a plain folder), 2D endoscopy (the NERO bundle's shipped classifier reused) and
+3D brain MRI (own classifier, or the MECAM bundle's shipped multi-exit classifier reused)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
 from PIL import Image
 
 from medood.data.errors import DataError
 from medood.data.image2d import read_map_nifti_2d
 from medood.metrics.tables import METRICS
-from tests.helpers.class_folders import CLASSES, make_class_folders, one_thread
+from tests.helpers.brain_volumes import AFFINE, SHAPE
+from tests.helpers.bundles import BUNDLES, BundleRun
 
-BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
-NERO_CLASSIFIER = BUNDLES / "nero_endoscopy_ood_classification" / "models" / "model.pt"
 MECAM_CLASSIFIER = BUNDLES / "mecam_brain_mri_ood_classification" / "models" / "model.pt"
-TINY_2D = {
-    "image_size": 16,
-    "batch_size": 8,
-    "class_names": CLASSES,
-    "decoder_def": {"base_channels": 4, "max_channels": 8, "scale": 1},
-    "epochs": 2,
-    "train_batch_size": 8,
-}
 OOD_SETS = {"ood_near/blue_dye", "ood_near/instrument", "ood_far/grey", "ood_far/xray"}
-
-
-def _run(bundle: str, configs: list[str], kind: str, root: Path, data: Path, **extra: object) -> ConfigWorkflow:
-    cfg = BUNDLES / bundle / "configs"
-    wf = ConfigWorkflow(
-        config_file=[str(cfg / c) for c in configs], meta_file=str(cfg / "metadata.json"),
-        logging_file=str(cfg / "logging.conf"), workflow_type=kind, bundle_root=str(root), dataset_dir=str(data),
-        **extra,
-    )  # fmt: skip
-    wf.initialize()
-    assert wf.check_properties() in (None, []), wf.check_properties()
-    wf.run()
-    wf.finalize()
-    return wf
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    with one_thread():
-        yield
 
 
 def _check_results(out: Path, n_id: int) -> dict:
@@ -66,24 +36,24 @@ def _check_results(out: Path, n_id: int) -> dict:
     return results
 
 
+def _state(folder: Path, name: str = "model.pt") -> dict[str, torch.Tensor]:
+    return torch.load(folder / name, weights_only=True)["model"]
+
+
 @pytest.mark.slow
-def test_pathology_bundle_2d(tmp_path: Path) -> None:
-    data = make_class_folders(tmp_path / "data")
-    other = make_class_folders(tmp_path / "other_organ")
-    root, name = tmp_path / "bundle", "heatmap_pathology_ood_classification"
-    _run(name, ["inference.yaml", "train_classifier.yaml"], "train", root, data, **TINY_2D, classifier_epochs=1)
-    assert (root / "models" / "classifier.pt").is_file()
+def test_pathology_bundle_2d(bundle_run: Callable[[str], BundleRun], tmp_path: Path) -> None:
+    run = bundle_run("heatmap_pathology_ood_classification")
+    data = Path(run.overrides()["dataset_dir"])
     with pytest.raises(RuntimeError) as err:  # an evaluation OOD folder is refused as auxiliary data
-        _run(name, ["inference.yaml", "train.yaml"], "train", root, data, **TINY_2D, aux_dirs=[str(data / "ood_far")])
+        run.extra(["inference.yaml", "train.yaml"], "train", root=tmp_path / "refused", aux_dirs=[str(data / "ood_far")],
+                  classifier_path=str(run.root / "models" / "classifier.pt"))  # fmt: skip
     assert isinstance(err.value.__cause__, DataError) or "evaluation folder" in repr(err.value.__cause__)
-    _run(name, ["inference.yaml", "train.yaml"], "train", root, data, **TINY_2D, aux_dirs=[str(other / "train")])
-    state = torch.load(root / "models" / "model.pt", weights_only=True)["model"]
+    state = _state(run.snapshot("train"))
     assert bool(state["_fitted"]) and float(state["feature_max"]) > 0
     assert int(state["calibration.n_scores"]) == 9, "calibrated on the 9 ID validation images"
     assert torch.isfinite(state["calibration.map_quantiles"]).all()
 
-    out = tmp_path / "evaluate"
-    _run(name, ["inference.yaml", "evaluate.yaml"], "infer", root, data, **TINY_2D, output_dir=str(out))
+    out = run.output("evaluate")
     results = _check_results(out, 9)
     assert set(results["results"]) == OOD_SETS
     rows = list(csv.DictReader(open(out / "scores.csv")))
@@ -102,53 +72,30 @@ def test_pathology_bundle_2d(tmp_path: Path) -> None:
     for i in range(2):
         Image.fromarray(np.full((24, 30, 3), 60 * i, np.uint8)).save(plain / f"x{i}.png")
     out2 = tmp_path / "infer"
-    _run(name, ["inference.yaml"], "infer", root, plain, **TINY_2D, output_dir=str(out2))
+    run.extra(["inference.yaml"], "infer", dataset_dir=str(plain), output_dir=str(out2))
     rows = list(csv.DictReader(open(out2 / "scores.csv")))
     assert [r["case"] for r in rows] == ["x0", "x1"] and "label" not in rows[0]
     assert read_map_nifti_2d(out2 / "x1_anomaly_map.nii.gz").shape == (24, 30)
 
 
 @pytest.mark.slow
-def test_endoscopy_bundle_reuses_the_nero_classifier(tmp_path: Path) -> None:
-    data = make_class_folders(tmp_path / "data")
-    other = make_class_folders(tmp_path / "other_organ")
-    root, name = tmp_path / "bundle", "heatmap_endoscopy_ood_classification"
-    extra = {**TINY_2D, "classifier_path": str(NERO_CLASSIFIER), "aux_dirs": [str(other / "train")]}
-    before = NERO_CLASSIFIER.read_bytes()
-    _run(name, ["inference.yaml", "train.yaml"], "train", root, data, **extra)
-    assert NERO_CLASSIFIER.read_bytes() == before, "the reused classifier is never written"
-    out = tmp_path / "evaluate"
-    _run(name, ["inference.yaml", "evaluate.yaml"], "infer", root, data, **extra, output_dir=str(out))
-    assert set(_check_results(out, 9)["results"]) == OOD_SETS
-
-
-TINY_3D = {
-    "fov": [12, 12, 12],
-    "pixdim": [2.0, 2.0, 2.0],
-    "batch_size": 4,
-    "train_batch_size": 4,
-    "epochs": 2,
-    "classifier_epochs": 1,
-    "decoder_def": {"base_channels": 2, "max_channels": 4, "scale": 2},
-}
+def test_endoscopy_bundle_reuses_the_nero_classifier(bundle_run: Callable[[str], BundleRun]) -> None:
+    """(The NERO bundle's shipped files are left unchanged: checked by the run itself.)"""
+    run = bundle_run("heatmap_endoscopy_ood_classification")
+    assert run.spec["reuses"] == ["nero_endoscopy_ood_classification"]
+    assert set(_check_results(run.output("evaluate"), 9)["results"]) == OOD_SETS
 
 
 @pytest.mark.slow
-def test_brain_mri_bundle_3d(tmp_path: Path) -> None:
+def test_brain_mri_bundle_3d(bundle_run: Callable[[str], BundleRun], tmp_path: Path) -> None:
     import nibabel as nib
 
-    from tests.helpers.brain_volumes import AFFINE, SHAPE, write_brain_dataset
-
-    data = write_brain_dataset(tmp_path / "brain")
-    root, name = tmp_path / "bundle", "heatmap_brain_mri_ood_classification"
-    _run(name, ["inference.yaml", "train_classifier.yaml"], "train", root, data, **TINY_3D)
-    _run(name, ["inference.yaml", "train.yaml"], "train", root, data, **TINY_3D)
-    state = torch.load(root / "models" / "model.pt", weights_only=True)["model"]
+    run = bundle_run("heatmap_brain_mri_ood_classification")
+    state = _state(run.snapshot("train"))
     assert bool(state["_fitted"]) and state["decoder.fc.weight"].shape[1] == 64 + 3  # D = 64 features + 3 classes
     assert int(state["calibration.n_scores"]) == 6, "calibrated on the 2 x 3 validation volumes"
 
-    out = tmp_path / "evaluate"
-    _run(name, ["inference.yaml", "evaluate.yaml"], "infer", root, data, **TINY_3D, output_dir=str(out))
+    out = run.output("evaluate")
     results = _check_results(out, 6)
     assert results["ood_set_sizes"] == {"heavy_noise": 3, "wrong_contrast_pd": 1}, "ood_slots: the T1w slot only"
     rows = list(csv.DictReader(open(out / "scores.csv")))
@@ -158,26 +105,17 @@ def test_brain_mri_bundle_3d(tmp_path: Path) -> None:
     np.testing.assert_allclose(img.affine, AFFINE, atol=1e-4)
     assert np.asarray(img.dataobj).min() >= 0
 
-    out2 = tmp_path / "infer"  # a plain folder of volumes
-    _run(name, ["inference.yaml"], "infer", root, data / "ood", **TINY_3D, output_dir=str(out2))
+    out2 = tmp_path / "infer"  # a plain folder of volumes (no dataset.json)
+    run.extra(["inference.yaml"], "infer", dataset_dir=str(Path(run.overrides()["dataset_dir"]) / "ood"),
+              output_dir=str(out2))  # fmt: skip
     assert len(list(csv.DictReader(open(out2 / "scores.csv")))) == 6
 
 
 @pytest.mark.slow
-def test_brain_mri_bundle_reuses_the_mecam_classifier(tmp_path: Path) -> None:
-    from tests.helpers.brain_volumes import write_brain_dataset
-
-    data = write_brain_dataset(tmp_path / "brain")
-    root, name = tmp_path / "bundle", "heatmap_brain_mri_ood_classification"
-    extra = {**TINY_3D, "classifier_path": str(MECAM_CLASSIFIER)}
-    before = MECAM_CLASSIFIER.read_bytes()
-    _run(name, ["inference.yaml", "mecam_classifier.yaml", "train.yaml"], "train", root, data, **extra)
-    assert MECAM_CLASSIFIER.read_bytes() == before, "the reused classifier is never written"
-    state = torch.load(root / "models" / "model_mecam.pt", weights_only=True)["model"]
+def test_brain_mri_bundle_reuses_the_mecam_classifier(bundle_run: Callable[[str], BundleRun]) -> None:
+    run = bundle_run("heatmap_brain_mri_ood_classification")
+    state = _state(run.snapshot("train_mecam"), "model_mecam.pt")
     mecam = torch.load(MECAM_CLASSIFIER, weights_only=True)["model"]
     torch.testing.assert_close(state["head_weight"], mecam["net.exits.3.weight"].float().flatten(1))  # final exit
     assert bool(state["_fitted"]) and state["decoder.fc.weight"].shape[1] == 64 + 3
-    out = tmp_path / "evaluate"
-    cfgs = ["inference.yaml", "mecam_classifier.yaml", "evaluate.yaml"]
-    _run(name, cfgs, "infer", root, data, **extra, output_dir=str(out))
-    assert _check_results(out, 6)["ood_set_sizes"] == {"heavy_noise": 3, "wrong_contrast_pd": 1}
+    assert _check_results(run.output("evaluate_mecam"), 6)["ood_set_sizes"] == {"heavy_noise": 3, "wrong_contrast_pd": 1}

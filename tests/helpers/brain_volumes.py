@@ -42,3 +42,41 @@ def write_brain_dataset(root: Path) -> Path:
             lists[split].append(entry)
     (root / "dataset.json").write_text(json.dumps(lists))
     return root
+
+
+LESION_SHAPE = (22, 20, 14)
+
+
+def lesion_volume(rng: np.random.Generator, lesion: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A T1w-like ball of ``LESION_SHAPE`` (int16) and its lesion mask (uint8): with ``lesion``, a bright box inside."""
+    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, s) for s in LESION_SHAPE], indexing="ij")
+    inside = (zz**2 + yy**2 + xx**2) < 0.8
+    img = (0.6 + 0.1 * rng.standard_normal(LESION_SHAPE)) * inside
+    mask = np.zeros(LESION_SHAPE, np.uint8)
+    if lesion:
+        mask[(abs(zz) < 0.25) & (abs(yy) < 0.25) & (abs(xx) < 0.3) & inside] = 1
+        img[mask > 0] = 1.5
+    return (img * 1000).astype(np.int16), mask
+
+
+def write_lesion_dataset(root: Path) -> Path:
+    """Healthy T1w volumes for training (3) and validation (2), and a labelled test set (2): ``s0`` with a lesion,
+    ``s1`` healthy, each with its mask (``label``) and ``is_anomalous``; ``root/dataset.json`` lists them (the MIM
+    bundle's layout)."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    lists: dict[str, list] = {"training": [], "validation": [], "test": []}
+    for split, n in (("training", 3), ("validation", 2), ("test", 2)):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            lesion = split == "test" and i == 0
+            img, mask = lesion_volume(rng, lesion)
+            nib.save(nib.Nifti1Image(img, AFFINE), str(root / split / f"s{i}_T1w.nii.gz"))
+            entry = {"T1w": f"{split}/s{i}_T1w.nii.gz", "image": f"{split}/s{i}_T1w.nii.gz"}
+            if split == "test":
+                nib.save(nib.Nifti1Image(mask, AFFINE), str(root / split / f"s{i}_lesion.nii.gz"))
+                entry.update(label=f"{split}/s{i}_lesion.nii.gz", is_anomalous=int(lesion))
+            lists[split].append(entry)
+    (root / "dataset.json").write_text(json.dumps(lists))
+    return root

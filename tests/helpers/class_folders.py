@@ -50,3 +50,17 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def write_medmnist_npz(path: Path, colours: list[tuple[int, int, int]], n: int, size: int = 12) -> Path:
+    """A MedMNIST-style ``.npz`` (``{train,val,test}_{images,labels}``): ``n`` noisy RGB ``size``-pixel images per
+    split, the class ``k`` of image ``i`` being ``i % len(colours)`` and its colour ``colours[k]``."""
+    rng = np.random.default_rng(len(colours))
+    arrays = {}
+    for split in ("train", "val", "test"):
+        labels = np.arange(n) % len(colours)
+        imgs = np.stack([np.clip(np.array(colours[k]) + rng.normal(0, 20, (size, size, 3)), 0, 255) for k in labels])
+        arrays[f"{split}_images"] = imgs.astype(np.uint8)
+        arrays[f"{split}_labels"] = labels[:, None].astype(np.uint8)
+    np.savez_compressed(path, **arrays)
+    return path
