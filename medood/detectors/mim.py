@@ -166,17 +166,28 @@ class MIMDetector(TokenNLLRestorationDetector):
         return tokens
 
     def residual_slices(self, slices: Tensor, positions: Tensor) -> Tensor:
-        """``|x - x_hat|`` (or the configured variant) of padded slices."""
+        """``|x - x_hat|`` (or the configured variant) of padded slices.
+
+        Only slices with flagged tokens are in-painted (and, for ``gated``, decoded): the others are their own
+        restoration (``gated`` residual 0 there).
+        """
         tokens = self.tokenize(slices, positions)
         mask = self.flag(tokens, positions)
-        restored = self.decode(self.inpaint(tokens, mask, positions))
+        rows = mask.flatten(1).any(1)
+        restored_tokens = tokens.clone()
+        if bool(rows.any()):
+            restored_tokens[rows] = self.inpaint(tokens[rows], mask[rows], positions[rows])
+        if self.residual == "gated":
+            res = torch.zeros((slices.shape[0], 1, *slices.shape[2:]), device=slices.device)
+            if bool(rows.any()):
+                scale = slices.shape[-1] // tokens.shape[-1]
+                gate = F.interpolate(mask[rows].float()[:, None], scale_factor=scale, mode="nearest")
+                res[rows] = (slices[rows] - self.decode(restored_tokens[rows])).abs().mean(1, keepdim=True) * gate
+            return res
+        restored = self.decode(restored_tokens)
         if self.residual == "recon":
             return (self.decode(tokens) - restored).abs().mean(1, keepdim=True)
-        res = (slices - restored).abs().mean(1, keepdim=True)
-        if self.residual == "gated":
-            scale = slices.shape[-1] // tokens.shape[-1]
-            res = res * F.interpolate(mask.float()[:, None], scale_factor=scale, mode="nearest")
-        return res
+        return (slices - restored).abs().mean(1, keepdim=True)
 
     # ------------------------------------------------------------------ training (declared)
     def token_stages(self) -> tuple[TrainingStage, ...]:

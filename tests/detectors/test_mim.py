@@ -149,3 +149,25 @@ def test_nll_threshold_is_fitted_as_a_percentile_of_healthy_token_nlls() -> None
     assert float(fresh.fitted_nll_threshold) == pytest.approx(thr, rel=1e-5), "saved with the weights"
     det.nll_threshold = 7.0
     assert det.threshold_nll == 7.0, "a fixed threshold wins"
+
+
+def test_only_flagged_slices_are_inpainted_and_gated_is_input_inside_the_flags() -> None:
+    det = _mim(flagging="nll", mask_dilation=0, nll_threshold=0.0)
+    x, pos = torch.rand(3, 1, 16, 24), torch.tensor([-0.3, 0.0, 0.3])
+    tokens = det.tokenize(x, pos)
+    flags = torch.zeros(3, 4, 6, dtype=torch.bool)
+    flags[1, 2, 3] = True  # only the middle slice has something to in-paint
+    det.flag = lambda t, p: flags  # type: ignore[method-assign]
+    with torch.no_grad():
+        det.residual = "input"
+        full = det.residual_slices(x, pos)
+        plain = (x - det.decode(tokens)).abs().mean(1, keepdim=True)
+        torch.testing.assert_close(full[[0, 2]], plain[[0, 2]])  # unflagged slices: their own restoration
+        restored = det.decode(det.inpaint(tokens[1:2], flags[1:2], pos[1:2]))
+        torch.testing.assert_close(full[1:2], (x[1:2] - restored).abs().mean(1, keepdim=True))
+        det.residual = "gated"
+        gated = det.residual_slices(x, pos)
+    assert float(gated[[0, 2]].abs().max()) == 0.0
+    gate = torch.zeros(1, 16, 24)
+    gate[:, 8:12, 12:16] = 1.0  # token (2, 3) of a stride-4 grid
+    torch.testing.assert_close(gated[1], full[1] * gate)
