@@ -107,8 +107,8 @@ def slice_stats(net: Any, ar: Any, vol: dict[str, Tensor], same_tokenizer: bool)
     x = vol["image"][None]
     slices, pos, index = net._slices_of(x)
     zs = torch.tensor([z for _, z in index])
-    grab = lambda v: net._pad(v[None].movedim(4, 1)[0][zs])[0]  # noqa: E731 - (N, 1, H', W') like the slices
-    slices = net._pad(slices)[0]
+    grab = lambda v: net.pad_slices(v[None].movedim(4, 1)[0][zs])[0]  # noqa: E731 - (N, 1, H', W') like the slices
+    slices = net.pad_slices(slices)[0]
     s = net.tokenizer.downsample
     out: dict[str, list[Tensor]] = {}
     for i in range(0, len(slices), net.slice_batch):

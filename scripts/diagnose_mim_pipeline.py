@@ -92,7 +92,7 @@ def end_result(net: Any, mode: str, lists: dict[str, list], work: Path, dataset_
             hooks.clear()
             net.__dict__.pop("flag", None)
     map_percentile = float(parser_for(["inference.yaml"])["map_percentile"])
-    thr = net.threshold(map_percentile, "map")
+    thr = net.calibration.thresholds(map_percentile).map
     v = evaluate_outputs(work / mode / "lesion", lists["lesion"], threshold=thr, slice_axis=2)["voxel"]["metrics"]
     h, _ = read_scores(work / mode / "healthy" / "scores.csv")
     ls, _ = read_scores(work / mode / "lesion" / "scores.csv")

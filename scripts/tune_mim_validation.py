@@ -228,6 +228,52 @@ def same_setting(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(a[k] == b[k] for k in keys)
 
 
+def write_markdown(path: Path, report: dict[str, Any]) -> None:
+    """A readable summary of the JSON report: the best setting of each flagging, the shift check, the choice."""
+    f3 = "{:.3f}".format
+    best: dict[tuple, dict[str, Any]] = {}
+    for r in report["results"]:  # per flagging: the best post-processing by score, then its best volume AUROC
+        key = (r["flagging"], r["value"], r["mask_dilation"], r["nll_groups"])
+        if key not in best or (score(r), r["volume_auroc"]) > (score(best[key]), best[key]["volume_auroc"]):
+            best[key] = r
+    lines = [
+        "# MIM-OOD inference settings chosen on validation data",
+        "",
+        f"Written by `scripts/tune_mim_validation.py` ({report['machine']}, {report['seconds']:.0f} s); every row in"
+        f" `{path.with_suffix('.json').name}`. {report['data']}. NLL thresholds: {report['nll_threshold_source']}.",
+        "",
+        f"Selection: {report['selection']}.",
+        "",
+        "## Best post-processing of each flagging (clean validation)",
+        "",
+        "| flagging | value | dilation | NLL passes | residual | min/mean pool | volume score | pixel AP | best Dice |"
+        " Dice @ healthy thr | volume AUROC | healthy tokens flagged |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(best.values(), key=score, reverse=True):
+        lines.append(
+            f"| {r['flagging']} | {r['value']:g} | {r['mask_dilation']} | "
+            f"{r['nll_groups'] if r['flagging'] != 'atd' else '-'} | {r['residual']} | "
+            f"{r['minpool']}/{r['avgpool']} | {r['reduction']} | {f3(r['pixel_ap'])} | {f3(r['best_dice'])} | "
+            f"{f3(r['dice_at_healthy_threshold'])} | {f3(r['volume_auroc'])} | {r['healthy_tokens_flagged']:.3f} |"
+        )
+    lines += ["", "## Best clean settings re-checked on shifted validation volumes", "",
+              "| setting | clean AP / Dice / Dice@thr / vol AUROC | shifted AP / Dice / Dice@thr / vol AUROC |",
+              "|---|---|---|"]  # fmt: skip
+    for c in report["candidates_checked_on_shift"]:
+        sh = c["shifted"]
+        name = (f"{c['flagging']} {c['value']:g}, dil {c['mask_dilation']}, {c['nll_groups']} passes, {c['residual']},"
+                f" pool {c['minpool']}/{c['avgpool']}, {c['reduction']}")  # fmt: skip
+        figs = [(f3(x["pixel_ap"]), f3(x["best_dice"]), f3(x["dice_at_healthy_threshold"]), f3(x["volume_auroc"]))
+                for x in (c, sh)]  # fmt: skip
+        lines.append(f"| {name} | {' / '.join(figs[0])} | {' / '.join(figs[1])} |")
+    sel = report["selected"]
+    lines += ["", f"**Chosen**: {sel['flagging']} at p{sel['value']:g} of healthy training NLLs, dilation "
+              f"{sel['mask_dilation']}, {sel['nll_groups']} NLL passes, residual {sel['residual']}, min/mean pool "
+              f"{sel['minpool']}/{sel['avgpool']}, volume score {sel['reduction']}.", ""]  # fmt: skip
+    atomic_write_text(path, "\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset-dir", type=Path, default=ROOT / "demo_data" / "brain_mri")
@@ -236,9 +282,16 @@ def main() -> None:
     ap.add_argument("--nll-volumes", type=int, default=10, help="training volumes for the NLL percentiles")
     ap.add_argument("--auroc-slack", type=float, default=0.05)
     ap.add_argument("--candidates", type=int, default=8, help="best clean settings re-checked on shifted volumes")
+    ap.add_argument(
+        "--nll-groups", type=int, nargs="*", default=list(NLL_GROUPS), help="in-painter passes of the NLL flagging"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "mim_validation_tuning.json")
+    ap.add_argument("--markdown-only", action="store_true", help="rewrite the .md next to --out from its JSON")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.markdown_only:
+        write_markdown(args.out.with_suffix(".md"), json.loads(args.out.read_text()))
+        return
     torch.manual_seed(0)
     start = time.perf_counter()
     parser = ConfigParser()
@@ -250,27 +303,28 @@ def main() -> None:
     map_pct = float(parser["map_percentile"])
     healthy, lesioned, train = load(args.dataset_dir, parser)
     pre = parser.get_parsed_content("preprocessing")
-    train_cached = [Cached(net, pre(c)["image"], False) for c in train[: args.nll_volumes]]
+    groups = tuple(args.nll_groups)
+    train_cached = [Cached(net, pre(c)["image"], False, groups) for c in train[: args.nll_volumes]]
     nll_thr = {
         g: {p: float(torch.quantile(torch.cat([c.nll[g].flatten() for c in train_cached]).double()[: 2**24], p / 100))
             for p in NLL_PERCENTILES}
-        for g in NLL_GROUPS
+        for g in groups
     }  # fmt: skip
     del train_cached
     logger.info("healthy training token NLL percentiles: %s", nll_thr)
-    cases = [Cached(net, d["image"], not args.no_atd) for d in healthy + lesioned]
-    flaggings = [("nll", p, dil, 4) for p in NLL_PERCENTILES for dil in (0, 1)]
-    flaggings += [("nll", p, 0, 2) for p in NLL_PERCENTILES]
+    cases = [Cached(net, d["image"], not args.no_atd, groups) for d in healthy + lesioned]
+    flaggings = [("nll", p, dil, groups[-1]) for p in NLL_PERCENTILES for dil in (0, 1)]
+    flaggings += [("nll", p, 0, g) for p in NLL_PERCENTILES for g in groups[:-1]]
     if not args.no_atd:
-        flaggings += [("atd", t, dil, 4) for t in ATD_THRESHOLDS for dil in (0, 1)]
-        flaggings += [("union", p, 0, 4) for p in (98.0, 99.5)]
+        flaggings += [("atd", t, dil, groups[-1]) for t in ATD_THRESHOLDS for dil in (0, 1)]
+        flaggings += [("union", p, 0, groups[-1]) for p in (98.0, 99.5)]
     results: list[dict[str, Any]] = []
     for flag in flaggings:
         results += sweep(net, cases, healthy, lesioned, flag, nll_thr, map_pct)
     # the best clean settings again on shifted copies (one shift per subject, the same for its lesioned twin)
     shifted_h = [{**d, "image": shift(d["image"], SHIFTS[i % len(SHIFTS)], i)} for i, d in enumerate(healthy)]
     shifted_l = [{**d, "image": shift(d["image"], SHIFTS[i % len(SHIFTS)], i)} for i, d in enumerate(lesioned)]
-    shifted_cases = [Cached(net, d["image"], not args.no_atd) for d in shifted_h + shifted_l]
+    shifted_cases = [Cached(net, d["image"], not args.no_atd, groups) for d in shifted_h + shifted_l]
     candidates = select(results, args.auroc_slack, args.candidates)
     checked = []
     for flag in dict.fromkeys((c["flagging"], c["value"], c["mask_dilation"], c["nll_groups"]) for c in candidates):
@@ -309,6 +363,7 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(report, indent=1) + "\n")
+    write_markdown(args.out.with_suffix(".md"), report)
     logger.info("selected: %s", chosen)
 
 
