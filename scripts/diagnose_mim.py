@@ -359,9 +359,9 @@ def synthetic_figures(net: Any, healthy: list[dict]) -> dict[str, float]:
     """Token-detector AUROC on synthetic anomalies of the healthy validation slices (16 per volume, seeded).
 
     Tells "the detector does not learn its training task" from "it learns it but that does not transfer to
-    lesions": the image-space generators of ``configs/train_detector.yaml`` and the token-space corruptions.
+    lesions": the image-space generators of ``configs/train_detector_image.yaml`` and the token-space corruptions.
     """
-    p = parser_for(["inference.yaml", "train_tokens.yaml", "train_detector.yaml"])
+    p = parser_for(["inference.yaml", "train_tokens.yaml", "train_detector_image.yaml"])
     items = [it for c in healthy for it in RandSlicesd("image", num_samples=16, uniform=True)({"image": c["image"]})]
     x, pos = torch.stack([torch.as_tensor(i["image"]) for i in items]), torch.stack([i["position"] for i in items])
     brain = F.avg_pool2d((x > 0).float(), net.tokenizer.downsample)[:, 0] > 0

@@ -27,6 +27,7 @@ TINY = {
     "transformer_def": {"hidden_size": 16, "depth": 1, "num_heads": 2, "mlp_ratio": 2, "dropout": 0.0},
     "network_def#grid_size": [4, 4],
     "load_pretrain": False,
+    "nll_threshold": 5.0,  # untrained weights have no fitted NLL threshold: a fixed one
     # mark_fitted() after the core refactor, _set_fitted() before it
     "initialize": [
         "$monai.utils.set_determinism(seed=0)",
