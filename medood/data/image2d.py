@@ -233,8 +233,12 @@ def write_png(image: Any, path: PathLike, window: tuple[float, float] | None = N
 
 
 def _hot(m: np.ndarray) -> np.ndarray:
-    """The 'hot' colour map (black → red → yellow → white) for values in [0, 1]; returns ``(H, W, 3)``."""
-    return np.stack([np.clip(3 * m, 0, 1), np.clip(3 * m - 1, 0, 1), np.clip(3 * m - 2, 0, 1)], axis=-1)
+    """A heat colour map (red → yellow) for values in [0, 1]; returns ``(H, W, 3)``.
+
+    It stops at yellow: the white top of the classic 'hot' map disappears on a grey MRI slice, so a saturated
+    lesion looked unmarked.
+    """
+    return np.stack([np.clip(0.5 + m, 0, 1), np.clip(2 * m - 0.6, 0, 1), np.zeros_like(m)], axis=-1)
 
 
 def write_overlay_png(
