@@ -29,7 +29,7 @@ import json
 import logging
 import statistics
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from medood.metrics.tables import FPR95_CONVENTION, METRICS, results_table
 from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
 from medood.utils.checkpoints import load_state
 from medood.utils.io import atomic_write_text
-from medood.utils.machine import describe_machine
+from medood.utils.machine import describe_machine, paired_time_ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("bench_heatmap")
@@ -105,23 +105,6 @@ def loaders_3d(parser: ConfigParser) -> tuple[DataLoader, DataLoader, dict[str, 
     return train, loader([d for d in items if not d["is_ood"]]), oods
 
 
-def _paired_ratio(base: Callable[[], Any], other: Callable[[], Any], repeats: int) -> tuple[float, float, float]:
-    """Median of ``time(other) / time(base)`` over interleaved pairs, with the median times."""
-    base()
-    other()  # warm-up
-    ratios, t_base, t_other = [], [], []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        base()
-        mid = time.perf_counter()
-        other()
-        end = time.perf_counter()
-        t_base.append(mid - start)
-        t_other.append(end - mid)
-        ratios.append((end - mid) / (mid - start))
-    return statistics.median(ratios), statistics.median(t_base), statistics.median(t_other)
-
-
 def cost(net: torch.nn.Module, det: Any, batches: list[torch.Tensor], repeats: int) -> dict[str, Any]:
     """Decoder alone and classifier + decoder (``det.score``) over the classifier forward alone."""
     head, _ = find_linear_head(net)
@@ -143,8 +126,8 @@ def cost(net: torch.nn.Module, det: Any, batches: list[torch.Tensor], repeats: i
         for x in batches:
             det.score(x)
 
-    r_dec, t_fwd, t_dec = _paired_ratio(forward, decoder, repeats)
-    r_full, _, t_full = _paired_ratio(forward, full, repeats)
+    r_dec, t_fwd, t_dec = paired_time_ratio(forward, decoder, repeats)
+    r_full, _, t_full = paired_time_ratio(forward, full, repeats)
     n = sum(x.shape[0] for x in batches)
     return {
         "decoder_over_forward": r_dec,

@@ -28,9 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,7 @@ from medood.metrics.tables import FPR95_CONVENTION, METRICS, results_table
 from medood.networks.nets import FinalExitClassifier
 from medood.utils.checkpoints import load_state
 from medood.utils.io import atomic_write_text
-from medood.utils.machine import describe_machine
+from medood.utils.machine import describe_machine, paired_time_ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = {
@@ -107,28 +106,6 @@ def mecam_scores(det: MECAMDetector, loader: DataLoader) -> dict[str, torch.Tens
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def _paired_ratio(base: Callable[[], Any], other: Callable[[], Any], repeats: int) -> dict[str, float]:
-    """Median of ``time(other) / time(base)`` over interleaved pairs (a load spike on a shared machine hits both
-    halves of a pair alike), after one warm-up of each."""
-    base()
-    other()
-    ratios, t_base, t_other = [], [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        base()
-        t1 = time.perf_counter()
-        other()
-        t2 = time.perf_counter()
-        t_base.append(t1 - t0)
-        t_other.append(t2 - t1)
-        ratios.append((t2 - t1) / (t1 - t0))
-    return {
-        "mecam_over_forward": statistics.median(ratios),
-        "forward_seconds": statistics.median(t_base),
-        "mecam_seconds": statistics.median(t_other),
-    }
-
-
 def cost(det: MECAMDetector, batches: Sequence[torch.Tensor], repeats: int) -> dict[str, Any]:
     """MECAM scoring (the detector's ``cam_grid``) vs the classifier's plain forward pass (all exit logits) on the
     same batches."""
@@ -142,7 +119,8 @@ def cost(det: MECAMDetector, batches: Sequence[torch.Tensor], repeats: int) -> d
         for x in batches:
             det.score(x)
 
-    res = _paired_ratio(forward, mecam, repeats)
+    ratio, t_fwd, t_mecam = paired_time_ratio(forward, mecam, repeats)
+    res = {"mecam_over_forward": ratio, "forward_seconds": t_fwd, "mecam_seconds": t_mecam}
     n = sum(int(x.shape[0]) for x in batches)
     return {**res, "images": n, "batch_size": int(batches[0].shape[0]), "input_shape": list(batches[0].shape[1:]),
             "repeats": repeats, "ms_per_image_mecam": 1000 * res["mecam_seconds"] / n,

@@ -47,7 +47,7 @@ from medood.networks.classifiers import build_classifier
 from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
 from medood.utils.checkpoints import load_state as load_weights
 from medood.utils.io import atomic_write_text
-from medood.utils.machine import describe_machine
+from medood.utils.machine import describe_machine, paired_time_ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "nero_endoscopy_ood_classification"
@@ -68,24 +68,6 @@ def _median_time(fn: Callable[[], Any], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def _paired_ratio(base: Callable[[], Any], other: Callable[[], Any], repeats: int) -> tuple[float, float, float]:
-    """Median of ``time(other) / time(base)`` over interleaved pairs (a load spike on a shared machine hits both
-    halves of a pair alike), with the median times: ``(ratio, base seconds, other seconds)``."""
-    base()
-    other()  # warm-up
-    ratios, t_base, t_other = [], [], []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        base()
-        mid = time.perf_counter()
-        other()
-        end = time.perf_counter()
-        t_base.append(mid - start)
-        t_other.append(end - mid)
-        ratios.append((end - mid) / (mid - start))
-    return statistics.median(ratios), statistics.median(t_base), statistics.median(t_other)
 
 
 def overhead(net: torch.nn.Module, n_images: int, repeats: int) -> dict[str, Any]:
@@ -110,8 +92,8 @@ def overhead(net: torch.nn.Module, n_images: int, repeats: int) -> dict[str, Any
             for det in own:
                 det.score(x)
 
-    ratio_all, t_fwd, t_all = _paired_ratio(forward, forward_all, repeats)
-    ratio_odin, _, t_odin = _paired_ratio(forward, odin, max(1, repeats // 2))
+    ratio_all, t_fwd, t_all = paired_time_ratio(forward, forward_all, repeats)
+    ratio_odin, _, t_odin = paired_time_ratio(forward, odin, max(1, repeats // 2))
     with torch.no_grad():
         f = FeatureExtractor(net, {"features": f"{head}:input"})(batches[0])
         feats = {"features": flatten_features(f["features"]), "logits": f["logits"]}

@@ -4,9 +4,8 @@ Every :class:`~medood.detectors.base_posthoc.ClassifierDetector` consumes the sa
 ``{"features": penultimate (B, D), "logits": (B, C)}``. The helpers here run the backbone **once** per batch
 and hand those features to every detector's ``partial_fit_features`` / ``score_features``, so fitting and
 scoring ten baselines costs one pass over the data instead of ten. This is the one place that does it: the
-``medood posthoc`` CLI, :func:`medood.engines.posthoc.evaluate_posthoc`, the
-:class:`~medood.handlers.posthoc_scores.PosthocScoreWriter` handler (through :func:`score_batch`) and the NERO
-bundle all go through it.
+``medood posthoc`` CLI, :func:`medood.engines.posthoc.evaluate_posthoc`, the ``PosthocScoreWriter`` handler
+(through :func:`score_batch`) and the NERO bundle all go through it.
 
 Detectors whose class sets ``needs_input_grad = True`` (ODIN: its input perturbation needs gradients with
 respect to the images) cannot score precomputed features; :func:`score_batch` calls their own
@@ -174,8 +173,7 @@ def fit_many(
         The detectors by name, fitted.
 
     Raises:
-        ValueError: the loader is empty, or a detector has training stages (e.g. the heatmap decoder: its one pass
-            would fit the statistics but leave the networks untrained; train it with ``det.fit``, score it here).
+        ValueError: the loader is empty, or a detector trains networks (e.g. the heatmap decoder: use its ``fit``).
     """
     named = _named(detectors)
     trained = sorted(n for n, d in named.items() if d.training_stages())

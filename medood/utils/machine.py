@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,3 +29,24 @@ def describe_machine() -> str:
         f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
         f"{device}{load}"
     )
+
+
+def paired_time_ratio(base: Callable[[], Any], other: Callable[[], Any], repeats: int) -> tuple[float, float, float]:
+    """Median of ``time(other) / time(base)`` over interleaved pairs, after one warm-up of each.
+
+    Interleaving makes a load spike on a shared machine hit both halves of a pair alike. Returns
+    ``(ratio, median base seconds, median other seconds)``.
+    """
+    base()
+    other()
+    ratios, t_base, t_other = [], [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        base()
+        mid = time.perf_counter()
+        other()
+        end = time.perf_counter()
+        t_base.append(mid - start)
+        t_other.append(end - mid)
+        ratios.append((end - mid) / (mid - start))
+    return statistics.median(ratios), statistics.median(t_base), statistics.median(t_other)
