@@ -132,11 +132,14 @@ def slice_stats(net: Any, ar: Any, vol: dict[str, Tensor], same_tokenizer: bool)
 
 
 def flags(net: Any, ar: Any, st: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The tokens each flagging in-paints (configured thresholds and dilation; AR: no dilation, as it runs)."""
-    r = net.mask_dilation
-    atd = dilate(st["atd"] > net.atd_threshold, r)
-    nll = dilate(st["nll"] > net.threshold_nll, r)
-    return {"atd": atd, "nll": nll, "union": atd | nll, "ar": st["ar_nll"] > ar.threshold_nll}
+    """The tokens each flagging in-paints: the detector's own decision (``flag_scores``: configured thresholds,
+    hysteresis and dilation); AR: its resampling threshold, no dilation, as it runs."""
+    configured, out = net.flagging, {}
+    for mode in ("atd", "nll", "union"):
+        net.flagging = mode
+        out[mode] = net.flag_scores(st["atd"], st["nll"])
+    net.flagging = configured
+    return {**out, "ar": st["ar_nll"] > ar.threshold_nll}
 
 
 def ranking(score: Tensor, target: Tensor) -> dict[str, float]:
@@ -287,6 +290,10 @@ def nll_threshold(net: Any, dataset_dir: Path, n_volumes: int, refit: bool) -> d
         )
     value = float(torch.quantile(values.double()[: 2**24], net.nll_percentile / 100))
     net.nll_threshold = value  # fixed for this diagnosis (the bundle fits it with fit_statistics)
+    if net.nll_grow_percentile is not None:  # the hysteresis' lower threshold, from the same NLLs
+        net.fitted_nll_grow_threshold.fill_(
+            float(torch.quantile(values.double()[: 2**24], net.nll_grow_percentile / 100))
+        )
     table = {f"p{q:g}": float(torch.quantile(values.double(), q / 100)) for q in (90, 95, 98, 99, 99.5, 99.9)}
     return {
         "value": value,

@@ -271,7 +271,11 @@ class TokenNLLRestorationDetector(SliceRestorationDetector):
             nll = self.token_nll(self.tokenize(chunk, pos), pos).flatten().cpu()
             self._nll_values.append(nll[torch.randperm(nll.numel(), generator=self._nll_gen)[:100_000]])
 
+    def healthy_nll_quantile(self, percentile: float) -> float:
+        """``percentile`` of the healthy token NLLs collected by ``partial_fit_features``."""
+        v = torch.cat(self._nll_values)
+        return float(torch.quantile(v[: 2**24], percentile / 100.0))
+
     def finalize_fit(self) -> None:
         """Set the NLL threshold to ``nll_percentile`` of the healthy token NLLs."""
-        v = torch.cat(self._nll_values)
-        self.fitted_nll_threshold.fill_(float(torch.quantile(v[: 2**24], self.nll_percentile / 100.0)))
+        self.fitted_nll_threshold.fill_(self.healthy_nll_quantile(self.nll_percentile))

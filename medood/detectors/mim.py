@@ -13,7 +13,11 @@ Algorithm (slice-wise, on healthy-trained networks only):
 ``flagging`` chooses who flags the tokens to in-paint: ``"atd"`` (step 2, the paper's), ``"nll"`` (the in-painter
 itself: each token's masked negative log-likelihood, from ``nll_groups`` complementary seeded random masks run as
 one batch, above ``nll_percentile`` of healthy token NLLs fitted by ``fit_statistics``, or a fixed threshold) or
-``"union"`` of both. ``docs/benchmarks/mim_diagnosis.md`` measures each on validation lesions.
+``"union"`` of both. With ``nll_grow_percentile`` the NLL flags are grown by hysteresis (as in Canny's edge
+linking): for ``nll_grow_steps`` steps, 8-connected neighbours of flagged tokens whose NLL is above the lower
+``nll_grow_percentile`` of healthy NLLs join them, so a lesion is in-painted whole once its most unlikely token is
+flagged, while isolated moderately unlikely healthy tokens are not. ``docs/benchmarks/mim_diagnosis.md`` measures
+each flagging on validation lesions.
 
 Compared with an autoregressive prior (``vqvae_ar``) there is no raster-order resampling: both transformers run
 once per slice, which is where the speed-up comes from.
@@ -71,9 +75,14 @@ class MIMDetector(TokenNLLRestorationDetector):
         nll_groups: complementary random masks (= in-painter passes, batched) of the NLL flagging; each token is
             masked in exactly one. Defaults to 4.
         nll_percentile: percentile of healthy token NLLs used as the NLL threshold. Defaults to 95.
+        nll_grow_percentile: lower percentile of healthy token NLLs into which the NLL flags grow (hysteresis,
+            fitted with the threshold into ``fitted_nll_grow_threshold``); ``None`` = no growing. Defaults to None.
+        nll_grow_steps: growing steps (each adds 8-connected neighbours above the lower threshold). Defaults to 2.
         **kwargs: :class:`~medood.detectors.base_restoration.TokenNLLRestorationDetector` arguments
             (``nll_threshold``, ``seed``: of the random partition into ``nll_groups`` masks, ...).
     """
+
+    fitted_nll_grow_threshold: Tensor
 
     def __init__(
         self,
@@ -88,6 +97,8 @@ class MIMDetector(TokenNLLRestorationDetector):
         flagging: str = "atd",
         nll_groups: int = 4,
         nll_percentile: float = 95.0,
+        nll_grow_percentile: float | None = None,
+        nll_grow_steps: int = 2,
         **kwargs: Any,
     ) -> None:
         super().__init__(tokenizer=tokenizer, nll_percentile=nll_percentile, **kwargs)
@@ -99,14 +110,18 @@ class MIMDetector(TokenNLLRestorationDetector):
             raise ValueError(f"nll_groups must be >= 2, got {nll_groups}")
         if not 0.0 < atd_threshold < 1.0:
             raise ValueError(f"atd_threshold must be in (0, 1), got {atd_threshold}")
-        if mim_steps < 1 or mask_dilation < 0:
-            raise ValueError("mim_steps must be >= 1 and mask_dilation >= 0")
+        if mim_steps < 1 or mask_dilation < 0 or nll_grow_steps < 0:
+            raise ValueError("mim_steps must be >= 1, mask_dilation and nll_grow_steps >= 0")
+        if nll_grow_percentile is not None and not 0.0 < nll_grow_percentile < nll_percentile:
+            raise ValueError(f"nll_grow_percentile must be in (0, nll_percentile), got {nll_grow_percentile}")
         k = self.tokenizer.num_embeddings
         use_pos = self.tokenizer.use_position
         self.token_detector = TokenTransformer(k, grid_size, 1, use_position=use_pos, **dict(token_detector or {}))
         self.inpainter = TokenTransformer(k, grid_size, k, use_position=use_pos, **dict(inpainter or {}))
         self.atd_threshold, self.mask_dilation, self.mim_steps = atd_threshold, mask_dilation, mim_steps
         self.residual, self.flagging, self.nll_groups = residual, flagging, nll_groups
+        self.nll_grow_percentile, self.nll_grow_steps = nll_grow_percentile, nll_grow_steps
+        self.register_buffer("fitted_nll_grow_threshold", torch.tensor(float("nan")))
 
     # ------------------------------------------------------------------ inference
     def token_anomaly(self, tokens: Tensor, positions: Tensor) -> Tensor:
@@ -131,16 +146,58 @@ class MIMDetector(TokenNLLRestorationDetector):
         nll = -logits.float().log_softmax(1).gather(1, target)[:, 0].reshape(g, n, h, w)
         return (nll * masks[:, None]).sum(0)
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # checkpoints written before the hysteresis have no growing threshold: it stays unfitted (NaN)
+        state_dict.setdefault(prefix + "fitted_nll_grow_threshold", torch.tensor(float("nan")))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def finalize_fit(self) -> None:
+        """Fit the NLL threshold and, with ``nll_grow_percentile``, the lower (growing) threshold."""
+        super().finalize_fit()
+        if self.nll_grow_percentile is not None:
+            self.fitted_nll_grow_threshold.fill_(self.healthy_nll_quantile(self.nll_grow_percentile))
+
     def flag(self, tokens: Tensor, positions: Tensor) -> Tensor:
-        """Boolean grid of the tokens to in-paint (thresholded per ``flagging``, dilated)."""
-        flagged = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
+        """Boolean grid of the tokens to in-paint (thresholded per ``flagging``, grown, dilated)."""
+        atd = self.token_anomaly(tokens, positions) if self.flagging in ("atd", "union") else None
+        nll = self.token_nll(tokens, positions) if self.flagging in ("nll", "union") else None
+        return self.flag_scores(atd, nll)
+
+    def flag_scores(self, atd: Tensor | None, nll: Tensor | None) -> Tensor:
+        """Tokens to in-paint from precomputed token scores: the one place where the flagging decision is made.
+
+        Args:
+            atd: the token detector's probabilities ``(N, h, w)`` (``atd`` / ``union`` flagging).
+            nll: the in-painter's masked token NLLs ``(N, h, w)`` (``nll`` / ``union`` flagging).
+        """
+        ref = atd if atd is not None else nll
+        if ref is None:
+            raise ValueError("flag_scores needs atd and / or nll token scores")
+        flagged = torch.zeros(ref.shape, dtype=torch.bool, device=ref.device)
         if self.flagging in ("atd", "union"):
-            flagged |= self.token_anomaly(tokens, positions) > self.atd_threshold
+            if atd is None:
+                raise ValueError(f"flagging {self.flagging!r} needs the token detector's probabilities")
+            flagged |= atd > self.atd_threshold
         if self.flagging in ("nll", "union"):
-            flagged |= self.token_nll(tokens, positions) > self.threshold_nll
+            if nll is None:
+                raise ValueError(f"flagging {self.flagging!r} needs the in-painter's token NLLs")
+            flagged |= self.grow_nll_flags(nll)
         if self.mask_dilation > 0:
             k = 2 * self.mask_dilation + 1
             flagged = F.max_pool2d(flagged.float()[:, None], k, stride=1, padding=self.mask_dilation)[:, 0] > 0
+        return flagged
+
+    def grow_nll_flags(self, nll: Tensor) -> Tensor:
+        """Tokens whose NLL is above the threshold, grown by hysteresis into neighbours above the lower one."""
+        flagged = nll > self.threshold_nll
+        if self.nll_grow_percentile is None or self.nll_grow_steps == 0:
+            return flagged
+        low = float(self.fitted_nll_grow_threshold)
+        if low != low:  # NaN
+            raise RuntimeError("no NLL growing threshold: fit the detector's statistics (nll_grow_percentile)")
+        weak = nll > low
+        for _ in range(self.nll_grow_steps):
+            flagged = flagged | ((F.max_pool2d(flagged.float()[:, None], 3, 1, 1)[:, 0] > 0) & weak)
         return flagged
 
     def inpaint(self, tokens: Tensor, mask: Tensor, positions: Tensor) -> Tensor:

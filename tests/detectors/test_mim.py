@@ -129,6 +129,46 @@ def test_nll_and_union_flagging() -> None:
         _mim(flagging="both")
 
 
+def test_nll_flags_grow_by_hysteresis_into_connected_tokens_above_the_lower_threshold() -> None:
+    det = _mim(flagging="nll", mask_dilation=0, nll_threshold=5.0, nll_grow_percentile=50.0, nll_grow_steps=2)
+    nll = torch.zeros(1, 4, 6)
+    nll[0, 0, 0] = 6.0  # the seed: above the threshold
+    nll[0, 0, 1], nll[0, 1, 2], nll[0, 2, 3] = 3.0, 3.0, 3.0  # a chain above the lower threshold, 1-2-3 steps away
+    nll[0, 3, 0] = 4.0  # above the lower threshold but not connected to a seed
+    with pytest.raises(RuntimeError, match="growing threshold"):
+        det.flag_scores(None, nll)
+    det.fitted_nll_grow_threshold.fill_(2.0)
+    flags = det.flag_scores(None, nll)
+    expected = torch.zeros(1, 4, 6, dtype=torch.bool)
+    expected[0, 0, 0] = expected[0, 0, 1] = expected[0, 1, 2] = True  # the third link is 3 steps away
+    assert torch.equal(flags, expected)
+    det.nll_grow_steps = 0
+    assert int(det.flag_scores(None, nll).sum()) == 1, "no growing: the threshold alone"
+    det.nll_grow_steps, det.mask_dilation = 3, 1
+    assert bool(det.flag_scores(None, nll)[0, 3, 4]), "growing, then the dilation"
+    with pytest.raises(ValueError, match="token NLLs"):
+        det.flag_scores(torch.zeros(1, 4, 6), None)
+    with pytest.raises(ValueError, match="nll_grow_percentile"):
+        _mim(nll_percentile=90.0, nll_grow_percentile=95.0)
+
+
+def test_grow_threshold_is_fitted_with_the_nll_threshold() -> None:
+    det = _mim(flagging="nll", nll_percentile=90.0, nll_grow_percentile=60.0)
+    x = torch.rand(4, 1, 16, 24)
+    det.fit_statistics([x[:2], x[2:]])
+    with torch.no_grad():
+        pos = torch.zeros(4)
+        values = det.token_nll(det.tokenize(x, pos), pos).flatten().double()
+    assert float(det.fitted_nll_grow_threshold) == pytest.approx(float(torch.quantile(values, 0.6)), rel=1e-5)
+    assert float(det.fitted_nll_grow_threshold) < det.threshold_nll
+    fresh = _mim(flagging="nll", nll_percentile=90.0, nll_grow_percentile=60.0)
+    fresh.load_state_dict(det.state_dict())
+    assert float(fresh.fitted_nll_grow_threshold) == float(det.fitted_nll_grow_threshold), "saved with the weights"
+    old = {k: v for k, v in det.state_dict().items() if k != "fitted_nll_grow_threshold"}
+    fresh.load_state_dict(old)  # a checkpoint from before the hysteresis still loads strictly
+    assert torch.isnan(fresh.fitted_nll_grow_threshold)
+
+
 def test_nll_threshold_is_fitted_as_a_percentile_of_healthy_token_nlls() -> None:
     det = _mim(flagging="nll", nll_percentile=90.0)
     with pytest.raises(RuntimeError, match="NLL threshold"):
