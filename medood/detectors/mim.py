@@ -78,6 +78,8 @@ class MIMDetector(TokenNLLRestorationDetector):
         nll_grow_percentile: lower percentile of healthy token NLLs into which the NLL flags grow (hysteresis,
             fitted with the threshold into ``fitted_nll_grow_threshold``); ``None`` = no growing. Defaults to None.
         nll_grow_steps: growing steps (each adds 8-connected neighbours above the lower threshold). Defaults to 2.
+        nll_grow_threshold: fixed lower NLL threshold instead of the fitted ``nll_grow_percentile`` one (growing
+            is on when either is set). Defaults to None.
         **kwargs: :class:`~medood.detectors.base_restoration.TokenNLLRestorationDetector` arguments
             (``nll_threshold``, ``seed``: of the random partition into ``nll_groups`` masks, ...).
     """
@@ -99,6 +101,7 @@ class MIMDetector(TokenNLLRestorationDetector):
         nll_percentile: float = 95.0,
         nll_grow_percentile: float | None = None,
         nll_grow_steps: int = 2,
+        nll_grow_threshold: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(tokenizer=tokenizer, nll_percentile=nll_percentile, **kwargs)
@@ -121,6 +124,7 @@ class MIMDetector(TokenNLLRestorationDetector):
         self.atd_threshold, self.mask_dilation, self.mim_steps = atd_threshold, mask_dilation, mim_steps
         self.residual, self.flagging, self.nll_groups = residual, flagging, nll_groups
         self.nll_grow_percentile, self.nll_grow_steps = nll_grow_percentile, nll_grow_steps
+        self.nll_grow_threshold = nll_grow_threshold
         self.register_buffer("fitted_nll_grow_threshold", torch.tensor(float("nan")))
 
     # ------------------------------------------------------------------ inference
@@ -190,11 +194,11 @@ class MIMDetector(TokenNLLRestorationDetector):
     def grow_nll_flags(self, nll: Tensor) -> Tensor:
         """Tokens whose NLL is above the threshold, grown by hysteresis into neighbours above the lower one."""
         flagged = nll > self.threshold_nll
-        if self.nll_grow_percentile is None or self.nll_grow_steps == 0:
+        if (self.nll_grow_percentile is None and self.nll_grow_threshold is None) or self.nll_grow_steps == 0:
             return flagged
-        low = float(self.fitted_nll_grow_threshold)
+        low = float(self.fitted_nll_grow_threshold if self.nll_grow_threshold is None else self.nll_grow_threshold)
         if low != low:  # NaN
-            raise RuntimeError("no NLL growing threshold: fit the detector's statistics (nll_grow_percentile)")
+            raise RuntimeError("no NLL growing threshold: pass nll_grow_threshold=... or fit the detector's statistics")
         weak = nll > low
         for _ in range(self.nll_grow_steps):
             flagged = flagged | ((F.max_pool2d(flagged.float()[:, None], 3, 1, 1)[:, 0] > 0) & weak)

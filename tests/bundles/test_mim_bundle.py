@@ -110,8 +110,9 @@ def test_inference_config_alone_runs_on_a_plain_folder(tmp_path: Path) -> None:
     wf = ConfigWorkflow(
         config_file=str(CONFIGS / "inference.yaml"), meta_file=str(CONFIGS / "metadata.json"),
         logging_file=str(CONFIGS / "logging.conf"), workflow_type="infer", bundle_root=str(tmp_path),
-        dataset_dir=str(tmp_path / "scans"), output_dir=str(out), load_pretrain=False, nll_threshold=5.0, **TINY,
-    )  # untrained weights have no fitted NLL threshold: a fixed one
+        dataset_dir=str(tmp_path / "scans"), output_dir=str(out), load_pretrain=False, nll_threshold=5.0,
+        nll_grow_threshold=4.0, **TINY,
+    )  # untrained weights have no fitted NLL thresholds: fixed ones
     wf.initialize()
     assert wf.check_properties() in (None, [])
     wf.network_def.mark_fitted()  # untrained weights are enough to check the plumbing

@@ -146,6 +146,8 @@ def test_nll_flags_grow_by_hysteresis_into_connected_tokens_above_the_lower_thre
     assert int(det.flag_scores(None, nll).sum()) == 1, "no growing: the threshold alone"
     det.nll_grow_steps, det.mask_dilation = 3, 1
     assert bool(det.flag_scores(None, nll)[0, 3, 4]), "growing, then the dilation"
+    det.nll_grow_threshold, det.mask_dilation = 3.5, 0  # a fixed lower threshold wins over the fitted one (2.0)
+    assert int(det.flag_scores(None, nll).sum()) == 1, "the 3.0 chain is below 3.5, the 4.0 token is not connected"
     with pytest.raises(ValueError, match="token NLLs"):
         det.flag_scores(torch.zeros(1, 4, 6), None)
     with pytest.raises(ValueError, match="nll_grow_percentile"):
