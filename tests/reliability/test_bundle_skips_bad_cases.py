@@ -27,7 +27,8 @@ TINY = {
     "transformer_def": {"hidden_size": 16, "depth": 1, "num_heads": 2, "mlp_ratio": 2, "dropout": 0.0},
     "network_def#grid_size": [4, 4],
     "load_pretrain": False,
-    "nll_threshold": 5.0,  # untrained weights have no fitted NLL threshold: a fixed one
+    "nll_threshold": 5.0,  # untrained weights have no fitted NLL thresholds: fixed ones
+    "nll_grow_threshold": 4.0,
     # mark_fitted() after the core refactor, _set_fitted() before it
     "initialize": [
         "$monai.utils.set_determinism(seed=0)",
