@@ -58,6 +58,9 @@ FLAGGINGS = ("atd", "nll", "union")
 class MIMDetector(TokenNLLRestorationDetector):
     """MIM-OOD anomaly maps from a VQ-VAE, an anomalous-token detector and a masked in-painter.
 
+    The flagging defaults are the settings chosen on the demo brain-MRI validation volumes
+    (``docs/benchmarks/mim_validation_tuning.md``); ``flagging="atd", mask_dilation=1`` is the paper's variant.
+
     Args:
         tokenizer: :class:`~medood.networks.nets.SliceTokenizer` or its kwargs.
         grid_size: token grid of a (padded) slice, e.g. ``(20, 24)`` for 80 x 96 slices and stride 4.
@@ -65,23 +68,24 @@ class MIMDetector(TokenNLLRestorationDetector):
             ``depth``, ...). Defaults to the class defaults.
         inpainter: kwargs of the in-painter transformer. Defaults to the class defaults.
         atd_threshold: token anomaly probability above which a token is in-painted. Defaults to 0.5.
-        mask_dilation: tokens added around every flagged token (Chebyshev radius). Defaults to 1.
+        mask_dilation: tokens added around every flagged token (Chebyshev radius). Defaults to 0.
         mim_steps: in-painting steps (1 = all flagged tokens at once; more = MaskGIT iterative). Defaults to 1.
         residual: ``"input"`` (``|x - decode(restored)|``), ``"recon"`` (``|decode(tokens) - decode(restored)|``,
             zero outside in-painted tokens) or ``"gated"`` (``|x - decode(restored)|`` inside in-painted tokens
             only). Defaults to ``"input"``.
         flagging: ``"atd"`` (token detector probability > ``atd_threshold``), ``"nll"`` (in-painter masked NLL >
-            the NLL threshold) or ``"union"`` (either). Defaults to ``"atd"``.
+            the NLL threshold) or ``"union"`` (either). Defaults to ``"nll"`` (``"atd"`` is the paper's).
         nll_groups: complementary random masks (= in-painter passes, batched) of the NLL flagging; each token is
-            masked in exactly one. Defaults to 4.
-        nll_percentile: percentile of healthy token NLLs used as the NLL threshold. Defaults to 95.
+            masked in exactly one. Defaults to 2.
+        nll_percentile: percentile of healthy token NLLs used as the NLL threshold. Defaults to 99.5.
         nll_grow_percentile: lower percentile of healthy token NLLs into which the NLL flags grow (hysteresis,
-            fitted with the threshold into ``fitted_nll_grow_threshold``); ``None`` = no growing. Defaults to None.
+            fitted with the threshold into ``fitted_nll_grow_threshold``); ``None`` = no growing. Defaults to 95.
         nll_grow_steps: growing steps (each adds 8-connected neighbours above the lower threshold). Defaults to 2.
         nll_grow_threshold: fixed lower NLL threshold instead of the fitted ``nll_grow_percentile`` one (growing
             is on when either is set). Defaults to None.
         **kwargs: :class:`~medood.detectors.base_restoration.TokenNLLRestorationDetector` arguments
-            (``nll_threshold``, ``seed``: of the random partition into ``nll_groups`` masks, ...).
+            (``nll_threshold``, ``seed``: of the random partition into ``nll_groups`` masks, ...); MIM-OOD's own
+            defaults there: ``minpool=1`` (small lesions survive), ``avgpool=5``.
     """
 
     fitted_nll_grow_threshold: Tensor
@@ -93,17 +97,19 @@ class MIMDetector(TokenNLLRestorationDetector):
         token_detector: Mapping[str, Any] | None = None,
         inpainter: Mapping[str, Any] | None = None,
         atd_threshold: float = 0.5,
-        mask_dilation: int = 1,
+        mask_dilation: int = 0,
         mim_steps: int = 1,
         residual: str = "input",
-        flagging: str = "atd",
-        nll_groups: int = 4,
-        nll_percentile: float = 95.0,
-        nll_grow_percentile: float | None = None,
+        flagging: str = "nll",
+        nll_groups: int = 2,
+        nll_percentile: float = 99.5,
+        nll_grow_percentile: float | None = 95.0,
         nll_grow_steps: int = 2,
         nll_grow_threshold: float | None = None,
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("minpool", 1)
+        kwargs.setdefault("avgpool", 5)
         super().__init__(tokenizer=tokenizer, nll_percentile=nll_percentile, **kwargs)
         if residual not in RESIDUALS:
             raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}")

@@ -28,7 +28,7 @@ def test_inpaint_changes_only_masked_tokens_and_all_of_them_get_codes() -> None:
 
 
 def test_flag_dilation_and_threshold() -> None:
-    det = _mim(mask_dilation=1)
+    det = _mim(flagging="atd", mask_dilation=1)
     tokens = torch.randint(0, 16, (2, 4, 6))
     det.token_anomaly = lambda t, p: torch.zeros(t.shape, dtype=torch.float32).index_put_(  # type: ignore[method-assign]
         (torch.tensor([0]), torch.tensor([1]), torch.tensor([1])), torch.tensor(0.9)
@@ -111,7 +111,7 @@ def test_token_nll_takes_each_token_from_the_pass_that_masked_it() -> None:
 
 
 def test_nll_and_union_flagging() -> None:
-    det = _mim(flagging="nll", mask_dilation=0, nll_threshold=2.0)
+    det = _mim(flagging="nll", mask_dilation=0, nll_threshold=2.0, nll_grow_percentile=None)
     tokens = torch.randint(0, 16, (1, 4, 6))
     nll = torch.zeros(1, 4, 6)
     nll[0, 0, 0], nll[0, 3, 5] = 2.5, 1.5
@@ -172,7 +172,7 @@ def test_grow_threshold_is_fitted_with_the_nll_threshold() -> None:
 
 
 def test_nll_threshold_is_fitted_as_a_percentile_of_healthy_token_nlls() -> None:
-    det = _mim(flagging="nll", nll_percentile=90.0)
+    det = _mim(flagging="nll", nll_percentile=90.0, nll_grow_percentile=None)
     with pytest.raises(RuntimeError, match="NLL threshold"):
         _ = det.threshold_nll
     x = torch.rand(5, 1, 16, 24)  # 2D inputs: every image is one slice at position 0
@@ -186,7 +186,7 @@ def test_nll_threshold_is_fitted_as_a_percentile_of_healthy_token_nlls() -> None
     assert values.numel() == 5 * 24
     thr = float(torch.quantile(values.double(), 0.9))
     assert det.threshold_nll == pytest.approx(thr, rel=1e-5), "fitted in eval mode, on every token"
-    fresh = _mim(flagging="nll")
+    fresh = _mim(flagging="nll", nll_grow_percentile=None)
     fresh.load_state_dict(det.state_dict())
     assert float(fresh.fitted_nll_threshold) == pytest.approx(thr, rel=1e-5), "saved with the weights"
     det.nll_threshold = 7.0
