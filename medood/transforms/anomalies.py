@@ -66,14 +66,16 @@ def metaball(
 ) -> np.ndarray:
     """Soft weight in ``[0, 1]`` of a random metaball (union of Gaussian bumps) of about ``radius`` pixels.
 
-    ``balls`` bumps of width ``radius * U(0.4, 0.8)`` are placed around ``centre`` (jitter ``radius / 2``); the
-    normalised field is thresholded at 0.5 with a sigmoid of width ``softness`` (in field units: 0.02 = sharp,
-    0.15 = very soft). The ``w >= 0.5`` region is the anomaly.
+    ``balls`` bumps of width ``radius * U(0.4, 0.8)`` are placed around ``centre`` (the first exactly on it, so the
+    anomaly always covers ``centre``; the others jittered by ``radius / 2``); the normalised field is thresholded
+    at 0.5 with a sigmoid of width ``softness`` (in field units: 0.02 = sharp, 0.15 = very soft).
+    The ``w >= 0.5`` region is the anomaly.
     """
     grid = np.indices(tuple(shape), dtype=np.float32)
     field = np.zeros(tuple(shape), dtype=np.float32)
-    for _ in range(balls):
-        c = centre + rng.normal(0.0, radius / 2.0, size=len(shape))
+    for i in range(balls):
+        jitter = rng.normal(0.0, radius / 2.0, size=len(shape))
+        c = centre + (jitter if i > 0 else 0.0)
         s = radius * rng.uniform(0.4, 0.8)
         d2 = sum((grid[i] - c[i]) ** 2 for i in range(len(shape)))
         field = np.maximum(field, np.exp(-d2 / (2.0 * s * s)))

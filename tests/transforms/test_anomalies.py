@@ -119,3 +119,18 @@ def test_dictionary_versions_corrupt_every_key_identically(cls: type) -> None:
     assert d["other"] == 5 and not torch.equal(d["a"], x)
     again = cls(keys=["a", "b"], mask_key="m").set_random_state(1)({"a": x, "b": x, "donor": d["donor"]})
     assert torch.equal(again["a"], d["a"]), "seeded through set_random_state"
+
+
+@pytest.mark.parametrize("cls", [c for c in ARRAY if c is not RandMassEffect])
+def test_every_drawn_anomaly_has_a_mask_even_at_the_brain_edge(cls: type) -> None:
+    """The first metaball bump sits on the drawn centre (a brain pixel), so ``w >= 0.5`` is never empty.
+
+    Before, all bumps were jittered: seeds 131 and 496 (blob, scale, texture) and 219 and 570 (transplant) drew
+    an anomaly whose mask was empty.
+    """
+    x = _brain((40, 40))
+    t = cls(prob=1.0)
+    for seed in range(600):
+        t.set_random_state(seed)
+        _, mask = t(x)
+        assert mask.sum() > 0, f"seed {seed}: an anomaly was drawn but its mask is empty"
