@@ -143,7 +143,9 @@ def _amp(parser: ConfigParser, evaluator_id: str) -> bool:
     return bool(parser.get_parsed_content(key)) if key in parser else False
 
 
-def _run_pass(parser: ConfigParser, ids: Mapping[str, str], network: nn.Module, items: Sequence[dict], handler: Any) -> None:
+def _run_pass(
+    parser: ConfigParser, ids: Mapping[str, str], network: nn.Module, items: Sequence[dict], handler: Any
+) -> None:
     """One pass of the bundle's own preprocessing and inferer (and its device and amp) over ``items``."""
     loader = DataLoader(Dataset(list(items), transform=parser.get_parsed_content(ids["preprocessing"])), batch_size=1)
     evaluator = SupervisedEvaluator(
@@ -170,7 +172,8 @@ def discover_layers(
     sample = _parsed(parser, ids["preprocessing"], cfg_path, "the preprocessing")(dict(item))
     if isinstance(sample, list):  # a preprocessing that samples patches returns a list
         sample = sample[0]
-    device = next(network.parameters()).device
+    weight = next(network.parameters(), None)
+    device = weight.device if weight is not None else torch.device("cpu")
     image = torch.as_tensor(sample[image_key])[None].float().to(device)
     inferer = _parsed(parser, ids["inferer"], cfg_path, "the inferer") if ids["inferer"] in parser else SimpleInferer()
     try:
@@ -213,16 +216,19 @@ def guard_threshold(scores: Sequence[float], alpha: float, allow_small: bool = F
 
 
 def _checkpoint(parser: ConfigParser, src: Path) -> Path:
-    """The weights the bundle loads: a ``CheckpointLoader``'s ``load_path`` (top level or handler), else
-    ``models/model.pt``."""
+    """The weights the bundle loads.
+
+    A ``CheckpointLoader``'s ``load_path`` (top level or among the ``handlers``), else ``models/model.pt``.
+    """
     raw = parser.get()
-    candidates = [k for k, v in raw.items() if isinstance(v, dict) and str(v.get("_target_", "")).endswith("CheckpointLoader")]
+
+    def loader(v: Any) -> bool:
+        return isinstance(v, dict) and str(v.get("_target_", "")).endswith("CheckpointLoader")
+
+    candidates = [k for k, v in raw.items() if loader(v)]
     handlers = raw.get("handlers")
     if isinstance(handlers, list):
-        candidates += [
-            f"handlers#{i}" for i, h in enumerate(handlers)
-            if isinstance(h, dict) and str(h.get("_target_", "")).endswith("CheckpointLoader")
-        ]  # fmt: skip
+        candidates += [f"handlers#{i}" for i, h in enumerate(handlers) if loader(h)]
     for key in candidates:
         try:
             return Path(parser.get_parsed_content(f"{key}#load_path"))
@@ -352,8 +358,11 @@ def _link(target: Path, link: Path) -> None:
 
 
 def _mirror(src: Path, dest: Path, written: set[str], outputs: set[Path]) -> None:
-    """Make every ``@bundle_root`` path of the original resolve in the companion: copy ``configs/`` files, link
-    the rest (``models/model.pt``, ``scripts/``, data lists...), never the original's output folders."""
+    """Make every ``@bundle_root`` path of the original resolve in the companion.
+
+    Copies the ``configs/`` files, links the rest (``models/model.pt``, ``scripts/``, data lists...), never the
+    original's output folders.
+    """
     for entry in sorted(src.iterdir()):
         if entry.name.startswith(".") or entry.name == "__pycache__" or entry.resolve() in outputs:
             continue
@@ -427,7 +436,8 @@ def _write_companion(
     )
     atomic_write_text(dest / "configs" / "metadata.json", json.dumps(meta, indent=2) + "\n")
     atomic_write_text(dest / "docs" / "README.md", _readme(src, dest, info))
-    written = {rel_cfg, "configs/metadata.json", "docs/README.md", "models/guard.pt", cfg_path.relative_to(src).as_posix()}
+    written = {rel_cfg, "configs/metadata.json", "docs/README.md", "models/guard.pt"}
+    written.add(cfg_path.relative_to(src).as_posix())
     _mirror(src, dest, written, _output_dirs(cfg_path, src, info["overrides"]) | {dest})
 
 

@@ -251,7 +251,9 @@ class GuardScoreWriter(_HookedPass):
         """Resolve the threshold."""
         self.detector.check_fitted()
         if self.threshold is None:
-            self.threshold = self.detector.calibration.thresholds(score_percentile=100 * (1 - self.false_alarm_rate)).score
+            self.threshold = self.detector.calibration.thresholds(
+                score_percentile=100 * (1 - self.false_alarm_rate)
+            ).score
             self.threshold_info.setdefault("rule", "calibration quantile")
         self.rows = []
 

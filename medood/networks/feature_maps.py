@@ -100,8 +100,11 @@ def probe_input(model: nn.Module, size: int | None = None) -> Tensor:
 
 
 def _decoder_name(name: str) -> bool:
-    """A module of a decoder path by its name (``decoder*``, ``up*``: MONAI's ``SegResNet``, ``DynUNet``,
-    ``BasicUNet``, ``SwinUNETR``, ``FlexibleUNet``), whose first block often runs at the bottleneck's resolution."""
+    """Whether a module belongs to a decoder path, by its name (``decoder*``, ``up*``).
+
+    MONAI's ``SegResNet``, ``DynUNet``, ``BasicUNet``, ``SwinUNETR`` and ``FlexibleUNet`` name them so; their first
+    block often runs at the bottleneck's resolution and would pass for the end of the encoder.
+    """
     return any(part.lower().startswith(("decoder", "up")) for part in name.split("."))
 
 
