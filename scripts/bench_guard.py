@@ -52,10 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-test", type=int, default=4, help="in-distribution and shifted test cases each (default: 4)")
     p.add_argument("--alpha", type=float, default=0.2)
     p.add_argument("--only", nargs="+", help="bundle names (default: all)")
+    p.add_argument("--merge", action="store_true", help="update the bundles of an existing --out file")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
-    bundles: dict[str, object] = {}
+    out = Path(args.out)
+    bundles: dict[str, object] = json.loads(out.read_text())["bundles"] if args.merge and out.is_file() else {}
     start = time.perf_counter()
     for name in args.only or list(CASES):
         case = CASES[name]
@@ -88,12 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         "what": "medood guard on the MONAI model zoo's published inference configs (tests/data/model_zoo), "
         "seeded random weights, synthetic cases; see scripts/bench_guard.py",
         "model_zoo_commit": "dfae206df112837d817e78d3727c9f32b3b52e82",
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "only")},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "only", "merge")},
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": 1, "device": "cpu"},
         "seconds_total": round(time.perf_counter() - start, 1),
         "bundles": bundles,
     }
-    atomic_write_text(Path(args.out), json.dumps(record, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
 

@@ -29,6 +29,7 @@ import logging
 import os
 import random
 import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,20 @@ def _checkpoint(parser: ConfigParser, src: Path) -> Path:
     return src / "models" / "model.pt"
 
 
+def _bundle_importable(src: Path) -> None:
+    """Make the bundle's own ``scripts`` package importable, as ``monai.bundle run`` does.
+
+    Its config may ``$import scripts...``; a ``scripts`` module imported from elsewhere before is dropped.
+    """
+    if str(src) not in sys.path:
+        sys.path.insert(0, str(src))
+    if (src / "scripts").is_dir():
+        for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+            origin = getattr(sys.modules[name], "__file__", None)
+            if origin is None or not Path(origin).resolve().is_relative_to(src):
+                del sys.modules[name]
+
+
 def build_guard(
     bundle: str | os.PathLike[str],
     datalist: str | os.PathLike[str],
@@ -300,6 +315,7 @@ def build_guard(
     if dest == src:
         raise ValueError("the companion bundle must go to another folder than the original")
     cfg_path = find_inference_config(src, config)
+    _bundle_importable(src)
     parser = ConfigParser()
     parser.read_config(str(cfg_path))
     parser["bundle_root"] = str(src)

@@ -98,7 +98,7 @@ def test_unhookable_network_names_the_config_entry(tmp_path: Path) -> None:
     config["network_def"] = {"_target_": "torch.nn.Flatten"}  # no feature map at all
     (bundle / "configs" / "inference.json").write_text(json.dumps(config))
     torch.save({}, bundle / "models" / "model.pt")
-    with pytest.raises(DataError, match="entry 'network' \\(Flatten\\) cannot be hooked.*--layers"):
+    with pytest.raises(DataError, match=r"entry 'network' \(Flatten\) cannot be hooked.*--layers"):
         build_guard(bundle, datalist, tmp_path / "c", alpha=0.25, overrides={"inferer#roi_size": [48, 48]})
     config["inferer"]["_target_"] = "NoSuchInferer"
     (bundle / "configs" / "inference.json").write_text(json.dumps(config))

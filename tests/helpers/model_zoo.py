@@ -112,6 +112,8 @@ class ZooCase:
         shift: the obvious modality shift of the OOD cases (for the docs).
         run_id: the bundle's run expression. Defaults to ``"run"``.
         tiny_network: the published network was replaced by a smaller one of its family (by ``overrides``).
+        config: the inference config in ``configs/``. Defaults to ``"inference.json"``.
+        weights: the checkpoint its ``CheckpointLoader`` reads in ``models/``. Defaults to ``"model.pt"``.
     """
 
     name: str
@@ -122,6 +124,8 @@ class ZooCase:
     shift: str = ""
     run_id: str = "run"
     tiny_network: bool = False
+    config: str = "inference.json"
+    weights: str = "model.pt"
 
 
 def _volume_writer(id_kind: str, ood_kind: str, shape: Sequence[int], spacing: Sequence[float]) -> Writer:
@@ -163,6 +167,11 @@ def _nuclei_write(folder: Path, name: str, kind: str, rng: np.random.Generator) 
         "image": _picture(folder / "Test" / "Images" / f"{name}.png", image),
         "label": _picture(folder / "Test" / "Labels" / f"{name}.png", label),
     }
+
+
+def _decathlon_args(folder: Path, items: list[dict[str, Any]]) -> dict[str, Any]:
+    (folder / "test.json").write_text(json.dumps({"validation": items}))
+    return {"data_list_file_path": str(folder / "test.json")}
 
 
 def _dataset_dir(folder: Path, items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -251,6 +260,15 @@ CASES: dict[str, ZooCase] = {
             {**_NO_WORKERS, "preprocessing#transforms#2#spatial_size": [64, 64]}, "endoscopy -> grey radiograph",
         ),
         ZooCase(
+            "pediatric_abdominal_ct_segmentation", "DynUNet 3D (anisotropic strides), YAML config, **tiny**",
+            _volume_writer("ct", "mr", (40, 40, 24), (1.5, 1.5, 3.0)), _decathlon_args,
+            {
+                **_NO_WORKERS, "inferer#roi_size": [64, 64, 32], "network_def#filters": [4, 8, 16, 32, 32, 32],
+                "preprocessing#transforms#0#reader": "NibabelReader",  # ITKReader needs itk (not installed)
+            },
+            "CT -> MR", tiny_network=True, config="inference.yaml", weights="dynunet_FT.pt",
+        ),
+        ZooCase(
             "pathology_nuclei_classification", "DenseNet121 2D classifier (4 channels)", _nuclei_write, _nuclei_args,
             dict(_NO_WORKERS), "H&E -> grey radiograph",
         ),
@@ -272,14 +290,18 @@ def make_bundle(case: ZooCase, root: Path, seed: int = 0) -> Path:
     bundle = root / case.name
     shutil.copytree(ZOO / case.name, bundle, dirs_exist_ok=True)
     parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
+    sys.path.insert(0, str(bundle))  # configs may import the bundle's `scripts` when parsed
+    try:
+        parser.read_config(str(bundle / "configs" / case.config))
+    finally:
+        sys.path.remove(str(bundle))
     parser["bundle_root"] = str(bundle)
     for key, value in case.overrides.items():
         parser[key] = value
     torch.manual_seed(seed)
     network = parser.get_parsed_content("network_def")
     (bundle / "models").mkdir(exist_ok=True)
-    torch.save(network.state_dict(), bundle / "models" / "model.pt")  # the model zoo's format: a bare state dict
+    torch.save(network.state_dict(), bundle / "models" / case.weights)  # the model zoo's format: a bare state dict
     return bundle
 
 
@@ -297,12 +319,18 @@ def _cli_value(value: Any) -> str:
 
 
 def zoo_command(
-    case: ZooCase, bundle: Path, output_dir: Path, options: dict[str, Any], subprocess_run: bool = False
+    case: ZooCase,
+    bundle: Path,
+    output_dir: Path,
+    options: dict[str, Any],
+    subprocess_run: bool = False,
+    config: str | None = None,
 ) -> float:
     """Run ``python -m monai.bundle run <run_id> --config_file <bundle>/configs/inference.json --bundle_root
     <bundle> --output_dir ... [--id value ...]`` from the bundle folder; returns the wall time in seconds."""
     argv = [
-        "run", case.run_id, "--config_file", str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle),
+        "run", case.run_id, "--config_file", str(bundle / "configs" / (config or case.config)),
+        "--bundle_root", str(bundle),
         "--output_dir", str(output_dir), *[a for k, v in options.items() for a in (f"--{k}", _cli_value(v))],
     ]  # fmt: skip
     start = time.perf_counter()
@@ -318,13 +346,18 @@ def zoo_command(
     return time.perf_counter() - start
 
 
+def _forget_scripts() -> None:
+    for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+        del sys.modules[name]
+
+
 def _in_process(argv: list[str], cwd: Path) -> None:
     """``python -m monai.bundle`` in this process (same argument parsing, no interpreter start)."""
     saved_argv, saved_cwd, saved_path = sys.argv, os.getcwd(), list(sys.path)
     sys.argv = ["monai.bundle", *argv]
     sys.path.insert(0, str(cwd))  # what `python -m` does with the working folder
     os.chdir(cwd)
-    sys.modules.pop("scripts", None)  # the bundle's own `scripts` package, not one imported before
+    _forget_scripts()  # the bundle's own `scripts` package, not one imported before
     try:
         runpy.run_module("monai.bundle", run_name="__main__")
     except SystemExit as err:
@@ -333,7 +366,7 @@ def _in_process(argv: list[str], cwd: Path) -> None:
     finally:
         sys.argv, sys.path[:] = saved_argv, saved_path
         os.chdir(saved_cwd)
-        sys.modules.pop("scripts", None)  # a bundle's own `scripts` package must not leak into the next bundle
+        _forget_scripts()  # a bundle's own `scripts` package must not leak into the next bundle
 
 
 def output_files(folder: Path) -> list[str]:
@@ -402,7 +435,8 @@ def run_matrix_case(
         out_o, out_c = root / f"out_original_{r}", root / f"out_companion_{r}"
         t_orig.append(zoo_command(case, bundle, out_o, {**case.overrides, **options}))
         # the companion gets only the data options: the overrides used for fitting are in its config
-        t_comp.append(zoo_command(case, companion, out_c, options, subprocess_run=subprocess_companion and r == 0))
+        companion_cfg = "inference.json"  # a YAML original gives a JSON companion config
+        t_comp.append(zoo_command(case, companion, out_c, options, subprocess_companion and r == 0, companion_cfg))
     files = output_files(out_o)
     match, _mismatch, _errors = filecmp.cmpfiles(out_o, out_c, files, shallow=False)
     identical = bool(files) and match == files and output_files(out_c) == files
