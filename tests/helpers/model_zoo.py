@@ -142,7 +142,7 @@ def _brats_write(folder: Path, name: str, kind: str, rng: np.random.Generator) -
     make = mr_volume if kind == "id" else ct_volume
     return {
         "image": [
-            _nifti(folder / name / f"{name}_{m}.nii.gz", make((32, 32, 24), rng), (1.0, 1.0, 1.0))
+            _nifti(folder / name / f"{name}_{m}.nii.gz", make((24, 24, 16), rng), (1.0, 1.0, 1.0))
             for m in ("t1c", "t1", "t2", "flair")
         ]
     }
@@ -216,7 +216,7 @@ CASES: dict[str, ZooCase] = {
         ),
         ZooCase(
             "brats_mri_segmentation", "SegResNet 3D, 4 channels", _brats_write, _brats_args,
-            {**_NO_WORKERS, "inferer#roi_size": [32, 32, 32]}, "4-channel MR -> CT",
+            {**_NO_WORKERS, "inferer#roi_size": [16, 16, 16]}, "4-channel MR -> CT",
         ),
         ZooCase(
             "swin_unetr_btcv_segmentation", "SwinUNETR 3D", _volume_writer("ct", "mr", (32, 32, 32), (1.5, 1.5, 2.0)),
