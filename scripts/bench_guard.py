@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_zoo_commit": "dfae206df112837d817e78d3727c9f32b3b52e82",
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "only", "merge")},
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": 1, "device": "cpu"},
-        "seconds_total": round(time.perf_counter() - start, 1),
+        "seconds_this_invocation": round(time.perf_counter() - start, 1),  # --merge: only the bundles run now
         "bundles": bundles,
     }
     atomic_write_text(out, json.dumps(record, indent=2) + "\n")
