@@ -402,9 +402,11 @@ def _output_dirs(cfg_path: Path, src: Path, overrides: Mapping[str, Any]) -> set
     for key, value in overrides.items():
         parser[key] = value
     try:
-        return {Path(parser.get_parsed_content("output_dir")).resolve()} if "output_dir" in parser else set()
+        out = Path(parser.get_parsed_content("output_dir")) if "output_dir" in parser else None
     except Exception:  # an output folder that cannot be resolved without run-time options
         return set()
+    # a relative output folder ("./output") is relative to where the bundle is run: the model zoo runs from its folder
+    return set() if out is None else {out.resolve(), (src / out).resolve()}
 
 
 def _write_companion(

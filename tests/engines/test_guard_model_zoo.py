@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from monai.bundle import ConfigParser
 
 from medood.data.errors import DataError
 from medood.engines.guard import build_guard, guard_threshold, read_id_datalist
@@ -43,8 +44,8 @@ def test_model_zoo_bundle_guarded(name: str, tmp_path: Path) -> None:
 
 def test_every_matrix_bundle_has_its_copied_config_and_notice() -> None:
     assert (ZOO / "NOTICE.md").is_file() and "Apache License" in (ZOO / "LICENSE").read_text()
-    for name in CASES:
-        config = json.loads((ZOO / name / "configs" / "inference.json").read_text())
+    for name, case in CASES.items():
+        config = ConfigParser.load_config_file(str(ZOO / name / "configs" / case.config))
         assert {"network_def", "preprocessing", "evaluator"} <= set(config), name
         assert (ZOO / name / "configs" / "metadata.json").is_file()
 
@@ -84,6 +85,8 @@ def test_small_calibration_refused_before_fitting_or_recorded(tmp_path: Path) ->
     with pytest.raises(CalibrationSizeError, match="3 in-distribution validation cases"):
         build_guard(bundle, datalist, tmp_path / "c", overrides=overrides)
     assert not (tmp_path / "c").exists()
+    (bundle / "output").mkdir()  # the bundle's output_dir ("./output" from the bundle folder) is never linked
+    (bundle / "label").mkdir()  # any other entry is
     out = build_guard(bundle, datalist, tmp_path / "c", overrides=overrides, allow_small_calibration=True)
     rule = json.loads((out / "configs" / "metadata.json").read_text())["guard"]["threshold_rule"]
     assert "warning" in rule and rule["expected_rate"] is None
@@ -91,6 +94,7 @@ def test_small_calibration_refused_before_fitting_or_recorded(tmp_path: Path) ->
     assert companion["guard_writer"]["threshold_info"]["warning"] == rule["warning"], "guard.json will carry it"
     assert companion["bundle_root"] == str(out) and (out / "models" / "model.pt").resolve().is_file()
     assert companion["inferer"]["roi_size"] == [48, 48], "the fitting overrides are in the companion"
+    assert (out / "label").is_symlink() and not (out / "output").exists()
 
 
 def test_unhookable_network_names_the_config_entry(tmp_path: Path) -> None:
