@@ -5,7 +5,9 @@ Writes ``docs/benchmarks/posthoc.json`` and ``posthoc.md`` (``--out``):
 * ``overhead_all_over_forward``: one backbone forward over ``--overhead-images`` images (batch 64, 2D, the NERO
   bundle's classifier at its 64x64 input) versus :func:`medood.detectors.posthoc.score_many` with every detector
   that shares the forward pass (all but those with ``needs_input_grad``, i.e. ODIN) on the same batches (median of
-  ``--repeats`` runs after a warm-up). ODIN needs its own forward-backward-forward per batch; its cost is reported
+  ``--repeats`` runs after a warm-up). The detectors are every registered post-hoc detector
+  (:func:`medood.engines.posthoc.build_detectors` with ``"all"``), loaded from the bundle's fitted
+  ``models/detectors.pt``: a new detector joins the benchmark when it is registered and the bundle is refitted. ODIN needs its own forward-backward-forward per batch; its cost is reported
   separately (``odin_over_forward``).
 * ``fit_seconds`` / ``fit_peak_mb``: fitting every detector that needs a fit on N = 1k, 10k, 100k synthetic
   feature vectors (D = the classifier's feature width, C classes, logits from its real head), streamed through
@@ -272,11 +274,16 @@ def markdown(res: dict[str, Any]) -> str:
 
 #: what bounds each detector's fit memory (the constructor defaults)
 _FIT_BOUNDS = {
+    "dice": "a running mean (D values)",
+    "fdbd": "a running mean (D values)",
     "knn": "a bank of at most bank_size = 50 000 feature rows (a seeded uniform sample)",
     "mahalanobis": "class sums and a D x D scatter matrix",
     "neco": "running mean and D x D covariance",
     "nero": "D x D relevance moments, class sums, a sample of at most fit_sample_size = 20 000 relevance rows",
+    "nnguide": "a bank of at most bank_size = 50 000 guided feature rows (a seeded uniform sample)",
     "react": "a sample of at most max_fit_values = 2 000 000 activations",
+    "rmd": "class sums and a D x D scatter matrix (the background covariance is the total scatter)",
+    "she": "per-class sums of all and of the correctly classified features",
     "vim": "D x D moments and a sample of at most fit_sample_size = 20 000 feature rows",
 }
 

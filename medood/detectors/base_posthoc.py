@@ -32,7 +32,9 @@ class RunningMean:
         self.total: Tensor | None = None
 
     def update(self, x: Tensor) -> None:
-        """Add one batch ``(B, D)``."""
+        """Add one batch ``(B, D)`` (an empty batch adds nothing)."""
+        if x.shape[0] == 0:
+            return
         s = x.detach().to(torch.float64).reshape(x.shape[0], -1).sum(dim=0)
         self.total = s if self.total is None else self.total + s
         self.n += x.shape[0]

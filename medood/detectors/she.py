@@ -90,7 +90,8 @@ class SHEDetector(ClassifierDetector):
         correct = logits.argmax(dim=1).to(f.device) == y
         self._num_classes = max(self._num_classes, logits.shape[1])
         self._all.update(f, y)
-        self._correct.update(f[correct], y[correct])
+        if bool(correct.any()):  # a batch may hold no correctly classified sample
+            self._correct.update(f[correct], y[correct])
 
     def finalize_fit(self) -> None:
         """One pattern per class (see the module docstring for classes without correct samples)."""

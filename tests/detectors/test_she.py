@@ -29,7 +29,7 @@ def test_class_without_correct_samples_falls_back_and_labels_are_needed() -> Non
     feats, labels, _, _ = toy_features(n=30, d=16, c=3)
     logits = torch.zeros(30, 4)
     logits[:, 0] = 1.0  # everything predicted as class 0: classes 1 and 2 have no correct sample, 3 none at all
-    det = SHEDetector().fit_features({"features": feats["features"], "logits": logits}, labels)
+    det = fit_in_batches(SHEDetector(), {"features": feats["features"], "logits": logits}, labels, size=1)
     f = feats["features"]
     torch.testing.assert_close(det.patterns[1], f[labels == 1].mean(0))
     assert torch.equal(det.patterns[3], torch.zeros(16))
