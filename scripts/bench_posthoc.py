@@ -7,8 +7,8 @@ Writes ``docs/benchmarks/posthoc.json`` and ``posthoc.md`` (``--out``):
   that shares the forward pass (all but those with ``needs_input_grad``, i.e. ODIN) on the same batches (median of
   ``--repeats`` runs after a warm-up). The detectors are every registered post-hoc detector
   (:func:`medood.engines.posthoc.build_detectors` with ``"all"``), loaded from the bundle's fitted
-  ``models/detectors.pt``: a new detector joins the benchmark when it is registered and the bundle is refitted. ODIN needs its own forward-backward-forward per batch; its cost is reported
-  separately (``odin_over_forward``).
+  ``models/detectors.pt``: a new detector joins the benchmark when it is registered and the bundle is refitted.
+  ODIN needs its own forward-backward-forward per batch; its cost is reported separately (``odin_over_forward``).
 * ``fit_seconds`` / ``fit_peak_mb``: fitting every detector that needs a fit on N = 1k, 10k, 100k synthetic
   feature vectors (D = the classifier's feature width, C classes, logits from its real head), streamed through
   ``partial_fit_features`` in batches of 1024, then ``finalize_fit``. Peak memory = the rise of the process's
