@@ -11,10 +11,11 @@ Algorithm (penultimate features ``z``, linear head ``W, b``, predicted class ``y
    ``normalizer="norm"`` divides by ``||z||`` instead (OpenOOD's other choice, which it selects on OOD
    validation data; not the default here).
 
-In-distribution features lie farther from the boundaries (relative to their distance to the mean). OpenOOD sums
-instead of averaging over ``c``, a factor ``C - 1`` that leaves the ranking unchanged. The fit is the running
-mean of the training features (float64, memory ``O(D)``); the ``C x C`` weight-difference norms
-``||w_c - w_y||`` are computed once from the head (a zero difference, i.e. two identical rows, counts as 1).
+In-distribution features lie farther from the boundaries (relative to their distance to the mean). The official
+code (``run_cifar.py``) and OpenOOD sum instead of averaging over ``c``, a factor ``C - 1`` that leaves the ranking
+unchanged. The fit is the running mean of the training features (float64, memory ``O(D)``); the ``C x C``
+weight-difference norms ``||w_c - w_y||`` are computed once from the head (a zero difference, i.e. two identical
+rows, counts as 1).
 
 Score: higher = more OOD: the detector returns ``-fDBD(x)``.
 

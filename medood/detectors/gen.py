@@ -13,7 +13,7 @@ confidence; the ranking is the same).
 References:
     Liu, Lochman & Zach, "GEN: Pushing the Limits of Softmax-Based Out-of-Distribution Detection", CVPR 2023,
     https://openaccess.thecvf.com/content/CVPR2023/html/Liu_GEN_Pushing_the_Limits_of_Softmax-Based_Out-of-Distribution_Detection_CVPR_2023_paper.html
-    (code: https://github.com/XixiLiu95/GEN; OpenOOD v1.5 ``openood/postprocessors/gen_postprocessor.py``)
+    (OpenOOD v1.5 ``openood/postprocessors/gen_postprocessor.py``)
 """
 
 from __future__ import annotations

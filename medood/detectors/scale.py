@@ -7,7 +7,7 @@ OpenOOD; ``k = D - round(D p / 100)`` with ``p`` the percentile):
 2. ``a' = a * exp(r)`` (every activation is kept: unlike ASH-S, SCALE does not prune);
 3. logits ``W a' + b`` through the unchanged head, and their energy ``-logsumexp``.
 
-Default ``p = 85`` (the paper's ImageNet setting and OpenOOD v1.5's ``configs/postprocessors/scale.yml``).
+Default ``p = 85`` (the official code's ``configs/postprocessors/scale.yml``, which OpenOOD v1.5 ships too).
 No fit; SCALE scores the features of the shared backbone pass (no second pass). It assumes non-negative
 (post-ReLU) activations, as the paper; ``s2 = 0`` gives ``r = 0``.
 
