@@ -9,7 +9,8 @@ paper and OpenOOD apply it; ``k = D - round(D p / 100)`` units are kept, ``p`` t
 * **ASH-S** (``variant="s"``): ``a_p * exp(s1 / s2)`` with ``s2 = sum(a_p)`` (sharpen);
 * logits ``W a' + b`` through the unchanged head, and their energy ``-logsumexp``.
 
-Defaults: ASH-S at ``p = 90`` (the paper's headline ImageNet ResNet-50 setting, "ASH-S@90"; OpenOOD v1.5's
+Defaults: ASH-S at ``p = 90`` (the official ImageNet ResNet-50 setting, ``method: "ash_s@90"`` in the official
+code's ``config/imagenet_config.yml``; OpenOOD v1.5's
 ``configs/postprocessors/ash.yml`` also uses percentile 90, with its network wrapper applying ASH-B). Three
 registry entries, so that all three appear in the post-hoc table: ``ash`` (ASH-S), ``ash_b`` and ``ash_p``.
 No fit: ASH works on each sample alone, on the features of the shared backbone pass (no second pass).
