@@ -26,14 +26,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import json
 import logging
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from monai.data import DataLoader, Dataset
@@ -99,7 +100,7 @@ def overhead(net: torch.nn.Module, n_images: int, repeats: int) -> dict[str, Any
     with torch.no_grad():
         f = FeatureExtractor(net, {"features": f"{head}:input"})(batches[0])
         feats = {"features": flatten_features(f["features"]), "logits": f["logits"]}
-    per_det = {n: _median_time(lambda d=d: d.score_features(feats), repeats) for n, d in others.items()}
+    per_det = {n: _median_time(functools.partial(d.score_features, feats), repeats) for n, d in others.items()}
     return {
         "overhead_all_over_forward": ratio_all,
         "odin_over_forward": ratio_odin,
@@ -153,7 +154,7 @@ def _fit_one(name: str, n: int, weight: torch.Tensor, bias: torch.Tensor, thread
     A throwaway fit on two batches first loads the kernels the fit uses, so their one-off code pages are not
     counted."""
     torch.set_num_threads(threads)
-    cls = get_detector_class(name)
+    cls: Any = get_detector_class(name)
 
     def make() -> Any:
         return cls(weight=weight, bias=bias) if "weight" in inspect.signature(cls).parameters else cls()
@@ -240,7 +241,7 @@ def task(work: Path, name: str, epochs: int) -> tuple[dict[str, Any], dict[str, 
     summary = {
         "classifier": how,
         "id_test_accuracy": payload["id_test_accuracy"],
-        "n_train": len(train.dataset),
+        "n_train": len(cast(Sized, train.dataset)),
         "n_id_test": payload["n_id_test"],
         "ood_set_sizes": payload["ood_set_sizes"],
         "mean": payload["mean"],
