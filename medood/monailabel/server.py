@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -135,6 +137,8 @@ def serve(
             "required" if token else "none",
             sessions,
         )
+        # uvicorn re-raises SIGTERM after its shutdown: exit through this ``finally`` (removes the sessions)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         main = Main()
         args = main.args_parser().parse_args(argv)
         args.uvicorn_app = build_app(policy, studies_dir)
