@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 _EPILOG = """\
@@ -53,6 +54,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-upload-mb", type=float, default=512.0, help="largest request body in MiB (default: 512)")
     s.add_argument("--session-expiry", type=int, default=3600, help="session lifetime in seconds (default: 3600)")
     s.set_defaults(func=run_serve)
+    n = verbs.add_parser(
+        "snippet",
+        help="print the 3D Slicer console snippet that shows a served map with its window and scores",
+        description="Print python for 3D Slicer's console: show_anomaly(server, model, image) loads the float map "
+        "at the healthy-calibration window and prints volume score, flagged and worst slices; send_volume(server, "
+        "volume) uploads the volume open in Slicer to a temporary session first.",
+    )
+    n.set_defaults(func=run_snippet)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -80,4 +89,12 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ValueError(
             f"MONAI Label is not installed ({e}): install it with scripts/install_monailabel.sh <venv>"
         ) from None
+    return 0
+
+
+def run_snippet(args: argparse.Namespace) -> int:
+    """Print :data:`~medood.monailabel.slicer_snippet.SLICER_SNIPPET`."""
+    from medood.monailabel.slicer_snippet import SLICER_SNIPPET
+
+    sys.stdout.write(SLICER_SNIPPET)
     return 0

@@ -112,7 +112,7 @@ def anomaly_map_path(
 def xform_codes(image: str | os.PathLike[str]) -> tuple[int, int]:
     """The ``(qform_code, sform_code)`` of a NIfTI file; ``(1, 1)`` (scanner) for other files or unreadable ones."""
     try:
-        header = nib.load(str(image)).header
+        header: Any = nib.load(str(image)).header
         return int(header["qform_code"]), int(header["sform_code"])
     except Exception:  # not NIfTI (NRRD, a folder): scanner coordinates, as MONAI writes them
         return 1, 1

@@ -66,7 +66,7 @@ class AnomalyBundleInferTask(BundleInferTask):
         self._config["threshold"] = self.default_threshold if self.default_threshold is not None else ""
         self._config["model_filename"] = ["model.pt"]  # the bundle's other weights belong to other detectors
         meta = json.loads((Path(path) / "configs" / "metadata.json").read_text())
-        pred = next(iter(meta.get("network_data_format", {}).get("outputs", {}).values()), {})
+        pred: dict[str, Any] = next(iter(meta.get("network_data_format", {}).get("outputs", {}).values()), {})
         #: the map's declared value range (``[]``: unbounded, non-negative); request thresholds must lie in it
         self.map_value_range = [float(v) for v in pred.get("value_range", [])]
         self.description = f"{meta.get('name', Path(path).name)}: anomaly mask (map >= threshold), scores in JSON"

@@ -273,3 +273,68 @@ def test_slicer_session_route(server, tmp_path) -> None:
         r = requests.put(f"{url}/session/", params=query, files=files, timeout=60)
         assert r.status_code == 400 and reason in r.json()["detail"], r.text[:300]
     assert snapshot(studies, studies.parent) == before
+
+
+def test_slicer_snippet_shows_the_map_at_the_calibrated_window_with_scores(server, tmp_path, capsys) -> None:
+    """The snippet of the docs, run against the server with MONAI Label's client and a recording ``slicer``."""
+    import shutil
+    import sys
+    import types
+
+    import monailabel.client
+
+    from medood.monailabel.slicer_snippet import SLICER_SNIPPET
+
+    url, studies, _ = server
+    calls: list[tuple] = []
+
+    class Display:
+        def __getattr__(self, name):
+            return lambda *a: calls.append((name, *a))
+
+    def load_volume(path, properties=None):
+        calls.append(("loadVolume", nib.load(path), dict(properties or {})))
+        return types.SimpleNamespace(GetDisplayNode=Display)
+
+    def save_node(volume, path):  # Slicer writes the volume open in the scene
+        shutil.copy(volume, path)
+
+    slicer = types.ModuleType("slicer")
+    slicer.app = types.SimpleNamespace(temporaryPath=str(tmp_path))
+    slicer.util = types.SimpleNamespace(
+        loadVolume=load_volume, saveNode=save_node, setSliceViewerLayers=lambda **kw: calls.append(("layers", kw))
+    )
+    saved = {name: sys.modules.get(name) for name in ("slicer", "MONAILabelLib")}
+    sys.modules["slicer"], sys.modules["MONAILabelLib"] = slicer, monailabel.client
+    try:
+        scope: dict = {"__name__": "__main__"}
+        exec(compile(SLICER_SNIPPET, "snippet.py", "exec"), scope)
+        _, result = scope["show_anomaly"](url, BUNDLE, "case1")
+        session_id = scope["send_volume"](url, str(studies / "case1.nii.gz"))
+        _, session_result = scope["show_anomaly"](url, BUNDLE, "Slicer volume", session_id=session_id)
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+    thresholds = json.loads((studies / "anomaly_maps" / "thresholds.json").read_text())
+    loaded = [c for c in calls if c[0] == "loadVolume"]
+    assert len(loaded) == 2 and loaded[0][2] == {"labelmap": False, "name": "case1 anomaly map"}
+    shown = np.asarray(loaded[0][1].dataobj)
+    expected = np.asarray(nib.load(str(studies / "anomaly_maps" / "case1_anomaly_map.nii.gz")).dataobj)
+    assert shown.dtype == np.float32 and np.allclose(shown, expected, atol=1e-6)
+    assert ("SetWindowLevelMinMax", *thresholds["window"]) in calls
+    assert ("SetLowerThreshold", thresholds["window"][0]) in calls and ("SetAutoWindowLevel", 0) in calls
+    assert result["window"] == thresholds["window"] and session_result["volume_score"] == result["volume_score"]
+    out = capsys.readouterr().out
+    assert f"volume score {result['volume_score']}, flagged {result['flagged']}" in out
+    worst = result["worst_slices"][0]
+    assert f"index {worst['slice']}, score {worst['score']:.4g}" in out
+    assert not Path(session_result["anomaly_map"]).is_relative_to(studies)
+
+
+def test_the_docs_quote_the_snippet() -> None:
+    from medood.monailabel.slicer_snippet import SLICER_SNIPPET
+
+    assert SLICER_SNIPPET.strip() in (ROOT / "docs" / "monailabel_slicer.md").read_text()
