@@ -190,9 +190,9 @@ def check_infer_params(
         if key == "threshold":
             if value is not None and value != "":
                 out[key] = check_threshold(value, value_range)
-        elif key == "client_id":
-            if not isinstance(value, str) or len(value) > 200:
-                raise RequestRefused(400, "client_id must be a short string")
+        elif key == "client_id":  # MONAI Label's client sends null when it has none
+            if value is not None and (not isinstance(value, str) or len(value) > 200):
+                raise RequestRefused(400, "client_id must be a short string or null")
             out[key] = value
         elif key in _CHOICES:
             _one_of(key, value, _CHOICES[key])

@@ -72,6 +72,7 @@ def test_thresholds_in_range() -> None:
 def test_infer_params() -> None:
     slicer = '{"device": "cpu", "model_filename": "model.pt", "threshold": 0.3, "client_id": "user-xyz"}'
     assert check_infer_params(slicer, OPTIONS) == {"threshold": 0.3, "client_id": "user-xyz"}
+    assert check_infer_params('{"client_id": null}', OPTIONS) == {"client_id": None}  # MONAI Label's client
     assert check_infer_params("", OPTIONS) == {} and check_infer_params('{"threshold": ""}', OPTIONS) == {}
     assert check_infer_params('{"anomaly_output": "map", "result_compress": false}', OPTIONS) == {
         "anomaly_output": "map",
