@@ -288,8 +288,13 @@ class ServerPolicy:
         raise RequestRefused(403, f"{method} {path[:80]} is disabled on this server (inference only, no training)")
 
     def check_names(self, query: Mapping[str, Sequence[str]]) -> None:
-        """Refuse (400) a query whose study / label / tag / session names are not plain names."""
+        """Refuse (400) a query whose study / label / tag / session names are not plain names.
+
+        With a ``session_id``, ``image`` is only Slicer's name of its volume (``"3: T1 MPRAGE"``) and is not read.
+        """
         for key in NAME_PARAMS:
+            if key == "image" and any(query.get("session_id", [])):
+                continue
             for value in query.get(key, []):
                 if value:
                     check_name(value, key)

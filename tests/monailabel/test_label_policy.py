@@ -123,6 +123,8 @@ def test_routes_by_default_and_with_uploads() -> None:
     _refused(open_.check_route, "DELETE", "/datastore/image", status=403, match="never")
     _refused(locked.check_names, {"image": ["case1"], "tag": ["../x"]}, match="tag")
     locked.check_names({"image": ["case1"], "output": ["../x"]})  # not a name parameter
+    locked.check_names({"image": ["3: T1/MPRAGE"], "session_id": ["abc"]})  # Slicer's volume name, not read
+    _refused(locked.check_names, {"image": ["x"], "session_id": ["../abc"]}, match="session_id")
 
 
 def test_origins_tokens_and_hosts() -> None:

@@ -246,7 +246,7 @@ def test_slicer_session_route(server, tmp_path) -> None:
     info["_session_store"] = str(store)  # the fixture checks that stopping the server removes it
     assert not Path(session["image"]).resolve().is_relative_to(studies.resolve())
     assert Path(session["image"]).is_file() and Path(session["image"]).name == volume.name
-    r = _infer(url, image="Slicer volume", output="json", session_id=session_id)  # Slicer sends both
+    r = _infer(url, image="3: T1/MPRAGE", output="json", session_id=session_id)  # Slicer's volume name: not read
     assert r.status_code == 200, r.text[:500]
     result = r.json()
     assert Path(result["anomaly_map"]).parent == Path(session["path"]) / "anomaly_maps"
