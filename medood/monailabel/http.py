@@ -10,7 +10,8 @@ forking it:
   rebinding of a loopback server), a foreign ``Origin``, a missing token, a closed route, a name that is a path,
   a body over the size limit;
 * the routes that take request data are served first by checked versions that call MONAI Label's own handlers:
-  ``POST /infer/{model}`` (unknown model 404, every option checked before inference), ``PUT /session/`` (one
+  ``POST /infer/{model}`` (unknown model 404, every option checked before inference),
+  ``POST /activelearning/{strategy}`` (known strategy, ``client_id`` only), ``PUT /session/`` (one
   NIfTI volume, no archive), ``PUT /datastore/image`` / ``PUT /datastore/label`` (``--allow-upload``: plain names,
   no overwrite, confined to the studies folder), and ``/auth/`` (the shared token as MONAI Label's login);
 * FastAPI's request-validation errors (422) become 400 with the reason.
@@ -160,6 +161,24 @@ async def _infer(
     return ml_infer.run_inference(background_tasks, model, image, session_id, json.dumps(checked), None, None, output)
 
 
+async def _next_sample(strategy: str, request: Request) -> Any:
+    """``POST /activelearning/{strategy}`` (Slicer's *Next Sample*): a known strategy, a body of ``client_id`` only."""
+    from monailabel.endpoints import activelearning as ml_activelearning
+
+    try:
+        if strategy not in _medood_app().info().get("strategies", {}):
+            raise RequestRefused(404, f"unknown strategy {strategy[:80]!r}")
+        params = parse_json_object((await request.body()).decode("utf-8", "replace"), "the request body")
+        unknown = sorted(set(params) - {"client_id"})
+        if unknown:
+            raise RequestRefused(400, f"unknown option {unknown[0][:40]!r} (known: client_id)")
+        if params.get("client_id") is not None and not isinstance(params["client_id"], str):
+            raise RequestRefused(400, "client_id must be a string or null")
+    except RequestRefused as e:
+        raise _refuse(e) from None
+    return ml_activelearning.sample(strategy, params, None)
+
+
 async def _create_session(
     background_tasks: BackgroundTasks,
     files: Annotated[list[UploadFile], File()],
@@ -260,9 +279,11 @@ def build_app(policy: ServerPolicy, studies: str | os.PathLike[str]) -> ASGIApp:
     checked.add_exception_handler(RequestValidationError, _bad_request)
     _add_route(checked, "/infer/{model}", "POST", _infer)
     _add_route(checked, "/session/", "PUT", _create_session)
+    _add_route(checked, "/activelearning/{strategy}", "POST", _next_sample)
     _install_upload(checked, Path(studies).resolve())
     _install_auth(checked, policy)
     inner: ASGIApp = _Dispatch(checked, app)
+    logger.info("MONAI Label's allow-all CORS middleware removed; allowed origin: %s", policy.cors_origin or "none")
     if policy.cors_origin:
         inner = CORSMiddleware(
             inner,

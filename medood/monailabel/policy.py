@@ -190,9 +190,9 @@ def check_infer_params(
         if key == "threshold":
             if value is not None and value != "":
                 out[key] = check_threshold(value, value_range)
-        elif key == "client_id":
-            if not isinstance(value, str) or len(value) > 200:
-                raise RequestRefused(400, "client_id must be a short string")
+        elif key == "client_id":  # MONAI Label's client sends null when it has none
+            if value is not None and (not isinstance(value, str) or len(value) > 200):
+                raise RequestRefused(400, "client_id must be a short string or null")
             out[key] = value
         elif key in _CHOICES:
             _one_of(key, value, _CHOICES[key])
@@ -288,8 +288,13 @@ class ServerPolicy:
         raise RequestRefused(403, f"{method} {path[:80]} is disabled on this server (inference only, no training)")
 
     def check_names(self, query: Mapping[str, Sequence[str]]) -> None:
-        """Refuse (400) a query whose study / label / tag / session names are not plain names."""
+        """Refuse (400) a query whose study / label / tag / session names are not plain names.
+
+        With a ``session_id``, ``image`` is only Slicer's name of its volume (``"3: T1 MPRAGE"``) and is not read.
+        """
         for key in NAME_PARAMS:
+            if key == "image" and any(query.get("session_id", [])):
+                continue
             for value in query.get(key, []):
                 if value:
                     check_name(value, key)

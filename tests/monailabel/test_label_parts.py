@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -201,3 +202,21 @@ def test_serve_refuses_a_network_host_without_token(tmp_path, monkeypatch: pytes
     assert main([*args, "--host", "127.0.0.1", "--cors-origin", "*"]) == 2
     assert main([*args, "--token", "short"]) == 2
     assert not list(tmp_path.iterdir()), "nothing written when refused"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("monailabel") is None, reason="MONAI Label is not installed")
+def test_serve_refuses_a_session_store_inside_the_studies(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from medood.monailabel.server import serve
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    shims = ("torchvision", "torchvision.utils", "pydicom._storage_sopclass_uids")
+    had = {name for name in shims if name in sys.modules}
+    try:
+        with pytest.raises(ValueError, match="session store must lie outside the studies folder"):
+            serve(tmp_path, "mim_brain_mri_anomaly_segmentation", app_dir=tmp_path.parent / "app")
+    finally:
+        for name in set(shims) - had:  # serve() installed the app's import shims: not for the other tests
+            sys.modules.pop(name, None)
+    assert not list(tmp_path.glob("medood-label-sessions-*")), "the refused store is removed"

@@ -72,6 +72,7 @@ def test_thresholds_in_range() -> None:
 def test_infer_params() -> None:
     slicer = '{"device": "cpu", "model_filename": "model.pt", "threshold": 0.3, "client_id": "user-xyz"}'
     assert check_infer_params(slicer, OPTIONS) == {"threshold": 0.3, "client_id": "user-xyz"}
+    assert check_infer_params('{"client_id": null}', OPTIONS) == {"client_id": None}  # MONAI Label's client
     assert check_infer_params("", OPTIONS) == {} and check_infer_params('{"threshold": ""}', OPTIONS) == {}
     assert check_infer_params('{"anomaly_output": "map", "result_compress": false}', OPTIONS) == {
         "anomaly_output": "map",
@@ -122,6 +123,8 @@ def test_routes_by_default_and_with_uploads() -> None:
     _refused(open_.check_route, "DELETE", "/datastore/image", status=403, match="never")
     _refused(locked.check_names, {"image": ["case1"], "tag": ["../x"]}, match="tag")
     locked.check_names({"image": ["case1"], "output": ["../x"]})  # not a name parameter
+    locked.check_names({"image": ["3: T1/MPRAGE"], "session_id": ["abc"]})  # Slicer's volume name, not read
+    _refused(locked.check_names, {"image": ["x"], "session_id": ["../abc"]}, match="session_id")
 
 
 def test_origins_tokens_and_hosts() -> None:

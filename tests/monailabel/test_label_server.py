@@ -246,7 +246,7 @@ def test_slicer_session_route(server, tmp_path) -> None:
     info["_session_store"] = str(store)  # the fixture checks that stopping the server removes it
     assert not Path(session["image"]).resolve().is_relative_to(studies.resolve())
     assert Path(session["image"]).is_file() and Path(session["image"]).name == volume.name
-    r = _infer(url, image="Slicer volume", output="json", session_id=session_id)  # Slicer sends both
+    r = _infer(url, image="3: T1/MPRAGE", output="json", session_id=session_id)  # Slicer's volume name: not read
     assert r.status_code == 200, r.text[:500]
     result = r.json()
     assert Path(result["anomaly_map"]).parent == Path(session["path"]) / "anomaly_maps"
@@ -338,3 +338,23 @@ def test_the_docs_quote_the_snippet() -> None:
     from medood.monailabel.slicer_snippet import SLICER_SNIPPET
 
     assert SLICER_SNIPPET.strip() in (ROOT / "docs" / "monailabel_slicer.md").read_text()
+
+
+def test_next_sample_is_checked(server) -> None:
+    import requests
+
+    url, studies, _ = server
+    r = requests.post(f"{url}/activelearning/random", json={"client_id": "slicer-user"}, timeout=30)
+    assert r.status_code == 200 and r.json()["id"] == "case1", r.text[:300]
+    assert Path(r.json()["path"]).resolve() == (studies / "case1.nii.gz").resolve()
+    before = snapshot(studies, studies.parent)
+    for body, status, reason in [
+        ({"client_id": "u", "strategy": "x"}, 400, "unknown option"),
+        ({"client_id": ["u"]}, 400, "client_id"),
+        ("[1]", 400, "JSON object"),
+    ]:
+        data = body if isinstance(body, str) else json.dumps(body)
+        r = requests.post(f"{url}/activelearning/random", data=data, timeout=30)
+        assert r.status_code == status and reason in r.json()["detail"], r.text[:300]
+    assert requests.post(f"{url}/activelearning/nope", json={}, timeout=30).status_code == 404
+    assert snapshot(studies, studies.parent) == before
