@@ -61,9 +61,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--detector-arg", nargs="+", default=[], metavar="KEY=VALUE", help="detector options (JSON values)")
     p.add_argument("--fit-key", default="training", help="list of the data list to fit on (default: training)")
-    p.add_argument("--val-key", default="validation", help="validation list; absent: 20%% of the fit list, seeded")
+    p.add_argument("--val-key", default="validation", help="validation list; absent: --val-fraction of the fit list")
     p.add_argument("--config", help="the inference config, relative to the bundle (default: configs/inference.*)")
-    p.add_argument("--ckpt", help="the network weights (default: <bundle>/models/model.pt)")
+    p.add_argument(
+        "--ckpt", help="the network weights (default: what the config's CheckpointLoader loads, else models/model.pt)"
+    )
     p.add_argument("--network-id", default="network", help="config id of the network (default: network)")
     p.add_argument("--evaluator-id", default="evaluator", help="config id of the evaluator (default: evaluator)")
     p.add_argument("--inferer-id", default="inferer", help="config id of the inferer (default: inferer)")
