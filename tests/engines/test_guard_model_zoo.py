@@ -5,8 +5,8 @@ fits through the bundle's own preprocessing and inferer, the original and the co
 command line (``monai.bundle run ... --bundle_root <bundle>``; for spleen the companion as a real subprocess), the
 original outputs are byte-identical, every case gets a score and a consistent flag, and the run-time ratio
 companion / original is printed. Spleen is the issue's regression: its 40x40x32 volumes crash the published UNet
-when run whole (``Sizes of tensors must match``), which is what the old discovery did. ``scripts/bench_guard.py`` runs the same matrix with more cases and writes
-``docs/benchmarks/guard.json``.
+when run whole (``Sizes of tensors must match``), which is what the old discovery did. ``scripts/bench_guard.py``
+runs the same matrix with more cases and writes ``docs/benchmarks/guard.json``.
 """
 
 from __future__ import annotations
