@@ -67,8 +67,12 @@ def spectral_signature(features: Tensor, eps: float = 1e-6) -> Tensor:
     if not 0.0 < eps < 1.0:
         raise ValueError(f"eps must be in (0, 1), got {eps}")
     f = features.detach().reshape(features.shape[0], features.shape[1], -1).to(torch.float64)
-    gram = f @ f.transpose(1, 2)
-    sigma = torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0.0).sqrt()  # descending singular values of F
+    if f.shape[2] < f.shape[1]:  # N < C (a classifier's deep layer): the N x N Gram has the same non-zero spectrum
+        eig = torch.linalg.eigvalsh(f.transpose(1, 2) @ f)
+        eig = torch.cat([eig.new_zeros(f.shape[0], f.shape[1] - f.shape[2]), eig], dim=1)  # the C - N exact zeros
+    else:
+        eig = torch.linalg.eigvalsh(f @ f.transpose(1, 2))
+    sigma = eig.flip(-1).clamp_min(0.0).sqrt()  # descending singular values of F
     top = sigma[:, :1]
     floor = torch.where(top > 0, eps * top, torch.ones_like(top))  # all-zero maps: log 1 = 0 everywhere
     log_sigma = torch.log(torch.maximum(sigma, floor))

@@ -10,9 +10,9 @@ bundle writes are untouched.
   training data);
 * :class:`FeatureCalibrationHandler`: records the scores of in-distribution validation cases into the
   detector's :class:`~medood.detectors.calibration.Calibration` (the thresholds);
-* :class:`GuardScoreWriter`: scores every case and writes ``scores.csv`` (``case,score,is_ood``) and
-  ``guard.json``; ``is_ood`` = score above the threshold at the requested false-alarm rate on the validation
-  scores.
+* :class:`GuardScoreWriter`: scores every case and writes ``scores.csv`` (``case,score,flagged``) and
+  ``guard.json``; ``flagged`` = score above the threshold (the split-conformal threshold of
+  :func:`medood.utils.conformal.conformal_threshold` that ``medood guard`` computed on the validation scores).
 """
 
 from __future__ import annotations
@@ -55,10 +55,11 @@ def item_features(calls: dict[str, list[Tensor]], batch_size: int) -> dict[str, 
     n_calls = len(next(iter(calls.values())))
     first = next(iter(calls.values()))[0]
     if n_calls == 1 and first.shape[0] == batch_size:
-        return {k: v[0] for k, v in calls.items()}
-    if batch_size == 1:
+        return {k: v[0].float() for k, v in calls.items()}
+    if batch_size == 1:  # float32: a bundle's mixed precision (amp) must not change the detector's arithmetic
         return {
-            k: torch.cat([t.transpose(0, 1).reshape(t.shape[1], -1) for t in v], dim=1)[None] for k, v in calls.items()
+            k: torch.cat([t.float().transpose(0, 1).reshape(t.shape[1], -1) for t in v], dim=1)[None]
+            for k, v in calls.items()
         }
     raise ValueError(
         f"{n_calls} network calls for a batch of {batch_size} cases: use batch_size 1 with sliding-window inference"
@@ -196,6 +197,11 @@ class FeatureCalibrationHandler(_HookedPass):
         """Score the batch."""
         self.scores.append(self.detector.score_features(features).image_score.detach().cpu())
 
+    @property
+    def values(self) -> list[float]:
+        """The validation scores of the last run, in case order."""
+        return torch.cat(self.scores).tolist() if self.scores else []
+
     def on_end(self, engine: Engine) -> None:
         """Record the score quantiles (and save)."""
         if not self.scores:
@@ -209,36 +215,46 @@ class FeatureCalibrationHandler(_HookedPass):
 
 
 class GuardScoreWriter(_HookedPass):
-    """Score every case of the run and write ``scores.csv`` (``case,score,is_ood``) and ``guard.json``.
+    """Score every case of the run and write ``scores.csv`` (``case,score,flagged``) and ``guard.json``.
 
     Args:
-        detector: a fitted, calibrated detector.
+        detector: a fitted detector.
         output_dir: where the files go.
-        false_alarm_rate: the fraction of in-distribution validation cases allowed above the threshold.
+        threshold: flag a case when its score is above it; ``medood guard`` writes the split-conformal threshold
+            of its validation scores here. ``None``: the detector's calibration at ``false_alarm_rate``
+            (:meth:`~medood.detectors.calibration.Calibration.thresholds`, for bundles that calibrate the detector
+            themselves). Defaults to ``None``.
+        false_alarm_rate: the requested false-alarm rate (recorded; used only when ``threshold`` is ``None``).
             Defaults to 0.05.
-        threshold: a fixed score threshold instead (``None``: from the calibration). Defaults to ``None``.
         image_key: batch key of the image. Defaults to ``"image"``.
+        threshold_info: what the threshold guarantees (rule, ``alpha``, ``n``, rank, warnings), copied into
+            ``guard.json``. Defaults to ``None``.
     """
 
     def __init__(
         self,
         detector: FeatureMapDetector,
         output_dir: str | os.PathLike[str],
-        false_alarm_rate: float = 0.05,
         threshold: float | None = None,
+        false_alarm_rate: float = 0.05,
         image_key: str = "image",
+        threshold_info: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(detector, image_key)
         if not 0.0 < false_alarm_rate < 1.0:
             raise ValueError(f"false_alarm_rate must be in (0, 1), got {false_alarm_rate}")
         self.output_dir, self.false_alarm_rate, self.threshold = Path(output_dir), false_alarm_rate, threshold
+        self.threshold_info = dict(threshold_info or {})
         self.rows: list[dict[str, Any]] = []
 
     def on_start(self, engine: Engine) -> None:
-        """Resolve the threshold from the calibration."""
+        """Resolve the threshold."""
         self.detector.check_fitted()
         if self.threshold is None:
-            self.threshold = self.detector.calibration.quantile(1.0 - self.false_alarm_rate, "score")
+            self.threshold = self.detector.calibration.thresholds(
+                score_percentile=100 * (1 - self.false_alarm_rate)
+            ).score
+            self.threshold_info.setdefault("rule", "calibration quantile")
         self.rows = []
 
     def on_batch(self, engine: Engine, features: dict[str, Tensor]) -> None:
@@ -248,7 +264,7 @@ class GuardScoreWriter(_HookedPass):
         assert self.threshold is not None
         for name, score in zip(names, out.image_score.tolist()):
             flagged = int(score > self.threshold)
-            self.rows.append({"case": name, "score": score, "is_ood": flagged})
+            self.rows.append({"case": name, "score": score, "flagged": flagged})
             if flagged:
                 logger.warning(
                     "%s is out of distribution (score %.4g > %.4g): do not trust its output",
@@ -261,17 +277,18 @@ class GuardScoreWriter(_HookedPass):
         """Write scores.csv and guard.json."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with atomic_write(self.output_dir / "scores.csv") as f:
-            w = csv.DictWriter(f, fieldnames=["case", "score", "is_ood"], lineterminator="\n")
+            w = csv.DictWriter(f, fieldnames=["case", "score", "flagged"], lineterminator="\n")
             w.writeheader()
             w.writerows({**r, "score": f"{r['score']:.7g}"} for r in self.rows)
         info = {
             "detector": self.detector.name,
             "layers": self.detector.layers,
             "threshold": self.threshold,
-            "false_alarm_rate": self.false_alarm_rate,
+            "false_alarm_rate": self.threshold_info.get("alpha", self.false_alarm_rate),
+            "threshold_rule": self.threshold_info,
             "n_cases": len(self.rows),
-            "n_flagged": sum(r["is_ood"] for r in self.rows),
-            "score_convention": "higher = more out-of-distribution; is_ood = score > threshold",
+            "n_flagged": sum(r["flagged"] for r in self.rows),
+            "score_convention": "higher = more out-of-distribution; flagged = score > threshold",
         }
         atomic_write_text(self.output_dir / "guard.json", json.dumps(info, indent=2) + "\n")
         logger.info("guard: %d of %d cases flagged out of distribution", info["n_flagged"], info["n_cases"])

@@ -1,13 +1,18 @@
 """Feature maps of any network: find its deepest encoder stages, record their outputs over several forward calls.
 
 :func:`encoder_stages` finds, by one probe forward pass, the modules that end the deepest resolution levels of
-an encoder (the bottleneck first) in a MONAI ``UNet`` / ``DynUNet``, a plain CNN classifier or any network whose
-feature maps shrink before they grow again. :class:`FeatureRecorder` keeps every output a hooked module produced
-since the last :meth:`~FeatureRecorder.pop` (a sliding-window inferer calls the network once per window batch).
+an encoder (the bottleneck first) in a MONAI ``UNet`` / ``DynUNet`` / ``BasicUNet`` / ``SwinUNETR`` /
+``FlexibleUNet`` / ``SegResNet``, a CNN classifier (``DenseNet``, ``ResNet``, ``SEResNet``) or any network whose
+channel-first feature maps shrink before they grow again; ``UNETR`` takes its encoder stages by name
+(:data:`FAMILY_STAGES`). :func:`first_network_input` gives the input a network really receives from an inferer
+(one sliding window, one slice), which is what the probe pass must see. :class:`FeatureRecorder` keeps every
+output a hooked module produced since the last :meth:`~FeatureRecorder.pop` (a sliding-window inferer calls the
+network once per window batch).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -16,11 +21,54 @@ from torch import Tensor, nn
 
 from medood.networks.hooks import FeatureExtractor
 
-__all__ = ["FeatureRecorder", "StageRecord", "encoder_stages", "probe_input", "trace_feature_maps"]
+__all__ = [
+    "FAMILY_STAGES",
+    "FeatureRecorder",
+    "StageRecord",
+    "encoder_stages",
+    "first_network_input",
+    "probe_input",
+    "trace_feature_maps",
+]
 
 #: Modules whose output joins a skip connection (a concatenation at the lower level's resolution, or the
 #: upsampled result): never the end of an encoder stage.
 _SKIP_TYPES = ("SkipConnection", "DynUNetSkipLayer")
+
+#: Networks whose encoder stages the probe cannot find, by class name: the stage names, shallower first (the last
+#: ``n`` are taken). ``UNETR``'s encoder is a ViT whose tokens become channel-first maps only as the inputs of its
+#: convolutional blocks (``encoder4``: ViT block 9, ``decoder5``: the last block, both at 1/16 of the input).
+FAMILY_STAGES: dict[str, Callable[[nn.Module], list[str]]] = {
+    "UNETR": lambda m: ["encoder4:input", "decoder5:input"],
+}
+
+
+class _FirstCall(Exception):
+    """Raised by :func:`first_network_input` to stop the inferer after the network's first call."""
+
+    def __init__(self, value: Tensor) -> None:
+        super().__init__("first network call")
+        self.value = value
+
+
+def first_network_input(inferer: Callable[..., object], network: nn.Module, inputs: Tensor) -> Tensor:
+    """The tensor ``network`` receives first when ``inferer`` runs it on ``inputs`` (no forward pass is made).
+
+    A sliding-window inferer gives one window batch (``roi_size``, padded), a slice inferer a batch of 2D slices,
+    a simple inferer the input itself: the shape the network's feature maps must be probed with.
+
+    Raises:
+        RuntimeError: the inferer never called the network.
+    """
+
+    def grab(x: Tensor, *args: object, **kwargs: object) -> Tensor:
+        raise _FirstCall(x)
+
+    try:
+        inferer(inputs, grab)  # type: ignore[call-arg]
+    except _FirstCall as first:
+        return first.value
+    raise RuntimeError(f"{type(inferer).__name__} never called the network")
 
 
 class StageRecord(NamedTuple):
@@ -51,18 +99,32 @@ def probe_input(model: nn.Module, size: int | None = None) -> Tensor:
     return torch.randn(shape, generator=gen).to(conv.weight.device, conv.weight.dtype)
 
 
+def _decoder_name(name: str) -> bool:
+    """Whether a module belongs to a decoder path, by its name (``decoder*``, ``up*``).
+
+    MONAI's ``SegResNet``, ``DynUNet``, ``BasicUNet``, ``SwinUNETR`` and ``FlexibleUNet`` name them so; their first
+    block often runs at the bottleneck's resolution and would pass for the end of the encoder.
+    """
+    return any(part.lower().startswith(("decoder", "up")) for part in name.split("."))
+
+
 def trace_feature_maps(model: nn.Module, example: Tensor) -> list[StageRecord]:
-    """Every module output with the input's dimensionality, in the order the modules finished (one forward)."""
+    """Every channel-first module output with the input's dimensionality, in the order the modules finished.
+
+    One forward pass. Left out: skip connections, padding, modules returning a list of maps, modules called more
+    than once in the pass (a shared activation is no stage), global pools and vectors.
+    """
     records: list[StageRecord] = []
+    calls: dict[str, int] = {}
     handles = []
 
     def hook(name: str) -> Callable[[nn.Module, tuple, object], None]:
         def fn(module: nn.Module, _inputs: tuple, output: object) -> None:
-            if isinstance(output, (tuple, list)) and output:
-                output = output[0]
-            if type(module).__name__ in _SKIP_TYPES or not isinstance(output, Tensor):
+            calls[name] = calls.get(name, 0) + 1
+            kind = type(module).__name__
+            if kind in _SKIP_TYPES or "pad" in kind.lower() or not isinstance(output, Tensor):
                 return
-            if output.ndim == example.ndim and output.shape[2:].numel() > 1:  # no global pools, no vectors
+            if output.ndim == example.ndim and output.shape[2:].numel() > 1 and _channel_first(output, example):
                 records.append(StageRecord(name, int(output.shape[1]), tuple(output.shape[2:])))
 
         return fn
@@ -79,7 +141,17 @@ def trace_feature_maps(model: nn.Module, example: Tensor) -> list[StageRecord]:
         model.train(was_training)
         for h in handles:
             h.remove()
-    return records
+    return [r for r in records if calls[r.name] == 1]
+
+
+def _channel_first(output: Tensor, example: Tensor) -> bool:
+    """Whether ``output`` looks like a channel-first map of ``example``: each axis shrunk by about a power of two.
+
+    Rejects most channel-last ``(B, *S, C)`` tensors inside transformer blocks (Swin), whose last "spatial" axis
+    is the channels; anisotropic strides (``DynUNet``) pass.
+    """
+    ratios = [i / o for i, o in zip(example.shape[2:], output.shape[2:])]
+    return all(r > 0 and abs(math.log2(r) - round(math.log2(r))) < 0.2 for r in ratios)
 
 
 def encoder_stages(
@@ -106,8 +178,14 @@ def encoder_stages(
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    family = next((FAMILY_STAGES[c.__name__] for c in type(model).__mro__ if c.__name__ in FAMILY_STAGES), None)
+    if family is not None:
+        names = family(model)
+        modules = dict(model.named_modules())
+        if all(name.partition(":")[0] in modules for name in names):
+            return names[-n:]
     x = example if example is not None else probe_input(model, probe_size)
-    records = trace_feature_maps(model, x)
+    records = [r for r in trace_feature_maps(model, x) if not _decoder_name(r.name)]
     if not records:
         raise ValueError(f"{type(model).__name__}: no module produced a spatial feature map; pass the layer names")
     sizes = [torch.Size(r.spatial).numel() for r in records]

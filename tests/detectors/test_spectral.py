@@ -160,3 +160,12 @@ def test_monai_unet_host_default_layers_and_direction(sd: int) -> None:
     ood = torch.where(ood > 0.1, 1.5 - ood, ood)  # inverted contrast inside the "brain"
     ood_scores = det.score(ood).image_score
     assert auroc(torch.cat([id_scores, ood_scores]).numpy(), [0] * 6 + [1] * 6) == 1.0
+
+
+def test_signature_of_wide_maps_uses_the_small_gram() -> None:
+    """N < C (a classifier's deep layer, e.g. 2048 channels x 2 x 2): the N x N Gram gives the SVD's signature."""
+    f = torch.randn(3, 256, 2, 3, dtype=torch.float64)
+    sigma = torch.linalg.svdvals(f.reshape(3, 256, 6))
+    full = torch.cat([sigma, sigma.new_zeros(3, 250)], dim=1)
+    ref = torch.log(torch.maximum(full, 1e-6 * sigma[:, :1]))
+    torch.testing.assert_close(spectral_signature(f), ref / ref.norm(dim=1, keepdim=True))

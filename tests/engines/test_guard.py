@@ -109,7 +109,9 @@ def test_read_id_datalist_holds_out_a_seeded_validation_split(tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_guard_companion_bundle_keeps_outputs_and_flags_other_modalities(tmp_path: Path) -> None:
+def test_guard_companion_bundle_keeps_outputs_and_flags_other_modalities(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     bundle = tmp_path / "seg_bundle"
     (bundle / "configs").mkdir(parents=True)
     (bundle / "configs" / "inference.json").write_text(json.dumps(_bundle_config(), indent=2))
@@ -128,17 +130,23 @@ def test_guard_companion_bundle_keeps_outputs_and_flags_other_modalities(tmp_pat
         _write(test / f"ood_ct_{i}.nii.gz", _volume(400 + i, "ct"))
 
     companion = tmp_path / "guarded"
-    assert main(["guard", str(bundle), "--datalist", str(tmp_path / "id.json"), "--out", str(companion)]) == 0
+    args = ["guard", str(bundle), "--datalist", str(tmp_path / "id.json"), "--out", str(companion)]
+    assert main(args) == 2 and not companion.exists()  # 5 validation cases cannot give alpha 0.05: refused
+    assert "needs at least 19" in caplog.text
+    assert main([*args, "--alpha", "0.2"]) == 0
     assert sorted(p.name for p in (companion / "configs").iterdir()) == ["inference.json", "metadata.json"]
-    assert (companion / "models" / "guard.pt").is_file() and not (companion / "models" / "model.pt").exists()
+    assert (companion / "models" / "guard.pt").is_file() and (companion / "models" / "model.pt").is_symlink()
     meta = json.loads((companion / "configs" / "metadata.json").read_text())["guard"]
+    # through the bundle's own 16^3 sliding window (the whole 24^3 volume would give other shapes)
     assert meta["detector_args"]["layers"] == ["model.0", "model.1.submodule.1.submodule"]  # down layer, bottom
     assert meta["n_fit"] == 10 and meta["n_val"] == 5
+    assert meta["threshold_rule"]["rule"] == "split-conformal" and meta["threshold_rule"]["rank"] == 5
 
     plain, guarded = tmp_path / "out_plain", tmp_path / "out_guarded"
     _run_bundle(bundle / "configs" / "inference.json", "--bundle_root", str(bundle), "--dataset_dir", str(test),
                 "--output_dir", str(plain))  # fmt: skip
-    _run_bundle(companion / "configs" / "inference.json", "--dataset_dir", str(test), "--output_dir", str(guarded))
+    _run_bundle(companion / "configs" / "inference.json", "--bundle_root", str(companion), "--dataset_dir", str(test),
+                "--output_dir", str(guarded))  # fmt: skip
     seg = sorted(p.name for p in plain.iterdir())
     assert len(seg) == 9 and all(n.endswith("_seg.nii.gz") for n in seg)
     assert sorted(p.name for p in guarded.iterdir()) == sorted([*seg, "guard.json", "scores.csv"])
@@ -150,6 +158,6 @@ def test_guard_companion_bundle_keeps_outputs_and_flags_other_modalities(tmp_pat
     score = {c: float(r["score"]) for c, r in rows.items()}
     id_max = max(v for c, v in score.items() if c.startswith("id_"))
     assert min(v for c, v in score.items() if c.startswith("ood_")) > id_max, score
-    assert all(rows[c]["is_ood"] == "1" for c in rows if c.startswith("ood_"))
+    assert all(rows[c]["flagged"] == "1" for c in rows if c.startswith("ood_"))
     info = json.loads((guarded / "guard.json").read_text())
     assert info["n_cases"] == 9 and info["threshold"] == pytest.approx(meta["threshold"])

@@ -16,6 +16,7 @@ from monai.networks.nets import UNet
 from medood.detectors.spectral import SpectralDetector
 from medood.handlers.guard import FeatureCalibrationHandler, FeatureFitHandler, GuardScoreWriter, item_features
 from medood.networks.feature_maps import encoder_stages
+from medood.utils.conformal import conformal_threshold
 
 
 def test_item_features_one_call_or_windows() -> None:
@@ -63,14 +64,16 @@ def test_fit_calibrate_and_write_scores(tmp_path: Path, sliding: bool) -> None:
     inferer = SlidingWindowInferer((8, 8), sw_batch_size=2, overlap=0) if sliding else None
     _run(net, _cases(8, 0), FeatureFitHandler(det, save_path=tmp_path / "det.pt"), inferer, batch=1 if sliding else 4)
     assert det.is_fitted and det.signatures_0.shape[0] == 8 and (tmp_path / "det.pt").is_file()
-    _run(net, _cases(5, 1), FeatureCalibrationHandler(det), inferer)
-    assert int(det.calibration.n_scores) == 5
-    writer = GuardScoreWriter(det, tmp_path / "out", false_alarm_rate=0.2)
+    calibration = FeatureCalibrationHandler(det)
+    _run(net, _cases(5, 1), calibration, inferer)
+    assert int(det.calibration.n_scores) == 5 and len(calibration.values) == 5
+    threshold = conformal_threshold(calibration.values, 0.2).threshold  # 5 cases: rank 5, the largest
+    assert threshold == max(calibration.values)
+    writer = GuardScoreWriter(det, tmp_path / "out", threshold=threshold, threshold_info={"rule": "split-conformal"})
     _run(net, _cases(3, 2) + _cases(3, 3, invert=True), writer, inferer)
     rows = list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))
     assert [r["case"] for r in rows] == [f"case_2_{i}" for i in range(3)] + [f"case_3_{i}" for i in range(3)]
-    threshold = det.calibration.quantile(0.8, "score")
-    assert all(int(r["is_ood"]) == int(float(r["score"]) > threshold) for r in rows)
+    assert all(int(r["flagged"]) == int(float(r["score"]) > threshold) for r in rows)
     scores = [float(r["score"]) for r in rows]
     assert min(scores[3:]) > max(scores[:3]), "inverted contrast scores higher"
     info = json.loads((tmp_path / "out" / "guard.json").read_text())
