@@ -15,7 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-__all__ = ["BROKEN", "png_bomb", "nifti_bomb", "write_broken"]
+__all__ = ["BROKEN", "nifti_bomb", "png_bomb", "write_broken"]
 
 BROKEN = ("truncated", "empty", "text", "bomb")
 
