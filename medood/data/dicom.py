@@ -284,7 +284,7 @@ def _single_slice_lps(ds: pydicom.Dataset) -> np.ndarray:
 
 
 def _to_metatensor(img: sitk.Image, first: pydicom.Dataset, source: Path, n_files: int) -> MetaTensor:
-    arr = sitk.GetArrayFromImage(img)  # (z, y, x) or (y, x), plus a trailing component axis if multi-component
+    arr = sitk.GetArrayViewFromImage(img)  # no copy: (z, y, x) or (y, x), + a component axis if multi-component
     if img.GetNumberOfComponentsPerPixel() == 1:
         arr = arr[..., None]
     if img.GetDimension() == 2:
@@ -294,7 +294,9 @@ def _to_metatensor(img: sitk.Image, first: pydicom.Dataset, source: Path, n_file
         lps = np.eye(4)
         lps[:3, :3] = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3) @ np.diag(img.GetSpacing())
         lps[:3, 3] = img.GetOrigin()
-    chw = np.ascontiguousarray(np.moveaxis(arr, -1, 0).transpose(0, 3, 2, 1)).astype(np.float32)  # (C, x, y, z)
+    view = np.moveaxis(arr, -1, 0).transpose(0, 3, 2, 1)  # (C, x, y, z)
+    chw = np.empty(view.shape, dtype=np.float32)  # one float copy, filled straight from ITK's buffer
+    chw[...] = view
     affine = torch.as_tensor(_LPS_TO_RAS @ lps, dtype=torch.float64)
     meta = {
         "affine": affine,
