@@ -44,7 +44,7 @@ from medood.data._files import (
 from medood.data.errors import DataError
 from medood.data.geometry import check_affine
 
-__all__ = ["find_dicom_series", "group_dicom_files", "load_dicom_series", "sort_dicom_slices"]
+__all__ = ["find_dicom_series", "group_dicom_files", "load_dicom_series", "several_series", "sort_dicom_slices"]
 
 logger = logging.getLogger(__name__)
 
@@ -218,11 +218,14 @@ def _select_series(root: Path, series_uid: str | None) -> list[Path]:
             raise DataError(root, f"has no series {series_uid!r}; available: {sorted(series)}")
         return series[series_uid]
     if len(series) > 1:
-        listing = "; ".join(f"{uid} ({len(files)} files)" for uid, files in series.items())
-        raise DataError(
-            root, f"holds {len(series)} DICOM series: {listing}", "pass series_uid=... or one series' files"
-        )
+        raise several_series(root, {uid: len(files) for uid, files in series.items()})
     return next(iter(series.values()))
+
+
+def several_series(folder: Path, counts: dict[str, int]) -> DataError:
+    """The refusal of a folder holding more than one series (``{SeriesInstanceUID: number of files}``)."""
+    listing = "; ".join(f"{uid} ({n} files)" for uid, n in sorted(counts.items()))
+    return DataError(folder, f"holds {len(counts)} DICOM series: {listing}", "pass series_uid=... or one series' files")
 
 
 def _check_decodable(f: Path, ds: pydicom.Dataset) -> None:
