@@ -297,8 +297,8 @@ def _to_metatensor(img: sitk.Image, first: pydicom.Dataset, source: Path, n_file
         lps = np.eye(4)
         lps[:3, :3] = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3) @ np.diag(img.GetSpacing())
         lps[:3, 3] = img.GetOrigin()
-    view = np.moveaxis(arr, -1, 0).transpose(0, 3, 2, 1)  # (C, x, y, z)
-    chw = np.empty(view.shape, dtype=np.float32)  # one float copy, filled straight from ITK's buffer
+    view: np.ndarray = np.moveaxis(arr, -1, 0).transpose(0, 3, 2, 1)  # (C, x, y, z)
+    chw: np.ndarray = np.empty(view.shape, dtype=np.float32)  # one float copy, filled straight from ITK's buffer
     chw[...] = view
     affine = torch.as_tensor(_LPS_TO_RAS @ lps, dtype=torch.float64)
     meta = {
