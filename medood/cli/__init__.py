@@ -41,7 +41,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    debug = args.debug or os.environ.get("MEDOOD_DEBUG", "") not in ("", "0")
+    if getattr(args, "max_image_bytes", None) is not None:
+        from medood.data._files import set_max_image_bytes
+
+        try:
+            set_max_image_bytes(args.max_image_bytes)
+        except ValueError as err:
+            parser.error(f"--max-image-bytes: {err}")
+    debug = getattr(args, "debug", False) or os.environ.get("MEDOOD_DEBUG", "") not in ("", "0")
     try:
         return int(args.func(args) or 0)
     except Exception as err:

@@ -18,7 +18,9 @@ Float images with NaN/Inf pixels, and images above the memory budget (from the h
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -127,13 +129,32 @@ class _ChannelFirstFloatReader(Image2DReader):
         return out, meta
 
 
+_PIL_LOCK = threading.Lock()
+
+
+@contextmanager
+def _budget_rules_pil() -> Iterator[None]:
+    """PIL's own decompression-bomb limit off while a header is opened: the memory budget rules alone.
+
+    The budget is checked right after, from the header (:func:`_check_header`), so it is the one limit of every
+    format; raising it (``$MEDOOD_MAX_IMAGE_BYTES``) lets larger images through.
+    """
+    with _PIL_LOCK:
+        before = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
+
+
 def _check_header(p: Path, kind: str, max_bytes: int | None) -> None:
     """Open lazily: refuse images above the memory budget; verify a PNG's chunk CRCs and final IEND chunk.
 
     (Decoding alone does not check them.)
     """
     try:
-        with Image.open(p) as im:
+        with _budget_rules_pil(), Image.open(p) as im:
             channels = 1 if im.mode in ("1", "L", "I", "F") or im.mode.startswith("I;16") else 3
             check_memory_budget(p, (channels, im.height, im.width), max_bytes)
             if kind == "png":

@@ -87,8 +87,8 @@ def test_five_good_five_bad_volumes(tmp_path: Path) -> None:
         assert img.shape == SHAPE and np.allclose(img.affine, AFFINE, atol=1e-5)
     errors = list(csv.DictReader(open(out / "errors.csv", encoding="utf-8")))
     assert [r["case"] for r in errors] == bad
-    assert all(r["file"].endswith(f"{r['case']}.nii.gz") and r["error"] for r in errors)
-    assert "4D with 4 volumes" in errors[1]["error"] and "zero voxel spacing" in errors[3]["error"]
+    assert all(r["file"].endswith(f"{r['case']}.nii.gz") and r["reason"] and r["stage"] for r in errors)
+    assert "4D with 4 volumes" in errors[1]["reason"] and "zero voxel spacing" in errors[3]["reason"]
     scores = list(csv.DictReader(open(out / "scores.csv", encoding="utf-8")))
     assert [r["case"] for r in scores] == [f"g{i}" for i in range(5)]
     names = {p.name for p in out.iterdir()}
