@@ -97,8 +97,11 @@ def _kind(path: Path) -> str:
         return "checkpoint"
     if name.endswith(IMAGE_2D_SUFFIXES):
         return "2D image"
-    if name.endswith(".dcm") or (path.is_file() and path.stat().st_size > 132 and sniff_format(path) == "dicom"):
+    content = sniff_format(path) if path.is_file() and path.stat().st_size > 0 else "empty"
+    if name.endswith(".dcm") or content == "dicom":
         return "DICOM"
+    if content.startswith(("nifti1", "nifti2")):  # a volume under another name: load_volume refuses its name
+        return "NIfTI"
     return "other"
 
 

@@ -15,7 +15,6 @@ from tests.reliability.corpus import ACCEPTED, KINDS, AcceptedKind, BadKind
 #: Kinds that are no input ``medood check`` can be given: a loader's call, not a file (datalist builders on
 #: folders, a list of files, a split name), or a folder of series one level down (a dataset root holds those).
 NOT_FILES = {
-    "nifti-wrong_extension",  # check picks the reader by extension: a .txt volume is an 'other' file
     "datalist-missing_list_key", "datalist-bundle_path_outside_root", "datalist-bundle_empty_list",
     "datalist-folder_without_nifti", "datalist-class_folder_without_images", "dicom-mixed_series_in_folder",
     "dicom-folder_without_dicom", "dicom-png_in_file_list", "npz-unknown_split",
