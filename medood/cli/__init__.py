@@ -52,14 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except Exception as err:
-        from medood.handlers.errors import FailedCasesError
+        from medood.handlers.errors import failed_cases_in
 
-        failed = err if isinstance(err, FailedCasesError) else getattr(err, "__cause__", None)
-        if debug or (
-            not isinstance(failed, FailedCasesError) and not isinstance(err, (ValueError, FileNotFoundError, KeyError))
-        ):
+        failed = failed_cases_in(err)
+        if debug or (failed is None and not isinstance(err, (ValueError, FileNotFoundError, KeyError))):
             raise
-        if isinstance(failed, FailedCasesError):  # one line per failed case, then the path of errors.csv
+        if failed is not None:  # one line per failed case, then the path of errors.csv
             for line in failed.lines():
                 print(line, file=sys.stderr)
             return 1

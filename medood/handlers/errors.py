@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import sys
 from collections.abc import Iterable, Sized
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +39,15 @@ from medood.utils.io import atomic_write
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["FailedCasesError", "FailedCasesWriter", "failure_lines", "write_errors_csv"]
+__all__ = [
+    "FailedCasesError",
+    "FailedCasesWriter",
+    "debug_requested",
+    "failed_cases_in",
+    "failure_lines",
+    "print_failed_cases_concisely",
+    "write_errors_csv",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +72,44 @@ class FailedCasesError(RuntimeError):
     def lines(self) -> list[str]:
         """One line per failed case, then the path of ``errors.csv``: what a user needs, without a traceback."""
         return [*failure_lines(self.failures), str(self)]
+
+
+def failed_cases_in(exc: BaseException | None) -> FailedCasesError | None:
+    """The :class:`FailedCasesError` in ``exc``'s chain (MONAI wraps it in ``RuntimeError``), or ``None``."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, FailedCasesError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def debug_requested() -> bool:
+    """``MEDOOD_DEBUG`` is set (to anything but ``0``): show tracebacks of failed batches."""
+    return os.environ.get("MEDOOD_DEBUG", "") not in ("", "0")
+
+
+def _concise_excepthook(previous: Any) -> Any:
+    def hook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+        failed = failed_cases_in(exc)
+        if failed is None or debug_requested():
+            previous(exc_type, exc, tb)
+            return
+        sys.stderr.write("\n".join([*failed.lines(), "(MEDOOD_DEBUG=1 shows the traceback)"]) + "\n")
+
+    hook.medood_failed_cases = True  # type: ignore[attr-defined]
+    return hook
+
+
+def print_failed_cases_concisely() -> None:
+    """Make an uncaught :class:`FailedCasesError` print its lines, not a traceback (``MEDOOD_DEBUG=1`` keeps it).
+
+    What ends ``python -m monai.bundle run`` when cases failed: the exit status stays 1. Other exceptions are
+    printed by the previous hook, unchanged; installing twice is a no-op.
+    """
+    if not getattr(sys.excepthook, "medood_failed_cases", False):
+        sys.excepthook = _concise_excepthook(sys.excepthook)
 
 
 def failure_lines(failures: Iterable[CaseFailure]) -> list[str]:
@@ -157,6 +204,7 @@ class FailedCasesWriter:
             logger.error("%s", line)
         logger.error("%d cases failed and were skipped; see %s", len(failures), self.csv_path)
         if self.raise_on_failure:
+            print_failed_cases_concisely()
             dataset = getattr(self._source(engine), "dataset", None)
             total = len(dataset) if isinstance(dataset, Sized) else None
             raise FailedCasesError(failures, self.csv_path, total)

@@ -79,6 +79,16 @@ def test_five_good_five_bad_volumes(tmp_path: Path) -> None:
     assert run.returncode != 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "5 of 10 cases failed" in run.stderr + run.stdout, run.stderr[-3000:]
     assert "GHSA-873f-pvrv-4x83" in run.stderr, "MONAI's warning that configs run code is kept"
+    assert "Traceback" not in run.stderr, "a failed batch ends with its lines, no traceback (MEDOOD_DEBUG=1 shows it)"
+    failed = [line for line in run.stderr.splitlines() if line.startswith("failed: ")]
+    assert [line.split(":")[1].strip() for line in failed] == [
+        "b1_truncated",
+        "b2_fmri",
+        "b3_nan",
+        "b4_zero_spacing",
+        "b5_noise",
+    ]
+    assert run.stderr.strip().splitlines()[-2] == f"5 of 10 cases failed and were skipped; see {out / 'errors.csv'}"
 
     maps = sorted(p.name for p in out.glob("*_anomaly_map.nii.gz"))
     assert maps == [f"g{i}_anomaly_map.nii.gz" for i in range(5)]

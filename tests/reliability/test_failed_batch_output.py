@@ -55,3 +55,38 @@ def test_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
         monkeypatch.setenv("MEDOOD_DEBUG", "1")
     with pytest.raises(RuntimeError, match="engine wrapper"):
         main(argv)
+
+
+_BUNDLE_LIKE = """
+import sys
+from medood.data.skipping import CaseFailure
+from medood.handlers.errors import FailedCasesError, print_failed_cases_concisely
+print_failed_cases_concisely()
+failures = [CaseFailure("a", "/x/a.png", "0-byte file", "LoadImage2Dd")]
+try:
+    raise FailedCasesError(failures, "/out/errors.csv", 3)
+except FailedCasesError as e:
+    raise RuntimeError("Failed to evaluate ConfigExpression") from e  # as MONAI's config runner wraps it
+"""
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_uncaught_failed_batch_prints_its_lines_not_a_traceback(debug: bool) -> None:
+    """``python -m monai.bundle run``: the FailedCasesWriter's hook prints the lines; exit status 1."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "MEDOOD_DEBUG": "1" if debug else "0"}
+    run = subprocess.run([sys.executable, "-c", _BUNDLE_LIKE], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 1
+    lines = run.stderr.strip().splitlines()
+    if debug:
+        assert "Traceback (most recent call last):" in run.stderr
+        return
+    assert lines == [
+        "failed: a: /x/a.png: 0-byte file [LoadImage2Dd]",
+        "1 of 3 cases failed and were skipped; see /out/errors.csv",
+        "(MEDOOD_DEBUG=1 shows the traceback)",
+    ], run.stderr
