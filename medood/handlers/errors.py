@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sized
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medood.data.skipping import CaseFailure, skipping_loader
+from medood.data.skipping import CaseFailure, data_error_in, skipping_loader
 from medood.utils.errors import printable_path
 from medood.utils.io import atomic_write
 
@@ -76,13 +76,8 @@ class FailedCasesError(RuntimeError):
 
 def failed_cases_in(exc: BaseException | None) -> FailedCasesError | None:
     """The :class:`FailedCasesError` in ``exc``'s chain (MONAI wraps it in ``RuntimeError``), or ``None``."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, FailedCasesError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
+    found = data_error_in(exc, (FailedCasesError,)) if exc is not None else None
+    return found if isinstance(found, FailedCasesError) else None
 
 
 def debug_requested() -> bool:
