@@ -1,6 +1,7 @@
 """Bounded memory: a compressed bomb under the budget (a few hundred MB decoded from well under 1 MB) is read in a
 subprocess whose peak resident memory (``resource.getrusage(RUSAGE_SELF).ru_maxrss``), above the interpreter's
-baseline measured in the same subprocess after the imports, stays under 2x the decoded float32 size; one above
+baseline measured in the same subprocess after the imports (its resident size then, not the import peak, so the
+figure is an upper bound), stays under 2x the decoded float32 size; one above
 the budget is refused from its header, before any pixel is decoded (its peak stays at the baseline)."""
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ SIDE_2D = 4000  # 4000^2 RGB: 183 MiB as float32 from ~50 KB
 _PROBE = """
 import json, resource, sys
 from medood.data import read_image_2d, load_volume
+import os
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:  # the resident size now (the import peak may be above it): a conservative baseline
+    with open("/proc/self/statm") as f:
+        base = min(base, int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024)
+except OSError:
+    pass
 path = sys.argv[1]
 try:
     x = read_image_2d(path, scale=True) if path.endswith('.png') else load_volume(path)
