@@ -34,6 +34,7 @@ from torch import nn
 from medood.data.errors import DataError
 from medood.detectors.base_featuremap import FeatureMapDetector
 from medood.detectors.registry import get_detector_class
+from medood.handlers.errors import FailedCasesError, FailedCasesWriter
 from medood.handlers.guard import FeatureCalibrationHandler, FeatureFitHandler
 from medood.networks.feature_maps import encoder_stages
 from medood.utils.checkpoints import load_state, save_state
@@ -113,15 +114,24 @@ def read_id_datalist(
     return [_resolve(e, root, image_key) for e in fit], [_resolve(e, root, image_key) for e in val]
 
 
-def _run_pass(parser: ConfigParser, network: nn.Module, items: Sequence[dict], handler: Any, image_key: str) -> None:
+def _run_pass(
+    parser: ConfigParser, network: nn.Module, items: Sequence[dict], handler: Any, image_key: str, errors_dir: Path
+) -> FailedCasesWriter:
     preprocessing = parser.get_parsed_content("preprocessing")
     inferer = parser.get_parsed_content("inferer") if "inferer" in parser else SimpleInferer()
     device = parser.get_parsed_content("device") if "device" in parser else torch.device("cpu")
     loader = DataLoader(Dataset(list(items), transform=preprocessing), batch_size=1, shuffle=False, num_workers=0)
+    failed = FailedCasesWriter(errors_dir, image_key=image_key, raise_on_failure=False)  # bad cases: skipped, listed
     evaluator = SupervisedEvaluator(
-        device=device, val_data_loader=loader, network=network, inferer=inferer, val_handlers=[handler], decollate=False
+        device=device,
+        val_data_loader=loader,
+        network=network,
+        inferer=inferer,
+        val_handlers=[handler, failed],
+        decollate=False,
     )
     evaluator.run()
+    return failed
 
 
 def _first_image(parser: ConfigParser, item: dict, image_key: str, device: Any) -> torch.Tensor:
@@ -173,8 +183,10 @@ def build_guard(
         raise ValueError(f"{detector!r} is not a fitted feature-map detector (e.g. spectral, mahalanobis_pool)")
     det_args = {"layers": list(layers), **dict(detector_args or {})}
     det = cls(**det_args)
-    _run_pass(parser, network, fit, FeatureFitHandler(det, image_key), image_key)
-    _run_pass(parser, network, val, FeatureCalibrationHandler(det, image_key), image_key)
+    passes = [
+        _run_pass(parser, network, fit, FeatureFitHandler(det, image_key), image_key, dest / "eval" / "fit"),
+        _run_pass(parser, network, val, FeatureCalibrationHandler(det, image_key), image_key, dest / "eval" / "val"),
+    ]
     threshold = det.calibration.quantile(1.0 - false_alarm_rate, "score")
     save_state(det, dest / "models" / "guard.pt")
     info = {
@@ -185,6 +197,9 @@ def build_guard(
     logger.info(
         "guard: companion bundle in %s (threshold %.4g at %.0f%% false alarms)", dest, threshold, 100 * false_alarm_rate
     )
+    failures = [f for p in passes for f in p.failures(None)]
+    if failures:  # the guard is written from the good cases; the run still fails, naming the bad ones
+        raise FailedCasesError(failures, next(p.csv_path for p in passes if p.failures(None)), len(fit) + len(val))
     return dest
 
 
@@ -212,7 +227,16 @@ def _write_companion(
                 "false_alarm_rate": "@guard_false_alarm_rate",
                 "image_key": image_key,
             },
-            "initialize": [*(init if isinstance(init, list) else [init]), f"$@guard_writer.attach(@{evaluator_id})"],
+            "guard_failed_cases": {  # bad cases skipped, listed in errors.csv (the original loader is wrapped)
+                "_target_": "medood.handlers.FailedCasesWriter",
+                "output_dir": "@guard_output_dir",
+                "image_key": image_key,
+            },
+            "initialize": [
+                *(init if isinstance(init, list) else [init]),
+                f"$@guard_writer.attach(@{evaluator_id})",
+                f"$@guard_failed_cases.attach(@{evaluator_id})",
+            ],
         }
     )
     atomic_write_text(dest / "configs" / "inference.json", json.dumps(config, indent=2) + "\n")
