@@ -152,18 +152,23 @@ def test_writer_without_raise_and_with_an_explicit_source(tmp_path: Path) -> Non
     assert rows == [header, ["a", "/x/a.nii", "load", "bad header"], ["b\\xe9", "/x/b\\xe9.nii", "load", "oops"]]
 
 
-@pytest.mark.parametrize("batch_size", [1, 2])
-def test_writer_makes_a_plain_monai_loader_skip_bad_cases(tmp_path: Path, batch_size: int) -> None:
+@pytest.mark.parametrize(("batch_size", "num_workers"), [(1, 0), (2, 0), (2, 2)])
+def test_writer_makes_a_plain_monai_loader_skip_bad_cases(tmp_path: Path, batch_size: int, num_workers: int) -> None:
     """The one mechanism of every bundle: the handler alone turns the workflow's DataLoader(Dataset) into a
     skipping one (same order and batch size), so a bundle config needs no other change."""
     from monai.data import DataLoader, Dataset
 
-    loader = DataLoader(Dataset(_folder(tmp_path / "in"), LOAD), batch_size=batch_size, shuffle=False)
+    data = Dataset(_folder(tmp_path / "in"), LOAD)
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     seen: list[str] = []
     engine = _engine(loader, seen)  # type: ignore[arg-type]
     engine.state.epoch_length = 3  # what a MONAI workflow computed from len(loader) before the handler came
     FailedCasesWriter(tmp_path / "out").attach(engine)
-    assert isinstance(engine.data_loader, SkippingDataLoader) and engine.data_loader.batch_size == batch_size
+    wrapped = engine.data_loader
+    assert isinstance(wrapped, SkippingDataLoader) and (wrapped.batch_size, wrapped.num_workers) == (
+        batch_size,
+        num_workers,
+    )
     with pytest.raises(FailedCasesError, match="3 of 6 cases failed"):
         engine.run(engine.data_loader)
     assert seen == ["g0.nii.gz", "g1.nii.gz", "g2.nii.gz"], "each good case once, in order"
