@@ -25,9 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-bytes",
-        type=float,
         default=None,
-        help="memory budget of one decoded image in bytes (default: $MEDOOD_MAX_IMAGE_BYTES, else 4 GiB)",
+        help="memory budget of one decoded image, e.g. 8G (as medood --max-image-bytes; default: "
+        "$MEDOOD_MAX_IMAGE_BYTES, else 4 GiB)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
     p.set_defaults(func=run)
@@ -35,9 +35,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Check, print the problems and the summary; 1 if any input is unusable."""
+    from medood.data._files import parse_bytes
     from medood.data.check import check_dataset
 
-    max_bytes = None if args.max_bytes is None else int(args.max_bytes)
+    max_bytes = None if args.max_bytes is None else parse_bytes(args.max_bytes)
     report = check_dataset(args.path, expect_3d=not args.allow_4d, max_bytes=max_bytes)
     if not args.quiet:
         for problem in report.problems:

@@ -28,9 +28,11 @@ __all__ = [
     "check_name",
     "describe_format",
     "max_image_bytes",
+    "parse_bytes",
     "read_with_monai",
     "require_dir",
     "require_file",
+    "set_max_image_bytes",
     "sniff_format",
     "walk_files",
 ]
@@ -164,11 +166,35 @@ def walk_files(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def _parse_bytes(text: str) -> int:
+def parse_bytes(text: str) -> int:
+    """A number of bytes from ``"8G"``, ``"500M"``, ``"16GiB"`` or ``"1e9"`` (K, M, G, T are powers of 1024).
+
+    Raises:
+        ValueError: not a positive number of bytes.
+    """
     units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    t = str(text).strip().upper().removesuffix("B").removesuffix("I")
     scale = units.get(t[-1:], 1)
-    return int(float(t[:-1] if t[-1:] in units else t) * scale)
+    value = int(float(t[:-1] if t[-1:] in units else t) * scale)
+    if value <= 0:
+        raise ValueError(f"{text!r} is not a positive number of bytes")
+    return value
+
+
+_parse_bytes = parse_bytes
+
+
+def set_max_image_bytes(text: str) -> int:
+    """Set the memory budget of every reader of this process (and its workers): ``$MEDOOD_MAX_IMAGE_BYTES``.
+
+    What ``medood --max-image-bytes SIZE`` calls. Returns the budget in bytes.
+
+    Raises:
+        ValueError: ``text`` is not a number of bytes.
+    """
+    value = parse_bytes(text)
+    os.environ[MAX_IMAGE_BYTES_ENV] = str(value)
+    return value
 
 
 def max_image_bytes(max_bytes: int | None = None) -> int:

@@ -10,7 +10,12 @@ checks, by content and extension:
 * 2D images (PNG, JPEG, TIFF, BMP) with :func:`~medood.data.image2d.read_image_2d`;
 * MedMNIST ``.npz`` files with :func:`~medood.data.medmnist.validate_npz`;
 * ``dataset.json`` with :func:`~medood.data.datalist.decathlon_datalist` for every list it holds;
-* other ``.json`` / ``.yaml`` / ``.yml`` files with :func:`medood.utils.config.read_config` (parsed, never run).
+* other ``.json`` / ``.yaml`` / ``.yml`` files with :func:`medood.utils.config.read_config` (parsed, never run);
+* checkpoints (``.pt``, ``.pth``, ``.ckpt``) with :func:`medood.utils.checkpoints.load_checkpoint` (weights only;
+  a pickle that would build Python objects is refused, never run).
+
+A folder holding the files of several DICOM series side by side is reported as
+:func:`~medood.data.dicom.load_dicom_series` refuses it.
 
 Other files are counted and not checked. Every unusable input gives one problem line: the reader's one-line
 :class:`~medood.utils.errors.DataError`.
@@ -29,10 +34,11 @@ from typing import Any
 
 from medood.data._files import PathLike, require_file, sniff_format, walk_files
 from medood.data.datalist import decathlon_datalist, entry_paths, read_json_object
-from medood.data.dicom import group_dicom_files, load_dicom_series
+from medood.data.dicom import group_dicom_files, load_dicom_series, several_series
 from medood.data.image2d import IMAGE_2D_SUFFIXES, read_image_2d
 from medood.data.medmnist import validate_npz
 from medood.data.readers import load_volume
+from medood.utils.checkpoints import load_checkpoint
 from medood.utils.config import CONFIG_SUFFIXES, read_config
 from medood.utils.errors import DataError, printable_path
 
@@ -40,6 +46,7 @@ __all__ = ["CheckReport", "check_dataset"]
 
 logger = logging.getLogger(__name__)
 
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 _NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 
 
@@ -86,10 +93,15 @@ def _kind(path: Path) -> str:
         return "config"
     if name.endswith(".npz"):
         return ".npz"
+    if name.endswith(CHECKPOINT_SUFFIXES):
+        return "checkpoint"
     if name.endswith(IMAGE_2D_SUFFIXES):
         return "2D image"
-    if name.endswith(".dcm") or (path.is_file() and path.stat().st_size > 132 and sniff_format(path) == "dicom"):
+    content = sniff_format(path) if path.is_file() and path.stat().st_size > 0 else "empty"
+    if name.endswith(".dcm") or content == "dicom":
         return "DICOM"
+    if content.startswith(("nifti1", "nifti2")):  # a volume under another name: load_volume refuses its name
+        return "NIfTI"
     return "other"
 
 
@@ -129,6 +141,13 @@ def _check_dicom(report: CheckReport, files: list[Path], max_bytes: int | None) 
     for f in dicom:
         if f not in grouped and not any(str(e.path) == str(f) for e in errors):
             report.add(DataError(f, "is a DICOM file without a SeriesInstanceUID"))
+    per_folder: dict[Path, Counter[str]] = {}
+    for uid, items in series.items():
+        for f, _ in items:
+            per_folder.setdefault(f.parent, Counter())[uid] += 1
+    for folder, counts in sorted(per_folder.items()):
+        if len(counts) > 1:  # load_dicom_series(folder) refuses it the same way
+            report.add(several_series(folder, dict(counts)))
     for items in series.values():
         files_of_series = [f for f, _ in items]
         report.run("DICOM series", partial(load_dicom_series, files_of_series, max_bytes=max_bytes))
@@ -156,6 +175,8 @@ def _check_file(report: CheckReport, path: Path, kind: str, labels: set[str], op
         report.run(kind, lambda: read_image_2d(path, max_bytes=opts["max_bytes"]))
     elif kind == ".npz":
         report.run(kind, lambda: validate_npz(path))
+    elif kind == "checkpoint":
+        report.run(kind, lambda: load_checkpoint(path))
     elif kind == "config":
         report.run(kind, lambda: read_config(path, bundle_root=opts["root"]))
 

@@ -44,7 +44,7 @@ from medood.data._files import (
 from medood.data.errors import DataError
 from medood.data.geometry import check_affine
 
-__all__ = ["find_dicom_series", "group_dicom_files", "load_dicom_series", "sort_dicom_slices"]
+__all__ = ["find_dicom_series", "group_dicom_files", "load_dicom_series", "several_series", "sort_dicom_slices"]
 
 logger = logging.getLogger(__name__)
 
@@ -218,11 +218,14 @@ def _select_series(root: Path, series_uid: str | None) -> list[Path]:
             raise DataError(root, f"has no series {series_uid!r}; available: {sorted(series)}")
         return series[series_uid]
     if len(series) > 1:
-        listing = "; ".join(f"{uid} ({len(files)} files)" for uid, files in series.items())
-        raise DataError(
-            root, f"holds {len(series)} DICOM series: {listing}", "pass series_uid=... or one series' files"
-        )
+        raise several_series(root, {uid: len(files) for uid, files in series.items()})
     return next(iter(series.values()))
+
+
+def several_series(folder: Path, counts: dict[str, int]) -> DataError:
+    """The refusal of a folder holding more than one series (``{SeriesInstanceUID: number of files}``)."""
+    listing = "; ".join(f"{uid} ({n} files)" for uid, n in sorted(counts.items()))
+    return DataError(folder, f"holds {len(counts)} DICOM series: {listing}", "pass series_uid=... or one series' files")
 
 
 def _check_decodable(f: Path, ds: pydicom.Dataset) -> None:
@@ -284,7 +287,7 @@ def _single_slice_lps(ds: pydicom.Dataset) -> np.ndarray:
 
 
 def _to_metatensor(img: sitk.Image, first: pydicom.Dataset, source: Path, n_files: int) -> MetaTensor:
-    arr = sitk.GetArrayFromImage(img)  # (z, y, x) or (y, x), plus a trailing component axis if multi-component
+    arr = sitk.GetArrayViewFromImage(img)  # no copy: (z, y, x) or (y, x), + a component axis if multi-component
     if img.GetNumberOfComponentsPerPixel() == 1:
         arr = arr[..., None]
     if img.GetDimension() == 2:
@@ -294,7 +297,9 @@ def _to_metatensor(img: sitk.Image, first: pydicom.Dataset, source: Path, n_file
         lps = np.eye(4)
         lps[:3, :3] = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3) @ np.diag(img.GetSpacing())
         lps[:3, 3] = img.GetOrigin()
-    chw = np.ascontiguousarray(np.moveaxis(arr, -1, 0).transpose(0, 3, 2, 1)).astype(np.float32)  # (C, x, y, z)
+    view: np.ndarray = np.moveaxis(arr, -1, 0).transpose(0, 3, 2, 1)  # (C, x, y, z)
+    chw: np.ndarray = np.empty(view.shape, dtype=np.float32)  # one float copy, filled straight from ITK's buffer
+    chw[...] = view
     affine = torch.as_tensor(_LPS_TO_RAS @ lps, dtype=torch.float64)
     meta = {
         "affine": affine,

@@ -18,7 +18,9 @@ Float images with NaN/Inf pixels, and images above the memory budget (from the h
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -108,13 +110,51 @@ class Image2DReader(PILReader):
         return meta
 
 
+class _ChannelFirstFloatReader(Image2DReader):
+    """What :func:`read_image_2d` reads with: the pixels as one C-contiguous float32 ``(C, H, W)`` array.
+
+    PIL's decoded image is released before the float array is filled, so the peak memory is about 1.25x the
+    float32 image (MONAI's path holds the decoded image, a uint8 copy, a channel-last float copy and a
+    channel-first one). The meta data is ``Image2DReader``'s; read it with ``channel_first=False``.
+    """
+
+    def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
+        """The channel-first float32 pixels and MONAI's meta data of one PIL image."""
+        array, meta = super().get_data(img)
+        for i in img if isinstance(img, (list, tuple)) else [img]:
+            i.close()  # frees PIL's decoded copy
+        chw = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+        out = np.empty(chw.shape, dtype=np.float32)
+        out[...] = chw
+        return out, meta
+
+
+_PIL_LOCK = threading.Lock()
+
+
+@contextmanager
+def _budget_rules_pil() -> Iterator[None]:
+    """PIL's own decompression-bomb limit off while a header is opened: the memory budget rules alone.
+
+    The budget is checked right after, from the header (:func:`_check_header`), so it is the one limit of every
+    format; raising it (``$MEDOOD_MAX_IMAGE_BYTES``) lets larger images through.
+    """
+    with _PIL_LOCK:
+        before = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
+
+
 def _check_header(p: Path, kind: str, max_bytes: int | None) -> None:
     """Open lazily: refuse images above the memory budget; verify a PNG's chunk CRCs and final IEND chunk.
 
     (Decoding alone does not check them.)
     """
     try:
-        with Image.open(p) as im:
+        with _budget_rules_pil(), Image.open(p) as im:
             channels = 1 if im.mode in ("1", "L", "I", "F") or im.mode.startswith("I;16") else 3
             check_memory_budget(p, (channels, im.height, im.width), max_bytes)
             if kind == "png":
@@ -148,7 +188,7 @@ def read_image_2d(path: PathLike, scale: bool = False, max_bytes: int | None = N
         raise DataError(p, f"wrong magic bytes: not a PNG, JPEG, TIFF or BMP image ({looks})")
     try:
         _check_header(p, kind, max_bytes)
-        img = read_with_monai(Image2DReader(), p)
+        img = read_with_monai(_ChannelFirstFloatReader(), p, channel_first=False)
     except DataError:
         raise
     except _ImageProblem as e:
@@ -158,7 +198,7 @@ def read_image_2d(path: PathLike, scale: bool = False, max_bytes: int | None = N
     check_volume(img, p, allow_constant=True)
     mode = str(img.meta.get("mode", ""))
     if scale and mode in _MODE_MAX:
-        return cast(MetaTensor, img / _MODE_MAX[mode])
+        img.as_subclass(torch.Tensor).div_(_MODE_MAX[mode])  # in place: no second float copy
     return img
 
 

@@ -79,6 +79,14 @@ def _check_split_headers(path: Path, zf: zipfile.ZipFile, split: str) -> tuple[i
     ikey, lkey = f"{split}_images", f"{split}_labels"
     ishape, idtype, _, _ = read_npz_header(zf, ikey)
     lshape, ldtype, _, _ = read_npz_header(zf, lkey)
+    for key, dtype in ((ikey, idtype), (lkey, ldtype)):
+        if dtype.hasobject:  # its data is a pickle: loading it (allow_pickle=True) could run code
+            raise DataError(
+                path,
+                f"refused: {key} is an object array, a pickle of Python objects (code) — it is never loaded "
+                "(allow_pickle=False)",
+                "re-save it with plain numeric arrays",
+            )
     if idtype != np.uint8:
         raise DataError(path, f"{ikey} has dtype {idtype}, expected uint8")
     if not (len(ishape) == 3 or (len(ishape) == 4 and ishape[-1] in (1, 3))):

@@ -81,8 +81,6 @@ def _check_nifti_bytes(path: Path) -> str:
     if kind not in ("nifti1", "nifti2", "nifti1.gz", "nifti2.gz"):
         looks = "unrecognised content" if kind == "unknown" else f"the content looks like {describe_format(kind)}"
         raise DataError(path, f"wrong magic bytes: not a NIfTI file ({looks})")
-    if kind.endswith(".gz"):
-        _verify_gzip(path)
     return kind
 
 
@@ -104,22 +102,6 @@ def _check_raw_pixdim(path: Path, kind: str) -> None:
             f"has a {what} voxel spacing in its header (pixdim {describe_spacing(pixdim)})",
             "fix the header; nibabel would silently set it to 1 or its absolute value",
         )
-
-
-def _verify_gzip(path: Path) -> None:
-    """Decompress the whole stream once to verify its CRC and length.
-
-    gzip checks them only at the end of the stream, which nibabel never reaches when it reads just the voxels it
-    needs, so a corrupted stream would otherwise load wrong voxels.
-    """
-    try:
-        with gzip.open(path, "rb") as f:
-            while f.read(1 << 22):
-                pass
-    except EOFError as e:
-        raise DataError(path, "truncated gzip stream: the compressed data ends early", "re-download the file") from e
-    except (OSError, zlib.error) as e:
-        raise DataError(path, f"corrupt gzip stream ({e})", "re-download or re-export the file") from e
 
 
 def _open_header(path: Path, max_bytes: int | None) -> nib.Nifti1Image | nib.Nifti2Image:
@@ -170,14 +152,88 @@ def _shape_str(shape: Sequence[int]) -> str:
     return "×".join(str(s) for s in shape)
 
 
+#: Raw bytes decoded per step by :class:`_StreamingNibabelReader` (the only memory on top of the output).
+_CHUNK_BYTES = 1 << 24
+
+
+class _ShortData(OSError):
+    """The voxel data ends before the header's size (a complete gzip stream, or a plain file, that is too short)."""
+
+
+def _read_exact(f: Any, view: memoryview, done: int, total: int) -> None:
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            raise _ShortData(f"Expected {total} bytes, got {done + got} bytes")
+        got += n
+
+
+def stream_voxels(path: Path, img: nib.Nifti1Image | nib.Nifti2Image) -> np.ndarray:
+    """Decode the voxels of ``img`` (opened lazily from ``path``) into one C-contiguous float32 array, in chunks.
+
+    The output is allocated once and filled with at most :data:`_CHUNK_BYTES` of raw data at a time (whole
+    slices, or rows of one slice), scaled by the header's slope and intercept, so the peak memory is the float32
+    volume plus one chunk; nibabel and MONAI would hold the raw bytes, a decompressed copy, the Fortran-order
+    array and its C-order float copy. A gzip stream is read to its end, which verifies its CRC and length.
+    Up to 4D; the caller reads other files through nibabel.
+    """
+    proxy: Any = img.dataobj
+    dtype = np.dtype(proxy.dtype)
+    shape = tuple(int(s) for s in img.shape)
+    x, y, z, t = (*shape, 1, 1, 1)[:4]
+    out = np.empty(shape, dtype=np.float32)
+    dest = out.reshape(x, y, z, t).transpose(3, 2, 1, 0)  # (t, z, y, x): the file's order, a view of ``out``
+    slope, inter = float(proxy.slope), float(proxy.inter)
+    scaled = (slope, inter) != (1.0, 0.0)
+    rows = max(1, _CHUNK_BYTES // (x * dtype.itemsize))
+    planes = max(1, rows // y)
+    buf = bytearray(min(rows, y * z) * x * dtype.itemsize)
+    done = [0]
+
+    def take(f: Any, n_rows: int) -> np.ndarray:
+        n = n_rows * x * dtype.itemsize
+        _read_exact(f, memoryview(buf)[:n], done[0], out.size * dtype.itemsize)
+        done[0] += n
+        raw = np.frombuffer(buf, dtype=dtype, count=n_rows * x)
+        return raw * slope + inter if scaled else raw
+
+    opener: Any = gzip.open if _nifti_suffix(path) == ".nii.gz" else open
+    with opener(path, "rb") as f:
+        f.seek(int(proxy.offset))
+        for ti in range(t):
+            if rows >= y:  # whole slices per chunk
+                for z0 in range(0, z, planes):
+                    z1 = min(z, z0 + planes)
+                    dest[ti, z0:z1] = take(f, (z1 - z0) * y).reshape(z1 - z0, y, x)
+                continue
+            for zi in range(z):  # a slice larger than a chunk: blocks of rows
+                for y0 in range(0, y, rows):
+                    y1 = min(y, y0 + rows)
+                    dest[ti, zi, y0:y1] = take(f, y1 - y0).reshape(y1 - y0, x)
+        if opener is gzip.open:
+            while f.read(1 << 22):  # the CRC and length are checked at the end of the stream
+                pass
+    return out
+
+
+class _StreamingNibabelReader(NibabelReader):
+    """MONAI's ``NibabelReader`` (same meta data) whose voxels come from :func:`stream_voxels`."""
+
+    def _get_array_data(self, img: Any, filename: Any) -> np.ndarray:
+        if np.dtype(img.dataobj.dtype).kind not in "biuf" or len(img.shape) > 4:  # RGB, complex, 5D: nibabel
+            return np.asarray(img.dataobj, dtype=np.float32)
+        return stream_voxels(Path(filename), img)
+
+
 def _read_data(path: Path, squeeze: bool) -> MetaTensor:
-    """Read the voxels through MONAI's ``NibabelReader``, turning decoder errors into DataErrors."""
-    reader = NibabelReader(squeeze_non_spatial_dims=squeeze)
+    """Read the voxels through MONAI's ``NibabelReader`` (streamed), turning decoder errors into DataErrors."""
+    reader = _StreamingNibabelReader(squeeze_non_spatial_dims=squeeze)
     try:
         return read_with_monai(reader, path)
     except EOFError as e:
         raise DataError(path, "truncated gzip stream: the compressed data ends early", "re-download the file") from e
-    except OSError as e:
+    except (OSError, zlib.error) as e:
         msg = str(e)
         match = re.search(r"Expected (\d+) bytes, got (\d+) bytes", msg)
         if match:
@@ -187,8 +243,10 @@ def _read_data(path: Path, squeeze: bool) -> MetaTensor:
                 f"holds {match.group(2)}",
                 "the file is truncated or the header is wrong",
             ) from e
-        raise DataError(path, f"cannot read the voxel data: {msg.splitlines()[0]}") from e
-    except Exception as e:  # zlib.error, ValueError from odd dtypes, ...
+        if _nifti_suffix(path) == ".nii.gz":
+            raise DataError(path, f"corrupt gzip stream ({e})", "re-download or re-export the file") from e
+        raise DataError(path, f"cannot read the voxel data: {msg.splitlines()[0] if msg else type(e).__name__}") from e
+    except Exception as e:  # ValueError from odd dtypes, ...
         raise DataError(path, f"cannot read the voxel data: {type(e).__name__}: {e}") from e
 
 
@@ -209,8 +267,8 @@ def check_volume(
     Raises:
         DataError: NaN/Inf voxels (the message gives how many of each), or a constant volume.
     """
-    t = torch.as_tensor(img)
-    if t.is_floating_point():
+    t = torch.as_tensor(img).as_subclass(torch.Tensor)  # MetaTensor ops would copy the meta data and more
+    if t.is_floating_point() and t.numel() and not torch.isfinite(t.sum()):  # else every voxel is finite
         n_nan = int(torch.isnan(t).sum())
         n_inf = int(torch.isinf(t).sum())
         if n_nan or n_inf:

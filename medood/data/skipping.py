@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import zlib
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -33,11 +34,24 @@ from monai.data import DataLoader, Dataset, list_data_collate
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from pydicom.errors import InvalidDicomError
+from torch.utils.data import DataLoader as TorchDataLoader
+from torch.utils.data import Dataset as TorchDataset
+from torch.utils.data import IterableDataset
 
 from medood.utils.errors import DataError, printable_path
 from medood.utils.io import case_name
 
-__all__ = ["DATA_ERRORS", "CaseFailure", "SafeDataset", "SkippingDataLoader", "data_error_in", "skip_failures_collate"]
+__all__ = [
+    "DATA_ERRORS",
+    "CaseFailure",
+    "SafeDataset",
+    "SkipFailures",
+    "SkippingDataLoader",
+    "case_failure",
+    "data_error_in",
+    "skip_failures_collate",
+    "skipping_loader",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +68,15 @@ DATA_ERRORS: tuple[type[BaseException], ...] = (
 
 
 class CaseFailure(NamedTuple):
-    """A case that could not be loaded: its id, the file at fault and a one-line error message."""
+    """A case that could not be loaded: its id, the file at fault, a one-line error message and the stage.
+
+    ``stage`` is the transform that failed (``LoadImage2Dd``, ``Spacingd`` ...), ``"load"`` when it is unknown.
+    """
 
     case: str
     file: str
     error: str
+    stage: str = "load"
 
 
 class CollatedBatch(NamedTuple):
@@ -89,6 +107,32 @@ def _first_path(item: Any, key: str) -> str:
     if isinstance(value, (list, tuple)) and value:
         value = value[0]
     return printable_path(value) if isinstance(value, (str, os.PathLike)) else ""
+
+
+_TRANSFORM = re.compile(r"applying transform <?([\w.]+)")
+
+
+def _stage(exc: BaseException) -> str:
+    """The failing transform's class name from MONAI's ``applying transform ...`` wrapper, else ``"load"``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        found = _TRANSFORM.search(str(current))
+        if found:
+            return found.group(1).rsplit(".", 1)[-1]
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return "load"
+
+
+def case_failure(item: Any, exc: BaseException, cause: BaseException, image_key: str, case_key: str) -> CaseFailure:
+    """The record of datalist ``item`` failing with ``exc`` (whose data error is ``cause``)."""
+    keys = [image_key, *(item if isinstance(item, dict) else ())]
+    source = next((p for p in (_first_path(item, k) for k in keys) if p), "")
+    case = item.get(case_key) if isinstance(item, dict) else None
+    file = printable_path(cause.path) if isinstance(cause, DataError) else source
+    name = str(case) if case is not None else case_name(source or file)
+    return CaseFailure(name, file, _message(cause), _stage(exc))
 
 
 def _message(error: BaseException) -> str:
@@ -127,21 +171,59 @@ class SafeDataset(Dataset):
 
     def failure(self, item: Any, error: BaseException) -> CaseFailure:
         """The record of ``item`` failing with ``error``."""
-        source = _first_path(item, self.image_key)
-        case = item.get(self.case_key) if isinstance(item, dict) else None
-        file = printable_path(error.path) if isinstance(error, DataError) else source
-        return CaseFailure(str(case) if case is not None else case_name(source or file), file, _message(error))
+        return case_failure(item, error, data_error_in(error, self.catch) or error, self.image_key, self.case_key)
 
     def _transform(self, index: int) -> Any:
+        return _guarded(lambda: super(SafeDataset, self)._transform(index), self.data[index], self)
+
+
+def _guarded(get: Callable[[], Any], item: Any, owner: Any) -> Any:
+    """``get()``, or the :class:`CaseFailure` of ``item`` when it raises a data error (others propagate)."""
+    try:
+        return get()
+    except Exception as e:
+        cause = data_error_in(e, owner.catch)
+        if cause is None:
+            raise
+        failure = case_failure(item, e, cause, owner.image_key, owner.case_key)
+        logger.warning("skipping case %s (%s): %s", failure.case, failure.stage, failure.error)
+        return failure
+
+
+class SkipFailures(TorchDataset):
+    """Any map-style dataset whose items become :class:`CaseFailure` on a data error, as :class:`SafeDataset`.
+
+    What :func:`skipping_loader` wraps a loader's dataset (MONAI ``Dataset``, ``CacheDataset`` ...) in; the
+    arguments are :class:`SafeDataset`'s.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        image_key: str = "image",
+        case_key: str = "case",
+        catch: Sequence[type[BaseException]] = DATA_ERRORS,
+    ) -> None:
+        self.dataset, self.image_key, self.case_key, self.catch = dataset, image_key, case_key, tuple(catch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _item(self, index: int) -> Any:
+        data = getattr(self.dataset, "data", None)
         try:
-            return super()._transform(index)
-        except Exception as e:
-            cause = data_error_in(e, self.catch)
-            if cause is None:
-                raise
-            failure = self.failure(self.data[index], cause)
-            logger.warning("skipping case %s: %s", failure.case, failure.error)
-            return failure
+            return data[index] if data is not None else {}
+        except (IndexError, KeyError, TypeError):
+            return {}
+
+    def __getitem__(self, index: int) -> Any:
+        return _guarded(lambda: self.dataset[index], self._item(index), self)
+
+    def __getattr__(self, name: str) -> Any:
+        """Everything else (``data``, ``transform`` ...) is the wrapped dataset's, e.g. for ``Invertd``."""
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
 
 
 def skip_failures_collate(items: Sequence[Any], collate: Callable[[Any], Any] = list_data_collate) -> CollatedBatch:
@@ -184,3 +266,39 @@ class SkippingDataLoader(DataLoader):
     def __bool__(self) -> bool:
         """Always true (``bool()`` would otherwise ask for the length)."""
         return True
+
+
+#: DataLoader settings carried over by :func:`skipping_loader` (the sampler keeps the order and shuffling).
+_LOADER_ARGS = (
+    "pin_memory", "timeout", "worker_init_fn", "multiprocessing_context", "generator", "persistent_workers",
+    "pin_memory_device",
+)  # fmt: skip
+
+
+def skipping_loader(loader: Any, image_key: str = "image", case_key: str = "case") -> Any:
+    """``loader`` as a :class:`SkippingDataLoader` over the same items, order, batches and collation.
+
+    A :class:`SkippingDataLoader` is returned as it is; a torch / MONAI ``DataLoader`` is rebuilt around its
+    dataset wrapped in :class:`SkipFailures` (unless it is a :class:`SafeDataset`); anything else (a list, an
+    iterable dataset) is returned unchanged with a warning. Items a ``CacheDataset`` caches when it is built are
+    read before this runs: its errors stop the run as before.
+    """
+    if isinstance(loader, SkippingDataLoader):
+        return loader
+    if not isinstance(loader, TorchDataLoader) or isinstance(loader.dataset, IterableDataset):
+        logger.warning("%s is not a map-style DataLoader: bad cases will stop the run", type(loader).__name__)
+        return loader
+    dataset = loader.dataset
+    if not isinstance(dataset, (SafeDataset, SkipFailures)):
+        dataset = SkipFailures(dataset, image_key, case_key)
+    kwargs: dict[str, Any] = {k: getattr(loader, k) for k in _LOADER_ARGS if hasattr(loader, k)}
+    if loader.num_workers > 0:
+        kwargs["prefetch_factor"] = loader.prefetch_factor
+    if loader.batch_size is None:  # a custom batch sampler
+        kwargs["batch_sampler"] = loader.batch_sampler
+    else:
+        kwargs.update(batch_size=loader.batch_size, sampler=loader.sampler, drop_last=loader.drop_last)
+    collate = loader.collate_fn
+    if isinstance(collate, partial) and collate.func is skip_failures_collate:
+        collate = collate.keywords.get("collate", list_data_collate)
+    return SkippingDataLoader(dataset, num_workers=loader.num_workers, collate_fn=collate, **kwargs)

@@ -44,6 +44,7 @@ from torch import nn
 from medood.data.errors import DataError
 from medood.detectors.base_featuremap import FeatureMapDetector
 from medood.detectors.registry import get_detector_class
+from medood.handlers.errors import FailedCasesError, FailedCasesWriter
 from medood.handlers.guard import FeatureCalibrationHandler, FeatureFitHandler
 from medood.networks.feature_maps import encoder_stages, first_network_input
 from medood.utils.checkpoints import load_state, save_state
@@ -145,20 +146,31 @@ def _amp(parser: ConfigParser, evaluator_id: str) -> bool:
 
 
 def _run_pass(
-    parser: ConfigParser, ids: Mapping[str, str], network: nn.Module, items: Sequence[dict], handler: Any
-) -> None:
-    """One pass of the bundle's own preprocessing and inferer (and its device and amp) over ``items``."""
+    parser: ConfigParser,
+    ids: Mapping[str, str],
+    network: nn.Module,
+    items: Sequence[dict],
+    handler: Any,
+    image_key: str,
+    errors_dir: Path,
+) -> FailedCasesWriter:
+    """One pass of the bundle's own preprocessing and inferer (and its device and amp) over ``items``.
+
+    Bad cases are skipped and listed in ``errors_dir/errors.csv`` (the returned writer knows them).
+    """
     loader = DataLoader(Dataset(list(items), transform=parser.get_parsed_content(ids["preprocessing"])), batch_size=1)
+    failed = FailedCasesWriter(errors_dir, image_key=image_key, raise_on_failure=False)
     evaluator = SupervisedEvaluator(
         device=parser.get_parsed_content("device") if "device" in parser else torch.device("cpu"),
         val_data_loader=loader,
         network=network,
         inferer=parser.get_parsed_content(ids["inferer"]) if ids["inferer"] in parser else SimpleInferer(),
-        val_handlers=[handler],
+        val_handlers=[handler, failed],
         amp=_amp(parser, ids["evaluator"]),
         decollate=False,
     )
     evaluator.run()
+    return failed
 
 
 def discover_layers(
@@ -339,9 +351,11 @@ def build_guard(
         raise ValueError(f"{detector!r} is not a fitted feature-map detector (e.g. spectral, mahalanobis_pool)")
     det_args = {"layers": list(layers), **dict(detector_args or {})}
     det = cls(**det_args)
-    _run_pass(parser, ids, network, fit, FeatureFitHandler(det, image_key))
     calibration = FeatureCalibrationHandler(det, image_key)
-    _run_pass(parser, ids, network, val, calibration)
+    passes = [
+        _run_pass(parser, ids, network, fit, FeatureFitHandler(det, image_key), image_key, dest / "eval" / "fit"),
+        _run_pass(parser, ids, network, val, calibration, image_key, dest / "eval" / "val"),
+    ]
     rule = guard_threshold(calibration.values, alpha, allow_small_calibration)
     save_state(det, dest / "models" / "guard.pt")
     info = {
@@ -354,6 +368,9 @@ def build_guard(
         "guard: companion bundle in %s (threshold %.4g, %s, alpha %g, n %d)",
         dest, rule["threshold"], rule["rule"], alpha, len(val),
     )  # fmt: skip
+    failures = [f for p in passes for f in p.failures(None)]
+    if failures:  # the guard is written from the good cases; the run still fails, naming the bad ones
+        raise FailedCasesError(failures, next(p.csv_path for p in passes if p.failures(None)), len(fit) + len(val))
     return dest
 
 
@@ -437,7 +454,16 @@ def _write_companion(
                 "threshold_info": info["threshold_rule"],
                 "image_key": image_key,
             },
-            "initialize": [*(init if isinstance(init, list) else [init]), f"$@guard_writer.attach(@{evaluator_id})"],
+            "guard_failed_cases": {  # bad cases skipped, listed in errors.csv (the original loader is wrapped)
+                "_target_": "medood.handlers.FailedCasesWriter",
+                "output_dir": "@guard_output_dir",
+                "image_key": image_key,
+            },
+            "initialize": [
+                *(init if isinstance(init, list) else [init]),
+                f"$@guard_writer.attach(@{evaluator_id})",
+                f"$@guard_failed_cases.attach(@{evaluator_id})",
+            ],
         }
     )
     rel_cfg = cfg_path.relative_to(src).with_suffix(".json").as_posix() if cfg_path.is_relative_to(src) else None

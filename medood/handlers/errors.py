@@ -1,13 +1,21 @@
-"""Make skipped cases visible: ``errors.csv`` and a failed run.
+"""Make skipped cases visible: ``errors.csv`` and a failed run. The one skip-and-record mechanism of every bundle.
 
-:class:`FailedCasesWriter` is an Ignite handler for a run whose loader skips bad cases
-(:class:`medood.data.SkippingDataLoader`). When the run completes it
+:class:`FailedCasesWriter` is an Ignite handler. Attached to an engine, it makes the engine's data loader skip bad
+cases (:func:`medood.data.skipping.skipping_loader`: any ``DataLoader`` becomes a
+:class:`~medood.data.SkippingDataLoader` over the same items, batches and order), so adding it to a workflow's
+handlers is all a bundle config needs::
 
-1. writes ``<output_dir>/errors.csv`` (``case,file,error``; one row per skipped case; header only when none
-   failed, so a stale file from an earlier run never survives), atomically;
-2. then, if any case failed, raises :class:`FailedCasesError` naming the count and the CSV. The exception
-   reaches ``engine.run()`` through Ignite's ``EXCEPTION_RAISED`` event (MONAI's ``StatsHandler`` logs it), so
-   ``python -m monai.bundle run`` exits with a non-zero status while every good case's outputs are written.
+    - {_target_: medood.handlers.FailedCasesWriter, output_dir: '@output_dir'}
+
+When the run completes it
+
+1. writes ``<output_dir>/errors.csv`` (``case,file,stage,reason``; one row per skipped case; header only when
+   none failed, so a stale file from an earlier run never survives), atomically;
+2. logs one line per failed case, then, if any case failed, raises :class:`FailedCasesError`, whose message is
+   one short line (the count and the CSV's path). The exception reaches ``engine.run()`` through Ignite's
+   ``EXCEPTION_RAISED`` event, so ``python -m monai.bundle run`` exits with status 1 while every good case's
+   outputs (``scores.csv`` ...) are written; the ``medood`` CLI prints the lines without a traceback
+   (``--debug`` or ``MEDOOD_DEBUG=1`` shows it).
 
 The raise is registered on ``COMPLETED`` when the run starts, i.e. after every handler attached before the run
 (such as :class:`~medood.handlers.OODResultWriter`, whose ``scores.csv`` is written on ``COMPLETED`` too), so
@@ -19,22 +27,31 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import sys
 from collections.abc import Iterable, Sized
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medood.data.skipping import CaseFailure
+from medood.data.skipping import CaseFailure, data_error_in, skipping_loader
 from medood.utils.errors import printable_path
 from medood.utils.io import atomic_write
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["FailedCasesError", "FailedCasesWriter", "write_errors_csv"]
+__all__ = [
+    "FailedCasesError",
+    "FailedCasesWriter",
+    "debug_requested",
+    "failed_cases_in",
+    "failure_lines",
+    "print_failed_cases_concisely",
+    "write_errors_csv",
+]
 
 logger = logging.getLogger(__name__)
 
-_COLUMNS = ("case", "file", "error")
+_COLUMNS = ("case", "file", "stage", "reason")
 
 
 class FailedCasesError(RuntimeError):
@@ -50,20 +67,58 @@ class FailedCasesError(RuntimeError):
         self.failures = failures
         self.csv_path = csv_path
         of = f" of {total}" if total is not None else ""
-        first = failures[0]
-        super().__init__(
-            f"{len(failures)}{of} cases failed and were skipped (listed in {csv_path}); "
-            f"first: {first.case}: {first.error}"
-        )
+        super().__init__(f"{len(failures)}{of} cases failed and were skipped; see {printable_path(csv_path)}")
+
+    def lines(self) -> list[str]:
+        """One line per failed case, then the path of ``errors.csv``: what a user needs, without a traceback."""
+        return [*failure_lines(self.failures), str(self)]
+
+
+def failed_cases_in(exc: BaseException | None) -> FailedCasesError | None:
+    """The :class:`FailedCasesError` in ``exc``'s chain (MONAI wraps it in ``RuntimeError``), or ``None``."""
+    found = data_error_in(exc, (FailedCasesError,)) if exc is not None else None
+    return found if isinstance(found, FailedCasesError) else None
+
+
+def debug_requested() -> bool:
+    """``MEDOOD_DEBUG`` is set (to anything but ``0``): show tracebacks of failed batches."""
+    return os.environ.get("MEDOOD_DEBUG", "") not in ("", "0")
+
+
+def _concise_excepthook(previous: Any) -> Any:
+    def hook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+        failed = failed_cases_in(exc)
+        if failed is None or debug_requested():
+            previous(exc_type, exc, tb)
+            return
+        sys.stderr.write("\n".join([*failed.lines(), "(MEDOOD_DEBUG=1 shows the traceback)"]) + "\n")
+
+    hook.medood_failed_cases = True  # type: ignore[attr-defined]
+    return hook
+
+
+def print_failed_cases_concisely() -> None:
+    """Make an uncaught :class:`FailedCasesError` print its lines, not a traceback (``MEDOOD_DEBUG=1`` keeps it).
+
+    What ends ``python -m monai.bundle run`` when cases failed: the exit status stays 1. Other exceptions are
+    printed by the previous hook, unchanged; installing twice is a no-op.
+    """
+    if not getattr(sys.excepthook, "medood_failed_cases", False):
+        sys.excepthook = _concise_excepthook(sys.excepthook)
+
+
+def failure_lines(failures: Iterable[CaseFailure]) -> list[str]:
+    """``failed: <case>: <file>: <reason> [<stage>]``, one line per case."""
+    return [f"failed: {f.case}: {printable_path(f.file)}: {f.error} [{f.stage}]" for f in failures]
 
 
 def write_errors_csv(path: str | os.PathLike[str], failures: Iterable[CaseFailure]) -> Path:
-    """Atomically write ``errors.csv`` with columns ``case,file,error`` (header only when ``failures`` is empty)."""
+    """Atomically write ``errors.csv`` with columns ``case,file,stage,reason`` (header only when none failed)."""
     with atomic_write(path) as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(_COLUMNS)
         for fail in failures:
-            w.writerow([printable_path(fail.case), printable_path(fail.file), fail.error])
+            w.writerow([printable_path(fail.case), printable_path(fail.file), fail.stage, fail.error])
     return Path(path)
 
 
@@ -76,6 +131,10 @@ class FailedCasesWriter:
             :class:`~medood.data.SkippingDataLoader`. Defaults to ``None``: the engine's own data loader.
         filename: name of the CSV. Defaults to ``"errors.csv"``.
         raise_on_failure: raise :class:`FailedCasesError` after writing when any case failed. Defaults to True.
+        skip_bad_cases: make the engine's own data loader skip bad cases (when ``source`` is ``None``).
+            Defaults to True.
+        image_key: the datalist key of the input file, for the rows of a loader this handler wraps.
+            Defaults to ``"image"``.
     """
 
     def __init__(
@@ -84,9 +143,12 @@ class FailedCasesWriter:
         source: Any = None,
         filename: str = "errors.csv",
         raise_on_failure: bool = True,
+        skip_bad_cases: bool = True,
+        image_key: str = "image",
     ) -> None:
         self.output_dir = Path(output_dir)
         self.source, self.filename, self.raise_on_failure = source, filename, raise_on_failure
+        self.skip_bad_cases, self.image_key = skip_bad_cases, image_key
 
     @property
     def csv_path(self) -> Path:
@@ -94,9 +156,15 @@ class FailedCasesWriter:
         return self.output_dir / self.filename
 
     def attach(self, engine: Engine) -> None:
-        """Attach to an Ignite engine."""
+        """Attach to an Ignite engine; its data loader (MONAI workflows' ``data_loader``) now skips bad cases."""
         from ignite.engine import Events
 
+        loader = getattr(engine, "data_loader", None)
+        if self.source is None and self.skip_bad_cases and loader is not None:
+            skipping = skipping_loader(loader, image_key=self.image_key)
+            if skipping is not loader:
+                engine.data_loader = skipping  # type: ignore[attr-defined]
+                engine.state.epoch_length = None  # known at the end of the pass (failed cases are dropped)
         engine.add_event_handler(Events.STARTED, self._register_last)
 
     def _register_last(self, engine: Engine) -> None:
@@ -127,8 +195,11 @@ class FailedCasesWriter:
         if not failures:
             logger.info("no case failed; wrote an empty %s", self.csv_path)
             return
+        for line in failure_lines(failures):
+            logger.error("%s", line)
         logger.error("%d cases failed and were skipped; see %s", len(failures), self.csv_path)
         if self.raise_on_failure:
+            print_failed_cases_concisely()
             dataset = getattr(self._source(engine), "dataset", None)
             total = len(dataset) if isinstance(dataset, Sized) else None
             raise FailedCasesError(failures, self.csv_path, total)

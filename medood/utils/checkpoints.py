@@ -8,10 +8,13 @@ only, so a file from an unknown source can never run code: a pickle with any oth
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import pickle
+import pickletools
 import re
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,15 @@ from torch import nn
 from medood.utils.errors import DataError
 from medood.utils.io import atomic_path
 
-__all__ = ["compact_checkpoint", "load_checkpoint", "load_state", "save_checkpoint", "save_state"]
+__all__ = [
+    "compact_checkpoint",
+    "load_checkpoint",
+    "load_state",
+    "pickle_globals",
+    "refusal",
+    "save_checkpoint",
+    "save_state",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -75,18 +86,71 @@ def load_checkpoint(path: str | os.PathLike[str], hint: str | None = None) -> An
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if found is None:
-            raise DataError(p, "is not a readable torch checkpoint (neither a torch archive nor a pickle)") from e
-        raise DataError(
-            p,
-            f"refused: the checkpoint holds Python objects other than tensors (e.g. {found.group(1)}), which "
-            "loading would construct or call; it is loaded with weights_only=True only",
-            "only use checkpoints from a source you trust; re-save it as a plain state dict",
-        ) from e
+        code = pickle_globals(p) or re.findall(r"GLOBAL ([\w.]+)", str(e))
+        if code:
+            raise refusal(p, code) from e
+        raise DataError(p, "is not a readable torch checkpoint (neither a torch archive nor a pickle)") from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise DataError(p, f"is not a readable torch checkpoint ({type(e).__name__}: {first})") from e
+
+
+#: Globals a plain weights file may name: torch's tensor rebuilders, storages, dtypes and plain containers.
+_SAFE_GLOBAL = re.compile(
+    r"^(torch\._utils\._rebuild_\w+|torch\.\w*Storage|torch\.(float|half|bfloat|int|uint|bool|complex)\w*|"
+    r"torch\.(Size|device|dtype|_tensor\._rebuild_from_type_v2|Tensor|nn\.parameter\.Parameter)|"
+    r"collections\.OrderedDict|builtins\.(set|frozenset|tuple|list|dict|slice|bytearray|complex)|"
+    r"numpy\.(core\.multiarray|_core\.multiarray)\._reconstruct|numpy\.ndarray|numpy\.dtype|numpy\.dtypes\.\w+|"
+    r"_codecs\.encode|torch\.serialization\._get_layout)$"
+)
+
+
+def _pickles(path: Path) -> list[bytes]:
+    """The pickle streams of a torch file: ``*/data.pkl`` of a zip archive, or the legacy file itself."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            return [zf.read(n) for n in zf.namelist() if n.endswith(".pkl") and zf.getinfo(n).file_size < 1 << 26]
+    with open(path, "rb") as f:
+        return [f.read(1 << 26)]
+
+
+def pickle_globals(path: str | os.PathLike[str]) -> list[str]:
+    """The Python objects (``module.name``) a torch file's pickles would import that a weights file never needs.
+
+    The opcodes are only listed (:mod:`pickletools`), nothing is unpickled. Legacy (non-zip) files hold several
+    pickles one after the other; every one is scanned. Unreadable streams give what was found before the damage.
+    """
+    found: list[str] = []
+    for raw in _pickles(Path(path)):
+        stream = io.BytesIO(raw)
+        while stream.tell() < len(raw):
+            strings: list[str] = []
+            try:
+                for op, arg, _ in pickletools.genops(stream):
+                    if isinstance(arg, str):
+                        strings = [*strings[-1:], arg]
+                    name = None
+                    if op.name == "GLOBAL" and isinstance(arg, str):
+                        name = arg.replace(" ", ".")
+                    elif op.name == "STACK_GLOBAL" and len(strings) == 2:
+                        name = ".".join(strings)
+                    if name and not _SAFE_GLOBAL.match(name) and name not in found:
+                        found.append(name)
+                    if op.name == "STOP":
+                        break
+            except Exception:  # damaged or not a pickle: what was found so far
+                break
+    return found
+
+
+def refusal(path: str | os.PathLike[str], code: Sequence[str] = ()) -> DataError:
+    """The one refusal of a pickle that would build Python objects: names them, says nothing ran."""
+    what = f": {', '.join(code[:4])}{', ...' if len(code) > 4 else ''}" if code else ""
+    return DataError(
+        path,
+        f"refused: it holds Python objects (code{what}) — load only weights you trust",
+        "read with torch.load(weights_only=True), nothing ran; re-save it as a plain state dict",
+    )
 
 
 def load_state(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,14 @@ def _parse(p: Path, text: str) -> Any:
     except yaml.constructor.ConstructorError as e:
         where = f" at line {e.problem_mark.line + 1}" if e.problem_mark else ""
         problem = str(e.problem or e)
-        if "could not determine a constructor" in problem:
-            problem = f"refused: {problem} (configs may hold plain data only)"
+        tag = re.search(r"tag '(?:tag:yaml\.org,2002:)?([^']+)'", problem)
+        if "could not determine a constructor" in problem and tag:
+            raise DataError(
+                p,
+                f"refused: it holds a Python object tag (!!{tag.group(1)}: code){where} — configs may hold plain "
+                "data only",
+                "nothing was run; remove the tag",
+            ) from e
         raise DataError(p, f"is not a valid config: {problem}{where}") from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)

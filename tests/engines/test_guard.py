@@ -149,7 +149,7 @@ def test_guard_companion_bundle_keeps_outputs_and_flags_other_modalities(
                 "--output_dir", str(guarded))  # fmt: skip
     seg = sorted(p.name for p in plain.iterdir())
     assert len(seg) == 9 and all(n.endswith("_seg.nii.gz") for n in seg)
-    assert sorted(p.name for p in guarded.iterdir()) == sorted([*seg, "guard.json", "scores.csv"])
+    assert sorted(p.name for p in guarded.iterdir()) == sorted([*seg, "errors.csv", "guard.json", "scores.csv"])
     match, mismatch, errors = filecmp.cmpfiles(plain, guarded, seg, shallow=False)
     assert match == seg and not mismatch and not errors, "the original outputs are byte-identical"
 

@@ -54,7 +54,7 @@ def test_safe_dataset_returns_a_failure_record_for_each_bad_item(tmp_path: Path)
 def test_explicit_case_ids_are_used(tmp_path: Path) -> None:
     (tmp_path / "x.nii.gz").write_bytes(b"junk")
     failure = SafeDataset([{"image": str(tmp_path / "x.nii.gz"), "case": "patient-7"}], LOAD)[0]
-    assert failure == CaseFailure("patient-7", str(tmp_path / "x.nii.gz"), failure.error)
+    assert failure == CaseFailure("patient-7", str(tmp_path / "x.nii.gz"), failure.error, "LoadVolumed")
 
 
 def test_programming_errors_are_not_swallowed(tmp_path: Path) -> None:
@@ -115,26 +115,29 @@ def test_writer_lists_failures_and_fails_the_run_after_the_other_completed_handl
     FailedCasesWriter(tmp_path / "out").attach(engine)
     finished: list[str] = []
     engine.add_event_handler(Events.COMPLETED, lambda _: finished.append("scores.csv"))  # attached after the writer
-    with pytest.raises(FailedCasesError, match=r"3 of 6 cases failed .*errors\.csv.*first: noise"):
+    with pytest.raises(FailedCasesError, match=r"^3 of 6 cases failed and were skipped; see .*errors\.csv$") as info:
         engine.run(loader)
+    lines = info.value.lines()
+    assert len(lines) == 4 and lines[0].startswith("failed: noise: ") and "[LoadVolumed]" in lines[0]
     assert seen == ["g0.nii.gz", "g1.nii.gz", "g2.nii.gz"], "each good case once: the loader is never restarted"
     assert finished == ["scores.csv"], "the failure is raised after every other end-of-run handler"
     rows = list(csv.DictReader(open(tmp_path / "out" / "errors.csv", encoding="utf-8")))
     assert [r["case"] for r in rows] == ["noise", "fmri", "nan"]
-    assert rows[1]["file"].endswith("fmri.nii.gz") and "4D with 3 volumes" in rows[1]["error"]
+    assert rows[1]["file"].endswith("fmri.nii.gz") and "4D with 3 volumes" in rows[1]["reason"]
+    assert {r["stage"] for r in rows} == {"LoadVolumed"}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["errors.csv"]
 
 
 def test_clean_run_writes_a_header_only_errors_csv_and_does_not_raise(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    (out / "errors.csv").write_text("case,file,error\nold,old.nii.gz,stale\n")
+    (out / "errors.csv").write_text("case,file,stage,reason\nold,old.nii.gz,load,stale\n")
     items = [{"image": str(write_nifti(tmp_path / f"g{i}.nii.gz"))} for i in range(2)]
     loader = SkippingDataLoader(SafeDataset(items, LOAD), batch_size=1)
     engine = _engine(loader, [])
     FailedCasesWriter(out).attach(engine)
     engine.run(loader)
-    assert (out / "errors.csv").read_text() == "case,file,error\n", "a stale errors.csv is replaced"
+    assert (out / "errors.csv").read_text() == "case,file,stage,reason\n", "a stale errors.csv is replaced"
 
 
 def test_writer_without_raise_and_with_an_explicit_source(tmp_path: Path) -> None:
@@ -145,4 +148,29 @@ def test_writer_without_raise_and_with_an_explicit_source(tmp_path: Path) -> Non
     FailedCasesWriter(tmp_path, source=Log(), raise_on_failure=False).attach(engine)
     engine.run([torch.zeros(1)])
     rows = list(csv.reader(open(tmp_path / "errors.csv", encoding="utf-8")))
-    assert rows == [["case", "file", "error"], ["a", "/x/a.nii", "bad header"], ["b\\xe9", "/x/b\\xe9.nii", "oops"]]
+    header = ["case", "file", "stage", "reason"]
+    assert rows == [header, ["a", "/x/a.nii", "load", "bad header"], ["b\\xe9", "/x/b\\xe9.nii", "load", "oops"]]
+
+
+@pytest.mark.parametrize(("batch_size", "num_workers"), [(1, 0), (2, 0), (2, 2)])
+def test_writer_makes_a_plain_monai_loader_skip_bad_cases(tmp_path: Path, batch_size: int, num_workers: int) -> None:
+    """The one mechanism of every bundle: the handler alone turns the workflow's DataLoader(Dataset) into a
+    skipping one (same order and batch size), so a bundle config needs no other change."""
+    from monai.data import DataLoader, Dataset
+
+    data = Dataset(_folder(tmp_path / "in"), LOAD)
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    seen: list[str] = []
+    engine = _engine(loader, seen)  # type: ignore[arg-type]
+    engine.state.epoch_length = 3  # what a MONAI workflow computed from len(loader) before the handler came
+    FailedCasesWriter(tmp_path / "out").attach(engine)
+    wrapped = engine.data_loader
+    assert isinstance(wrapped, SkippingDataLoader) and (wrapped.batch_size, wrapped.num_workers) == (
+        batch_size,
+        num_workers,
+    )
+    with pytest.raises(FailedCasesError, match="3 of 6 cases failed"):
+        engine.run(engine.data_loader)
+    assert seen == ["g0.nii.gz", "g1.nii.gz", "g2.nii.gz"], "each good case once, in order"
+    rows = list(csv.DictReader(open(tmp_path / "out" / "errors.csv", encoding="utf-8")))
+    assert [r["case"] for r in rows] == ["noise", "fmri", "nan"] and {r["stage"] for r in rows} == {"LoadVolumed"}

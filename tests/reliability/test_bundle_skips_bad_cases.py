@@ -79,6 +79,16 @@ def test_five_good_five_bad_volumes(tmp_path: Path) -> None:
     assert run.returncode != 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "5 of 10 cases failed" in run.stderr + run.stdout, run.stderr[-3000:]
     assert "GHSA-873f-pvrv-4x83" in run.stderr, "MONAI's warning that configs run code is kept"
+    assert "Traceback" not in run.stderr, "a failed batch ends with its lines, no traceback (MEDOOD_DEBUG=1 shows it)"
+    failed = [line for line in run.stderr.splitlines() if line.startswith("failed: ")]
+    assert [line.split(":")[1].strip() for line in failed] == [
+        "b1_truncated",
+        "b2_fmri",
+        "b3_nan",
+        "b4_zero_spacing",
+        "b5_noise",
+    ]
+    assert run.stderr.strip().splitlines()[-2] == f"5 of 10 cases failed and were skipped; see {out / 'errors.csv'}"
 
     maps = sorted(p.name for p in out.glob("*_anomaly_map.nii.gz"))
     assert maps == [f"g{i}_anomaly_map.nii.gz" for i in range(5)]
@@ -87,8 +97,8 @@ def test_five_good_five_bad_volumes(tmp_path: Path) -> None:
         assert img.shape == SHAPE and np.allclose(img.affine, AFFINE, atol=1e-5)
     errors = list(csv.DictReader(open(out / "errors.csv", encoding="utf-8")))
     assert [r["case"] for r in errors] == bad
-    assert all(r["file"].endswith(f"{r['case']}.nii.gz") and r["error"] for r in errors)
-    assert "4D with 4 volumes" in errors[1]["error"] and "zero voxel spacing" in errors[3]["error"]
+    assert all(r["file"].endswith(f"{r['case']}.nii.gz") and r["reason"] and r["stage"] for r in errors)
+    assert "4D with 4 volumes" in errors[1]["reason"] and "zero voxel spacing" in errors[3]["reason"]
     scores = list(csv.DictReader(open(out / "scores.csv", encoding="utf-8")))
     assert [r["case"] for r in scores] == [f"g{i}" for i in range(5)]
     names = {p.name for p in out.iterdir()}

@@ -37,7 +37,8 @@ def test_bad_input_is_refused_with_a_clear_error(kind: BadKind, tmp_path: Path) 
 
 def test_refused_code_never_runs(tmp_path: Path) -> None:
     """The YAML tag and the checkpoint pickle would create ``pwned``; both are refused before that."""
-    for kind_id in ("config-python_object_tag", "checkpoint-pickle_that_runs_code"):
+    ids = ("config-python_object_tag", "checkpoint-pickle_that_runs_code", "checkpoint-archive_calling_os_system")
+    for kind_id in (*ids, "checkpoint-legacy_pickle_calling_os_system"):
         kind = next(k for k in KINDS if k.id == kind_id)
         folder = tmp_path / kind.name
         folder.mkdir()

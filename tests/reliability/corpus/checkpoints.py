@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,41 @@ class RunsCode:
 checkpoint = partial(bad, "checkpoint", read=load_checkpoint)
 
 
-@checkpoint("pickle_that_runs_code", "refused: the checkpoint holds Python objects")
+class CallsSystem:
+    """The usual payload: unpickling calls ``os.system`` (here a harmless ``touch``)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+REFUSED = r"refused: it holds Python objects \(code: {}\) — load only weights you trust"
+
+
+@checkpoint("pickle_that_runs_code", REFUSED.format(r".*getattr.*"))
 def _(tmp: Path) -> Path:
     torch.save({"model": {"w": torch.zeros(2)}, "payload": RunsCode(tmp / "pwned")}, tmp / "model.pt")
+    return tmp / "model.pt"
+
+
+@checkpoint("archive_calling_os_system", REFUSED.format(r"(posix|nt|os)\.system"))
+def _(tmp: Path) -> Path:
+    torch.save({"model": {"w": torch.zeros(2)}, "payload": CallsSystem(tmp / "pwned")}, tmp / "model.pt")
+    return tmp / "model.pt"
+
+
+@checkpoint("legacy_pickle_calling_os_system", REFUSED.format(r"(posix|nt|os)\.system"))
+def _(tmp: Path) -> Path:
+    content = {"model": {"w": torch.zeros(2)}, "payload": CallsSystem(tmp / "pwned")}
+    torch.save(content, tmp / "model.pt", _use_new_zipfile_serialization=False)
+    return tmp / "model.pt"
+
+
+@checkpoint("builtin_eval_global", REFUSED.format(r"(__builtin__|builtins)\.eval"))
+def _(tmp: Path) -> Path:
+    torch.save({"model": {"w": torch.zeros(2)}, "hook": eval}, tmp / "model.pt")
     return tmp / "model.pt"
 
 

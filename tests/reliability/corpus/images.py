@@ -67,12 +67,12 @@ def _(tmp: Path) -> Path:
     return tmp / "float.tif"
 
 
-@image2d("png_header_claims_900_megapixels", "decompression bomb")
+@image2d("png_header_claims_1600_megapixels", "6.0 GiB as float32\\), above the memory budget of 4.0 GiB")
 def _(tmp: Path) -> Path:
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)  # 30000² grey pixels, 900 MB decoded
+    ihdr = struct.pack(">IIBBBBB", 40000, 40000, 8, 0, 0, 0, 0)  # 40000² grey pixels: 6 GiB as float32
     idat = zlib.compress(b"")
     (tmp / "bomb.png").write_bytes(
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
