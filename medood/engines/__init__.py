@@ -6,7 +6,7 @@ from medood.engines.calibrate import calibrate_detector
 from medood.engines.evaluator import OODEvaluator
 from medood.engines.fit import StageEvaluator, StageTrainer, fit_detector
 from medood.engines.prepare import PrepareKeys
-from medood.engines.resume import latest_checkpoint, resume_training
+from medood.engines.resume import TrainingCheckpoint, latest_checkpoint, resume_training
 from medood.engines.trainers import StepEvaluator, StepTrainer
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "StageTrainer",
     "StepEvaluator",
     "StepTrainer",
+    "TrainingCheckpoint",
     "calibrate_detector",
     "fit_detector",
     "latest_checkpoint",
