@@ -1,7 +1,9 @@
 """Multi-process training for the bundles' ``configs/multi_gpu_train.yaml`` (``torchrun`` + ``ignite.distributed``).
 
 The model zoo convention: merge ``multi_gpu_train.yaml`` after a stage's training config and launch it with
-``torchrun --nproc_per_node=N -m monai.bundle run --config_file "['configs/train.yaml','configs/multi_gpu_train.yaml']"``.
+``torchrun --nproc_per_node=N -m monai.bundle run --config_file "['configs/train.yaml',
+'configs/multi_gpu_train.yaml']"``
+(with the bundle's ``inference.yaml`` first).
 The override wraps the trained network in ``DistributedDataParallel`` (:func:`ddp`), shards the loaders with
 MONAI's ``DistributedSampler`` (:func:`sampler`; MONAI's workflows call ``set_epoch`` at every epoch), keeps the
 logging handlers on rank 0 (:func:`rank_zero_handlers`; ignite's ``DiskSaver`` already writes checkpoints on rank
@@ -72,17 +74,27 @@ def ddp(
     return idist.auto_model(module, sync_bn=sync_batchnorm, **kwargs)
 
 
-def sampler(dataset: Any, shuffle: bool = True, even_divisible: bool = True) -> Any:
+def sampler(dataset: Any, shuffle: bool = True, even_divisible: bool = True, balanced_by: Any = None) -> Any:
     """MONAI ``DistributedSampler`` of ``dataset`` over the ranks, or ``None`` for one process.
 
     Training uses ``even_divisible=True`` (every rank the same number of steps: DDP needs it); validation and
     fitting ``shuffle=False, even_divisible=False`` (each case exactly once).
+
+    Args:
+        dataset: the dataset to shard.
+        shuffle: reshuffle every epoch (MONAI's workflows call ``set_epoch``). Defaults to True.
+        even_divisible: pad so that every rank gets as many cases. Defaults to True.
+        balanced_by: a weighted sampler of one process (e.g. the class-balanced sampler, with ``weights``): its
+            weights are drawn with MONAI's ``DistributedWeightedRandomSampler`` instead. Defaults to None.
     """
-    from monai.data import DistributedSampler
+    from monai.data import DistributedSampler, DistributedWeightedRandomSampler
 
     setup_distributed()
     if get_world_size() == 1:
         return None
+    weights = getattr(balanced_by, "weights", None)
+    if weights is not None:
+        return DistributedWeightedRandomSampler(dataset, weights.tolist(), even_divisible=even_divisible)
     return DistributedSampler(dataset, even_divisible=even_divisible, shuffle=shuffle)
 
 

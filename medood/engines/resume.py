@@ -106,7 +106,7 @@ class TrainingCheckpoint:
             objects, saver, filename_prefix=self.prefix, n_saved=1,
             global_step_transform=lambda engine, _event: engine.state.iteration,
         )  # fmt: skip
-        event = Events.EPOCH_COMPLETED
+        event: Any = Events.EPOCH_COMPLETED
         if self.every_iterations is not None:
             event = event | Events.ITERATION_COMPLETED(every=self.every_iterations)
         trainer.add_event_handler(event, checkpoint)

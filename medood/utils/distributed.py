@@ -23,6 +23,7 @@ import torch
 
 __all__ = [
     "barrier",
+    "dataset_size",
     "gather_cases",
     "get_rank",
     "get_world_size",
@@ -76,6 +77,11 @@ def is_sharded(loader: Any) -> bool:
     """Whether ``loader`` gives each rank only its own cases (a ``DistributedSampler`` in a multi-process run)."""
     sampler = getattr(loader, "sampler", None)
     return get_world_size() > 1 and isinstance(sampler, torch.utils.data.DistributedSampler)
+
+
+def dataset_size(engine: Any) -> int:
+    """Number of cases of an engine's (unsharded) dataset: ``len(engine.data_loader.dataset)``."""
+    return len(engine.data_loader.dataset)
 
 
 def gather_cases(items: Sequence[T], total: int | None = None) -> list[T]:
