@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from medood.engines.calibrate import calibrate_detector
+from medood.engines.distributed import amp_enabled
 from medood.engines.evaluator import OODEvaluator
 from medood.engines.fit import StageEvaluator, StageTrainer, fit_detector
 from medood.engines.prepare import PrepareKeys
@@ -17,6 +18,7 @@ __all__ = [
     "StepEvaluator",
     "StepTrainer",
     "TrainingCheckpoint",
+    "amp_enabled",
     "calibrate_detector",
     "fit_detector",
     "latest_checkpoint",

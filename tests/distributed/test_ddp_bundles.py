@@ -19,7 +19,9 @@ NERO = BUNDLES / "nero_endoscopy_ood_classification"
 HEATMAP = BUNDLES / "heatmap_endoscopy_ood_classification"
 
 
-def _network(bundle: Path, root: Path, overrides: dict, configs: tuple[str, ...] = ("inference.yaml",)) -> torch.nn.Module:
+def _network(
+    bundle: Path, root: Path, overrides: dict, configs: tuple[str, ...] = ("inference.yaml",)
+) -> torch.nn.Module:
     parser = ConfigParser()
     parser.read_config([str(bundle / "configs" / c) for c in configs])
     parser.update({"bundle_root": str(root), **overrides})

@@ -54,7 +54,9 @@ def _fit_everything(model_path: Path) -> dict[str, torch.Tensor]:
     net = UNet(2, 1, 2, channels=(4, 8), strides=(2,), num_res_units=0).eval()
     spectral = SpectralDetector(layers=encoder_stages(net))
     cases = [{"image": toy.blob_images(2, 1, seed=10 + i)[0][0, :1]} for i in range(N_CASES)]
-    SupervisedEvaluator("cpu", _loader(cases, 2), net, val_handlers=[FeatureFitHandler(spectral)], decollate=False).run()
+    SupervisedEvaluator(
+        "cpu", _loader(cases, 2), net, val_handlers=[FeatureFitHandler(spectral)], decollate=False
+    ).run()
     val = [{"image": toy.ood_images(2, 1, seed=40 + i)[0, :1]} for i in range(7)]
     SupervisedEvaluator(
         "cpu", _loader(val, 2), net, val_handlers=[FeatureCalibrationHandler(spectral)], decollate=False

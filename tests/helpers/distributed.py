@@ -46,7 +46,8 @@ def torchrun_bundle(
     cmd = [
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--rdzv-backend=c10d",
         f"--rdzv-endpoint=127.0.0.1:{free_port()}", "-m", "monai.bundle", "run", "--config_file", repr(files),
-        "--bundle_root", str(root), "--meta_file", str(cfg / "metadata.json"), "--logging_file", str(cfg / "logging.conf"),
+        "--bundle_root", str(root), "--meta_file", str(cfg / "metadata.json"),
+        "--logging_file", str(cfg / "logging.conf"),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MEDOOD_PROGRESS": "0", "PYTHONPATH": str(REPO)}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
