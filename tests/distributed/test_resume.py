@@ -60,3 +60,21 @@ def test_single_process_helpers_are_no_ops_and_amp_stays_off_on_cpu(caplog: pyte
         assert amp_enabled(True, "cpu") is False and amp_enabled(False, torch.device("cpu")) is False
     assert "amp: true ignored on cpu" in caplog.text
     assert amp_enabled(True, "cuda") is True
+
+
+def test_train_classifier_resumes_with_its_best_weights_so_far(tmp_path: Path) -> None:
+    from medood.engines.classifier import TrainSettings, train_classifier
+    from tests.helpers import toy
+
+    loader, val = toy.id_loader(2, n=24, batch_size=8), toy.id_loader(2, n=12, batch_size=6, seed=2)
+    torch.manual_seed(0)
+    first = train_classifier(toy.TinyClassifier(2), loader, val, TrainSettings(epochs=1), resume_dir=tmp_path,
+                             progress=False)  # fmt: skip
+    assert [p.name for p in tmp_path.glob("classifier_last*.pt")] == ["classifier_last_checkpoint_3.pt"]
+    torch.manual_seed(1)  # a different initialisation: the resumed run must start from the saved weights
+    second = train_classifier(toy.TinyClassifier(2), loader, val, TrainSettings(epochs=2), resume_dir=tmp_path,
+                              resume=True, progress=False)  # fmt: skip
+    assert [e for e, _ in second.history] == [1, 2] and second.history[0] == first.history[0]
+    assert [p.name for p in tmp_path.glob("classifier_last*.pt")] == ["classifier_last_checkpoint_6.pt"]
+    with pytest.raises(ValueError, match="resume_dir"):
+        train_classifier(toy.TinyClassifier(2), loader, val, TrainSettings(epochs=1), resume=True, progress=False)
