@@ -1,6 +1,7 @@
 """Bundles trained by ``torchrun`` with 2 gloo processes (their ``configs/multi_gpu_train.yaml``): a single-stage
-bundle (NERO's classifier) with a resume that continues from the saved iteration, and one stage of a multi-stage
-bundle (the endoscopy heatmap decoder, with its distributed nearest-ID pass and calibration); the checkpoints load."""
+bundle (NERO's classifier) with a resume that continues from the saved iteration, then its post-hoc detectors
+fitted by 2 processes (``multi_gpu_fit.yaml``) equal to one process's, and one stage of a multi-stage bundle (the
+endoscopy heatmap decoder, with its distributed nearest-ID pass and calibration); the checkpoints load."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import torch
 from monai.bundle import ConfigParser
 
 from medood.utils.checkpoints import load_state
-from tests.helpers.bundles import BUNDLES, DATA_KINDS, load_spec
+from tests.helpers.bundles import BUNDLES, DATA_KINDS, load_spec, run_workflow
+from tests.helpers.class_folders import one_thread
 from tests.helpers.distributed import torchrun_bundle
 
 NERO = BUNDLES / "nero_endoscopy_ood_classification"
@@ -49,6 +51,17 @@ def test_nero_trains_on_two_processes_and_resumes_from_the_saved_iteration(tmp_p
     state = torch.load(root / "models" / "resume" / "train_last_checkpoint_6.pt", weights_only=True)
     assert state["trainer"]["iteration"] == 6 and state["trainer"]["max_epochs"] == 2
     assert set(state) >= {"model", "optimizer", "lr_scheduler", "trainer"}
+
+    torchrun_bundle(NERO, ["inference.yaml", "fit.yaml", "multi_gpu_fit.yaml"], root, overrides)  # every detector
+    with one_thread():
+        run_workflow(NERO, ["inference.yaml", "fit.yaml"], "infer", root, **overrides,
+                     detectors_path=str(root / "models" / "detectors_one.pt"))  # fmt: skip
+    two = torch.load(root / "models" / "detectors.pt", weights_only=True)
+    one = torch.load(root / "models" / "detectors_one.pt", weights_only=True)
+    assert len(one) > 10 and set(two) == set(one)
+    for name, buffers in one.items():
+        for key, value in buffers.items():
+            torch.testing.assert_close(two[name][key], value, rtol=1e-4, atol=1e-5, equal_nan=True, msg=f"{name}.{key}")
 
 
 @pytest.mark.slow
