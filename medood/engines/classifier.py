@@ -146,7 +146,8 @@ def classifier_engines(
 
     The evaluator's key metric, ``settings.metric``, is the accuracy of :func:`final_logits` or the mean of
     ``loss_function`` (:func:`train_classifier` selects the weights on it; the evaluator's own ``best_metric``
-    assumes higher is better). Returns ``(trainer, evaluator)``; add handlers before ``trainer.run()``.
+    assumes higher is better). Returns ``(trainer, evaluator)``; add handlers before ``trainer.run()``. The cosine
+    schedule (or ``None``) is ``trainer.lr_scheduler`` (what a resumed run restores).
     """
     from ignite.metrics import Accuracy, Loss
     from monai.engines import SupervisedEvaluator, SupervisedTrainer
@@ -181,6 +182,7 @@ def classifier_engines(
         decollate=False,
         train_handlers=handlers,
     )
+    trainer.lr_scheduler = scheduler if settings.scheduler == "cosine" else None  # type: ignore[attr-defined]
     return trainer, evaluator
 
 
@@ -209,6 +211,16 @@ class _KeepBest:
             self.value, self.epoch, self.state = value, epoch, _cpu_state(self.network)
             self.save()
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to keep selecting: the best value, its epoch and weights, the history."""
+        history = torch.tensor(self.history, dtype=torch.float64).reshape(-1, 2)
+        return {"value": self.value, "epoch": self.epoch, "history": history, "state": self.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (``TrainingCheckpoint`` resume)."""
+        self.value, self.epoch, self.state = float(state["value"]), int(state["epoch"]), state["state"]
+        self.history = [(int(e), float(v)) for e, v in state["history"].tolist()]
+
     def save(self, **extra: Any) -> None:
         """Write the kept weights with the config, the best value and epoch, and ``extra``."""
         if self.path is not None:
@@ -227,6 +239,8 @@ def train_classifier(
     device: str | torch.device = "cpu",
     train_handlers: Sequence[Any] = (),
     progress: bool | None = None,
+    resume_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
 ) -> TrainedClassifier:
     """Train ``network``, validating on ``val_loader``; keep (and return) the best validation weights.
 
@@ -244,9 +258,14 @@ def train_classifier(
         device: where to train. Defaults to ``"cpu"``.
         train_handlers: extra Ignite handlers attached to the trainer (objects with ``attach(engine)``).
         progress: show a progress bar; ``None`` = on unless ``CI=true`` or ``MEDOOD_PROGRESS=0``.
+        resume_dir: keep the last state of the run there at every epoch end (network, optimizer, schedule, the
+            best weights so far and the trainer: :class:`~medood.engines.TrainingCheckpoint`). Defaults to None.
+        resume: continue from the last state in ``resume_dir`` (from its iteration). Defaults to False.
     """
     from ignite.engine import Events
     from monai.utils import set_determinism
+
+    from medood.engines.resume import TrainingCheckpoint
 
     s = settings or TrainSettings()
     if s.seed is not None:
@@ -261,6 +280,13 @@ def train_classifier(
         handler.attach(trainer)
     keeper = _KeepBest(network, trainer, s.metric, s.select == "loss", checkpoint_path, config)
     evaluator.add_event_handler(Events.COMPLETED, keeper)
+    if resume and resume_dir is None:
+        raise ValueError("resume=True needs the resume_dir of the interrupted run")
+    if resume_dir is not None:
+        objects: dict[str, Any] = {"model": network, "optimizer": trainer.optimizer, "best": keeper}
+        if trainer.lr_scheduler is not None:
+            objects["lr_scheduler"] = trainer.lr_scheduler
+        TrainingCheckpoint(resume_dir, "classifier_last", objects, resume=resume).attach(trainer)
     start = time.perf_counter()
     trainer.run()
     seconds = time.perf_counter() - start

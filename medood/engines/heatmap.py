@@ -28,6 +28,7 @@ from torch import Tensor
 from medood.detectors.heatmap import HeatmapDetector
 from medood.transforms.corruptions import corruption_plan
 from medood.utils.batch import as_plain_tensor, unpack_batch
+from medood.utils.distributed import gather_cases, get_rank, get_world_size
 from medood.utils.enums import OODKeys
 from medood.utils.neighbours import nearest_neighbours
 
@@ -143,6 +144,27 @@ def _loader(items: Sequence[Mapping[str, Any]], transform: Any, batch_size: int,
     return DataLoader(Dataset(list(items), transform), batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
 
+def _item_features(
+    detector: HeatmapDetector, items: Sequence[Mapping[str, Any]], transform: Any, batch_size: int, num_workers: int,
+    device: torch.device | None,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """:func:`predicted_features` of ``items``, shared among the ranks under ``torchrun``.
+
+    Each rank runs its share (items ``r, r + W, ...``) and the rows are gathered in item order, so every rank gets
+    what one process computes.
+    """
+    world = get_world_size()
+    if world == 1:
+        return predicted_features(detector, _loader(items, transform, batch_size, num_workers), device)
+    mine = list(items)[get_rank() :: world]
+    rows: list[tuple[Tensor, Tensor]] = []
+    if mine:
+        f, p = predicted_features(detector, _loader(mine, transform, batch_size, num_workers), device)
+        rows = list(zip(f, p))
+    rows = gather_cases(rows, len(items))
+    return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
+
+
 def heatmap_training_datalist(
     detector: HeatmapDetector,
     id_items: Sequence[Mapping[str, Any]],
@@ -178,12 +200,12 @@ def heatmap_training_datalist(
         raise ValueError("heatmap_training_datalist needs ID training items")
     ids = [_uniform(item, "id") for item in id_items]
     auxs = [_uniform(item, "auxiliary") for item in aux_items]
-    id_f, id_p = predicted_features(detector, _loader(ids, transform, batch_size, num_workers), device)
+    id_f, id_p = _item_features(detector, ids, transform, batch_size, num_workers, device)
     detector.fit_feature_range(id_f)
     id_n = detector.normalise(id_f).cpu()
     out = [{**item, TARGET: item[IMAGE], "features": id_n[i], "pred": id_p[i]} for i, item in enumerate(ids)]
     if auxs:
-        aux_f, aux_p = predicted_features(detector, _loader(auxs, transform, batch_size, num_workers), device)
+        aux_f, aux_p = _item_features(detector, auxs, transform, batch_size, num_workers, device)
         idx = nearest_id_targets(id_f, id_p, aux_f, aux_p)
         aux_n = detector.normalise(aux_f).cpu()
         out += [

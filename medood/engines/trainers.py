@@ -71,6 +71,9 @@ class StepTrainer(SupervisedTrainer):
 class StepEvaluator(SupervisedEvaluator):
     """Validation counterpart of :class:`StepTrainer`: evaluates ``loss_function(network, inputs, targets)``.
 
+    ``amp=True`` runs the loss under ``torch.autocast`` of the input's device type (bundles pass
+    :func:`medood.engines.distributed.amp_enabled`, which keeps the CPU in float32).
+
     ``engine.state.output`` holds ``loss`` and the loss function's outputs, so an ignite ``Average`` of the
     loss (``output_transform=lambda o: o["loss"]``) can be the key metric (lower is better: pass
     ``metric_cmp_fn="$lambda cur, prev: cur < prev"``).
@@ -95,7 +98,8 @@ class StepEvaluator(SupervisedEvaluator):
         inputs, targets = batch[0], batch[1]
         if isinstance(inputs, MetaTensor):
             inputs = inputs.as_tensor()
-        with engine.mode(engine.network):
+        device_type = inputs.device.type if isinstance(inputs, Tensor) else "cpu"
+        with engine.mode(engine.network), torch.autocast(device_type, enabled=bool(engine.amp), **engine.amp_kwargs):
             loss, outputs = self.loss_function(engine.network, inputs, targets)
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets, Keys.LOSS: loss.detach(), **outputs}
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)

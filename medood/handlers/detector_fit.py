@@ -14,6 +14,7 @@ from medood.detectors.base import OODDetector
 from medood.detectors.posthoc import begin_fit, end_fit, fit_batch
 from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
 from medood.utils.checkpoints import save_checkpoint, save_state
+from medood.utils.distributed import barrier, dataset_size, gather_cases, get_rank, get_world_size, is_sharded
 from medood.utils.enums import OODKeys
 
 if TYPE_CHECKING:
@@ -41,7 +42,12 @@ class DetectorFitHandler:
         head: name of the classifier's final linear layer (``None`` = the last ``nn.Linear``).
         label_key: key of the class labels in the engine output / batch. Defaults to ``"label"``.
         save_path: optional checkpoint written at completion: ``{"<name>": state_dict, ...}`` for several
-            detectors, or ``{"model": state_dict}`` for one.
+            detectors, or ``{"model": state_dict}`` for one (rank 0).
+
+    Under ``torchrun`` with a sharded loader (``DistributedSampler``, no shuffling) each rank keeps its cases'
+    features and the completed pass fits every detector on all of them in dataset order (gathered with
+    ``all_gather_object``), so N processes fit the buffers one process fits; the detectors stay free of
+    distributed calls.
     """
 
     def __init__(
@@ -55,7 +61,8 @@ class DetectorFitHandler:
         self._named = {f"{i}:{d.name}": d for i, d in enumerate(self.detectors)}
         self.head, self.label_key, self.save_path = head, label_key, save_path
         self._extractor: FeatureExtractor | None = None
-        self.n_batches = 0
+        self.n_batches, self._batch_size, self._sharded = 0, 1, False
+        self._cases: list[tuple[dict[str, Tensor], Tensor | None]] = []
 
     def attach(self, engine: Engine) -> None:
         """Register the event handlers.
@@ -74,7 +81,8 @@ class DetectorFitHandler:
             net: nn.Module = getattr(network, "module", network)
             head_name, _ = find_linear_head(net, self.head)
             self._extractor = FeatureExtractor(net, {OODKeys.FEATURES.value: f"{head_name}:input"})
-        self.n_batches = 0
+        self.n_batches, self._batch_size, self._cases = 0, 1, []
+        self._sharded = is_sharded(getattr(engine, "data_loader", None))
         begin_fit(self._named)
 
     def _iteration(self, engine: Engine) -> None:
@@ -95,17 +103,37 @@ class DetectorFitHandler:
                 if labels.ndim > 1 and labels.shape[-1] > 1
                 else labels.reshape(-1)
             )
-        fit_batch(self._named, feats, None if labels is None else labels.long())
+        labels = None if labels is None else labels.long()
         self.n_batches += 1
+        if not self._sharded:
+            fit_batch(self._named, feats, labels)
+            return
+        self._batch_size = max(self._batch_size, len(logits))
+        for i in range(len(logits)):  # kept per case until every rank's cases are gathered
+            case = {k: v[i].detach().cpu() for k, v in feats.items()}
+            self._cases.append((case, None if labels is None else labels[i].cpu()))
 
-    def _completed(self, _engine: Engine) -> None:
+    def _replay(self, engine: Engine) -> None:
+        """Fit on every rank's cases in dataset order, in batches of the loader's size (distributed fitting)."""
+        cases = gather_cases(self._cases, dataset_size(engine))
+        for start in range(0, len(cases), self._batch_size):
+            chunk = cases[start : start + self._batch_size]
+            feats = {k: torch.stack([c[0][k] for c in chunk]) for k in chunk[0][0]}
+            labels = None if chunk[0][1] is None else torch.stack([c[1] for c in chunk if c[1] is not None])
+            fit_batch(self._named, feats, labels)
+        self._cases = []
+
+    def _completed(self, engine: Engine) -> None:
+        if self._sharded:
+            self._replay(engine)
         end_fit(self._named)
         logger.info("fitted %d detector(s) on %d batches", len(self.detectors), self.n_batches)
-        if self.save_path is not None:
+        if self.save_path is not None and get_rank() == 0:
             if len(self.detectors) == 1:
                 save_state(self.detectors[0], self.save_path)
             else:
                 save_checkpoint({d.name or type(d).__name__: d.state_dict() for d in self.detectors}, self.save_path)
+        barrier()
 
 
 def _stack(output: Any, key: str) -> Tensor | None:
@@ -132,8 +160,11 @@ class CalibrationHandler:
         foreground: ``"nonzero"`` (map voxels > 0: detectors that zero the background, e.g. outside the
             brain), ``"all"``, or a callable ``f(item) -> bool mask``. Defaults to ``"nonzero"``.
         values_per_case: map values sampled per case. Defaults to 20_000.
-        seed: sampling seed. Defaults to 0.
-        save_path: optional path where the calibrated detector is saved (``{"model": state_dict}``).
+        seed: sampling seed (case ``i`` of the dataset samples with ``seed + i``). Defaults to 0.
+        save_path: optional path where the calibrated detector is saved (``{"model": state_dict}``; rank 0).
+
+    Under ``torchrun`` with a sharded loader (``DistributedSampler``, no shuffling) every rank records its cases
+    and the completed pass gathers them in dataset order: N processes record what one records.
     """
 
     def __init__(
@@ -149,7 +180,8 @@ class CalibrationHandler:
         self.detector, self.foreground = detector, foreground
         self.values_per_case, self.seed, self.save_path = values_per_case, seed, save_path
         self.scores: list[Tensor] = []
-        self.values: list[Tensor] = []
+        self.values: list[Tensor | None] = []
+        self._sharded = False
 
     def attach(self, engine: Engine) -> None:
         """Register the event handlers."""
@@ -159,13 +191,20 @@ class CalibrationHandler:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
         engine.add_event_handler(Events.COMPLETED, self._completed)
 
-    def _started(self, _engine: Engine) -> None:
+    def _started(self, engine: Engine) -> None:
         self.scores, self.values = [], []
-        self._gen = torch.Generator().manual_seed(self.seed)
+        self._sharded = is_sharded(getattr(engine, "data_loader", None))
+
+    def _case_index(self) -> int:
+        """The dataset index of the next case (rank ``r`` of ``W`` sees the cases ``r, r + W, ...`` when sharded)."""
+        k = len(self.scores)
+        return k * get_world_size() + get_rank() if self._sharded else k
 
     def _iteration(self, engine: Engine) -> None:
         for item in _as_list(engine.state.output):
+            gen = torch.Generator().manual_seed(self.seed + self._case_index())  # per case: any sharding, same values
             self.scores.append(torch.as_tensor(item[OODKeys.SCORE.value]).detach().float().cpu().reshape(-1))
+            self.values.append(None)
             amap = item.get("pred")
             if not self.detector.score_from_map or not isinstance(amap, Tensor) or amap.ndim < 2:
                 continue  # an explanation map (score_from_map=False) has no healthy threshold
@@ -179,13 +218,18 @@ class CalibrationHandler:
             else:
                 raise ValueError(f"unknown foreground {self.foreground!r}")
             if v.numel() > self.values_per_case:
-                v = v[torch.randperm(v.numel(), generator=self._gen)[: self.values_per_case]]
-            self.values.append(v)
+                v = v[torch.randperm(v.numel(), generator=gen)[: self.values_per_case]]
+            self.values[-1] = v
 
-    def _completed(self, _engine: Engine) -> None:
+    def _completed(self, engine: Engine) -> None:
+        if self._sharded:  # every rank's cases, in dataset order: the same calibration as one process
+            total = dataset_size(engine)
+            self.scores, self.values = gather_cases(self.scores, total), gather_cases(self.values, total)
         if not self.scores:
             raise RuntimeError("CalibrationHandler saw no items: is the validation loader empty?")
-        self.detector.calibration.update(torch.cat(self.scores), torch.cat(self.values) if self.values else None)
+        values: list[Tensor] = [v for v in self.values if v is not None]
+        self.detector.calibration.update(torch.cat(self.scores), torch.cat(values) if values else None)
         logger.info("calibrated on %d healthy cases: %s", len(self.scores), self.detector.calibration.to_dict())
-        if self.save_path is not None:
+        if self.save_path is not None and get_rank() == 0:
             save_state(self.detector, self.save_path)
+        barrier()

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from medood.detectors.base_featuremap import FeatureMapDetector
 from medood.networks.feature_maps import FeatureRecorder
 from medood.utils.checkpoints import save_state
+from medood.utils.distributed import barrier, dataset_size, gather_cases, get_rank, is_sharded
 from medood.utils.io import atomic_write, atomic_write_text, case_name
 
 if TYPE_CHECKING:
@@ -155,20 +156,31 @@ class FeatureFitHandler(_HookedPass):
         """Clear the running statistics."""
         self.detector.reset_fit()
         self.n_cases = 0
+        self._sharded = is_sharded(getattr(engine, "data_loader", None))
+        self._cases: list[dict[str, Tensor]] = []
 
     def on_batch(self, engine: Engine, features: dict[str, Tensor]) -> None:
-        """Accumulate the batch."""
-        self.detector.partial_fit_features(features)
-        self.n_cases += next(iter(features.values())).shape[0]
+        """Accumulate the batch (sharded under torchrun: keep its cases until every rank's are gathered)."""
+        n = next(iter(features.values())).shape[0]
+        self.n_cases += n
+        if not self._sharded:
+            self.detector.partial_fit_features(features)
+            return
+        self._cases.extend({k: v[i : i + 1].cpu() for k, v in features.items()} for i in range(n))
 
     def on_end(self, engine: Engine) -> None:
         """Finalise the fit (and save)."""
+        if self._sharded:  # distributed fitting: every rank's cases in dataset order, as one process sees them
+            cases = gather_cases(self._cases, dataset_size(engine))
+            self._cases, self.n_cases = [], len(cases)
+            for case in cases:
+                self.detector.partial_fit_features({k: v.to(self.detector.layer_mean.device) for k, v in case.items()})
         if self.n_cases == 0:
             raise RuntimeError("FeatureFitHandler saw no case: is the in-distribution list empty?")
         self.detector.finalize_fit()
         self.detector.mark_fitted()
         logger.info("%s fitted on %d in-distribution cases", type(self.detector).__name__, self.n_cases)
-        if self.save_path is not None:
+        if self.save_path is not None and get_rank() == 0:
             save_state(self.detector, self.save_path)
 
 
@@ -204,14 +216,18 @@ class FeatureCalibrationHandler(_HookedPass):
 
     def on_end(self, engine: Engine) -> None:
         """Record the score quantiles (and save)."""
+        if is_sharded(getattr(engine, "data_loader", None)):  # every rank's cases in dataset order
+            per_case = [s.reshape(1) for batch in self.scores for s in batch.reshape(-1)]
+            self.scores = gather_cases(per_case, dataset_size(engine))
         if not self.scores:
             raise RuntimeError("FeatureCalibrationHandler saw no case: is the validation list empty?")
         self.detector.calibration.update(torch.cat(self.scores))
         logger.info(
             "calibrated on %d validation cases: %s", sum(map(len, self.scores)), self.detector.calibration.to_dict()
         )
-        if self.save_path is not None:
+        if self.save_path is not None and get_rank() == 0:
             save_state(self.detector, self.save_path)
+        barrier()
 
 
 class GuardScoreWriter(_HookedPass):

@@ -21,7 +21,7 @@ from tests.helpers.bundles import DATA_KINDS, BundleRun, bundle_dirs, load_spec,
 BUNDLES = bundle_dirs()
 EXPORT_MODES = ("script", "trace", "none")
 #: the keys of configs/workflows.yaml (tests/helpers/bundles.py): a misspelt key fails instead of being ignored
-SPEC_KEYS = {"data", "reuses", "overrides", "workflows", "export"}
+SPEC_KEYS = {"data", "reuses", "overrides", "workflows", "multi_gpu", "export"}
 WORKFLOW_KEYS = {"name", "type", "configs", "overrides", "data", "writes"}
 EXPORT_KEYS = {"net_id", "configs", "ckpt", "key_in_ckpt", "input_shape", "mode", "reason", "note"}
 
@@ -40,6 +40,13 @@ def test_spec_declares_every_shipped_workflow_config(bundle: Path) -> None:
         missing = [c for c in workflow["configs"] if not (bundle / "configs" / c).is_file()]
         assert not missing, f"{bundle.name} {workflow['name']}: no such configs {missing}"
         used.update(workflow["configs"])
+    for config, targets in spec.get("multi_gpu", {}).items():  # the multi-process overrides (tests/distributed)
+        assert config.startswith("multi_gpu_") and (bundle / "configs" / config).is_file(), f"{bundle.name}: {config}"
+        assert targets and set(targets) <= set(names), f"{bundle.name}: {config} names unknown workflows {targets}"
+        used.add(config)
+    trains = [c for c in workflow_configs(bundle) if c.startswith("train")]
+    if trains:  # every trainable bundle can train under torchrun (the model zoo's multi_gpu_train convention)
+        assert "multi_gpu_train.yaml" in spec.get("multi_gpu", {}), f"{bundle.name}: no multi_gpu_train.yaml"
     unused = sorted(workflow_configs(bundle) - used)
     assert not unused, f"{bundle.name} ships configs no declared workflow runs: {unused}"
     for sibling in spec.get("reuses", []):

@@ -12,6 +12,10 @@ which assert method behaviour on the same runs.
 - ``workflows``: in run order, each ``{name, type: train | infer, configs: [merge order], overrides, data, writes}``;
   ``writes`` are globs under the bundle root that must match a non-empty file after the workflow (each workflow's
   ``output_dir`` is ``eval/<name>``);
+- ``multi_gpu``: ``{override config: [workflow names]}``: the multi-process overrides (``multi_gpu_train.yaml``,
+  ``multi_gpu_fit.yaml``: DDP, ``DistributedSampler``, rank-0 handlers, distributed fitting) merged LAST onto those
+  workflows here; in one process they change nothing (world size 1), so the run checks that they merge and run
+  (``tests/distributed`` runs them under ``torchrun`` with 2 processes);
 - ``export``: what ``ckpt_export`` gives: ``{net_id, configs, ckpt, key_in_ckpt, input_shape, mode, reason}`` with
   ``mode`` ``script``, ``trace`` (scripting fails: ``reason`` says why) or ``none`` (neither works: ``reason``).
 """
@@ -151,6 +155,11 @@ class BundleRun:
             self.data[kind] = DATA_KINDS[kind](self.root.parents[1] / "data" / kind)
         return {**self.data[kind], **self.spec.get("overrides", {}), **workflow.get("overrides", {})}
 
+    def configs(self, workflow: Mapping[str, Any]) -> list[str]:
+        """The workflow's configs in merge order, with the ``multi_gpu`` overrides declared for it last."""
+        extra = [c for c, names in self.spec.get("multi_gpu", {}).items() if workflow["name"] in names]
+        return [*workflow["configs"], *extra]
+
     def output(self, workflow: str) -> Path:
         """The ``output_dir`` of a workflow."""
         return self.root / "eval" / workflow
@@ -168,7 +177,7 @@ class BundleRun:
         """Run one declared workflow, check what it writes and snapshot ``models/``."""
         name, start = workflow["name"], time.time_ns()
         overrides = {**self.overrides(workflow), "output_dir": str(self.output(name))}
-        run_workflow(self.bundle, workflow["configs"], workflow["type"], self.root, **overrides)
+        run_workflow(self.bundle, self.configs(workflow), workflow["type"], self.root, **overrides)
         for pattern in workflow.get("writes", []):
             found = [p for p in self.root.glob(pattern) if p.is_file() and p.stat().st_size > 0]
             assert found, f"{self.bundle.name}: workflow {name!r} wrote nothing matching {pattern!r}"
