@@ -109,7 +109,7 @@ class SliceRestorationDetector(OODDetector):
         ph, pw = (-h) % s, (-w) % s
         return (F.pad(x, (0, pw, 0, ph)) if ph or pw else x), (h, w)
 
-    def _slices_of(self, x: Tensor) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
+    def slices_of(self, x: Tensor) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
         """Foreground slices ``(N, C, H', W')``, their positions and ``(batch, slice)`` indices."""
         if x.ndim == 4:
             return x, torch.zeros(x.shape[0], device=x.device), [(b, 0) for b in range(x.shape[0])]
@@ -128,7 +128,7 @@ class SliceRestorationDetector(OODDetector):
             index.extend((b, z) for z in keep)
         return torch.cat(slices), torch.cat(positions), index
 
-    def _assemble(self, x: Tensor, res: Tensor, index: list[tuple[int, int]]) -> Tensor:
+    def assemble(self, x: Tensor, res: Tensor, index: list[tuple[int, int]]) -> Tensor:
         """Put per-slice residuals ``(N, 1, H', W')`` back into a ``(B, 1, *S)`` map (zeros elsewhere)."""
         if x.ndim == 4:
             return res
@@ -153,20 +153,43 @@ class SliceRestorationDetector(OODDetector):
 
     def predict_map(self, x: Tensor) -> Tensor:
         """Voxel-wise anomaly map ``(B, 1, *S)`` (float32, 0 outside the brain)."""
-        self.check_fitted()
         x = x.float()
         self._check_input(x)
-        slices, positions, index = self._slices_of(x)
-        res = torch.zeros((slices.shape[0], 1, *slices.shape[2:]), device=x.device)
+        return self.postprocess_map(self._per_slice(x, lambda s, p: {"r": self.residual_slices(s, p)})["r"], x)
+
+    def postprocess_map(self, raw: Tensor, x: Tensor, minpool: int | None = None, avgpool: int | None = None) -> Tensor:
+        """Min-pool then mean-pool a raw residual volume (default: the configured kernels), zeroed off the support."""
+        mp, ap = self.minpool if minpool is None else minpool, self.avgpool if avgpool is None else avgpool
+        return (_pool(_pool(raw, mp, "min"), ap, "mean") * self.map_support(x)).float()
+
+    def stage_maps(self, x: Tensor) -> dict[str, Tensor]:
+        """Every stage of :meth:`predict_map` as ``(B, 1, *S)`` volumes (diagnosis; see :meth:`stage_slices`), plus
+        ``"map"``: the post-processed anomaly map."""
+        out = self._per_slice(x.float(), self.stage_slices)
+        return {**out, "map": self.postprocess_map(out["residual"], x.float())}
+
+    def _per_slice(self, x: Tensor, fn: Any) -> dict[str, Tensor]:
+        """``fn(padded slices, positions) -> {name: (N, 1, h, w)}`` over the foreground slices, assembled."""
+        self.check_fitted()
+        slices, positions, index = self.slices_of(x)
+        parts: dict[str, list[Tensor]] = {}
         with torch.no_grad():
             for i in range(0, slices.shape[0], self.slice_batch):
                 chunk, (h, w) = self.pad_slices(slices[i : i + self.slice_batch])
-                res[i : i + self.slice_batch] = self.residual_slices(chunk, positions[i : i + self.slice_batch])[
-                    ..., :h, :w
-                ]
-        amap = self._assemble(x, res, index)
-        amap = _pool(_pool(amap, self.minpool, "min"), self.avgpool, "mean")
-        return (amap * self.map_support(x)).float()
+                for k, v in fn(chunk, positions[i : i + self.slice_batch]).items():
+                    parts.setdefault(k, []).append(v.float()[..., :h, :w])
+        return {k: self.assemble(x, torch.cat(v), index) for k, v in parts.items()}
+
+    def stage_slices(self, slices: Tensor, positions: Tensor) -> dict[str, Tensor]:
+        """Per-slice stages ``(N, 1, h, w)``: ``"recon_residual"`` (``|x - decode(tokenize(x))|``, the tokenizer's
+        floor) and ``"residual"`` (:meth:`residual_slices`); subclasses add their token scores."""
+        tokens = self.tokenize(slices, positions)
+        recon = (slices - self.decode(tokens)).abs().mean(1, keepdim=True)
+        return {"recon_residual": recon, "residual": self.residual_slices(slices, positions)}
+
+    def token_to_pixels(self, grid: Tensor) -> Tensor:
+        """A token grid ``(N, h, w)`` as pixels ``(N, 1, H, W)`` (nearest)."""
+        return F.interpolate(grid.float()[:, None], scale_factor=self.tokenizer.downsample, mode="nearest")
 
     def score_features(self, features: Mapping[str, Tensor]) -> OODOutput:
         """Map and volume score of ``{"image": x}``."""
@@ -264,12 +287,24 @@ class TokenNLLRestorationDetector(SliceRestorationDetector):
 
     def partial_fit_features(self, features: Mapping[str, Tensor], labels: Tensor | None = None) -> None:
         """Collect (a seeded subsample of) the token NLLs of the healthy slices of ``{"image": x}``."""
-        slices, positions, _ = self._slices_of(features[OODKeys.IMAGE.value].float())
+        slices, positions, _ = self.slices_of(features[OODKeys.IMAGE.value].float())
         for i in range(0, slices.shape[0], self.slice_batch):
             chunk, _ = self.pad_slices(slices[i : i + self.slice_batch])
             pos = positions[i : i + self.slice_batch]
             nll = self.token_nll(self.tokenize(chunk, pos), pos).flatten().cpu()
             self._nll_values.append(nll[torch.randperm(nll.numel(), generator=self._nll_gen)[:100_000]])
+
+    def flag(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        """Tokens to restore: NLL above :attr:`threshold_nll` (subclasses refine it)."""
+        return self.token_nll(tokens, positions) > self.threshold_nll
+
+    def stage_slices(self, slices: Tensor, positions: Tensor) -> dict[str, Tensor]:
+        """The base stages plus ``"token_nll"`` and ``"flagged"`` (the tokens restored), as pixels."""
+        out = super().stage_slices(slices, positions)
+        tokens = self.tokenize(slices, positions)
+        out["token_nll"] = self.token_to_pixels(self.token_nll(tokens, positions))
+        out["flagged"] = self.token_to_pixels(self.flag(tokens, positions))
+        return out
 
     def healthy_nll_quantile(self, percentile: float) -> float:
         """``percentile`` of the healthy token NLLs collected by ``partial_fit_features``."""

@@ -213,3 +213,19 @@ def test_only_flagged_slices_are_inpainted_and_gated_is_input_inside_the_flags()
     gate = torch.zeros(1, 16, 24)
     gate[:, 8:12, 12:16] = 1.0  # token (2, 3) of a stride-4 grid
     torch.testing.assert_close(gated[1], full[1] * gate)
+
+
+def test_stage_maps_expose_every_stage_and_their_map_is_predict_map() -> None:
+    det = _mim(nll_threshold=1.0, nll_grow_threshold=0.5)
+    det.mark_fitted()
+    x = torch.zeros(1, 1, 16, 24, 5)
+    x[..., 1:15, 2:22, :] = torch.rand(1, 1, 14, 20, 5, generator=torch.Generator().manual_seed(1)) + 0.1
+    st = det.stage_maps(x)
+    assert set(st) == {"recon_residual", "residual", "token_nll", "flagged", "map"}
+    assert all(v.shape == x.shape for v in st.values())
+    torch.testing.assert_close(st["map"], det.predict_map(x))
+    tokens = det.tokenize(det.slices_of(x)[0], det.slices_of(x)[1])
+    flags = det.flag(tokens, det.slices_of(x)[1])  # (D, h, w): slice z of the volume is row z
+    assert torch.equal(st["flagged"][0, 0, :, :, 2] > 0, det.token_to_pixels(flags)[2, 0])
+    assert float(st["flagged"].sum()) > 0 and float(st["map"][x == 0].abs().max()) == 0.0
+    assert float(st["recon_residual"].min()) >= 0.0 and float(st["recon_residual"].max()) > 0.0
