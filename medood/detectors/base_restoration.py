@@ -163,8 +163,7 @@ class SliceRestorationDetector(OODDetector):
         return (_pool(_pool(raw, mp, "min"), ap, "mean") * self.map_support(x)).float()
 
     def stage_maps(self, x: Tensor) -> dict[str, Tensor]:
-        """Every stage of :meth:`predict_map` as ``(B, 1, *S)`` volumes (diagnosis; see :meth:`stage_slices`), plus
-        ``"map"``: the post-processed anomaly map."""
+        """Every stage of :meth:`predict_map` as ``(B, 1, *S)`` volumes (:meth:`stage_slices`) plus ``"map"``."""
         out = self._per_slice(x.float(), self.stage_slices)
         return {**out, "map": self.postprocess_map(out["residual"], x.float())}
 
@@ -181,8 +180,11 @@ class SliceRestorationDetector(OODDetector):
         return {k: self.assemble(x, torch.cat(v), index) for k, v in parts.items()}
 
     def stage_slices(self, slices: Tensor, positions: Tensor) -> dict[str, Tensor]:
-        """Per-slice stages ``(N, 1, h, w)``: ``"recon_residual"`` (``|x - decode(tokenize(x))|``, the tokenizer's
-        floor) and ``"residual"`` (:meth:`residual_slices`); subclasses add their token scores."""
+        """Per-slice stages ``(N, 1, h, w)``: ``recon_residual`` (the tokenizer's floor) and ``residual``.
+
+        ``recon_residual`` is ``|x - decode(tokenize(x))|``, ``residual`` is :meth:`residual_slices`; subclasses add
+        their token scores.
+        """
         tokens = self.tokenize(slices, positions)
         recon = (slices - self.decode(tokens)).abs().mean(1, keepdim=True)
         return {"recon_residual": recon, "residual": self.residual_slices(slices, positions)}

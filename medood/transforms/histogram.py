@@ -16,6 +16,7 @@ Reference: L. G. Nyul, J. K. Udupa, X. Zhang, "New variants of a method of MRI s
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 import torch
@@ -67,7 +68,7 @@ class HistogramStandardize(Transform):
         if len(landmarks) != len(percentiles) or len(landmarks) < 2:
             raise ValueError(f"{len(landmarks)} landmarks for {len(percentiles)} percentiles (need >= 2 of each)")
         std = torch.tensor(list(landmarks), dtype=torch.float64)
-        if not bool((std.diff() > 0).all()) or not all(b > a for a, b in zip(percentiles, percentiles[1:])):
+        if not bool((std.diff() > 0).all()) or not all(b > a for a, b in itertools.pairwise(percentiles)):
             raise ValueError("landmarks and percentiles must be strictly increasing")
         self.standard, self.percentiles = std, tuple(float(p) for p in percentiles)
 
