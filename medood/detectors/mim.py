@@ -256,6 +256,21 @@ class MIMDetector(TokenNLLRestorationDetector):
             return (self.decode(tokens) - restored).abs().mean(1, keepdim=True)
         return (slices - restored).abs().mean(1, keepdim=True)
 
+    def stage_slices(self, slices: Tensor, positions: Tensor) -> dict[str, Tensor]:
+        """The stages of :meth:`residual_slices`, each computed once (``input`` residual; else the base's)."""
+        if self.residual != "input":
+            return super().stage_slices(slices, positions)
+        tokens = self.tokenize(slices, positions)
+        nll = self.token_nll(tokens, positions)
+        mask = self.flag_scores(self.token_anomaly(tokens, positions) if self.flagging != "nll" else None, nll)
+        restored = self.decode(self.inpaint(tokens, mask, positions))
+        return {
+            "recon_residual": (slices - self.decode(tokens)).abs().mean(1, keepdim=True),
+            "residual": (slices - restored).abs().mean(1, keepdim=True),
+            "token_nll": self.token_to_pixels(nll),
+            "flagged": self.token_to_pixels(mask),
+        }
+
     # ------------------------------------------------------------------ training (declared)
     def token_stages(self) -> tuple[TrainingStage, ...]:
         """The anomalous-token detector (BCE on corrupted healthy grids), then the MaskGIT in-painter."""
