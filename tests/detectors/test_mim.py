@@ -229,3 +229,15 @@ def test_stage_maps_expose_every_stage_and_their_map_is_predict_map() -> None:
     assert torch.equal(st["flagged"][0, 0, :, :, 2] > 0, det.token_to_pixels(flags)[2, 0])
     assert float(st["flagged"].sum()) > 0 and float(st["map"][x == 0].abs().max()) == 0.0
     assert float(st["recon_residual"].min()) >= 0.0 and float(st["recon_residual"].max()) > 0.0
+
+
+def test_ar_stage_maps_flag_the_tokens_it_resamples() -> None:
+    torch.manual_seed(0)
+    prior = {"attn_layers_dim": 16, "attn_layers_depth": 1, "attn_layers_heads": 2}
+    det = VQVAEARDetector(tokenizer=TOK, grid_size=(4, 6), nll_threshold=2.5, n_restorations=2, prior=prior).eval()
+    det.mark_fitted()
+    x = torch.zeros(1, 1, 16, 24, 3)
+    x[..., 1:15, 2:22, :] = torch.rand(1, 1, 14, 20, 3, generator=torch.Generator().manual_seed(2)) + 0.1
+    st = det.stage_maps(x)
+    torch.testing.assert_close(st["map"], det.predict_map(x))
+    assert torch.equal(st["flagged"] > 0, st["token_nll"] > 2.5)
