@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 import torch
 from monai.bundle import ConfigParser
-from monai.data import Dataset
 from monai.transforms import Compose, CropForegroundd, EnsureTyped, Orientationd, ResizeWithPadOrCropd, Spacingd
 from scipy import ndimage as ndi
 
@@ -76,21 +75,28 @@ def preprocessing(prep: str, with_label: bool) -> Compose:
     p = parser_for(["inference.yaml"])
     keys = ["image", "label"] if with_label else ["image"]
     mode = ("bilinear", "nearest") if with_label else "bilinear"
-    steps: list[Any] = [LoadVolumed(keys), Orientationd(keys, "RAS", labels=None), Spacingd(keys, p["pixdim"], mode=mode),
-                        ScaleNonzeroPercentiled("image")]  # fmt: skip
+    steps: list[Any] = [
+        LoadVolumed(keys),
+        Orientationd(keys, "RAS", labels=None),
+        Spacingd(keys, p["pixdim"], mode=mode),
+        ScaleNonzeroPercentiled("image"),
+    ]
     if prep == "nyul":
         steps.append(HistogramStandardized("image", json.loads(LANDMARKS.read_text())["landmarks"]))
-    steps += [CropForegroundd(keys, source_key="image", allow_smaller=True), ResizeWithPadOrCropd(keys, p["fov"]),
-              EnsureTyped(keys, dtype=torch.float32, track_meta=False)]  # fmt: skip
+    steps += [
+        CropForegroundd(keys, source_key="image", allow_smaller=True),
+        ResizeWithPadOrCropd(keys, p["fov"]),
+        EnsureTyped(keys, dtype=torch.float32, track_meta=False),
+    ]
     return Compose(steps)
 
 
-def cases(set_name: str) -> list[dict[str, Any]]:
-    """Healthy then lesioned cases of a set (``label`` only on lesioned ones)."""
+def cases(set_name: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """Healthy then lesioned cases of a set (``label`` only on lesioned ones); ``limit``: the first of each."""
     root = SETS[set_name]
     healthy = [{**c, "lesioned": 0} for c in bundle_datalist(root, "validation", keep=["case"])]
     lesioned = [{**c, "lesioned": 1} for c in bundle_datalist(root, "validation_lesion", keep=["case", "label"])]
-    return healthy + lesioned
+    return healthy[:limit] + lesioned[:limit]
 
 
 def cmd_landmarks(args: argparse.Namespace) -> None:
@@ -115,7 +121,7 @@ def cmd_compute(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     net = detector(args.detector)
     for prep, set_name in itertools.product(args.prep, args.sets):
-        for c in cases(set_name):
+        for c in cases(set_name, args.limit):
             path = args.cache / f"{args.detector}_{prep}_{set_name}_{c['case']}.npz"
             if path.exists():
                 continue
@@ -134,14 +140,19 @@ def cmd_compute(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ report
-def load_cache(cache: Path, det: str, prep: str, set_name: str) -> list[dict[str, Any]] | None:
+def cached_cases(cache: Path, det: str, prep: str, set_name: str) -> set[str]:
+    """Names of the cases of a set whose stage volumes are cached."""
+    return {c["case"] for c in cases(set_name) if (cache / f"{det}_{prep}_{set_name}_{c['case']}.npz").exists()}
+
+
+def load_cache(cache: Path, det: str, prep: str, set_name: str, names: set[str]) -> list[dict[str, Any]]:
+    """The cached stage volumes of the cases ``names`` of a set (healthy first)."""
     out = []
-    for c in cases(set_name):
-        path = cache / f"{det}_{prep}_{set_name}_{c['case']}.npz"
-        if not path.exists():
-            return None
-        with np.load(path) as z:
-            v = {k: torch.from_numpy(z[k].astype(np.float32)) for k in z.files if k not in ("seconds", "label")}
+    for c in (c for c in cases(set_name) if c["case"] in names):
+        with np.load(cache / f"{det}_{prep}_{set_name}_{c['case']}.npz") as z:
+            v: dict[str, Any] = {
+                k: torch.from_numpy(z[k].astype(np.float32)) for k in z.files if k not in ("seconds", "label")
+            }
             v["seconds"] = float(z["seconds"])
             v["label"] = torch.from_numpy(z["label"].astype(bool)) if "label" in z.files else None
         out.append({**v, "case": c["case"], "lesioned": c["lesioned"]})
@@ -185,6 +196,16 @@ def volume_score(kind: str, amap: torch.Tensor, v: dict[str, Any]) -> float:
 VOLUME_SCORES = ("topk_0.001", "topk_0.01", "flagged_largest", "flagged_mass")
 
 
+def seg_figures(cases_: list[tuple[np.ndarray, np.ndarray, np.ndarray]], thr: float) -> dict[str, float]:
+    """Pooled pixel AP, best Dice and Dice at ``thr`` of ``(map, lesion mask, foreground)`` cases."""
+    maps, masks, fgs = [c[0] for c in cases_], [c[1] for c in cases_], [c[2] for c in cases_]
+    return {
+        "pixel_ap": float(pixel_ap(maps, masks, foreground=fgs)),
+        "best_dice": float(best_dice(maps, masks, foreground=fgs)[0]),
+        "dice_at_threshold": float(dice_at_threshold(maps, masks, thr, foreground=fgs).pooled),
+    }
+
+
 def figures(net: Any, vols: list[dict[str, Any]], setting: dict[str, Any], thr: float | None) -> dict[str, Any]:
     """Map and volume figures of one setting on one set; ``thr`` = calibrated map threshold (None: own healthy)."""
     maps = [make_map(net, v, setting) for v in vols]
@@ -195,8 +216,7 @@ def figures(net: Any, vols: list[dict[str, Any]], setting: dict[str, Any], thr: 
     thr = own if thr is None else thr
     out: dict[str, Any] = {"map_threshold": thr, "own_healthy_threshold": own}
     mk = [(m.numpy(), v["label"].numpy(), (v["image"] > 0).numpy()) for m, v in lesioned]
-    out["all"] = {"pixel_ap": float(pixel_ap(*zip(*mk))), "best_dice": float(best_dice(*zip(*mk))[0]),
-                  "dice_at_threshold": float(dice_at_threshold(*zip(*mk), thr).pooled)}  # fmt: skip
+    out["all"] = seg_figures(mk, thr)
     comps = [components(v["label"]) for _, v in lesioned]
     for b in SIZE_BUCKETS:
         sel = []
@@ -216,13 +236,16 @@ def figures(net: Any, vols: list[dict[str, Any]], setting: dict[str, Any], thr: 
                 sel.append((m.numpy(), mask, fg))
         if not sel:
             continue
-        out[b] = {"lesions": hits["total"], "detected_map": hits["map"] / hits["total"],
-                  "detected_flagged": hits["flagged"] / hits["total"], "pixel_ap": float(pixel_ap(*zip(*sel))),
-                  "best_dice": float(best_dice(*zip(*sel))[0]),
-                  "dice_at_threshold": float(dice_at_threshold(*zip(*sel), thr).pooled)}  # fmt: skip
+        out[b] = {
+            "lesions": hits["total"],
+            "detected_map": hits["map"] / hits["total"],
+            "detected_flagged": hits["flagged"] / hits["total"],
+            **seg_figures(sel, thr),
+        }
     y = np.array([v["lesioned"] for v in vols])
-    out["volume_auroc"] = {k: float(auroc(np.array([volume_score(k, m, v) for m, v in zip(maps, vols)]), y))
-                           for k in VOLUME_SCORES}  # fmt: skip
+    out["volume_auroc"] = {
+        k: float(auroc(np.array([volume_score(k, m, v) for m, v in zip(maps, vols)]), y)) for k in VOLUME_SCORES
+    }
     return out
 
 
@@ -237,104 +260,189 @@ def healthy_sources(net: Any, vols: list[dict[str, Any]], setting: dict[str, Any
         top.view(-1)[amap.flatten().topk(k).indices] = True
         rim = brain & ~torch.from_numpy(ndi.binary_erosion(brain.numpy(), iterations=3))
         flagged = v["flagged"] > 0
-        rows.append({
-            "tokens_flagged": float(flagged[brain].float().mean()),
-            "recon_residual_p99": float(torch.quantile(v["recon_residual"][brain][::7], 0.99)),
-            "residual_p99": float(torch.quantile(v["residual"][brain][::7], 0.99)),
-            "token_nll_p99": float(torch.quantile(v["token_nll"][brain][::7], 0.99)),
-            "top01_in_flagged": float((top & flagged).sum() / k),
-            "top01_on_rim3": float((top & rim).sum() / k),
-            "top01_recon_share": float((v["recon_residual"][top]).sum() / v["residual"][top].sum().clamp_min(1e-8)),
-            "volume_score_topk_0.001": float(amap[top].mean()),
-        })  # fmt: skip
+        rows.append(
+            {
+                "tokens_flagged": float(flagged[brain].float().mean()),
+                "recon_residual_p99": float(torch.quantile(v["recon_residual"][brain][::7], 0.99)),
+                "residual_p99": float(torch.quantile(v["residual"][brain][::7], 0.99)),
+                "token_nll_p99": float(torch.quantile(v["token_nll"][brain][::7], 0.99)),
+                "top01_in_flagged": float((top & flagged).sum() / k),
+                "top01_on_rim3": float((top & rim).sum() / k),
+                "top01_recon_share": float((v["recon_residual"][top]).sum() / v["residual"][top].sum().clamp_min(1e-8)),
+                "volume_score_topk_0.001": float(amap[top].mean()),
+            }
+        )
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
 SHIPPED = {"residual": "input", "minpool": 1, "avgpool": 5, "erode": 1}
-GRID = [{"residual": r, "minpool": mp, "avgpool": ap, "erode": e}
-        for r, (mp, ap), e in itertools.product(("input", "gated"), ((1, 5), (3, 5), (1, 3), (3, 3)), (1, 3))]  # fmt: skip
+GRID = [
+    {"residual": r, "minpool": mp, "avgpool": ap, "erode": e}
+    for r, (mp, ap), e in itertools.product(("input", "gated"), ((1, 5), (3, 5), (1, 3), (3, 3)), (1, 3))
+]
 
 
 def map_score(f: dict[str, Any]) -> float:
     return float(np.mean([f["all"]["pixel_ap"], f["all"]["best_dice"], f["all"]["dice_at_threshold"]]))
 
 
+def evaluate(net: Any, vols: dict[str, list], settings: list[dict[str, Any]], prep: str) -> list[dict[str, Any]]:
+    """Figures of each setting on clean (calibrating the map threshold on its healthy volumes) and shifted."""
+    rows = []
+    for setting in settings:
+        clean = figures(net, vols["clean"], setting, None) if vols["clean"] else None
+        shifted = figures(net, vols["shifted"], setting, None if clean is None else clean["map_threshold"])
+        secs = [v["seconds"] for s in SETS for v in vols[s]]
+        rows.append(
+            {"prep": prep, **setting, "clean": clean, "shifted": shifted, "seconds_per_volume": float(np.mean(secs))}
+        )
+        logger.info("%s %s: clean %s shifted %s", prep, setting, clean and clean["all"], shifted["all"])
+    return rows
+
+
+def choose(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Worst case of clean and shifted: the map setting, then the volume score (see ``selection``)."""
+    sets = [s for s in SETS if rows[0][s] is not None]
+    best = max(rows, key=lambda r: min(map_score(r[s]) for s in sets))
+    worst = {k: min(best[s]["volume_auroc"][k] for s in sets) for k in VOLUME_SCORES}
+    return {
+        "setting": {k: best[k] for k in ("prep", *SHIPPED)},
+        "volume_score": max(worst, key=worst.__getitem__),
+        "worst_case_map_score": min(map_score(best[s]) for s in sets),
+        "worst_case_volume_auroc": max(worst.values()),
+        "sets": sets,
+    }
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     start = time.perf_counter()
-    report: dict[str, Any] = {"machine": describe_machine(), "data": {}, "results": {}, "chosen": {}}
-    for s in SETS:
-        cs = cases(s)
-        report["data"][s] = {"healthy": sum(1 for c in cs if not c["lesioned"]), "lesioned": sum(c["lesioned"] for c in cs)}
-    for det in args.detectors:
+    report: dict[str, Any] = {"machine": describe_machine(), "data": {}, "sweep": {}, "chosen": {}, "paired": {}}
+    grid = [SHIPPED] + [g for g in GRID if g != SHIPPED]
+    for det in args.detectors:  # the same fix budget for both detectors, on every case cached for them
         net = detector(det)
         rows = []
         for prep in ("scale", "nyul"):
-            vols = {s: load_cache(args.cache, det, prep, s) for s in SETS}
-            if any(v is None for v in vols.values()):
-                logger.warning("%s %s: cache incomplete, skipped", det, prep)
+            names = {s: cached_cases(args.cache, det, prep, s) for s in SETS}
+            if not names["shifted"]:
                 continue
-            for setting in [SHIPPED] + [g for g in GRID if g != SHIPPED] if args.sweep else [SHIPPED]:
-                clean = figures(net, vols["clean"], setting, None)  # calibrated on the clean healthy volumes
-                shifted = figures(net, vols["shifted"], setting, clean["map_threshold"])
-                rows.append({"prep": prep, **setting, "clean": clean, "shifted": shifted,
-                             "seconds_per_volume": float(np.mean([v["seconds"] for s in SETS for v in vols[s]]))})  # fmt: skip
-                logger.info("%s %s %s: clean %s shifted %s", det, prep, setting, clean["all"], shifted["all"])
+            vols = {s: load_cache(args.cache, det, prep, s, names[s]) for s in SETS}
+            report["data"][f"{det}_{prep}"] = {s: sorted(n) for s, n in names.items()}
+            rows += evaluate(net, vols, grid if args.sweep else [SHIPPED], prep)
             report.setdefault("healthy_sources", {})[f"{det}_{prep}"] = {
-                s: healthy_sources(net, vols[s], SHIPPED) for s in SETS
+                s: healthy_sources(net, vols[s], SHIPPED) for s in SETS if vols[s]
             }
-        if not rows:
-            continue
-        report["results"][det] = rows
-        best = max(rows, key=lambda r: min(map_score(r["clean"]), map_score(r["shifted"])))
-        worst_auc = {k: min(best["clean"]["volume_auroc"][k], best["shifted"]["volume_auroc"][k]) for k in VOLUME_SCORES}
-        report["chosen"][det] = {"setting": {k: best[k] for k in ("prep", *SHIPPED)},
-                                 "volume_score": max(worst_auc, key=worst_auc.get)}  # fmt: skip
+        if rows:
+            report["sweep"][det] = rows
+            report["chosen"][det] = choose(rows)
+    if len(args.detectors) == 2:  # MIM beside AR on the cases cached for both (AR: preprocessing 'scale')
+        common = {s: set.intersection(*(cached_cases(args.cache, d, "scale", s) for d in args.detectors)) for s in SETS}
+        report["paired_cases"] = {s: sorted(n) for s, n in common.items()}
+        for det in args.detectors:
+            net = detector(det)
+            settings = [SHIPPED] + ([report["chosen"][det]["setting"]] if det in report["chosen"] else [])
+            for setting in {json.dumps(x, sort_keys=True): x for x in settings}.values():
+                prep = setting.get("prep", "scale")
+                names = {s: common[s] & cached_cases(args.cache, det, prep, s) for s in SETS}
+                vols = {s: load_cache(args.cache, det, prep, s, names[s]) for s in SETS}
+                fix = {k: setting[k] for k in SHIPPED}
+                report["paired"].setdefault(det, []).extend(evaluate(net, vols, [fix], prep))
     report["seconds"] = time.perf_counter() - start
-    report["selection"] = ("per detector, the same budget: the map setting (preprocessing, residual inside the flagged "
-                           "tokens or everywhere, min/mean pool, rim erosion) with the highest min(clean, shifted) mean "
-                           "of pixel AP, best Dice and Dice at the threshold calibrated on the CLEAN healthy validation "
-                           "volumes; then the volume score with the highest min(clean, shifted) AUROC")  # fmt: skip
-    out = args.out
-    atomic_write_text(out, json.dumps(report, indent=1) + "\n")
-    write_markdown(out.with_suffix(".md"), report)
+    report["selection"] = (
+        "per detector, the same budget: the map setting (preprocessing, residual inside the flagged "
+        "tokens or everywhere, min/mean pool, rim erosion) with the highest min(clean, shifted) mean "
+        "of pixel AP, best Dice and Dice at the threshold calibrated on the CLEAN healthy validation "
+        "volumes; then the volume score with the highest min(clean, shifted) AUROC"
+    )
+    atomic_write_text(args.out, json.dumps(report, indent=1) + "\n")
+    write_markdown(args.out.with_suffix(".md"), report)
+
+
+def _row_lines(r: dict[str, Any], label: str) -> list[str]:
+    f3 = "{:.3f}".format
+    out = []
+    for s in SETS:
+        f = r[s]
+        if f is None:
+            out.append(
+                f"| {label} | {r['prep']} | {r['residual']} | {r['minpool']}/{r['avgpool']} | {r['erode']} | {s} |"
+                " not run |" + " |" * (3 + len(SIZE_BUCKETS))
+            )
+            continue
+        per_b = []
+        for b in SIZE_BUCKETS:
+            x = f.get(b)
+            per_b.append(
+                "-"
+                if x is None
+                else f"{x['lesions']} / {f3(x['detected_flagged'])} / {f3(x['detected_map'])}"
+                f" / {f3(x['pixel_ap'])} / {f3(x['best_dice'])} / {f3(x['dice_at_threshold'])}"
+            )
+        va = " / ".join(f3(f["volume_auroc"][k]) for k in VOLUME_SCORES)
+        out.append(
+            f"| {label} | {r['prep']} | {r['residual']} | {r['minpool']}/{r['avgpool']} | {r['erode']} | {s} | "
+            f"{f3(f['all']['pixel_ap'])} | {f3(f['all']['best_dice'])} | {f3(f['all']['dice_at_threshold'])} | "
+            f"{' | '.join(per_b)} | {va} |"
+        )
+    return out
+
+
+def _table_head() -> list[str]:
+    buckets = " | ".join(f"{b}: lesions / det. flag / det. map / AP / best Dice / Dice@thr" for b in SIZE_BUCKETS)
+    return [
+        "| detector | prep | residual | min/mean pool | rim erosion | set | pixel AP | best Dice | Dice@thr | "
+        f"{buckets} | volume AUROC: top 0.1 % / top 1 % / largest flagged region / map mass in flagged |",
+        "|" + "---|" * (10 + len(SIZE_BUCKETS)),
+    ]
 
 
 def write_markdown(path: Path, report: dict[str, Any]) -> None:
     f3 = "{:.3f}".format
-    lines = ["# MIM-OOD and the AR baseline on clean and shifted-site validation volumes", "",
-             f"Written by `scripts/bench_mim_shift.py report` ({report['machine']}); validation only, never the test "
-             f"split. Volumes: {report['data']}. Map threshold: split-conformal at alpha {MAP_ALPHA} on the CLEAN "
-             "healthy validation voxels (what the shipped calibration gives a new site). 'detected' = a lesion "
-             "component with a map voxel above that threshold ('flagged': with a flagged token).", "",
-             f"Selection: {report['selection']}.", ""]  # fmt: skip
-    for det, rows in report["results"].items():
-        lines += [f"## {det}", "", "| prep | residual | pool | erode | set | pixel AP | best Dice | Dice@thr | "
-                  + " | ".join(f"{b}: n / det map / det flag / AP / best Dice" for b in SIZE_BUCKETS)
-                  + " | vol AUROC top0.1% / top1% / flagged largest / flagged mass |",
-                  "|" + "---|" * (9 + len(SIZE_BUCKETS))]  # fmt: skip
-        for r in rows:
-            for s in ("clean", "shifted"):
-                f = r[s]
-                per_b = []
-                for b in SIZE_BUCKETS:
-                    x = f.get(b)
-                    per_b.append("-" if x is None else f"{x['lesions']} / {f3(x['detected_map'])} / "
-                                 f"{f3(x['detected_flagged'])} / {f3(x['pixel_ap'])} / {f3(x['best_dice'])}")  # fmt: skip
-                va = " / ".join(f3(f["volume_auroc"][k]) for k in VOLUME_SCORES)
-                lines.append(f"| {r['prep']} | {r['residual']} | {r['minpool']}/{r['avgpool']} | {r['erode']} | {s} | "
-                             f"{f3(f['all']['pixel_ap'])} | {f3(f['all']['best_dice'])} | "
-                             f"{f3(f['all']['dice_at_threshold'])} | {' | '.join(per_b)} | {va} |")  # fmt: skip
+    lines = [
+        "# MIM-OOD and the AR baseline on clean and shifted-site validation volumes",
+        "",
+        f"Written by `scripts/bench_mim_shift.py report` ({report['machine']}, {report['seconds']:.0f} s); validation "
+        "only, never the test split. clean = demo validation (healthy) + validation_lesion; shifted = `medood data "
+        "shifted-site --seed 0 --subjects 12`. Map threshold: split-conformal (alpha "
+        f"{MAP_ALPHA}) on the CLEAN healthy validation voxels of the same detector and setting (what the shipped "
+        "calibration gives a new site). A lesion component counts as detected ('det. map') with a map voxel "
+        "above that threshold, 'det. flag' with a flagged (in-painted / resampled) token.",
+        "",
+        f"Selection: {report['selection']}.",
+        "",
+        "## MIM-OOD beside the AR baseline (the same cases)",
+        "",
+        f"Cases: {report.get('paired_cases')}.",
+        "",
+        *_table_head(),
+    ]
+    for det, rows in report.get("paired", {}).items():
+        for i, r in enumerate(rows):
+            lines += _row_lines(r, f"{det} {'shipped' if i == 0 else 'chosen'}")
+    lines += ["", "## Fix sweep (shipped setting first, then the 6 best by worst case of clean and shifted)", ""]
+    for det, rows in report["sweep"].items():
+        sets = report["chosen"][det]["sets"]
+        ranked = sorted(rows[1:], key=lambda r: -min(map_score(r[s]) for s in sets))[:6]
+        lines += [f"### {det} (cases: {report['data']})" if det == "mim" else f"### {det}", "", *_table_head()]
+        for r in [rows[0], *ranked]:
+            lines += _row_lines(r, det)
         lines.append("")
-    lines += ["## Where the healthy volumes' high values come from (shipped post-processing)", "",
-              "| detector / prep | set | tokens flagged | recon residual p99 | residual p99 | token NLL p99 | "
-              "top 0.1 % in flagged | top 0.1 % on 3-voxel rim | recon / residual at top 0.1 % | volume score |",
-              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "## Where the healthy volumes' high values come from (shipped post-processing)",
+        "",
+        "| detector / prep | set | tokens flagged | recon residual p99 | residual p99 | token NLL p99 | "
+        "top 0.1 % in flagged | top 0.1 % on 3-voxel rim | recon / residual at top 0.1 % | volume score |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for key, per in report.get("healthy_sources", {}).items():
         for s, h in per.items():
             lines.append(f"| {key} | {s} | " + " | ".join(f3(x) for x in h.values()) + " |")
     lines += ["", "## Chosen (validation only)", ""]
     for det, c in report["chosen"].items():
-        lines.append(f"- {det}: {c['setting']}, volume score {c['volume_score']}")
+        lines.append(
+            f"- {det}: {c['setting']}, volume score {c['volume_score']} (worst-case map score "
+            f"{f3(c['worst_case_map_score'])}, worst-case volume AUROC {f3(c['worst_case_volume_auroc'])}, "
+            f"on {c['sets']})"
+        )
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -347,6 +455,7 @@ def main() -> None:
     cp.add_argument("--detector", choices=sorted(DETECTORS), required=True)
     cp.add_argument("--prep", nargs="+", default=["scale"], choices=("scale", "nyul"))
     cp.add_argument("--sets", nargs="+", default=["shifted", "clean"], choices=sorted(SETS))
+    cp.add_argument("--limit", type=int, help="only the first N healthy and N lesioned cases of each set")
     rp = sub.add_parser("report")
     rp.add_argument("--detectors", nargs="+", default=["mim", "ar"])
     rp.add_argument("--sweep", action="store_true", help="every fix setting (default: the shipped one only)")
