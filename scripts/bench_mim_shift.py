@@ -180,7 +180,7 @@ def make_map(net: Any, v: dict[str, Any], setting: dict[str, Any]) -> torch.Tens
     return amap[0, 0]
 
 
-def volume_score(kind: str, amap: torch.Tensor, v: dict[str, Any]) -> float:
+def volume_score(net: Any, kind: str, amap: torch.Tensor, v: dict[str, Any]) -> float:
     brain = v["image"] > 0
     if kind.startswith("topk_"):
         return float(reduce_map(amap[None, None], "topk", float(kind[5:]), brain[None, None]))
@@ -188,12 +188,14 @@ def volume_score(kind: str, amap: torch.Tensor, v: dict[str, Any]) -> float:
     if kind == "flagged_largest":  # voxels of the largest 3D-connected flagged (in-painted) region
         lab, n = ndi.label(flagged.numpy())
         return float(np.bincount(lab.ravel())[1:].max()) if n else 0.0
+    if kind.startswith("region_"):  # the detector's own cluster-extent score (score_reduction="largest_region")
+        return float(net.region_score(amap[None, None], float(kind[7:]), brain[None, None])[0])
     if kind == "flagged_mass":  # map mass inside the flagged regions per brain voxel
         return float((amap * flagged).sum() / brain.sum().clamp_min(1))
     raise ValueError(kind)
 
 
-VOLUME_SCORES = ("topk_0.001", "topk_0.01", "flagged_largest", "flagged_mass")
+VOLUME_SCORES = ("topk_0.001", "topk_0.01", "flagged_largest", "flagged_mass", "region_0.1", "region_0.2", "region_0.3")
 
 
 def seg_figures(cases_: list[tuple[np.ndarray, np.ndarray, np.ndarray]], thr: float) -> dict[str, float]:
@@ -244,7 +246,7 @@ def figures(net: Any, vols: list[dict[str, Any]], setting: dict[str, Any], thr: 
         }
     y = np.array([v["lesioned"] for v in vols])
     out["volume_auroc"] = {
-        k: float(auroc(np.array([volume_score(k, m, v) for m, v in zip(maps, vols)]), y)) for k in VOLUME_SCORES
+        k: float(auroc(np.array([volume_score(net, k, m, v) for m, v in zip(maps, vols)]), y)) for k in VOLUME_SCORES
     }
     return out
 

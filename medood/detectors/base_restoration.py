@@ -16,8 +16,10 @@ from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage as ndi
 from torch import Tensor
 
 from medood.detectors.base import OODDetector, OODOutput
@@ -55,7 +57,8 @@ class SliceRestorationDetector(OODDetector):
         avgpool: mean-pool kernel applied after it. Defaults to 3.
         erode_mask: voxels of the brain (non-zero) mask removed from its rim before masking the map (the
             rim carries partial-volume residuals). Defaults to 1.
-        score_reduction: image / volume score reduction over the brain. Defaults to ``"topk"``.
+        score_reduction: image / volume score reduction over the brain (``"max"``, ``"mean"``, ``"topk"``, or
+            ``"largest_region"``: :meth:`region_score` at level ``score_k``). Defaults to ``"topk"``.
         score_k: top-k count or fraction of brain voxels. Defaults to 0.001.
         slice_batch: slices processed per network call. Defaults to 64.
         fit_epochs: epochs of each declared stage when trained by ``fit`` (stage name -> epochs; the bundle's
@@ -161,6 +164,22 @@ class SliceRestorationDetector(OODDetector):
         """Min-pool then mean-pool a raw residual volume (default: the configured kernels), zeroed off the support."""
         mp, ap = self.minpool if minpool is None else minpool, self.avgpool if avgpool is None else avgpool
         return (_pool(_pool(raw, mp, "min"), ap, "mean") * self.map_support(x)).float()
+
+    def map_score(self, anomaly_map: Tensor, x: Tensor) -> Tensor:
+        """The base's reductions, plus ``"largest_region"``: :meth:`region_score` of the map at ``score_k``."""
+        if self.score_reduction == "largest_region":
+            return self.region_score(anomaly_map, float(self.score_k), self.foreground_mask(x))
+        return super().map_score(anomaly_map, x)
+
+    @staticmethod
+    def region_score(anomaly_map: Tensor, level: float, mask: Tensor) -> Tensor:
+        """Cluster extent: voxels of the largest connected (26 / 8) region of ``anomaly_map > level`` in ``mask``."""
+        out = []
+        for m, f in zip(anomaly_map, mask):
+            above = ((m > level) & f)[0].cpu().numpy()
+            lab, n = ndi.label(above, structure=np.ones((3,) * above.ndim, dtype=bool))
+            out.append(float(np.bincount(lab.ravel())[1:].max()) if n else 0.0)
+        return torch.tensor(out, device=anomaly_map.device)
 
     def stage_maps(self, x: Tensor) -> dict[str, Tensor]:
         """Every stage of :meth:`predict_map` as ``(B, 1, *S)`` volumes (:meth:`stage_slices`) plus ``"map"``."""

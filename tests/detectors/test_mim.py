@@ -241,3 +241,15 @@ def test_ar_stage_maps_flag_the_tokens_it_resamples() -> None:
     st = det.stage_maps(x)
     torch.testing.assert_close(st["map"], det.predict_map(x))
     assert torch.equal(st["flagged"] > 0, st["token_nll"] > 2.5)
+
+
+def test_largest_region_score_is_the_cluster_extent_above_score_k() -> None:
+    det = _mim(score_reduction="largest_region", score_k=0.5)
+    amap = torch.zeros(2, 1, 8, 8, 8)
+    amap[0, 0, 1:3, 1:3, 1:3] = 1.0  # 8 voxels
+    amap[0, 0, 5, 5, 5] = 1.0  # a single voxel elsewhere
+    amap[1, 0, 2:6, 2:4, 2:4] = 0.4  # below the level
+    x = torch.ones(2, 1, 8, 8, 8)
+    assert det.map_score(amap, x).tolist() == [8.0, 0.0]
+    x[0, 0, 1] = 0  # outside the brain: not counted
+    assert det.map_score(amap, x).tolist() == [4.0, 0.0]
