@@ -94,8 +94,10 @@ def preprocessing(prep: str, with_label: bool) -> Compose:
 def cases(set_name: str, limit: int | None = None) -> list[dict[str, Any]]:
     """Healthy then lesioned cases of a set (``label`` only on lesioned ones); ``limit``: the first of each."""
     root = SETS[set_name]
-    healthy = [{**c, "lesioned": 0} for c in bundle_datalist(root, "validation", keep=["case"])]
-    lesioned = [{**c, "lesioned": 1} for c in bundle_datalist(root, "validation_lesion", keep=["case", "label"])]
+    healthy = [{**c, "lesioned": 0} for c in bundle_datalist(root, "validation", keep=["case", "site"])]
+    lesioned = [
+        {**c, "lesioned": 1} for c in bundle_datalist(root, "validation_lesion", keep=["case", "label", "site"])
+    ]
     return healthy[:limit] + lesioned[:limit]
 
 
@@ -155,7 +157,7 @@ def load_cache(cache: Path, det: str, prep: str, set_name: str, names: set[str])
             }
             v["seconds"] = float(z["seconds"])
             v["label"] = torch.from_numpy(z["label"].astype(bool)) if "label" in z.files else None
-        out.append({**v, "case": c["case"], "lesioned": c["lesioned"]})
+        out.append({**v, "case": c["case"], "lesioned": c["lesioned"], "site": c.get("site", "demo")})
     return out
 
 
@@ -274,7 +276,14 @@ def healthy_sources(net: Any, vols: list[dict[str, Any]], setting: dict[str, Any
                 "volume_score_topk_0.001": float(amap[top].mean()),
             }
         )
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    out: dict[str, Any] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    sites = [v["site"] for v in vols if not v["lesioned"]]
+    out["per_site"] = {
+        site: {k: float(np.mean([r[k] for r, s in zip(rows, sites) if s == site])) for k in ("tokens_flagged",
+               "recon_residual_p99", "volume_score_topk_0.001")}
+        for site in sorted(set(sites))
+    }  # fmt: skip
+    return out
 
 
 SHIPPED = {"residual": "input", "minpool": 1, "avgpool": 5, "erode": 1}
@@ -437,7 +446,16 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
     ]
     for key, per in report.get("healthy_sources", {}).items():
         for s, h in per.items():
-            lines.append(f"| {key} | {s} | " + " | ".join(f3(x) for x in h.values()) + " |")
+            lines.append(f"| {key} | {s} | " + " | ".join(f3(x) for k, x in h.items() if k != "per_site") + " |")
+    lines += [
+        "",
+        "Per site (healthy volumes): tokens flagged / tokenizer reconstruction residual p99 / volume score",
+        "",
+    ]
+    for key, per in report.get("healthy_sources", {}).items():
+        for s, h in per.items():
+            sites = "; ".join(f"{site}: " + " / ".join(f3(x) for x in d.values()) for site, d in h["per_site"].items())
+            lines.append(f"- {key}, {s}: {sites}")
     lines += ["", "## Chosen (validation only)", ""]
     for det, c in report["chosen"].items():
         lines.append(

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medood.detectors.base_restoration import TokenNLLRestorationDetector
+from medood.detectors.base_token_nll import TokenNLLRestorationDetector
 from medood.detectors.registry import register_detector
 from medood.detectors.stages import TrainingStage
 from medood.losses import MaskedTokenLoss, TokenDetectorLoss
@@ -83,7 +83,7 @@ class MIMDetector(TokenNLLRestorationDetector):
         nll_grow_steps: growing steps (each adds 8-connected neighbours above the lower threshold). Defaults to 2.
         nll_grow_threshold: fixed lower NLL threshold instead of the fitted ``nll_grow_percentile`` one (growing
             is on when either is set). Defaults to None.
-        **kwargs: :class:`~medood.detectors.base_restoration.TokenNLLRestorationDetector` arguments
+        **kwargs: :class:`~medood.detectors.base_token_nll.TokenNLLRestorationDetector` arguments
             (``nll_threshold``, ``seed``: of the random partition into ``nll_groups`` masks, ...); MIM-OOD's own
             defaults there: ``minpool=1`` (small lesions survive), ``avgpool=5``.
     """
