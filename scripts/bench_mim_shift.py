@@ -101,6 +101,15 @@ def cases(set_name: str, limit: int | None = None) -> list[dict[str, Any]]:
     return healthy[:limit] + lesioned[:limit]
 
 
+def key(c: dict[str, Any]) -> str:
+    """A case's unique name (a demo lesioned twin has its healthy subject's case name)."""
+    return c["case"] + ("_lesion" if c["lesioned"] else "")
+
+
+def cache_path(cache: Path, det: str, prep: str, set_name: str, c: dict[str, Any]) -> Path:
+    return cache / f"{det}_{prep}_{set_name}_{key(c)}.npz"
+
+
 def cmd_landmarks(args: argparse.Namespace) -> None:
     """Nyul landmarks: mean percentile landmarks of healthy TRAINING volumes after the bundle's scaling."""
     pre = preprocessing("scale", False)
@@ -124,7 +133,7 @@ def cmd_compute(args: argparse.Namespace) -> None:
     net = detector(args.detector)
     for prep, set_name in itertools.product(args.prep, args.sets):
         for c in cases(set_name, args.limit):
-            path = args.cache / f"{args.detector}_{prep}_{set_name}_{c['case']}.npz"
+            path = cache_path(args.cache, args.detector, prep, set_name, c)
             if path.exists():
                 continue
             d = preprocessing(prep, bool(c["lesioned"]))({k: c[k] for k in ("image", "label") if k in c})
@@ -144,14 +153,14 @@ def cmd_compute(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------------ report
 def cached_cases(cache: Path, det: str, prep: str, set_name: str) -> set[str]:
     """Names of the cases of a set whose stage volumes are cached."""
-    return {c["case"] for c in cases(set_name) if (cache / f"{det}_{prep}_{set_name}_{c['case']}.npz").exists()}
+    return {key(c) for c in cases(set_name) if cache_path(cache, det, prep, set_name, c).exists()}
 
 
 def load_cache(cache: Path, det: str, prep: str, set_name: str, names: set[str]) -> list[dict[str, Any]]:
     """The cached stage volumes of the cases ``names`` of a set (healthy first)."""
     out = []
-    for c in (c for c in cases(set_name) if c["case"] in names):
-        with np.load(cache / f"{det}_{prep}_{set_name}_{c['case']}.npz") as z:
+    for c in (c for c in cases(set_name) if key(c) in names):
+        with np.load(cache_path(cache, det, prep, set_name, c)) as z:
             v: dict[str, Any] = {
                 k: torch.from_numpy(z[k].astype(np.float32)) for k in z.files if k not in ("seconds", "label")
             }
