@@ -132,7 +132,10 @@ def cmd_compute(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     net = detector(args.detector)
     for prep, set_name in itertools.product(args.prep, args.sets):
-        for c in cases(set_name, args.limit):
+        todo = cases(set_name, args.limit)
+        half = sum(1 for c in todo if not c["lesioned"])
+        order = [c for pair in itertools.zip_longest(todo[:half], todo[half:]) for c in pair if c is not None]
+        for c in order:  # a healthy volume, then its lesioned twin: a stopped run leaves usable pairs
             path = cache_path(args.cache, args.detector, prep, set_name, c)
             if path.exists():
                 continue
