@@ -222,7 +222,9 @@ def seg_figures(cases_: list[tuple[np.ndarray, np.ndarray, np.ndarray]], thr: fl
     }
 
 
-def figures(net: Any, vols: list[dict[str, Any]], setting: dict[str, Any], thr: float | None) -> dict[str, Any]:
+def figures(
+    net: Any, vols: list[dict[str, Any]], setting: dict[str, Any], thr: float | None, buckets: bool = True
+) -> dict[str, Any]:
     """Map and volume figures of one setting on one set; ``thr`` = calibrated map threshold (None: own healthy)."""
     maps = [make_map(net, v, setting) for v in vols]
     healthy = [(m, v) for m, v in zip(maps, vols) if not v["lesioned"]]
@@ -234,7 +236,7 @@ def figures(net: Any, vols: list[dict[str, Any]], setting: dict[str, Any], thr: 
     mk = [(m.numpy(), v["label"].numpy(), (v["image"] > 0).numpy()) for m, v in lesioned]
     out["all"] = seg_figures(mk, thr)
     comps = [components(v["label"]) for _, v in lesioned]
-    for b in SIZE_BUCKETS:
+    for b in SIZE_BUCKETS if buckets else ():
         sel = []
         hits = {"map": 0, "flagged": 0, "total": 0}
         for (m, v), cs in zip(lesioned, comps):
@@ -301,7 +303,7 @@ def healthy_sources(net: Any, vols: list[dict[str, Any]], setting: dict[str, Any
 SHIPPED = {"residual": "input", "minpool": 1, "avgpool": 5, "erode": 1}
 GRID = [
     {"residual": r, "minpool": mp, "avgpool": ap, "erode": e}
-    for r, (mp, ap), e in itertools.product(("input", "gated"), ((1, 5), (3, 5), (1, 3), (3, 3)), (1, 3))
+    for r, (mp, ap), e in itertools.product(("input", "gated"), ((1, 5), (3, 5), (1, 3)), (1, 3))
 ]
 
 
@@ -309,12 +311,14 @@ def map_score(f: dict[str, Any]) -> float:
     return float(np.mean([f["all"]["pixel_ap"], f["all"]["best_dice"], f["all"]["dice_at_threshold"]]))
 
 
-def evaluate(net: Any, vols: dict[str, list], settings: list[dict[str, Any]], prep: str) -> list[dict[str, Any]]:
+def evaluate(
+    net: Any, vols: dict[str, list], settings: list[dict[str, Any]], prep: str, buckets: bool = True
+) -> list[dict[str, Any]]:
     """Figures of each setting on clean (calibrating the map threshold on its healthy volumes) and shifted."""
     rows = []
     for setting in settings:
-        clean = figures(net, vols["clean"], setting, None) if vols["clean"] else None
-        shifted = figures(net, vols["shifted"], setting, None if clean is None else clean["map_threshold"])
+        clean = figures(net, vols["clean"], setting, None, buckets) if vols["clean"] else None
+        shifted = figures(net, vols["shifted"], setting, None if clean is None else clean["map_threshold"], buckets)
         secs = [v["seconds"] for s in SETS for v in vols[s]]
         rows.append(
             {"prep": prep, **setting, "clean": clean, "shifted": shifted, "seconds_per_volume": float(np.mean(secs))}
@@ -344,19 +348,27 @@ def cmd_report(args: argparse.Namespace) -> None:
     for det in args.detectors:  # the same fix budget for both detectors, on every case cached for them
         net = detector(det)
         rows = []
-        for prep in ("scale", "nyul"):
+        for prep in args.preps:
             names = {s: cached_cases(args.cache, det, prep, s) for s in SETS}
             if not names["shifted"]:
                 continue
             vols = {s: load_cache(args.cache, det, prep, s, names[s]) for s in SETS}
             report["data"][f"{det}_{prep}"] = {s: sorted(n) for s, n in names.items()}
-            rows += evaluate(net, vols, grid if args.sweep else [SHIPPED], prep)
+            rows += evaluate(net, vols, grid if args.sweep else [SHIPPED], prep, buckets=not args.sweep)
             report.setdefault("healthy_sources", {})[f"{det}_{prep}"] = {
                 s: healthy_sources(net, vols[s], SHIPPED) for s in SETS if vols[s]
             }
         if rows:
             report["sweep"][det] = rows
-            report["chosen"][det] = choose(rows)
+            report["chosen"][det] = chosen = choose(rows)
+            finals = []  # the shipped and the chosen setting on every cached case, per size bucket
+            shipped: dict[str, Any] = {"prep": "scale", **SHIPPED}
+            for setting in {json.dumps(x, sort_keys=True): x for x in (shipped, chosen["setting"])}.values():
+                prep = str(setting["prep"])
+                names = {s: cached_cases(args.cache, det, prep, s) for s in SETS}
+                vols = {s: load_cache(args.cache, det, prep, s, names[s]) for s in SETS}
+                finals += evaluate(net, vols, [{k: setting[k] for k in SHIPPED}], prep)
+            report.setdefault("final", {})[det] = finals
     if len(args.detectors) == 2:  # MIM beside AR on the cases cached for both (AR: preprocessing 'scale')
         common = {s: set.intersection(*(cached_cases(args.cache, d, "scale", s) for d in args.detectors)) for s in SETS}
         report["paired_cases"] = {s: sorted(n) for s, n in common.items()}
@@ -441,6 +453,10 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
     for det, rows in report.get("paired", {}).items():
         for i, r in enumerate(rows):
             lines += _row_lines(r, f"{det} {'shipped' if i == 0 else 'chosen'}")
+    lines += ["", "## Every cached case: the shipped setting and the chosen one, per lesion size", "", *_table_head()]
+    for det, rows in report.get("final", {}).items():
+        for i, r in enumerate(rows):
+            lines += _row_lines(r, f"{det} {'shipped' if i == 0 else 'chosen'}")
     lines += ["", "## Fix sweep (shipped setting first, then the 6 best by worst case of clean and shifted)", ""]
     for det, rows in report["sweep"].items():
         sets = report["chosen"][det]["sets"]
@@ -490,6 +506,7 @@ def main() -> None:
     cp.add_argument("--limit", type=int, help="only the first N healthy and N lesioned cases of each set")
     rp = sub.add_parser("report")
     rp.add_argument("--detectors", nargs="+", default=["mim", "ar"])
+    rp.add_argument("--preps", nargs="+", default=["scale", "nyul"], choices=("scale", "nyul"))
     rp.add_argument("--sweep", action="store_true", help="every fix setting (default: the shipped one only)")
     rp.add_argument("--out", type=Path, default=OUT / "mim_shift.json")
     for p in (cp, rp):
