@@ -60,11 +60,15 @@ class HistogramStandardize(Transform):
     """Map each channel's non-zero voxels piecewise-linearly from its own landmarks onto ``landmarks``.
 
     Args:
-        landmarks: the standard landmarks (from :func:`learn_landmarks`), strictly increasing.
+        landmarks: the standard landmarks (from :func:`learn_landmarks`), strictly increasing; ``None`` turns the
+            transform into the identity (a bundle switches standardisation off in its config).
         percentiles: the percentiles they were learnt at. Defaults to :data:`DEFAULT_PERCENTILES`.
     """
 
-    def __init__(self, landmarks: Sequence[float], percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> None:
+    def __init__(self, landmarks: Sequence[float] | None, percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> None:
+        self.standard: torch.Tensor | None = None
+        if landmarks is None:
+            return
         if len(landmarks) != len(percentiles) or len(landmarks) < 2:
             raise ValueError(f"{len(landmarks)} landmarks for {len(percentiles)} percentiles (need >= 2 of each)")
         std = torch.tensor(list(landmarks), dtype=torch.float64)
@@ -75,6 +79,9 @@ class HistogramStandardize(Transform):
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         """Standardise ``img`` channel-wise; float32, MetaTensor kept, background 0."""
         x = convert_to_tensor(img, track_meta=True).float()
+        std = self.standard
+        if std is None:
+            return x
         out = x.clone()
         for c in range(x.shape[0]):
             ch = x[c]
@@ -84,8 +91,8 @@ class HistogramStandardize(Transform):
             src = torch.cummax(src, 0).values + torch.arange(len(src), dtype=torch.float64) * 1e-9  # strictly up
             v = ch.double()
             seg = (torch.searchsorted(src, v.contiguous()) - 1).clamp(0, len(src) - 2)
-            slope = (self.standard[seg + 1] - self.standard[seg]) / (src[seg + 1] - src[seg])
-            mapped = (self.standard[seg] + (v - src[seg]) * slope).clamp_min(1e-6)
+            slope = (std[seg + 1] - std[seg]) / (src[seg + 1] - src[seg])
+            mapped = (std[seg] + (v - src[seg]) * slope).clamp_min(1e-6)
             out[c] = torch.where(ch > 0, mapped, torch.zeros_like(v)).float()
         return out
 
@@ -96,7 +103,7 @@ class HistogramStandardized(MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
-        landmarks: Sequence[float],
+        landmarks: Sequence[float] | None,
         percentiles: Sequence[float] = DEFAULT_PERCENTILES,
         allow_missing_keys: bool = False,
     ) -> None:

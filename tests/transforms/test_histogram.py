@@ -37,3 +37,8 @@ def test_bad_landmarks_are_refused():
         HistogramStandardize([0.0, 0.2, 0.1], (1.0, 50.0, 99.0))
     with pytest.raises(ValueError, match="landmarks"):
         HistogramStandardize([0.1, 0.2], (1.0, 50.0, 99.0))
+
+
+def test_no_landmarks_is_the_identity():
+    x = torch.rand(1, 4, 4, 4)
+    assert torch.equal(HistogramStandardize(None)(x), x)
