@@ -105,7 +105,7 @@ def dilate(mask: Tensor, r: int) -> Tensor:
 def slice_stats(net: Any, ar: Any, vol: dict[str, Tensor], same_tokenizer: bool) -> dict[str, Tensor]:
     """Token-level and pixel-level quantities of every foreground slice of one volume (model space)."""
     x = vol["image"][None]
-    slices, pos, index = net._slices_of(x)
+    slices, pos, index = net.slices_of(x)
     zs = torch.tensor([z for _, z in index])
     grab = lambda v: net.pad_slices(v[None].movedim(4, 1)[0][zs])[0]  # noqa: E731 - (N, 1, H', W') like the slices
     slices = net.pad_slices(slices)[0]

@@ -45,7 +45,6 @@ from monai.transforms import (
 
 from medood.data.datalist import bundle_datalist
 from medood.data.transforms import LoadVolumed
-from medood.detectors.base_restoration import _pool
 from medood.metrics import auroc, best_dice, dice_at_threshold, pixel_ap
 from medood.transforms import ScaleNonzeroPercentile, ScaleNonzeroPercentiled
 from medood.utils.checkpoints import load_state
@@ -93,7 +92,7 @@ class Cached:
 
     def __init__(self, net: Any, x: torch.Tensor, with_atd: bool, groups: tuple[int, ...] = NLL_GROUPS) -> None:
         self.x = torch.as_tensor(x).float()[None]
-        slices, self.positions, self.index = net._slices_of(self.x)
+        slices, self.positions, self.index = net.slices_of(self.x)
         self.slices, self.hw = net.pad_slices(slices)
         b = net.slice_batch
         parts = [(self.slices[i : i + b], self.positions[i : i + b]) for i in range(0, len(self.slices), b)]
@@ -120,7 +119,7 @@ class Cached:
                 scale = s.shape[-1] // t.shape[-1]
                 out["gated"].append(res * F.interpolate(m.float()[:, None], scale_factor=scale, mode="nearest"))
         h, w = self.hw
-        return {r: net._assemble(self.x, torch.cat(v)[..., :h, :w], self.index) for r, v in out.items()}
+        return {r: net.assemble(self.x, torch.cat(v)[..., :h, :w], self.index) for r, v in out.items()}
 
 
 def figures(
@@ -154,8 +153,7 @@ def volume_aurocs(hmaps: list, lmaps: list, healthy: list, lesioned: list) -> di
 
 
 def postprocess(net: Any, raw: torch.Tensor, x: torch.Tensor, pool: tuple[int, int]) -> torch.Tensor:
-    amap = _pool(_pool(raw, pool[0], "min"), pool[1], "mean")
-    return (amap * net.map_support(x)).float()
+    return net.postprocess_map(raw, x, pool[0], pool[1])
 
 
 def score(r: dict[str, Any]) -> float:

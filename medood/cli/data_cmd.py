@@ -40,6 +40,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     tissue.add_argument("--brain-dir", required=True, help="the demo brain_mri folder (with dataset.json)")
     tissue.add_argument("--out", help="output folder (default: next to the images, dataset.json updated in place)")
     tissue.set_defaults(func=run_tissue)
+    shifted = dsub.add_parser(
+        "shifted-site",
+        help="write a shifted-site brain validation set (another scanner, anatomy and skull-strip)",
+        description="Write healthy T1w brains as another site makes them (anatomy, sequence, bias, noise, "
+        "resolution, intensity scale and skull-strip outside the demo training range) and their lesioned twins "
+        "with exact masks; seeds disjoint from the demo splits (medood.data.demo.shifted_site).",
+    )
+    shifted.add_argument("--out", required=True, help="output folder")
+    shifted.add_argument("--seed", type=int, default=0, help="random seed; the output is deterministic per seed")
+    shifted.add_argument("--subjects", type=int, default=12, help="healthy subjects (each with a lesioned twin)")
+    shifted.set_defaults(func=run_shifted_site)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -59,4 +70,12 @@ def run_tissue(args: argparse.Namespace) -> int:
     from medood.data.demo.tissue import write_tissue_labels
 
     write_tissue_labels(args.brain_dir, args.out)
+    return 0
+
+
+def run_shifted_site(args: argparse.Namespace) -> int:
+    """Write the shifted-site validation set."""
+    from medood.data.demo.shifted_site import write_shifted_site
+
+    write_shifted_site(args.out, seed=args.seed, n_subjects=args.subjects)
     return 0

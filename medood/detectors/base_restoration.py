@@ -16,8 +16,10 @@ from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage as ndi
 from torch import Tensor
 
 from medood.detectors.base import OODDetector, OODOutput
@@ -27,7 +29,7 @@ from medood.networks.nets.vq_tokenizer import SliceTokenizer
 from medood.transforms.slices import slice_positions
 from medood.utils.enums import OODKeys
 
-__all__ = ["SliceRestorationDetector", "TokenNLLRestorationDetector"]
+__all__ = ["SliceRestorationDetector"]
 
 
 def _pool(x: Tensor, kernel: int, kind: str) -> Tensor:
@@ -55,7 +57,8 @@ class SliceRestorationDetector(OODDetector):
         avgpool: mean-pool kernel applied after it. Defaults to 3.
         erode_mask: voxels of the brain (non-zero) mask removed from its rim before masking the map (the
             rim carries partial-volume residuals). Defaults to 1.
-        score_reduction: image / volume score reduction over the brain. Defaults to ``"topk"``.
+        score_reduction: image / volume score reduction over the brain (``"max"``, ``"mean"``, ``"topk"``, or
+            ``"largest_region"``: :meth:`region_score` at level ``score_k``). Defaults to ``"topk"``.
         score_k: top-k count or fraction of brain voxels. Defaults to 0.001.
         slice_batch: slices processed per network call. Defaults to 64.
         fit_epochs: epochs of each declared stage when trained by ``fit`` (stage name -> epochs; the bundle's
@@ -109,7 +112,7 @@ class SliceRestorationDetector(OODDetector):
         ph, pw = (-h) % s, (-w) % s
         return (F.pad(x, (0, pw, 0, ph)) if ph or pw else x), (h, w)
 
-    def _slices_of(self, x: Tensor) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
+    def slices_of(self, x: Tensor) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
         """Foreground slices ``(N, C, H', W')``, their positions and ``(batch, slice)`` indices."""
         if x.ndim == 4:
             return x, torch.zeros(x.shape[0], device=x.device), [(b, 0) for b in range(x.shape[0])]
@@ -128,7 +131,7 @@ class SliceRestorationDetector(OODDetector):
             index.extend((b, z) for z in keep)
         return torch.cat(slices), torch.cat(positions), index
 
-    def _assemble(self, x: Tensor, res: Tensor, index: list[tuple[int, int]]) -> Tensor:
+    def assemble(self, x: Tensor, res: Tensor, index: list[tuple[int, int]]) -> Tensor:
         """Put per-slice residuals ``(N, 1, H', W')`` back into a ``(B, 1, *S)`` map (zeros elsewhere)."""
         if x.ndim == 4:
             return res
@@ -153,20 +156,61 @@ class SliceRestorationDetector(OODDetector):
 
     def predict_map(self, x: Tensor) -> Tensor:
         """Voxel-wise anomaly map ``(B, 1, *S)`` (float32, 0 outside the brain)."""
-        self.check_fitted()
         x = x.float()
         self._check_input(x)
-        slices, positions, index = self._slices_of(x)
-        res = torch.zeros((slices.shape[0], 1, *slices.shape[2:]), device=x.device)
+        return self.postprocess_map(self._per_slice(x, lambda s, p: {"r": self.residual_slices(s, p)})["r"], x)
+
+    def postprocess_map(self, raw: Tensor, x: Tensor, minpool: int | None = None, avgpool: int | None = None) -> Tensor:
+        """Min-pool then mean-pool a raw residual volume (default: the configured kernels), zeroed off the support."""
+        mp, ap = self.minpool if minpool is None else minpool, self.avgpool if avgpool is None else avgpool
+        return (_pool(_pool(raw, mp, "min"), ap, "mean") * self.map_support(x)).float()
+
+    def map_score(self, anomaly_map: Tensor, x: Tensor) -> Tensor:
+        """The base's reductions, plus ``"largest_region"``: :meth:`region_score` of the map at ``score_k``."""
+        if self.score_reduction == "largest_region":
+            return self.region_score(anomaly_map, float(self.score_k), self.foreground_mask(x))
+        return super().map_score(anomaly_map, x)
+
+    @staticmethod
+    def region_score(anomaly_map: Tensor, level: float, mask: Tensor) -> Tensor:
+        """Cluster extent: voxels of the largest connected (26 / 8) region of ``anomaly_map > level`` in ``mask``."""
+        out = []
+        for m, f in zip(anomaly_map, mask):
+            above = ((m > level) & f)[0].cpu().numpy()
+            lab, n = ndi.label(above, structure=np.ones((3,) * above.ndim, dtype=bool))
+            out.append(float(np.bincount(lab.ravel())[1:].max()) if n else 0.0)
+        return torch.tensor(out, device=anomaly_map.device)
+
+    def stage_maps(self, x: Tensor) -> dict[str, Tensor]:
+        """Every stage of :meth:`predict_map` as ``(B, 1, *S)`` volumes (:meth:`stage_slices`) plus ``"map"``."""
+        out = self._per_slice(x.float(), self.stage_slices)
+        return {**out, "map": self.postprocess_map(out["residual"], x.float())}
+
+    def _per_slice(self, x: Tensor, fn: Any) -> dict[str, Tensor]:
+        """``fn(padded slices, positions) -> {name: (N, 1, h, w)}`` over the foreground slices, assembled."""
+        self.check_fitted()
+        slices, positions, index = self.slices_of(x)
+        parts: dict[str, list[Tensor]] = {}
         with torch.no_grad():
             for i in range(0, slices.shape[0], self.slice_batch):
                 chunk, (h, w) = self.pad_slices(slices[i : i + self.slice_batch])
-                res[i : i + self.slice_batch] = self.residual_slices(chunk, positions[i : i + self.slice_batch])[
-                    ..., :h, :w
-                ]
-        amap = self._assemble(x, res, index)
-        amap = _pool(_pool(amap, self.minpool, "min"), self.avgpool, "mean")
-        return (amap * self.map_support(x)).float()
+                for k, v in fn(chunk, positions[i : i + self.slice_batch]).items():
+                    parts.setdefault(k, []).append(v.float()[..., :h, :w])
+        return {k: self.assemble(x, torch.cat(v), index) for k, v in parts.items()}
+
+    def stage_slices(self, slices: Tensor, positions: Tensor) -> dict[str, Tensor]:
+        """Per-slice stages ``(N, 1, h, w)``: ``recon_residual`` (the tokenizer's floor) and ``residual``.
+
+        ``recon_residual`` is ``|x - decode(tokenize(x))|``, ``residual`` is :meth:`residual_slices`; subclasses add
+        their token scores.
+        """
+        tokens = self.tokenize(slices, positions)
+        recon = (slices - self.decode(tokens)).abs().mean(1, keepdim=True)
+        return {"recon_residual": recon, "residual": self.residual_slices(slices, positions)}
+
+    def token_to_pixels(self, grid: Tensor) -> Tensor:
+        """A token grid ``(N, h, w)`` as pixels ``(N, 1, H, W)`` (nearest)."""
+        return F.interpolate(grid.float()[:, None], scale_factor=self.tokenizer.downsample, mode="nearest")
 
     def score_features(self, features: Mapping[str, Tensor]) -> OODOutput:
         """Map and volume score of ``{"image": x}``."""
@@ -216,66 +260,3 @@ class SliceRestorationDetector(OODDetector):
     def decode(self, tokens: Tensor) -> Tensor:
         """Images of token grids."""
         return self.tokenizer.decode(tokens)
-
-
-class TokenNLLRestorationDetector(SliceRestorationDetector):
-    """A restoration detector that flags tokens by their NLL under a learnt token model.
-
-    Subclasses give :meth:`token_nll`; this base fits the flagging threshold as a percentile of healthy token NLLs
-    (streamed by :meth:`~medood.detectors.base.OODDetector.fit_statistics`: one pass, a seeded subsample of
-    100 000 values per batch) and keeps it in the ``fitted_nll_threshold`` buffer.
-
-    Args:
-        nll_threshold: fixed NLL threshold; ``None`` uses the fitted ``nll_percentile``. Defaults to None.
-        nll_percentile: percentile of healthy token NLLs used as threshold when fitting. Defaults to 90.
-        seed: seed of the fitting subsample (and of the subclass's sampling). Defaults to 0.
-        **kwargs: :class:`SliceRestorationDetector` arguments.
-    """
-
-    fitted_nll_threshold: Tensor
-
-    def __init__(
-        self, nll_threshold: float | None = None, nll_percentile: float = 90.0, seed: int = 0, **kwargs: Any
-    ) -> None:
-        super().__init__(**kwargs)
-        if not 0.0 < nll_percentile < 100.0:
-            raise ValueError(f"nll_percentile must be in (0, 100), got {nll_percentile}")
-        self.register_buffer("fitted_nll_threshold", torch.tensor(float("nan")))
-        self.nll_threshold, self.nll_percentile, self.seed = nll_threshold, nll_percentile, seed
-
-    @abstractmethod
-    def token_nll(self, tokens: Tensor, positions: Tensor) -> Tensor:
-        """Negative log-likelihood ``(N, h, w)`` of every token of the grids ``(N, h, w)``."""
-
-    @property
-    def threshold_nll(self) -> float:
-        """The token NLL above which a token is flagged."""
-        if self.nll_threshold is not None:
-            return float(self.nll_threshold)
-        value = float(self.fitted_nll_threshold)
-        if value != value:  # NaN
-            raise RuntimeError("no NLL threshold: pass nll_threshold=... or fit the detector's statistics")
-        return value
-
-    def reset_fit(self) -> None:
-        """Forget the token NLLs collected so far."""
-        self._nll_values: list[Tensor] = []
-        self._nll_gen = torch.Generator().manual_seed(self.seed)
-
-    def partial_fit_features(self, features: Mapping[str, Tensor], labels: Tensor | None = None) -> None:
-        """Collect (a seeded subsample of) the token NLLs of the healthy slices of ``{"image": x}``."""
-        slices, positions, _ = self._slices_of(features[OODKeys.IMAGE.value].float())
-        for i in range(0, slices.shape[0], self.slice_batch):
-            chunk, _ = self.pad_slices(slices[i : i + self.slice_batch])
-            pos = positions[i : i + self.slice_batch]
-            nll = self.token_nll(self.tokenize(chunk, pos), pos).flatten().cpu()
-            self._nll_values.append(nll[torch.randperm(nll.numel(), generator=self._nll_gen)[:100_000]])
-
-    def healthy_nll_quantile(self, percentile: float) -> float:
-        """``percentile`` of the healthy token NLLs collected by ``partial_fit_features``."""
-        v = torch.cat(self._nll_values)
-        return float(torch.quantile(v[: 2**24], percentile / 100.0))
-
-    def finalize_fit(self) -> None:
-        """Set the NLL threshold to ``nll_percentile`` of the healthy token NLLs."""
-        self.fitted_nll_threshold.fill_(self.healthy_nll_quantile(self.nll_percentile))

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medood.detectors.base_restoration import TokenNLLRestorationDetector
+from medood.detectors.base_token_nll import TokenNLLRestorationDetector
 from medood.detectors.registry import register_detector
 from medood.detectors.stages import TrainingStage
 from medood.losses import MaskedTokenLoss, TokenDetectorLoss
@@ -83,7 +83,7 @@ class MIMDetector(TokenNLLRestorationDetector):
         nll_grow_steps: growing steps (each adds 8-connected neighbours above the lower threshold). Defaults to 2.
         nll_grow_threshold: fixed lower NLL threshold instead of the fitted ``nll_grow_percentile`` one (growing
             is on when either is set). Defaults to None.
-        **kwargs: :class:`~medood.detectors.base_restoration.TokenNLLRestorationDetector` arguments
+        **kwargs: :class:`~medood.detectors.base_token_nll.TokenNLLRestorationDetector` arguments
             (``nll_threshold``, ``seed``: of the random partition into ``nll_groups`` masks, ...); MIM-OOD's own
             defaults there: ``minpool=1`` (small lesions survive), ``avgpool=5``.
     """
@@ -255,6 +255,21 @@ class MIMDetector(TokenNLLRestorationDetector):
         if self.residual == "recon":
             return (self.decode(tokens) - restored).abs().mean(1, keepdim=True)
         return (slices - restored).abs().mean(1, keepdim=True)
+
+    def stage_slices(self, slices: Tensor, positions: Tensor) -> dict[str, Tensor]:
+        """The stages of :meth:`residual_slices`, each computed once (``input`` residual; else the base's)."""
+        if self.residual != "input":
+            return super().stage_slices(slices, positions)
+        tokens = self.tokenize(slices, positions)
+        nll = self.token_nll(tokens, positions)
+        mask = self.flag_scores(self.token_anomaly(tokens, positions) if self.flagging != "nll" else None, nll)
+        restored = self.decode(self.inpaint(tokens, mask, positions))
+        return {
+            "recon_residual": (slices - self.decode(tokens)).abs().mean(1, keepdim=True),
+            "residual": (slices - restored).abs().mean(1, keepdim=True),
+            "token_nll": self.token_to_pixels(nll),
+            "flagged": self.token_to_pixels(mask),
+        }
 
     # ------------------------------------------------------------------ training (declared)
     def token_stages(self) -> tuple[TrainingStage, ...]:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from monai.networks.nets import DecoderOnlyTransformer
 from torch import Tensor
 
-from medood.detectors.base_restoration import TokenNLLRestorationDetector
+from medood.detectors.base_token_nll import TokenNLLRestorationDetector
 from medood.detectors.registry import register_detector
 from medood.detectors.stages import TrainingStage
 from medood.losses import ARTokenLoss, ar_sequences

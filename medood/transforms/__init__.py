@@ -20,6 +20,7 @@ from medood.transforms.anomalies_dict import (
 )
 from medood.transforms.color import RandSaturation, RandSaturationd, ToRGB, ToRGBd
 from medood.transforms.corruptions import CORRUPTIONS, Corrupt, Corruptd, corruption_plan
+from medood.transforms.histogram import HistogramStandardize, HistogramStandardized, learn_landmarks
 from medood.transforms.intensity import ScaleNonzeroPercentile, ScaleNonzeroPercentiled
 from medood.transforms.slices import RandSlices, RandSlicesd, foreground_extent, slice_positions
 
@@ -27,6 +28,8 @@ __all__ = [
     "CORRUPTIONS",
     "Corrupt",
     "Corruptd",
+    "HistogramStandardize",
+    "HistogramStandardized",
     "ImageAnomaly",
     "ImageAnomalyd",
     "RandBlobIntensity",
@@ -49,5 +52,6 @@ __all__ = [
     "ToRGBd",
     "corruption_plan",
     "foreground_extent",
+    "learn_landmarks",
     "slice_positions",
 ]

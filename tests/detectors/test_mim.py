@@ -213,3 +213,43 @@ def test_only_flagged_slices_are_inpainted_and_gated_is_input_inside_the_flags()
     gate = torch.zeros(1, 16, 24)
     gate[:, 8:12, 12:16] = 1.0  # token (2, 3) of a stride-4 grid
     torch.testing.assert_close(gated[1], full[1] * gate)
+
+
+def test_stage_maps_expose_every_stage_and_their_map_is_predict_map() -> None:
+    det = _mim(nll_threshold=1.0, nll_grow_threshold=0.5)
+    det.mark_fitted()
+    x = torch.zeros(1, 1, 16, 24, 5)
+    x[..., 1:15, 2:22, :] = torch.rand(1, 1, 14, 20, 5, generator=torch.Generator().manual_seed(1)) + 0.1
+    st = det.stage_maps(x)
+    assert set(st) == {"recon_residual", "residual", "token_nll", "flagged", "map"}
+    assert all(v.shape == x.shape for v in st.values())
+    torch.testing.assert_close(st["map"], det.predict_map(x))
+    tokens = det.tokenize(det.slices_of(x)[0], det.slices_of(x)[1])
+    flags = det.flag(tokens, det.slices_of(x)[1])  # (D, h, w): slice z of the volume is row z
+    assert torch.equal(st["flagged"][0, 0, :, :, 2] > 0, det.token_to_pixels(flags)[2, 0])
+    assert float(st["flagged"].sum()) > 0 and float(st["map"][x == 0].abs().max()) == 0.0
+    assert float(st["recon_residual"].min()) >= 0.0 and float(st["recon_residual"].max()) > 0.0
+
+
+def test_ar_stage_maps_flag_the_tokens_it_resamples() -> None:
+    torch.manual_seed(0)
+    prior = {"attn_layers_dim": 16, "attn_layers_depth": 1, "attn_layers_heads": 2}
+    det = VQVAEARDetector(tokenizer=TOK, grid_size=(4, 6), nll_threshold=2.5, n_restorations=2, prior=prior).eval()
+    det.mark_fitted()
+    x = torch.zeros(1, 1, 16, 24, 3)
+    x[..., 1:15, 2:22, :] = torch.rand(1, 1, 14, 20, 3, generator=torch.Generator().manual_seed(2)) + 0.1
+    st = det.stage_maps(x)
+    torch.testing.assert_close(st["map"], det.predict_map(x))
+    assert torch.equal(st["flagged"] > 0, st["token_nll"] > 2.5)
+
+
+def test_largest_region_score_is_the_cluster_extent_above_score_k() -> None:
+    det = _mim(score_reduction="largest_region", score_k=0.5)
+    amap = torch.zeros(2, 1, 8, 8, 8)
+    amap[0, 0, 1:3, 1:3, 1:3] = 1.0  # 8 voxels
+    amap[0, 0, 5, 5, 5] = 1.0  # a single voxel elsewhere
+    amap[1, 0, 2:6, 2:4, 2:4] = 0.4  # below the level
+    x = torch.ones(2, 1, 8, 8, 8)
+    assert det.map_score(amap, x).tolist() == [8.0, 0.0]
+    x[0, 0, 1] = 0  # outside the brain: not counted
+    assert det.map_score(amap, x).tolist() == [4.0, 0.0]
