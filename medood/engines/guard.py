@@ -175,7 +175,7 @@ def build_guard(
     det = cls(**det_args)
     _run_pass(parser, network, fit, FeatureFitHandler(det, image_key), image_key)
     _run_pass(parser, network, val, FeatureCalibrationHandler(det, image_key), image_key)
-    threshold = det.calibration.quantile(1.0 - false_alarm_rate, "score")
+    threshold = det.calibration.conformal(false_alarm_rate, "score").threshold  # refuses a too-small val set
     save_state(det, dest / "models" / "guard.pt")
     info = {
         "detector": detector, "detector_args": det_args, "threshold": threshold, "false_alarm_rate": false_alarm_rate,

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from medood.detectors.base_featuremap import FeatureMapDetector
 from medood.networks.feature_maps import FeatureRecorder
 from medood.utils.checkpoints import save_state
+from medood.utils.conformal import CalibrationSizeError
 from medood.utils.io import atomic_write, atomic_write_text, case_name
 
 if TYPE_CHECKING:
@@ -238,17 +239,19 @@ class GuardScoreWriter(_HookedPass):
         """Resolve the threshold from the calibration."""
         self.detector.check_fitted()
         if self.threshold is None:
-            self.threshold = self.detector.calibration.quantile(1.0 - self.false_alarm_rate, "score")
+            try:  # the one rule (medood.utils.conformal); too few validation cases: no flag, say why
+                self.threshold = self.detector.calibration.conformal(self.false_alarm_rate, "score").threshold
+            except CalibrationSizeError as err:
+                logger.warning("guard: no is_ood / flagged decision: %s", err)
         self.rows = []
 
     def on_batch(self, engine: Engine, features: dict[str, Tensor]) -> None:
         """Score and flag the cases of the batch."""
         out = self.detector.score_features(features)
         names = _case_names(engine.state.batch, self.image_key, len(self.rows))
-        assert self.threshold is not None
         for name, score in zip(names, out.image_score.tolist()):
-            flagged = int(score > self.threshold)
-            self.rows.append({"case": name, "score": score, "is_ood": flagged})
+            flagged: int | str = "" if self.threshold is None else int(score > self.threshold)
+            self.rows.append({"case": name, "score": score, "is_ood": flagged, "flagged": flagged})
             if flagged:
                 logger.warning(
                     "%s is out of distribution (score %.4g > %.4g): do not trust its output",
@@ -261,7 +264,7 @@ class GuardScoreWriter(_HookedPass):
         """Write scores.csv and guard.json."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with atomic_write(self.output_dir / "scores.csv") as f:
-            w = csv.DictWriter(f, fieldnames=["case", "score", "is_ood"], lineterminator="\n")
+            w = csv.DictWriter(f, fieldnames=["case", "score", "is_ood", "flagged"], lineterminator="\n")
             w.writeheader()
             w.writerows({**r, "score": f"{r['score']:.7g}"} for r in self.rows)
         info = {
@@ -270,7 +273,8 @@ class GuardScoreWriter(_HookedPass):
             "threshold": self.threshold,
             "false_alarm_rate": self.false_alarm_rate,
             "n_cases": len(self.rows),
-            "n_flagged": sum(r["is_ood"] for r in self.rows),
+            "n_flagged": sum(r["flagged"] or 0 for r in self.rows),
+            "rule": "split-conformal (medood.utils.conformal)",
             "score_convention": "higher = more out-of-distribution; is_ood = score > threshold",
         }
         atomic_write_text(self.output_dir / "guard.json", json.dumps(info, indent=2) + "\n")

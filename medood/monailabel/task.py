@@ -63,14 +63,15 @@ class AnomalyBundleInferTask(BundleInferTask):
     def _calibration(self, threshold: float | None) -> tuple[float | None, float | None, str]:
         net = self._get_network("cpu", None)
         cal = getattr(net, "calibration", None)
-        score_t = cal.quantile(self.score_percentile / 100.0, "score") if cal is not None and cal.has_scores else None
+        found = cal.thresholds(self.map_percentile, self.score_percentile) if cal is not None else None  # conformal
+        score_t = found.score if found is not None else None
         if threshold is not None:
             return float(threshold), score_t, "server option --threshold"
         if cal is None or not cal.has_map:
             logger.warning("%s: no healthy map calibration; every request must give a threshold", self.bundle_path)
             return None, score_t, "request"
-        source = f"healthy calibration p{self.map_percentile:g} of map values"
-        return cal.quantile(self.map_percentile / 100.0, "map"), score_t, source
+        source = f"healthy calibration: split-conformal, per-voxel alpha {1 - self.map_percentile / 100:g}"
+        return found.map if found is not None else None, score_t, source
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict[str, Any]:
         """MONAI Label's inference, plus the volume score reduced on the network's grid."""

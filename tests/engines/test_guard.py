@@ -128,7 +128,10 @@ def test_guard_companion_bundle_keeps_outputs_and_flags_other_modalities(tmp_pat
         _write(test / f"ood_ct_{i}.nii.gz", _volume(400 + i, "ct"))
 
     companion = tmp_path / "guarded"
-    assert main(["guard", str(bundle), "--datalist", str(tmp_path / "id.json"), "--out", str(companion)]) == 0
+    # 5 validation cases: the split-conformal rule needs alpha >= 1/6 (at 0.05 it refuses: 19 needed)
+    args = ["guard", str(bundle), "--datalist", str(tmp_path / "id.json"), "--out", str(companion)]
+    assert main(args) == 2  # CalibrationSizeError (a ValueError), reported as a one-line error
+    assert main([*args, "--false-alarm-rate", "0.2"]) == 0
     assert sorted(p.name for p in (companion / "configs").iterdir()) == ["inference.json", "metadata.json"]
     assert (companion / "models" / "guard.pt").is_file() and not (companion / "models" / "model.pt").exists()
     meta = json.loads((companion / "configs" / "metadata.json").read_text())["guard"]
