@@ -252,9 +252,9 @@ class Calibration(nn.Module):
         ``refused`` (the :class:`~medood.utils.conformal.CalibrationSizeError` message), logged as a warning.
         """
         if alpha is None:
-            alpha = DEFAULT_ALPHA if score_percentile is None else 1.0 - score_percentile / 100.0
+            alpha = DEFAULT_ALPHA if score_percentile is None else round(1.0 - score_percentile / 100.0, 12)
         if map_alpha is None:
-            map_alpha = DEFAULT_MAP_ALPHA if map_percentile is None else 1.0 - map_percentile / 100.0
+            map_alpha = DEFAULT_MAP_ALPHA if map_percentile is None else round(1.0 - map_percentile / 100.0, 12)
         map_thr, map_rule = self._rule(map_alpha, "map") if self.has_map else (None, None)
         score_thr, score_rule = self._rule(alpha, "score") if self.has_scores else (None, None)
         window = None if map_thr is None else overlay_window(map_thr)

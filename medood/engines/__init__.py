@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from medood.engines.calibrate import calibrate_detector
+from medood.engines.calibrate import calibrate_bundle, calibrate_detector
 from medood.engines.evaluator import OODEvaluator
 from medood.engines.fit import StageEvaluator, StageTrainer, fit_detector
 from medood.engines.prepare import PrepareKeys
@@ -16,6 +16,7 @@ __all__ = [
     "StageTrainer",
     "StepEvaluator",
     "StepTrainer",
+    "calibrate_bundle",
     "calibrate_detector",
     "fit_detector",
     "latest_checkpoint",
