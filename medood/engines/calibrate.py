@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from medood.utils.checkpoints import save_state
 from medood.utils.conformal import CalibrationSizeError, conformal_threshold, min_calibration_size
 from medood.utils.io import atomic_write_text
 
-__all__ = ["SITE_FILES", "calibrate_bundle", "calibrate_detector", "count_scans"]
+__all__ = ["SITE_FILES", "calibrate_bundle", "calibrate_detector", "count_scans", "run_bundle_inference"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,32 @@ def _sample_map_values(run_dir: Path, gen: np.random.Generator) -> torch.Tensor 
     return torch.from_numpy(np.concatenate(chunks)) if chunks and sum(c.size for c in chunks) else None
 
 
+def run_bundle_inference(
+    bundle: str | os.PathLike[str],
+    dataset_dir: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    config: str | Sequence[str] = "inference.yaml",
+    overrides: dict[str, Any] | None = None,
+) -> Path:
+    """Run a bundle's inference workflow (shipped weights) on ``dataset_dir`` into ``output_dir``; returns it.
+
+    ``config`` is one file of ``configs/`` or several in merge order.
+    """
+    from monai.bundle import ConfigWorkflow
+
+    bundle = Path(bundle)
+    files = [config] if isinstance(config, str) else list(config)
+    wf = ConfigWorkflow(
+        config_file=[str(bundle / "configs" / c) for c in files], meta_file=str(bundle / "configs" / "metadata.json"),
+        workflow_type="infer", bundle_root=str(bundle), dataset_dir=str(dataset_dir), output_dir=str(output_dir),
+        **(overrides or {}),
+    )  # fmt: skip
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return Path(output_dir)
+
+
 def calibrate_bundle(
     bundle: str | os.PathLike[str],
     id_dir: str | os.PathLike[str],
@@ -134,8 +160,6 @@ def calibrate_bundle(
         FileNotFoundError: no such bundle / config / folder.
         FileExistsError: ``out`` already holds site thresholds.
     """
-    from monai.bundle import ConfigWorkflow
-
     bundle, id_dir = Path(bundle), Path(id_dir)
     cfg = bundle / "configs" / config
     if not cfg.is_file():
@@ -154,13 +178,7 @@ def calibrate_bundle(
     records: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="medood_calibrate_") as tmp:
         run_dir = Path(tmp)
-        wf = ConfigWorkflow(
-            config_file=str(cfg), meta_file=str(bundle / "configs" / "metadata.json"), workflow_type="infer",
-            bundle_root=str(bundle), dataset_dir=str(id_dir), output_dir=str(run_dir), **(overrides or {}),
-        )  # fmt: skip
-        wf.initialize()
-        wf.run()
-        wf.finalize()
+        run_bundle_inference(bundle, id_dir, run_dir, config, overrides)
         found = sorted(run_dir.rglob("scores.csv"))
         if not found:
             raise FileNotFoundError(f"{bundle.name}: its inference wrote no scores.csv; cannot calibrate it")
