@@ -35,7 +35,7 @@ from PIL import Image
 from medood.data.demo.parallel import run_jobs
 from medood.utils.io import atomic_path, atomic_write_text
 
-__all__ = ["BENCH_TASKS", "BRAIN_BENCH_OOD", "MANIFEST", "build_bench", "read_manifest"]
+__all__ = ["BENCH_TASKS", "BRAIN_BENCH_OOD", "MANIFEST", "brain_plan", "build_bench", "read_manifest"]
 
 logger = logging.getLogger(__name__)
 
@@ -207,13 +207,16 @@ def _code(folder: str) -> int:
     return sum((i + 1) * ord(ch) for i, ch in enumerate(folder)) % 100_000
 
 
-def _build_brain(root: Path, seed: int, quick: bool, workers: int | None) -> dict[str, Any]:
-    from medood.data.demo.brain import load_template
+BrainJob = tuple[str, int, str, tuple[str, ...]]
+
+
+def brain_plan(quick: bool = False) -> tuple[list[BrainJob], dict[str, dict[str, Any]]]:
+    """The brain bench: every subject to write ``(folder, index, kind, contrasts)`` and the sets of the manifest."""
     from medood.data.demo.lesions import LESION_KINDS
     from medood.data.demo.ood import T1W_ONLY_KINDS
 
     all3 = ("T1w", "T2w", "FLAIR")
-    jobs: list[tuple[str, int, str, tuple[str, ...]]] = []
+    jobs: list[BrainJob] = []
     jobs += [("id_val", i, "none", all3) for i in range(20)]  # 60 volumes
     jobs += [("id_test", i, "none", all3) for i in range(20)]  # 60 volumes
     sets: dict[str, dict[str, Any]] = {
@@ -235,6 +238,13 @@ def _build_brain(root: Path, seed: int, quick: bool, workers: int | None) -> dic
     n_seg = 60
     jobs += [("seg_test", i, LESION_KINDS[i % len(LESION_KINDS)], ("T1w",)) for i in range(n_seg)]
     jobs += [("seg_val", i, "none", ("T1w",)) for i in range(20)]  # healthy T1w: the map threshold
+    return jobs, sets
+
+
+def _build_brain(root: Path, seed: int, quick: bool, workers: int | None) -> dict[str, Any]:
+    from medood.data.demo.brain import load_template
+
+    jobs, sets = brain_plan(quick)
     load_template("small")
     run_jobs(functools.partial(_brain_job, root, seed), jobs, workers)
     seg = {
