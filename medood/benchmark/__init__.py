@@ -87,25 +87,14 @@ def _segmentation(spec: Any, manifest: dict[str, Any], result: Any, docs: Path, 
 
     from medood.benchmark.maps import map_metrics
     from medood.benchmark.plots import map_png
-    from medood.benchmark.stats import bootstrap_metrics
 
     seg = manifest["segmentation"]
     root = Path(manifest["sets"]["id_test"]["dir"]).parent
     out: dict[str, Any] = {"n_id": None, "sets": {}, "maps": {}, "seed_methods": list(spec.seeds), "plots": []}
     for det in spec.bundles:
         runs = result.runs[det]
-        m = map_metrics(runs["seg_val"], runs["seg_test"], root / seg["dir"], root / seg["masks"], n_boot=n_boot)
+        m = map_metrics(None, runs["seg_test"], root / seg["dir"], root / seg["masks"], n_boot=n_boot)
         out["maps"][det] = m
-        val = np.array(list(result.scores[det]["seg_val"].values()))
-        les = np.array(list(result.scores[det]["seg_test"].values()))
-        out["n_id"] = int(val.size)
-        entry = bootstrap_metrics(val, les, n_boot)
-        out["sets"]["lesioned_vs_healthy"] = {
-            "n": int(les.size),
-            "family": "volume level: lesioned vs healthy "
-            "(healthy = the validation volumes that also set the map threshold)",
-            "detectors": {det: {**entry, "flagged_id_rate": None, "alpha": None}},
-        }
         case = sorted(Path(runs["seg_test"]).glob("*_anomaly_map.nii.gz"))[0]
         stem = case.name.replace("_T1w_anomaly_map.nii.gz", "")
         amap = np.asarray(nib.load(str(case)).get_fdata())  # type: ignore[attr-defined]
@@ -117,7 +106,6 @@ def _segmentation(spec: Any, manifest: dict[str, Any], result: Any, docs: Path, 
                        (thr, 4 * thr), mask[..., k] > 0)  # fmt: skip
         out["plots"].append(str(path.relative_to(docs)))
         out["detectors"] = {det: {**result.cost[det], "flagged_id_rate": None, "alpha": None}}
-        out["mean_auroc"] = {det: float(entry["auroc"])}  # type: ignore[arg-type]
     return out
 
 
@@ -162,15 +150,20 @@ def run_benchmark(
             payload["not_done"].append(f"{task}: {err}")
             continue
         t0 = time.perf_counter()
-        result = run_task(spec, manifest, work / "runs", epochs)
+        try:  # one task failing leaves the others on the page (and says why)
+            result = run_task(spec, manifest, work / "runs", epochs)
+            if spec.segmentation:
+                res = _segmentation(spec, manifest, result, docs, n_boot)
+            else:
+                res = task_results(manifest, result.scores, result.cost, spec.seeds, alpha, n_boot)
+                res["host"] = f"Post-hoc family host: {result.host}." if result.host else ""
+                res["plots"] = _plots(task, res, result.scores, result.runs, docs)
+        except Exception as err:  # reported on the page; the run goes on
+            logger.exception("benchmark %s failed", task)
+            payload["not_done"].append(f"{task}: failed: {type(err).__name__}: {err}")
+            continue
         for det, by_set in result.scores.items():
             rows += [(task, s, det, c, v) for s, cases in by_set.items() for c, v in cases.items()]
-        if spec.segmentation:
-            res = _segmentation(spec, manifest, result, docs, n_boot)
-        else:
-            res = task_results(manifest, result.scores, result.cost, spec.seeds, alpha, n_boot)
-            res["host"] = f"Post-hoc family host: {result.host}." if result.host else ""
-            res["plots"] = _plots(task, res, result.scores, result.runs, docs)
         res["seconds"] = time.perf_counter() - t0
         payload["tasks"][task] = res
         logger.info("benchmark %s done in %.0f s", task, res["seconds"])

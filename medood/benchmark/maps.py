@@ -10,6 +10,7 @@ scores of the run along the file's last voxel axis, a slice positive when it hol
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +42,18 @@ def _slice_scores(run: Path, axis: int = 2) -> dict[str, dict[int, float]]:
     return out
 
 
-def map_metrics(
-    val_run: Path, test_run: Path, test_images: Path, masks: Path, map_alpha: float = 0.005, n_boot: int = 200
-) -> dict[str, Any]:
-    """Map metrics of a run on lesioned test volumes, threshold from the run on healthy validation volumes."""
+def _threshold(val_run: Path | None, test_run: Path, map_alpha: float) -> tuple[float, dict[str, Any]]:
+    """Split-conformal map threshold on healthy validation maps, or the one the run used (``val_run`` ``None``).
+
+    The latter is the bundle's calibration shipped with its weights (``thresholds.json``; healthy validation
+    data, not test data).
+    """
+    if val_run is None:
+        record = json.loads((test_run / "thresholds.json").read_text())
+        return float(record["map_threshold"]), {
+            **(record.get("map_rule") or {}),
+            "source": "the bundle's shipped calibration",
+        }
     rng = np.random.default_rng(0)
     healthy = []
     for p in sorted(val_run.glob("*_anomaly_map.nii.gz")):
@@ -52,6 +61,14 @@ def map_metrics(
         v = v[np.isfinite(v) & (v != 0)]
         healthy.append(rng.choice(v, min(v.size, _VOXELS), replace=False))
     thr = conformal_threshold(np.concatenate(healthy), map_alpha)
+    return thr.threshold, {**thr._asdict(), "rule": "split-conformal", "scope": "per-voxel marginal"}
+
+
+def map_metrics(
+    val_run: Path | None, test_run: Path, test_images: Path, masks: Path, map_alpha: float = 0.005, n_boot: int = 200
+) -> dict[str, Any]:
+    """Map metrics of a run on lesioned test volumes; map threshold as :func:`_threshold`."""
+    threshold, rule = _threshold(val_run, test_run, map_alpha)
     cases = sorted(p.name.replace("_lesion.nii.gz", "") for p in masks.glob("*_lesion.nii.gz"))
     cases = [c for c in cases if (test_run / f"{c}_T1w_anomaly_map.nii.gz").is_file()]
     maps = [_load(test_run / f"{c}_T1w_anomaly_map.nii.gz") for c in cases]
@@ -63,7 +80,7 @@ def map_metrics(
         return pixel_ap([maps[k] for k in i], [gts[k] for k in i], [fgs[k] for k in i], _VOXELS)
 
     def dice_cal(i: np.ndarray) -> float:
-        return dice_at_threshold([maps[k] for k in i], [gts[k] for k in i], thr.threshold,
+        return dice_at_threshold([maps[k] for k in i], [gts[k] for k in i], threshold,
                                  [fgs[k] for k in i]).pooled  # fmt: skip
 
     def dice_best(i: np.ndarray) -> float:
@@ -80,8 +97,8 @@ def map_metrics(
                 s_labels.append(bool(has[k]))
     out: dict[str, Any] = {
         "n_cases": len(cases),
-        "map_threshold": thr.threshold,
-        "map_rule": {**thr._asdict(), "rule": "split-conformal", "scope": "per-voxel marginal"},
+        "map_threshold": threshold,
+        "map_rule": rule,
         "pixel_ap": ap(idx),
         "pixel_ap_ci": bootstrap_statistic(idx, ap, n_boot),
         "best_dice": dice_best(idx),

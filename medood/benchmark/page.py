@@ -157,6 +157,7 @@ def _task_lines(name: str, task: dict[str, Any], alpha: float) -> list[str]:
         lines += ["", "Plots: " + ", ".join(f"[{p}]({p})" for p in task.get("plots", [])), ""]
     for det, m in task.get("maps", {}).items():
         lines += _map_lines(det, m)
+        lines += [f"Example map: [{p}]({p})" for p in task.get("plots", []) if f"map_{det}" in p] + [""]
     return lines
 
 
@@ -180,6 +181,8 @@ def results_markdown(payload: dict[str, Any]) -> str:
     ]
     for name, task in payload["tasks"].items():
         lines += _task_lines(name, task, alpha)
+        if task.get("seconds") is not None:
+            lines += [f"Task time: {task['seconds'] / 60:.1f} min.", ""]
     lines += [
         "## The seeds' figures beside ours",
         "",

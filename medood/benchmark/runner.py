@@ -235,7 +235,7 @@ def run_task(spec: TaskSpec, manifest: dict[str, Any], work: Path, epochs: int =
     if spec.segmentation:
         seg = manifest["segmentation"]
         root = Path(manifest["sets"]["id_test"]["dir"]).parent
-        sets = {"seg_val": root / seg["id_val"], "seg_test": root / seg["dir"]}
+        sets = {"seg_test": root / seg["dir"]}  # map threshold: the bundle's shipped healthy calibration
     else:
         sets = _set_dirs(manifest, ("id_val", "id_test", "ood_test", "shift"))
     if spec.posthoc_host is not None:

@@ -122,10 +122,10 @@ class Calibration(nn.Module):
             getattr(self, k).fill_(float("nan"))
         if old and bool((state_dict.get(prefix + "n_scores", torch.zeros(())) > 0).item()):
             logger.warning(
-                "%scalibration comes from a checkpoint without raw calibration values (%s): thresholds are read off "
+                "%s comes from a checkpoint without raw calibration values (%s): thresholds are read off "
                 "its quantile table at the split-conformal rank (interpolated); re-record them with "
                 "`medood calibrate` for exact ones",
-                prefix,
+                prefix.rstrip(".") or "calibration",
                 ", ".join(old),
             )
 
