@@ -144,6 +144,9 @@ def run_benchmark(
     rows: list[tuple[str, str, str, str, float]] = []
     for task in tasks:
         spec = TASKS[task]
+        if quick and spec.full_only:
+            payload["not_done"].append(f"{task}: runs with --full only (too slow for the quick page on 2 CPU cores)")
+            continue
         try:
             manifest = _manifest(task, data, real=data != work / "bench")
         except FileNotFoundError as err:
@@ -151,7 +154,7 @@ def run_benchmark(
             continue
         t0 = time.perf_counter()
         try:  # one task failing leaves the others on the page (and says why)
-            result = run_task(spec, manifest, work / "runs", epochs)
+            result = run_task(spec, manifest, work / "runs", epochs, quick)
             if spec.segmentation:
                 res = _segmentation(spec, manifest, result, docs, n_boot)
             else:

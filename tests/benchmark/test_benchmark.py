@@ -108,3 +108,24 @@ def test_committed_page_recomputes_from_its_per_case_scores() -> None:
     assert set(payload) >= {"machine", "tasks", "seeds"}
     for s in payload["seeds"]:
         assert set(s) == {"method", "claim", "paper_figure", "our_figure", "holds", "why"}
+
+
+def test_2d_shifts_are_deterministic_and_grow_with_strength(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from medood.data.demo.bench import SHIFTS_2D, _corrupt_png
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "id.png"
+    Image.fromarray((rng.uniform(0.2, 0.8, (32, 32, 3)) * 255).astype(np.uint8)).save(src)
+    ref = np.asarray(Image.open(src), np.float64)
+    for name, levels in SHIFTS_2D.items():
+        change = []
+        for k, option in enumerate(levels):
+            a, b = tmp_path / f"{name}{k}a.png", tmp_path / f"{name}{k}b.png"
+            _corrupt_png(src, a, name, 7, option)
+            _corrupt_png(src, b, name, 7, option)
+            out = np.asarray(Image.open(a).convert("RGB"), np.float64)
+            assert np.array_equal(out, np.asarray(Image.open(b).convert("RGB"), np.float64)), name
+            change.append(np.abs(out - ref).mean())
+        assert 0 < change[0] < change[-1], (name, change)

@@ -66,7 +66,8 @@ SHIFTS_2D: dict[str, list[dict[str, Any]]] = {
     "blur": [{"sigma": (0.5, 0.5)}, {"sigma": (1.0, 1.0)}, {"sigma": (1.5, 1.5)}],
     "contrast": [{"gamma": 1.2}, {"gamma": 1.5}, {"gamma": 2.0}],
     "jpeg": [{"quality": 75}, {"quality": 40}, {"quality": 15}],
-    "colour": [{"scale": 0.95, "offset": 0.03}, {"scale": 0.85, "offset": 0.06}, {"scale": 0.7, "offset": 0.1}],
+    # stain / colour: H, E, DAB densities scaled by 1 - s or 1 + 2 s and shifted by up to the offset
+    "colour": [{"scale": 0.05, "offset": 0.02}, {"scale": 0.15, "offset": 0.05}, {"scale": 0.3, "offset": 0.1}],
 }
 SHIFTS_BRAIN: dict[str, list[dict[str, Any]]] = {
     "noise": [{"std": 0.01}, {"std": 0.03}, {"std": 0.06}],
