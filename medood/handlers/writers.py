@@ -250,7 +250,8 @@ class OODResultWriter:
             map_threshold=self.threshold, score_threshold=self.score_threshold, window=self.window,
         )  # fmt: skip
         self.threshold, self.score_threshold = record["map_threshold"], record["score_threshold"]
-        self._flag_column = self.score_threshold is not None or bool(record["score_rule"])
+        # ``flagged`` whenever a threshold or a calibration is given: blank when uncalibrated or refused
+        self._flag_column = self.score_threshold is not None or self.calibration is not None
         self.window = None if record["window"] is None else (record["window"][0], record["window"][1])
         if self.threshold is None:
             logger.warning(
