@@ -129,3 +129,16 @@ def test_2d_shifts_are_deterministic_and_grow_with_strength(tmp_path: Path) -> N
             assert np.array_equal(out, np.asarray(Image.open(b).convert("RGB"), np.float64)), name
             change.append(np.abs(out - ref).mean())
         assert 0 < change[0] < change[-1], (name, change)
+
+
+def test_real_class_folder_layout_gives_a_manifest(tmp_path: Path) -> None:
+    """``--data DIR``: a real dataset sorted into class folders becomes the same kind of manifest."""
+    from medood.benchmark import manifest_from_folders
+
+    for folder in ("train/nevus", "train/melanoma", "val/nevus", "test/nevus", "ood_near/ruler", "ood_far/xray"):
+        (tmp_path / "dermoscopy" / folder).mkdir(parents=True)
+    m = manifest_from_folders(tmp_path / "dermoscopy")
+    assert m["classes"] == ["melanoma", "nevus"]
+    roles = {k: (v["role"], v.get("family")) for k, v in m["sets"].items()}
+    assert roles == {"id_val": ("id_val", None), "id_test": ("id_test", None), "ruler": ("ood_test", "near"),
+                     "xray": ("ood_test", "far")}  # fmt: skip
