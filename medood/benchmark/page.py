@@ -82,10 +82,11 @@ def seed_claims(tasks: dict[str, Any], mim_reference: dict[str, Any] | None) -> 
         why = ("procedural / derived demo images at 64 px and small CPU-trained hosts, not the papers' datasets and "
                "backbones; the seed's host differs from the post-hoc family's host")  # fmt: skip
         if seed == "spectral":
+            holds_all = None  # the claim's baseline (prediction uncertainty) is not run here
             why = ("no prediction-uncertainty baseline runs on the brain volumes here (the post-hoc family needs a "
                    "classifier host); compared with the other brain seed methods instead")  # fmt: skip
         out.append({"method": method, "claim": claim, "paper_figure": paper,
-                    "our_figure": " | ".join(texts) or "not measured", "holds": holds_all, "why": why})  # fmt: skip
+                    "our_figure": "; ".join(texts) or "not measured", "holds": holds_all, "why": why})  # fmt: skip
     return out
 
 
@@ -101,10 +102,26 @@ def _map_lines(det: str, m: dict[str, Any]) -> list[str]:
             "", "Slice AP interval: slices resampled (narrower than a case-level one).", ""]  # fmt: skip
 
 
+def _robustness_lines(task: dict[str, Any], dets: list[str], alpha: float) -> list[str]:
+    if not any(task["robustness"].values()):
+        return []
+    shifts = sorted({s for r in task["robustness"].values() for s in r})
+    lines = ["", f"### Robustness: % of ID test images flagged under acquisition shifts (alpha = "
+             f"{100 * alpha:g} %; a robust detector stays near alpha)", ""]  # fmt: skip
+    lines.append("| detector | " + " | ".join(shifts) + " |")
+    lines.append("|---" * (len(shifts) + 1) + "|")
+    for d in dets:
+        r = task["robustness"][d]
+        lines.append(f"| {d} | " + " | ".join("" if r.get(s) is None else f"{100 * r[s]:.0f}" for s in shifts) + " |")
+    return lines
+
+
 def _task_lines(name: str, task: dict[str, Any], alpha: float) -> list[str]:
     lines: list[str] = []
-    lines += [f"## {name}", "", f"ID test: {task.get('n_id')} cases; ID validation (thresholds): "
-              f"{task.get('n_id_val')} cases. {task.get('host', '')}", ""]  # fmt: skip
+    lines += [f"## {name}", ""]
+    if task.get("n_id"):
+        lines += [f"ID test: {task['n_id']} cases; ID validation (thresholds): {task.get('n_id_val')} cases. "
+                  f"{task.get('host', '')}", ""]  # fmt: skip
     if task.get("sets"):
         dets = sorted(task["mean_auroc"], key=lambda d: -task["mean_auroc"][d])
         lines += ["### AUROC % [95 % CI] per OOD set (detectors by mean AUROC; seed methods in bold)", ""]
@@ -144,16 +161,7 @@ def _task_lines(name: str, task: dict[str, Any], alpha: float) -> list[str]:
             spi = "" if c.get("seconds_per_image") is None else f"{c['seconds_per_image']:.4f}"
             mb = "" if c.get("peak_mb") is None else f"{c['peak_mb']:.0f}"
             lines.append(f"| {d} | {spi} | {mb} | {c.get('how', '')} |")
-        if any(task["robustness"].values()):
-            shifts = sorted({s for r in task["robustness"].values() for s in r})
-            lines += ["", f"### Robustness: % of ID test images flagged under acquisition shifts (alpha = "
-                      f"{100 * alpha:g} %; a robust detector stays near alpha)", ""]  # fmt: skip
-            lines.append("| detector | " + " | ".join(shifts) + " |")
-            lines.append("|---" * (len(shifts) + 1) + "|")
-            for d in dets:
-                r = task["robustness"][d]
-                lines.append(f"| {d} | " + " | ".join("" if r.get(s) is None else f"{100 * r[s]:.0f}"
-                                                      for s in shifts) + " |")  # fmt: skip
+        lines += _robustness_lines(task, dets, alpha)
         lines += ["", "Plots: " + ", ".join(f"[{p}]({p})" for p in task.get("plots", [])), ""]
     for det, m in task.get("maps", {}).items():
         lines += _map_lines(det, m)

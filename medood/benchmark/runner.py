@@ -93,7 +93,7 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec(
             "brain_anomaly_segmentation", "brain_mri",
             {"mim": ("mim_brain_mri_anomaly_segmentation", ("inference.yaml",), ".")},
-            seeds=("mim",), segmentation=True, full_only=True,
+            seeds=("mim",), segmentation=True,
         ),
     )
 }  # fmt: skip
