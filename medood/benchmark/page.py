@@ -10,10 +10,10 @@ __all__ = ["results_markdown", "seed_claims"]
 def _ci(v: Any, ci: Any, pct: bool = True) -> str:
     if v is None:
         return "n/a"
-    f = 100.0 if pct else 1.0
+    f, d = (100.0, 1) if pct else (1.0, 3)
     if not ci:
-        return f"{f * v:.1f}"
-    return f"{f * v:.1f} [{f * ci[0]:.1f}, {f * ci[1]:.1f}]"
+        return f"{f * v:.{d}f}"
+    return f"{f * v:.{d}f} [{f * ci[0]:.{d}f}, {f * ci[1]:.{d}f}]"
 
 
 def _holds(diff: dict[str, Any] | None) -> bool | None:
