@@ -15,7 +15,10 @@ from collections.abc import Sequence
 __all__ = ["build_parser", "main"]
 
 #: Sub-command modules, in the order ``--help`` lists them.
-COMMANDS = ("list_cmd", "data_cmd", "check_cmd", "evaluate_cmd", "posthoc_cmd", "report_cmd", "label_cmd", "guard_cmd")
+COMMANDS = (
+    "list_cmd", "data_cmd", "check_cmd", "evaluate_cmd", "posthoc_cmd", "report_cmd", "label_cmd", "guard_cmd",
+    "calibrate_cmd",
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,6 +30,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="also write brain tissue labels (<case>_tissue.nii.gz: 1 CSF, 2 grey, 3 white matter) of every subject",
     )
     demo.set_defaults(func=run_demo)
+    bench = dsub.add_parser(
+        "bench",
+        help="write the benchmark sets (large, deterministic)",
+        description="Write the benchmark sets of scripts/benchmark.py to --out: per task (brain volume OOD, brain "
+        "anomaly segmentation, pathology, dermoscopy, endoscopy) >= 200 ID test images (60 brain volumes), >= 100 "
+        "images (30 volumes) per near- / far-OOD set, a validation OOD family apart from the test kinds, and ID "
+        "images under acquisition shifts at 3 strengths; manifest.json per task. Nothing is downloaded.",
+    )
+    bench.add_argument("--out", required=True, help="output folder")
+    bench.add_argument("--only", nargs="+", help="tasks to build (default: all)")
+    bench.add_argument("--seed", type=int, default=2026, help="random seed (default 2026; the demo data uses 0)")
+    bench.add_argument("--quick", action="store_true", help="fewer robustness-shift images")
+    bench.set_defaults(func=run_bench)
     tissue = dsub.add_parser(
         "tissue",
         help="write tissue labels of an existing demo brain_mri set",
@@ -62,6 +75,14 @@ def run_demo(args: argparse.Namespace) -> int:
         from medood.data.demo.tissue import write_tissue_labels
 
         write_tissue_labels(written["brain_mri"])
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Build the benchmark sets."""
+    from medood.data.demo.bench import build_bench
+
+    build_bench(args.out, only=args.only, seed=args.seed, quick=args.quick)
     return 0
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from medood.engines.calibrate import calibrate_detector
+from medood.engines.calibrate import calibrate_bundle, calibrate_detector
 from medood.engines.distributed import amp_enabled
 from medood.engines.evaluator import OODEvaluator
 from medood.engines.fit import StageEvaluator, StageTrainer, fit_detector
@@ -19,6 +19,7 @@ __all__ = [
     "StepTrainer",
     "TrainingCheckpoint",
     "amp_enabled",
+    "calibrate_bundle",
     "calibrate_detector",
     "fit_detector",
     "latest_checkpoint",

@@ -55,7 +55,9 @@ class PosthocScoreWriter:
     scores them with every detector (detectors with ``needs_input_grad``, i.e. ODIN, run their own passes on the
     batch's images, in eval mode). At completion it writes into ``output_dir``:
 
-    * ``<detector>/scores.csv``: ``case,score`` (higher = more OOD), plus ``label`` (1 = OOD, 0 = ID; the
+    * ``<detector>/scores.csv``: ``case,score,flagged`` (higher = more OOD; ``flagged`` = score above the
+      detector's split-conformal threshold at ``alpha`` from its in-distribution calibration, blank when it has
+      none or too few cases for ``alpha``), plus ``label`` (1 = OOD, 0 = ID; the
       ``medood evaluate --scores`` format) and ``ood_set`` when the data carries ``is_ood`` / ``ood_set``;
     * ``predictions.csv``: ``case,pred_class,confidence`` (+ ``label`` = the true class when known);
     * ``results.json`` / ``results.md`` (:func:`medood.metrics.tables.write_results`) when the data holds ID
@@ -69,6 +71,7 @@ class PosthocScoreWriter:
         write_table: write ``results.json`` / ``results.md`` when possible. Defaults to ``True``.
         title: title of ``results.md``. Defaults to the generic one.
         meta: extra fields stored in ``results.json`` (task, classifier, ...).
+        alpha: per-image false-alarm rate of ``flagged``. Defaults to 0.05.
     """
 
     def __init__(
@@ -80,7 +83,9 @@ class PosthocScoreWriter:
         write_table: bool = True,
         title: str | None = None,
         meta: Mapping[str, Any] | None = None,
+        alpha: float = 0.05,
     ) -> None:
+        self.alpha = alpha
         self.detectors = dict(detectors) if isinstance(detectors, Mapping) else {d.name: d for d in detectors}
         self.output_dir, self.head = Path(output_dir), head
         self.class_names = list(class_names) if class_names is not None else None
@@ -152,9 +157,13 @@ class PosthocScoreWriter:
         has_sets = has_ood and all(v is not None for v in sets)
         scores = {n: torch.cat(v) for n, v in self.scores.items()}
         for name, s in scores.items():
-            header = ["case", "score"] + (["label"] if has_ood else []) + (["ood_set"] if has_sets else [])
+            cal = self.detectors[name].calibration
+            thr = cal.thresholds(alpha=self.alpha).score if cal.has_scores else None
+            header = ["case", "score", "flagged"] + (["label"] if has_ood else []) + (["ood_set"] if has_sets else [])
             rows = [
-                [c, f"{float(v):.8g}"] + ([int(is_ood[i])] if has_ood else []) + ([sets[i]] if has_sets else [])
+                [c, f"{float(v):.8g}", "" if thr is None else int(float(v) > thr)]
+                + ([int(is_ood[i])] if has_ood else [])
+                + ([sets[i]] if has_sets else [])
                 for i, (c, v) in enumerate(zip(cases, s.tolist(), strict=True))
             ]
             self._write_csv(self.output_dir / name / "scores.csv", header, rows)

@@ -106,7 +106,9 @@ def thresholds_record(
     thresholds of :meth:`~medood.detectors.calibration.Calibration.thresholds` unless given explicitly, the colour
     window (:func:`~medood.detectors.calibration.overlay_window` of the map threshold unless given), and
     ``id_scores``, the healthy image-score quantiles at every 1 % (the ID reference of the run reports).
-    Uncalibrated parts are ``None``.
+    Uncalibrated parts are ``None``. ``score_rule`` / ``map_rule`` name the rule of each calibrated threshold
+    (split-conformal), its ``alpha`` (``1 - percentile / 100``) and ``n`` (or why it was ``refused``); the map
+    rate is per-voxel marginal.
     """
     found = calibration.thresholds(map_percentile, score_percentile) if calibration is not None else None
     map_t = map_threshold if map_threshold is not None else (found.map if found else None)
@@ -120,6 +122,8 @@ def thresholds_record(
         "window": None if window is None else [float(window[0]), float(window[1])],
         "map_percentile": map_percentile,
         "score_percentile": score_percentile,
+        "score_rule": found.score_rule if found and score_threshold is None else None,
+        "map_rule": found.map_rule if found and map_threshold is None else None,
         "id_scores": [calibration.quantile(q / 100.0, "score") for q in range(101)]
         if calibration and has_scores
         else None,
@@ -246,6 +250,8 @@ class OODResultWriter:
             map_threshold=self.threshold, score_threshold=self.score_threshold, window=self.window,
         )  # fmt: skip
         self.threshold, self.score_threshold = record["map_threshold"], record["score_threshold"]
+        # ``flagged`` whenever a threshold or a calibration is given: blank when uncalibrated or refused
+        self._flag_column = self.score_threshold is not None or self.calibration is not None
         self.window = None if record["window"] is None else (record["window"][0], record["window"][1])
         if self.threshold is None:
             logger.warning(
@@ -349,6 +355,8 @@ class OODResultWriter:
                 row["label"] = int(np.asarray(_to_numpy(lab)).reshape(-1)[0])
         if self.score_threshold is not None:
             row["flagged"] = int(score > self.score_threshold)
+        elif getattr(self, "_flag_column", False):  # too few healthy cases for the rate: blank (thresholds.json)
+            row["flagged"] = ""
         self.rows.append(row)
         for axis, values in sorted((item.get(OODKeys.SLICE_SCORES.value) or {}).items()):
             self.slice_rows.extend((case, int(axis), i, float(v)) for i, v in enumerate(_to_numpy(values).tolist()))

@@ -74,7 +74,7 @@ class AnomalyBundleInferTask(BundleInferTask):
     def _calibration(self, threshold: float | None) -> tuple[float | None, float | None, str]:
         net = self._get_network("cpu", None)
         cal = getattr(net, "calibration", None)
-        found = cal.thresholds(self.map_percentile, self.score_percentile) if cal is not None else None
+        found = cal.thresholds(self.map_percentile, self.score_percentile) if cal is not None else None  # conformal
         score_t = found.score if found is not None else None
         #: the ``thresholds.json`` record written beside every saved map (the bundle runs' format)
         self.thresholds = thresholds_record(cal, self.map_percentile, self.score_percentile, map_threshold=threshold)
@@ -83,7 +83,8 @@ class AnomalyBundleInferTask(BundleInferTask):
         if found is None or found.map is None:
             logger.warning("%s: no healthy map calibration; every request must give a threshold", self.bundle_path)
             return None, score_t, "request"
-        return found.map, score_t, f"healthy calibration p{self.map_percentile:g} of map values"
+        source = f"healthy calibration: split-conformal, per-voxel alpha {1 - self.map_percentile / 100:g}"
+        return found.map, score_t, source
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict[str, Any]:
         """MONAI Label's inference, plus the volume score reduced on the network's grid."""

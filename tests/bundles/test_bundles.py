@@ -6,6 +6,7 @@ exception says (so the exception is dropped once export works)."""
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -66,6 +67,25 @@ def test_workflows_run_on_tiny_data(bundle: Path, bundle_run: Callable[[str], Bu
     bundle (and of the bundles it reuses) unchanged (all asserted by ``run_bundle``)."""
     run = bundle_run(bundle.name)
     assert run.done == [w["name"] for w in run.spec["workflows"]]
+    _assert_flagged(run)
+
+
+def _assert_flagged(run: BundleRun) -> None:
+    """Every ``scores.csv`` a workflow wrote has ``flagged``: 0 / 1 from the split-conformal threshold stored with
+    the weights, or blank for every case when the tiny calibration set is too small for alpha or there is none (then
+    the run's ``thresholds.json``, where it writes one, records the refusal or has no score threshold)."""
+    found = sorted(run.root.glob("eval/**/scores.csv"))
+    assert found, f"{run.bundle.name}: no scores.csv written"
+    for path in found:
+        rows = list(csv.DictReader(path.open()))
+        assert rows and "flagged" in rows[0], f"{path.relative_to(run.root)}: no flagged column"
+        flags = {r["flagged"] for r in rows}
+        assert flags <= {"0", "1"} or flags == {""}, f"{path}: flagged must be 0 / 1 (or blank when refused): {flags}"
+        record = path.parent / "thresholds.json"
+        if flags == {""} and record.is_file():
+            content = json.loads(record.read_text())
+            refused = "refused" in (content.get("score_rule") or {})
+            assert refused or content["score_threshold"] is None, f"{record}: blank flags beside a threshold"
 
 
 # ---------------------------------------------------------------------------------------------- export

@@ -53,8 +53,14 @@ def test_thresholds_from_a_calibration(tmp_path) -> None:
     cal = Calibration()
     cal.update(torch.linspace(0, 1, 101), torch.linspace(0, 2, 1001))
     t = thresholds_record(cal, map_percentile=99.5, score_percentile=95)
-    assert t["map_threshold"] == pytest.approx(1.99, abs=1e-3) and t["score_threshold"] == pytest.approx(0.95)
-    assert t["window"] == pytest.approx([1.99, 4 * 1.99], abs=1e-2) and len(t["id_scores"]) == 101
+    # split-conformal: the ceil(102 * 0.95) = 97th of 101 scores, the ceil(1002 * 0.995) = 997th of 1001 map values
+    assert t["map_threshold"] == pytest.approx(1.992, abs=1e-5) and t["score_threshold"] == pytest.approx(0.96)
+    assert t["window"] == pytest.approx([1.992, 4 * 1.992], abs=1e-4) and len(t["id_scores"]) == 101
+    assert t["score_rule"]["rule"] == "split-conformal" and (t["score_rule"]["alpha"], t["score_rule"]["n"]) == (
+        pytest.approx(0.05),
+        101,
+    )
+    assert t["map_rule"]["n"] == 1001 and t["map_rule"]["scope"] == "per-voxel marginal"
     write_thresholds(tmp_path, t)
     assert (tmp_path / "thresholds.json").is_file()
     assert thresholds_record(Calibration())["map_threshold"] is None

@@ -1,0 +1,144 @@
+"""From per-case scores to the evidence page's numbers.
+
+Metrics with intervals, paired tests, calibrated flag rates, robustness, and the writers of ``results.json``
+and ``results_scores.csv.gz``.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medood.benchmark.stats import bootstrap_metrics, flagged_rate, paired_auroc_difference
+from medood.utils.conformal import CalibrationSizeError, conformal_threshold
+from medood.utils.io import atomic_path, atomic_write_text
+
+__all__ = ["SCORES_FILE", "read_scores_table", "task_results", "write_scores_table"]
+
+logger = logging.getLogger(__name__)
+
+SCORES_FILE = "results_scores.csv.gz"
+
+
+def _aligned(a: Mapping[str, float], cases: list[str]) -> np.ndarray:
+    return np.array([a[c] for c in cases], dtype=np.float64)
+
+
+def _threshold(val: np.ndarray, alpha: float) -> tuple[float | None, str | None]:
+    try:
+        return conformal_threshold(val, alpha).threshold, None
+    except CalibrationSizeError as err:
+        return None, str(err)
+
+
+def task_results(
+    manifest: dict[str, Any],
+    scores: dict[str, dict[str, dict[str, float]]],
+    cost: dict[str, dict[str, Any]],
+    seeds: tuple[str, ...],
+    alpha: float = 0.05,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The ``results.json`` entry of one (classification) task.
+
+    Thresholds: per detector the split-conformal threshold of its ``id_val`` scores at ``alpha``; the realised
+    false-alarm rate is the fraction of ``id_test`` above it. Paired tests: each seed method against the best
+    baseline (the non-seed detector with the highest mean AUROC over the test OOD sets; with no baseline, the best
+    other seed method), on the cases both scored.
+    """
+    sets = manifest["sets"]
+    ood_sets = [s for s, v in sets.items() if v["role"] == "ood_test"]
+    shift_sets = [s for s, v in sets.items() if v["role"] == "shift"]
+    detectors = sorted(d for d, by in scores.items() if "id_test" in by and "id_val" in by)
+    id_cases = sorted(set.intersection(*(set(scores[d]["id_test"]) for d in detectors)))
+    out: dict[str, Any] = {"n_id": len(id_cases), "n_id_val": None, "seed_methods": list(seeds), "sets": {},
+                           "detectors": {}, "robustness": {}, "paired": {}}  # fmt: skip
+    flags: dict[str, dict[str, Any]] = {}
+    for d in detectors:
+        val = np.array(list(scores[d]["id_val"].values()), dtype=np.float64)
+        thr, refused = _threshold(val, alpha)
+        out["n_id_val"] = max(out["n_id_val"] or 0, val.size)
+        flags[d] = {"threshold": thr, "n_val": int(val.size), "refused": refused,
+                    "flagged_id_rate": flagged_rate(_aligned(scores[d]["id_test"], id_cases), thr)}  # fmt: skip
+        out["detectors"][d] = {**flags[d], "alpha": alpha, **cost.get(d, {})}
+        out["robustness"][d] = {
+            s: flagged_rate(np.array(list(scores[d][s].values())), thr) for s in shift_sets if s in scores[d]
+        }
+    mean_auroc: dict[str, list[float]] = {d: [] for d in detectors}
+    for i, s in enumerate(ood_sets):
+        have = [d for d in detectors if s in scores[d]]
+        if not have:
+            continue
+        cases = sorted(set.intersection(*(set(scores[d][s]) for d in have)))
+        entry: dict[str, Any] = {"n": len(cases), "family": sets[s].get("family"), "detectors": {}}
+        for d in have:
+            m = bootstrap_metrics(_aligned(scores[d]["id_test"], id_cases), _aligned(scores[d][s], cases),
+                                  n_boot, seed + i)  # fmt: skip
+            entry["detectors"][d] = {**m, "flagged_id_rate": flags[d]["flagged_id_rate"], "alpha": alpha}
+            mean_auroc[d].append(float(m["auroc"]))  # type: ignore[arg-type]
+        out["sets"][s] = entry
+    means = {d: float(np.mean(v)) for d, v in mean_auroc.items() if v}
+    baselines = [d for d in means if d not in seeds]
+    for sm in (d for d in seeds if d in means):
+        pool = baselines or [d for d in means if d != sm]
+        if not pool:
+            continue
+        best = max(pool, key=lambda d: means[d])
+        per_set = {}
+        for i, s in enumerate(out["sets"]):
+            if sm in out["sets"][s]["detectors"] and best in out["sets"][s]["detectors"]:
+                cases = sorted(set(scores[sm][s]) & set(scores[best][s]))
+                per_set[s] = paired_auroc_difference(
+                    _aligned(scores[sm]["id_test"], id_cases), _aligned(scores[sm][s], cases),
+                    _aligned(scores[best]["id_test"], id_cases), _aligned(scores[best][s], cases), n_boot, seed + i,
+                )  # fmt: skip
+        out["paired"][sm] = {"baseline": best, "baseline_is_seed": not baselines, "sets": per_set}
+    out["mean_auroc"] = means
+    return out
+
+
+def write_scores_table(path: Path, rows: list[tuple[str, str, str, str, float]]) -> Path:
+    """``task,set,detector,case,score`` rows, gzip-compressed CSV (deterministic: no timestamp in the header)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["task", "set", "detector", "case", "score"])
+    for r in sorted(rows):
+        w.writerow([*r[:4], f"{r[4]:.9g}"])
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+        gz.write(buf.getvalue().encode())
+    return path
+
+
+def read_scores_table(path: Path) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """``{task: {detector: {set: {case: score}}}}`` of a :func:`write_scores_table` file."""
+    out: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    with gzip.open(path, "rt", newline="") as f:
+        for r in csv.DictReader(f):
+            out.setdefault(r["task"], {}).setdefault(r["detector"], {}).setdefault(r["set"], {})[r["case"]] = float(
+                r["score"]
+            )
+    return out
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> Path:
+    """Atomically write ``payload`` as indented JSON (NaN written as null)."""
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not np.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        return x
+
+    return atomic_write_text(path, json.dumps(clean(payload), indent=2) + "\n")

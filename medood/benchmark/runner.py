@@ -1,0 +1,259 @@
+"""One runner over the detectors of every benchmark task: score every set of a task's manifest once per detector.
+
+Two kinds of scorer, both timed (seconds per image or volume) with the process's peak resident memory:
+
+* the **post-hoc family** (every registered post-hoc detector, :func:`medood.engines.posthoc.build_detectors`):
+  one classifier per task (the task bundle's shipped classifier, or a ResNet-10 trained here on the bench
+  training split, seeded), fitted in one pass over the ID training images (:func:`~medood.detectors.posthoc.fit_many`)
+  and scored in one backbone pass per set (:func:`~medood.detectors.posthoc.score_many`);
+* a **bundle** (the seed methods): its inference workflow with its shipped weights
+  (:func:`medood.engines.calibrate.run_bundle_inference`) on each set folder; its ``scores.csv`` (and anomaly maps).
+
+Scores are keyed by case (the image file's stem), so detectors are compared on the same cases.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medood.utils.io import case_name
+
+__all__ = ["TASKS", "TaskResult", "TaskSpec", "peak_memory", "run_task"]
+
+logger = logging.getLogger(__name__)
+
+BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What runs on one task.
+
+    Args:
+        name: task name (a key of ``results.json`` ``tasks``).
+        folder: bench folder of the task (``brain_mri`` for both brain tasks).
+        bundles: ``{detector: (bundle folder, configs in merge order, scores.csv folder inside the run)}``.
+        posthoc_host: ``None`` (no post-hoc family), ``"train"`` (a ResNet-10 trained here) or a bundle whose
+            ``models/model.pt`` is the host classifier.
+        seeds: the seed methods among the detectors (compared with the best baseline).
+        segmentation: score maps against lesion masks (the anomaly-segmentation task).
+        quick_ood: with ``quick``, only these test OOD sets (and no robustness shifts); ``None`` = all.
+        full_only: run with ``--full`` only (too slow for the quick page on 2 CPU cores).
+    """
+
+    name: str
+    folder: str
+    bundles: dict[str, tuple[str, tuple[str, ...], str]] = field(default_factory=dict)
+    posthoc_host: str | None = None
+    seeds: tuple[str, ...] = ()
+    segmentation: bool = False
+    quick_ood: tuple[str, ...] | None = None
+    full_only: bool = False
+
+
+TASKS: dict[str, TaskSpec] = {
+    t.name: t
+    for t in (
+        TaskSpec(
+            "pathology", "pathology",
+            {
+                "mecam": ("mecam_pathology_ood_classification", ("inference.yaml",), "."),
+                "heatmap": ("heatmap_pathology_ood_classification", ("inference.yaml",), "."),
+            },
+            posthoc_host="train", seeds=("mecam", "heatmap"),
+        ),
+        TaskSpec(
+            "dermoscopy", "dermoscopy",
+            {"mecam": ("mecam_dermoscopy_ood_classification", ("inference.yaml",), ".")},
+            posthoc_host="train", seeds=("mecam",),
+        ),
+        TaskSpec(
+            "endoscopy", "endoscopy",
+            {"heatmap": ("heatmap_endoscopy_ood_classification", ("inference.yaml",), ".")},
+            posthoc_host="nero_endoscopy_ood_classification", seeds=("nero", "heatmap"),
+        ),
+        TaskSpec(
+            "brain_volume_ood", "brain_mri",
+            {
+                "heatmap": ("heatmap_brain_mri_ood_classification", ("inference.yaml",), "."),
+                "mecam": ("mecam_brain_mri_ood_classification", ("inference.yaml",), "."),
+                "spectral": ("spectral_brain_mri_ood_classification", ("inference.yaml",), "."),
+            },
+            seeds=("heatmap", "mecam", "spectral"), quick_ood=("wrong_contrast_pd", "motion_ghosting", "ct_head"),
+        ),
+        TaskSpec(
+            "brain_anomaly_segmentation", "brain_mri",
+            {"mim": ("mim_brain_mri_anomaly_segmentation", ("inference.yaml",), ".")},
+            seeds=("mim",), segmentation=True,
+        ),
+    )
+}  # fmt: skip
+
+
+@dataclass
+class TaskResult:
+    """Scores of every detector on every set of one task, with cost figures.
+
+    Attributes:
+        scores: ``{detector: {set: {case: score}}}``.
+        cost: ``{detector: {"seconds_per_image", "peak_mb", "how"}}``.
+        runs: ``{detector: {set: run folder}}`` (bundle outputs: maps, overlays).
+        host: how the post-hoc family's classifier was obtained.
+    """
+
+    scores: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    cost: dict[str, dict[str, Any]] = field(default_factory=dict)
+    runs: dict[str, dict[str, Path]] = field(default_factory=dict)
+    host: str = ""
+
+
+def _status_kb(name: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def peak_memory(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """``(fn(), seconds, peak MB)``: the rise of the process's resident-set high-water mark over ``fn``.
+
+    VmHWM, reset through ``/proc/self/clear_refs`` where allowed; otherwise the process peak so far, an upper bound).
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    before = _status_kb("VmRSS")
+    start = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - start
+    return out, seconds, max(0.0, (_status_kb("VmHWM") - before) / 1024.0)
+
+
+def _read_scores(path: Path) -> dict[str, float]:
+    with path.open(newline="") as f:
+        return {r["case"]: float(r["score"]) for r in csv.DictReader(f) if r.get("score") not in (None, "")}
+
+
+def _set_dirs(manifest: dict[str, Any], roles: tuple[str, ...]) -> dict[str, Path]:
+    return {name: Path(s["dir"]) for name, s in manifest["sets"].items() if s["role"] in roles}
+
+
+def _run_bundle(spec: TaskSpec, det: str, manifest: dict[str, Any], sets: dict[str, Path], work: Path,
+                result: TaskResult) -> None:  # fmt: skip
+    from medood.engines.calibrate import run_bundle_inference
+
+    bundle, configs, sub = spec.bundles[det]
+    seconds, peak, n = 0.0, 0.0, 0  # n: cases of the sets run (and timed) here
+    result.scores[det], result.runs[det] = {}, {}
+    for set_name, folder in sets.items():
+        out = work / spec.name / det / set_name
+        timed = not (out / sub / "scores.csv").is_file()
+        if timed:
+            run = functools.partial(run_bundle_inference, BUNDLES / bundle, folder, out, configs, {"device": "cpu"})
+            _, sec, mb = peak_memory(run)
+            seconds, peak = seconds + sec, max(peak, mb)
+        scores = _read_scores(out / sub / "scores.csv")
+        n += len(scores) if timed else 0
+        result.scores[det][set_name], result.runs[det][set_name] = scores, out / sub
+        logger.info("%s / %s / %s: %d cases", spec.name, det, set_name, len(scores))
+    result.cost[det] = {
+        "seconds_per_image": seconds / max(n, 1) if seconds else None,
+        "peak_mb": peak or None,
+        "how": f"bundle {bundle} inference (read, preprocess, score, write maps), shipped weights",
+    }
+
+
+def _loader(folder: Path, image_size: int = 64) -> Any:
+    from monai.data import DataLoader, Dataset
+
+    from medood.data.classification import classifier_preprocessing
+
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    items = [{"image": str(p), "case": p.stem} for p in files]
+    return DataLoader(Dataset(items, classifier_preprocessing(image_size)), batch_size=64), [p.stem for p in files]
+
+
+def _host(spec: TaskSpec, manifest: dict[str, Any], work: Path, epochs: int) -> tuple[torch.nn.Module, list[str], str]:
+    from medood.engines.classifier import load_classifier, train_folder_classifier
+    from medood.networks.classifiers import build_classifier
+    from medood.utils.checkpoints import load_state
+
+    data = Path(manifest["train_dir"])
+    if spec.posthoc_host == "train":
+        ckpt = work / spec.name / "host" / "model.pt"
+        if not ckpt.is_file():
+            train_folder_classifier(data, ckpt.parent, epochs=epochs, seed=0, progress=False)
+        net, cfg = load_classifier(ckpt)
+        how = (f"ResNet-10 trained here on the bench training split ({epochs} epochs, seed 0; best validation "
+               f"accuracy {cfg.get('best_val_accuracy', float('nan')):.3f})")  # fmt: skip
+        return net.eval(), list(cfg["class_names"]), how
+    classes = list(manifest["classes"])
+    net = build_classifier("resnet10", len(classes))
+    load_state(net, BUNDLES / str(spec.posthoc_host) / "models" / "model.pt")
+    return net.eval(), classes, f"the shipped classifier of {spec.posthoc_host} (resnet10)"
+
+
+def _run_posthoc(spec: TaskSpec, manifest: dict[str, Any], sets: dict[str, Path], work: Path, epochs: int,
+                 result: TaskResult) -> None:  # fmt: skip
+    from medood.data.classification import class_folder_loader
+    from medood.detectors.posthoc import fit_many, score_many
+    from medood.engines.posthoc import build_detectors
+
+    net, classes, result.host = _host(spec, manifest, work, epochs)
+    dets = build_detectors("all", net)
+    for d in dets.values():
+        d.eval()
+    train, _ = class_folder_loader(manifest["train_dir"], "train", 64, classes, batch_size=64)
+    _, fit_seconds, fit_mb = peak_memory(lambda: fit_many(dets, net, train))
+    seconds, peak, n = 0.0, fit_mb, 0
+    for name in dets:
+        result.scores[name] = {}
+    for set_name, folder in sets.items():
+        loader, cases = _loader(folder)
+        scored, sec, mb = peak_memory(functools.partial(score_many, dets, net, loader))
+        seconds, peak, n = seconds + sec, max(peak, mb), n + len(cases)
+        for name, s in scored.scores.items():
+            result.scores[name][set_name] = dict(zip(cases, s.double().tolist(), strict=True))
+        logger.info("%s / post-hoc family / %s: %d cases in %.1f s", spec.name, set_name, len(cases), sec)
+    for name in dets:
+        result.cost[name] = {
+            "seconds_per_image": seconds / max(n, 1),
+            "peak_mb": peak,
+            "how": f"post-hoc family, one shared backbone pass per batch (all {len(dets)} detectors together; "
+            f"fit {fit_seconds:.1f} s in one pass); host: {result.host}",
+        }
+
+
+def run_task(spec: TaskSpec, manifest: dict[str, Any], work: Path, epochs: int = 10, quick: bool = False) -> TaskResult:
+    """Score every set of the task (ID validation, ID test, test OOD, shifts) with every detector of ``spec``.
+
+    With ``quick`` and ``spec.quick_ood``, only those test OOD sets and no shifts.
+    """
+    result = TaskResult()
+    if spec.segmentation:
+        seg = manifest["segmentation"]
+        root = Path(manifest["sets"]["id_test"]["dir"]).parent
+        sets = {"seg_test": root / seg["dir"]}  # map threshold: the bundle's shipped healthy calibration
+    else:
+        sets = _set_dirs(manifest, ("id_val", "id_test", "ood_test", "shift"))
+        if quick and spec.quick_ood is not None:
+            keep = {"id_val", "id_test", *spec.quick_ood}
+            sets = {k: v for k, v in sets.items() if k in keep}
+    if spec.posthoc_host is not None:
+        _run_posthoc(spec, manifest, sets, work, epochs, result)
+    for det in spec.bundles:
+        _run_bundle(spec, det, manifest, sets, work, result)
+    for by_set in result.scores.values():
+        for set_name, scores in by_set.items():
+            by_set[set_name] = {case_name(c): v for c, v in scores.items()}
+    return result
