@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import torch
@@ -279,10 +279,12 @@ class OODDetector(ResizableBuffers, DeclaresStages, nn.Module, ABC):
         """The voxels that count for the image score (``None`` = all). Brain detectors use the brain mask."""
         return None
 
-    def map_score(self, anomaly_map: Tensor, x: Tensor) -> Tensor:
-        """``(B,)`` image / volume scores of maps ``(B, 1, *S)``: ``score_reduction`` over ``foreground_mask(x)``.
+    def map_score(self, anomaly_map: Tensor, x: Tensor, foreground: Tensor | None = None) -> Tensor:
+        """``(B,)`` image / volume scores of maps ``(B, 1, *S)``: ``score_reduction`` over the foreground.
 
         The one definition of a map detector's image score: ``score`` and the bundles' inferer both use it.
+        ``foreground`` is the boolean foreground the preprocessing computed (:class:`medood.transforms.Foregroundd`,
+        carried in the batch); without it, :meth:`foreground_mask` of ``x``.
 
         Raises:
             NotImplementedError: the detector's map is an explanation, not the source of its score
@@ -292,4 +294,25 @@ class OODDetector(ResizableBuffers, DeclaresStages, nn.Module, ABC):
             raise NotImplementedError(
                 f"{type(self).__name__}'s map explains its score but does not define it: use score(x).image_score"
             )
-        return reduce_map(anomaly_map, self.score_reduction, self.score_k, self.foreground_mask(x))
+        mask = foreground.bool() if foreground is not None else self.foreground_mask(x)
+        return reduce_map(anomaly_map, self.score_reduction, self.score_k, mask)
+
+    def infer(
+        self, x: Tensor, make_map: Callable[[Tensor], Tensor] | None = None, foreground: Tensor | None = None
+    ) -> OODOutput:
+        """Image score, map and extras of a batch in one call: what :class:`medood.inferers.OODInferer` runs.
+
+        The detector decides here (and only here) how its score relates to its map: a map detector's score is
+        :meth:`map_score` of the map ``make_map(x)`` (the inferer's sliding-window / slice-wise run of ``forward``;
+        default :meth:`predict_map`); a detector whose map explains a score computed otherwise
+        (``score_from_map = False``) and a detector without maps score the whole input with :meth:`score`.
+
+        Args:
+            x: the batch ``(B, C, *S)``.
+            make_map: runs ``forward`` over the whole input (patch- or slice-wise). Defaults to :meth:`predict_map`.
+            foreground: optional boolean foreground ``(B, 1, *S)`` computed in the preprocessing.
+        """
+        if not self.produces_map or not self.score_from_map:
+            return self.score(x)
+        amap = (make_map or self.predict_map)(x)
+        return OODOutput(self.map_score(amap, x, foreground), amap)
