@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "cases, set its threshold on in-distribution validation cases at --false-alarm-rate, and write a companion "
         "bundle (configs and the detector's fitted buffers only). Running the companion with python -m monai.bundle "
         "run runs the original network once per case and writes the original outputs unchanged plus scores.csv "
-        "(case,score,is_ood; higher = more OOD) and guard.json.",
+        "(case,score,flagged; higher = more OOD) and guard.json.",
     )
     p.add_argument("bundle", help="the original bundle folder")
     p.add_argument("--datalist", required=True, help="JSON list of in-distribution cases, or a dict of lists")

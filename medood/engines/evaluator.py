@@ -50,6 +50,8 @@ class OODEvaluator(SupervisedEvaluator):
         fg = fg.to(inputs.device) if isinstance(fg, Tensor) else None
         found = self.scorer.infer(inputs, network, *args, foreground=fg, with_slices=False, **kwargs)
         self.state.output[OODKeys.SCORE.value] = found.volume_score
+        if fg is not None:  # decollated with the map, so the postprocessing (Invertd) can take it back too
+            self.state.output[FOREGROUND_KEY] = batch[FOREGROUND_KEY]
         for name, value in (found.extras or {}).items():
             self.state.output[f"extra_{name}"] = value
         return found.anomaly_map if found.anomaly_map is not None else found.volume_score

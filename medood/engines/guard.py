@@ -9,7 +9,7 @@ cases (the threshold at the requested false-alarm rate), and writes a **companio
   bundle, absolute) plus ``guard_*`` entries and one ``initialize`` step that attaches
   :class:`~medood.handlers.guard.GuardScoreWriter` to the original evaluator. Running it runs the original network
   once per batch; the hooks read that same pass. The original outputs are written exactly as before, plus
-  ``scores.csv`` (``case,score,is_ood``) and ``guard.json``;
+  ``scores.csv`` (``case,score,flagged``) and ``guard.json``;
 * ``configs/metadata.json`` (the original's, with a ``guard`` section), ``configs/logging.conf`` (copied),
   ``docs/README.md`` and ``models/guard.pt`` (the detector's fitted buffers; no network weights).
 """
@@ -247,7 +247,7 @@ per case) and adds a per-case out-of-distribution score from forward hooks on th
 python -m monai.bundle run --config_file {dest}/configs/inference.json [--output_dir OUT] [...the original options]
 ```
 
-Outputs: everything the original bundle writes, plus `scores.csv` (`case,score,is_ood`; higher = more OOD) and
+Outputs: everything the original bundle writes, plus `scores.csv` (`case,score,flagged`; higher = more OOD) and
 `guard.json` in the output folder. A case with `is_ood = 1` is unlike the data the guard was fitted on: do not
 trust its output. `bundle_root` points at the original bundle and `guard_root` at this folder (absolute paths;
 override them on the command line if either moves).

@@ -10,14 +10,13 @@ bundle writes are untouched.
   training data);
 * :class:`FeatureCalibrationHandler`: records the scores of in-distribution validation cases into the
   detector's :class:`~medood.detectors.calibration.Calibration` (the thresholds);
-* :class:`GuardScoreWriter`: scores every case and writes ``scores.csv`` (``case,score,is_ood``) and
-  ``guard.json``; ``is_ood`` = score above the threshold at the requested false-alarm rate on the validation
-  scores.
+* :class:`GuardScoreWriter`: scores every case and writes ``scores.csv`` (``case,score,flagged``, the run-folder
+  layout of :mod:`medood.io.run_folder`) and ``guard.json``; ``flagged`` = score above the threshold at the
+  requested false-alarm rate on the validation scores.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -28,9 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from medood.detectors.base_featuremap import FeatureMapDetector
+from medood.io import run_folder as rf
 from medood.networks.feature_maps import FeatureRecorder
 from medood.utils.checkpoints import save_state
-from medood.utils.io import atomic_write, atomic_write_text, case_name
+from medood.utils.io import atomic_write_text, case_name
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -209,7 +209,7 @@ class FeatureCalibrationHandler(_HookedPass):
 
 
 class GuardScoreWriter(_HookedPass):
-    """Score every case of the run and write ``scores.csv`` (``case,score,is_ood``) and ``guard.json``.
+    """Score every case of the run and write ``scores.csv`` (``case,score,flagged``) and ``guard.json``.
 
     Args:
         detector: a fitted, calibrated detector.
@@ -260,10 +260,8 @@ class GuardScoreWriter(_HookedPass):
     def on_end(self, engine: Engine) -> None:
         """Write scores.csv and guard.json."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(self.output_dir / "scores.csv") as f:
-            w = csv.DictWriter(f, fieldnames=["case", "score", "is_ood"], lineterminator="\n")
-            w.writeheader()
-            w.writerows({**r, "score": f"{r['score']:.7g}"} for r in self.rows)
+        rows = [{"case": r["case"], "score": r["score"], "flagged": r["is_ood"]} for r in self.rows]
+        rf.write_score_rows(self.output_dir / rf.SCORES_CSV, rows)  # medood.io.run_folder's layout
         info = {
             "detector": self.detector.name,
             "layers": self.detector.layers,
@@ -271,7 +269,7 @@ class GuardScoreWriter(_HookedPass):
             "false_alarm_rate": self.false_alarm_rate,
             "n_cases": len(self.rows),
             "n_flagged": sum(r["is_ood"] for r in self.rows),
-            "score_convention": "higher = more out-of-distribution; is_ood = score > threshold",
+            "score_convention": "higher = more out-of-distribution; flagged = score > threshold",
         }
         atomic_write_text(self.output_dir / "guard.json", json.dumps(info, indent=2) + "\n")
         logger.info("guard: %d of %d cases flagged out of distribution", info["n_flagged"], info["n_cases"])

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from medood.detectors.base import OODDetector
 from medood.detectors.posthoc import score_batch
+from medood.io import run_folder as rf
 from medood.metrics.tables import results_payload, results_table, write_results
 from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
 from medood.utils.enums import OODKeys
@@ -55,7 +56,8 @@ class PosthocScoreWriter:
     scores them with every detector (detectors with ``needs_input_grad``, i.e. ODIN, run their own passes on the
     batch's images, in eval mode). At completion it writes into ``output_dir``:
 
-    * ``<detector>/scores.csv``: ``case,score`` (higher = more OOD), plus ``label`` (1 = OOD, 0 = ID; the
+    * ``<detector>/scores.csv``: ``case,score,flagged`` (higher = more OOD; :mod:`medood.io.run_folder`'s layout,
+      ``flagged`` empty: post-hoc scores carry no threshold), plus ``label`` (1 = OOD, 0 = ID; the
       ``medood evaluate --scores`` format) and ``ood_set`` when the data carries ``is_ood`` / ``ood_set``;
     * ``predictions.csv``: ``case,pred_class,confidence`` (+ ``label`` = the true class when known);
     * ``results.json`` / ``results.md`` (:func:`medood.metrics.tables.write_results`) when the data holds ID
@@ -152,12 +154,14 @@ class PosthocScoreWriter:
         has_sets = has_ood and all(v is not None for v in sets)
         scores = {n: torch.cat(v) for n, v in self.scores.items()}
         for name, s in scores.items():
-            header = ["case", "score"] + (["label"] if has_ood else []) + (["ood_set"] if has_sets else [])
             rows = [
-                [c, f"{float(v):.8g}"] + ([int(is_ood[i])] if has_ood else []) + ([sets[i]] if has_sets else [])
+                {"case": c, "score": float(v), "flagged": None, "label": int(is_ood[i]) if has_ood else None,
+                 "ood_set": sets[i] if has_sets else None}
                 for i, (c, v) in enumerate(zip(cases, s.tolist(), strict=True))
-            ]
-            self._write_csv(self.output_dir / name / "scores.csv", header, rows)
+            ]  # fmt: skip
+            path = self.output_dir / name / rf.SCORES_CSV
+            path.parent.mkdir(parents=True, exist_ok=True)
+            rf.write_score_rows(path, rows, extra_columns=["ood_set"] if has_sets else [])
         logits = torch.cat(self.logits)
         prob, pred = torch.softmax(logits, 1).max(1)
         names = self.class_names or [str(i) for i in range(logits.shape[1])]

@@ -24,14 +24,13 @@ from torch import Tensor
 
 from medood.detectors.base import OODDetector
 from medood.io.result import OODResult
+from medood.transforms.foreground import FOREGROUND_KEY
 from medood.utils.enums import MapReduction, OODKeys
 from medood.utils.io import case_name
 from medood.utils.reduce import reduce_map, reduce_slices
 
 __all__ = ["FOREGROUND_KEY", "OODInferenceResult", "OODInferer"]
 
-#: the batch key of the foreground computed in the preprocessing (:class:`medood.transforms.Foregroundd`)
-FOREGROUND_KEY = "foreground"
 
 
 class OODInferenceResult(NamedTuple):

@@ -28,17 +28,20 @@ from typing import Any
 import numpy as np
 
 from medood.data.errors import DataError
+from medood.io import run_folder as rf
 from medood.metrics.functional import (
     ap_from_counts,
     aupr_in,
     aupr_out,
     auroc,
     auroc_from_split,
+    average_precision,
     fpr_at_tpr,
     rank_counts,
     slice_level_metrics,
 )
 from medood.metrics.segmentation import DiceCounter, VoxelPool, best_dice_from_split
+from medood.utils.io import atomic_write_text, case_name
 
 __all__ = [
     "FOREGROUND_SUFFIXES",
@@ -57,7 +60,7 @@ logger = logging.getLogger(__name__)
 MASK_SUFFIXES = ("_lesion", "", "_seg", "_label")
 #: Foreground (brain) mask stems tried for case ``c``, in order.
 FOREGROUND_SUFFIXES = ("_brainmask", "_brain_mask", "_foreground", "_mask", "")
-MAP_SUFFIX = "_anomaly_map"
+MAP_SUFFIX = rf.map_suffix(ext="")  # "_anomaly_map": medood.io.run_folder's, without the extension
 
 
 def _parse_label(raw: str, path: Path, line: int) -> int | None:
@@ -431,12 +434,9 @@ def evaluate_outputs(
         seed: sub-sampling seed. Defaults to 0.
         out_file: JSON written (atomically) into ``output_dir`` (``None`` = none). Defaults to ``"metrics.json"``.
     """
-    from medood.metrics.functional import auroc, average_precision, fpr_at_tpr
-    from medood.utils.io import atomic_write_text, case_name
-
     out = Path(output_dir)
     result: dict[str, Any] = {}
-    scores, _ = read_scores(out / "scores.csv")
+    scores, _ = read_scores(out / rf.SCORES_CSV)
     labelled = [(case_name(c["image"]), int(c[label_key])) for c in cases if label_key in c]
     if labelled and len({y for _, y in labelled}) == 2:
         missing = [n for n, _ in labelled if n not in scores]
@@ -457,7 +457,7 @@ def evaluate_outputs(
         if not mask:
             continue
         name = case_name(c["image"])
-        amap = out / f"{name}{MAP_SUFFIX}.nii.gz"
+        amap = out / rf.map_file(name)
         if not amap.is_file():
             raise DataError(amap, f"missing: case {name} was not scored into {out}")
         fg = c.get(foreground_key) if foreground_key else None

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from medood.data.image2d import overlay_rgb
+from medood.io import run_folder as rf
 from medood.utils.io import atomic_path, case_name
 
 __all__ = ["overlay_tile", "worst_slices_montage"]
@@ -80,7 +81,7 @@ def worst_slices_montage(
     ranked: list[tuple[float, str, int, dict[str, Any]]] = []
     for c in cases:
         name = case_name(c["image"])
-        amap_path = out / f"{name}_anomaly_map.nii.gz"
+        amap_path = out / rf.map_file(name)
         if not amap_path.is_file():
             continue
         amap = _canonical(amap_path)
@@ -95,7 +96,7 @@ def worst_slices_montage(
     tiles = []
     for value, name, z, c in chosen:
         image = _canonical(c["image"])[:, :, z]
-        amap = _canonical(out / f"{name}_anomaly_map.nii.gz")[:, :, z]
+        amap = _canonical(out / rf.map_file(name))[:, :, z]
         lesion = _canonical(c[mask_key])[:, :, z] if c.get(mask_key) else None
         tile = Image.fromarray(overlay_tile(image, amap, lesion, hi)).resize(
             (image.shape[0] * scale, image.shape[1] * scale), Image.Resampling.NEAREST

@@ -20,13 +20,17 @@ from medood.transforms.anomalies_dict import (
 )
 from medood.transforms.color import RandSaturation, RandSaturationd, ToRGB, ToRGBd
 from medood.transforms.corruptions import CORRUPTIONS, Corrupt, Corruptd, corruption_plan
+from medood.transforms.foreground import FOREGROUND_KEY, Foreground, Foregroundd
 from medood.transforms.intensity import ScaleNonzeroPercentile, ScaleNonzeroPercentiled
 from medood.transforms.slices import RandSlices, RandSlicesd, foreground_extent, slice_positions
 
 __all__ = [
     "CORRUPTIONS",
+    "FOREGROUND_KEY",
     "Corrupt",
     "Corruptd",
+    "Foreground",
+    "Foregroundd",
     "ImageAnomaly",
     "ImageAnomalyd",
     "RandBlobIntensity",

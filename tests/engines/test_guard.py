@@ -150,6 +150,6 @@ def test_guard_companion_bundle_keeps_outputs_and_flags_other_modalities(tmp_pat
     score = {c: float(r["score"]) for c, r in rows.items()}
     id_max = max(v for c, v in score.items() if c.startswith("id_"))
     assert min(v for c, v in score.items() if c.startswith("ood_")) > id_max, score
-    assert all(rows[c]["is_ood"] == "1" for c in rows if c.startswith("ood_"))
+    assert all(rows[c]["flagged"] == "1" for c in rows if c.startswith("ood_"))
     info = json.loads((guarded / "guard.json").read_text())
     assert info["n_cases"] == 9 and info["threshold"] == pytest.approx(meta["threshold"])

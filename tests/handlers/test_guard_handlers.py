@@ -70,7 +70,7 @@ def test_fit_calibrate_and_write_scores(tmp_path: Path, sliding: bool) -> None:
     rows = list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))
     assert [r["case"] for r in rows] == [f"case_2_{i}" for i in range(3)] + [f"case_3_{i}" for i in range(3)]
     threshold = det.calibration.quantile(0.8, "score")
-    assert all(int(r["is_ood"]) == int(float(r["score"]) > threshold) for r in rows)
+    assert all(int(r["flagged"]) == int(float(r["score"]) > threshold) for r in rows)
     scores = [float(r["score"]) for r in rows]
     assert min(scores[3:]) > max(scores[:3]), "inverted contrast scores higher"
     info = json.loads((tmp_path / "out" / "guard.json").read_text())
