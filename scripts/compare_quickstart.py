@@ -45,7 +45,8 @@ def compare(base: Path, run: Path) -> dict[str, float | int | list[str]]:
         n += 1
     base_s, run_s = _rows(base / "scores.csv"), _rows(run / "scores.csv")
     missing += [f"scores.csv:{c}" for c in base_s if c not in run_s]
-    d_score = max((abs(float(base_s[c]["score"]) - float(run_s[c]["score"])) for c in base_s if c in run_s), default=0.0)
+    common = [c for c in base_s if c in run_s]
+    d_score = max((abs(float(base_s[c]["score"]) - float(run_s[c]["score"])) for c in common), default=0.0)
     d_flag = sum(base_s[c].get("flagged") != run_s[c].get("flagged") for c in base_s if c in run_s)
     with (base / "slice_scores.csv").open() as f:
         bs = {(r["case"], r["axis"], r["slice"]): float(r["score"]) for r in csv.DictReader(f)}

@@ -176,6 +176,18 @@ class OODInferer(Inferer):
         slices = {} if amap is None or not with_slices else self.slice_scores(amap, fg)
         return OODInferenceResult(amap, score, slices, extras)
 
+    @staticmethod
+    def volume_score(anomaly_map: Tensor, inputs: Tensor, network: Any, foreground: Tensor | None = None) -> Tensor:
+        """``(B,)`` image scores of maps made outside this inferer (e.g. by MONAI Label's own inference).
+
+        The detector decides (:meth:`~medood.detectors.base.OODDetector.infer` given this map); a plain network's
+        map scores its maximum.
+        """
+        det = _detector(network)
+        if det is None:
+            return reduce_map(anomaly_map, MapReduction.MAX.value, mask=foreground)
+        return det.infer(inputs, lambda _x: anomaly_map, foreground).image_score
+
     def slice_scores(self, anomaly_map: Tensor, foreground: Tensor | None = None) -> dict[int, Tensor]:
         """Slice scores ``{axis: (B, n_slices)}`` of maps ``(B, 1, *spatial)`` along every ``slice_axes`` axis.
 

@@ -15,6 +15,7 @@ from monai.transforms import MapTransform
 
 from medood.handlers.writers import write_map_nifti
 from medood.inferers.ood_inferer import OODInferer
+from medood.io import run_folder as rf
 from medood.utils.errors import DataError
 from medood.utils.io import case_name
 
@@ -87,7 +88,7 @@ def resolve_study(studies: str | os.PathLike[str], image_id: Any, lookup: Callab
 
 def anomaly_map_path(studies: str | os.PathLike[str], image: str | os.PathLike[str]) -> Path:
     """Where the float map of a study goes: ``<studies>/anomaly_maps/<case>_anomaly_map.nii.gz``."""
-    return Path(studies) / MAPS_FOLDER / f"{case_name(image)}_anomaly_map.nii.gz"
+    return Path(studies) / MAPS_FOLDER / rf.map_file(case_name(image))
 
 
 def _bundle_search_path() -> list[Path]:

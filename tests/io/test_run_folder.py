@@ -60,7 +60,7 @@ def test_run_ownership_modes_and_stale_temporaries(tmp_path: Path) -> None:
     assert {"torch", "monai", "python"} <= set(manifest["versions"]) and manifest["config"] == {"a": 1}
     stale = out / ".c2_anomaly_map.nii.gz.k3j2.tmp.nii.gz"
     stale.write_bytes(b"partial")
-    with pytest.raises(rf.RunFolderError, match="--resume|--overwrite"):
+    with pytest.raises(rf.RunFolderError, match=r"--resume .* --overwrite"):
         rf.RunFolder(out, {"a": 1}).start()
     assert not stale.exists(), "stale temporaries are removed on start, whatever the mode"
     with pytest.raises(rf.RunFolderError, match="another configuration"):
