@@ -37,15 +37,28 @@ def overlay_tile(
 ) -> np.ndarray:
     """One ``(H, W, 3)`` uint8 tile: a 2D slice (grey), its map in hot colours over ``map_range``, lesion outline.
 
-    The slice's first axis is drawn left-right and its second bottom-up (anterior up for an axial RAS slice).
-    ``map_range`` is the run's fixed healthy-data window, never the slice's own min-max.
+    The slice is a slice of a RAS volume, shown in **radiological convention** as 3D Slicer shows it: its first
+    axis (towards the patient's right) runs right-to-left, so the patient's right is on the image's left, and its
+    second bottom-up (anterior up for an axial slice); ``R`` and ``L`` mark the sides. ``map_range`` is the run's
+    fixed healthy-data window, never the slice's own min-max.
     """
     brain = image[image > 0]
     window = (0.0, float(np.percentile(brain, 99.5))) if brain.size else None
-    rgb = overlay_rgb(image.T[::-1], amap.T[::-1], window, map_range)
+    rgb = overlay_rgb(image.T[::-1, ::-1], amap.T[::-1, ::-1], window, map_range)
     if lesion is not None:
-        rgb[_outline(lesion.T[::-1] > 0.5)] = (0, 255, 0)
-    return rgb
+        rgb[_outline(lesion.T[::-1, ::-1] > 0.5)] = (0, 255, 0)
+    return _side_markers(rgb)
+
+
+def _side_markers(rgb: np.ndarray) -> np.ndarray:
+    """``R`` at the left edge and ``L`` at the right edge of a radiological tile (patient's right on the left)."""
+    if min(rgb.shape[:2]) < 12:
+        return rgb
+    img = Image.fromarray(np.ascontiguousarray(rgb))
+    draw = ImageDraw.Draw(img)
+    draw.text((1, 1), "R", fill=(255, 255, 0))
+    draw.text((rgb.shape[1] - 7, 1), "L", fill=(255, 255, 0))
+    return np.asarray(img)
 
 
 def worst_slices_montage(
