@@ -360,8 +360,9 @@ class RunFolder:
         """
         self.root.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.root)
+        own_id = self.manifest.get("run_id")  # started before: the same run, attached to a second engine pass
         self.previous = read_manifest(self.root)
-        others = self._other_files()
+        others = [] if own_id and (self.previous or {}).get("run_id") == own_id else self._other_files()
         if others and self.mode == "new":
             raise RunFolderError(
                 self.root, f"holds {len(others)} file(s) of another run (e.g. {others[0].name})",
@@ -378,7 +379,7 @@ class RunFolder:
         if others and self.mode == "overwrite":
             self.clear()
             self.previous = None
-        run_id = (self.previous or {}).get("run_id") if self.mode == "resume" else None
+        run_id = own_id or ((self.previous or {}).get("run_id") if self.mode == "resume" else None)
         self.manifest = {
             "format": FORMAT_VERSION, "run_id": run_id or uuid.uuid4().hex, "status": "running",
             "started": _now(), "ended": None, "config": self.config, "config_digest": _config_digest(self.config),

@@ -58,6 +58,8 @@ def test_run_ownership_modes_and_stale_temporaries(tmp_path: Path) -> None:
     manifest = rf.read_manifest(out)
     assert manifest and manifest["cases"] == ["c1"] and manifest["status"] == "complete" and manifest["ended"]
     assert {"torch", "monai", "python"} <= set(manifest["versions"]) and manifest["config"] == {"a": 1}
+    first.start().finish(["c1"])  # the same run started again (a second engine pass): its own folder, same id
+    assert rf.read_manifest(out)["run_id"] == manifest["run_id"]
     stale = out / ".c2_anomaly_map.nii.gz.k3j2.tmp.nii.gz"
     stale.write_bytes(b"partial")
     with pytest.raises(rf.RunFolderError, match=r"--resume .* --overwrite"):
