@@ -19,11 +19,8 @@ Fitting has two parts, both driven by ``fit(loader)``:
 Fitted state lives in registered buffers: ``state_dict()`` round-trips it and checkpoints load with
 ``torch.load(..., weights_only=True)``.
 
-Thresholds come from in-distribution data only: the :class:`~medood.detectors.calibration.Calibration`
-submodule (saved with the weights) holds quantiles of healthy image scores and map values, recorded by
-:class:`medood.handlers.CalibrationHandler` during an evaluator pass over healthy validation data
-(:func:`medood.engines.calibrate_detector` runs that pass); masks, ``flagged`` decisions and overlay colour
-windows read them through :meth:`Calibration.thresholds <medood.detectors.calibration.Calibration.thresholds>`.
+Thresholds come from in-distribution data only: the :class:`~medood.detectors.calibration.Calibration` submodule
+(saved with the weights; recorded by :class:`medood.handlers.CalibrationHandler` on healthy validation data).
 """
 
 from __future__ import annotations
@@ -280,15 +277,13 @@ class OODDetector(ResizableBuffers, DeclaresStages, nn.Module, ABC):
         return None
 
     def map_score(self, anomaly_map: Tensor, x: Tensor, foreground: Tensor | None = None) -> Tensor:
-        """``(B,)`` image / volume scores of maps ``(B, 1, *S)``: ``score_reduction`` over the foreground.
+        """``(B,)`` scores of maps ``(B, 1, *S)``: ``score_reduction`` over ``foreground`` or ``foreground_mask(x)``.
 
-        The one definition of a map detector's image score: ``score`` and the bundles' inferer both use it.
-        ``foreground`` is the boolean foreground the preprocessing computed (:class:`medood.transforms.Foregroundd`,
-        carried in the batch); without it, :meth:`foreground_mask` of ``x``.
+        The one definition of a map detector's image score (``score`` and :meth:`infer` use it); ``foreground`` is
+        the batch's, from :class:`medood.transforms.Foregroundd`.
 
         Raises:
-            NotImplementedError: the detector's map is an explanation, not the source of its score
-                (``score_from_map = False``).
+            NotImplementedError: the map explains the score but does not define it (``score_from_map = False``).
         """
         if not self.score_from_map:
             raise NotImplementedError(
@@ -298,21 +293,28 @@ class OODDetector(ResizableBuffers, DeclaresStages, nn.Module, ABC):
         return reduce_map(anomaly_map, self.score_reduction, self.score_k, mask)
 
     def infer(
-        self, x: Tensor, make_map: Callable[[Tensor], Tensor] | None = None, foreground: Tensor | None = None
+        self,
+        x: Tensor,
+        make_map: Callable[[Tensor], Tensor] | None = None,
+        foreground: Tensor | None = None,
+        anomaly_map: Tensor | None = None,
     ) -> OODOutput:
-        """Image score, map and extras of a batch in one call: what :class:`medood.inferers.OODInferer` runs.
+        """Score, map and extras in one call (what :class:`medood.inferers.OODInferer` runs).
 
-        The detector decides here (and only here) how its score relates to its map: a map detector's score is
-        :meth:`map_score` of the map ``make_map(x)`` (the inferer's sliding-window / slice-wise run of ``forward``;
-        default :meth:`predict_map`); a detector whose map explains a score computed otherwise
-        (``score_from_map = False``) and a detector without maps score the whole input with :meth:`score`.
+        The one place that decides how the score relates to the map: a map detector scores :meth:`map_score` of
+        ``anomaly_map``, else of ``make_map(x)`` (the inferer's patch / slice run of ``forward``), else of
+        :meth:`predict_map`; a detector whose map explains its score (``score_from_map = False``) or that has no map
+        returns :meth:`score`.
 
-        Args:
-            x: the batch ``(B, C, *S)``.
-            make_map: runs ``forward`` over the whole input (patch- or slice-wise). Defaults to :meth:`predict_map`.
-            foreground: optional boolean foreground ``(B, 1, *S)`` computed in the preprocessing.
+        Raises:
+            ValueError: patch- or slice-wise inference (``make_map``) of a detector that scores whole inputs.
         """
+        if self.produces_map and not self.score_from_map and make_map is not None:
+            raise ValueError(
+                f"{type(self).__name__} scores whole inputs (its map explains the score): "
+                "use OODInferer(roi_size=None) without slice_axis"
+            )
         if not self.produces_map or not self.score_from_map:
             return self.score(x)
-        amap = (make_map or self.predict_map)(x)
+        amap = anomaly_map if anomaly_map is not None else (make_map or self.predict_map)(x)
         return OODOutput(self.map_score(amap, x, foreground), amap)

@@ -169,7 +169,8 @@ class OODInferer(Inferer):
                 amap = self._as_map(out, inputs)
                 score, extras = reduce_map(amap, MapReduction.MAX.value, mask=foreground), None
         else:
-            found = det.infer(inputs, make_map, foreground)
+            whole = isinstance(self._inner, SimpleInferer)  # the detector runs on the whole input itself
+            found = det.infer(inputs, None if whole else make_map, foreground)
             amap = None if found.anomaly_map is None else self._as_map(found.anomaly_map, inputs)
             score, extras = found.image_score.float(), found.extras
         fg = foreground if self.slice_foreground else None
@@ -186,7 +187,7 @@ class OODInferer(Inferer):
         det = _detector(network)
         if det is None:
             return reduce_map(anomaly_map, MapReduction.MAX.value, mask=foreground)
-        return det.infer(inputs, lambda _x: anomaly_map, foreground).image_score
+        return det.infer(inputs, foreground=foreground, anomaly_map=anomaly_map).image_score
 
     def slice_scores(self, anomaly_map: Tensor, foreground: Tensor | None = None) -> dict[int, Tensor]:
         """Slice scores ``{axis: (B, n_slices)}`` of maps ``(B, 1, *spatial)`` along every ``slice_axes`` axis.
