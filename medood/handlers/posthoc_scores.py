@@ -144,7 +144,7 @@ class PosthocScoreWriter:
         with atomic_write(path, "w") as f:
             w = csv.writer(f, lineterminator="\n")
             w.writerow(header)
-            w.writerows(rows)
+            w.writerows([rf.escape_cell(v) for v in row] for row in rows)  # no spreadsheet formulas
 
     def _completed(self, _engine: Engine) -> None:
         if not self.logits:
@@ -154,14 +154,14 @@ class PosthocScoreWriter:
         has_sets = has_ood and all(v is not None for v in sets)
         scores = {n: torch.cat(v) for n, v in self.scores.items()}
         for name, s in scores.items():
-            rows = [
+            score_rows = [
                 {"case": c, "score": float(v), "flagged": None, "label": int(is_ood[i]) if has_ood else None,
                  "ood_set": sets[i] if has_sets else None}
                 for i, (c, v) in enumerate(zip(cases, s.tolist(), strict=True))
             ]  # fmt: skip
             path = self.output_dir / name / rf.SCORES_CSV
             path.parent.mkdir(parents=True, exist_ok=True)
-            rf.write_score_rows(path, rows, extra_columns=["ood_set"] if has_sets else [])
+            rf.write_score_rows(path, score_rows, extra_columns=["ood_set"] if has_sets else [])
         logits = torch.cat(self.logits)
         prob, pred = torch.softmax(logits, 1).max(1)
         names = self.class_names or [str(i) for i in range(logits.shape[1])]
