@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 _EPILOG = """\
@@ -11,8 +12,15 @@ anomaly MASK as the labelmap (0 background, 1 anomaly; map >= threshold), the vo
 result JSON, and saves the float map as STUDIES/anomaly_maps/<case>_anomaly_map.nii.gz (MONAI Label would turn
 a float map into labels; load the saved map in Slicer, e.g. with `medood slicer-scene STUDIES/anomaly_maps`).
 The threshold is the option "threshold" of each request (default: the detector's healthy-calibration map
-threshold, or --threshold). Requests may only name studies of the folder. Install the extra with
-scripts/install_monailabel.sh VENV. Nothing is downloaded: the bundle is read from disk.
+threshold, or --threshold); {"anomaly_output": "map"} returns the float map instead of the mask.
+
+Security (docs/monailabel_slicer.md): by default the server only reads studies and runs inference. Uploads are
+off (--allow-upload opens PUT /datastore/image and /datastore/label, plain names only, no overwrite, size-limited);
+deleting studies, training and every other MONAI Label route are always off. Cross-origin web pages are refused
+(--cors-origin allows one origin, without credentials). With a token (env MEDOOD_LABEL_TOKEN, or --token) every
+request needs "Authorization: Bearer <token>"; a non-loopback --host needs a token. Slicer's session volumes
+(PUT /session/) go to a temporary folder outside the studies, removed on expiry and when the server stops.
+Install the extra with scripts/install_monailabel.sh VENV. Nothing is downloaded: the bundle is read from disk.
 """
 
 
@@ -33,17 +41,60 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     s.add_argument("--threshold", type=float, help="default mask threshold (default: healthy calibration)")
     s.add_argument("--app-dir", type=Path, help="MONAI Label app folder (default: STUDIES/.medood_label_app)")
+    s.add_argument("--allow-upload", action="store_true", help="open study / label uploads (default: off)")
+    s.add_argument(
+        "--cors-origin", metavar="URL", help="the one web origin allowed cross-origin access (default: none)"
+    )
+    s.add_argument(
+        "--token", help="shared token required on every request (default: env MEDOOD_LABEL_TOKEN, else none)"
+    )
+    s.add_argument(
+        "--allow-remote-without-token", action="store_true", help="allow a non-loopback --host without a token"
+    )
+    s.add_argument("--max-upload-mb", type=float, default=512.0, help="largest request body in MiB (default: 512)")
+    s.add_argument("--session-expiry", type=int, default=3600, help="session lifetime in seconds (default: 3600)")
     s.set_defaults(func=run_serve)
+    n = verbs.add_parser(
+        "snippet",
+        help="print the 3D Slicer console snippet that shows a served map with its window and scores",
+        description="Print python for 3D Slicer's console: show_anomaly(server, model, image) loads the float map "
+        "at the healthy-calibration window and prints volume score, flagged and worst slices; send_volume(server, "
+        "volume) uploads the volume open in Slicer to a temporary session first.",
+    )
+    n.set_defaults(func=run_snippet)
 
 
 def run_serve(args: argparse.Namespace) -> int:
     """Run the server until interrupted; returns the exit status."""
-    from medood.monailabel.server import serve
+    import os
+
+    from medood.monailabel.server import TOKEN_ENV, serve
 
     try:
-        serve(args.studies, args.bundle, args.host, args.port, args.threshold, args.app_dir)
+        serve(
+            args.studies,
+            args.bundle,
+            args.host,
+            args.port,
+            args.threshold,
+            args.app_dir,
+            allow_upload=args.allow_upload,
+            cors_origin=args.cors_origin,
+            token=args.token or os.environ.get(TOKEN_ENV) or None,
+            allow_remote_without_token=args.allow_remote_without_token,
+            max_upload_mb=args.max_upload_mb,
+            session_expiry=args.session_expiry,
+        )
     except ImportError as e:
         raise ValueError(
             f"MONAI Label is not installed ({e}): install it with scripts/install_monailabel.sh <venv>"
         ) from None
+    return 0
+
+
+def run_snippet(args: argparse.Namespace) -> int:
+    """Print :data:`~medood.monailabel.slicer_snippet.SLICER_SNIPPET`."""
+    from medood.monailabel.slicer_snippet import SLICER_SNIPPET
+
+    sys.stdout.write(SLICER_SNIPPET)
     return 0

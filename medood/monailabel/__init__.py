@@ -6,8 +6,15 @@ therefore returns the THRESHOLDED mask as the labelmap (background 0, anomaly 1;
 the request, default = the detector's healthy-calibration threshold), puts the volume and slice scores in the
 result JSON, and saves the float map as ``<studies>/anomaly_maps/<case>_anomaly_map.nii.gz`` for Slicer.
 
+The server is locked down by default (:mod:`~medood.monailabel.policy`, applied by
+:mod:`~medood.monailabel.http`): inference and reading only, no uploads without ``--allow-upload``, never deletes
+or training, no cross-origin access unless ``--cors-origin``, an optional shared token; Slicer's session volumes
+live in a temporary store outside the studies folder. :data:`~medood.monailabel.slicer_snippet.SLICER_SNIPPET`
+shows a served float map and its scores in Slicer.
+
 Modules that import ``monailabel`` (:mod:`~medood.monailabel.task`, :mod:`~medood.monailabel.app`,
-:mod:`~medood.monailabel.server`) are imported only by the server; the rest needs no MONAI Label.
+:mod:`~medood.monailabel.http`, and :mod:`~medood.monailabel.server` when it runs) are imported only by the
+server; the rest needs no MONAI Label.
 Layer: an application, beside ``cli``.
 """
 

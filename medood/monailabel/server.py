@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import signal
+import sys
+import tempfile
 from pathlib import Path
 
+from medood.monailabel.policy import LOOPBACK_HOSTS, ServerPolicy
 from medood.monailabel.studies import bundle_makes_maps, resolve_bundle
 from medood.utils.errors import DataError
 from medood.utils.io import atomic_write_text
 
-__all__ = ["APP_MAIN", "serve", "write_app"]
+__all__ = ["APP_MAIN", "TOKEN_ENV", "serve", "write_app"]
+
+#: Environment variable holding the shared token (better than ``--token``, which other users can see in ``ps``).
+TOKEN_ENV = "MEDOOD_LABEL_TOKEN"
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +42,21 @@ def write_app(app_dir: str | os.PathLike[str]) -> Path:
     return root
 
 
+def _configure_monailabel(sessions: Path, session_expiry: int) -> None:
+    """MONAI Label settings of a locked-down inference server (read when the app instance is created)."""
+    from monailabel.config import settings
+
+    settings.MONAI_LABEL_TASKS_TRAIN = False
+    settings.MONAI_LABEL_TASKS_SCORING = False
+    settings.MONAI_LABEL_TASKS_BATCH_INFER = False
+    settings.MONAI_LABEL_AUTO_UPDATE_SCORING = False
+    settings.MONAI_LABEL_TRACKING_ENABLED = False
+    settings.MONAI_LABEL_AUTH_ENABLE = False  # the shared token replaces MONAI Label's Keycloak login
+    settings.MONAI_LABEL_SESSIONS = True
+    settings.MONAI_LABEL_SESSION_PATH = str(sessions)
+    settings.MONAI_LABEL_SESSION_EXPIRY = int(session_expiry)
+
+
 def serve(
     studies: str | os.PathLike[str],
     bundle: str,
@@ -42,11 +65,23 @@ def serve(
     threshold: float | None = None,
     app_dir: str | os.PathLike[str] | None = None,
     dryrun: bool = False,
+    allow_upload: bool = False,
+    cors_origin: str | None = None,
+    token: str | None = None,
+    allow_remote_without_token: bool = False,
+    max_upload_mb: float = 512.0,
+    session_expiry: int = 3600,
 ) -> None:
     """Start MONAI Label on ``host:port`` serving ``bundle`` over the NIfTI studies in ``studies`` (blocks).
 
+    The server is locked down (:mod:`medood.monailabel.policy`): no uploads unless ``allow_upload``, no deletes,
+    no training, no cross-origin access unless from ``cors_origin``, the ``token`` on every request when given.
+    Slicer's session volumes go to a temporary folder outside ``studies``, removed when the server stops.
+
     Raises:
         DataError: the studies folder or the bundle is missing, or the bundle makes no voxel maps.
+        ValueError: a non-loopback ``host`` without a token (and without ``allow_remote_without_token``), or a bad
+            option (origin, token, size).
         ImportError: MONAI Label is not installed (``scripts/install_monailabel.sh VENV``).
     """
     from medood.monailabel.compat import install_shims
@@ -57,10 +92,25 @@ def serve(
     bundle_dir = resolve_bundle(bundle)
     if not bundle_makes_maps(bundle_dir):
         raise DataError(bundle_dir, "makes no voxel anomaly maps", hint="MONAI Label serves map-producing bundles")
+    loopback = host in LOOPBACK_HOSTS
+    if not loopback and not token and not allow_remote_without_token:
+        raise ValueError(
+            f"--host {host} lets other machines reach the studies: set a token ({TOKEN_ENV} or --token), "
+            "or pass --allow-remote-without-token if the network is trusted"
+        )
+    policy = ServerPolicy(
+        allow_upload=allow_upload,
+        cors_origin=cors_origin,
+        token=token or None,
+        max_upload_bytes=int(max_upload_mb * 1024**2),
+        trusted_hosts=LOOPBACK_HOSTS if loopback else (),
+    )
     installed = install_shims()
     if installed:
         logger.info("installed import shims for MONAI Label: %s", ", ".join(installed))
     from monailabel.main import Main
+
+    from medood.monailabel.http import build_app
 
     app = write_app(app_dir if app_dir is not None else studies_dir / ".medood_label_app")
     argv = ["start_server", "--app", str(app), "--studies", str(studies_dir), "--host", host, "--port", str(port)]
@@ -69,8 +119,29 @@ def serve(
         argv += ["--conf", "threshold", repr(float(threshold))]
     if dryrun:
         argv.append("--dryrun")
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("serving on %s: other machines can reach this server and its studies", host)
-    logger.info("MONAI Label: bundle %s, studies %s, http://%s:%d", bundle_dir.name, studies_dir, host, port)
-    main = Main()
-    main.action_start_server(main.args_parser().parse_args(argv))
+    if not loopback:
+        logger.warning("serving on %s: other machines can reach this server (token %s)", host, bool(token))
+    sessions = Path(tempfile.mkdtemp(prefix="medood-label-sessions-"))
+    try:
+        if sessions.resolve().is_relative_to(studies_dir.resolve()):
+            raise ValueError(f"{sessions}: the session store must lie outside the studies folder (set TMPDIR)")
+        _configure_monailabel(sessions, session_expiry)
+        logger.info(
+            "MONAI Label: bundle %s, studies %s, http://%s:%d; uploads %s, CORS origin %s, token %s, sessions in %s",
+            bundle_dir.name,
+            studies_dir,
+            host,
+            port,
+            "on" if allow_upload else "off",
+            cors_origin or "none",
+            "required" if token else "none",
+            sessions,
+        )
+        # uvicorn re-raises SIGTERM after its shutdown: exit through this ``finally`` (removes the sessions)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        main = Main()
+        args = main.args_parser().parse_args(argv)
+        args.uvicorn_app = build_app(policy, studies_dir)
+        main.action_start_server(args)
+    finally:
+        shutil.rmtree(sessions, ignore_errors=True)

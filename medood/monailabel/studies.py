@@ -9,25 +9,32 @@ from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
 from monai.transforms import MapTransform
 
-from medood.handlers.writers import write_map_nifti
+from medood.detectors.calibration import overlay_window
+from medood.handlers.writers import write_thresholds
 from medood.inferers.ood_inferer import OODInferer
 from medood.io import run_folder as rf
 from medood.utils.errors import DataError
-from medood.utils.io import case_name
+from medood.utils.io import atomic_path, case_name
 
 __all__ = [
+    "MAPS_DIR_KEY",
     "MAPS_FOLDER",
     "STUDY_KEY",
+    "XFORM_KEY",
     "AnomalyOutputd",
     "HideStudyPathd",
     "anomaly_map_path",
     "bundle_makes_maps",
     "resolve_bundle",
     "resolve_study",
+    "worst_slices",
+    "write_nifti_like",
+    "xform_codes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -36,6 +43,15 @@ logger = logging.getLogger(__name__)
 #: top of the studies folder as a study, so a map saved right next to its scan would become a new "study".
 MAPS_FOLDER = "anomaly_maps"
 
+
+#: Request key (set by the app, never by a client) of the folder that receives a case's float map.
+MAPS_DIR_KEY = "medood_maps_dir"
+
+#: Data key of the input's ``(qform_code, sform_code)``, kept by every NIfTI the app writes.
+XFORM_KEY = "medood_xform_codes"
+
+#: Number of worst slices per axis in the result JSON.
+N_WORST = 5
 
 #: Where :class:`HideStudyPathd` keeps MONAI Label's ``image_path`` during the transforms.
 STUDY_KEY = "study_path"
@@ -86,9 +102,42 @@ def resolve_study(studies: str | os.PathLike[str], image_id: Any, lookup: Callab
     return path.resolve()
 
 
-def anomaly_map_path(studies: str | os.PathLike[str], image: str | os.PathLike[str]) -> Path:
-    """Where the float map of a study goes: ``<studies>/anomaly_maps/<case>_anomaly_map.nii.gz``."""
-    return Path(studies) / MAPS_FOLDER / rf.map_file(case_name(image))
+def anomaly_map_path(
+    studies: str | os.PathLike[str], image: str | os.PathLike[str], maps_dir: str | os.PathLike[str] | None = None
+) -> Path:
+    """Where the float map of a case goes: ``<maps_dir or studies/anomaly_maps>/<case>_anomaly_map.nii.gz``."""
+    folder = Path(maps_dir) if maps_dir else Path(studies) / MAPS_FOLDER
+    return folder / rf.map_file(case_name(image))
+
+
+def xform_codes(image: str | os.PathLike[str]) -> tuple[int, int]:
+    """The ``(qform_code, sform_code)`` of a NIfTI file; ``(1, 1)`` (scanner) for other files or unreadable ones."""
+    try:
+        header: Any = nib.load(str(image)).header
+        return int(header["qform_code"]), int(header["sform_code"])
+    except Exception:  # not NIfTI (NRRD, a folder): scanner coordinates, as MONAI writes them
+        return 1, 1
+
+
+def write_nifti_like(
+    array: np.ndarray, affine: np.ndarray, path: str | os.PathLike[str], codes: tuple[int, int], dtype: Any
+) -> Path:
+    """Atomically write ``array`` as NIfTI with ``affine`` and the input's qform / sform ``codes``."""
+    img = nib.Nifti1Image(np.asarray(array, dtype=dtype), np.asarray(affine, dtype=np.float64))
+    img.set_qform(img.affine, code=int(codes[0]) or 1)
+    img.set_sform(img.affine, code=int(codes[1]) or int(codes[0]) or 1)
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
+    return Path(path)
+
+
+def worst_slices(slices: Mapping[str, list[float]], k: int = N_WORST) -> list[dict[str, Any]]:
+    """The ``k`` highest-scoring slices of every axis, worst first: ``[{"axis", "slice", "score"}]``."""
+    out = []
+    for axis, scores in slices.items():
+        order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")[:k]
+        out += [{"axis": int(axis), "slice": int(i), "score": float(scores[i])} for i in order]
+    return sorted(out, key=lambda r: -r["score"])
 
 
 def _bundle_search_path() -> list[Path]:
@@ -135,9 +184,12 @@ class AnomalyOutputd(MapTransform):
     Input: ``d[key]``, the map ``(1, *spatial)`` on the input's grid (after the bundle's ``Invertd``), with its
     ``affine``; ``d["study_path"]`` (:class:`HideStudyPathd`) or ``d["image_path"]``, the study;
     ``d[score_key]``, the volume score (from the network's grid);
-    ``d[threshold_key]``, the request's threshold (``None`` / ``""`` = ``default_threshold``).
-    Output: ``d[key]`` = uint8 mask (0 background, 1 anomaly) with ``d[key + "_meta_dict"]["affine"]``, the float
-    map written to :func:`anomaly_map_path`, and ``d[result_key]`` = the JSON MONAI Label returns.
+    ``d[threshold_key]``, the request's threshold (``None`` / ``""`` = ``default_threshold``);
+    ``d["anomaly_output"]``, ``"map"`` to return the float map as the result image (default: the mask);
+    ``d[MAPS_DIR_KEY]``, the folder of the saved map (default ``<studies>/anomaly_maps``).
+    Output: ``d[key]`` = uint8 mask (0 background, 1 anomaly), or the float32 map, with
+    ``d[key + "_meta_dict"]["affine"]``; the float map written to :func:`anomaly_map_path` with the input's
+    qform / sform codes and ``thresholds.json`` beside it; ``d[result_key]`` = the JSON MONAI Label returns.
 
     Args:
         keys: the map key. Defaults to ``"pred"``.
@@ -147,6 +199,9 @@ class AnomalyOutputd(MapTransform):
         score_threshold: healthy image-score threshold (``flagged``), or ``None``.
         scorer: the bundle's :class:`~medood.inferers.OODInferer`, whose slice scores (axes, reduction) are the
             same as a bundle run's. Defaults to ``OODInferer()``.
+        thresholds: the bundle's ``thresholds.json`` record
+            (:func:`~medood.handlers.writers.thresholds_record`), written beside every saved map; its ``window``
+            is the map's display window. ``None``: no file, window from ``default_threshold``.
     """
 
     def __init__(
@@ -160,12 +215,14 @@ class AnomalyOutputd(MapTransform):
         score_key: str = "ood_score",
         threshold_key: str = "threshold",
         result_key: str = "result",
+        thresholds: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(keys)
         self.studies = Path(studies)
         self.default_threshold, self.threshold_source = default_threshold, threshold_source
         self.score_threshold, self.scorer = score_threshold, scorer or OODInferer()
         self.score_key, self.threshold_key, self.result_key = score_key, threshold_key, result_key
+        self.thresholds = dict(thresholds) if thresholds is not None else None
 
     def _threshold(self, d: Mapping[Hashable, Any]) -> tuple[float, str]:
         raw = d.get(self.threshold_key)  # MONAI Label fills it from the task's config when the request has none
@@ -180,6 +237,10 @@ class AnomalyOutputd(MapTransform):
             raise ValueError("the detector has no healthy calibration: give a threshold with the request")
         return float(self.default_threshold), self.threshold_source
 
+    def _window(self, threshold: float) -> list[float]:
+        window = (self.thresholds or {}).get("window")
+        return [float(w) for w in (window if window else overlay_window(float(self.default_threshold or threshold)))]
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         """Save, threshold and score one case (see the class docstring)."""
         d = dict(data)
@@ -187,30 +248,43 @@ class AnomalyOutputd(MapTransform):
         amap = d[key]
         affine = np.asarray(getattr(amap, "affine", d.get(f"{key}_meta_dict", {}).get("affine")), dtype=np.float64)
         arr = torch.as_tensor(amap).detach().float().cpu().numpy()
-        arr = np.nan_to_num(arr[0] if arr.ndim == 4 else arr, nan=0.0, posinf=0.0, neginf=0.0)
+        arr = np.nan_to_num(arr[0] if arr.ndim == 4 else arr, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
         threshold, source = self._threshold(d)
         image = d.pop(STUDY_KEY, None) or d.get("image_path")
         if not image:
             raise ValueError("the request has no study path (image_path)")
         d["image_path"] = image  # MONAI Label's writer takes the result's extension from it
-        path = write_map_nifti(arr, affine, anomaly_map_path(self.studies, str(image)))
+        codes = d[XFORM_KEY] = xform_codes(str(image))
+        path = write_nifti_like(
+            arr, affine, anomaly_map_path(self.studies, str(image), d.get(MAPS_DIR_KEY)), codes, np.float32
+        )
+        thresholds_file = write_thresholds(path.parent, self.thresholds) if self.thresholds is not None else None
         slices = {
             str(ax): v[0].tolist() for ax, v in self.scorer.slice_scores(torch.from_numpy(arr)[None, None]).items()
         }
         raw_score = d.get(self.score_key)
         score = None if raw_score is None else float(torch.as_tensor(raw_score).float().reshape(-1)[0])
-        d[key] = (arr >= threshold).astype(np.uint8)
+        mask = (arr >= threshold).astype(np.uint8)
+        as_map = d.get("anomaly_output") == "map"
+        d[key] = arr if as_map else mask
+        if as_map:
+            d["result_dtype"] = "float32"
         d[f"{key}_meta_dict"] = {"affine": affine}
         d[self.result_key] = {
             "volume_score": score,
-            "slice_scores": slices,
+            "flagged": None if score is None or self.score_threshold is None else bool(score > self.score_threshold),
+            "score_threshold": self.score_threshold,
             "threshold": threshold,
             "threshold_source": source,
-            "score_threshold": self.score_threshold,
-            "flagged": None if score is None or self.score_threshold is None else bool(score > self.score_threshold),
-            "anomalous_voxels": int(d[key].sum()),
+            "window": self._window(threshold),
+            "worst_slices": worst_slices(slices),
+            "slice_scores": slices,
+            "anomalous_voxels": int(mask.sum()),
+            "anomaly_output": "map" if as_map else "mask",
             "anomaly_map": str(path),
-            "convention": "higher = more anomalous; labelmap 0 = background, 1 = anomaly",
+            "thresholds_file": None if thresholds_file is None else str(thresholds_file),
+            "convention": "higher = more anomalous; labelmap 0 = background, 1 = anomaly; "
+            "flagged = volume_score > score_threshold (healthy calibration)",
         }
-        logger.info("%s: score %s, %d voxels >= %.4g", path.name, score, d[key].sum(), threshold)
+        logger.info("%s: score %s, %d voxels >= %.4g", path.name, score, mask.sum(), threshold)
         return d

@@ -9,26 +9,34 @@ network and weights, inferer, the bundle's ``postprocessing``) with four changes
 * the volume score is the detector's own ``map_score`` on the network's grid, through the inferer (as in bundle
   runs), and the slice scores the bundle inferer's (:class:`~medood.monailabel.studies.AnomalyOutputd`);
 * the post transforms end with :class:`~medood.monailabel.studies.AnomalyOutputd` instead of MONAI Label's
-  ``Restored`` (the bundle's ``Invertd`` already puts the map on the input's grid).
+  ``Restored`` (the bundle's ``Invertd`` already puts the map on the input's grid);
+* the result image (mask, or float map with ``anomaly_output=map``) is written with the input's qform / sform
+  codes (:meth:`AnomalyBundleInferTask.writer`).
 
-The request option ``threshold`` (prefilled with the healthy-calibration threshold) sets the mask threshold.
+The request option ``threshold`` (prefilled with the healthy-calibration threshold) sets the mask threshold; the
+``flagged`` decision and the display window come from the bundle's stored healthy calibration
+(:meth:`~medood.detectors.calibration.Calibration.thresholds`, as in bundle runs), written as ``thresholds.json``
+beside every saved map.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monai.transforms import Compose, SaveImaged
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleInferTask
 
+from medood.handlers.writers import thresholds_record
 from medood.inferers.ood_inferer import OODInferer
-from medood.monailabel.studies import AnomalyOutputd, HideStudyPathd
+from medood.monailabel.studies import XFORM_KEY, AnomalyOutputd, HideStudyPathd, write_nifti_like
 
 __all__ = ["AnomalyBundleInferTask"]
 
@@ -58,19 +66,24 @@ class AnomalyBundleInferTask(BundleInferTask):
         self._config["threshold"] = self.default_threshold if self.default_threshold is not None else ""
         self._config["model_filename"] = ["model.pt"]  # the bundle's other weights belong to other detectors
         meta = json.loads((Path(path) / "configs" / "metadata.json").read_text())
+        pred: dict[str, Any] = next(iter(meta.get("network_data_format", {}).get("outputs", {}).values()), {})
+        #: the map's declared value range (``[]``: unbounded, non-negative); request thresholds must lie in it
+        self.map_value_range = [float(v) for v in pred.get("value_range", [])]
         self.description = f"{meta.get('name', Path(path).name)}: anomaly mask (map >= threshold), scores in JSON"
 
     def _calibration(self, threshold: float | None) -> tuple[float | None, float | None, str]:
         net = self._get_network("cpu", None)
         cal = getattr(net, "calibration", None)
-        score_t = cal.quantile(self.score_percentile / 100.0, "score") if cal is not None and cal.has_scores else None
+        found = cal.thresholds(self.map_percentile, self.score_percentile) if cal is not None else None
+        score_t = found.score if found is not None else None
+        #: the ``thresholds.json`` record written beside every saved map (the bundle runs' format)
+        self.thresholds = thresholds_record(cal, self.map_percentile, self.score_percentile, map_threshold=threshold)
         if threshold is not None:
             return float(threshold), score_t, "server option --threshold"
-        if cal is None or not cal.has_map:
+        if found is None or found.map is None:
             logger.warning("%s: no healthy map calibration; every request must give a threshold", self.bundle_path)
             return None, score_t, "request"
-        source = f"healthy calibration p{self.map_percentile:g} of map values"
-        return cal.quantile(self.map_percentile / 100.0, "map"), score_t, source
+        return found.map, score_t, f"healthy calibration p{self.map_percentile:g} of map values"
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict[str, Any]:
         """MONAI Label's inference, plus the volume score reduced on the network's grid."""
@@ -113,6 +126,21 @@ class AnomalyBundleInferTask(BundleInferTask):
                 threshold_source=self.threshold_source,
                 score_threshold=self.score_threshold,
                 scorer=self._scorer(),
+                thresholds=self.thresholds,
             )
         )
         return post
+
+    def writer(self, data: dict[str, Any], extension: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
+        """Write the result image (mask or float map) as NIfTI with the input's qform / sform codes.
+
+        Returns:
+            the file (MONAI Label sends it and removes it) and the result JSON.
+        """
+        ext = extension or data.get("result_extension") or ".nii.gz"
+        dtype = dtype or data.get("result_dtype") or "uint8"
+        key = self.key_pred
+        out = tempfile.NamedTemporaryFile(suffix=ext, delete=False).name
+        affine = np.asarray(data[f"{key}_meta_dict"]["affine"], dtype=np.float64)
+        write_nifti_like(np.asarray(data[key]), affine, out, data.get(XFORM_KEY, (1, 1)), np.dtype(dtype))
+        return out, data.get("result", {})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -103,6 +105,41 @@ def test_anomaly_output_saves_the_map_and_returns_mask_and_scores(tmp_path) -> N
         AnomalyOutputd(tmp_path)(_data(tmp_path, ""))
 
 
+def test_anomaly_output_map_window_worst_slices_thresholds_and_codes(tmp_path) -> None:
+    from medood.monailabel.studies import MAPS_DIR_KEY, XFORM_KEY
+
+    study = tmp_path / "case7.nii.gz"
+    img = nib.Nifti1Image(np.zeros((5, 6, 4), np.float32), np.diag([2.0, 3.0, 4.0, 1.0]))
+    img.set_qform(img.affine, code=4)
+    img.set_sform(img.affine, code=2)
+    nib.save(img, str(study))
+    record = {"map_threshold": 1.0, "score_threshold": 1.0, "window": [1.0, 4.0], "id_scores": None}
+    scorer = OODInferer(slice_axes=[2], slice_reduction="max")
+    t = AnomalyOutputd(tmp_path, default_threshold=1.0, score_threshold=2.0, scorer=scorer, thresholds=record)
+    data = {**_data(tmp_path, None), "anomaly_output": "map", MAPS_DIR_KEY: str(tmp_path / "session" / "maps")}
+    d = t(data)
+    r = d["result"]
+    assert d["pred"].dtype == np.float32 and d["pred"].max() == 2.0 and d["result_dtype"] == "float32"
+    assert r["anomaly_output"] == "map" and r["anomalous_voxels"] == 1 and r["flagged"] is False
+    assert r["window"] == [1.0, 4.0] and r["worst_slices"][0] == {"axis": 2, "slice": 1, "score": 2.0}
+    assert len(r["worst_slices"]) == 4  # 4 slices on axis 2, fewer than 5
+    saved = tmp_path / "session" / "maps" / "case7_anomaly_map.nii.gz"
+    assert r["anomaly_map"] == str(saved) and d[XFORM_KEY] == (4, 2)
+    header = nib.load(str(saved)).header
+    assert (int(header["qform_code"]), int(header["sform_code"])) == (4, 2)
+    assert json.loads((saved.parent / "thresholds.json").read_text()) == record
+    assert r["thresholds_file"] == str(saved.parent / "thresholds.json")
+
+
+def test_worst_slices_and_xform_codes_of_other_files(tmp_path) -> None:
+    from medood.monailabel.studies import worst_slices, xform_codes
+
+    rows = worst_slices({"0": [0.1, 0.5, 0.3], "2": [0.9, 0.0]}, k=2)
+    assert [(r["axis"], r["slice"]) for r in rows] == [(2, 0), (0, 1), (0, 2), (2, 1)]
+    (tmp_path / "x.nrrd").write_bytes(b"not nifti")
+    assert xform_codes(tmp_path / "x.nrrd") == (1, 1)
+
+
 def test_torchvision_shim_functions() -> None:
     batch = torch.stack([torch.full((1, 2, 3), float(i)) for i in range(3)])
     grid = make_grid(batch, nrow=2, padding=1, normalize=True)
@@ -152,3 +189,34 @@ def test_write_app_and_serve_rejects_bad_input(tmp_path) -> None:
     studies = tmp_path / "studies"
     studies.mkdir()
     assert main(["label", "serve", "--studies", str(studies), "--bundle", "nero_endoscopy_ood_classification"]) == 2
+
+
+def test_serve_refuses_a_network_host_without_token(tmp_path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    from medood.cli import main
+    from medood.monailabel.server import TOKEN_ENV
+
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    args = ["label", "serve", "--studies", str(tmp_path), "--bundle", "mim_brain_mri_anomaly_segmentation"]
+    assert main([*args, "--host", "0.0.0.0"]) == 2
+    assert "set a token" in caplog.text
+    assert main([*args, "--host", "127.0.0.1", "--cors-origin", "*"]) == 2
+    assert main([*args, "--token", "short"]) == 2
+    assert not list(tmp_path.iterdir()), "nothing written when refused"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("monailabel") is None, reason="MONAI Label is not installed")
+def test_serve_refuses_a_session_store_inside_the_studies(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from medood.monailabel.server import serve
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    shims = ("torchvision", "torchvision.utils", "pydicom._storage_sopclass_uids")
+    had = {name for name in shims if name in sys.modules}
+    try:
+        with pytest.raises(ValueError, match="session store must lie outside the studies folder"):
+            serve(tmp_path, "mim_brain_mri_anomaly_segmentation", app_dir=tmp_path.parent / "app")
+    finally:
+        for name in set(shims) - had:  # serve() installed the app's import shims: not for the other tests
+            sys.modules.pop(name, None)
+    assert not list(tmp_path.glob("medood-label-sessions-*")), "the refused store is removed"
