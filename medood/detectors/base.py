@@ -276,6 +276,11 @@ class OODDetector(ResizableBuffers, DeclaresStages, nn.Module, ABC):
         """The voxels that count for the image score (``None`` = all). Brain detectors use the brain mask."""
         return None
 
+    @property
+    def map_has_threshold(self) -> bool:
+        """Whether healthy map values give a mask threshold (the map defines the score; not an explanation map)."""
+        return self.produces_map and self.score_from_map
+
     def map_score(self, anomaly_map: Tensor, x: Tensor, foreground: Tensor | None = None) -> Tensor:
         """``(B,)`` scores of maps ``(B, 1, *S)``: ``score_reduction`` over ``foreground`` or ``foreground_mask(x)``.
 

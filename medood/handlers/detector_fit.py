@@ -125,7 +125,7 @@ class CalibrationHandler:
     Attach to an :class:`~medood.engines.OODEvaluator` running on **healthy validation data**. It reads the
     volume score (``ood_score``) and the map (``pred``, after postprocessing, i.e. on the grid maps are written
     on) of every item; map values are a seeded subsample of the foreground. No map values are recorded for a
-    detector whose map only explains its score (``score_from_map = False``): that map has no mask threshold.
+    detector whose map only explains its score (``detector.map_has_threshold`` is ``False``): no mask threshold.
 
     Args:
         detector: the detector whose calibration is updated.
@@ -167,8 +167,8 @@ class CalibrationHandler:
         for item in _as_list(engine.state.output):
             self.scores.append(torch.as_tensor(item[OODKeys.SCORE.value]).detach().float().cpu().reshape(-1))
             amap = item.get("pred")
-            if not self.detector.score_from_map or not isinstance(amap, Tensor) or amap.ndim < 2:
-                continue  # an explanation map (score_from_map=False) has no healthy threshold
+            if not self.detector.map_has_threshold or not isinstance(amap, Tensor) or amap.ndim < 2:
+                continue  # an explanation map (the detector says: map_has_threshold) has no healthy threshold
             m = amap.detach().float().cpu()
             if self.foreground == "nonzero":
                 v = m[m > 0]
