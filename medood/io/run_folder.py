@@ -366,8 +366,8 @@ class RunFolder:
         if others and self.mode == "new":
             raise RunFolderError(
                 self.root, f"holds {len(others)} file(s) of another run (e.g. {others[0].name})",
-                hint="pass --resume to continue that run or --overwrite to clear it (bundles: --run_mode resume | "
-                "overwrite, or MEDOOD_RUN_MODE), or choose an empty output folder",
+                hint="pass --resume to continue that run or --overwrite to clear it (bundles: --run_mode resume or "
+                "--run_mode overwrite, or MEDOOD_RUN_MODE=resume|overwrite), or choose an empty output folder",
             )  # fmt: skip
         if others and self.mode == "resume":
             prev = self.previous or {}
