@@ -5,8 +5,10 @@ Writes ``docs/benchmarks/posthoc.json`` and ``posthoc.md`` (``--out``):
 * ``overhead_all_over_forward``: one backbone forward over ``--overhead-images`` images (batch 64, 2D, the NERO
   bundle's classifier at its 64x64 input) versus :func:`medood.detectors.posthoc.score_many` with every detector
   that shares the forward pass (all but those with ``needs_input_grad``, i.e. ODIN) on the same batches (median of
-  ``--repeats`` runs after a warm-up). ODIN needs its own forward-backward-forward per batch; its cost is reported
-  separately (``odin_over_forward``).
+  ``--repeats`` runs after a warm-up). The detectors are every registered post-hoc detector
+  (:func:`medood.engines.posthoc.build_detectors` with ``"all"``), loaded from the bundle's fitted
+  ``models/detectors.pt``: a new detector joins the benchmark when it is registered and the bundle is refitted.
+  ODIN needs its own forward-backward-forward per batch; its cost is reported separately (``odin_over_forward``).
 * ``fit_seconds`` / ``fit_peak_mb``: fitting every detector that needs a fit on N = 1k, 10k, 100k synthetic
   feature vectors (D = the classifier's feature width, C classes, logits from its real head), streamed through
   ``partial_fit_features`` in batches of 1024, then ``finalize_fit``. Peak memory = the rise of the process's
@@ -24,14 +26,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import json
 import logging
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from monai.data import DataLoader, Dataset
@@ -97,7 +100,7 @@ def overhead(net: torch.nn.Module, n_images: int, repeats: int) -> dict[str, Any
     with torch.no_grad():
         f = FeatureExtractor(net, {"features": f"{head}:input"})(batches[0])
         feats = {"features": flatten_features(f["features"]), "logits": f["logits"]}
-    per_det = {n: _median_time(lambda d=d: d.score_features(feats), repeats) for n, d in others.items()}
+    per_det = {n: _median_time(functools.partial(d.score_features, feats), repeats) for n, d in others.items()}
     return {
         "overhead_all_over_forward": ratio_all,
         "odin_over_forward": ratio_odin,
@@ -151,7 +154,7 @@ def _fit_one(name: str, n: int, weight: torch.Tensor, bias: torch.Tensor, thread
     A throwaway fit on two batches first loads the kernels the fit uses, so their one-off code pages are not
     counted."""
     torch.set_num_threads(threads)
-    cls = get_detector_class(name)
+    cls: Any = get_detector_class(name)
 
     def make() -> Any:
         return cls(weight=weight, bias=bias) if "weight" in inspect.signature(cls).parameters else cls()
@@ -238,7 +241,7 @@ def task(work: Path, name: str, epochs: int) -> tuple[dict[str, Any], dict[str, 
     summary = {
         "classifier": how,
         "id_test_accuracy": payload["id_test_accuracy"],
-        "n_train": len(train.dataset),
+        "n_train": len(cast(Sized, train.dataset)),
         "n_id_test": payload["n_id_test"],
         "ood_set_sizes": payload["ood_set_sizes"],
         "mean": payload["mean"],
@@ -272,11 +275,16 @@ def markdown(res: dict[str, Any]) -> str:
 
 #: what bounds each detector's fit memory (the constructor defaults)
 _FIT_BOUNDS = {
+    "dice": "a running mean (D values)",
+    "fdbd": "a running mean (D values)",
     "knn": "a bank of at most bank_size = 50 000 feature rows (a seeded uniform sample)",
     "mahalanobis": "class sums and a D x D scatter matrix",
     "neco": "running mean and D x D covariance",
     "nero": "D x D relevance moments, class sums, a sample of at most fit_sample_size = 20 000 relevance rows",
+    "nnguide": "a bank of at most bank_size = 50 000 guided feature rows (a seeded uniform sample)",
     "react": "a sample of at most max_fit_values = 2 000 000 activations",
+    "rmd": "class sums and a D x D scatter matrix (the background covariance is the total scatter)",
+    "she": "per-class sums of all and of the correctly classified features",
     "vim": "D x D moments and a sample of at most fit_sample_size = 20 000 feature rows",
 }
 

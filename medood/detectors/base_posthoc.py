@@ -18,10 +18,40 @@ from medood.detectors.base import OODDetector
 from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
 from medood.utils.enums import OODKeys
 
-__all__ = ["ClassifierDetector", "LogitDetector"]
+__all__ = ["ClassifierDetector", "LogitDetector", "MeanFeatureDetector", "RunningMean", "energy_of_features"]
 
 FEATURES = OODKeys.FEATURES.value
 LOGITS = OODKeys.LOGITS.value
+
+
+class RunningMean:
+    """Exact streaming mean of ``(B, D)`` rows (a float64 sum and a count; memory ``O(D)``)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.total: Tensor | None = None
+
+    def update(self, x: Tensor) -> None:
+        """Add one batch ``(B, D)`` (an empty batch adds nothing)."""
+        if x.shape[0] == 0:
+            return
+        s = x.detach().to(torch.float64).reshape(x.shape[0], -1).sum(dim=0)
+        self.total = s if self.total is None else self.total + s
+        self.n += x.shape[0]
+
+    def mean(self, owner: str) -> Tensor:
+        """The float64 mean; ``owner`` names the detector in the error when nothing was seen."""
+        if self.total is None or self.n == 0:
+            raise ValueError(f"{owner}.finalize_fit: no training features were seen")
+        return self.total / self.n
+
+
+def energy_of_features(features: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """The energy OOD score ``-logsumexp(features @ W.T + b)`` of (possibly shaped) penultimate features ``(B, D)``.
+
+    Shared by the detectors that modify the activations before the last layer (ReAct-like: DICE, ASH, SCALE).
+    """
+    return -torch.logsumexp(features @ weight.T + bias, dim=1)
 
 
 class ClassifierDetector(OODDetector):
@@ -140,3 +170,22 @@ class LogitDetector(ClassifierDetector):
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.temperature = float(temperature)
+
+
+class MeanFeatureDetector(ClassifierDetector):
+    """Base of the detectors whose fit is the mean training feature (DICE, fDBD): a streaming running mean."""
+
+    def reset_fit(self) -> None:
+        """Clear the running mean."""
+        self._mean = RunningMean()
+
+    def partial_fit_features(self, features: Mapping[str, Tensor], labels: Tensor | None = None) -> None:
+        """Add one batch of ``{"features": (B, D)}`` to the running mean (labels are not used)."""
+        f = flatten_features(self.get(features, FEATURES))
+        if self.has_head and f.shape[1] != self.head_weight.shape[1]:
+            raise ValueError(f"features have {f.shape[1]} dims but the head expects {self.head_weight.shape[1]}")
+        self._mean.update(f)
+
+    def fitted_mean(self) -> Tensor:
+        """The float64 mean of the features seen since :meth:`reset_fit`."""
+        return self._mean.mean(type(self).__name__)

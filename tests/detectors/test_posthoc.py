@@ -115,3 +115,25 @@ def test_bad_inputs(model: torch.nn.Module) -> None:
         fit_many({"m": MahalanobisDetector(model=model)}, model, [])
     with pytest.raises(ValueError, match="labels"):
         fit_many({"m": MahalanobisDetector(model=model)}, model, [b["image"] for b in toy.id_loader(2, n=6)])
+
+
+@pytest.mark.parametrize("sd", [2, 3])
+def test_every_registered_posthoc_detector_one_pass_equals_one_by_one(sd: int) -> None:
+    """fit_many / score_many with every post-hoc detector of the registry (the issue-26 ones included) give the
+    states and scores of fitting and scoring each detector alone, on a 2D and a 3D classifier."""
+    from medood.engines.posthoc import build_detectors, posthoc_detector_names
+
+    torch.manual_seed(0)
+    model = toy.TinyClassifier(sd).eval()
+    names = posthoc_detector_names()
+    assert {"gen", "rmd", "fdbd", "dice", "ash", "ash_b", "ash_p", "scale", "nnguide", "she"} <= set(names)
+    args = {n: get_detector_class(n).tiny_config(sd) for n in names}
+    train = toy.id_loader(sd, n=30, batch_size=10)
+    together = fit_many(build_detectors(names, model, args), model, train)
+    test = [toy.blob_images(sd, 5, seed=9)[0], toy.ood_images(sd, 4, seed=9)]
+    out = score_many(together, model, test)
+    for name, alone in build_detectors(names, model, args).items():
+        alone.fit(train)
+        assert_same_state(together[name], alone)
+        expected = torch.cat([alone.score(x).image_score for x in test])
+        torch.testing.assert_close(out.scores[name], expected, rtol=1e-4, atol=1e-5, msg=name)

@@ -54,6 +54,16 @@ def test_detector_names_are_the_posthoc_family() -> None:
         "react",
         "gradnorm",
         "neco",
+        "gen",
+        "rmd",
+        "fdbd",
+        "dice",
+        "ash",
+        "ash_b",
+        "ash_p",
+        "scale",
+        "nnguide",
+        "she",
     } == set(names)
     assert parse_detectors("all") == names
     assert parse_detectors(" NERO, msp ,nero") == ["nero", "msp"]
