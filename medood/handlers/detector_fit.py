@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from medood.detectors.base import OODDetector
 from medood.detectors.posthoc import begin_fit, end_fit, fit_batch
 from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
+from medood.transforms.foreground import FOREGROUND_KEY
 from medood.utils.checkpoints import save_checkpoint, save_state
 from medood.utils.enums import OODKeys
 
@@ -130,7 +131,9 @@ class CalibrationHandler:
     Args:
         detector: the detector whose calibration is updated.
         foreground: ``"nonzero"`` (map voxels > 0: detectors that zero the background, e.g. outside the
-            brain), ``"all"``, or a callable ``f(item) -> bool mask``. Defaults to ``"nonzero"``.
+            brain), ``"batch"`` (the item's ``foreground`` from :class:`medood.transforms.Foregroundd`, inverted
+            with the map; map voxels > 0 where an item has none), ``"all"``, or a callable ``f(item) -> bool mask``.
+            Defaults to ``"nonzero"``.
         values_per_case: map values sampled per case. Defaults to 20_000.
         seed: sampling seed. Defaults to 0.
         save_path: optional path where the calibrated detector is saved (``{"model": state_dict}``).
@@ -144,8 +147,8 @@ class CalibrationHandler:
         seed: int = 0,
         save_path: str | os.PathLike[str] | None = None,
     ) -> None:
-        if isinstance(foreground, str) and foreground not in ("nonzero", "all"):
-            raise ValueError(f"foreground must be 'nonzero', 'all' or a callable, got {foreground!r}")
+        if isinstance(foreground, str) and foreground not in ("nonzero", "batch", "all"):
+            raise ValueError(f"foreground must be 'nonzero', 'batch', 'all' or a callable, got {foreground!r}")
         self.detector, self.foreground = detector, foreground
         self.values_per_case, self.seed, self.save_path = values_per_case, seed, save_path
         self.scores: list[Tensor] = []
@@ -170,7 +173,10 @@ class CalibrationHandler:
             if not self.detector.map_has_threshold or not isinstance(amap, Tensor) or amap.ndim < 2:
                 continue  # an explanation map (the detector says: map_has_threshold) has no healthy threshold
             m = amap.detach().float().cpu()
-            if self.foreground == "nonzero":
+            fg = item.get(FOREGROUND_KEY) if self.foreground == "batch" else None
+            if isinstance(fg, Tensor) and fg.shape[-m.ndim + 1 :] == m.shape[1:]:
+                v = m[fg.detach().cpu().bool().expand_as(m)]
+            elif self.foreground in ("nonzero", "batch"):
                 v = m[m > 0]
             elif self.foreground == "all":
                 v = m.reshape(-1)
