@@ -46,6 +46,10 @@ CONFIGS = BUNDLE / "configs"
 logger = logging.getLogger("bench_mim")
 
 
+#: benchmark runs repeat into their own output folders (medood.io.run_folder: a rerun replaces the previous one)
+os.environ.setdefault("MEDOOD_RUN_MODE", "overwrite")
+
+
 def parser_for(configs: list[str], **overrides: Any) -> ConfigParser:
     p = ConfigParser()
     p.read_config([str(CONFIGS / c) for c in configs])

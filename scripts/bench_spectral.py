@@ -69,6 +69,10 @@ BUNDLE = ROOT / "bundles" / "spectral_brain_mri_ood_classification"
 log = logging.getLogger("bench_spectral")
 
 
+#: benchmark runs repeat into their own output folders (medood.io.run_folder: a rerun replaces the previous one)
+os.environ.setdefault("MEDOOD_RUN_MODE", "overwrite")
+
+
 def host(bundle: Path) -> tuple[nn.Module, ConfigParser]:
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.yaml"))

@@ -36,6 +36,7 @@ if [ ! -f "$BUNDLE/models/model.pt" ]; then
 fi
 
 log "running the MIM-OOD bundle on the demo brain-MRI test set"
+export MEDOOD_RUN_MODE=overwrite   # the quickstart owns its output folder: a rerun replaces the previous run
 cd "$ROOT"
 "$VENV/bin/python" -m monai.bundle run \
   --config_file "['$BUNDLE/configs/inference.yaml','$BUNDLE/configs/evaluate.yaml']" \

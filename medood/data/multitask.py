@@ -31,12 +31,13 @@ from monai.transforms import (
 from monai.transforms import Resized as MonaiResized
 
 from medood.data._files import PathLike, require_dir, require_file
+from medood.data.demo.ood import T1W_ONLY_KINDS
 from medood.data.errors import DataError
-from medood.data.folders import class_folder_datalist
+from medood.data.folders import _images_in, class_folder_datalist
 from medood.data.transforms import LoadImage2Dd, LoadVolumed
 from medood.transforms.intensity import ScaleNonzeroPercentiled
 from medood.transforms.stain import ImageAsSlabd, StainDensityd, StainLabelsd
-from medood.utils.io import read_json_object
+from medood.utils.io import case_name, read_json_object
 
 __all__ = [
     "BRAIN_CONTRASTS",
@@ -104,8 +105,6 @@ def pathology_datalist(root: PathLike, split: str) -> list[dict[str, Any]]:
 
 def image_folder_datalist(folder: PathLike, task: str = "pathology") -> list[dict[str, Any]]:
     """Every 2D image under ``folder`` (e.g. an OOD folder), sorted: ``[{"image", "task", "case"}, ...]``."""
-    from medood.data.folders import _images_in
-
     root = require_dir(folder)
     files = _images_in(root)
     if not files:
@@ -189,9 +188,6 @@ def brain_case_sets(
     Case names are the file names without extension (what the bundle writers use), e.g. ``sub-048_T1w``. OOD kinds
     that leave a contrast's slot normal (:data:`~medood.data.demo.ood.T1W_ONLY_KINDS` outside T1w) are left out.
     """
-    from medood.data.demo.ood import T1W_ONLY_KINDS
-    from medood.utils.io import case_name
-
     data = read_json_object(Path(dataset_dir) / "dataset.json")
     out: dict[str, tuple[str, str]] = {}
     for key, kind in ((id_key, None), (ood_key, "ood_type")):

@@ -19,18 +19,15 @@ Fitting has two parts, both driven by ``fit(loader)``:
 Fitted state lives in registered buffers: ``state_dict()`` round-trips it and checkpoints load with
 ``torch.load(..., weights_only=True)``.
 
-Thresholds come from in-distribution data only: the :class:`~medood.detectors.calibration.Calibration`
-submodule (saved with the weights) holds quantiles of healthy image scores and map values, recorded by
-:class:`medood.handlers.CalibrationHandler` during an evaluator pass over healthy validation data
-(:func:`medood.engines.calibrate_detector` runs that pass); masks, ``flagged`` decisions and overlay colour
-windows read them through :meth:`Calibration.thresholds <medood.detectors.calibration.Calibration.thresholds>`.
+Thresholds come from in-distribution data only: the :class:`~medood.detectors.calibration.Calibration` submodule
+(saved with the weights; recorded by :class:`medood.handlers.CalibrationHandler` on healthy validation data).
 """
 
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import torch
@@ -279,17 +276,50 @@ class OODDetector(ResizableBuffers, DeclaresStages, nn.Module, ABC):
         """The voxels that count for the image score (``None`` = all). Brain detectors use the brain mask."""
         return None
 
-    def map_score(self, anomaly_map: Tensor, x: Tensor) -> Tensor:
-        """``(B,)`` image / volume scores of maps ``(B, 1, *S)``: ``score_reduction`` over ``foreground_mask(x)``.
+    @property
+    def map_has_threshold(self) -> bool:
+        """Whether healthy map values give a mask threshold (the map defines the score; not an explanation map)."""
+        return self.produces_map and self.score_from_map
 
-        The one definition of a map detector's image score: ``score`` and the bundles' inferer both use it.
+    def map_score(self, anomaly_map: Tensor, x: Tensor, foreground: Tensor | None = None) -> Tensor:
+        """``(B,)`` scores of maps ``(B, 1, *S)``: ``score_reduction`` over ``foreground`` or ``foreground_mask(x)``.
+
+        The one definition of a map detector's image score (``score`` and :meth:`infer` use it); ``foreground`` is
+        the batch's, from :class:`medood.transforms.Foregroundd`.
 
         Raises:
-            NotImplementedError: the detector's map is an explanation, not the source of its score
-                (``score_from_map = False``).
+            NotImplementedError: the map explains the score but does not define it (``score_from_map = False``).
         """
         if not self.score_from_map:
             raise NotImplementedError(
                 f"{type(self).__name__}'s map explains its score but does not define it: use score(x).image_score"
             )
-        return reduce_map(anomaly_map, self.score_reduction, self.score_k, self.foreground_mask(x))
+        mask = foreground.bool() if foreground is not None else self.foreground_mask(x)
+        return reduce_map(anomaly_map, self.score_reduction, self.score_k, mask)
+
+    def infer(
+        self,
+        x: Tensor,
+        make_map: Callable[[Tensor], Tensor] | None = None,
+        foreground: Tensor | None = None,
+        anomaly_map: Tensor | None = None,
+    ) -> OODOutput:
+        """Score, map and extras in one call (what :class:`medood.inferers.OODInferer` runs).
+
+        The one place that decides how the score relates to the map: a map detector scores :meth:`map_score` of
+        ``anomaly_map``, else of ``make_map(x)`` (the inferer's patch / slice run of ``forward``), else of
+        :meth:`predict_map`; a detector whose map explains its score (``score_from_map = False``) or that has no map
+        returns :meth:`score`.
+
+        Raises:
+            ValueError: patch- or slice-wise inference (``make_map``) of a detector that scores whole inputs.
+        """
+        if self.produces_map and not self.score_from_map and make_map is not None:
+            raise ValueError(
+                f"{type(self).__name__} scores whole inputs (its map explains the score): "
+                "use OODInferer(roi_size=None) without slice_axis"
+            )
+        if not self.produces_map or not self.score_from_map:
+            return self.score(x)
+        amap = anomaly_map if anomaly_map is not None else (make_map or self.predict_map)(x)
+        return OODOutput(self.map_score(amap, x, foreground), amap)

@@ -16,7 +16,7 @@ Algorithm:
 
 Auxiliary OOD data: 80M Tiny Images / Places365 do not apply to clinical images. ``fit`` derives them from the ID
 training images with strong synthetic corruptions (``aux_corruptions``, :mod:`medood.transforms.corruptions`);
-:func:`medood.engines.heatmap.train_heatmap_decoder` and the bundles add other organs / modalities. Never use the
+:func:`medood.engines.fit.train_heatmap_decoder` and the bundles add other organs / modalities. Never use the
 evaluation OOD sets.
 
 Differences from the official code: the feature range is the true minimum / maximum over all training features

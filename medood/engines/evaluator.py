@@ -1,4 +1,4 @@
-"""An evaluator that adds the volume score and the slice scores to MONAI's ``SupervisedEvaluator`` output."""
+"""An evaluator whose output holds each case's :class:`~medood.io.OODResult` (MONAI ``SupervisedEvaluator``)."""
 
 from __future__ import annotations
 
@@ -7,59 +7,63 @@ from typing import Any
 import torch
 from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents
-from monai.utils import CommonKeys as Keys
 from torch import Tensor
 
-from medood.inferers.ood_inferer import OODInferer
+from medood.inferers.ood_inferer import FOREGROUND_KEY, OODInferer
 from medood.utils.enums import OODKeys
 
-__all__ = ["OODEvaluator"]
+__all__ = ["RESULT_KEY", "OODEvaluator"]
+
+#: the output key of each case's :class:`~medood.io.OODResult`
+RESULT_KEY = "ood_result"
 
 
 class OODEvaluator(SupervisedEvaluator):
-    """``SupervisedEvaluator`` whose output also holds ``ood_score`` and ``slice_scores`` for every item.
+    """``SupervisedEvaluator`` whose output holds, per item, ``ood_result`` (an :class:`~medood.io.OODResult`).
 
-    The network is a detector whose forward returns an anomaly map ``(B, 1, *S)`` (run by the inferer, an
-    :class:`~medood.inferers.OODInferer`) or image scores ``(B,)``. The scores are computed once, here, by the
-    inferer: the volume score from the map on the preprocessed grid (the detector's ``map_score`` over its
-    foreground), the slice scores from each item's map after the postprocessing (``Invertd``), i.e. along the
-    input file's voxel axes. Writers and metric handlers read them from the output.
-
-    Ground-truth case labels stay in the batch (e.g. ``is_ood`` / ``is_anomalous``); thresholded decisions are
-    the writer's business (:class:`~medood.handlers.OODResultWriter`, column ``flagged``).
+    The network is a detector (or a plain map network) run by the inferer, an
+    :class:`~medood.inferers.OODInferer`: one :meth:`~medood.inferers.OODInferer.infer` call per batch gives the map
+    (``pred``; the image scores ``(B,)`` for detectors without maps) and the image score (``ood_score``), with the
+    batch's ``foreground`` (:class:`medood.transforms.Foregroundd`) when the preprocessing computed one. After the
+    postprocessing (``Invertd``: maps on the input's grid), :meth:`~medood.inferers.OODInferer.case_result` turns
+    each item into its result (case id, score, map, slice scores along the input file's voxel axes, label).
+    Writers, calibration and metric handlers read ``ood_result`` (``ood_score`` stays for the metric handlers).
 
     Args:
         *args: as ``SupervisedEvaluator`` (``device``, ``val_data_loader``, ``network``, ...).
+        label_key: the batch field with the ground truth (1 = OOD / anomalous) copied into the results.
         **kwargs: as ``SupervisedEvaluator``.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, label_key: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.scorer = self.inferer if isinstance(self.inferer, OODInferer) else OODInferer()
-        # the volume score is added while the output is still batched (FORWARD_COMPLETED); the slice scores
-        # after decollation and postprocessing, which MONAI registers on MODEL_COMPLETED before this handler
-        self.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._add_volume_scores)
-        self.add_event_handler(IterationEvents.MODEL_COMPLETED, self._add_slice_scores)
+        self.label_key = label_key
+        self.inferer = self._forward  # type: ignore[assignment]  # MONAI calls engine.inferer(inputs, network)
+        # the results are made after decollation and postprocessing, which MONAI registers on MODEL_COMPLETED
+        self.add_event_handler(IterationEvents.MODEL_COMPLETED, self._add_results)
 
-    def _add_volume_scores(self, engine: Any) -> None:
-        output = engine.state.output
-        pred = output[Keys.PRED]
-        if not isinstance(pred, Tensor):
-            raise TypeError(f"OODEvaluator expects the network to return a tensor, got {type(pred).__name__}")
-        with torch.no_grad():
-            image = output[Keys.IMAGE]
-            score = pred.float() if pred.ndim == 1 else self.scorer.inferred_score(pred, image, self.network)
-        output[OODKeys.SCORE.value] = score
+    def _forward(self, inputs: Tensor, network: Any, *args: Any, **kwargs: Any) -> Tensor:
+        """One inferer pass: the engine output gets ``ood_score`` (and extras); returns the map or the scores."""
+        batch = self.state.batch
+        fg = batch.get(FOREGROUND_KEY) if isinstance(batch, dict) else None
+        fg = fg.to(inputs.device) if isinstance(fg, Tensor) else None
+        found = self.scorer.infer(inputs, network, *args, foreground=fg, with_slices=False, **kwargs)
+        self.state.output[OODKeys.SCORE.value] = found.volume_score
+        if fg is not None:  # decollated with the map, so the postprocessing (Invertd) can take it back too
+            self.state.output[FOREGROUND_KEY] = batch[FOREGROUND_KEY]
+        for name, value in (found.extras or {}).items():
+            self.state.output[f"extra_{name}"] = value
+        return found.anomaly_map if found.anomaly_map is not None else found.volume_score
 
-    def _add_slice_scores(self, engine: Any) -> None:
-        items = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
+    def _add_results(self, engine: Any) -> None:
+        batched = isinstance(engine.state.output, dict)
+        items = [engine.state.output] if batched else engine.state.output
+        batch = engine.state.batch
+        entries = batch if isinstance(batch, list) else [batch] * len(items)
         with torch.no_grad():
-            for item in items:
-                pred = item.get(Keys.PRED)
-                if not isinstance(pred, Tensor) or pred.ndim < 3:
+            for i, item in enumerate(items):
+                if batched:  # no decollation (an evaluator without postprocessing): one result per batch row
                     continue
-                batched = pred if isinstance(engine.state.output, dict) else pred[None]
-                scores = self.scorer.slice_scores(torch.as_tensor(batched).float())
-                item[OODKeys.SLICE_SCORES.value] = (
-                    scores if isinstance(engine.state.output, dict) else {ax: v[0] for ax, v in scores.items()}
-                )
+                extra = entries[i] if i < len(entries) and isinstance(entries[i], dict) else {}
+                item[RESULT_KEY] = self.scorer.case_result(item, extra, self.label_key)

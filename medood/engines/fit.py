@@ -18,6 +18,7 @@ from torch import Tensor
 
 from medood.data.tokens import collect_slices
 from medood.detectors.base import OODDetector
+from medood.detectors.heatmap import HeatmapDetector
 from medood.detectors.stages import TrainingStage
 from medood.engines.heatmap import ood_pairs
 from medood.engines.prepare import PrepareKeys
@@ -26,7 +27,7 @@ from medood.handlers.progress import ProgressBar
 from medood.utils.batch import as_plain_tensor, unpack_batch
 from medood.utils.enums import OODKeys
 
-__all__ = ["StageEvaluator", "StageTrainer", "fit_detector", "stage_batches"]
+__all__ = ["StageEvaluator", "StageTrainer", "fit_detector", "stage_batches", "train_heatmap_decoder"]
 
 logger = logging.getLogger(__name__)
 
@@ -184,3 +185,28 @@ def fit_detector(
         last = float(trainer.state.output["loss"].detach())
         logger.info("stage %s: %d epochs, last loss %.4g", spec.name, trainer.state.max_epochs, last)
     return detector.eval()
+
+
+def train_heatmap_decoder(
+    detector: HeatmapDetector,
+    id_loader: Iterable[Any],
+    aux_loader: Iterable[Any] | None = None,
+    **train_options: Any,
+) -> HeatmapDetector:
+    """Fit the feature range and train the decoder on in-memory images; mark the detector fitted.
+
+    The training images are the ID images, their corruptions and extra auxiliary OOD images (e.g. another organ's
+    training set).
+
+    Args:
+        detector: the heatmap detector.
+        id_loader: ID training batches (re-iterable).
+        aux_loader: batches of extra auxiliary OOD images (never an evaluation OOD set). Defaults to none.
+        **train_options: as :func:`~medood.engines.fit.fit_detector` (``epochs``, ``lr``, ``device``, ...).
+    """
+    aux = None
+    if aux_loader is not None:
+        aux = torch.cat([as_plain_tensor(unpack_batch(b)[0]).float().cpu() for b in aux_loader])
+    detector.fit_statistics(id_loader)
+    fit_detector(detector, id_loader, stage_options={"aux_images": aux}, **train_options)
+    return detector.mark_fitted()  # type: ignore[return-value]

@@ -12,7 +12,8 @@ nearest_neighbours`). An auxiliary image whose predicted class no ID training im
   auxiliary images = the detector's corruptions of the ID images, plus optional extra images);
 * :func:`heatmap_training_datalist` builds them as a datalist of file paths (the bundles): it also fits the
   detector's feature range on the ID training features of the same pass;
-* :func:`train_heatmap_decoder` fits and trains a detector on in-memory ID and extra auxiliary loaders.
+* :func:`medood.engines.fit.train_heatmap_decoder` fits and trains a detector on in-memory ID and extra auxiliary
+  loaders (in the fitting engine, so this module does not import it: no import cycle).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ __all__ = [
     "nearest_id_targets",
     "ood_pairs",
     "predicted_features",
-    "train_heatmap_decoder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -217,30 +217,3 @@ def heatmap_training_datalist(
     logger.info("decoder training set: %d ID (predicted classes %s) + %d auxiliary", len(id_items), per_class,
                 len(out) - len(id_items))  # fmt: skip
     return out
-
-
-def train_heatmap_decoder(
-    detector: HeatmapDetector,
-    id_loader: Iterable[Any],
-    aux_loader: Iterable[Any] | None = None,
-    **train_options: Any,
-) -> HeatmapDetector:
-    """Fit the feature range and train the decoder on in-memory images; mark the detector fitted.
-
-    The training images are the ID images, their corruptions and extra auxiliary OOD images (e.g. another organ's
-    training set).
-
-    Args:
-        detector: the heatmap detector.
-        id_loader: ID training batches (re-iterable).
-        aux_loader: batches of extra auxiliary OOD images (never an evaluation OOD set). Defaults to none.
-        **train_options: as :func:`~medood.engines.fit.fit_detector` (``epochs``, ``lr``, ``device``, ...).
-    """
-    from medood.engines.fit import fit_detector
-
-    aux = None
-    if aux_loader is not None:
-        aux = torch.cat([as_plain_tensor(unpack_batch(b)[0]).float().cpu() for b in aux_loader])
-    detector.fit_statistics(id_loader)
-    fit_detector(detector, id_loader, stage_options={"aux_images": aux}, **train_options)
-    return detector.mark_fitted()  # type: ignore[return-value]

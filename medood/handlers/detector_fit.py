@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from medood.detectors.base import OODDetector
 from medood.detectors.posthoc import begin_fit, end_fit, fit_batch
 from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
+from medood.transforms.foreground import FOREGROUND_KEY
 from medood.utils.checkpoints import save_checkpoint, save_state
 from medood.utils.distributed import barrier, dataset_size, gather_cases, get_rank, get_world_size, is_sharded
 from medood.utils.enums import OODKeys
@@ -153,12 +154,14 @@ class CalibrationHandler:
     Attach to an :class:`~medood.engines.OODEvaluator` running on **healthy validation data**. It reads the
     volume score (``ood_score``) and the map (``pred``, after postprocessing, i.e. on the grid maps are written
     on) of every item; map values are a seeded subsample of the foreground. No map values are recorded for a
-    detector whose map only explains its score (``score_from_map = False``): that map has no mask threshold.
+    detector whose map only explains its score (``detector.map_has_threshold`` is ``False``): no mask threshold.
 
     Args:
         detector: the detector whose calibration is updated.
         foreground: ``"nonzero"`` (map voxels > 0: detectors that zero the background, e.g. outside the
-            brain), ``"all"``, or a callable ``f(item) -> bool mask``. Defaults to ``"nonzero"``.
+            brain), ``"batch"`` (the item's ``foreground`` from :class:`medood.transforms.Foregroundd`, inverted
+            with the map; map voxels > 0 where an item has none), ``"all"``, or a callable ``f(item) -> bool mask``.
+            Defaults to ``"nonzero"``.
         values_per_case: map values sampled per case. Defaults to 20_000.
         seed: sampling seed (case ``i`` of the dataset samples with ``seed + i``). Defaults to 0.
         save_path: optional path where the calibrated detector is saved (``{"model": state_dict}``; rank 0).
@@ -175,8 +178,8 @@ class CalibrationHandler:
         seed: int = 0,
         save_path: str | os.PathLike[str] | None = None,
     ) -> None:
-        if isinstance(foreground, str) and foreground not in ("nonzero", "all"):
-            raise ValueError(f"foreground must be 'nonzero', 'all' or a callable, got {foreground!r}")
+        if isinstance(foreground, str) and foreground not in ("nonzero", "batch", "all"):
+            raise ValueError(f"foreground must be 'nonzero', 'batch', 'all' or a callable, got {foreground!r}")
         self.detector, self.foreground = detector, foreground
         self.values_per_case, self.seed, self.save_path = values_per_case, seed, save_path
         self.scores: list[Tensor] = []
@@ -206,10 +209,13 @@ class CalibrationHandler:
             self.scores.append(torch.as_tensor(item[OODKeys.SCORE.value]).detach().float().cpu().reshape(-1))
             self.values.append(None)
             amap = item.get("pred")
-            if not self.detector.score_from_map or not isinstance(amap, Tensor) or amap.ndim < 2:
-                continue  # an explanation map (score_from_map=False) has no healthy threshold
+            if not self.detector.map_has_threshold or not isinstance(amap, Tensor) or amap.ndim < 2:
+                continue  # an explanation map (the detector says: map_has_threshold) has no healthy threshold
             m = amap.detach().float().cpu()
-            if self.foreground == "nonzero":
+            fg = item.get(FOREGROUND_KEY) if self.foreground == "batch" else None
+            if isinstance(fg, Tensor) and fg.shape[-m.ndim + 1 :] == m.shape[1:]:
+                v = m[fg.detach().cpu().bool().expand_as(m)]
+            elif self.foreground in ("nonzero", "batch"):
                 v = m[m > 0]
             elif self.foreground == "all":
                 v = m.reshape(-1)

@@ -10,14 +10,14 @@ bundle writes are untouched.
   training data);
 * :class:`FeatureCalibrationHandler`: records the scores of in-distribution validation cases into the
   detector's :class:`~medood.detectors.calibration.Calibration` (the thresholds);
-* :class:`GuardScoreWriter`: scores every case and writes ``scores.csv`` (``case,score,flagged``) and
+* :class:`GuardScoreWriter`: scores every case and writes ``scores.csv`` (``case,score,flagged``, the run-folder
+  layout of :mod:`medood.io.run_folder`) and
   ``guard.json``; ``flagged`` = score above the threshold (the split-conformal threshold of
   :func:`medood.utils.conformal.conformal_threshold` that ``medood guard`` computed on the validation scores).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -28,10 +28,11 @@ import torch
 from torch import Tensor, nn
 
 from medood.detectors.base_featuremap import FeatureMapDetector
+from medood.io import run_folder as rf
 from medood.networks.feature_maps import FeatureRecorder
 from medood.utils.checkpoints import save_state
 from medood.utils.distributed import barrier, dataset_size, gather_cases, get_rank, is_sharded
-from medood.utils.io import atomic_write, atomic_write_text, case_name
+from medood.utils.io import atomic_write_text, case_name
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -292,10 +293,8 @@ class GuardScoreWriter(_HookedPass):
     def on_end(self, engine: Engine) -> None:
         """Write scores.csv and guard.json."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(self.output_dir / "scores.csv") as f:
-            w = csv.DictWriter(f, fieldnames=["case", "score", "flagged"], lineterminator="\n")
-            w.writeheader()
-            w.writerows({**r, "score": f"{r['score']:.7g}"} for r in self.rows)
+        rows = [{"case": r["case"], "score": r["score"], "flagged": r["flagged"]} for r in self.rows]
+        rf.write_score_rows(self.output_dir / rf.SCORES_CSV, rows)  # medood.io.run_folder's layout
         info = {
             "detector": self.detector.name,
             "layers": self.detector.layers,

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from medood.detectors.base import OODDetector
 from medood.detectors.posthoc import score_batch
+from medood.io import run_folder as rf
 from medood.metrics.tables import results_payload, results_table, write_results
 from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
 from medood.utils.enums import OODKeys
@@ -55,9 +56,9 @@ class PosthocScoreWriter:
     scores them with every detector (detectors with ``needs_input_grad``, i.e. ODIN, run their own passes on the
     batch's images, in eval mode). At completion it writes into ``output_dir``:
 
-    * ``<detector>/scores.csv``: ``case,score,flagged`` (higher = more OOD; ``flagged`` = score above the
-      detector's split-conformal threshold at ``alpha`` from its in-distribution calibration, blank when it has
-      none or too few cases for ``alpha``), plus ``label`` (1 = OOD, 0 = ID; the
+    * ``<detector>/scores.csv``: ``case,score,flagged`` (:mod:`medood.io.run_folder`'s layout; higher = more OOD;
+      ``flagged`` = score above the detector's split-conformal threshold at ``alpha`` from its in-distribution
+      calibration, blank when it has none or too few cases for ``alpha``), plus ``label`` (1 = OOD, 0 = ID; the
       ``medood evaluate --scores`` format) and ``ood_set`` when the data carries ``is_ood`` / ``ood_set``;
     * ``predictions.csv``: ``case,pred_class,confidence`` (+ ``label`` = the true class when known);
     * ``results.json`` / ``results.md`` (:func:`medood.metrics.tables.write_results`) when the data holds ID
@@ -147,7 +148,7 @@ class PosthocScoreWriter:
         with atomic_write(path, "w") as f:
             w = csv.writer(f, lineterminator="\n")
             w.writerow(header)
-            w.writerows(rows)
+            w.writerows([rf.escape_cell(v) for v in row] for row in rows)  # no spreadsheet formulas
 
     def _completed(self, _engine: Engine) -> None:
         if not self.logits:
@@ -159,14 +160,14 @@ class PosthocScoreWriter:
         for name, s in scores.items():
             cal = self.detectors[name].calibration
             thr = cal.thresholds(alpha=self.alpha).score if cal.has_scores else None
-            header = ["case", "score", "flagged"] + (["label"] if has_ood else []) + (["ood_set"] if has_sets else [])
-            rows = [
-                [c, f"{float(v):.8g}", "" if thr is None else int(float(v) > thr)]
-                + ([int(is_ood[i])] if has_ood else [])
-                + ([sets[i]] if has_sets else [])
+            score_rows = [
+                {"case": c, "score": float(v), "flagged": None if thr is None else int(float(v) > thr),
+                 "label": int(is_ood[i]) if has_ood else None, "ood_set": sets[i] if has_sets else None}
                 for i, (c, v) in enumerate(zip(cases, s.tolist(), strict=True))
-            ]
-            self._write_csv(self.output_dir / name / "scores.csv", header, rows)
+            ]  # fmt: skip
+            path = self.output_dir / name / rf.SCORES_CSV
+            path.parent.mkdir(parents=True, exist_ok=True)
+            rf.write_score_rows(path, score_rows, extra_columns=["ood_set"] if has_sets else [])
         logits = torch.cat(self.logits)
         prob, pred = torch.softmax(logits, 1).max(1)
         names = self.class_names or [str(i) for i in range(logits.shape[1])]

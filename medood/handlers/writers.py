@@ -8,16 +8,15 @@
 * ``<case>_anomaly_seg.nii.gz``: uint8 mask ``map >= threshold`` when a threshold is known: given, or read from
   the detector's calibration on healthy validation data (``map_percentile``), never chosen on the test data;
 
-and at the end of the run ``scores.csv`` (``case,score[,label][,flagged]``; ``label`` is the ground truth when the
-data carries it, ``flagged`` = score above the healthy ``score_percentile``) and ``slice_scores.csv`` (long format
-``case,axis,slice,score``; ``axis`` is the file's voxel axis, slices indexed as a viewer shows them). Every file
-is written atomically (temporary file + rename).
+and at the end of the run ``scores.csv`` (``case,score,flagged[,label][,image]``; ``label`` is the ground truth when
+the data carries it, ``flagged`` = score above the healthy ``score_percentile``), ``slice_scores.csv`` (long format
+``case,axis,slice,score``; ``axis`` is the file's voxel axis) and ``run.json``. It reads each case's
+:class:`~medood.io.OODResult` (``ood_result``, made by :class:`~medood.engines.OODEvaluator`); every name and layout
+is :mod:`medood.io.run_folder`'s, and every file is written atomically (temporary file + rename).
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -28,9 +27,14 @@ import nibabel as nib
 import numpy as np
 from torch import Tensor
 
+from medood.data.image2d import read_image_2d, write_map_nifti_2d, write_overlay_png
 from medood.detectors.calibration import Calibration, overlay_window
+from medood.inferers.ood_inferer import OODInferer
+from medood.io import run_folder as rf
+from medood.io.result import OODResult
+from medood.io.run_folder import THRESHOLDS_FILE, RunFolder, write_thresholds
 from medood.utils.enums import OODKeys
-from medood.utils.io import atomic_path, atomic_write, atomic_write_text, case_name
+from medood.utils.io import atomic_path, case_name
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -46,6 +50,9 @@ __all__ = [
     "write_thresholds",
 ]
 
+#: the output key of each case's result (:data:`medood.engines.evaluator.RESULT_KEY`; engines sit above handlers)
+RESULT_KEY = "ood_result"
+
 logger = logging.getLogger(__name__)
 
 
@@ -56,40 +63,29 @@ def _to_numpy(x: Any) -> np.ndarray:
 
 
 def write_map_nifti(
-    array: np.ndarray, affine: np.ndarray, path: str | os.PathLike[str], dtype: Any = np.float32
+    array: np.ndarray,
+    affine: np.ndarray,
+    path: str | os.PathLike[str],
+    dtype: Any = np.float32,
+    codes: tuple[int, int] = (1, 1),
 ) -> Path:
-    """Atomically write a 3D array as NIfTI with ``affine`` (qform and sform codes set to scanner, 1)."""
+    """Atomically write a 3D array as NIfTI with ``affine``; ``codes`` are the (qform, sform) codes (the input's)."""
     img = nib.Nifti1Image(np.asarray(array, dtype=dtype), np.asarray(affine, dtype=np.float64))
-    img.set_qform(img.affine, code=1)
-    img.set_sform(img.affine, code=1)
+    img.set_qform(img.affine, code=int(codes[0]) or 1)
+    img.set_sform(img.affine, code=int(codes[1]) or 1)
     with atomic_path(path) as tmp:
         nib.save(img, tmp)
     return Path(path)
 
 
 def write_scores_csv(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]]) -> Path:
-    """Atomically write ``scores.csv``: ``case,score`` plus ``label`` / ``flagged`` when any row has them."""
-    cols = ["case", "score"] + [c for c in ("label", "flagged") if any(c in r for r in rows)]
-    with atomic_write(path) as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: _fmt(r.get(k, "")) for k in cols})
-    return Path(path)
+    """Atomically write ``scores.csv`` (:func:`medood.io.run_folder.write_score_rows`)."""
+    return rf.write_score_rows(path, rows)
 
 
 def write_slice_scores_csv(path: str | os.PathLike[str], rows: Sequence[tuple[str, int, int, float]]) -> Path:
-    """Atomically write ``slice_scores.csv`` in long format ``case,axis,slice,score``."""
-    with atomic_write(path) as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["case", "axis", "slice", "score"])
-        for case, axis, idx, score in rows:
-            w.writerow([case, axis, idx, _fmt(score)])
-    return Path(path)
-
-
-#: The run folder's record of the healthy-calibration numbers every mask, flag and picture of the run used.
-THRESHOLDS_FILE = "thresholds.json"
+    """Atomically write ``slice_scores.csv`` (:func:`medood.io.run_folder.write_slice_scores`)."""
+    return rf.write_slice_scores(path, rows)
 
 
 def thresholds_record(
@@ -127,19 +123,13 @@ def thresholds_record(
         "id_scores": [calibration.quantile(q / 100.0, "score") for q in range(101)]
         if calibration and has_scores
         else None,
+        "n_calibration": _n_calibration(calibration) if has_scores else None,
     }
 
 
-def write_thresholds(run_dir: str | os.PathLike[str], record: dict[str, Any]) -> Path:
-    """Atomically write ``thresholds.json`` (a :func:`thresholds_record`) into a run folder."""
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    return atomic_write_text(Path(run_dir) / THRESHOLDS_FILE, json.dumps(record, indent=2) + "\n")
-
-
-def _fmt(v: Any) -> Any:
-    if isinstance(v, float):
-        return f"{v:.7g}"
-    return v
+def _n_calibration(calibration: Calibration | None) -> int | None:
+    """The number of healthy calibration images (not the length of the stored quantile list)."""
+    return None if calibration is None else int(calibration.n_scores)
 
 
 class OODResultWriter:
@@ -172,6 +162,11 @@ class OODResultWriter:
     ``thresholds.json`` records the thresholds and colour window the run used.
         overwrite: replace existing outputs of the same case; with ``False`` an existing file is an error
             raised before anything of that case is written. Defaults to ``True``.
+        run_mode: how the run treats an output folder that holds another run (:class:`medood.io.RunFolder`):
+            ``"new"`` refuses it, ``"resume"`` continues a run of the same settings, ``"overwrite"`` clears it;
+            ``None`` reads ``MEDOOD_RUN_MODE``, else ``"new"``. Stale temporaries are removed in every mode.
+        config: what identifies the run's settings in ``run.json`` (e.g. the bundle's parsed config); the writer's
+            own settings are always added.
         output_transform: maps ``engine.state.output`` to a list of per-case dicts. Defaults to identity.
         batch_transform: maps ``engine.state.batch`` to a list of per-case dicts (for labels kept in the
             batch only). Defaults to identity.
@@ -193,6 +188,8 @@ class OODResultWriter:
         map_name: str = "anomaly",
         case_key: str | None = None,
         overwrite: bool = True,
+        run_mode: str | None = None,
+        config: dict[str, Any] | None = None,
         output_transform: Callable[[Any], Any] = lambda x: x,
         batch_transform: Callable[[Any], Any] = lambda x: x,
     ) -> None:
@@ -204,6 +201,15 @@ class OODResultWriter:
         self.save_maps, self.window, self.overwrite = save_maps, window, overwrite
         self.map_name, self.case_key = map_name, case_key
         self.output_transform, self.batch_transform = output_transform, batch_transform
+        settings = {
+            "map_name": map_name,
+            "threshold": threshold,
+            "score_threshold": score_threshold,
+            "map_percentile": map_percentile,
+            "score_percentile": score_percentile,
+            "save_maps": save_maps,
+        }
+        self.run = RunFolder(self.output_dir, {**(config or {}), "writer": settings}, run_mode, map_name)
         self.reset()
 
     def reset(self) -> None:
@@ -212,12 +218,29 @@ class OODResultWriter:
         self.slice_rows: list[tuple[str, int, int, float]] = []
         self._seen: dict[str, str] = {}
         self._resolved = False
+        self._started = False
+
+    def start(self) -> None:
+        """Take the output folder for this run (:meth:`medood.io.RunFolder.start`); a resumed run keeps its rows."""
+        self.reset()
+        self.run.start()
+        self._started = True
+        kept = set(self.run.previous_cases)
+        scores = self.output_dir / rf.SCORES_CSV
+        if kept and scores.is_file():
+            self.rows = [r.__dict__ | {"flagged": r.flagged} for r in rf.read_score_rows(scores) if r.case in kept]
+            for r in self.rows:
+                r.pop("extra", None)
+                self._seen[r["case"]] = r.get("image") or r["case"]
+            self._kept = {r["case"] for r in self.rows}
+        else:
+            self._kept = set()
 
     def attach(self, engine: Engine) -> None:
         """Attach to an Ignite engine."""
         from ignite.engine import Events
 
-        engine.add_event_handler(Events.STARTED, lambda _e: self.reset())
+        engine.add_event_handler(Events.STARTED, lambda _e: self.start())
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
         engine.add_event_handler(Events.COMPLETED, lambda _e: self.finalize())
 
@@ -261,15 +284,34 @@ class OODResultWriter:
         write_thresholds(self.output_dir, record)
 
     def write_case(self, item: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
-        """Write one case's files and collect its rows; returns the case name."""
+        """Write one case's files and collect its rows; returns the case name.
+
+        ``item`` holds the case's :class:`~medood.io.OODResult` under ``ood_result`` (what
+        :class:`~medood.engines.OODEvaluator` adds); an item without one (a custom engine) is turned into a result
+        from ``map_key`` / ``score_key`` by a default :class:`~medood.inferers.OODInferer`.
+        """
+        if not self._started:
+            self.start()
         if not self._resolved:
             self._resolve_thresholds()
             self._resolved = True
-        amap = item[self.map_key]
-        meta = getattr(amap, "meta", {}) or {}
+        result = item.get(RESULT_KEY)
+        if not isinstance(result, OODResult):
+            result = _fallback_result(item, extra or {}, self.map_key, self.score_key, self.case_key, self.label_key)
+        if self.label_key is not None and result.label is None:
+            lab = item.get(self.label_key, (extra or {}).get(self.label_key))
+            result.label = None if lab is None else int(np.asarray(_to_numpy(lab)).reshape(-1)[0])
+        result.decide(self.score_threshold)
         named = None if self.case_key is None else item.get(self.case_key, (extra or {}).get(self.case_key))
-        source = str(named if named is not None else meta.get("filename_or_obj", f"case_{len(self.rows):04d}"))
-        case = self._unique_case(source.replace("/", "_") if named is not None else source)
+        if named is not None:
+            source = str(_to_numpy(named).reshape(-1)[0]).replace("/", "_")
+        else:
+            source = result.image or result.case or f"case_{len(self.rows):04d}"
+        case = result.case = self._unique_case(source)
+        amap = result.anomaly_map
+        if amap is None:
+            raise ValueError(f"case {case}: no anomaly map to write (a detector without maps: use save_maps=False)")
+        meta = getattr(amap, "meta", {}) or {}
         arr = _to_numpy(amap)
         if arr.ndim >= 3 and arr.shape[0] == 1:
             arr = arr[0]
@@ -285,15 +327,15 @@ class OODResultWriter:
             self._write_2d(case, arr, meta, item.get("image"))
         else:
             raise ValueError(f"{source}: anomaly map has {arr.ndim} spatial dims after squeezing; expected 2 or 3")
-        self._collect_scores(case, item, extra or {}, arr)
+        self._collect(result)
         return case
 
     def _targets(self, case: str, ndim: int) -> list[Path]:
-        out = [self.output_dir / f"{case}_{self.map_name}_map.nii.gz"] if self.save_maps else []
+        out = [self.output_dir / rf.map_file(case, self.map_name)] if self.save_maps else []
         if self.threshold is not None:
-            out.append(self.output_dir / f"{case}_{self.map_name}_seg.nii.gz")
+            out.append(self.output_dir / rf.seg_file(case, self.map_name))
         if ndim == 2:
-            out.append(self.output_dir / f"{case}_{self.map_name}_overlay.png")
+            out.append(self.output_dir / rf.overlay_file(case, self.map_name))
         return out
 
     def _write_3d(self, case: str, arr: np.ndarray, meta: dict[str, Any]) -> None:
@@ -309,21 +351,20 @@ class OODResultWriter:
                 f"case {case}: map shape {arr.shape} differs from the input's {tuple(_to_numpy(shape).tolist())}; "
                 "add Invertd to the postprocessing so maps are written on the input grid"
             )
+        codes = (int(meta.get("qform_code", 1) or 1), int(meta.get("sform_code", 1) or 1))  # the input's codes
         if self.save_maps:
-            write_map_nifti(arr, affine, self.output_dir / f"{case}_{self.map_name}_map.nii.gz")
+            write_map_nifti(arr, affine, self.output_dir / rf.map_file(case, self.map_name), codes=codes)
         if self.threshold is not None:
             write_map_nifti(
-                arr >= self.threshold, affine, self.output_dir / f"{case}_{self.map_name}_seg.nii.gz", np.uint8
+                arr >= self.threshold, affine, self.output_dir / rf.seg_file(case, self.map_name), np.uint8, codes
             )
 
     def _write_2d(self, case: str, arr: np.ndarray, meta: dict[str, Any], fallback: Any = None) -> None:
-        from medood.data.image2d import read_image_2d, write_map_nifti_2d, write_overlay_png
-
         if self.save_maps:
-            write_map_nifti_2d(arr, self.output_dir / f"{case}_{self.map_name}_map.nii.gz")
+            write_map_nifti_2d(arr, self.output_dir / rf.map_file(case, self.map_name))
         if self.threshold is not None:
             write_map_nifti_2d(
-                (arr >= self.threshold).astype(np.uint8), self.output_dir / f"{case}_{self.map_name}_seg.nii.gz"
+                (arr >= self.threshold).astype(np.uint8), self.output_dir / rf.seg_file(case, self.map_name)
             )
         source = meta.get("filename_or_obj")
         if source and Path(str(source)).is_file():
@@ -335,7 +376,7 @@ class OODResultWriter:
         if image.shape[-2:] != arr.shape:
             raise ValueError(f"{source}: image {image.shape[-2:]} and map {arr.shape} differ; invert the preprocessing")
         write_overlay_png(
-            image, arr, None, self.output_dir / f"{case}_{self.map_name}_overlay.png", map_range=self._window(arr)
+            image, arr, None, self.output_dir / rf.overlay_file(case, self.map_name), map_range=self._window(arr)
         )
 
     def _window(self, arr: np.ndarray) -> tuple[float, float]:
@@ -343,30 +384,37 @@ class OODResultWriter:
             return float(self.window[0]), float(self.window[1])
         return 0.0, float(max(arr.max(), 1e-12))
 
-    def _collect_scores(self, case: str, item: dict[str, Any], extra: dict[str, Any], arr: np.ndarray) -> None:
-        score_val = item.get(self.score_key)
-        if score_val is None:
-            raise KeyError(f"case {case}: the engine output has no {self.score_key!r} (run an OODEvaluator)")
-        score = float(_to_numpy(score_val).reshape(-1)[0])
-        row: dict[str, Any] = {"case": case, "score": score}
-        if self.label_key is not None:
-            lab = item.get(self.label_key, extra.get(self.label_key))
-            if lab is not None:
-                row["label"] = int(np.asarray(_to_numpy(lab)).reshape(-1)[0])
-        if self.score_threshold is not None:
-            row["flagged"] = int(score > self.score_threshold)
-        elif getattr(self, "_flag_column", False):  # too few healthy cases for the rate: blank (thresholds.json)
-            row["flagged"] = ""
-        self.rows.append(row)
-        for axis, values in sorted((item.get(OODKeys.SLICE_SCORES.value) or {}).items()):
-            self.slice_rows.extend((case, int(axis), i, float(v)) for i, v in enumerate(_to_numpy(values).tolist()))
+    def _collect(self, result: OODResult) -> None:
+        if result.case in self._kept:  # a resumed case done again: its new row replaces the kept one
+            self.rows = [r for r in self.rows if r["case"] != result.case]
+            self._kept.discard(result.case)
+        self.rows.append(result.row())
+        for axis, values in sorted(result.slice_scores.items()):
+            self.slice_rows.extend(
+                (result.case, int(axis), i, float(v)) for i, v in enumerate(_to_numpy(values).tolist())
+            )
 
     def finalize(self) -> None:
-        """Write ``scores.csv`` and ``slice_scores.csv`` (atomically, replacing this run's previous ones)."""
+        """Write ``scores.csv``, ``slice_scores.csv`` and ``run.json`` (atomically)."""
         if not self.rows:
             logger.warning("OODResultWriter: no case was scored; no CSV written")
+            if self._started:
+                self.run.finish([], status="empty")
             return
-        write_scores_csv(self.output_dir / "scores.csv", self.rows)
+        rf.write_score_rows(self.output_dir / rf.SCORES_CSV, self.rows)
         if self.slice_rows:
-            write_slice_scores_csv(self.output_dir / "slice_scores.csv", self.slice_rows)
+            rf.write_slice_scores(self.output_dir / rf.SLICE_SCORES_CSV, self.slice_rows)
+        if self._started:
+            self.run.finish([r["case"] for r in self.rows])
         logger.info("wrote %d cases to %s", len(self.rows), self.output_dir)
+
+
+def _fallback_result(
+    item: dict[str, Any], extra: dict[str, Any], map_key: str, score_key: str, case_key: str | None,
+    label_key: str | None,
+) -> OODResult:  # fmt: skip
+    """An :class:`~medood.io.OODResult` of an engine output without one (a plain evaluator's ``pred`` / score)."""
+    if item.get(score_key) is None:
+        raise KeyError(f"the engine output has no {score_key!r} (run an OODEvaluator)")
+    view = {**item, "pred": item[map_key], OODKeys.SCORE.value: item[score_key]}
+    return OODInferer(case_key=case_key).case_result(view, extra, label_key)

@@ -1,46 +1,52 @@
-"""The inference step of a detector run: the whole-input anomaly map, its volume score and its slice scores.
+"""The inference step of a detector run: per case, one :class:`~medood.io.OODResult`.
 
 MONAI stitches only spatial outputs, so a map-producing detector's ``forward`` returns its map ``(B, 1, *patch)``
 and :class:`OODInferer` runs it on the whole input at once, patch-wise (MONAI ``SlidingWindowInferer``) or slice by
-slice (MONAI ``SliceInferer``). It is also the one place that turns maps into scores on the inference path:
-the volume score is the detector's own :meth:`~medood.detectors.base.OODDetector.map_score` (the method defines
-it), the slice scores the reduction configured here; :class:`~medood.engines.OODEvaluator` calls both once and
-carries the results in the engine output, and the writers only write them.
-
-Detectors whose map only explains a score computed otherwise (``score_from_map = False``, e.g. MECAM's class
-activation map) score whole inputs: the inferer calls their ``score`` once per batch, returns the map and hands the
-image score of that same call to :meth:`OODInferer.inferred_score` (no second scoring pass).
+slice (MONAI ``SliceInferer``). :meth:`OODInferer.infer` is the one call that gives a batch's map, image score and
+extras: it hands the detector the patch-wise map runner and the batch's foreground, and the detector's
+:meth:`~medood.detectors.base.OODDetector.infer` decides how its score relates to its map (a reduction of it, or a
+score the map only explains, e.g. MECAM). After the postprocessing (``Invertd``: the map on the input's grid),
+:meth:`OODInferer.case_result` makes each case's :class:`~medood.io.OODResult`, with the slice scores of the one
+slice reduction configured here. :class:`~medood.engines.OODEvaluator` calls both; writers and metric handlers read
+the results.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer, SimpleInferer, SliceInferer, SlidingWindowInferer
 from torch import Tensor
 
 from medood.detectors.base import OODDetector
-from medood.utils.enums import MapReduction
+from medood.io.result import OODResult
+from medood.transforms.foreground import FOREGROUND_KEY
+from medood.utils.enums import MapReduction, OODKeys
+from medood.utils.io import case_name
 from medood.utils.reduce import reduce_map, reduce_slices
 
-__all__ = ["OODInferenceResult", "OODInferer"]
+__all__ = ["FOREGROUND_KEY", "OODInferenceResult", "OODInferer"]
+
 
 
 class OODInferenceResult(NamedTuple):
     """Map, volume score and slice scores of one batch.
 
     Attributes:
-        anomaly_map: ``(B, 1, *spatial)`` float32.
+        anomaly_map: ``(B, 1, *spatial)`` float32, or ``None`` for detectors that give image scores only.
         volume_score: ``(B,)``, higher = more anomalous.
         slice_scores: spatial axis -> ``(B, n_slices)``.
+        extras: named tensors that explain the score (the detector's ``OODOutput.extras``).
     """
 
-    anomaly_map: Tensor
+    anomaly_map: Tensor | None
     volume_score: Tensor
     slice_scores: dict[int, Tensor]
+    extras: dict[str, Tensor] | None = None
 
 
 class OODInferer(Inferer):
@@ -60,6 +66,12 @@ class OODInferer(Inferer):
             ``Invertd``, so they are the input file's voxel axes. Defaults to ``(-1,)``.
         slice_reduction: slice-score reduction, ``"max"``, ``"mean"`` or ``"topk"``. Defaults to ``"topk"``.
         slice_k: top-k count or fraction of each slice's voxels. Defaults to 0.01.
+        slice_foreground: restrict the slice reduction to the batch's foreground (``foreground`` key) when present.
+            Defaults to ``False`` (every voxel of the slice counts; maps are 0 outside the foreground anyway).
+        map_kind: the map's kind in the run folder's file names (``anomaly``, ``cam``, ``heatmap`` ...); set on
+            every result. Defaults to ``"anomaly"``.
+        case_key: a batch field naming the case (e.g. ``"case"`` for arrays without a file); ``None`` names cases
+            after the input file. Defaults to ``None``.
         **sw_kwargs: forwarded to MONAI's ``SlidingWindowInferer`` (``sw_device``, ``device``, ``progress`` ...).
     """
 
@@ -73,14 +85,17 @@ class OODInferer(Inferer):
         slice_axes: Sequence[int] = (-1,),
         slice_reduction: str = "topk",
         slice_k: int | float = 0.01,
+        slice_foreground: bool = False,
+        map_kind: str = "anomaly",
+        case_key: str | None = None,
         **sw_kwargs: Any,
     ) -> None:
         super().__init__()
         MapReduction(slice_reduction)  # validate early
         self.slice_axes = tuple(slice_axes)
         self.slice_reduction, self.slice_k = slice_reduction, slice_k
-        self.slice_axis = slice_axis
-        self._pending: tuple[Tensor, Tensor] | None = None  # (map, image score) of an explanation-map detector
+        self.slice_axis, self.slice_foreground = slice_axis, slice_foreground
+        self.map_kind, self.case_key = map_kind, case_key
         self._inner: Inferer
         if slice_axis is not None:
             self._inner = SliceInferer(
@@ -99,12 +114,13 @@ class OODInferer(Inferer):
             )
 
     def __call__(self, inputs: Tensor, network: Callable[..., Tensor], *args: Any, **kwargs: Any) -> Tensor:
-        """The stitched anomaly map ``(B, 1, *spatial)`` (the MONAI ``Inferer`` interface, for evaluators)."""
-        det = _detector(network)
-        if det is not None and det.produces_map and not det.score_from_map:
-            out = self._explained(inputs, det)
-        else:
-            out = self._inner(inputs, network, *args, **kwargs)
+        """The stitched anomaly map ``(B, 1, *spatial)`` (the MONAI ``Inferer`` interface)."""
+        out = self.infer(inputs, network, *args, **kwargs).anomaly_map
+        if out is None:
+            raise TypeError(f"{type(_detector(network)).__name__} produces image scores only, no map")
+        return out
+
+    def _as_map(self, out: Any, inputs: Tensor) -> Tensor:
         if not isinstance(out, Tensor):
             raise TypeError(f"the network must return one anomaly map tensor, got {type(out).__name__}")
         if out.ndim != inputs.ndim or out.shape[1] != 1 or out.shape[2:] != inputs.shape[2:]:
@@ -116,63 +132,122 @@ class OODInferer(Inferer):
         if isinstance(inputs, MetaTensor) and not isinstance(out, MetaTensor):  # the map is on the input's grid
             out = MetaTensor(out)
             out.copy_meta_from(inputs)  # its metadata and transform trace: Invertd takes the map back
-        if self._pending is not None:
-            self._pending = (out, self._pending[1])
         return out
 
-    def _explained(self, inputs: Tensor, det: OODDetector) -> Tensor:
-        """One ``score`` call of a detector whose map explains its score; the score waits for ``inferred_score``."""
-        if not isinstance(self._inner, SimpleInferer):
-            raise ValueError(
-                f"{type(det).__name__} scores whole inputs (its map explains the score, score_from_map=False): "
-                "use OODInferer(roi_size=None) without slice_axis"
-            )
-        result = det.score(inputs)
-        if result.anomaly_map is None:
-            raise TypeError(f"{type(det).__name__}.score returned no map although produces_map is True")
-        self._pending = (result.anomaly_map, result.image_score)
-        return result.anomaly_map
+    @torch.no_grad()
+    def infer(
+        self,
+        inputs: Tensor,
+        network: Callable[..., Tensor],
+        *args: Any,
+        foreground: Tensor | None = None,
+        with_slices: bool = True,
+        **kwargs: Any,
+    ) -> OODInferenceResult:
+        """Map, image score, slice scores and extras of a batch in one pass (no second scoring pass).
+
+        Args:
+            inputs: the preprocessed batch ``(B, C, *S)``.
+            network: a detector (its :meth:`~medood.detectors.base.OODDetector.infer` decides the score) or a plain
+                map network (scored by its map's maximum).
+            foreground: the batch's boolean foreground ``(B, 1, *S)`` from the preprocessing, if any.
+            *args: forwarded to the network (MONAI ``Inferer`` interface).
+            with_slices: compute the slice scores on this grid (an evaluator computes them per case after
+                ``Invertd`` instead, with :meth:`case_result`). Defaults to ``True``.
+            **kwargs: forwarded to the network.
+        """
+        det = _detector(network)
+
+        def make_map(x: Tensor) -> Tensor:
+            return self._inner(x, network, *args, **kwargs)
+
+        if det is None:  # a plain network: image scores (B,), or a map scored by its maximum
+            out = make_map(inputs)
+            if isinstance(out, Tensor) and out.ndim == 1:
+                amap, score, extras = None, out.float(), None
+            else:
+                amap = self._as_map(out, inputs)
+                score, extras = reduce_map(amap, MapReduction.MAX.value, mask=foreground), None
+        else:
+            whole = isinstance(self._inner, SimpleInferer)  # the detector runs on the whole input itself
+            found = det.infer(inputs, None if whole else make_map, foreground)
+            amap = None if found.anomaly_map is None else self._as_map(found.anomaly_map, inputs)
+            score, extras = found.image_score.float(), found.extras
+        fg = foreground if self.slice_foreground else None
+        slices = {} if amap is None or not with_slices else self.slice_scores(amap, fg)
+        return OODInferenceResult(amap, score, slices, extras)
 
     @staticmethod
-    def volume_score(anomaly_map: Tensor, inputs: Tensor, network: Any) -> Tensor:
-        """``(B,)`` volume / image scores: the detector's :meth:`~medood.detectors.base.OODDetector.map_score`.
+    def volume_score(anomaly_map: Tensor, inputs: Tensor, network: Any, foreground: Tensor | None = None) -> Tensor:
+        """``(B,)`` image scores of maps made outside this inferer (e.g. by MONAI Label's own inference).
 
-        For a detector whose map only explains its score (``score_from_map = False``) it is ``score(inputs)``
-        (:meth:`inferred_score` reuses the score of the call that made the map instead). A network that is not a
-        detector (a plain map network) scores its map's maximum.
+        The detector decides (:meth:`~medood.detectors.base.OODDetector.infer` given this map); a plain network's
+        map scores its maximum.
         """
-        net = _detector(network)
-        if net is None:
-            return reduce_map(anomaly_map, MapReduction.MAX.value)
-        if net.score_from_map:
-            return net.map_score(anomaly_map, inputs)
-        return net.score(inputs).image_score
+        det = _detector(network)
+        if det is None:
+            return reduce_map(anomaly_map, MapReduction.MAX.value, mask=foreground)
+        return det.infer(inputs, foreground=foreground, anomaly_map=anomaly_map).image_score
 
-    def inferred_score(self, anomaly_map: Tensor, inputs: Tensor, network: Any) -> Tensor:
-        """:meth:`volume_score` of a map this inferer has just made (what :class:`~medood.engines.OODEvaluator` calls).
+    def slice_scores(self, anomaly_map: Tensor, foreground: Tensor | None = None) -> dict[int, Tensor]:
+        """Slice scores ``{axis: (B, n_slices)}`` of maps ``(B, 1, *spatial)`` along every ``slice_axes`` axis.
 
-        An explanation-map detector's score is the image score of the ``score`` call that made ``anomaly_map`` in
-        :meth:`__call__` (no second scoring pass); any other map goes to :meth:`volume_score`.
+        The one slice reduction of a run (``slice_reduction`` / ``slice_k``, over ``foreground`` when given).
         """
-        pending, self._pending = self._pending, None
-        if pending is not None and pending[0] is anomaly_map:
-            return pending[1]
-        return self.volume_score(anomaly_map, inputs, network)
-
-    def slice_scores(self, anomaly_map: Tensor) -> dict[int, Tensor]:
-        """Slice scores ``{axis: (B, n_slices)}`` of maps ``(B, 1, *spatial)`` along every ``slice_axes`` axis."""
         n_spatial = anomaly_map.ndim - 2
         return {
-            ax % n_spatial: reduce_slices(anomaly_map, ax, self.slice_reduction, self.slice_k)
+            ax % n_spatial: reduce_slices(anomaly_map, ax, self.slice_reduction, self.slice_k, foreground)
             for ax in self.slice_axes
             if n_spatial >= 2
         }
 
-    @torch.no_grad()
-    def infer(self, inputs: Tensor, network: Callable[..., Tensor], *args: Any, **kwargs: Any) -> OODInferenceResult:
-        """Map, volume score and slice scores of a batch in one call (outside an engine)."""
-        amap = self(inputs, network, *args, **kwargs)
-        return OODInferenceResult(amap, self.inferred_score(amap, inputs, network), self.slice_scores(amap))
+    def case_result(
+        self, item: Mapping[str, Any], batch_item: Mapping[str, Any] | None = None, label_key: str | None = None
+    ) -> OODResult:
+        """One case's :class:`~medood.io.OODResult` from a decollated, postprocessed engine output item.
+
+        Args:
+            item: ``{"pred": map (1, *S) on the input grid, or the image score, "ood_score": score, ...}``.
+            batch_item: the case's batch entry (case field, labels, the inverted foreground), when separate.
+            label_key: the field holding the ground truth (1 = OOD / anomalous), if any.
+        """
+        batch_item = batch_item or {}
+        pred, score = item.get("pred"), item.get(OODKeys.SCORE.value)
+        if score is None:
+            raise KeyError("the engine output has no 'ood_score' (run an OODEvaluator)")
+        amap = pred if isinstance(pred, Tensor) and pred.ndim >= 3 else None
+        meta = getattr(amap if amap is not None else item.get(OODKeys.IMAGE.value), "meta", None) or {}
+        named = None if self.case_key is None else item.get(self.case_key, batch_item.get(self.case_key))
+        source = meta.get("filename_or_obj")
+        if named is not None:
+            case = str(_scalar(named)).replace("/", "_")
+        elif source:
+            case = case_name(str(source))
+        else:
+            case = ""
+        fg = item.get(FOREGROUND_KEY, batch_item.get(FOREGROUND_KEY))
+        fg = fg.bool() if isinstance(fg, Tensor) and amap is not None and fg.shape[1:] == amap.shape[1:] else None
+        slices: dict[int, Tensor] = {}
+        if amap is not None and amap.ndim >= 3:
+            use = fg[None] if fg is not None and self.slice_foreground else None
+            slices = {ax: v[0] for ax, v in self.slice_scores(torch.as_tensor(amap)[None].float(), use).items()}
+        label = None
+        if label_key is not None:
+            lab = item.get(label_key, batch_item.get(label_key))
+            label = None if lab is None else int(_scalar(lab))
+        extras = {k: v for k, v in item.items() if k.startswith("extra_")}
+        return OODResult(
+            case=case, score=float(_scalar(score)), anomaly_map=amap, slice_scores=slices, label=label,
+            image=None if not source else str(source), foreground=fg, map_kind=self.map_kind, extras=extras,
+        )  # fmt: skip
+
+
+def _scalar(v: Any) -> Any:
+    if isinstance(v, Tensor):
+        return v.detach().reshape(-1)[0].item()
+    if isinstance(v, np.ndarray | list | tuple):
+        return np.asarray(v).reshape(-1)[0].item()
+    return v
 
 
 def _detector(network: Any) -> OODDetector | None:

@@ -26,19 +26,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from medood.data.errors import DataError
+from medood.io import run_folder as rf
 from medood.metrics.functional import (
     ap_from_counts,
     aupr_in,
     aupr_out,
     auroc,
     auroc_from_split,
+    average_precision,
     fpr_at_tpr,
     rank_counts,
     slice_level_metrics,
 )
 from medood.metrics.segmentation import DiceCounter, VoxelPool, best_dice_from_split
+from medood.utils.io import atomic_write_text, case_name
+from medood.utils.reduce import reduce_slices
 
 __all__ = [
     "FOREGROUND_SUFFIXES",
@@ -57,7 +62,7 @@ logger = logging.getLogger(__name__)
 MASK_SUFFIXES = ("_lesion", "", "_seg", "_label")
 #: Foreground (brain) mask stems tried for case ``c``, in order.
 FOREGROUND_SUFFIXES = ("_brainmask", "_brain_mask", "_foreground", "_mask", "")
-MAP_SUFFIX = "_anomaly_map"
+MAP_SUFFIX = rf.map_suffix(ext="")  # "_anomaly_map": medood.io.run_folder's, without the extension
 
 
 def _parse_label(raw: str, path: Path, line: int) -> int | None:
@@ -279,18 +284,27 @@ def load_case(map_path: Path, mask_path: Path, fg_path: Path | None) -> tuple[np
 
 
 def _slices(
-    score_map: np.ndarray, lesion: np.ndarray, fg: np.ndarray | None, axis: int, reduction: str, path: Path
+    score_map: np.ndarray,
+    lesion: np.ndarray,
+    fg: np.ndarray | None,
+    axis: int,
+    reduction: str,
+    path: Path,
+    given: list[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-slice scores and lesion flags along ``axis``; slices without foreground are dropped."""
-    import torch
+    """Per-slice scores and lesion flags along ``axis``; slices without foreground are dropped.
 
-    from medood.utils.reduce import reduce_slices
-
+    ``given`` are the run's own slice scores (``slice_scores.csv``, the inferer's one reduction); without them the
+    map is reduced here with ``reduction`` (maps made elsewhere, ``medood evaluate --maps``).
+    """
     if not -score_map.ndim <= axis < score_map.ndim:
         raise DataError(path, f"slice axis {axis} out of range for a map of shape {score_map.shape}")
     ax = axis % score_map.ndim
-    mask_t = None if fg is None else torch.from_numpy(fg)[None, None]
-    scores = reduce_slices(torch.from_numpy(score_map)[None, None], ax, reduction, mask=mask_t)[0].numpy()
+    if given is not None and len(given) == score_map.shape[ax]:
+        scores = np.asarray(given, dtype=np.float32)
+    else:
+        mask_t = None if fg is None else torch.from_numpy(fg)[None, None]
+        scores = reduce_slices(torch.from_numpy(score_map)[None, None], ax, reduction, mask=mask_t)[0].numpy()
     inside = lesion if fg is None else lesion & fg
     has_lesion = np.asarray(np.moveaxis(inside, ax, 0).reshape(inside.shape[ax], -1).any(axis=1))
     if fg is None:
@@ -305,17 +319,18 @@ def _accumulate(
     counter: DiceCounter | None,
     slice_axis: int | None,
     slice_reduction: str,
+    given: dict[str, list[float]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read the cases one at a time into the pool / Dice counter; return the pooled slice scores and flags."""
     slice_scores: list[np.ndarray] = [np.empty(0, np.float32)]
     slice_lesion: list[np.ndarray] = [np.empty(0, bool)]
-    for _, map_path, mask_path, fg_path in pairs:
+    for case, map_path, mask_path, fg_path in pairs:
         score_map, lesion, fg = load_case(map_path, mask_path, fg_path)
         pool.add_arrays(score_map, lesion, fg)
         if counter is not None:
             counter.add_arrays(score_map, lesion, fg)
         if slice_axis is not None:
-            s, y = _slices(score_map, lesion, fg, slice_axis, slice_reduction, map_path)
+            s, y = _slices(score_map, lesion, fg, slice_axis, slice_reduction, map_path, (given or {}).get(case))
             slice_scores.append(s)
             slice_lesion.append(y)
     return np.concatenate(slice_scores), np.concatenate(slice_lesion)
@@ -364,14 +379,16 @@ def evaluate_pairs(
     slice_axis: int | None = None,
     slice_reduction: str = "max",
     source: Path | None = None,
+    given_slice_scores: dict[str, list[float]] | None = None,
 ) -> dict[str, Any]:
     """Voxel- and slice-level metrics of ``(case, map, mask, foreground or None)`` file tuples.
 
-    The arguments are those of :func:`evaluate_map_folders`; ``source`` is named in errors.
+    The arguments are those of :func:`evaluate_map_folders`; ``source`` is named in errors;
+    ``given_slice_scores`` (``{case: scores along slice_axis}``) replace the reduction here where given.
     """
     pool = VoxelPool(max_voxels, seed)
     counter = None if threshold is None else DiceCounter(threshold)
-    slice_scores, slice_lesion = _accumulate(pairs, pool, counter, slice_axis, slice_reduction)
+    slice_scores, slice_lesion = _accumulate(pairs, pool, counter, slice_axis, slice_reduction, given_slice_scores)
     pos, neg = pool.split()
     if pos.size == 0:
         hint = "with --max-voxels a small lesion can be missed: raise it" if max_voxels else None
@@ -396,8 +413,22 @@ def evaluate_pairs(
         "seed": seed,
         "threshold": threshold,
         "slice_axis": slice_axis,
-        "slice_reduction": slice_reduction if slice_axis is not None else None,
+        "slice_reduction": (
+            None if slice_axis is None else ("the run's slice_scores.csv" if given_slice_scores else slice_reduction)
+        ),
     }
+
+
+def _run_slice_scores(path: Path, axis: int | None) -> dict[str, list[float]] | None:
+    """``{case: slice scores along axis}`` of a run's ``slice_scores.csv`` (the inferer's one reduction)."""
+    if axis is None or not path.is_file():
+        return None
+    out: dict[str, dict[int, float]] = {}
+    with path.open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            if int(row["axis"]) == axis:
+                out.setdefault(rf.unescape_cell(row["case"]), {})[int(row["slice"])] = float(row["score"])
+    return {c: [v[i] for i in range(len(v))] for c, v in out.items() if sorted(v) == list(range(len(v)))} or None
 
 
 def evaluate_outputs(
@@ -431,12 +462,9 @@ def evaluate_outputs(
         seed: sub-sampling seed. Defaults to 0.
         out_file: JSON written (atomically) into ``output_dir`` (``None`` = none). Defaults to ``"metrics.json"``.
     """
-    from medood.metrics.functional import auroc, average_precision, fpr_at_tpr
-    from medood.utils.io import atomic_write_text, case_name
-
     out = Path(output_dir)
     result: dict[str, Any] = {}
-    scores, _ = read_scores(out / "scores.csv")
+    scores, _ = read_scores(out / rf.SCORES_CSV)
     labelled = [(case_name(c["image"]), int(c[label_key])) for c in cases if label_key in c]
     if labelled and len({y for _, y in labelled}) == 2:
         missing = [n for n, _ in labelled if n not in scores]
@@ -457,13 +485,14 @@ def evaluate_outputs(
         if not mask:
             continue
         name = case_name(c["image"])
-        amap = out / f"{name}{MAP_SUFFIX}.nii.gz"
+        amap = out / rf.map_file(name)
         if not amap.is_file():
             raise DataError(amap, f"missing: case {name} was not scored into {out}")
         fg = c.get(foreground_key) if foreground_key else None
         pairs.append((name, amap, Path(mask), Path(fg) if fg else None))
     if pairs:
-        result["voxel"] = evaluate_pairs(pairs, threshold, max_voxels, seed, None, slice_axis, "max", out)
+        given = _run_slice_scores(out / rf.SLICE_SCORES_CSV, slice_axis)
+        result["voxel"] = evaluate_pairs(pairs, threshold, max_voxels, seed, None, slice_axis, "max", out, given)
     if out_file is not None:
         atomic_write_text(out / out_file, json.dumps(result, indent=2, default=float) + "\n")
     return result

@@ -17,6 +17,7 @@ from monai.transforms import MapTransform
 from medood.detectors.calibration import overlay_window
 from medood.handlers.writers import write_thresholds
 from medood.inferers.ood_inferer import OODInferer
+from medood.io import run_folder as rf
 from medood.utils.errors import DataError
 from medood.utils.io import atomic_path, case_name
 
@@ -106,7 +107,7 @@ def anomaly_map_path(
 ) -> Path:
     """Where the float map of a case goes: ``<maps_dir or studies/anomaly_maps>/<case>_anomaly_map.nii.gz``."""
     folder = Path(maps_dir) if maps_dir else Path(studies) / MAPS_FOLDER
-    return folder / f"{case_name(image)}_anomaly_map.nii.gz"
+    return folder / rf.map_file(case_name(image))
 
 
 def xform_codes(image: str | os.PathLike[str]) -> tuple[int, int]:

@@ -66,13 +66,22 @@ def _img(uri: str, alt: str) -> str:
 
 
 def _volume(path: Path | None) -> np.ndarray | None:
+    """The volume in RAS voxel order (what the radiological tiles of :func:`overlay_tile` expect)."""
     if path is None or not str(path).endswith((".nii", ".nii.gz")):
         return None
     try:
-        return np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)  # type: ignore[attr-defined]
+        img = nib.as_closest_canonical(nib.load(str(path)))  # type: ignore[attr-defined]
+        return np.asarray(img.dataobj, dtype=np.float32)
     except Exception as e:  # a missing or unreadable input only costs the report its background
         logger.warning("report: cannot read %s (%s); drawing the map alone", path, e)
         return None
+
+
+def _ras_axis(path: Path, axis: int, scores: list[float]) -> tuple[int, list[float]]:
+    """A file voxel axis and its slice scores, as the RAS axis and RAS-ordered scores of the canonical volume."""
+    ornt = nib.io_orientation(nib.load(str(path)).affine)  # type: ignore[attr-defined]
+    ras, flip = int(ornt[axis][0]), ornt[axis][1] < 0
+    return ras, list(scores[::-1]) if flip else list(scores)
 
 
 def _worst_slices(case: CaseOutputs, window: Any, lesion: Path | None, n: int) -> list[str]:
@@ -87,7 +96,7 @@ def _worst_slices(case: CaseOutputs, window: Any, lesion: Path | None, n: int) -
     if image is not None and image.ndim == 4:
         image = image[..., 0]
     axis, scores = next(iter(case.slice_scores.items()), (2, []))
-    axis = axis % 3
+    axis, scores = _ras_axis(case.anomaly_map, axis % 3, scores)  # type: ignore[arg-type]
     if len(scores) != amap.shape[axis]:
         scores = list(np.moveaxis(amap, axis, 0).reshape(amap.shape[axis], -1).max(1))
     order = [int(i) for i in np.argsort(-np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf))[:n]]
@@ -138,9 +147,13 @@ def _ranked(cases: list[CaseOutputs]) -> list[CaseOutputs]:
 def _distribution(run: RunOutputs) -> str:
     ref = run.id_scores
     groups: dict[str, list[float]] = {}
+    counts: dict[str, int | None] = {}
     if ref:
         from_cal = bool(run.thresholds.get("id_scores"))
-        groups["ID reference (healthy calibration)" if from_cal else "ID cases in this run"] = ref
+        name = "ID reference (healthy calibration)" if from_cal else "ID cases in this run"
+        groups[name] = ref
+        if from_cal:  # the stored values are quantiles: n is the number of calibration images
+            counts[name] = run.n_calibration
     labelled = any(c.label is not None for c in run.cases)
     for name, keep in (("run: label 1 (OOD)", 1), ("run: label 0 (ID)", 0)) if labelled else ():
         groups[name] = [c.score for c in run.cases if c.label == keep and c.score is not None]
@@ -150,7 +163,7 @@ def _distribution(run: RunOutputs) -> str:
         return '<p class="note">No scores in scores.csv.</p>'
     markers = {"score threshold": run.score_threshold} if run.score_threshold is not None else {}
     note = "" if ref else '<p class="note">No in-distribution reference: thresholds.json has no id_scores.</p>'
-    return histogram_svg(groups, markers, title="score distribution") + note  # type: ignore[arg-type]
+    return histogram_svg(groups, markers, title="score distribution", counts=counts) + note  # type: ignore[arg-type]
 
 
 def _case_section(case: CaseOutputs, run: RunOutputs, lesion: Path | None, n_slices: int) -> str:
@@ -208,10 +221,14 @@ def write_report(
         f"<title>medood report: {escape(run.root.name)}</title><style>{_CSS}</style></head><body>",
         f"<h1>medood run report: {escape(run.root.name)}</h1>",
         f'<p class="note">{escape(str(run.root.resolve()))}: {len(run.cases)} cases.</p>',
+        '<p class="note">Slices are shown in radiological convention: the patient\'s right on the image\'s left '
+        "(R / L marked on every slice), anterior up, as 3D Slicer shows them.</p>",
         _thresholds_line(run),
     ]
     if run.metrics:
         html += ["<h2>Metrics</h2>", _metrics_table(run.metrics)]
+    if run.results:
+        html += ["<h2>Results (results.json)</h2>", _metrics_table(run.results)]
     html += ["<h2>Score distribution</h2>", _distribution(run), "<h2>Scores</h2>", _scores_table(run)]
     montage = run.root / "worst_slices.png"
     if montage.is_file():

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from medood.data.image2d import overlay_rgb
+from medood.io import run_folder as rf
 from medood.utils.io import atomic_path, case_name
 
 __all__ = ["overlay_tile", "worst_slices_montage"]
@@ -36,15 +37,28 @@ def overlay_tile(
 ) -> np.ndarray:
     """One ``(H, W, 3)`` uint8 tile: a 2D slice (grey), its map in hot colours over ``map_range``, lesion outline.
 
-    The slice's first axis is drawn left-right and its second bottom-up (anterior up for an axial RAS slice).
-    ``map_range`` is the run's fixed healthy-data window, never the slice's own min-max.
+    The slice is a slice of a RAS volume, shown in **radiological convention** as 3D Slicer shows it: its first
+    axis (towards the patient's right) runs right-to-left, so the patient's right is on the image's left, and its
+    second bottom-up (anterior up for an axial slice); ``R`` and ``L`` mark the sides. ``map_range`` is the run's
+    fixed healthy-data window, never the slice's own min-max.
     """
     brain = image[image > 0]
     window = (0.0, float(np.percentile(brain, 99.5))) if brain.size else None
-    rgb = overlay_rgb(image.T[::-1], amap.T[::-1], window, map_range)
+    rgb = overlay_rgb(image.T[::-1, ::-1], amap.T[::-1, ::-1], window, map_range)
     if lesion is not None:
-        rgb[_outline(lesion.T[::-1] > 0.5)] = (0, 255, 0)
-    return rgb
+        rgb[_outline(lesion.T[::-1, ::-1] > 0.5)] = (0, 255, 0)
+    return _side_markers(rgb)
+
+
+def _side_markers(rgb: np.ndarray) -> np.ndarray:
+    """``R`` at the left edge and ``L`` at the right edge of a radiological tile (patient's right on the left)."""
+    if min(rgb.shape[:2]) < 12:
+        return rgb
+    img = Image.fromarray(np.ascontiguousarray(rgb))
+    draw = ImageDraw.Draw(img)
+    draw.text((1, 1), "R", fill=(255, 255, 0))
+    draw.text((rgb.shape[1] - 7, 1), "L", fill=(255, 255, 0))
+    return np.asarray(img)
 
 
 def worst_slices_montage(
@@ -80,7 +94,7 @@ def worst_slices_montage(
     ranked: list[tuple[float, str, int, dict[str, Any]]] = []
     for c in cases:
         name = case_name(c["image"])
-        amap_path = out / f"{name}_anomaly_map.nii.gz"
+        amap_path = out / rf.map_file(name)
         if not amap_path.is_file():
             continue
         amap = _canonical(amap_path)
@@ -95,7 +109,7 @@ def worst_slices_montage(
     tiles = []
     for value, name, z, c in chosen:
         image = _canonical(c["image"])[:, :, z]
-        amap = _canonical(out / f"{name}_anomaly_map.nii.gz")[:, :, z]
+        amap = _canonical(out / rf.map_file(name))[:, :, z]
         lesion = _canonical(c[mask_key])[:, :, z] if c.get(mask_key) else None
         tile = Image.fromarray(overlay_tile(image, amap, lesion, hi)).resize(
             (image.shape[0] * scale, image.shape[1] * scale), Image.Resampling.NEAREST

@@ -2,7 +2,10 @@
 
 A run folder (the ``output_dir`` of any bundle's inference) may hold:
 
-* ``scores.csv``: ``case,score[,label][,flagged][,image]`` (``image`` = the input file, optional);
+The format is :mod:`medood.io.run_folder`'s (names, suffixes, CSV layouts, ``run.json``); this module parses a folder
+for the reports. When the folder has a ``run.json``, only that run's cases are read, with its map kind.
+
+* ``scores.csv``: ``case,score,flagged[,label][,image]`` (``image`` = the input file, optional);
 * ``slice_scores.csv``: ``case,axis,slice,score`` (long format);
 * per case ``<case>_anomaly_map.nii.gz`` (float32 map on the input grid), ``<case>_anomaly_seg.nii.gz`` or
   ``<case>_anomaly_seg.seg.nrrd`` (mask), ``<case>_anomaly_overlay.png`` (2D inputs);
@@ -33,7 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from medood.detectors.calibration import overlay_window
-from medood.handlers.writers import THRESHOLDS_FILE, thresholds_record, write_thresholds
+from medood.handlers.writers import thresholds_record
+from medood.io import run_folder as rf
+from medood.io.run_folder import THRESHOLDS_FILE, read_thresholds, write_thresholds
 from medood.utils.errors import DataError
 from medood.utils.io import read_json_object
 
@@ -50,10 +55,9 @@ __all__ = [
     "write_thresholds",
 ]
 
-MAP_SUFFIX = "_anomaly_map.nii.gz"
+MAP_SUFFIX = rf.map_suffix()
 #: Mask file suffixes, in order of preference (a ``.seg.nrrd`` carries its segment name).
-SEG_SUFFIXES = ("_anomaly_seg.seg.nrrd", "_anomaly_seg.nii.gz")
-OVERLAY_SUFFIX = "_anomaly_overlay.png"
+SEG_SUFFIXES = tuple(name[1:] for name in rf.seg_files("", "anomaly"))
 _IMAGE_EXTS = (".nii.gz", ".nii", ".nrrd", ".mha", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
@@ -92,6 +96,19 @@ class RunOutputs:
     cases: list[CaseOutputs]
     thresholds: dict[str, Any]
     metrics: dict[str, Any] | None
+    manifest: dict[str, Any] | None = None
+    results: dict[str, Any] | None = None
+
+    @property
+    def map_kind(self) -> str:
+        """The map kind of the run's file names (``anomaly``, ``cam``, ``heatmap`` ...; from ``run.json``)."""
+        return str((self.manifest or {}).get("map_kind") or "anomaly")
+
+    @property
+    def n_calibration(self) -> int | None:
+        """The number of healthy calibration images (``thresholds.json``), if recorded."""
+        n = self.thresholds.get("n_calibration")
+        return None if n is None else int(n)
 
     @property
     def map_threshold(self) -> float | None:
@@ -122,25 +139,6 @@ def _opt_float(v: Any) -> float | None:
         return None
     f = float(v)
     return None if math.isnan(f) else f
-
-
-def read_thresholds(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """``thresholds.json`` of a run folder as a dict (empty when the file is absent).
-
-    Raises:
-        DataError: the file is not a JSON object or a value has the wrong type.
-    """
-    path = Path(run_dir) / THRESHOLDS_FILE
-    if not path.is_file():
-        return {}
-    data = read_json_object(path, hint="see medood.reports.run_dir for the expected keys")
-    for key in ("map_threshold", "score_threshold"):
-        if data.get(key) is not None and not isinstance(data[key], int | float):
-            raise DataError(path, f"{key} must be a number or null, got {data[key]!r}")
-    window = data.get("window")
-    if window is not None and (not isinstance(window, list) or len(window) != 2):
-        raise DataError(path, f"window must be [low, high] or null, got {window!r}")
-    return data
 
 
 def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
@@ -177,11 +175,11 @@ def _find_image(images_dir: Path | None, name: str) -> Path | None:
     return None
 
 
-def _case_files(root: Path, case: CaseOutputs) -> None:
-    amap = root / f"{case.name}{MAP_SUFFIX}"
+def _case_files(root: Path, case: CaseOutputs, kind: str) -> None:
+    amap = root / rf.map_file(case.name, kind)
     case.anomaly_map = amap if amap.is_file() else None
-    case.mask = next((root / f"{case.name}{s}" for s in SEG_SUFFIXES if (root / f"{case.name}{s}").is_file()), None)
-    overlay = root / f"{case.name}{OVERLAY_SUFFIX}"
+    case.mask = next((root / n for n in rf.seg_files(case.name, kind) if (root / n).is_file()), None)
+    overlay = root / rf.overlay_file(case.name, kind)
     case.overlay = overlay if overlay.is_file() else None
 
 
@@ -206,36 +204,35 @@ def read_run(
     root = Path(run_dir)
     if not root.is_dir():
         raise DataError(root, "is not a folder", hint="give the output_dir of a bundle run")
-    scores_csv = root / "scores.csv"
-    rows = _read_csv(scores_csv, ("case", "score")) if scores_csv.is_file() else []
+    manifest = rf.read_manifest(root)
+    kind = str((manifest or {}).get("map_kind") or "anomaly")
+    scores_csv = root / rf.SCORES_CSV
+    rows = rf.read_score_rows(scores_csv, require_flagged=False) if scores_csv.is_file() else []
     cases: dict[str, CaseOutputs] = {}
     for row in rows:
-        name = (row.get("case") or "").strip()
-        if not name:
-            raise DataError(scores_csv, "has a row with an empty case name")
-        img = (row.get("image") or "").strip()
-        cases[name] = CaseOutputs(
-            name,
-            score=_num(scores_csv, row, "score"),
-            label=_num(scores_csv, row, "label", int),
-            flagged=_num(scores_csv, row, "flagged", int),
-            image=Path(img) if img else None,
-        )
-    for amap in sorted(root.glob(f"*{MAP_SUFFIX}")):
-        name = amap.name[: -len(MAP_SUFFIX)]
-        cases.setdefault(name, CaseOutputs(name))
+        image = Path(row.image) if row.image else None
+        cases[row.case] = CaseOutputs(row.case, score=row.score, label=row.label, flagged=row.flagged, image=image)
+    if manifest is not None:  # only the cases of the run that owns the folder
+        own = set(manifest.get("cases") or [])
+        cases = {k: v for k, v in cases.items() if k in own} if own else cases
+    else:
+        suffix = rf.map_suffix(kind)
+        for amap in sorted(root.glob(f"*{suffix}")):
+            name = amap.name[: -len(suffix)]
+            cases.setdefault(name, CaseOutputs(name))
     if not cases:
-        raise DataError(root, "holds neither scores.csv nor any *_anomaly_map.nii.gz", hint="is this a run folder?")
-    _read_slice_scores(root / "slice_scores.csv", cases)
+        raise DataError(root, f"holds neither scores.csv nor any *{rf.map_suffix(kind)}", hint="is this a run folder?")
+    _read_slice_scores(root / rf.SLICE_SCORES_CSV, cases)
     search = Path(images_dir) if images_dir is not None else None
     for case in cases.values():
-        _case_files(root, case)
+        _case_files(root, case, kind)
         if images and case.name in images:
             case.image = Path(images[case.name])
         if case.image is None or not case.image.is_file():
             case.image = _find_image(search, case.name) or (case.image if case.image and case.image.is_file() else None)
-    metrics = _read_json(root / "metrics.json")
-    return RunOutputs(root, list(cases.values()), read_thresholds(root), metrics)
+    metrics = _read_json(root / rf.METRICS_FILE)
+    results = _read_json(root / rf.RESULTS_FILE)
+    return RunOutputs(root, list(cases.values()), read_thresholds(root), metrics, manifest, results)
 
 
 def _read_slice_scores(path: Path, cases: dict[str, CaseOutputs]) -> None:

@@ -11,6 +11,11 @@ case:
 * the mask (``<case>_anomaly_seg.seg.nrrd`` or ``<case>_anomaly_seg.nii.gz``) as a segmentation whose segment is
   named ``anomaly``.
 
+File names are :mod:`medood.io.run_folder`'s, with the map kind of the run's ``run.json`` (``anomaly``, ``cam``,
+``heatmap`` ...), and only that run's cases are listed. The scene shows **one case at a time**: ``show(i)`` (or
+``next_case()`` / ``previous_case()``) loads case ``i`` and hides every other case's map and mask. A case whose input
+cannot be found is shown without its background, with a warning here and in Slicer.
+
 Before writing, every map is checked (float, no NaN / Inf, and the input's grid when the input is known); a
 bad map raises :class:`~medood.utils.errors.DataError` naming it. 2D runs work the same way: their maps are
 single-slice NIfTI files that overlay the PNG in Slicer (:func:`medood.data.image2d.write_map_nifti_2d`).
@@ -27,6 +32,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from medood.io import run_folder as rf
 from medood.reports.run_dir import CaseOutputs, RunOutputs, read_run
 from medood.utils.errors import DataError
 from medood.utils.io import atomic_write_text
@@ -57,7 +63,13 @@ def _in_run(name):
     return os.path.join(RUN_DIR, name)
 
 
+_LOADED = {{}}
+_CURRENT = [0]
+
+
 def show_case(case, image_path, map_name, mask_name):
+    if not image_path:
+        print("medood: the input of " + case + " was not found; its map is shown without the image")
     image = slicer.util.loadVolume(image_path, properties={{"name": case}}) if image_path else None
     heat = slicer.util.loadVolume(_in_run(map_name), properties={{"labelmap": False, "name": case + " anomaly map"}})
     display = heat.GetDisplayNode()
@@ -77,7 +89,33 @@ def show_case(case, image_path, map_name, mask_name):
             segment = segmentation.GetNthSegment(i)
             segment.SetName(SEGMENT_NAME if i == 0 else SEGMENT_NAME + "_" + str(i))
             segment.SetColor(1.0, 0.0, 0.0)
-    return heat
+        return heat, seg
+    return heat, None
+
+
+def show(i):  # case i (0-based) alone: loaded once, every other case's map and mask hidden
+    i = i % len(CASES)
+    if i not in _LOADED:
+        _LOADED[i] = show_case(*CASES[i])
+    for j, (heat, seg) in _LOADED.items():
+        for node in (heat, seg):
+            if node is not None and node.GetDisplayNode() is not None and j != i:
+                node.GetDisplayNode().SetVisibility(False)
+    heat, seg = _LOADED[i]
+    if seg is not None:
+        seg.GetDisplayNode().SetVisibility(True)
+    image = slicer.util.getFirstNodeByName(CASES[i][0])
+    slicer.util.setSliceViewerLayers(background=image, foreground=heat, foregroundOpacity=0.5)
+    _CURRENT[0] = i
+    print("medood: case %d of %d: %s (next_case(), previous_case(), show(i))" % (i + 1, len(CASES), CASES[i][0]))
+
+
+def next_case():
+    show(_CURRENT[0] + 1)
+
+
+def previous_case():
+    show(_CURRENT[0] - 1)
 
 """
 
@@ -119,8 +157,10 @@ def _call(case: CaseOutputs) -> str | None:
     if case.anomaly_map is None:
         return None
     image = str(case.image.resolve()) if case.image is not None else None
+    if image is None:
+        logger.warning("case %s: its input image cannot be found (give --images DIR): map shown alone", case.name)
     mask = case.mask.name if case.mask is not None else None
-    return f"show_case({case.name!r}, {image!r}, {case.anomaly_map.name!r}, {mask!r})"
+    return f"    ({case.name!r}, {image!r}, {case.anomaly_map.name!r}, {mask!r}),"
 
 
 def write_slicer_scene(
@@ -156,9 +196,10 @@ def write_slicer_scene(
             check_map(case.anomaly_map, case.image)  # type: ignore[arg-type]
         calls.append(call)
     if not calls:
-        raise DataError(root, "holds no *_anomaly_map.nii.gz: nothing to show in Slicer")
+        raise DataError(root, f"holds no *{rf.map_suffix(run.map_kind)}: nothing to show in Slicer")
     if run.window is None:
         logger.warning("%s has no thresholds.json window or map threshold: Slicer will auto-window each map", root)
     window = None if run.window is None else [float(v) for v in run.window]
     text = _PRELUDE.format(run_dir=str(root), window=window, color=COLOR_NODE, segment=SEGMENT_NAME)
-    return atomic_write_text(root / filename, text + "\n".join(calls) + "\n")
+    body = "CASES = [\n" + "\n".join(calls) + "\n]\nshow(0)\n"
+    return atomic_write_text(root / filename, text + body)

@@ -82,11 +82,13 @@ def histogram_svg(
     height: int = 200,
     x_label: str = "score (higher = more OOD)",
     title: str = "",
+    counts: dict[str, int | None] | None = None,
 ) -> str:
     """Overlaid density histograms of several score groups, with labelled vertical markers (thresholds).
 
     Each group is normalised to its own area, so a reference of 1000 calibration quantiles and a run of 10 cases
-    compare by shape. Groups are drawn as outlines in distinct colours, with a legend.
+    compare by shape. Groups are drawn as outlines in distinct colours, with a legend BELOW the plot (never over
+    the bars); ``counts`` gives a group's number of images where its values are not one per image (quantiles).
     """
     arrays = {k: np.asarray(v, dtype=np.float64) for k, v in groups.items()}
     arrays = {k: a[np.isfinite(a)] for k, a in arrays.items() if np.isfinite(a).any()}
@@ -98,8 +100,10 @@ def histogram_svg(
     edges = np.linspace(lo, hi, bins + 1)
     dens = {k: np.histogram(a, bins=edges, density=True)[0] for k, a in arrays.items()}
     top = max((float(d.max()) for d in dens.values()), default=1.0) or 1.0
-    x0, x1, yb, yt = _PAD_L, width - _PAD_R, height - _PAD_B, _PAD_T
-    body = [_axes(width, height, (lo, hi), (0.0, top), x_label)]
+    plot_h = height
+    height = plot_h + 14 * len(dens) + 6  # legend rows under the x-axis label
+    x0, x1, yb, yt = _PAD_L, width - _PAD_R, plot_h - _PAD_B, _PAD_T
+    body = [_axes(width, plot_h, (lo, hi), (0.0, top), x_label)]
     for i, (name, d) in enumerate(dens.items()):
         colour = _COLOURS[i % len(_COLOURS)]
         pts = [f"{x0:.1f},{yb:.1f}"]
@@ -112,14 +116,15 @@ def histogram_svg(
             f'<polyline fill="{colour}" fill-opacity="0.15" stroke="{colour}" stroke-width="1.5" '
             f'points="{" ".join(pts)}"/>'
         )
-        legend = f"{name} (n={len(arrays[name])})"
+        n = (counts or {}).get(name)
+        legend = f"{name} (n={len(arrays[name]) if n is None else n})"
         body.append(
-            f'<text x="{x1 - 4}" y="{yt + 12 * (i + 1)}" font-size="11" text-anchor="end" fill="{colour}">'
-            f"{escape(legend)}</text>"
+            f'<rect x="{x0}" y="{plot_h + 14 * i - 2}" width="10" height="10" fill="{colour}" fill-opacity="0.5"/>'
+            f'<text x="{x0 + 14}" y="{plot_h + 14 * i + 7}" font-size="11" fill="{colour}">{escape(legend)}</text>'
         )
     for label, value in (markers or {}).items():
         if math.isfinite(value):
-            body.append(_vline(_scale(value, lo, hi, x0, x1), height, "#444", label))
+            body.append(_vline(_scale(value, lo, hi, x0, x1), plot_h, "#444", label))
     return _svg(width, height, title, "".join(body))
 
 

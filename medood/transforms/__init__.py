@@ -20,14 +20,18 @@ from medood.transforms.anomalies_dict import (
 )
 from medood.transforms.color import RandSaturation, RandSaturationd, ToRGB, ToRGBd
 from medood.transforms.corruptions import CORRUPTIONS, Corrupt, Corruptd, corruption_plan
+from medood.transforms.foreground import FOREGROUND_KEY, Foreground, Foregroundd
 from medood.transforms.histogram import HistogramStandardize, HistogramStandardized, learn_landmarks
 from medood.transforms.intensity import ScaleNonzeroPercentile, ScaleNonzeroPercentiled
 from medood.transforms.slices import RandSlices, RandSlicesd, foreground_extent, slice_positions
 
 __all__ = [
     "CORRUPTIONS",
+    "FOREGROUND_KEY",
     "Corrupt",
     "Corruptd",
+    "Foreground",
+    "Foregroundd",
     "HistogramStandardize",
     "HistogramStandardized",
     "ImageAnomaly",

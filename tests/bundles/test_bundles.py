@@ -6,6 +6,7 @@ exception says (so the exception is dropped once export works)."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 from collections.abc import Callable
@@ -16,6 +17,8 @@ import torch
 from monai.bundle import ConfigParser, ckpt_export
 from monai.data import load_net_with_metadata
 
+from medood.cli import main
+from medood.io.run_folder import RUN_MANIFEST, read_score_rows
 from medood.utils.checkpoints import load_state
 from tests.helpers.bundles import DATA_KINDS, BundleRun, bundle_dirs, load_spec, workflow_configs
 
@@ -176,3 +179,47 @@ def test_ckpt_export_matches_the_eager_network(
         return
     wrong = trace_error or _mismatch(traced, eager, inputs, version)  # type: ignore[arg-type]
     assert wrong, f"{bundle.name} exports by tracing now (same output on test images): set export mode to trace"
+
+
+# ---------------------------------------------------------------------------------------------- run folders
+def _scene_references(script: Path) -> list[tuple[str, str | None, str, str | None]]:
+    """The ``CASES`` entries of an ``open_in_slicer.py`` (case, input, map file, mask file)."""
+    text = script.read_text()
+    block = text[text.index("CASES = [") + len("CASES = ") : text.index("\n]\n") + 2]
+    return [tuple(entry) for entry in ast.literal_eval(block)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_run_folders_have_one_scores_layout_and_report_and_scene(
+    bundle: Path, bundle_run: Callable[[str], BundleRun]
+) -> None:
+    """Every ``scores.csv`` any workflow wrote parses with the one reader (``case,score,flagged`` first, the same
+    columns everywhere); ``medood report`` and ``medood slicer-scene`` work on every run folder with results, with
+    an image per case that has a map or overlay, and a scene whose every file reference exists."""
+    run = bundle_run(bundle.name)
+    found = sorted(run.root.glob("eval/**/scores.csv"))
+    assert found, f"{bundle.name}: no workflow wrote a scores.csv"
+    for path in found:
+        rows = read_score_rows(path)
+        header = next(csv.reader(path.open()))
+        assert header[:3] == ["case", "score", "flagged"], f"{path}: {header}"
+        assert set(header[3:]) <= {"label", "image", "ood_set"}, f"{path}: unknown columns {header[3:]}"
+        assert rows, f"{path}: no rows"
+    for folder in sorted({p.parent for p in found if (p.parent / RUN_MANIFEST).is_file()}):
+        manifest = json.loads((folder / RUN_MANIFEST).read_text())
+        kind = manifest["map_kind"]
+        assert manifest["status"] == "complete" and manifest["cases"]
+        assert main(["report", str(folder)]) == 0
+        html = (folder / "report.html").read_text()
+        with_pictures = [c for c in manifest["cases"] if (folder / f"{c}_{kind}_map.nii.gz").is_file()]
+        assert html.count("<img ") >= min(len(with_pictures), 40), f"{folder}: report images missing"
+        if not with_pictures:
+            continue
+        assert main(["slicer-scene", str(folder)]) == 0
+        refs = _scene_references(folder / "open_in_slicer.py")
+        assert [r[0] for r in refs] == [c for c in manifest["cases"] if c in with_pictures]
+        for case, image, amap, mask in refs:
+            assert amap == f"{case}_{kind}_map.nii.gz" and (folder / amap).is_file()
+            assert mask is None or (folder / mask).is_file()
+            assert image is None or Path(image).is_file()

@@ -12,7 +12,8 @@ from medood.data.auxiliary import auxiliary_datalist, corruption_datalist
 from medood.data.classification import classifier_preprocessing
 from medood.data.folders import class_folder_datalist
 from medood.detectors.heatmap import HeatmapDetector
-from medood.engines.heatmap import heatmap_training_datalist, ood_pairs, predicted_features, train_heatmap_decoder
+from medood.engines.fit import train_heatmap_decoder
+from medood.engines.heatmap import heatmap_training_datalist, ood_pairs, predicted_features
 from medood.networks.classifiers import build_classifier
 from medood.transforms.corruptions import Corruptd
 from tests.helpers import toy

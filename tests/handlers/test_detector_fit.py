@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 from monai.engines import SupervisedEvaluator
 
 from medood.detectors import get_detector
-from medood.handlers import DetectorFitHandler
+from medood.handlers import CalibrationHandler, DetectorFitHandler
 from tests.helpers import toy
 
 
@@ -38,3 +40,20 @@ def test_one_engine_pass_fits_every_detector_like_fit_features(tmp_path) -> None
     fresh = get_detector("mahalanobis", model=model)
     fresh.load_state_dict(saved["mahalanobis"])
     torch.testing.assert_close(fresh.score(x[:4]).image_score, via_engine[0].score(x[:4]).image_score)
+
+
+def test_calibration_reads_the_batch_foreground() -> None:
+    """``foreground="batch"``: healthy map values inside the case's foreground (Foregroundd), zeros included."""
+    amap = torch.zeros(1, 4, 4)
+    amap[0, 1, 1] = 3.0  # one hot voxel inside, the rest of the foreground is exactly 0
+    fg = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    fg[0, :2, :2] = 1
+    handler = CalibrationHandler(SimpleNamespace(map_has_threshold=True), foreground="batch")  # type: ignore[arg-type]
+    handler._started(None)  # type: ignore[arg-type]
+    item = {"ood_score": torch.tensor(1.0), "pred": amap, "foreground": fg}
+    engine = SimpleNamespace(state=SimpleNamespace(output=[item]))
+    handler._iteration(engine)  # type: ignore[arg-type]
+    assert sorted(handler.values[0].tolist()) == [0.0, 0.0, 0.0, 3.0], "the 4 foreground voxels, zeros included"
+    engine.state.output[0].pop("foreground")
+    handler._iteration(engine)  # type: ignore[arg-type]
+    assert handler.values[1].tolist() == [3.0], "without a foreground in the item: map voxels > 0"

@@ -93,9 +93,11 @@ def test_map_has_input_grid_and_csvs(tmp_path, trained_ae):
         assert img.shape == SHAPE
         np.testing.assert_allclose(img.affine, AFFINE, atol=1e-5)
         assert img.get_data_dtype() == np.float32
-        assert int(img.header["qform_code"]) == 1
-        assert int(img.header["sform_code"]) == 1
+        src = nib.load(str(paths[i]))  # the map and the mask keep the input's qform / sform codes (1 if unset)
+        assert int(img.header["qform_code"]) == (int(src.header["qform_code"]) or 1)
+        assert int(img.header["sform_code"]) == (int(src.header["sform_code"]) or 1)
         seg = nib.load(str(out / f"case{i}_anomaly_seg.nii.gz"))
+        assert int(seg.header["sform_code"]) == int(img.header["sform_code"])
         assert seg.get_data_dtype() == np.uint8
         assert seg.shape == SHAPE
         np.testing.assert_allclose(seg.affine, AFFINE, atol=1e-5)
@@ -104,7 +106,8 @@ def test_map_has_input_grid_and_csvs(tmp_path, trained_ae):
 
     rows = list(csv.DictReader(open(out / "scores.csv")))
     assert [r["case"] for r in rows] == ["case0", "case1", "case2"]
-    assert set(rows[0]) == {"case", "score", "flagged"}
+    assert list(rows[0]) == ["case", "score", "flagged", "image"]  # medood.io.run_folder's layout
+    assert [r["image"] for r in rows] == [str(p) for p in paths]
     assert all(np.isfinite(float(r["score"])) for r in rows)
     # flagged = score above the split-conformal threshold for alpha = 0.6 of the same three (calibration) cases:
     # the k = ceil((3 + 1) * 0.4) = 2nd smallest (itself not flagged: "> threshold"), so exactly the top one
@@ -133,7 +136,7 @@ def test_no_overwrite_keeps_existing_outputs(tmp_path, trained_ae):
     out = tmp_path / "out"
     _pipeline(paths, trained_ae, OODResultWriter(out)).run()
     before = (out / "case0_anomaly_map.nii.gz").read_bytes()
-    with pytest.raises(FileExistsError, match="overwrite=False"):
-        _pipeline(paths, trained_ae, OODResultWriter(out, overwrite=False)).run()
+    with pytest.raises(FileExistsError, match="overwrite=False"):  # a resumed run of the same settings
+        _pipeline(paths, trained_ae, OODResultWriter(out, overwrite=False, run_mode="resume")).run()
     assert (out / "case0_anomaly_map.nii.gz").read_bytes() == before
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp") or ".tmp." in p.name]

@@ -72,22 +72,30 @@ def _fake_slicer(rec: _Recorder, segmentations: list[_Segmentation]) -> types.Mo
         rec.calls.append(("loadSegmentation", path))
         seg = _Segmentation(int(np.asarray(nib.load(path).dataobj).any()))
         segmentations.append(seg)
-        return types.SimpleNamespace(GetSegmentation=lambda: seg)
+        display = _Display(rec, Path(path).name)
+        return types.SimpleNamespace(GetSegmentation=lambda: seg, GetDisplayNode=lambda: display)
 
     def set_layers(background=None, foreground=None, foregroundOpacity=None):
         rec.calls.append(("layers", getattr(background, "path", None), foreground.path, foregroundOpacity))
 
     util.loadVolume, util.loadSegmentation, util.setSliceViewerLayers = load_volume, load_segmentation, set_layers
+    util.getFirstNodeByName = lambda name: next(
+        (types.SimpleNamespace(path=c[1]) for c in rec.calls if c[0] == "loadVolume" and c[2].get("name") == name), None
+    )
     slicer.util = util
     return slicer
 
 
-def _run_script(path: Path) -> tuple[_Recorder, list[_Segmentation]]:
+def _run_script(path: Path, browse: bool = True) -> tuple[_Recorder, list[_Segmentation]]:
+    """Run the scene; with ``browse`` step through every case (the scene opens on the first one alone)."""
     rec, segs = _Recorder(), []
     saved = sys.modules.get("slicer")
     sys.modules["slicer"] = _fake_slicer(rec, segs)
     try:
-        exec(compile(path.read_text(), str(path), "exec"), {"__name__": "__main__"})
+        space: dict = {"__name__": "__main__"}
+        exec(compile(path.read_text(), str(path), "exec"), space)
+        for _ in range(len(space["CASES"]) - 1 if browse else 0):
+            space["next_case"]()
     finally:
         if saved is None:
             sys.modules.pop("slicer")
@@ -116,6 +124,16 @@ def test_scene_3d_loads_every_case_with_fixed_window_and_named_segments(tmp_path
     assert all(c[1] and c[2].endswith("_anomaly_map.nii.gz") and c[3] == 0.5 for c in layers)
     assert len(segs) == 3 and all(s.GetNumberOfSegments() == 1 for s in segs)
     assert {s.segments[0].name for s in segs} == {"anomaly"}  # the healthy case's empty mask gets one too
+    hidden = [c for c in rec.calls if c[1:] == ("SetVisibility", False)]
+    assert {c[0] for c in hidden} >= {Path(m[1]).name for m in maps[:2]}, "other cases' maps are hidden"
+
+
+def test_scene_opens_on_one_case_and_warns_without_inputs(tmp_path, caplog) -> None:
+    run = make_run_3d(tmp_path)
+    script = write_slicer_scene(run)  # no --images: the inputs of the run cannot be found
+    assert "cannot be found" in caplog.text
+    rec, _ = _run_script(script, browse=False)
+    assert len([c for c in rec.calls if c[0] == "loadVolume"]) == 1, "only the first case is loaded at start"
 
 
 def test_scene_without_thresholds_auto_windows_and_2d_runs_work(tmp_path) -> None:

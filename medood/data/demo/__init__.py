@@ -19,6 +19,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from medood.data.demo.brain_set import BRAIN_COUNTS, write_brain_mri
+from medood.data.demo.images2d import write_2d_set
+
 __all__ = ["DATASETS", "build_demo"]
 
 logger = logging.getLogger(__name__)
@@ -29,16 +32,12 @@ _SIZES = ("small", "full")
 
 
 def _brain(out: Path, size: str, seed: int, counts: tuple[int | None, ...], workers: int | None) -> None:
-    from medood.data.demo.brain_set import BRAIN_COUNTS, write_brain_mri
-
     full = tuple(d if g is None else int(g) for g, d in zip(counts, BRAIN_COUNTS[size]))
     write_brain_mri(out, size, seed, full, workers=workers)  # type: ignore[arg-type]
 
 
 def _builder_2d(name: str) -> Callable[..., None]:
     def build(out: Path, size: str, seed: int, counts: tuple[int | None, ...], workers: int | None) -> None:
-        from medood.data.demo.images2d import write_2d_set
-
         n_train, n_val, n_test, n_ood = counts
         write_2d_set(name, out, seed, n_train, n_val, n_test, n_ood, workers=workers)
 

@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from medood.data.demo.brain import BrainTemplate, Subject, synthesize_subject
+from medood.data.demo.procedural import random_crop
 from medood.data.errors import DataError
 
 __all__ = [
@@ -139,8 +140,6 @@ def far_ood_generator(group: str) -> Callable[[np.random.Generator, str], np.nda
     Returns:
         ``gen(rng, split) -> float32 RGB crop in [0, 1]``.
     """
-    from medood.data.demo.procedural import random_crop
-
     names = FAR_OOD_GROUPS[group]
 
     def gen(rng: np.random.Generator, split: str) -> np.ndarray:
