@@ -165,11 +165,12 @@ class SliceRestorationDetector(OODDetector):
         mp, ap = self.minpool if minpool is None else minpool, self.avgpool if avgpool is None else avgpool
         return (_pool(_pool(raw, mp, "min"), ap, "mean") * self.map_support(x)).float()
 
-    def map_score(self, anomaly_map: Tensor, x: Tensor) -> Tensor:
+    def map_score(self, anomaly_map: Tensor, x: Tensor, foreground: Tensor | None = None) -> Tensor:
         """The base's reductions, plus ``"largest_region"``: :meth:`region_score` of the map at ``score_k``."""
         if self.score_reduction == "largest_region":
-            return self.region_score(anomaly_map, float(self.score_k), self.foreground_mask(x))
-        return super().map_score(anomaly_map, x)
+            mask = foreground.bool() if foreground is not None else self.foreground_mask(x)
+            return self.region_score(anomaly_map, float(self.score_k), mask)
+        return super().map_score(anomaly_map, x, foreground)
 
     @staticmethod
     def region_score(anomaly_map: Tensor, level: float, mask: Tensor) -> Tensor:
