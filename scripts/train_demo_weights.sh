@@ -10,6 +10,10 @@
 #   EXTRA="--init_stage vqvae --init_prefixes ['tokenizer.']" scripts/train_demo_weights.sh mim; wait
 #   scripts/train_demo_weights.sh assemble       # models/model.pt = tokenizer + detector + in-painter, calibrated
 #
+# Recalibrate the shipped weights on a larger healthy set (its dataset.json 'validation' list; the split-conformal
+# 5 % flag needs >= 19 volumes, the demo's validation split has 8):
+#   CAL_DATA=/path/to/healthy scripts/train_demo_weights.sh calibrate calibrate_ar
+#
 # Each stage writes <bundle>/models/stages/<stage>.pt, a log in <bundle>/logs/<stage>.log and a line with its
 # command, seed and wall time in <bundle>/logs/stages.jsonl (copied into configs/metadata.json by
 # scripts/record_training.py). The final weights are <bundle>/models/model.pt (MIM-OOD) and model_ar.pt (AR).
@@ -33,10 +37,17 @@ for stage in "${STAGES[@]}"; do
     detector|mim) configs="['$B/configs/inference.yaml','$B/configs/train_tokens.yaml','$B/configs/train_$stage.yaml']" ;;
     assemble) configs="['$B/configs/inference.yaml','$B/configs/train_tokens.yaml','$B/configs/assemble.yaml']" ;;
     ar) configs="['$B/configs/inference.yaml','$B/configs/inference_ar.yaml','$B/configs/train_tokens.yaml','$B/configs/train_ar.yaml']" ;;
-    *) echo "unknown stage $stage (vqvae detector mim ar assemble)" >&2; exit 2 ;;
+    calibrate) configs="['$B/configs/inference.yaml','$B/configs/train_tokens.yaml','$B/configs/calibrate.yaml']" ;;
+    calibrate_ar) configs="['$B/configs/inference.yaml','$B/configs/inference_ar.yaml','$B/configs/train_tokens.yaml','$B/configs/calibrate.yaml']" ;;
+    *) echo "unknown stage $stage (vqvae detector mim ar assemble calibrate calibrate_ar)" >&2; exit 2 ;;
   esac
-  [ "$stage" = assemble ] || configs="${configs%]},'$B/configs/augment.yaml']"
-  cmd=("$PY" -m monai.bundle run --config_file "$configs" --bundle_root "$B" --dataset_dir "$DATA" --seed "$SEED"
+  data="$DATA"
+  case "$stage" in
+    assemble) ;;
+    calibrate*) data="${CAL_DATA:-$DATA}" ;;  # its 'validation' list: the healthy volumes of the flag threshold
+    *) configs="${configs%]},'$B/configs/augment.yaml']" ;;
+  esac
+  cmd=("$PY" -m monai.bundle run --config_file "$configs" --bundle_root "$B" --dataset_dir "$data" --seed "$SEED"
        --meta_file "$B/configs/metadata.json" --logging_file "$B/configs/logging.conf")
   # shellcheck disable=SC2206
   [ -z "${EXTRA:-}" ] || cmd+=(${EXTRA})

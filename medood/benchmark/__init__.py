@@ -15,9 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from medood.benchmark.maps import map_metrics
 from medood.benchmark.page import results_markdown, seed_claims
+from medood.benchmark.plots import histogram_png, map_png, roc_png
 from medood.benchmark.report import SCORES_FILE, task_results, write_json, write_scores_table
 from medood.benchmark.runner import TASKS, run_task
+from medood.data.demo.bench import MANIFEST, build_bench, read_manifest
+from medood.utils.io import atomic_write_bytes, atomic_write_text
+from medood.utils.machine import describe_machine
 
 __all__ = ["TASKS", "manifest_from_folders", "run_benchmark"]
 
@@ -42,7 +47,6 @@ def manifest_from_folders(root: Path) -> dict[str, Any]:
 
 
 def _manifest(task: str, data: Path, real: bool) -> dict[str, Any]:
-    from medood.data.demo.bench import MANIFEST, read_manifest
 
     folder = data / TASKS[task].folder
     if (folder / MANIFEST).is_file():
@@ -53,7 +57,6 @@ def _manifest(task: str, data: Path, real: bool) -> dict[str, Any]:
 
 
 def _plots(task: str, res: dict[str, Any], scores: dict[str, Any], runs: dict[str, Any], docs: Path) -> list[str]:
-    from medood.benchmark.plots import histogram_png, roc_png
 
     plots = []
     rel = Path("results_plots") / task
@@ -76,7 +79,7 @@ def _plots(task: str, res: dict[str, Any], scores: dict[str, Any], runs: dict[st
             found = sorted(Path(by_set[s]).glob("*_overlay.png")) if s in by_set else []
             if found:
                 target = docs / rel / f"map_{d}_{s}.png"
-                target.write_bytes(found[0].read_bytes())
+                atomic_write_bytes(target, found[0].read_bytes())
                 plots.append(str(target.relative_to(docs)))
                 break
     return plots
@@ -84,9 +87,6 @@ def _plots(task: str, res: dict[str, Any], scores: dict[str, Any], runs: dict[st
 
 def _segmentation(spec: Any, manifest: dict[str, Any], result: Any, docs: Path, n_boot: int) -> dict[str, Any]:
     import nibabel as nib
-
-    from medood.benchmark.maps import map_metrics
-    from medood.benchmark.plots import map_png
 
     seg = manifest["segmentation"]
     root = Path(manifest["sets"]["id_test"]["dir"]).parent
@@ -129,9 +129,6 @@ def run_benchmark(
         alpha: the false-alarm rate of the flags.
         command: recorded on the page.
     """
-    from medood.data.demo.bench import build_bench
-    from medood.utils.machine import describe_machine
-
     start = time.perf_counter()
     machine = describe_machine()
     tasks = list(only or TASKS)
@@ -178,7 +175,6 @@ def run_benchmark(
     docs.mkdir(parents=True, exist_ok=True)
     write_scores_table(docs / SCORES_FILE, rows)
     write_json(docs / "results.json", payload)
-    from medood.utils.io import atomic_write_text
 
     atomic_write_text(docs / "results.md", results_markdown(payload))
     logger.info("benchmark written to %s in %.1f min", docs, payload["seconds"] / 60)

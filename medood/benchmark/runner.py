@@ -25,6 +25,13 @@ from typing import Any
 
 import torch
 
+from medood.data.classification import class_folder_loader, classifier_preprocessing
+from medood.detectors.posthoc import fit_many, score_many
+from medood.engines.calibrate import run_bundle_inference
+from medood.engines.classifier import load_classifier, train_folder_classifier
+from medood.engines.posthoc import build_detectors
+from medood.networks.classifiers import build_classifier
+from medood.utils.checkpoints import load_state
 from medood.utils.io import case_name
 
 __all__ = ["TASKS", "TaskResult", "TaskSpec", "peak_memory", "run_task"]
@@ -129,7 +136,7 @@ def peak_memory(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     VmHWM, reset through ``/proc/self/clear_refs`` where allowed; otherwise the process peak so far, an upper bound).
     """
     try:
-        Path("/proc/self/clear_refs").write_text("5")
+        Path("/proc/self/clear_refs").write_text("5")  # not-a-file-write: a kernel control
     except OSError:
         pass
     before = _status_kb("VmRSS")
@@ -150,7 +157,6 @@ def _set_dirs(manifest: dict[str, Any], roles: tuple[str, ...]) -> dict[str, Pat
 
 def _run_bundle(spec: TaskSpec, det: str, manifest: dict[str, Any], sets: dict[str, Path], work: Path,
                 result: TaskResult) -> None:  # fmt: skip
-    from medood.engines.calibrate import run_bundle_inference
 
     bundle, configs, sub = spec.bundles[det]
     seconds, peak, n = 0.0, 0.0, 0  # n: cases of the sets run (and timed) here
@@ -176,17 +182,12 @@ def _run_bundle(spec: TaskSpec, det: str, manifest: dict[str, Any], sets: dict[s
 def _loader(folder: Path, image_size: int = 64) -> Any:
     from monai.data import DataLoader, Dataset
 
-    from medood.data.classification import classifier_preprocessing
-
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     items = [{"image": str(p), "case": p.stem} for p in files]
     return DataLoader(Dataset(items, classifier_preprocessing(image_size)), batch_size=64), [p.stem for p in files]
 
 
 def _host(spec: TaskSpec, manifest: dict[str, Any], work: Path, epochs: int) -> tuple[torch.nn.Module, list[str], str]:
-    from medood.engines.classifier import load_classifier, train_folder_classifier
-    from medood.networks.classifiers import build_classifier
-    from medood.utils.checkpoints import load_state
 
     data = Path(manifest["train_dir"])
     if spec.posthoc_host == "train":
@@ -205,9 +206,6 @@ def _host(spec: TaskSpec, manifest: dict[str, Any], work: Path, epochs: int) -> 
 
 def _run_posthoc(spec: TaskSpec, manifest: dict[str, Any], sets: dict[str, Path], work: Path, epochs: int,
                  result: TaskResult) -> None:  # fmt: skip
-    from medood.data.classification import class_folder_loader
-    from medood.detectors.posthoc import fit_many, score_many
-    from medood.engines.posthoc import build_detectors
 
     net, classes, result.host = _host(spec, manifest, work, epochs)
     dets = build_detectors("all", net)

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from medood.data.classification import class_balanced_loader, class_folder_loader
+from medood.engines.resume import TrainingCheckpoint
 from medood.handlers.progress import ProgressBar
 from medood.networks.classifiers import build_classifier
 from medood.utils.checkpoints import load_checkpoint, save_checkpoint
@@ -264,8 +265,6 @@ def train_classifier(
     """
     from ignite.engine import Events
     from monai.utils import set_determinism
-
-    from medood.engines.resume import TrainingCheckpoint
 
     s = settings or TrainSettings()
     if s.seed is not None:

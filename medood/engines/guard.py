@@ -49,7 +49,7 @@ from medood.handlers.guard import FeatureCalibrationHandler, FeatureFitHandler
 from medood.networks.feature_maps import encoder_stages, first_network_input
 from medood.utils.checkpoints import load_state, save_state
 from medood.utils.conformal import CalibrationSizeError, conformal_threshold, min_calibration_size
-from medood.utils.io import atomic_write_bytes, atomic_write_text, read_json_object
+from medood.utils.io import atomic_copy, atomic_write_bytes, atomic_write_text, read_json_object
 
 __all__ = ["build_guard", "discover_layers", "find_inference_config", "guard_threshold", "read_id_datalist"]
 
@@ -384,10 +384,7 @@ def _link(target: Path, link: Path) -> None:
     try:
         link.symlink_to(target, target_is_directory=target.is_dir())
     except OSError:
-        if target.is_dir():
-            shutil.copytree(target, link)
-        else:
-            shutil.copy2(target, link)
+        atomic_copy(target, link)
 
 
 def _mirror(src: Path, dest: Path, written: set[str], outputs: set[Path]) -> None:

@@ -267,20 +267,23 @@ class GuardScoreWriter(_HookedPass):
     def on_start(self, engine: Engine) -> None:
         """Resolve the threshold."""
         self.detector.check_fitted()
-        if self.threshold is None:
-            self.threshold = self.detector.calibration.thresholds(
-                score_percentile=100 * (1 - self.false_alarm_rate)
-            ).score
-            self.threshold_info.setdefault("rule", "calibration quantile")
+        if self.threshold is None:  # the detector's split-conformal flag threshold; None when it refused
+            found = self.detector.calibration.thresholds(alpha=self.false_alarm_rate)
+            self.threshold = found.score
+            self.threshold_info = {**(found.score_rule or {}), **self.threshold_info}
+            if self.threshold is None:
+                logger.warning(
+                    "guard: no flag threshold (%s): scores are written, cases are not flagged",
+                    self.threshold_info.get("refused", "no calibration"),
+                )
         self.rows = []
 
     def on_batch(self, engine: Engine, features: dict[str, Tensor]) -> None:
         """Score and flag the cases of the batch."""
         out = self.detector.score_features(features)
         names = _case_names(engine.state.batch, self.image_key, len(self.rows))
-        assert self.threshold is not None
         for name, score in zip(names, out.image_score.tolist()):
-            flagged = int(score > self.threshold)
+            flagged = None if self.threshold is None else int(score > self.threshold)
             self.rows.append({"case": name, "score": score, "flagged": flagged})
             if flagged:
                 logger.warning(
@@ -302,8 +305,9 @@ class GuardScoreWriter(_HookedPass):
             "false_alarm_rate": self.threshold_info.get("alpha", self.false_alarm_rate),
             "threshold_rule": self.threshold_info,
             "n_cases": len(self.rows),
-            "n_flagged": sum(r["flagged"] for r in self.rows),
+            "n_flagged": None if self.threshold is None else sum(r["flagged"] for r in self.rows),
             "score_convention": "higher = more out-of-distribution; flagged = score > threshold",
         }
         atomic_write_text(self.output_dir / "guard.json", json.dumps(info, indent=2) + "\n")
-        logger.info("guard: %d of %d cases flagged out of distribution", info["n_flagged"], info["n_cases"])
+        if self.threshold is not None:
+            logger.info("guard: %d of %d cases flagged out of distribution", info["n_flagged"], info["n_cases"])

@@ -32,7 +32,6 @@ from medood.utils.reduce import reduce_map, reduce_slices
 __all__ = ["FOREGROUND_KEY", "OODInferenceResult", "OODInferer"]
 
 
-
 class OODInferenceResult(NamedTuple):
     """Map, volume score and slice scores of one batch.
 

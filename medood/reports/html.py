@@ -221,7 +221,7 @@ def write_report(
         f"<title>medood report: {escape(run.root.name)}</title><style>{_CSS}</style></head><body>",
         f"<h1>medood run report: {escape(run.root.name)}</h1>",
         f'<p class="note">{escape(str(run.root.resolve()))}: {len(run.cases)} cases.</p>',
-        '<p class="note">Slices are shown in radiological convention: the patient\'s right on the image\'s left '
+        "<p class=\"note\">Slices are shown in radiological convention: the patient's right on the image's left "
         "(R / L marked on every slice), anterior up, as 3D Slicer shows them.</p>",
         _thresholds_line(run),
     ]

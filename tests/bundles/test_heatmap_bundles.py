@@ -58,7 +58,7 @@ def test_pathology_bundle_2d(bundle_run: Callable[[str], BundleRun], tmp_path: P
     assert set(results["results"]) == OOD_SETS
     rows = list(csv.DictReader(open(out / "scores.csv")))
     assert len(rows) == 9 + 12 and {r["label"] for r in rows} == {"0", "1"}
-    assert {r["flagged"] for r in rows} <= {"0", "1"}
+    assert {r["flagged"] for r in rows} == {""}, "9 healthy validation images cannot give a 5 % flag: refused, blank"
     amap = read_map_nifti_2d(out / f"{rows[0]['case']}_anomaly_map.nii.gz")
     assert amap.shape == (20, 20), "the map is back on the 20 x 20 image grid (Invertd), not the 16 x 16 input"
     overlay = np.asarray(Image.open(out / f"{rows[0]['case']}_anomaly_overlay.png"))

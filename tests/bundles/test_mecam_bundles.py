@@ -58,7 +58,7 @@ def test_2d_train_evaluate_ablation_and_inference(
     rows = list(csv.DictReader(open(out / "scores.csv")))
     assert len(rows) == 9 + 12
     assert {r["label"] for r in rows} == {"0", "1"}
-    assert {r["flagged"] for r in rows} <= {"0", "1"}
+    assert {r["flagged"] for r in rows} == {""}, "9 healthy validation images cannot give a 5 % flag: refused, blank"
     overlay = next(out.glob("*_cam_overlay.png"))
     assert np.asarray(Image.open(overlay)).shape == (20, 20, 3), "the CAM overlay is on the input's own grid"
     assert len(list(out.glob("*_cam_map.nii.gz"))) == 21

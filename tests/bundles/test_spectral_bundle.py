@@ -33,7 +33,9 @@ def test_train_fit_infer_evaluate_calibrate(bundle_run: Callable[[str], BundleRu
     out = run.output("infer")
     rows = list(csv.DictReader(open(out / "scores.csv")))
     assert [r["case"] for r in rows] == [f"sub-00{i}_{c}" for c in ("T1w", "T2w", "FLAIR") for i in (3, 4)]
-    assert {r["flagged"] for r in rows} <= {"0", "1"} and json.loads((out / "guard.json").read_text())["n_cases"] == 6
+    guard = json.loads((out / "guard.json").read_text())
+    assert guard["n_cases"] == 6 and guard["threshold"] is None and "refused" in guard["threshold_rule"]
+    assert {r["flagged"] for r in rows} == {""}, "3 healthy calibration scores cannot give a 5 % flag: no decision"
     seg = nib.load(str(out / "sub-003_T1w_seg.nii.gz"))
     image = nib.load(str(data / "test" / "sub-003_T1w.nii.gz"))
     assert seg.shape == image.shape and np.allclose(seg.affine, image.affine), "labels on the input's grid"

@@ -188,7 +188,7 @@ def test_evaluator_scores_once_writes_cams_and_records_no_map_threshold(tmp_path
     rows = list(csv.DictReader(open(out / "scores.csv")))
     got = torch.tensor([float(r["score"]) for r in rows])
     torch.testing.assert_close(got, det.score(x).image_score, atol=1e-6, rtol=1e-5)
-    assert {r["flagged"] for r in rows} <= {"0", "1"}
+    assert {r["flagged"] for r in rows} == {""}, "6 healthy cases cannot give a 5 % flag: no decision, no guess"
     assert len(list(out.glob("*_cam_map.nii.gz"))) == 6
     assert len(list(out.glob("*_cam_overlay.png"))) == 6
     assert not list(out.glob("*_seg.nii.gz")), "no masks from an explanation map"

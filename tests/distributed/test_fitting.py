@@ -67,7 +67,7 @@ def _fit_everything(model_path: Path) -> dict[str, torch.Tensor]:
     items = [{"ood_score": torch.rand(1, generator=g), "pred": torch.rand(1, 12, 12, generator=g)} for _ in range(9)]
     engine = Engine(lambda e, batch: [items[int(i)] for i in batch])
     engine.data_loader = _loader([{"i": i} for i in range(9)], batch_size=2)  # type: ignore[attr-defined]
-    fake = SimpleNamespace(score_from_map=True, calibration=Calibration())
+    fake = SimpleNamespace(map_has_threshold=True, calibration=Calibration())
     CalibrationHandler(fake, foreground="all", values_per_case=50).attach(engine)  # type: ignore[arg-type]
     engine.run([b["i"] for b in engine.data_loader])  # type: ignore[attr-defined]
     out.update({f"calibration.{k}": v for k, v in fake.calibration.state_dict().items()})

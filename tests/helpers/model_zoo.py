@@ -34,7 +34,7 @@ from PIL import Image
 
 ZOO = Path(__file__).resolve().parents[1] / "data" / "model_zoo"
 REPO = Path(__file__).resolve().parents[2]
-GUARD_FILES = ("scores.csv", "guard.json")
+GUARD_FILES = ("scores.csv", "guard.json", "errors.csv")  # errors.csv: the cases the guard skipped (empty if none)
 
 # ----------------------------------------------------------------------------------------------- synthetic cases
 

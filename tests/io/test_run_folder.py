@@ -75,7 +75,7 @@ def test_run_ownership_modes_and_stale_temporaries(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- kill -9 mid-write
-CHILD = r'''
+CHILD = r"""
 import os, sys, time
 from pathlib import Path
 import torch
@@ -107,7 +107,7 @@ pre = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image"
 loader = DataLoader(Dataset([{"image": f} for f in files], pre), batch_size=1)
 OODEvaluator(device=torch.device("cpu"), val_data_loader=loader, network=Net(), inferer=OODInferer(slice_axes=[2]),
              val_handlers=[OODResultWriter(out, score_threshold=1.0, run_mode=mode)]).run()
-'''
+"""
 
 
 def _child(tmp: Path, data: Path, out: Path, mode: str, hang: bool) -> subprocess.Popen:

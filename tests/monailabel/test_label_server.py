@@ -15,7 +15,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
+from medood.detectors.calibration import Calibration
 from tests.monailabel._server import AFFINE, BUNDLE, ROOT, XFORM_CODE, label_server, snapshot, write_study
 
 pytestmark = [
@@ -64,10 +66,13 @@ def _parts(response) -> dict[str, bytes]:
 def test_info_names_the_bundle_and_the_calibrated_threshold(server) -> None:
     _, _, info = server
     model = info["models"][BUNDLE]
-    meta = json.loads((ROOT / "bundles" / BUNDLE / "configs" / "metadata.json").read_text())
-    p995 = meta["training"]["weights"]["model.pt"]["healthy_map_value_percentiles"]["p99.5"]
+    state = torch.load(ROOT / "bundles" / BUNDLE / "models" / "model.pt", weights_only=True)["model"]
+    calibration = Calibration()
+    calibration.load_state_dict({k[len("calibration.") :]: v for k, v in state.items() if k.startswith("calibration.")})
+    shipped = calibration.thresholds()
     assert model["type"] == "segmentation" and model["labels"] == {"anomaly": 1}
-    assert model["config"]["threshold"] == pytest.approx(p995, rel=1e-4)
+    assert model["config"]["threshold"] == pytest.approx(shipped.map, rel=1e-6), "the split-conformal map threshold"
+    assert shipped.score is not None, "the shipped calibration holds enough healthy volumes for a 5 % flag"
     assert info["trainers"] == {} and info["scoring"] == {}
 
 
@@ -79,7 +84,8 @@ def test_inference_returns_mask_scores_and_saves_the_map_with_thresholds(server)
     result = json.loads(parts["params"])
     assert result["threshold"] == 0.3 and result["threshold_source"] == "request"
     assert np.isfinite(result["volume_score"]) and len(result["slice_scores"]["2"]) == 36
-    # flagged: the bundle's stored calibration (score percentile of healthy scores), as in bundle runs
+    # flagged: the bundle's stored calibration (split-conformal threshold of healthy scores), as in bundle runs
+    assert isinstance(result["score_threshold"], float)
     assert result["flagged"] == (result["volume_score"] > result["score_threshold"])
     worst = result["worst_slices"]
     assert len(worst) == 5 and worst[0]["score"] == max(result["slice_scores"]["2"])

@@ -39,7 +39,13 @@ TINY = {
 
 #: files written once per run (the run report and thresholds come with the report handler, when configured)
 RUN_FILES = {
-    "scores.csv", "slice_scores.csv", "errors.csv", "thresholds.json", "report.html", "open_in_slicer.py", "run.json",
+    "scores.csv",
+    "slice_scores.csv",
+    "errors.csv",
+    "thresholds.json",
+    "report.html",
+    "open_in_slicer.py",
+    "run.json",
 }
 
 

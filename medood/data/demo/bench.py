@@ -32,7 +32,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from medood.data.demo.brain import load_template, synthesize_subject
+from medood.data.demo.brain_set import save_nifti
+from medood.data.demo.images2d import get_spec, write_2d_set
+from medood.data.demo.lesions import LESION_KINDS
+from medood.data.demo.ood import T1W_ONLY_KINDS, make_brain_ood
 from medood.data.demo.parallel import run_jobs
+from medood.transforms.corruptions import Corrupt
 from medood.utils.io import atomic_path, atomic_write_text
 
 __all__ = ["BENCH_TASKS", "BRAIN_BENCH_OOD", "MANIFEST", "brain_plan", "build_bench", "read_manifest"]
@@ -94,8 +100,6 @@ def read_manifest(task_dir: str | Path) -> dict[str, Any]:
 def _corrupt_png(src: Path, dst: Path, name: str, seed: int, option: dict[str, Any] | None) -> None:
     import torch
 
-    from medood.transforms.corruptions import Corrupt
-
     rgb = np.asarray(Image.open(src).convert("RGB"), dtype=np.float32) / 255.0
     if name == "jpeg":
         with atomic_path(dst) as tmp:
@@ -125,7 +129,6 @@ def _derived_2d(job: tuple[str, str, str, dict[str, Any] | None, int, str]) -> i
 
 
 def _build_2d(task: str, root: Path, seed: int, quick: bool, workers: int | None) -> dict[str, Any]:
-    from medood.data.demo.images2d import get_spec, write_2d_set
 
     spec = get_spec(task)
     kinds = max(len(spec.ood_near), len(spec.ood_far))
@@ -158,11 +161,6 @@ def _build_2d(task: str, root: Path, seed: int, quick: bool, workers: int | None
 def _brain_job(root: Path, seed: int, job: tuple[str, int, str, tuple[str, ...]]) -> list[str]:
     """Write one subject's volumes into ``root/<folder>``; ``job`` = (folder, index, kind, contrasts)."""
     import torch
-
-    from medood.data.demo.brain import load_template, synthesize_subject
-    from medood.data.demo.brain_set import save_nifti
-    from medood.data.demo.ood import make_brain_ood
-    from medood.transforms.corruptions import Corrupt
 
     folder, index, kind, contrasts = job
     template = load_template("small")
@@ -213,9 +211,6 @@ BrainJob = tuple[str, int, str, tuple[str, ...]]
 
 def brain_plan(quick: bool = False) -> tuple[list[BrainJob], dict[str, dict[str, Any]]]:
     """The brain bench: every subject to write ``(folder, index, kind, contrasts)`` and the sets of the manifest."""
-    from medood.data.demo.lesions import LESION_KINDS
-    from medood.data.demo.ood import T1W_ONLY_KINDS
-
     all3 = ("T1w", "T2w", "FLAIR")
     jobs: list[BrainJob] = []
     jobs += [("id_val", i, "none", all3) for i in range(20)]  # 60 volumes
@@ -243,7 +238,6 @@ def brain_plan(quick: bool = False) -> tuple[list[BrainJob], dict[str, dict[str,
 
 
 def _build_brain(root: Path, seed: int, quick: bool, workers: int | None) -> dict[str, Any]:
-    from medood.data.demo.brain import load_template
 
     jobs, sets = brain_plan(quick)
     load_template("small")
