@@ -8,9 +8,10 @@ Writes ``docs/benchmarks/spectral.json`` and ``spectral.md`` (``--out``):
   ``bundles/spectral_brain_mri_ood_classification``. Feature detectors are fitted per domain on the host's training
   data (brain: every training volume at every contrast; pathology: the training patches); nothing is tuned on OOD
   data. The brain OOD kinds are the demo's 7 volumes plus ``--extra-ood`` more per kind (generated here with the
-  demo's own OOD builders, seeds ``(seed, 6, i)``; ``ct_head`` is deterministic, one volume). An OOD kind that
-  leaves a contrast's slot unchanged (``wrong_contrast_pd``, ``inverted_t1w`` outside T1w) is not an OOD set of
-  that contrast's task.
+  demo's own OOD builders, seeds ``(seed, 6, i)``; ``ct_head`` is deterministic, one volume). A slot that is normal
+  after preprocessing (:func:`medood.data.demo.ood.ood_contrasts`: ``wrong_contrast_pd`` / ``inverted_t1w``
+  outside T1w, and ``reoriented_pir`` everywhere, since the preprocessing reorients every volume to RAS) is not an
+  OOD case of that contrast's task. Legacy: ``scripts/benchmark.py`` (docs/results.md) is the one protocol.
 * ``guard_overhead``: the host as a plain segmentation bundle (the bundle's inference config without the OOD
   handler) against its ``medood guard`` companion on the same ID test volumes (T1w), ``--repeats`` alternating
   runs in this process; ratio of the median ``evaluator.run()`` times (``guard_overhead_end_to_end``: one whole
@@ -43,7 +44,7 @@ from torch import nn
 
 from medood.data.demo.brain import load_template
 from medood.data.demo.brain_set import save_nifti
-from medood.data.demo.ood import BRAIN_OOD_KINDS, T1W_ONLY_KINDS, make_brain_ood
+from medood.data.demo.ood import BRAIN_OOD_KINDS, ID_AFTER_PREPROCESSING, make_brain_ood, ood_contrasts
 from medood.data.multitask import (
     BRAIN_CONTRASTS,
     brain_datalist,
@@ -87,7 +88,7 @@ def extra_ood(brain_dir: Path, work: Path, n: int, seed: int) -> list[dict[str, 
     demo = json.loads((brain_dir / "dataset.json").read_text())
     entries = [{**e, **{c: str(brain_dir / e[c]) for c in BRAIN_CONTRASTS}} for e in demo["ood"]]
     template = load_template("small" if demo["spacing_mm"][0] == 2.0 else "full")
-    for kind in BRAIN_OOD_KINDS:
+    for kind in (k for k in BRAIN_OOD_KINDS if k not in ID_AFTER_PREPROCESSING):
         for i in range(n if kind != "ct_head" else 0):
             subject, _ = make_brain_ood(kind, template, (seed, 6, i))
             entry: dict[str, Any] = {"case": f"extra-{i:02d}_{kind}", "ood_type": kind}
@@ -108,9 +109,7 @@ def brain_items(brain_dir: Path, work: Path, n_extra: int, seed: int) -> dict[st
     fit = brain_datalist(js, "training", label_key=None)
     evals = [{**it, "set": "id"} for it in brain_datalist(js, "test", label_key=None)]
     for e in extra_ood(brain_dir, work, n_extra, seed):
-        for c in BRAIN_CONTRASTS:
-            if e["ood_type"] in T1W_ONLY_KINDS and c != "T1w":
-                continue
+        for c in ood_contrasts(e["ood_type"], BRAIN_CONTRASTS):  # reoriented_pir: ID after preprocessing, no slot
             evals.append({"image": e[c], "task": f"brain_{c}", "set": e["ood_type"], "case": case_name(e[c])})
     return {"fit": fit, "eval": evals}
 

@@ -36,7 +36,7 @@ from medood.data.demo.brain import load_template, synthesize_subject
 from medood.data.demo.brain_set import save_nifti
 from medood.data.demo.images2d import get_spec, write_2d_set
 from medood.data.demo.lesions import LESION_KINDS
-from medood.data.demo.ood import T1W_ONLY_KINDS, make_brain_ood
+from medood.data.demo.ood import make_brain_ood, ood_contrasts
 from medood.data.demo.parallel import run_jobs
 from medood.transforms.corruptions import Corrupt
 from medood.utils.io import atomic_path, atomic_write_text
@@ -49,7 +49,8 @@ MANIFEST = "manifest.json"
 BENCH_TASKS: tuple[str, ...] = (
     "brain_volume_ood", "brain_anomaly_segmentation", "pathology", "dermoscopy", "endoscopy",
 )  # fmt: skip
-#: brain OOD kinds of the benchmark and their family (``reoriented_pir`` is excluded: reorientation is not OOD)
+#: brain OOD kinds of the benchmark and their family (``ID_AFTER_PREPROCESSING`` kinds of :mod:`.ood`, e.g.
+#: ``reoriented_pir``, are excluded: reorientation is not OOD; :func:`brain_plan` drops them even if listed)
 BRAIN_BENCH_OOD: dict[str, str] = {
     "wrong_contrast_pd": "near",
     "inverted_t1w": "near",
@@ -220,8 +221,10 @@ def brain_plan(quick: bool = False) -> tuple[list[BrainJob], dict[str, dict[str,
         "id_test": {"dir": "id_test", "role": "id_test"},
     }
     for kind, family in BRAIN_BENCH_OOD.items():
-        one = kind in T1W_ONLY_KINDS
-        jobs += [(f"ood/{kind}", i, kind, ("T1w",) if one else all3) for i in range(30 if one else 10)]
+        slots = ood_contrasts(kind, all3)  # the one definition of what is OOD after preprocessing
+        if not slots:
+            continue
+        jobs += [(f"ood/{kind}", i, kind, slots) for i in range(30 if len(slots) == 1 else 10)]
         sets[kind] = {"dir": f"ood/{kind}", "role": "ood_test", "family": family}
     for name in VAL_OOD_BRAIN:
         jobs += [(f"val_ood/{name}", i, f"{name}:{{}}", all3) for i in range(10)]
