@@ -181,7 +181,9 @@ def score_domain(net: nn.Module, items: dict, transform: Callable, mc_samples: i
     dets = feature_detectors(layers)
     recorder = FeatureRecorder(net, {name: name for name in [*layers, ""]})
     fit_detectors(net, recorder, transform, items["fit"], dets)
-    accuracy = context_accuracy(dets["spectral"], [it["task"] for it in items["fit"]])
+    spectral = dets["spectral"]
+    assert isinstance(spectral, SpectralDetector)
+    accuracy = context_accuracy(spectral, [it["task"] for it in items["fit"]])
     mc = MCDropoutDetector(model=net, n_samples=mc_samples, region="foreground")
     scores: dict[str, dict[str, float]] = {name: {} for name in [*dets, "mc_dropout"]}
     for i, item in enumerate(items["eval"]):
