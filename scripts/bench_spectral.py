@@ -299,13 +299,58 @@ def guard_overhead(
     }  # fmt: skip
 
 
+UNCERTAINTY = ("seg_entropy", "seg_entropy_volume", "mc_dropout")
+
+
+def protocol_tables(tasks: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The tables without the sets the one protocol never scores as OOD (``ID_AFTER_PREPROCESSING``; a JSON written
+    before that definition has them), and the names dropped."""
+    dropped = sorted({s for t in tasks.values() for s in t if s in ID_AFTER_PREPROCESSING})
+    kept = {task: {s: v for s, v in t.items() if s not in ID_AFTER_PREPROCESSING} for task, t in tasks.items()}
+    return {task: t for task, t in kept.items() if t}, dropped
+
+
+def mean_auroc(tasks: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """``{task: {detector: mean AUROC over the task's OOD sets}}``."""
+    return {
+        task: {d: statistics.fmean(t[s][d]["auroc"] for s in t) for d in next(iter(t.values()))}
+        for task, t in tasks.items()
+    }
+
+
+def standing(tasks: dict[str, Any]) -> list[str]:
+    """Generated sentences: per task, spectral against the uncertainty scores and pooled Mahalanobis (mean AUROC),
+    and the OOD kinds where spectral is not above every uncertainty score (the paper's claim)."""
+    means, lines = mean_auroc(tasks), []
+    for task, m in means.items():
+        unc = {d: m[d] for d in UNCERTAINTY if d in m}
+        ahead = [d for d in unc if m["spectral"] > unc[d]]
+        not_above = [
+            s for s, row in tasks[task].items() if any(row[d]["auroc"] >= row["spectral"]["auroc"] for d in unc)
+        ]
+        lines.append(
+            f"- {task}: spectral {m['spectral']:.3f}; ahead of {len(ahead)} of {len(unc)} uncertainty scores by mean "
+            "AUROC (" + ", ".join(f"{d} {v:.3f}" for d, v in unc.items()) + f"); pooled Mahalanobis "
+            f"{m['mahalanobis_pool']:.3f} ({'behind' if m['spectral'] < m['mahalanobis_pool'] else 'level or ahead'})"
+            f"; OOD kinds where an uncertainty score is level with (e.g. both 1.000) or ahead of spectral: "
+            f"{', '.join(not_above) or 'none'}."
+        )
+    return lines
+
+
 def write_markdown(path: Path, result: dict[str, Any]) -> None:
+    """The page; every sentence is generated from ``result`` (the JSON this script writes)."""
     ov = result["overhead"]
+    tasks, dropped = protocol_tables(result["tasks"])
+    means = mean_auroc(tasks)
+    dets = sorted(next(iter(means.values())))
     lines = [
         "# Spectral signatures vs Mahalanobis, entropy and MC dropout (multi-task host)",
         "",
         f"Machine: {result['machine']}. Produced by `scripts/bench_spectral.py` in {result['seconds']:.0f} s.",
         "Higher score = more OOD; OOD is the positive class; FPR95 = fraction of OOD accepted at 95 % ID TPR.",
+        "Legacy per-method page: the comparison of every method on the benchmark sets, with intervals, is "
+        "`docs/results.md` (`scripts/benchmark.py`).",
         "",
         f"Guard overhead (companion / plain segmentation bundle, median evaluator run on {ov['n_volumes']} ID test "
         f"volumes): **{result['guard_overhead']:.3f}x** ({ov['guard_overhead_end_to_end']:.3f}x for whole "
@@ -314,11 +359,28 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         "Spectral signatures identify the contrast of a brain training volume (leave-one-out nearest neighbour, "
         f"chance 1/3): {result['spectral_contrast_identification']['loo_1nn_accuracy']}.",
         "",
-        f"Cases per set: {json.dumps(result['set_sizes'])}",
+        "Cases per set: "
+        + json.dumps({t: {k: n for k, n in v.items() if k not in dropped} for t, v in result["set_sizes"].items()}),
+    ]
+    if dropped:
+        lines += [
+            "",
+            f"Not OOD after preprocessing, left out of every table and mean here: {', '.join(dropped)} "
+            "(`medood.data.demo.ood.ID_AFTER_PREPROCESSING`; this JSON was written before that definition).",
+        ]
+    lines += [
+        "",
+        "## Mean AUROC per task",
+        "",
+        "| task | " + " | ".join(dets) + " |",
+        "|---|" + "---|" * len(dets),
+        *(f"| {t} | " + " | ".join(f"{m[d]:.3f}" for d in dets) + " |" for t, m in means.items()),
+        "",
+        *standing(tasks),
         "",
     ]
     for metric in METRICS:
-        lines += [f"## {metric}", "", markdown_table(result["tasks"], metric)]
+        lines += [f"## {metric}", "", markdown_table(tasks, metric)]
     atomic_write_text(path, "\n".join(lines))
 
 
@@ -334,7 +396,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="smoke run: at most this many cases per list and set")
+    p.add_argument("--render", action="store_true", help="only rewrite the markdown from the existing JSON")
     args = p.parse_args()
+    if args.render:
+        write_markdown(args.out.with_suffix(".md"), json.loads(args.out.read_text()))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
