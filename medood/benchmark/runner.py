@@ -223,13 +223,21 @@ def _run_posthoc(spec: TaskSpec, manifest: dict[str, Any], sets: dict[str, Path]
         for name, s in scored.scores.items():
             result.scores[name][set_name] = dict(zip(cases, s.double().tolist(), strict=True))
         logger.info("%s / post-hoc family / %s: %d cases in %.1f s", spec.name, set_name, len(cases), sec)
-    for name in dets:
+    for name, det in dets.items():
         result.cost[name] = {
             "seconds_per_image": seconds / max(n, 1),
             "peak_mb": peak,
             "how": f"post-hoc family, one shared backbone pass per batch (all {len(dets)} detectors together; "
-            f"fit {fit_seconds:.1f} s in one pass); host: {result.host}",
+            f"fit {fit_seconds:.1f} s in one pass); host: {result.host}" + _resolved_settings(det),
         }
+
+
+def _resolved_settings(det: Any) -> str:
+    """What a detector resolved at fit that changes its formula (NERO: ``k >= D`` turns its norm term off)."""
+    if getattr(det, "k_effective", None) is None:
+        return ""
+    state = "on" if det.norm_term_active else "off (k >= D, as the official code)"
+    return f"; k = {det.k} resolved to k_effective = {det.k_effective}, feature-norm term {state}"
 
 
 def run_task(spec: TaskSpec, manifest: dict[str, Any], work: Path, epochs: int = 10, quick: bool = False) -> TaskResult:

@@ -14,7 +14,10 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import torch
 
+from medood.benchmark.runner import _resolved_settings
+from medood.detectors import NERODetector
 from medood.metrics.tables import method_standing
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -73,3 +76,22 @@ def test_spectral_page_drops_id_after_preprocessing_sets(script: Any) -> None:
     (line,) = bench.standing(tasks)
     assert "spectral 0.900; ahead of 2 of 3 uncertainty scores" in line and "Mahalanobis 0.800 (level or ahead)" in line
     assert line.endswith("level with (e.g. both 1.000) or ahead of spectral: anisotropic.")
+
+
+def test_benchmark_records_neros_resolved_k() -> None:
+    """The one protocol's hosts have D = 128 < 175: NERO's clamp is written next to its cost, not silent."""
+    g = torch.Generator().manual_seed(0)
+    feats, labels = (
+        {"features": torch.rand(40, 8, generator=g), "logits": torch.rand(40, 3, generator=g)},
+        torch.arange(40) % 3,
+    )
+    weight, bias = torch.randn(3, 8, generator=g), torch.zeros(3)
+    full = NERODetector(weight=weight, bias=bias).fit_features(feats, labels)
+    assert (
+        _resolved_settings(full)
+        == "; k = 175 resolved to k_effective = 8, feature-norm term off (k >= D, as the official code)"
+    )
+    assert _resolved_settings(NERODetector(weight=weight, bias=bias, k=4).fit_features(feats, labels)).endswith(
+        "term on"
+    )
+    assert _resolved_settings(object()) == ""
