@@ -37,6 +37,7 @@ def test_train_fit_evaluate_and_inference(bundle_run: Callable[[str], BundleRun]
         if issubclass(get_detector_class(n), ClassifierDetector)
     }
     assert set(fitted) == expected
+    assert {int(state["calibration.n_scores"]) for state in fitted.values()} == {9}, "calibrated on the 9 ID val images"
 
     out = run.output("evaluate")
     results = json.loads((out / "results.json").read_text())
