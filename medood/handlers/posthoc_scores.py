@@ -18,8 +18,8 @@ from medood.detectors.posthoc import score_batch
 from medood.io import run_folder as rf
 from medood.metrics.tables import results_payload, results_table, write_results
 from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
-from medood.utils.enums import OODKeys
 from medood.utils.checkpoints import save_checkpoint
+from medood.utils.enums import OODKeys
 from medood.utils.io import atomic_write
 
 if TYPE_CHECKING:
