@@ -190,7 +190,7 @@ def _loader(folder: Path, image_size: int = 64) -> Any:
 def _host(spec: TaskSpec, manifest: dict[str, Any], work: Path, epochs: int) -> tuple[torch.nn.Module, list[str], str]:
 
     data = Path(manifest["train_dir"])
-    if spec.posthoc_host == "train":
+    if manifest.get("host", spec.posthoc_host) == "train":  # real data: the shipped hosts know the demo classes
         ckpt = work / spec.name / "host" / "model.pt"
         if not ckpt.is_file():
             train_folder_classifier(data, ckpt.parent, epochs=epochs, seed=0, progress=False)
@@ -235,7 +235,8 @@ def _run_posthoc(spec: TaskSpec, manifest: dict[str, Any], sets: dict[str, Path]
 def run_task(spec: TaskSpec, manifest: dict[str, Any], work: Path, epochs: int = 10, quick: bool = False) -> TaskResult:
     """Score every set of the task (ID validation, ID test, test OOD, shifts) with every detector of ``spec``.
 
-    With ``quick`` and ``spec.quick_ood``, only those test OOD sets and no shifts.
+    With ``quick`` and ``spec.quick_ood`` (bench sets only), only those test OOD sets and no shifts. A real dataset's
+    manifest (``"host": "train"``) gets a host trained here on its training split.
     """
     result = TaskResult()
     if spec.segmentation:
@@ -244,7 +245,7 @@ def run_task(spec: TaskSpec, manifest: dict[str, Any], work: Path, epochs: int =
         sets = {"seg_test": root / seg["dir"]}  # map threshold: the bundle's shipped healthy calibration
     else:
         sets = _set_dirs(manifest, ("id_val", "id_test", "ood_test", "shift"))
-        if quick and spec.quick_ood is not None:
+        if quick and spec.quick_ood is not None and not manifest.get("real"):
             keep = {"id_val", "id_test", *spec.quick_ood}
             sets = {k: v for k, v in sets.items() if k in keep}
     if spec.posthoc_host is not None:
