@@ -32,8 +32,10 @@ brain_mri      IXI (``IXI*-T1|T2|PD.nii[.gz]``, skull-     ID = IXI T1 and T2 (a
                                                            the bundle's shipped healthy calibration)
 =============  ==========================================  =====================================================
 
-In every 2-D layout, image folders ``ood_near/<kind>/`` and ``ood_far/<kind>/`` inside the task folder add test
-OOD sets (e.g. MECAM's HeadCT, RSNA Pneumonia or iSUN as far-OOD); a layout with no OOD set is refused.
+``DIR/endoscopy/id_classes.txt`` (one class a line) overrides the ID classes, ``DIR/dermoscopy/held_out.txt``
+the held-out ones. In every 2-D layout, image folders ``ood_near/<kind>/`` and ``ood_far/<kind>/`` inside the
+task folder add test OOD sets (e.g. MECAM's HeadCT, RSNA Pneumonia or iSUN as far-OOD); a layout with no OOD
+set is refused.
 
 Choices are made on validation data only: the post-hoc host is trained here on the ID training split with its
 checkpoint chosen on the ID validation split, flag thresholds come from the ID validation split, and the
@@ -317,11 +319,12 @@ def dermoscopy_manifest(folder: Path, out: Path, quick: bool = True, seed: int =
     unknown = [c for c in held if c not in classes]
     if unknown:
         raise DataError(gt or ham or folder, f"has no class {unknown} to hold out (classes: {classes})")
-    id_classes = [c for c in classes if c not in held]
     items = [(classes[d["label"]], groups.get(d["case"], d["case"]), Path(d["image"]).name, Path(d["image"]))
              for d in datalist]  # fmt: skip
+    present = {it[0] for it in items}
+    id_classes = [c for c in classes if c not in held and c in present]  # a CSV column without images: left out
     ood = _extra_ood(folder)
-    for c in held:
+    for c in (c for c in held if c in present):
         ood[f"unseen_{c}"] = (_NEAR_UNSEEN, [(name, it) for cls, _, name, it in items if cls == c])
     protocol = (f"unseen-class protocol: {held} held out (near-OOD, never trained on); ID classes {id_classes} split "
                 f"70/10/20 % by {'lesion' if groups else 'image'} (seed {seed})")  # fmt: skip
@@ -500,6 +503,11 @@ def brain_manifest(folder: Path, out: Path, quick: bool = True, seed: int = 0) -
 
 
 # ---------------------------------------------------------------------------------------------- dispatch
+def _names(path: Path) -> list[str] | None:
+    """Class names, one a line (``id_classes.txt`` / ``held_out.txt`` beside the data), or ``None``."""
+    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else None
+
+
 def real_manifest(folder: Path, out: Path, quick: bool = True, seed: int = 0) -> dict[str, Any]:
     """The manifest of the real dataset in the task folder ``folder``, materialised under ``out``.
 
@@ -525,9 +533,9 @@ def real_manifest(folder: Path, out: Path, quick: bool = True, seed: int = 0) ->
     if task == "pathology":
         raise DataError(folder, "holds no pathmnist*.npz and no train/ class folders", "see docs/datasets.md")
     if task == "dermoscopy":
-        return dermoscopy_manifest(folder, out, quick, seed)
+        return dermoscopy_manifest(folder, out, quick, seed, _names(folder / "held_out.txt"))
     if task == "endoscopy":
-        return class_folder_manifest(folder, out, task, quick, seed)
+        return class_folder_manifest(folder, out, task, quick, seed, _names(folder / "id_classes.txt"))
     if task == "brain_mri":
         return brain_manifest(folder, out, quick, seed)
     raise DataError(folder, f"unknown task folder {task!r}", "expected pathology, dermoscopy, endoscopy or brain_mri")
