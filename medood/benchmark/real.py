@@ -283,7 +283,8 @@ def medmnist_manifest(folder: Path, out: Path, task: str = "pathology", quick: b
 
 # ---------------------------------------------------------------------------------------------- dermoscopy
 def _first(folder: Path, pattern: str) -> Path | None:
-    found = sorted(folder.rglob(pattern))
+    """The first match, training files first (ISIC also releases ``*_Test_*`` files, without the same images)."""
+    found = sorted(folder.rglob(pattern), key=lambda p: ("train" not in p.name.lower(), str(p)))
     return found[0] if found else None
 
 
@@ -299,6 +300,7 @@ def dermoscopy_manifest(folder: Path, out: Path, quick: bool = True, seed: int =
     groups: dict[str, str] = {}
     if gt is not None:
         image_dirs = [p for p in gt.parent.iterdir() if p.is_dir() and "input" in p.name.lower()]
+        image_dirs = [p for p in image_dirs if "train" in p.name.lower()] or image_dirs
         if len(image_dirs) != 1:
             raise DataError(gt.parent, f"expected one *Input image folder beside {gt.name}, found {len(image_dirs)}")
         datalist, classes = isic2019_datalist(image_dirs[0], gt)

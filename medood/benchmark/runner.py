@@ -195,7 +195,8 @@ def _host(spec: TaskSpec, manifest: dict[str, Any], work: Path, epochs: int) -> 
         if not ckpt.is_file():
             train_folder_classifier(data, ckpt.parent, epochs=epochs, seed=0, progress=False)
         net, cfg = load_classifier(ckpt)
-        how = (f"ResNet-10 trained here on the bench training split ({epochs} epochs, seed 0; best validation "
+        which = "the real dataset's" if manifest.get("real") else "the bench"
+        how = (f"ResNet-10 trained here on {which} training split ({epochs} epochs, seed 0; best validation "
                f"accuracy {cfg.get('best_val_accuracy', float('nan')):.3f})")  # fmt: skip
         return net.eval(), list(cfg["class_names"]), how
     classes = list(manifest["classes"])

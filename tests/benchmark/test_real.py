@@ -89,6 +89,8 @@ def _isic(root: Path, ham: bool = False) -> Path:
         w = csv.writer(f)
         w.writerow(["image", *columns])
         w.writerows([name, *(1.0 if k == c else 0.0 for k in columns)] for name, c, _ in rows)
+    (folder / "ISIC_2019_Test_Input").mkdir()  # the test release beside it is never read (no labels for us)
+    (folder / "ISIC_2019_Test_GroundTruth.csv").write_text("image,MEL,NV\nISIC_9999999,1.0,0.0\n")
     with (folder / "ISIC_2019_Training_Metadata.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image", "age_approx", "lesion_id"])
