@@ -33,9 +33,9 @@ brain_mri      IXI (``IXI*-T1|T2|PD.nii[.gz]``, skull-     ID = IXI T1 and T2 (a
 =============  ==========================================  =====================================================
 
 ``DIR/endoscopy/id_classes.txt`` (one class a line) overrides the ID classes, ``DIR/dermoscopy/held_out.txt``
-the held-out ones. In every 2-D layout, image folders ``ood_near/<kind>/`` and ``ood_far/<kind>/`` inside the
-task folder add test OOD sets (e.g. MECAM's HeadCT, RSNA Pneumonia or iSUN as far-OOD); a layout with no OOD
-set is refused.
+the held-out ones (MECAM's own protocol: an empty ``held_out.txt``, every ISIC class ID, and far-OOD folders).
+In every 2-D layout, image folders ``ood_near/<kind>/`` and ``ood_far/<kind>/`` inside the task folder add test
+OOD sets (e.g. MECAM's HeadCT, RSNA Pneumonia or iSUN as far-OOD); a layout with no OOD set is refused.
 
 Choices are made on validation data only: the post-hoc host is trained here on the ID training split with its
 checkpoint chosen on the ID validation split, flag thresholds come from the ID validation split, and the

@@ -71,7 +71,7 @@ def _isic(root: Path, ham: bool = False) -> Path:
     folder = root / "dermoscopy"
     images = folder / ("HAM10000_images_part_1" if ham else "ISIC_2019_Training_Input")
     images.mkdir(parents=True)
-    counts = {"MEL": 10, "NV": 10, "DF": 3, "VASC": 4}
+    counts = {"MEL": 10, "NV": 10, "DF": 6, "VASC": 6}
     rows: list[tuple[str, str, str]] = []
     for c, n in counts.items():
         for i in range(n):
@@ -106,9 +106,13 @@ def test_dermoscopy_unseen_class_protocol(tmp_path: Path, ham: bool) -> None:
     m = dermoscopy_manifest(folder, tmp_path / "out")
     unseen = ("df", "vasc") if ham else ("DF", "VASC")
     assert m["classes"] == (["mel", "nv"] if ham else ["MEL", "NV"])  # held-out classes are never trained on
-    assert _sizes(m) == {"id_val": 4, "id_test": 4, f"unseen_{unseen[1]}": 4, f"unseen_{unseen[0]}": 3, "headct": 1}
+    assert _sizes(m) == {"id_val": 4, "id_test": 4, f"unseen_{unseen[1]}": 6, f"unseen_{unseen[0]}": 6, "headct": 1}
     assert m["sets"][f"unseen_{unseen[0]}"]["family"] == "near (unseen class)"
     assert m["sets"]["headct"]["family"] == "far"
+    if not ham:  # MECAM's protocol: every class ID, far-OOD folders only
+        (folder / "held_out.txt").write_text("")
+        mecam = real_manifest(folder, tmp_path / "out_mecam")
+        assert mecam["classes"] == ["MEL", "NV", "DF", "VASC"] and set(_sizes(mecam)) == {"id_val", "id_test", "headct"}
     train = Path(m["train_dir"])
     split_of = {p.name: p.parts[-3] for p in train.rglob("*.jpg") if p.parts[-3] in ("train", "val", "test")}
     assert len(split_of) == 20
