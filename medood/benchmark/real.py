@@ -55,7 +55,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +96,7 @@ _NEAR_UNSEEN = "near (unseen class)"
 _FAR = "far (other modality / organ)"
 _MEDMNIST_FLAG = {"pathology": "pathmnist", "dermoscopy": "dermamnist"}
 
-Item = Path | np.ndarray  # a file to link, or uint8 pixels to write as PNG
+Item = Path | Callable[[], np.ndarray]  # a file to link, or a reader of uint8 pixels to write as PNG
 
 
 # ---------------------------------------------------------------------------------------------- shared
@@ -151,9 +151,9 @@ def _split_groups(groups: Sequence[str], seed: int, fractions: Sequence[float] =
 
 def _place(item: Item, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(item, np.ndarray):
+    if not isinstance(item, Path):
         with atomic_path(dst) as tmp:
-            Image.fromarray(item).save(tmp, format="PNG")
+            Image.fromarray(np.asarray(item())).save(tmp, format="PNG")
         return
     if dst.is_symlink() or dst.exists():
         dst.unlink()
@@ -243,6 +243,10 @@ def _by_split(items: Sequence[tuple[str, str, str, Item]], classes: Sequence[str
 
 
 # ---------------------------------------------------------------------------------------------- MedMNIST
+def _npz_item(ds: MedMNISTDataset, split: str, i: int) -> tuple[str, Item]:
+    return f"{ds.stem}_{split}_{i:06d}.png", lambda: np.asarray(ds.images[i])
+
+
 def medmnist_manifest(folder: Path, out: Path, task: str = "pathology", quick: bool = True,
                       seed: int = 0) -> dict[str, Any]:  # fmt: skip
     """MedMNIST ``.npz``: the ID file (``pathmnist*`` / ``dermamnist*``) with its own splits; other ``.npz`` far-OOD.
@@ -259,23 +263,22 @@ def medmnist_manifest(folder: Path, out: Path, task: str = "pathology", quick: b
                         "keep one size of the ID file in the folder")  # fmt: skip
     id_file = ids[0]
     validate_npz(id_file)
+    cache = out / "npz_cache"  # compressed members decompressed once and memory-mapped: only the images kept are read
     splits: dict[str, dict[str, list[tuple[str, Item]]]] = {}
     n_classes = 0
     for split in ("train", "val", "test"):
-        ds = MedMNISTDataset(id_file, split)
+        ds = MedMNISTDataset(id_file, split, cache_dir=cache)
         if ds.multi_label:
             raise DataError(id_file, "is multi-label", "the benchmark needs one class per image")
         n_classes = max(n_classes, ds.num_classes)
         splits[split] = {}
         for i in range(len(ds)):
-            splits[split].setdefault(f"class_{int(ds.labels[i, 0])}", []).append(
-                (f"{ds.stem}_{split}_{i:06d}.png", np.asarray(ds.images[i]))
-            )
+            splits[split].setdefault(f"class_{int(ds.labels[i, 0])}", []).append(_npz_item(ds, split, i))
     classes = [f"class_{k}" for k in range(n_classes)]
     ood = _extra_ood(folder)
     for other in (p for p in files if p != id_file and not p.name.startswith(flag)):
-        ds = MedMNISTDataset(other, "test")
-        ood[ds.stem] = (_FAR, [(f"{ds.stem}_test_{i:06d}.png", np.asarray(ds.images[i])) for i in range(len(ds))])
+        ds = MedMNISTDataset(other, "test", cache_dir=cache)
+        ood[ds.stem] = (_FAR, [_npz_item(ds, "test", i) for i in range(len(ds))])
     protocol = (f"ID: every class of {id_file.name} (its train / val / test splits); test OOD: the test split of "
                 "each other .npz and the ood_near|ood_far folders")  # fmt: skip
     return _write_2d(out, task, folder, f"MedMNIST {id_file.name}", protocol, classes, splits, ood, quick, seed)

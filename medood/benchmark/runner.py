@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from medood.data.classification import class_folder_loader, classifier_preprocessing
+from medood.data.image2d import IMAGE_2D_SUFFIXES
 from medood.detectors.posthoc import fit_many, score_many
 from medood.engines.calibrate import run_bundle_inference
 from medood.engines.classifier import load_classifier, train_folder_classifier
@@ -182,7 +183,7 @@ def _run_bundle(spec: TaskSpec, det: str, manifest: dict[str, Any], sets: dict[s
 def _loader(folder: Path, image_size: int = 64) -> Any:
     from monai.data import DataLoader, Dataset
 
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_2D_SUFFIXES)  # as the bundles read
     items = [{"image": str(p), "case": p.stem} for p in files]
     return DataLoader(Dataset(items, classifier_preprocessing(image_size)), batch_size=64), [p.stem for p in files]
 

@@ -67,6 +67,22 @@ def test_pathmnist_npz_layout(tmp_path: Path) -> None:
     assert again["sets"] == m["sets"]
 
 
+def test_quick_caps_subsample_seeded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medood.benchmark import real
+
+    folder = _pathology(tmp_path)
+    for key, n in (("train", 5), ("val", 2), ("test", 10), ("ood", 4)):
+        monkeypatch.setitem(real.QUICK_CAPS, key, n)
+    m = medmnist_manifest(folder, tmp_path / "a", "pathology")
+    assert _sizes(m) == {"id_val": 6, "id_test": 10, "chestmnist": 4}
+    assert _count(Path(m["train_dir"]) / "train") == 15
+    full = medmnist_manifest(folder, tmp_path / "b", "pathology", quick=False)
+    assert _sizes(full) == {"id_val": 12, "id_test": 12, "chestmnist": 7}
+    again = medmnist_manifest(folder, tmp_path / "c", "pathology")
+    names = {p.name for p in (Path(m["train_dir"]) / "test").rglob("*.png")}
+    assert names == {p.name for p in (Path(again["train_dir"]) / "test").rglob("*.png")}  # seeded
+
+
 def _isic(root: Path, ham: bool = False) -> Path:
     folder = root / "dermoscopy"
     images = folder / ("HAM10000_images_part_1" if ham else "ISIC_2019_Training_Input")
