@@ -401,8 +401,12 @@ _BRATS_SEG = re.compile(r"^(.+)_seg\.nii(\.gz)?$")
 _CONTRAST = {"t1": "T1w", "t1w": "T1w", "t2": "T2w", "t2w": "T2w", "flair": "FLAIR", "pd": "PD"}
 
 
-def _brats_cases(folder: Path, files: list[Path], staging: Path) -> dict[str, dict[str, Path]]:
-    """``{case: {"T1w", "T2w", "seg": path}}`` from per-sequence folders or a Decathlon 4-D dataset."""
+def _brats_cases(folder: Path, files: list[Path], staging: Path, cap: int | None = None,
+                 seed: int = 0) -> dict[str, dict[str, Path]]:  # fmt: skip
+    """``{case: {"T1w", "T2w", "seg": path}}`` from per-sequence folders or a Decathlon 4-D dataset.
+
+    The 4-D volumes are split into ``staging`` (at most ``cap`` of them, seeded).
+    """
     cases: dict[str, dict[str, Path]] = {}
     for seg in files:
         m = _BRATS_SEG.match(seg.name)
@@ -423,7 +427,7 @@ def _brats_cases(folder: Path, files: list[Path], staging: Path) -> dict[str, di
         names = [_CONTRAST.get(str(modality[k]).lower(), str(modality[k])) for k in sorted(modality, key=int)]
         if not {"T1w", "T2w"} <= set(names):
             raise DataError(js, f"modalities {names} lack T1w or T2w", "the brain bundles read T1w / T2w / FLAIR")
-        for entry in decathlon_datalist(js, "training"):
+        for entry in _cap(decathlon_datalist(js, "training"), cap, seed):
             case = re.sub(r"\.nii(\.gz)?$", "", Path(entry["image"]).name)
             vols = split_4d(entry["image"], names)
             seqs = {}
@@ -473,11 +477,11 @@ def brain_manifest(folder: Path, out: Path, quick: bool = True, seed: int = 0) -
     if len(healthy) < 2:
         raise DataError(folder, f"holds {len(healthy)} IXI subject(s) with T1 / T2 (IXI*-T1|T2.nii.gz)",
                         "need >= 2 healthy subjects, skull-stripped, registered (docs/datasets.md, IXI)")  # fmt: skip
-    brats = _brats_cases(folder, files, out / "brats_split")
+    cap = QUICK_CAPS["brain"] if quick else None
+    brats = _brats_cases(folder, files, out / "brats_split", cap, seed)
     if not brats:
         raise DataError(folder, "holds no BraTS case (<case>_t1|t2|seg.nii.gz, or a Decathlon 4-D dataset.json)",
                         "see docs/datasets.md (BraTS)")  # fmt: skip
-    cap = QUICK_CAPS["brain"] if quick else None
     where = _split_groups(healthy, seed, (0.5, 0.5))  # two-way: "val" -> id_val, "test" -> id_test
     for split in ("id_val", "id_test"):
         subjects = _cap([s for s in healthy if f"id_{where[s]}" == split], cap, seed)
