@@ -149,6 +149,16 @@ def _split_groups(groups: Sequence[str], seed: int, fractions: Sequence[float] =
     return out
 
 
+def _unique(name: str, used: set[str]) -> str:
+    """``name``, or ``<stem>__<k><suffix>`` when its stem is already a case of the set (same file name elsewhere)."""
+    stem, suffix = Path(name).stem, Path(name).suffix
+    new, k = stem, 1
+    while new in used:
+        new, k = f"{stem}__{k}", k + 1
+    used.add(new)
+    return new + suffix
+
+
 def _place(item: Item, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     if not isinstance(item, Path):
@@ -190,6 +200,7 @@ def _write_2d(out: Path, task: str, source: Path, layout: str, protocol: str, cl
         raise DataError(source, "has no test OOD set", "add ood_near/<kind>/ or ood_far/<kind>/ image folders"
                         " (or, for MedMNIST, another .npz beside the ID file)")  # fmt: skip
     caps = QUICK_CAPS if quick else dict.fromkeys(QUICK_CAPS)
+    used: dict[str, set[str]] = {}  # case names (file stems) per set: the runner keys scores by them
     for split, by_class in splits.items():
         for c in classes:
             items = by_class.get(c, [])
@@ -198,17 +209,17 @@ def _write_2d(out: Path, task: str, source: Path, layout: str, protocol: str, cl
             if split == "test":
                 continue
             for name, item in _cap(items, caps[split], seed):
-                _place(item, out / "data" / split / c / name)
+                _place(item, out / "data" / split / c / _unique(name, used.setdefault(split, set())))
     test = [(c, n, it) for c in classes for n, it in splits["test"][c]]
     for c, name, item in _cap(test, caps["test"], seed):
-        _place(item, out / "data" / "test" / c / name)
+        _place(item, out / "data" / "test" / c / _unique(name, used.setdefault("test", set())))
     sets: dict[str, dict[str, Any]] = {
         "id_val": {"dir": "data/val", "role": "id_val"},
         "id_test": {"dir": "data/test", "role": "id_test"},
     }
     for kind, (family, items) in ood.items():
         for name, item in _cap(items, caps["ood"], seed):
-            _place(item, out / "data" / "ood" / kind / name)
+            _place(item, out / "data" / "ood" / kind / _unique(name, used.setdefault(kind, set())))
         sets[kind] = {"dir": f"data/ood/{kind}", "role": "ood_test", "family": family}
     n_test = sum(1 for _ in _images(out / "data" / "test"))
     add_derived_2d(out, sets, task, 60 if quick else n_test)

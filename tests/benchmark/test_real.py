@@ -117,12 +117,13 @@ def _isic(root: Path, ham: bool = False) -> Path:
 @pytest.mark.parametrize("ham", [False, True], ids=["isic2019", "ham10000"])
 def test_dermoscopy_unseen_class_protocol(tmp_path: Path, ham: bool) -> None:
     folder = _isic(tmp_path, ham)
-    (folder / "ood_far" / "headct").mkdir(parents=True)
-    Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / "ood_far" / "headct" / "ct0.png")
+    for sub in ("normal", "hemorrhage"):  # the same file name twice in one OOD set: two cases
+        (folder / "ood_far" / "headct" / sub).mkdir(parents=True)
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / "ood_far" / "headct" / sub / "ct0.png")
     m = dermoscopy_manifest(folder, tmp_path / "out")
     unseen = ("df", "vasc") if ham else ("DF", "VASC")
     assert m["classes"] == (["mel", "nv"] if ham else ["MEL", "NV"])  # held-out classes are never trained on
-    assert _sizes(m) == {"id_val": 4, "id_test": 4, f"unseen_{unseen[1]}": 6, f"unseen_{unseen[0]}": 6, "headct": 1}
+    assert _sizes(m) == {"id_val": 4, "id_test": 4, f"unseen_{unseen[1]}": 6, f"unseen_{unseen[0]}": 6, "headct": 2}
     assert m["sets"][f"unseen_{unseen[0]}"]["family"] == "near (unseen class)"
     assert m["sets"]["headct"]["family"] == "far"
     if not ham:  # MECAM's protocol: every class ID, far-OOD folders only
