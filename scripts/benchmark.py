@@ -49,8 +49,11 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     docs = args.docs or (ROOT / "docs" if args.data is None else args.work / "page")
-    run_benchmark(docs, args.work, args.data, args.only, quick=not args.full, alpha=args.alpha,
+    payload = run_benchmark(docs, args.work, args.data, args.only, quick=not args.full, alpha=args.alpha,
                   command="python scripts/benchmark.py " + " ".join(sys.argv[1:]), epochs=args.epochs)  # fmt: skip
+    if not payload["tasks"]:  # nothing ran (e.g. every --data folder refused): say so by the exit status
+        logging.error("no task ran: %s", "; ".join(payload["not_done"]))
+        sys.exit(1)
 
 
 if __name__ == "__main__":
