@@ -31,7 +31,9 @@ __all__ = ["amp_enabled", "cleanup", "ddp", "device", "rank", "rank_zero_handler
 logger = logging.getLogger(__name__)
 
 #: Handler classes that only log or draw (kept on rank 0; every other handler runs on every rank).
-LOGGING_HANDLERS = ("StatsHandler", "TensorBoardStatsHandler", "ProgressBar", "TensorBoardImageHandler")
+LOGGING_HANDLERS = (
+    "StatsHandler", "TensorBoardStatsHandler", "ProgressBar", "TensorBoardImageHandler", "RunReportHandler",
+)
 
 
 def device(backend: str | None = None) -> torch.device:
