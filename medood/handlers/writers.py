@@ -452,6 +452,7 @@ class OODResultWriter:
         and written in datalist order: the files one uninterrupted process writes.
         """
         kept = [(rec["row"], [(case, *s) for s in rec["slices"]]) for case, rec in self._kept.items()]
+        kept = kept if get_rank() == 0 else []  # every rank knows them; rank 0 gives them
         by_case: dict[str, list[tuple[str, int, int, float]]] = {}
         for sl in self.slice_rows:
             by_case.setdefault(sl[0], []).append(sl)
