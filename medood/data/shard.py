@@ -182,5 +182,5 @@ def subset_loader(loader: TorchDataLoader, indices: Sequence[int]) -> TorchDataL
     if isinstance(collate, partial) and collate.func is skip_failures_collate:
         collate = collate.keywords["collate"]
     cls = SkippingDataLoader if isinstance(loader, SkippingDataLoader) else type(loader)
-    logger.info("resume: %d of %d case(s) left to infer", len(subset), len(loader.dataset))
+    logger.info("resume: %d of %d case(s) left to infer", len(subset), len(loader.dataset))  # type: ignore[arg-type]
     return cls(subset, batch_size=loader.batch_size or 1, num_workers=loader.num_workers, collate_fn=collate, **kwargs)

@@ -32,7 +32,11 @@ logger = logging.getLogger(__name__)
 
 #: Handler classes that only log or draw (kept on rank 0; every other handler runs on every rank).
 LOGGING_HANDLERS = (
-    "StatsHandler", "TensorBoardStatsHandler", "ProgressBar", "TensorBoardImageHandler", "RunReportHandler",
+    "StatsHandler",
+    "TensorBoardStatsHandler",
+    "ProgressBar",
+    "TensorBoardImageHandler",
+    "RunReportHandler",
 )
 
 

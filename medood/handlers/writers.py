@@ -254,9 +254,9 @@ class OODResultWriter:
         if items is None:
             return
         names = datalist_cases(items, self.case_key)
-        self._names = {str(item["image"]): n for item, n in zip(items, names, strict=True) if _has_image(item, n)}
+        self._names = {str(item["image"]): str(n) for item, n in zip(items, names, strict=True) if _has_image(item, n)}
         self._order = {n: i for i, n in reversed(list(enumerate(names))) if n is not None}
-        if kept and engine is not None:
+        if kept and engine is not None and loader is not None:
             pending = [i for i, name in enumerate(names) if name not in kept]
             logger.info("resume: %d complete case(s) kept in %s", len(items) - len(pending), self.output_dir)
             new = subset_loader(loader, pending)
@@ -494,7 +494,7 @@ def _outputs_valid(folder: Path, files: Sequence[str]) -> bool:
             return False
         if name.endswith((".nii.gz", ".nii")):
             try:
-                np.asarray(nib.load(path).dataobj)
+                np.asarray(nib.load(path).dataobj)  # type: ignore[attr-defined]
             except Exception:
                 return False
     return True

@@ -33,8 +33,8 @@ MECAM_3D = BUNDLES / "mecam_brain_mri_ood_classification"
 TINY_3D = {"fov": [16, 16, 16], "inferer#slice_axes": [2]}
 
 # a bundle run as `python -m monai.bundle run ...`, under torchrun or alone, that records the cases the network
-# scores (calls.<rank>.<pid>: the batch's `case` field) and, with KILL_AFTER_MAPS=k, SIGKILLs itself right after writing map k + 1 (before
-# its row is recorded), leaving a stale temporary file beside it
+# scores (calls.<rank>.<pid>: the batch's `case` field) and, with KILL_AFTER_MAPS=k, SIGKILLs itself right after
+# writing map k + 1 (before its row is recorded), leaving a stale temporary file beside it
 CHILD = r"""
 import os, runpy, signal, sys
 from pathlib import Path
@@ -132,7 +132,7 @@ def test_two_processes_write_the_files_of_one_2d(tmp_path: Path) -> None:
     (data / "test" / "polyp" / "broken.png").write_bytes(b"not a png")  # errors.csv gets one row
     root = _bundle_root(tmp_path, MECAM_2D)
     one, two = tmp_path / "one", tmp_path / "two"
-    with one_thread(), pytest.raises(Exception) as failed:  # noqa: PT011 (MONAI wraps it; checked below)
+    with one_thread(), pytest.raises(Exception) as failed:  # MONAI wraps it; checked below
         run_workflow(MECAM_2D, ["inference.yaml"], "infer", root, dataset_dir=str(data), output_dir=str(one))
     assert "1 of 10 cases failed" in str(failed_cases_in(failed.value))
     configs = ["inference.yaml", "multi_gpu_inference.yaml"]
@@ -170,6 +170,8 @@ def test_kill_9_then_two_process_resume_gives_the_uninterrupted_outputs_3d(tmp_p
     again.mkdir()
     configs = ["inference.yaml", "multi_gpu_inference.yaml"]
     assert _run(tmp_path, MECAM_3D, configs, overrides, nproc=2, CALLS_DIR=str(again), MEDOOD_RUN_MODE="resume") == 0
-    assert _inferred(again) == sorted([cases[0], *cases[2:]]), "the network ran on the unfinished cases only, each once across the ranks"
+    assert _inferred(again) == sorted([cases[0], *cases[2:]]), (
+        "the network ran on the unfinished cases only, each once across the ranks"
+    )
     assert len({p.name.split(".")[1] for p in again.glob("calls.*")}) == 2, "both ranks scored cases"
     assert _files(killed) == _files(clean), "every output file as the uninterrupted run's"
