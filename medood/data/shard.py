@@ -133,9 +133,14 @@ def sort_by_order(rows: Sequence[T], order: Mapping[str, int] | None, key: Calla
 
 
 def merge_rows(rows: Sequence[T], order: Mapping[str, int] | None, key: Callable[[T], str]) -> list[T]:
-    """Every rank's ``rows`` (``all_gather_object``) in datalist order; this rank's rows, sorted, for one process."""
-    gathered = [r for part in all_gather_objects(list(rows)) for r in part]
-    return sort_by_order(gathered, order, key)
+    """Every rank's ``rows`` (``all_gather_object``) in datalist order (:func:`sort_by_order`).
+
+    One process returns its rows as they are (already in datalist order, whatever their names).
+    """
+    parts = all_gather_objects(list(rows))
+    if len(parts) == 1:
+        return parts[0]
+    return sort_by_order([r for part in parts for r in part], order, key)
 
 
 class CaseSubset(TorchDataset):

@@ -28,7 +28,7 @@ import numpy as np
 from torch import Tensor
 
 from medood.data.image2d import read_image_2d, write_map_nifti_2d, write_overlay_png
-from medood.data.shard import datalist_cases, datalist_of, merge_rows, subset_loader, unique_case
+from medood.data.shard import datalist_cases, datalist_of, merge_rows, sort_by_order, subset_loader, unique_case
 from medood.detectors.calibration import Calibration, overlay_window
 from medood.inferers.ood_inferer import OODInferer
 from medood.io import run_folder as rf
@@ -457,7 +457,9 @@ class OODResultWriter:
         for sl in self.slice_rows:
             by_case.setdefault(sl[0], []).append(sl)
         own = [(r, by_case.get(r["case"], [])) for r in self.rows]
-        merged = merge_rows(kept + own, self._order, lambda x: x[0]["case"])
+        merged = merge_rows(kept + own, self._order, _case_of)  # in datalist order when several ranks wrote
+        if kept:  # a resumed run: the kept rows go back to their places
+            merged = sort_by_order(merged, self._order, _case_of)
         if get_rank() != 0:
             return
         self.rows = [r for r, _ in merged]
@@ -473,6 +475,10 @@ class OODResultWriter:
         if self._started:
             self.run.finish([r["case"] for r in self.rows])
         logger.info("wrote %d cases to %s", len(self.rows), self.output_dir)
+
+
+def _case_of(row_and_slices: tuple[dict[str, Any], Any]) -> str:
+    return str(row_and_slices[0]["case"])
 
 
 def _has_image(item: Any, name: str | None) -> bool:
