@@ -1,12 +1,13 @@
 """Sharded and resumed batch inference: which case a datalist item is, dataset order, pending-case loaders, merges.
 
 A sharded inference run (``configs/multi_gpu_inference.yaml`` under ``torchrun``) gives rank ``r`` of ``W`` the
-cases ``r, r + W, ...`` of the datalist (MONAI ``DistributedSampler(shuffle=False, even_divisible=False)``: every
-case exactly once, no padding duplicate). Each rank writes its own cases' maps; the writers gather the per-rank rows
+batches ``r, r + W, ...`` of the one-process batching (:class:`BatchShardSampler`: every case exactly once, no
+padding duplicate, and every case in the very batch one process puts it in, so that networks whose arithmetic depends
+on the batch give the same bits). Each rank writes its own cases' maps; the writers gather the per-rank rows
 (:func:`merge_rows`, ``all_gather_object``) and rank 0 writes one ``scores.csv`` / ``slice_scores.csv`` /
 ``errors.csv`` **in datalist order** (:func:`case_order`), i.e. the rows one process writes. A resumed run keeps the
-cases whose outputs are complete and gives the engine a loader over the other cases only (:func:`subset_loader`),
-so the network never sees a finished case again.
+cases whose outputs are complete and gives the engine a loader over the other batches only (:func:`subset_loader`),
+so the network never sees a finished batch again.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from medood.utils.distributed import all_gather_objects
 from medood.utils.io import case_name
 
 __all__ = [
+    "BatchShardSampler",
     "CaseSubset",
     "case_order",
     "datalist_cases",
@@ -143,6 +145,35 @@ def merge_rows(rows: Sequence[T], order: Mapping[str, int] | None, key: Callable
     return sort_by_order([r for part in parts for r in part], order, key)
 
 
+class BatchShardSampler(TorchDistributedSampler):
+    """Whole batches to each rank: no shuffling, no padding, each item exactly once.
+
+    Rank ``r`` of ``W`` gets the batches ``r, r + W, ...`` of ``batch_size`` consecutive items (the batches one
+    process makes). A ``torch.utils.data.DistributedSampler`` (what :func:`medood.utils.distributed.is_sharded`
+    recognises) whose ``DataLoader`` must use the same ``batch_size``. A rank may get no batch (fewer batches than
+    ranks).
+
+    Args:
+        dataset: the (unsharded) dataset.
+        batch_size: the loader's batch size.
+        num_replicas: the world size (default: the process group's).
+        rank: this rank (default: the process group's).
+    """
+
+    def __init__(self, dataset: Any, batch_size: int, num_replicas: int | None = None, rank: int | None = None) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        n, size = len(dataset), max(int(batch_size), 1)
+        starts = range(self.rank * size, n, self.num_replicas * size)
+        self.indices = [i for s in starts for i in range(s, min(s + size, n))]
+        self.num_samples, self.total_size = len(self.indices), n
+
+    def __iter__(self) -> Any:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 class CaseSubset(TorchDataset):
     """The items ``indices`` of a map-style dataset.
 
@@ -173,15 +204,18 @@ _LOADER_ARGS = ("pin_memory", "timeout", "worker_init_fn", "multiprocessing_cont
 def subset_loader(loader: TorchDataLoader, indices: Sequence[int]) -> TorchDataLoader:
     """A loader of the same class, batch size and collation over the items ``indices`` of ``loader``'s dataset.
 
-    A ``DistributedSampler`` (a sharded run) becomes MONAI's ``DistributedSampler(shuffle=False,
-    even_divisible=False)`` over the subset (the remaining cases shared out again, each once); any other sampler
-    becomes sequential. A :class:`~medood.data.SkippingDataLoader` stays one (its collate is unwrapped first).
+    A :class:`BatchShardSampler` (a sharded run) becomes one over the subset (the remaining batches shared out
+    again), another ``DistributedSampler`` MONAI's ``DistributedSampler(shuffle=False, even_divisible=False)``; any
+    other sampler becomes sequential. A :class:`~medood.data.SkippingDataLoader` stays one (its collate is unwrapped
+    first). Give whole batches of the loader (``indices`` of complete batches) to keep every batch as it was.
     """
     subset = CaseSubset(loader.dataset, indices)
     kwargs: dict[str, Any] = {k: getattr(loader, k) for k in _LOADER_ARGS if hasattr(loader, k)}
     if loader.num_workers > 0:
         kwargs["prefetch_factor"] = loader.prefetch_factor
-    if isinstance(loader.sampler, TorchDistributedSampler):
+    if isinstance(loader.sampler, BatchShardSampler):
+        kwargs["sampler"] = BatchShardSampler(subset, loader.batch_size or 1)
+    elif isinstance(loader.sampler, TorchDistributedSampler):
         kwargs["sampler"] = DistributedSampler(subset, shuffle=False, even_divisible=False)
     collate = loader.collate_fn
     if isinstance(collate, partial) and collate.func is skip_failures_collate:

@@ -230,8 +230,9 @@ class OODResultWriter:
 
         A resumed run (``run_mode="resume"``) keeps the cases whose outputs are complete (their row in the last
         ``scores.csv`` or in a progress journal of a killed run, and every file of the case present, the map
-        readable) and, given the engine, replaces its data loader by one over the other cases only
-        (:func:`medood.data.shard.subset_loader`): the network never runs on a kept case again.
+        readable) and, given the engine, replaces its data loader by one over the batches that hold another case
+        (:func:`medood.data.shard.subset_loader`; whole batches of the loader, so that every case is computed in the
+        batch an uninterrupted run puts it in): the network never runs on a batch of kept cases again.
         """
         self.reset()
         error, kept = None, {}
@@ -247,8 +248,6 @@ class OODResultWriter:
         if message is not None:
             raise RuntimeError(f"rank 0 could not take the output folder: {message}")
         self._started, self._kept = True, kept
-        for case, rec in kept.items():
-            self._seen[case] = rec["row"].get("image") or case
         loader = getattr(engine, "data_loader", None)
         items = datalist_of(loader)
         if items is None:
@@ -257,7 +256,9 @@ class OODResultWriter:
         self._names = {str(item["image"]): str(n) for item, n in zip(items, names, strict=True) if _has_image(item, n)}
         self._order = {n: i for i, n in reversed(list(enumerate(names))) if n is not None}
         if kept and engine is not None and loader is not None:
-            pending = [i for i, name in enumerate(names) if name not in kept]
+            size = max(int(getattr(loader, "batch_size", 1) or 1), 1)  # whole batches: each case in its usual batch
+            redo = {i // size for i, name in enumerate(names) if name not in kept}
+            pending = [i for i in range(len(names)) if i // size in redo]
             logger.info("resume: %d complete case(s) kept in %s", len(items) - len(pending), self.output_dir)
             new = subset_loader(loader, pending)
             engine.data_loader = engine.state.dataloader = new  # type: ignore[attr-defined]

@@ -2,10 +2,10 @@
 
 * every bundle ships ``multi_gpu_inference.yaml`` and it merges onto its ``inference.yaml``;
 * 2 gloo processes (``torchrun``) write exactly the files of one process (2-D MECAM dermoscopy with an unreadable
-  image: one ``scores.csv`` / ``errors.csv``, maps and overlays, byte for byte);
-* a 1-process 3-D run (MECAM brain MRI, with slice scores) killed by SIGKILL after its second case, one finished
-  map deleted, then resumed by 2 processes: every file equals the uninterrupted run's, and the network saw only the
-  cases that were not finished (each once across the ranks).
+  image, batches of 3: one ``scores.csv`` / ``errors.csv``, maps and overlays, byte for byte);
+* a 1-process 3-D run (MECAM brain MRI, batches of 2, with slice scores) killed by SIGKILL after its fourth case,
+  one finished map deleted, then resumed by 2 processes: every file equals the uninterrupted run's, and the network
+  saw only the batches holding a case that was not finished (each case once across the ranks).
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from tests.helpers.distributed import REPO, free_port
 
 MECAM_2D = BUNDLES / "mecam_dermoscopy_ood_classification"
 MECAM_3D = BUNDLES / "mecam_brain_mri_ood_classification"
-#: 3-D overrides: a 16^3 field of view (the shipped weights are fully convolutional), slice scores along axis 2
-TINY_3D = {"fov": [16, 16, 16], "inferer#slice_axes": [2]}
+#: 3-D overrides: a 16^3 field of view (the shipped weights are fully convolutional), slice scores along axis 2,
+#: batches of 2 (6 cases: 3 batches)
+TINY_3D = {"fov": [16, 16, 16], "inferer#slice_axes": [2], "batch_size": 2}
 
 # a bundle run as `python -m monai.bundle run ...`, under torchrun or alone, that records the cases the network
 # scores (calls.<rank>.<pid>: the batch's `case` field) and, with KILL_AFTER_MAPS=k, SIGKILLs itself right after
@@ -117,7 +118,7 @@ def test_every_bundle_has_a_multi_gpu_inference_config_that_merges_onto_its_infe
         assert (cfg / "multi_gpu_inference.yaml").is_file(), f"{bundle.name} has no configs/multi_gpu_inference.yaml"
         parser = ConfigParser()
         parser.read_config([str(cfg / "inference.yaml"), str(cfg / "multi_gpu_inference.yaml")])
-        assert "even_divisible=False" in parser["dist_sampler"] and "shuffle=False" in parser["dist_sampler"]
+        assert "inference_sampler(@dataset, @dataloader#batch_size)" in parser["dist_sampler"], bundle.name
         assert parser["dataloader"]["sampler"] == "@dist_sampler", bundle.name
         assert "rank_zero_handlers" in parser["evaluator"]["val_handlers"], bundle.name
         assert any("cleanup" in str(x) for x in parser["finalize"]), bundle.name
@@ -133,11 +134,12 @@ def test_two_processes_write_the_files_of_one_2d(tmp_path: Path) -> None:
     root = _bundle_root(tmp_path, MECAM_2D)
     one, two = tmp_path / "one", tmp_path / "two"
     with one_thread(), pytest.raises(Exception) as failed:  # MONAI wraps it; checked below
-        run_workflow(MECAM_2D, ["inference.yaml"], "infer", root, dataset_dir=str(data), output_dir=str(one))
+        run_workflow(MECAM_2D, ["inference.yaml"], "infer", root, dataset_dir=str(data), output_dir=str(one),
+                     batch_size=3)  # fmt: skip
     assert "1 of 10 cases failed" in str(failed_cases_in(failed.value))
     configs = ["inference.yaml", "multi_gpu_inference.yaml"]
     assert _run(tmp_path, MECAM_2D, configs, {"bundle_root": str(root), "dataset_dir": str(data),
-                "output_dir": str(two)}, nproc=2, CALLS_DIR=str(tmp_path)) == 1  # fmt: skip
+                "output_dir": str(two), "batch_size": 3}, nproc=2, CALLS_DIR=str(tmp_path)) == 1  # fmt: skip
     inferred = _inferred(tmp_path)
     assert len(inferred) == 9 == len(set(inferred)), "each readable image scored exactly once across the ranks"
     assert len({p.name.split(".")[1] for p in tmp_path.glob("calls.*")}) == 2, "both ranks scored images"
@@ -161,17 +163,15 @@ def test_kill_9_then_two_process_resume_gives_the_uninterrupted_outputs_3d(tmp_p
     overrides = {"bundle_root": str(root), "dataset_dir": str(data), "output_dir": str(killed), **TINY_3D}
     first = tmp_path / "first"
     first.mkdir()
-    assert _run(tmp_path, MECAM_3D, ["inference.yaml"], overrides, CALLS_DIR=str(first), KILL_AFTER_MAPS="2") == -9
+    assert _run(tmp_path, MECAM_3D, ["inference.yaml"], overrides, CALLS_DIR=str(first), KILL_AFTER_MAPS="4") == -9
     assert not (killed / rf.SCORES_CSV).exists() and list(killed.glob(".*.tmp.nii.gz")), "killed mid-run"
-    assert (killed / rf.map_file(cases[2], "cam")).is_file(), "the third case's map was written, not its row"
-    (killed / rf.map_file(cases[0], "cam")).unlink()  # a recorded row without its map: redone
+    assert (killed / rf.map_file(cases[4], "cam")).is_file(), "the fifth case's map was written, not its row"
+    (killed / rf.map_file(cases[3], "cam")).unlink()  # a recorded row without its map: redone (with its batch)
 
     again = tmp_path / "again"
     again.mkdir()
     configs = ["inference.yaml", "multi_gpu_inference.yaml"]
     assert _run(tmp_path, MECAM_3D, configs, overrides, nproc=2, CALLS_DIR=str(again), MEDOOD_RUN_MODE="resume") == 0
-    assert _inferred(again) == sorted([cases[0], *cases[2:]]), (
-        "the network ran on the unfinished cases only, each once across the ranks"
-    )
+    assert _inferred(again) == sorted(cases[2:]), "the network ran on the batches of unfinished cases only, once"
     assert len({p.name.split(".")[1] for p in again.glob("calls.*")}) == 2, "both ranks scored cases"
     assert _files(killed) == _files(clean), "every output file as the uninterrupted run's"

@@ -9,7 +9,7 @@ import pytest
 from monai.data import DataLoader, Dataset
 
 from medood.data import SkippingDataLoader
-from medood.data.shard import case_order, datalist_cases, sort_by_order, subset_loader
+from medood.data.shard import BatchShardSampler, case_order, datalist_cases, sort_by_order, subset_loader
 from medood.io import run_folder as rf
 
 
@@ -45,3 +45,12 @@ def test_datalist_names_order_and_pending_loader() -> None:
     assert [b.tolist() for b in pending] == [[1, 4, 5], [8]]
     plain = subset_loader(DataLoader(Dataset(list(range(5))), batch_size=2), [])
     assert list(plain) == [] and getattr(pending.dataset, "data", None) == [1, 4, 5, 8]
+
+
+def test_batch_shards_keep_the_one_process_batches() -> None:
+    data = Dataset(list(range(10)))
+    ranks = [list(BatchShardSampler(data, 3, num_replicas=2, rank=r)) for r in range(2)]
+    assert ranks == [[0, 1, 2, 6, 7, 8], [3, 4, 5, 9]], "whole batches of 3, alternating, no padding"
+    loader = DataLoader(data, batch_size=3, sampler=BatchShardSampler(data, 3, num_replicas=2, rank=1))
+    assert [b.tolist() for b in loader] == [[3, 4, 5], [9]], "the batches one process makes"
+    assert list(BatchShardSampler(Dataset([0, 1]), 4, num_replicas=2, rank=1)) == [], "more ranks than batches"
