@@ -7,6 +7,11 @@ and writes them under ``training`` / ``eval_metrics`` with the md5 of each weigh
 ``large_files.yml``).
 
     .venv/bin/python scripts/record_training.py [--note "what a reader of the figures must know" ...]
+
+After ``train_demo_weights.sh calibrate calibrate_ar`` (new healthy calibration, same networks), record only the
+weights' checksums and calibration, keeping the stage records::
+
+    .venv/bin/python scripts/record_training.py --weights-only --calibration-data "what the healthy set was"
 """
 
 from __future__ import annotations
@@ -63,10 +68,22 @@ def calibration(path: Path) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--note", action="append", default=[], help="a note stored under training.notes (repeatable)")
+    ap.add_argument("--weights-only", action="store_true", help="update only the weights' md5 and calibration")
+    ap.add_argument("--calibration-data", default=None, help="the healthy calibration set (training.calibration)")
     args = ap.parse_args()
     meta_path = BUNDLE / "configs" / "metadata.json"
     meta = json.loads(meta_path.read_text())
     weights = {name: BUNDLE / "models" / name for name in ("model.pt", "model_ar.pt")}
+    if args.weights_only:
+        training = meta.setdefault("training", {})
+        training["weights"] = {
+            n: {"md5": md5(p), "bytes": p.stat().st_size, **calibration(p)} for n, p in weights.items() if p.exists()
+        }
+        training["notes"] = list(training.get("notes", [])) + args.note
+        if args.calibration_data:
+            training["calibration"] = args.calibration_data
+        write_metadata(meta_path, meta, weights)
+        return
     meta["training"] = {
         "script": "scripts/train_demo_weights.sh (seeded; see each stage's command)",
         "data": "medood demo brain_mri (small, 2 mm, seed 0): 40 healthy training and 8 healthy validation subjects",
@@ -84,6 +101,11 @@ def main() -> None:
             "machine": b["machine"],
             **{k: {m: v for m, v in r.items() if isinstance(v, float)} for k, r in b["methods"].items()},
         }
+    write_metadata(meta_path, meta, weights)
+
+
+def write_metadata(meta_path: Path, meta: dict[str, Any], weights: dict[str, Path]) -> None:
+    """Write metadata.json and the md5 checksums of large_files.yml."""
     atomic_write_text(meta_path, json.dumps(meta, indent=4) + "\n")
     lines = ["# The shipped weights are committed in models/ (no download). md5 checksums:", "large_files:"]
     for name, p in weights.items():

@@ -211,8 +211,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     from medood.data.classification import class_folder_loader, classifier_preprocessing
     from medood.data.folders import ood_datalists
+    from medood.data.skipping import skipping_loader
     from medood.engines.classifier import load_classifier
     from medood.engines.posthoc import evaluate_posthoc, parse_detectors
+    from medood.handlers.errors import failure_lines, write_errors_csv
 
     _set_threads(args)
     names = parse_detectors(args.detectors)
@@ -226,14 +228,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "normalize": norm,
         "num_workers": args.num_workers,
     }
-    train_loader, _ = class_folder_loader(args.data, args.train_split, **common)
-    id_loader, _ = class_folder_loader(args.data, args.id_split, **common)
+    # every loader skips unreadable images (medood.data.SkippingDataLoader); they are listed in errors.csv
+    train_loader = skipping_loader(class_folder_loader(args.data, args.train_split, **common)[0])
+    id_loader = skipping_loader(class_folder_loader(args.data, args.id_split, **common)[0])
     sets = ood_datalists(_ood_roots(args))
     ood_loaders = {
-        name: DataLoader(
-            Dataset(items, classifier_preprocessing(size, norm)),
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
+        name: skipping_loader(
+            DataLoader(
+                Dataset(items, classifier_preprocessing(size, norm)),
+                batch_size=args.batch_size,
+                num_workers=args.num_workers,
+            )
         )
         for name, items in sets.items()
     }
@@ -248,7 +253,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         args.out,
         task=str(args.data),
         classifier=f"{cfg['arch']} ({args.checkpoint})",
-        n_train=len(train_loader.dataset),  # type: ignore[arg-type]
+        n_train=len(train_loader.dataset),
     )
     rows = [("detector", "mean AUROC", "mean FPR95")]
     rows += [(d, f"{100 * m['auroc']:.2f}", f"{100 * m['fpr95']:.2f}") for d, m in payload["mean"].items()]
@@ -256,4 +261,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     sys.stdout.write(f"ID test accuracy {100 * payload['id_test_accuracy']:.2f} %; {len(sets)} OOD sets\n")
     sys.stdout.write("".join(f"{a.ljust(width)}  {b:>10}  {c:>10}\n" for a, b, c in rows))
     sys.stdout.write(f"table: {args.out / 'results.md'}\n")
+    failures = [f for loader in (train_loader, id_loader, *ood_loaders.values()) for f in loader.failures]
+    errors = write_errors_csv(args.out / "errors.csv", failures)
+    if failures:
+        sys.stderr.write("".join(f"{line}\n" for line in failure_lines(failures)))
+        sys.stderr.write(f"{len(failures)} images failed and were skipped; see {errors}\n")
+        return 1
     return 0

@@ -18,6 +18,7 @@ __all__ = [
     "LoadVolume",
     "LoadVolumed",
     "MedMNISTDataset",
+    "SafeCacheDataset",
     "SafeDataset",
     "SkippingDataLoader",
     "ValidateImage",
@@ -70,7 +71,8 @@ _LAZY = {
     "LoadVolume": "transforms", "LoadVolumed": "transforms", "LoadImage2D": "transforms",
     "LoadImage2Dd": "transforms", "LoadDicomSeriesd": "transforms", "ValidateImage": "transforms",
     "ValidateImaged": "transforms",
-    "CaseFailure": "skipping", "SafeDataset": "skipping", "SkippingDataLoader": "skipping",
+    "CaseFailure": "skipping", "SafeCacheDataset": "skipping", "SafeDataset": "skipping",
+    "SkippingDataLoader": "skipping",
     "check_dataset": "check",
 }  # fmt: skip
 
@@ -105,7 +107,7 @@ if TYPE_CHECKING:
     )
     from medood.data.medmnist import MedMNISTDataset
     from medood.data.readers import check_volume, load_volume, save_split_4d, split_4d
-    from medood.data.skipping import CaseFailure, SafeDataset, SkippingDataLoader
+    from medood.data.skipping import CaseFailure, SafeCacheDataset, SafeDataset, SkippingDataLoader
     from medood.data.transforms import (
         LoadDicomSeriesd,
         LoadImage2D,

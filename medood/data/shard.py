@@ -25,7 +25,7 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import DistributedSampler as TorchDistributedSampler
 
 from medood.data.skipping import SkippingDataLoader, skip_failures_collate
-from medood.utils.distributed import all_gather_objects
+from medood.utils.distributed import all_gather_objects, is_sharded
 from medood.utils.io import case_name
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_SHARDED = object()  # merge_rows without a loader: the rows are sharded when there are several ranks
 
 
 def item_case(item: Any, case_key: str | None = None, image_key: str = "image") -> str | None:
@@ -134,11 +135,16 @@ def sort_by_order(rows: Sequence[T], order: Mapping[str, int] | None, key: Calla
     return sorted(rows, key=lambda r: order.get(key(r), last))
 
 
-def merge_rows(rows: Sequence[T], order: Mapping[str, int] | None, key: Callable[[T], str]) -> list[T]:
+def merge_rows(
+    rows: Sequence[T], order: Mapping[str, int] | None, key: Callable[[T], str], loader: Any = _SHARDED
+) -> list[T]:
     """Every rank's ``rows`` (``all_gather_object``) in datalist order (:func:`sort_by_order`).
 
-    One process returns its rows as they are (already in datalist order, whatever their names).
+    One process, or a ``loader`` that is not sharded (every rank saw every case), returns the rows as they are
+    (already in datalist order, whatever their names). Every rank must call it (a collective).
     """
+    if loader is not _SHARDED and not is_sharded(loader):
+        return list(rows)
     parts = all_gather_objects(list(rows))
     if len(parts) == 1:
         return parts[0]

@@ -4,6 +4,8 @@
   nibabel / pydicom / PIL / I/O error, also when MONAI wraps it in ``RuntimeError("applying transform ...")``)
   give a :class:`CaseFailure` ``(case, file, error)`` in place of the item; other exceptions (programming
   errors) still propagate.
+* :class:`SafeCacheDataset`: a MONAI ``CacheDataset`` (training sets) that leaves out the items whose
+  deterministic transforms fail while caching and lists them in ``failures``; the loader keeps its length.
 * :class:`SkippingDataLoader`: a MONAI ``DataLoader`` that drops those markers from each batch, collates the
   good items as usual, never yields an empty batch, and keeps the failures of the current pass in
   ``loader.failures``. It works with worker processes (the markers travel through the collate function).
@@ -30,7 +32,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
-from monai.data import DataLoader, Dataset, list_data_collate
+from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from pydicom.errors import InvalidDicomError
@@ -175,6 +177,58 @@ class SafeDataset(Dataset):
 
     def _transform(self, index: int) -> Any:
         return _guarded(lambda: super(SafeDataset, self)._transform(index), self.data[index], self)
+
+
+class SafeCacheDataset(CacheDataset):
+    """A MONAI ``CacheDataset`` that drops the items whose deterministic transforms fail on bad data while caching.
+
+    For training sets: a bad file is left out before the first epoch, so the loader keeps its length and its
+    batches; ``failures`` lists what was left out (:class:`CaseFailure`, stage of the error) for
+    :class:`medood.handlers.FailedCasesWriter` (``source: '@train#dataset'``), which writes ``errors.csv`` and fails
+    the run at its end. The cache is filled when the dataset is built (``runtime_cache`` is not supported); items
+    past ``cache_rate`` are read at run time and fail as in a plain ``CacheDataset``.
+
+    Args:
+        data: the datalist.
+        transform: a ``Compose`` (deterministic transforms first, as for ``CacheDataset``).
+        image_key: the item key holding the input path. Defaults to ``"image"``.
+        case_key: the item key holding an explicit case id. Defaults to ``"case"``.
+        catch: exception types that mark an item as failed. Defaults to :data:`DATA_ERRORS`.
+        kwargs: other ``CacheDataset`` arguments (``cache_rate``, ``num_workers``, ``progress`` ...).
+
+    Raises:
+        ValueError: ``runtime_cache`` or ``hash_as_key`` is asked for.
+    """
+
+    def __init__(
+        self,
+        data: Sequence,
+        transform: Callable | None = None,
+        image_key: str = "image",
+        case_key: str = "case",
+        catch: Sequence[type[BaseException]] = DATA_ERRORS,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs.get("runtime_cache") or kwargs.get("hash_as_key"):
+            raise ValueError("SafeCacheDataset fills its cache when it is built: no runtime_cache / hash_as_key")
+        self.image_key, self.case_key, self.catch = image_key, case_key, tuple(catch)
+        self.failures: list[CaseFailure] = []
+        super().__init__(data, transform, **kwargs)
+
+    def _load_cache_item(self, idx: int) -> Any:
+        return _guarded(lambda: super(SafeCacheDataset, self)._load_cache_item(idx), self.data[idx], self)
+
+    def set_data(self, data: Sequence) -> None:
+        """Cache ``data`` and leave out the items that failed (listed in ``failures``)."""
+        super().set_data(data)
+        cache = list(self._cache)
+        self.failures = [c for c in cache if isinstance(c, CaseFailure)]
+        if self.failures:
+            bad = {i for i, c in enumerate(cache) if isinstance(c, CaseFailure)}
+            self.data = [d for i, d in enumerate(data) if i not in bad]
+            self._cache = [c for i, c in enumerate(cache) if i not in bad]
+            self.cache_num = len(self._cache)
+            logger.warning("%d of %d cases left out of the cache (bad data)", len(bad), len(data))
 
 
 def _guarded(get: Callable[[], Any], item: Any, owner: Any) -> Any:

@@ -130,7 +130,9 @@ class FailedCasesWriter:
     Args:
         output_dir: folder of ``errors.csv`` (created).
         source: the object whose ``failures`` list holds the skipped cases, usually the run's
-            :class:`~medood.data.SkippingDataLoader`. Defaults to ``None``: the engine's own data loader.
+            :class:`~medood.data.SkippingDataLoader`, or a list of them (e.g. the training and validation
+            :class:`~medood.data.SafeCacheDataset` of a training run: call :meth:`completed` with ``None`` at the
+            end of the run). Defaults to ``None``: the engine's own data loader.
         filename: name of the CSV. Defaults to ``"errors.csv"``.
         raise_on_failure: raise :class:`FailedCasesError` after writing when any case failed. Defaults to True.
         skip_bad_cases: make the engine's own data loader skip bad cases (when ``source`` is ``None``).
@@ -184,11 +186,14 @@ class FailedCasesWriter:
     def failures(self, engine: Engine | None = None) -> list[CaseFailure]:
         """The failures recorded by ``source`` (or the engine's data loader)."""
         source = self._source(engine)
-        found = getattr(source, "failures", None)
-        if found is None:
-            logger.warning("FailedCasesWriter: %r records no failures; use medood.data.SkippingDataLoader", source)
-            return []
-        return list(found)
+        out: list[CaseFailure] = []
+        for one in source if isinstance(source, (list, tuple)) else [source]:
+            found = getattr(one, "failures", None)
+            if found is None:
+                logger.warning("FailedCasesWriter: %r records no failures; use medood.data.SkippingDataLoader", one)
+                continue
+            out.extend(found)
+        return out
 
     def completed(self, engine: Engine) -> None:
         """Write the CSV, then raise :class:`FailedCasesError` if a case failed (and ``raise_on_failure``).
@@ -197,7 +202,8 @@ class FailedCasesWriter:
         ``errors.csv``; every rank raises when any case failed (the same exit status everywhere).
         """
         source = self._source(engine)
-        failures = merge_rows(self.failures(engine), case_order(datalist_of(source) or []), lambda f: f.case)
+        failures = merge_rows(self.failures(engine), case_order(datalist_of(source) or []), lambda f: f.case, source)
+        failures = list(dict.fromkeys(failures))  # a padded (training) sampler may repeat a failed case
         if get_rank() == 0:
             write_errors_csv(self.csv_path, failures)
         if not failures:

@@ -296,8 +296,8 @@ class GuardScoreWriter(_HookedPass):
 
     def on_end(self, engine: Engine) -> None:
         """Write scores.csv and guard.json (rank 0 of a sharded run, every rank's rows in datalist order)."""
-        order = case_order(datalist_of(getattr(engine, "data_loader", None)) or [])
-        self.rows = merge_rows(self.rows, order, lambda r: r["case"])
+        loader = getattr(engine, "data_loader", None)
+        self.rows = merge_rows(self.rows, case_order(datalist_of(loader) or []), lambda r: r["case"], loader)
         if get_rank() != 0:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)

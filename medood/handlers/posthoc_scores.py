@@ -19,14 +19,15 @@ from medood.detectors.posthoc import score_batch
 from medood.io import run_folder as rf
 from medood.metrics.tables import results_payload, results_table, write_results
 from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
-from medood.utils.distributed import get_rank, get_world_size
+from medood.utils.checkpoints import save_checkpoint
+from medood.utils.distributed import get_rank, get_world_size, is_sharded
 from medood.utils.enums import OODKeys
 from medood.utils.io import atomic_write
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["PosthocScoreWriter"]
+__all__ = ["PosthocCalibrationHandler", "PosthocScoreWriter"]
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +155,8 @@ class PosthocScoreWriter:
 
     def _merge_ranks(self, engine: Engine) -> bool:
         """Gather every rank's cases in datalist order (a sharded run); ``True`` on the rank that writes (rank 0)."""
-        if get_world_size() == 1:
+        loader = getattr(engine, "data_loader", None)
+        if get_world_size() == 1 or not is_sharded(loader):  # every rank saw every case
             return True
         scores = {n: torch.cat(v).cpu() if v else torch.zeros(0) for n, v in self.scores.items()}
         logits = torch.cat(self.logits).cpu() if self.logits else torch.zeros(0, 0)
@@ -162,7 +164,7 @@ class PosthocScoreWriter:
             ({k: v[i] for k, v in self.rows.items()}, {n: s[i] for n, s in scores.items()}, logits[i])
             for i in range(len(self.rows["case"]))
         ]
-        order = case_order(datalist_of(getattr(engine, "data_loader", None)) or [])
+        order = case_order(datalist_of(loader) or [])
         merged = merge_rows(cases, order, lambda c: str(c[0]["case"]))
         if get_rank() != 0:
             return False
@@ -231,3 +233,40 @@ class PosthocScoreWriter:
         )
         js, _ = write_results(payload, self.output_dir, self.title)
         logger.info("results table of %d detectors x %d OOD sets written to %s", len(scores), len(names), js)
+
+
+class PosthocCalibrationHandler(PosthocScoreWriter):
+    """Record every post-hoc detector's in-distribution validation scores as its calibration, then save them.
+
+    The same single forward pass per batch as :class:`PosthocScoreWriter` (so calibration and inference score
+    identically); at completion each detector's :class:`~medood.detectors.calibration.Calibration` holds the
+    scores (its split-conformal ``flagged`` threshold, see :meth:`~medood.detectors.calibration.Calibration.
+    thresholds`) and ``save_path`` gets ``{name: state_dict}`` of every detector, as ``DetectorFitHandler`` saves
+    them. Run it on ID images the detectors were not fitted on; a 5 % flag needs at least 19 of them.
+
+    Args:
+        detectors: ``{name: detector}`` (fitted).
+        save_path: where the calibrated detectors go (``None``: kept in memory only).
+        head: name of the classifier's final linear layer (``None`` = the last ``nn.Linear``).
+    """
+
+    def __init__(
+        self,
+        detectors: Mapping[str, OODDetector] | Sequence[OODDetector],
+        save_path: str | os.PathLike[str] | None = None,
+        head: str | None = None,
+    ) -> None:
+        super().__init__(detectors, output_dir=".", head=head, write_table=False)
+        self.save_path = save_path
+
+    def _completed(self, engine: Engine) -> None:
+        if not self._merge_ranks(engine):  # sharded: rank 0 calibrates on every rank's scores (datalist order)
+            return
+        if not self.logits:
+            raise RuntimeError("PosthocCalibrationHandler saw no batches: is the validation set empty?")
+        for name, parts in self.scores.items():
+            self.detectors[name].calibration.update(torch.cat(parts))
+        n = sum(int(t.shape[0]) for t in self.logits)
+        logger.info("calibrated %d detectors on %d in-distribution validation images", len(self.detectors), n)
+        if self.save_path is not None:
+            save_checkpoint({name: det.state_dict() for name, det in self.detectors.items()}, self.save_path)

@@ -224,6 +224,7 @@ class OODResultWriter:
         self._kept: dict[str, dict[str, Any]] = {}  # complete cases of the run resumed: {case: {"row", "slices"}}
         self._order: dict[str, int] | None = None  # datalist order of the cases (the order of the merged rows)
         self._names: dict[str, str] = {}  # input file -> case name, from the whole datalist
+        self._loader: list[Any] = []  # the engine's loader (whether the rows are sharded), when run by an engine
 
     def start(self, engine: Engine | None = None) -> None:
         """Take the output folder for this run (rank 0: :meth:`medood.io.RunFolder.start`).
@@ -249,6 +250,7 @@ class OODResultWriter:
             raise RuntimeError(f"rank 0 could not take the output folder: {message}")
         self._started, self._kept = True, kept
         loader = getattr(engine, "data_loader", None)
+        self._loader = [] if loader is None else [loader]
         items = datalist_of(loader)
         if items is None:
             return
@@ -262,6 +264,7 @@ class OODResultWriter:
             logger.info("resume: %d complete case(s) kept in %s", len(items) - len(pending), self.output_dir)
             new = subset_loader(loader, pending)
             engine.data_loader = engine.state.dataloader = new  # type: ignore[attr-defined]
+            self._loader = [new]
             engine.state.epoch_length = _length(new) or None  # an empty loader still completes (the merge runs)
 
     def _complete_cases(self) -> dict[str, dict[str, Any]]:
@@ -458,7 +461,7 @@ class OODResultWriter:
         for sl in self.slice_rows:
             by_case.setdefault(sl[0], []).append(sl)
         own = [(r, by_case.get(r["case"], [])) for r in self.rows]
-        merged = merge_rows(kept + own, self._order, _case_of)  # in datalist order when several ranks wrote
+        merged = merge_rows(kept + own, self._order, _case_of, *self._loader)  # datalist order across ranks
         if kept:  # a resumed run: the kept rows go back to their places
             merged = sort_by_order(merged, self._order, _case_of)
         if get_rank() != 0:

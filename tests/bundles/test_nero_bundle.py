@@ -7,14 +7,17 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from medood.detectors import get_detector_class, list_detectors
 from medood.detectors.base_posthoc import ClassifierDetector
+from medood.handlers import FailedCasesError
 from medood.metrics.tables import METRICS
 from tests.helpers.bundles import BundleRun
 from tests.helpers.class_folders import CLASSES, write_pngs
@@ -34,6 +37,7 @@ def test_train_fit_evaluate_and_inference(bundle_run: Callable[[str], BundleRun]
         if issubclass(get_detector_class(n), ClassifierDetector)
     }
     assert set(fitted) == expected
+    assert {int(state["calibration.n_scores"]) for state in fitted.values()} == {9}, "calibrated on the 9 ID val images"
 
     out = run.output("evaluate")
     results = json.loads((out / "results.json").read_text())
@@ -65,3 +69,26 @@ def test_train_fit_evaluate_and_inference(bundle_run: Callable[[str], BundleRun]
     preds = list(csv.DictReader(open(out / "predictions.csv")))
     assert {p["pred_class"] for p in preds} <= set(CLASSES)
     assert not (out / "results.json").exists(), "no OOD labels: no table"
+
+
+def test_training_leaves_bad_files_out_lists_them_and_fails(
+    bundle_run: Callable[[str], BundleRun], tmp_path: Path
+) -> None:
+    """A truncated PNG and a text file among the training images: the classifier trains on the good ones, saves its
+    weights, errors_train.csv names both, and the run ends with FailedCasesError (exit status 1)."""
+    run = bundle_run(NAME)
+    data = tmp_path / "data"
+    shutil.copytree(run.overrides()["dataset_dir"], data)
+    cls = sorted(p for p in (data / "train").iterdir() if p.is_dir())[0]
+    good = sorted(cls.glob("*.png"))[0]
+    (cls / "zz_truncated.png").write_bytes(good.read_bytes()[:40])
+    (cls / "zz_text.png").write_text("not an image")
+    root = tmp_path / "root"
+    shutil.copytree(run.root / "models", root / "models")
+    out, before = tmp_path / "out", (root / "models" / "model.pt").stat().st_mtime_ns
+    with pytest.raises(Exception) as err:
+        run.extra(["inference.yaml", "train.yaml"], "train", root=root, dataset_dir=str(data), output_dir=str(out))
+    assert isinstance(err.value.__cause__, FailedCasesError) or "FailedCasesError" in repr(err.value)
+    rows = list(csv.DictReader(open(out / "errors_train.csv")))
+    assert sorted(Path(r["file"]).name for r in rows) == ["zz_text.png", "zz_truncated.png"]
+    assert (root / "models" / "model.pt").stat().st_mtime_ns > before, "the weights were saved before the failure"

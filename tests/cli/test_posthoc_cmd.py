@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -149,3 +150,24 @@ def test_bad_evaluate_inputs_are_exit_2(tmp_path: Path, caplog: pytest.LogCaptur
     assert code == 2
     assert str(bad) in log, log
     assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_evaluate_skips_unreadable_images_lists_them_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = make_class_folders(tmp_path / "data")
+    ckpt = _fake_checkpoint(tmp_path / "model.pt")
+    (data / "train" / CLASSES[0] / "zz_text.png").write_text("not an image")
+    xray = data / "ood_far" / "xray"
+    n_xray = len(list(xray.iterdir()))
+    (xray / "zz_cut.png").write_bytes(next(xray.iterdir()).read_bytes()[:30])
+    out = tmp_path / "o"
+    argv = ["posthoc", "evaluate", "--data", str(data), "--checkpoint", str(ckpt), "--out", str(out),
+            "--detectors", "msp,energy", "--no-progress"]  # fmt: skip
+    with one_thread():
+        assert main(argv) == 1
+    rows = list(csv.DictReader(open(out / "errors.csv")))
+    assert sorted(Path(r["file"]).name for r in rows) == ["zz_cut.png", "zz_text.png"]
+    results = json.loads((out / "results.json").read_text())
+    assert results["ood_set_sizes"]["ood_far/xray"] == n_xray, "the good images of the set are all scored"
+    assert "2 images failed and were skipped" in capsys.readouterr().err

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine, Events
+from monai.data import DataLoader
 from monai.transforms import Compose, Lambdad
 
-from medood.data import CaseFailure, SafeDataset, SkippingDataLoader
+from medood.data import CaseFailure, SafeCacheDataset, SafeDataset, SkippingDataLoader
 from medood.data.readers import load_volume
 from medood.data.transforms import LoadVolumed
 from medood.handlers import FailedCasesError, FailedCasesWriter
@@ -174,3 +175,22 @@ def test_writer_makes_a_plain_monai_loader_skip_bad_cases(tmp_path: Path, batch_
     assert seen == ["g0.nii.gz", "g1.nii.gz", "g2.nii.gz"], "each good case once, in order"
     rows = list(csv.DictReader(open(tmp_path / "out" / "errors.csv", encoding="utf-8")))
     assert [r["case"] for r in rows] == ["noise", "fmri", "nan"] and {r["stage"] for r in rows} == {"LoadVolumed"}
+
+
+def test_safe_cache_dataset_leaves_bad_training_files_out_and_the_writer_fails_the_run(tmp_path: Path) -> None:
+    """A training set with 3 bad files: cached without them (the loader keeps a length), errors.csv lists them."""
+    data = _folder(tmp_path / "train")
+    ds = SafeCacheDataset(data, LOAD, progress=False)
+    assert len(ds) == 3 and [f.case for f in ds.failures] == ["noise", "fmri", "nan"]
+    loader = DataLoader(ds, batch_size=2)
+    assert len(loader) == 2, "a training loader keeps its length: the bad files are gone before the first epoch"
+    seen: list[tuple[int, ...]] = []
+    engine = Engine(lambda e, b: seen.append(tuple(b["image"].shape)))
+    FailedCasesWriter(tmp_path / "out", source=ds, filename="errors_train.csv").attach(engine)
+    with pytest.raises(FailedCasesError):
+        engine.run(loader, max_epochs=2)
+    assert seen == [(2, 1, 12, 13, 14), (1, 1, 12, 13, 14)] * 2, "both epochs ran over the 3 good volumes"
+    rows = list(csv.DictReader(open(tmp_path / "out" / "errors_train.csv")))
+    assert [r["case"] for r in rows] == ["noise", "fmri", "nan"]
+    with pytest.raises(ValueError, match="runtime_cache"):
+        SafeCacheDataset(data, LOAD, runtime_cache=True)

@@ -28,7 +28,8 @@ SIDE_2D = 4000  # 4000^2 RGB: 183 MiB as float32 from ~50 KB
 
 _PROBE = """
 import json, resource, sys
-from medood.data import read_image_2d, load_volume
+from medood.data import read_image_2d, load_volume, load_dicom_series
+import os
 
 def status_kib(field):
     with open("/proc/self/status") as f:
@@ -43,7 +44,10 @@ except OSError:  # no reset: the resident size now as baseline (an upper bound o
     base, base_max, reset = status_kib("VmRSS"), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, False
 path = sys.argv[1]
 try:
-    x = read_image_2d(path, scale=True) if path.endswith('.png') else load_volume(path)
+    if os.path.isdir(path):
+        x = load_dicom_series(path)
+    else:
+        x = read_image_2d(path, scale=True) if path.endswith('.png') else load_volume(path)
     shape, error = list(x.shape), None
 except Exception as e:
     shape, error = None, str(e)
@@ -120,3 +124,34 @@ def test_bomb_above_the_budget_is_refused_from_its_header(tmp_path: Path) -> Non
     found = _probe(path, "100M")
     assert "above the memory budget of 100.0 MiB" in found["error"] and "MEDOOD_MAX_IMAGE_BYTES" in found["error"]
     assert (found["peak_kib"] - found["base_max_kib"]) * 1024 < 20 * 2**20, "no new peak: nothing was decoded"
+
+
+def _dicom_series(folder: Path, side: int, n: int) -> Path:
+    """``n`` uncompressed ``side`` x ``side`` int16 slices of one series (pydicom's MR_small, resized)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    folder.mkdir(parents=True)
+    src, uid = pydicom.dcmread(get_testdata_file("MR_small.dcm")), generate_uid()
+    plane = np.zeros((side, side), np.int16)
+    for k in range(n):
+        ds = src.copy()
+        ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.InstanceNumber = uid, generate_uid(), k + 1
+        ds.ImageOrientationPatient, ds.ImagePositionPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 2.0 * k]
+        ds.Rows = ds.Columns = side
+        plane[5, 7] = 100 + k
+        ds.PixelData = plane.tobytes()
+        ds.save_as(folder / f"img{k:03d}.dcm")
+    return folder
+
+
+@pytest.mark.slow
+def test_dicom_series_peaks_below_twice_its_float32_size(tmp_path: Path) -> None:
+    side, n = 512, 96  # 96 MiB as float32
+    path = _dicom_series(tmp_path / "series", side, n)
+    found = _probe(path, "1G")
+    assert found["error"] is None and found["shape"] == [1, side, side, n], found
+    decoded = 4 * side * side * n
+    extra = (found["peak_kib"] - found["base_kib"]) * 1024
+    assert extra <= 2 * decoded, f"peak {extra / 2**20:.0f} MiB above baseline for {decoded / 2**20:.0f} MiB float32"
