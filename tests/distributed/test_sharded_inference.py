@@ -2,7 +2,8 @@
 
 * every bundle ships ``multi_gpu_inference.yaml`` and it merges onto its ``inference.yaml``;
 * 2 gloo processes (``torchrun``) write exactly the files of one process (2-D MECAM dermoscopy with an unreadable
-  image, batches of 3: one ``scores.csv`` / ``errors.csv``, maps and overlays, byte for byte);
+  image, batches of 3: one ``scores.csv`` / ``errors.csv``, maps and overlays, byte for byte; NERO's post-hoc score
+  writer: every detector's ``scores.csv`` and ``predictions.csv``);
 * a 1-process 3-D run (MECAM brain MRI, batches of 2, with slice scores) killed by SIGKILL after its fourth case,
   one finished map deleted, then resumed by 2 processes: every file equals the uninterrupted run's, and the network
   saw only the batches holding a case that was not finished (each case once across the ranks).
@@ -29,6 +30,7 @@ from tests.helpers.distributed import REPO, free_port
 
 MECAM_2D = BUNDLES / "mecam_dermoscopy_ood_classification"
 MECAM_3D = BUNDLES / "mecam_brain_mri_ood_classification"
+NERO = BUNDLES / "nero_endoscopy_ood_classification"
 #: 3-D overrides: a 16^3 field of view (the shipped weights are fully convolutional), slice scores along axis 2,
 #: batches of 2 (6 cases: 3 batches)
 TINY_3D = {"fov": [16, 16, 16], "inferer#slice_axes": [2], "batch_size": 2}
@@ -175,3 +177,21 @@ def test_kill_9_then_two_process_resume_gives_the_uninterrupted_outputs_3d(tmp_p
     assert _inferred(again) == sorted(cases[2:]), "the network ran on the batches of unfinished cases only, once"
     assert len({p.name.split(".")[1] for p in again.glob("calls.*")}) == 2, "both ranks scored cases"
     assert _files(killed) == _files(clean), "every output file as the uninterrupted run's"
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_posthoc_scores_of_one(tmp_path: Path) -> None:
+    data = make_class_folders(tmp_path / "data")
+    root = _bundle_root(tmp_path, NERO)
+    one, two = tmp_path / "one", tmp_path / "two"
+    overrides = {"dataset_dir": str(data), "batch_size": 2, "datalist_split": "test"}
+    with one_thread():
+        run_workflow(NERO, ["inference.yaml"], "infer", root, output_dir=str(one), **overrides)
+    configs = ["inference.yaml", "multi_gpu_inference.yaml"]
+    assert _run(tmp_path, NERO, configs, {"bundle_root": str(root), "output_dir": str(two), **overrides}, nproc=2,
+                CALLS_DIR=str(tmp_path)) == 0  # fmt: skip
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert len(files) > 20 and files == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
+    for name in files:
+        assert (two / name).read_bytes() == (one / name).read_bytes(), name
+    assert len(rf.read_score_rows(two / "msp" / rf.SCORES_CSV)) == 9
