@@ -25,7 +25,7 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import DistributedSampler as TorchDistributedSampler
 
 from medood.data.skipping import SkippingDataLoader, skip_failures_collate
-from medood.utils.distributed import all_gather_objects, is_sharded
+from medood.utils.distributed import all_gather_objects, get_rank, is_sharded
 from medood.utils.io import case_name
 
 __all__ = [
@@ -227,5 +227,6 @@ def subset_loader(loader: TorchDataLoader, indices: Sequence[int]) -> TorchDataL
     if isinstance(collate, partial) and collate.func is skip_failures_collate:
         collate = collate.keywords["collate"]
     cls = SkippingDataLoader if isinstance(loader, SkippingDataLoader) else type(loader)
-    logger.info("resume: %d of %d case(s) left to infer", len(subset), len(loader.dataset))  # type: ignore[arg-type]
+    if get_rank() == 0:
+        logger.info("resume: %d of %d case(s) left to infer", len(subset), len(loader.dataset))  # type: ignore[arg-type]
     return cls(subset, batch_size=loader.batch_size or 1, num_workers=loader.num_workers, collate_fn=collate, **kwargs)

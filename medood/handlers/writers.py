@@ -261,7 +261,8 @@ class OODResultWriter:
             size = max(int(getattr(loader, "batch_size", 1) or 1), 1)  # whole batches: each case in its usual batch
             redo = {i // size for i, name in enumerate(names) if name not in kept}
             pending = [i for i in range(len(names)) if i // size in redo]
-            logger.info("resume: %d complete case(s) kept in %s", len(items) - len(pending), self.output_dir)
+            if get_rank() == 0:
+                logger.info("resume: %d complete case(s) kept in %s", len(kept), self.output_dir)
             new = subset_loader(loader, pending)
             engine.data_loader = engine.state.dataloader = new  # type: ignore[attr-defined]
             self._loader = [new]
