@@ -14,7 +14,9 @@ test set's, and the cost: the decoder alone and the full ``det.score`` (classifi
 forward alone (median of interleaved pairs on the same batches).
 
 Writes ``docs/benchmarks/heatmap.json`` (``{"machine", "tasks": {task: {ood_set: {detector: {"auroc", "fpr95",
-"aupr_in", "aupr_out"}}}}, ...}``) and ``heatmap.md``.
+"aupr_in", "aupr_out"}}}}, ...}``) and ``heatmap.md``; every sentence of the page is generated from the JSON.
+
+Legacy: the one protocol for comparing methods is ``scripts/benchmark.py`` (``docs/results.md``).
 
 Usage::
 
@@ -39,7 +41,7 @@ from monai.data import DataLoader, Dataset
 
 from medood.detectors.posthoc import fit_many, score_many
 from medood.engines.posthoc import build_detectors
-from medood.metrics.tables import FPR95_CONVENTION, METRICS, results_table
+from medood.metrics.tables import FPR95_CONVENTION, METRICS, method_standing, results_table
 from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
 from medood.utils.checkpoints import load_state
 from medood.utils.io import atomic_write_text
@@ -180,8 +182,18 @@ def evaluate(
             "mean_abs_h_ratio_to_id": {k: v / id_h for k, v in mean_h.items() if k != "id_test"},
             "posthoc_fit_seconds_one_pass": fit_seconds,
             "detector_args": dict(detector_args),
+            **_nero_k(baselines),
         },
     }
+
+
+def _nero_k(baselines: Mapping[str, Any]) -> dict[str, Any]:
+    """NERO's resolved k (``k >= D`` turns its feature-norm term off) as recorded by the fitted detector."""
+    nero = baselines.get("nero")
+    if nero is None or getattr(nero, "k_effective", None) is None:
+        return {}
+    d = int(nero.head_weight.shape[1])
+    return {"nero_k_effective": {"k": nero.k, "k_effective": nero.k_effective, "d": d}}
 
 
 def run_task(name: str, data_root: Path, repeats: int) -> dict[str, Any]:
@@ -191,30 +203,34 @@ def run_task(name: str, data_root: Path, repeats: int) -> dict[str, Any]:
     train, test, oods = loaders_3d(parser) if TASKS[name][1] == "brain_mri" else loaders_2d(parser, data)
     res = evaluate(net, det, train, test, oods, {})
     res["summary"]["classifier"] = str(Path(parser.get_parsed_content("classifier_path")).resolve().relative_to(ROOT))
-    res["summary"]["n_train"] = len(train.dataset)
+    res["summary"]["n_train"] = len(train.dataset)  # type: ignore[arg-type]
     res["summary"]["cost"] = cost(net, det, _images(test, 64)[:1] * 4, repeats)  # the ID test batch, 4 times
     return res
 
 
-def _standing(table: Mapping[str, Any], order: list[str]) -> str:
-    """Where the heatmap decoder is and is not ahead: its rank, the sets it wins and the sets it loses most."""
-    best = [k for k in table if table[k]["heatmap"]["auroc"] >= max(table[k][d]["auroc"] for d in order) - 1e-9]
-    gap = {k: max(table[k][d]["auroc"] for d in order) - table[k]["heatmap"]["auroc"] for k in table}
-    behind = sorted((k for k in gap if gap[k] > 0.05), key=lambda k: -gap[k])
-    top = {k: max((d for d in order if d != "heatmap"), key=lambda d: table[k][d]["auroc"]) for k in behind}
-    return (
-        f"Heatmap decoder: rank {order.index('heatmap') + 1} of {len(order)} by mean AUROC; best (or tied) on: "
-        + (", ".join(best) or "none")
-        + "; more than 5 AUROC points behind the best detector on: "
-        + (
-            ", ".join(
-                f"{k} ({100 * table[k]['heatmap']['auroc']:.1f} vs {top[k]} {100 * table[k][top[k]]['auroc']:.1f})"
-                for k in behind
-            )
-            or "none"
+def _notes(res: Mapping[str, Any]) -> list[str]:
+    """Reading notes generated from the results (set sizes, FPR95 resolution, NERO's effective k)."""
+    sizes = [n for s in res["task_summary"].values() for n in s["ood_set_sizes"].values()]
+    lines = [
+        "",
+        "## Notes (generated from heatmap.json)",
+        "",
+        f"- OOD set sizes {min(sizes)}-{max(sizes)} images: with n images one image moves AUROC by up to 100 / n "
+        "points and FPR95 is a multiple of 100 / n %. One trained decoder per bundle (the paper reports the mean "
+        "of 5).",
+    ]
+    ks = {t: s["nero_k_effective"] for t, s in res["task_summary"].items() if s.get("nero_k_effective")}
+    if ks:
+        lines.append(
+            "- NERO's effective k (least-relevant neurons of its feature-norm term; the term is 1 for every input "
+            "when k = D): " + ", ".join(f"{t} {v['k_effective']} of D = {v['d']}" for t, v in ks.items()) + "."
         )
-        + ". Why: see the bundles' docs/README.md."
-    )
+    lines += [
+        "- This page is a legacy per-method benchmark: the comparison of every method on the same benchmark sets, "
+        "with intervals, is `docs/results.md` (`scripts/benchmark.py`). Why the decoder trails where it does: the "
+        "heatmap bundles' `docs/README.md`.",
+    ]
+    return lines
 
 
 def markdown(res: Mapping[str, Any]) -> str:
@@ -253,7 +269,7 @@ def markdown(res: Mapping[str, Any]) -> str:
             lines.append(f"| {bold}{det}{bold} | " + " | ".join(cells) + " |")
         c = s["cost"]
         ratios = ", ".join(f"{k} {v:.2f}" for k, v in s["mean_abs_h_ratio_to_id"].items())
-        lines += ["", _standing(table, order)]
+        lines += ["", method_standing(table, "heatmap", "Heatmap decoder")]
         lines += [
             "",
             f"Mean |h| on the ID test set: {s['mean_abs_h']['id_test']:.4f}; ratio of each OOD set's mean |h| to it: "
@@ -264,34 +280,7 @@ def markdown(res: Mapping[str, Any]) -> str:
             f"= **{c['decoder_over_forward']:.2f}x** the forward; classifier + decoder (`det.score`) "
             f"{c['score_over_forward']:.2f}x the forward alone ({c['decoder_parameters']} decoder parameters).",
         ]
-    return "\n".join(lines + _READING) + "\n"
-
-
-_READING = [
-    "",
-    "## Reading the results",
-    "",
-    "- The decoder sees only what the frozen classifier's penultimate features and predicted class encode, like the "
-    "feature-space detectors (ViM, Mahalanobis): a shift that leaves the features in-distribution-like gets a small "
-    "heatmap (defocus blur keeps the stain colours a pathology classifier encodes; an inverted T1w is classified as "
-    "a confident T2w and lands among the ID T2w features).",
-    "- What it learns is a mapping from feature deviations to residuals, fitted on the auxiliary OOD data only. The "
-    "bundles' auxiliary data (corruptions of ID images, other demo organs) deliberately leaves out every corruption "
-    "that copies an evaluation OOD type, so each table measures generalisation to unseen shifts; types far from the "
-    "auxiliary data (fundus crops for endoscopy, heavy noise for the brain) are where it falls behind a plain "
-    "feature distance, which needs no such coverage.",
-    "- Targets are defined per *predicted* class, so ID images the classifier gets wrong receive large heatmaps: "
-    "they lengthen the ID tail that FPR95 reads (brain task: 89.6 % test accuracy).",
-    "- The decoder needs a classifier whose features move under the auxiliary shifts. The MECAM bundle's "
-    "classifier (brain_mri_mecam_classifier) was trained with intensity / gamma jitter and Cutout, so its features "
-    "barely move under the auxiliary corruptions: the decoder trained on it paints the same small |h| on ID and "
-    "auxiliary training volumes, and ranks every OOD set below chance. On the bundle's own classifier (flips only) "
-    "it learns the separation.",
-    "- It is the only detector in these tables that returns a map; its cost is one decoder pass on top of the "
-    "backbone pass it shares with every post-hoc detector.",
-    "- The OOD sets are small (1-14 images): one image moves AUROC by several points and, with 1-3 images, FPR95 can "
-    "only be 0, 33, 67 or 100 %. The paper reports the mean of 5 trained decoders; these are single decoders.",
-]
+    return "\n".join(lines + _notes(res)) + "\n"
 
 
 def main() -> None:

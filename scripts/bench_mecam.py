@@ -17,6 +17,9 @@ detector (``models/model.pt``) and the bundle's own preprocessing and datalists 
   interleaved repeated pairs after a warm-up (the target is <= 2.2: MECAM needs a second, masked pass), with
   the bundle's ``cam_grid``; ``cam_grid`` has the mean metrics and the cost of both settings for every task.
 
+Every sentence of ``mecam.md`` is generated from ``mecam.json``. Legacy: the one protocol for comparing methods is
+``scripts/benchmark.py`` (``docs/results.md``).
+
 Usage::
 
     .venv/bin/python scripts/bench_mecam.py [--threads 1] [--tasks dermoscopy pathology brain_mri] \
@@ -41,7 +44,7 @@ from medood.data.contrasts import contrast_datalist, contrast_evaluation_datalis
 from medood.data.folders import class_folder_datalist, ood_datalists
 from medood.detectors.mecam import CAM_GRIDS, MECAMDetector, all_exit_subsets
 from medood.engines.posthoc import evaluate_posthoc
-from medood.metrics.tables import FPR95_CONVENTION, METRICS, results_table
+from medood.metrics.tables import FPR95_CONVENTION, METRICS, method_standing, results_table
 from medood.networks.nets import FinalExitClassifier
 from medood.utils.checkpoints import load_state
 from medood.utils.io import atomic_write_text
@@ -185,7 +188,8 @@ def _mean(table: dict, det: str, metric: str) -> float:
     return sum(table[s][det][metric] for s in table) / len(table)
 
 
-def markdown(res: dict[str, Any], discussion: str) -> str:
+def markdown(res: dict[str, Any]) -> str:
+    """The page; every sentence is generated from ``res`` (the JSON this script writes)."""
     lines = [
         "# MECAM vs the post-hoc detectors on the same multi-exit classifier",
         "",
@@ -218,9 +222,13 @@ def markdown(res: dict[str, Any], discussion: str) -> str:
             cells += [f"{100 * _mean(table, det, 'auroc'):.1f}", f"{100 * _mean(table, det, 'fpr95'):.1f}"]
             name = f"**{det}**" if det == "mecam" else det
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += ["", method_standing(table, "mecam", "MECAM")]
     lines += _ablation_markdown(res) + _cost_markdown(res)
-    if discussion:
-        lines += ["", discussion.strip()]
+    lines += [
+        "",
+        "This page is a legacy per-method benchmark: the comparison of every method on the same benchmark sets, "
+        "with intervals, is `docs/results.md` (`scripts/benchmark.py`).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -243,6 +251,13 @@ def _ablation_markdown(res: dict[str, Any]) -> list[str]:
             for t in tasks
         ]
         lines.append(f"| {', '.join(map(str, subset))} | " + " | ".join(cells) + " |")
+    for t in tasks:
+        means = {k: _mean(res["exit_ablation"][t], k, "auroc") for k in next(iter(res["exit_ablation"][t].values()))}
+        lo, hi = min(means, key=means.__getitem__), max(means, key=means.__getitem__)
+        lines.append(
+            f"\n{t}: mean AUROC over the subsets {100 * means[lo]:.1f} ({lo}) to {100 * means[hi]:.1f} ({hi})"
+            f"{'; the configured exits ' + str(res['task_summary'][t]['exits']) if t in res['task_summary'] else ''}."
+        )
     return lines
 
 
@@ -288,14 +303,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--tasks", nargs="*", default=list(BUNDLES))
     p.add_argument("--repeats", type=int, default=9, help="interleaved timing pairs")
-    p.add_argument("--discussion", type=Path, default=ROOT / "docs" / "benchmarks" / "mecam_discussion.md",
-                   help="markdown appended to mecam.md (if it exists)")  # fmt: skip
     p.add_argument("--render", action="store_true", help="only rewrite the markdown from the existing JSON")
     args = p.parse_args()
-    discussion = args.discussion.read_text() if args.discussion.is_file() else ""
     if args.render:
-        res = json.loads(args.out.read_text())
-        atomic_write_text(args.out.with_suffix(".md"), markdown(res, discussion))
+        atomic_write_text(args.out.with_suffix(".md"), markdown(json.loads(args.out.read_text())))
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
@@ -313,7 +324,7 @@ def main() -> None:
         logger.info("%s: MECAM / forward %.2f", task, out["cost"]["mecam_over_forward"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(res, indent=2) + "\n")
-    atomic_write_text(args.out.with_suffix(".md"), markdown(res, discussion))
+    atomic_write_text(args.out.with_suffix(".md"), markdown(res))
     logger.info("wrote %s and %s", args.out, args.out.with_suffix(".md"))
 
 

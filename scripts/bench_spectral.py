@@ -8,9 +8,10 @@ Writes ``docs/benchmarks/spectral.json`` and ``spectral.md`` (``--out``):
   ``bundles/spectral_brain_mri_ood_classification``. Feature detectors are fitted per domain on the host's training
   data (brain: every training volume at every contrast; pathology: the training patches); nothing is tuned on OOD
   data. The brain OOD kinds are the demo's 7 volumes plus ``--extra-ood`` more per kind (generated here with the
-  demo's own OOD builders, seeds ``(seed, 6, i)``; ``ct_head`` is deterministic, one volume). An OOD kind that
-  leaves a contrast's slot unchanged (``wrong_contrast_pd``, ``inverted_t1w`` outside T1w) is not an OOD set of
-  that contrast's task.
+  demo's own OOD builders, seeds ``(seed, 6, i)``; ``ct_head`` is deterministic, one volume). A slot that is normal
+  after preprocessing (:func:`medood.data.demo.ood.ood_contrasts`: ``wrong_contrast_pd`` / ``inverted_t1w``
+  outside T1w, and ``reoriented_pir`` everywhere, since the preprocessing reorients every volume to RAS) is not an
+  OOD case of that contrast's task. Legacy: ``scripts/benchmark.py`` (docs/results.md) is the one protocol.
 * ``guard_overhead``: the host as a plain segmentation bundle (the bundle's inference config without the OOD
   handler) against its ``medood guard`` companion on the same ID test volumes (T1w), ``--repeats`` alternating
   runs in this process; ratio of the median ``evaluator.run()`` times (``guard_overhead_end_to_end``: one whole
@@ -43,7 +44,7 @@ from torch import nn
 
 from medood.data.demo.brain import load_template
 from medood.data.demo.brain_set import save_nifti
-from medood.data.demo.ood import BRAIN_OOD_KINDS, T1W_ONLY_KINDS, make_brain_ood
+from medood.data.demo.ood import BRAIN_OOD_KINDS, ID_AFTER_PREPROCESSING, make_brain_ood, ood_contrasts
 from medood.data.multitask import (
     BRAIN_CONTRASTS,
     brain_datalist,
@@ -87,7 +88,7 @@ def extra_ood(brain_dir: Path, work: Path, n: int, seed: int) -> list[dict[str, 
     demo = json.loads((brain_dir / "dataset.json").read_text())
     entries = [{**e, **{c: str(brain_dir / e[c]) for c in BRAIN_CONTRASTS}} for e in demo["ood"]]
     template = load_template("small" if demo["spacing_mm"][0] == 2.0 else "full")
-    for kind in BRAIN_OOD_KINDS:
+    for kind in (k for k in BRAIN_OOD_KINDS if k not in ID_AFTER_PREPROCESSING):
         for i in range(n if kind != "ct_head" else 0):
             subject, _ = make_brain_ood(kind, template, (seed, 6, i))
             entry: dict[str, Any] = {"case": f"extra-{i:02d}_{kind}", "ood_type": kind}
@@ -108,9 +109,7 @@ def brain_items(brain_dir: Path, work: Path, n_extra: int, seed: int) -> dict[st
     fit = brain_datalist(js, "training", label_key=None)
     evals = [{**it, "set": "id"} for it in brain_datalist(js, "test", label_key=None)]
     for e in extra_ood(brain_dir, work, n_extra, seed):
-        for c in BRAIN_CONTRASTS:
-            if e["ood_type"] in T1W_ONLY_KINDS and c != "T1w":
-                continue
+        for c in ood_contrasts(e["ood_type"], BRAIN_CONTRASTS):  # reoriented_pir: ID after preprocessing, no slot
             evals.append({"image": e[c], "task": f"brain_{c}", "set": e["ood_type"], "case": case_name(e[c])})
     return {"fit": fit, "eval": evals}
 
@@ -182,7 +181,9 @@ def score_domain(net: nn.Module, items: dict, transform: Callable, mc_samples: i
     dets = feature_detectors(layers)
     recorder = FeatureRecorder(net, {name: name for name in [*layers, ""]})
     fit_detectors(net, recorder, transform, items["fit"], dets)
-    accuracy = context_accuracy(dets["spectral"], [it["task"] for it in items["fit"]])
+    spectral = dets["spectral"]
+    assert isinstance(spectral, SpectralDetector)
+    accuracy = context_accuracy(spectral, [it["task"] for it in items["fit"]])
     mc = MCDropoutDetector(model=net, n_samples=mc_samples, region="foreground")
     scores: dict[str, dict[str, float]] = {name: {} for name in [*dets, "mc_dropout"]}
     for i, item in enumerate(items["eval"]):
@@ -298,13 +299,58 @@ def guard_overhead(
     }  # fmt: skip
 
 
+UNCERTAINTY = ("seg_entropy", "seg_entropy_volume", "mc_dropout")
+
+
+def protocol_tables(tasks: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The tables without the sets the one protocol never scores as OOD (``ID_AFTER_PREPROCESSING``; a JSON written
+    before that definition has them), and the names dropped."""
+    dropped = sorted({s for t in tasks.values() for s in t if s in ID_AFTER_PREPROCESSING})
+    kept = {task: {s: v for s, v in t.items() if s not in ID_AFTER_PREPROCESSING} for task, t in tasks.items()}
+    return {task: t for task, t in kept.items() if t}, dropped
+
+
+def mean_auroc(tasks: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """``{task: {detector: mean AUROC over the task's OOD sets}}``."""
+    return {
+        task: {d: statistics.fmean(t[s][d]["auroc"] for s in t) for d in next(iter(t.values()))}
+        for task, t in tasks.items()
+    }
+
+
+def standing(tasks: dict[str, Any]) -> list[str]:
+    """Generated sentences: per task, spectral against the uncertainty scores and pooled Mahalanobis (mean AUROC),
+    and the OOD kinds where spectral is not above every uncertainty score (the paper's claim)."""
+    means, lines = mean_auroc(tasks), []
+    for task, m in means.items():
+        unc = {d: m[d] for d in UNCERTAINTY if d in m}
+        ahead = [d for d in unc if m["spectral"] > unc[d]]
+        not_above = [
+            s for s, row in tasks[task].items() if any(row[d]["auroc"] >= row["spectral"]["auroc"] for d in unc)
+        ]
+        lines.append(
+            f"- {task}: spectral {m['spectral']:.3f}; ahead of {len(ahead)} of {len(unc)} uncertainty scores by mean "
+            "AUROC (" + ", ".join(f"{d} {v:.3f}" for d, v in unc.items()) + f"); pooled Mahalanobis "
+            f"{m['mahalanobis_pool']:.3f} ({'behind' if m['spectral'] < m['mahalanobis_pool'] else 'level or ahead'})"
+            f"; OOD kinds where an uncertainty score is level with (e.g. both 1.000) or ahead of spectral: "
+            f"{', '.join(not_above) or 'none'}."
+        )
+    return lines
+
+
 def write_markdown(path: Path, result: dict[str, Any]) -> None:
+    """The page; every sentence is generated from ``result`` (the JSON this script writes)."""
     ov = result["overhead"]
+    tasks, dropped = protocol_tables(result["tasks"])
+    means = mean_auroc(tasks)
+    dets = sorted(next(iter(means.values())))
     lines = [
         "# Spectral signatures vs Mahalanobis, entropy and MC dropout (multi-task host)",
         "",
         f"Machine: {result['machine']}. Produced by `scripts/bench_spectral.py` in {result['seconds']:.0f} s.",
         "Higher score = more OOD; OOD is the positive class; FPR95 = fraction of OOD accepted at 95 % ID TPR.",
+        "Legacy per-method page: the comparison of every method on the benchmark sets, with intervals, is "
+        "`docs/results.md` (`scripts/benchmark.py`).",
         "",
         f"Guard overhead (companion / plain segmentation bundle, median evaluator run on {ov['n_volumes']} ID test "
         f"volumes): **{result['guard_overhead']:.3f}x** ({ov['guard_overhead_end_to_end']:.3f}x for whole "
@@ -313,11 +359,28 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         "Spectral signatures identify the contrast of a brain training volume (leave-one-out nearest neighbour, "
         f"chance 1/3): {result['spectral_contrast_identification']['loo_1nn_accuracy']}.",
         "",
-        f"Cases per set: {json.dumps(result['set_sizes'])}",
+        "Cases per set: "
+        + json.dumps({t: {k: n for k, n in v.items() if k not in dropped} for t, v in result["set_sizes"].items()}),
+    ]
+    if dropped:
+        lines += [
+            "",
+            f"Not OOD after preprocessing, left out of every table and mean here: {', '.join(dropped)} "
+            "(`medood.data.demo.ood.ID_AFTER_PREPROCESSING`; this JSON was written before that definition).",
+        ]
+    lines += [
+        "",
+        "## Mean AUROC per task",
+        "",
+        "| task | " + " | ".join(dets) + " |",
+        "|---|" + "---|" * len(dets),
+        *(f"| {t} | " + " | ".join(f"{m[d]:.3f}" for d in dets) + " |" for t, m in means.items()),
+        "",
+        *standing(tasks),
         "",
     ]
     for metric in METRICS:
-        lines += [f"## {metric}", "", markdown_table(result["tasks"], metric)]
+        lines += [f"## {metric}", "", markdown_table(tasks, metric)]
     atomic_write_text(path, "\n".join(lines))
 
 
@@ -333,7 +396,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="smoke run: at most this many cases per list and set")
+    p.add_argument("--render", action="store_true", help="only rewrite the markdown from the existing JSON")
     args = p.parse_args()
+    if args.render:
+        write_markdown(args.out.with_suffix(".md"), json.loads(args.out.read_text()))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

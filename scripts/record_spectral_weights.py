@@ -21,6 +21,7 @@ import monai
 import numpy
 import torch
 
+from medood.data.demo.ood import ID_AFTER_PREPROCESSING
 from medood.utils.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,7 +121,11 @@ def main() -> None:
                 "temperature": calibration["temperature"],
                 "guard_overhead": bench["guard_overhead"],
                 "auroc": {
-                    t: {s: {d: m["auroc"] for d, m in row.items()} for s, row in sets.items()}
+                    t: {
+                        s: {d: m["auroc"] for d, m in row.items()}
+                        for s, row in sets.items()
+                        if s not in ID_AFTER_PREPROCESSING  # e.g. reoriented_pir: ID after reorientation to RAS
+                    }
                     for t, sets in bench["tasks"].items()
                 },
                 "machine": bench["machine"],

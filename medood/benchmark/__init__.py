@@ -1,13 +1,16 @@
 """The one benchmark of medood: bench sets -> every detector of each task -> ``docs/results.*``.
 
-:func:`run_benchmark` builds (or reuses) the bench sets (:func:`medood.data.demo.bench.build_bench`) or reads a
-real dataset in the class-folder layout, runs :func:`~medood.benchmark.runner.run_task` per task, and writes
+:func:`run_benchmark` builds (or reuses) the bench sets (:func:`medood.data.demo.bench.build_bench`) or reads
+real datasets in their documented layouts (:mod:`medood.benchmark.real`), runs
+:func:`~medood.benchmark.runner.run_task` per task, and writes
 ``results.json`` (schema in the module :mod:`medood.benchmark.page` writer and ``docs/results.md``),
 ``results.md``, ``results_scores.csv.gz`` and PNG plots. ``scripts/benchmark.py`` is its command line.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -18,42 +21,27 @@ import numpy as np
 from medood.benchmark.maps import map_metrics
 from medood.benchmark.page import results_markdown, seed_claims
 from medood.benchmark.plots import histogram_png, map_png, roc_png
+from medood.benchmark.real import manifest_from_folders, real_manifest
 from medood.benchmark.report import SCORES_FILE, task_results, write_json, write_scores_table
 from medood.benchmark.runner import TASKS, run_task
 from medood.data.demo.bench import MANIFEST, build_bench, read_manifest
+from medood.data.errors import DataError
 from medood.utils.io import atomic_write_bytes, atomic_write_text
 from medood.utils.machine import describe_machine
 
-__all__ = ["TASKS", "manifest_from_folders", "run_benchmark"]
+__all__ = ["TASKS", "manifest_from_folders", "real_manifest", "run_benchmark"]
 
 logger = logging.getLogger(__name__)
 
 
-def manifest_from_folders(root: Path) -> dict[str, Any]:
-    """A manifest of a real 2-D dataset in the class-folder layout.
-
-    ``train|val|test/<class>/``, ``ood_near|ood_far/<kind>/`` (e.g. ISIC 2019 / HAM10000 / Kvasir-v2 /
-    GastroVision sorted into folders): ``val`` gives the thresholds, every OOD kind folder is a test set.
-    """
-    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
-    sets: dict[str, dict[str, Any]] = {
-        "id_val": {"dir": str(root / "val"), "role": "id_val"},
-        "id_test": {"dir": str(root / "test"), "role": "id_test"},
-    }
-    for folder, family in (("ood_near", "near"), ("ood_far", "far")):
-        for kind in sorted(p for p in (root / folder).glob("*") if p.is_dir()):
-            sets[kind.name] = {"dir": str(kind), "role": "ood_test", "family": family}
-    return {"task": root.name, "kind": "2d", "train_dir": str(root), "classes": classes, "sets": sets}
-
-
-def _manifest(task: str, data: Path, real: bool) -> dict[str, Any]:
-
+def _manifest(task: str, data: Path, real_dir: Path | None, quick: bool) -> dict[str, Any]:
+    """The bench manifest of ``task``, or (``real_dir`` given) the real dataset's (:mod:`medood.benchmark.real`)."""
     folder = data / TASKS[task].folder
+    if real_dir is not None:
+        return real_manifest(folder, real_dir / TASKS[task].folder, quick)
     if (folder / MANIFEST).is_file():
         return read_manifest(folder)
-    if real and (folder / "train").is_dir():
-        return manifest_from_folders(folder)
-    raise FileNotFoundError(f"{folder}: no {MANIFEST} and no class-folder layout (train/val/test, ood_near|ood_far)")
+    raise FileNotFoundError(f"{folder}: no {MANIFEST} (build the bench sets with 'medood data bench')")
 
 
 def _plots(task: str, res: dict[str, Any], scores: dict[str, Any], runs: dict[str, Any], docs: Path) -> list[str]:
@@ -117,41 +105,56 @@ def run_benchmark(
     quick: bool = True,
     alpha: float = 0.05,
     command: str = "python scripts/benchmark.py --quick",
+    epochs: int | None = None,
+    bundles: bool = True,
 ) -> dict[str, Any]:
     """Run the benchmark and write ``docs/results.json``, ``results.md``, ``results_scores.csv.gz`` and plots.
 
     Args:
         docs: the output folder (``docs/``).
         work: bench sets (when ``data`` is not given), bundle runs and trained hosts.
-        data: a folder of real datasets (``<task>/`` in the class-folder layout or with a bench ``manifest.json``).
+        data: a folder of real datasets, ``DIR/<task folder>/`` in a layout of :mod:`medood.benchmark.real`
+            (MedMNIST ``.npz``, ISIC 2019 / HAM10000, Kvasir-v2 / GastroVision class folders, IXI + BraTS NIfTI,
+            sorted class folders, or a bench ``manifest.json``); materialised under ``work/real/<hash of DIR>/``.
         only: tasks (default: every task of :data:`~medood.benchmark.runner.TASKS`).
         quick: fewer bootstrap resamples (300 vs 1000), fewer shift images, 10 vs 30 host epochs.
         alpha: the false-alarm rate of the flags.
         command: recorded on the page.
+        epochs: host training epochs (default: 10 with ``quick``, else 30).
+        bundles: run the seed-method bundles too (``False``: the post-hoc family only, e.g. for a smoke test).
     """
     start = time.perf_counter()
     machine = describe_machine()
     tasks = list(only or TASKS)
-    n_boot, epochs = (300, 10) if quick else (1000, 30)
+    n_boot, default_epochs = (300, 10) if quick else (1000, 30)
+    epochs = epochs or default_epochs
+    real_dir, runs = None, work / "runs"
     if data is None:
         data = work / "bench"
         build_bench(data, only=tasks, quick=quick)
+    else:  # real datasets: their own folders, so bench runs and hosts are never reused for them
+        key = hashlib.sha256(str(Path(data).resolve()).encode()).hexdigest()[:10]
+        real_dir = work / "real" / key
+        runs = real_dir / "runs"
     payload: dict[str, Any] = {"machine": machine, "command": command, "alpha": alpha, "n_boot": n_boot,
                                "tasks": {}, "not_done": []}  # fmt: skip
     rows: list[tuple[str, str, str, str, float]] = []
     for task in tasks:
-        spec = TASKS[task]
+        spec = TASKS[task] if bundles else dataclasses.replace(TASKS[task], bundles={})
         if quick and spec.full_only:
             payload["not_done"].append(f"{task}: runs with --full only (too slow for the quick page on 2 CPU cores)")
             continue
         try:
-            manifest = _manifest(task, data, real=data != work / "bench")
-        except FileNotFoundError as err:
+            manifest = _manifest(task, data, real_dir, quick)
+        except (FileNotFoundError, DataError) as err:  # one line naming the folder / file and what was expected
+            logger.error("benchmark %s: %s", task, err)
             payload["not_done"].append(f"{task}: {err}")
             continue
+        if manifest.get("protocol"):
+            payload.setdefault("data", {})[task] = {k: manifest.get(k) for k in ("source", "layout", "protocol")}
         t0 = time.perf_counter()
         try:  # one task failing leaves the others on the page (and says why)
-            result = run_task(spec, manifest, work / "runs", epochs, quick)
+            result = run_task(spec, manifest, runs, epochs, quick)
             if spec.segmentation:
                 res = _segmentation(spec, manifest, result, docs, n_boot)
             else:

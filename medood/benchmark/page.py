@@ -184,9 +184,15 @@ def results_markdown(payload: dict[str, Any]) -> str:
         "(the non-seed detector with the highest mean AUROC on the task). FPR95 = fraction of OOD accepted at 95 % "
         f"ID acceptance. Flags: split-conformal threshold on the ID validation set at alpha = {alpha:g} "
         "(`medood.utils.conformal`), realised rate on the ID test set next to alpha. Benchmark sets: "
-        "`medood data bench` (see the manifest of each task; validation OOD family kept apart, never reported).",
+        "`medood data bench` (see the manifest of each task; validation OOD family kept apart, never reported); "
+        "`--data DIR` runs the same page on real datasets: `DIR/pathology/pathmnist*.npz` (+ other MedMNIST `.npz` "
+        "as far-OOD), `DIR/dermoscopy/` ISIC 2019 or HAM10000 (unseen-class protocol), `DIR/endoscopy/` Kvasir-v2 "
+        "or GastroVision class folders, `DIR/brain_mri/` IXI + BraTS NIfTI (`medood.benchmark.real`; README, "
+        "Benchmarks).",
         "",
     ]
+    for task, d in payload.get("data", {}).items():
+        lines += [f"Real data, {task}: {d['layout']} from `{d['source']}`; {d['protocol']}.", ""]
     for name, task in payload["tasks"].items():
         lines += _task_lines(name, task, alpha)
         if task.get("seconds") is not None:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from medood.data.classification import class_folder_loader, classifier_preprocessing
+from medood.data.image2d import IMAGE_2D_SUFFIXES
 from medood.detectors.posthoc import fit_many, score_many
 from medood.engines.calibrate import run_bundle_inference
 from medood.engines.classifier import load_classifier, train_folder_classifier
@@ -182,7 +183,7 @@ def _run_bundle(spec: TaskSpec, det: str, manifest: dict[str, Any], sets: dict[s
 def _loader(folder: Path, image_size: int = 64) -> Any:
     from monai.data import DataLoader, Dataset
 
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_2D_SUFFIXES)  # as the bundles read
     items = [{"image": str(p), "case": p.stem} for p in files]
     return DataLoader(Dataset(items, classifier_preprocessing(image_size)), batch_size=64), [p.stem for p in files]
 
@@ -190,12 +191,13 @@ def _loader(folder: Path, image_size: int = 64) -> Any:
 def _host(spec: TaskSpec, manifest: dict[str, Any], work: Path, epochs: int) -> tuple[torch.nn.Module, list[str], str]:
 
     data = Path(manifest["train_dir"])
-    if spec.posthoc_host == "train":
+    if manifest.get("host", spec.posthoc_host) == "train":  # real data: the shipped hosts know the demo classes
         ckpt = work / spec.name / "host" / "model.pt"
         if not ckpt.is_file():
             train_folder_classifier(data, ckpt.parent, epochs=epochs, seed=0, progress=False)
         net, cfg = load_classifier(ckpt)
-        how = (f"ResNet-10 trained here on the bench training split ({epochs} epochs, seed 0; best validation "
+        which = "the real dataset's" if manifest.get("real") else "the bench"
+        how = (f"ResNet-10 trained here on {which} training split ({epochs} epochs, seed 0; best validation "
                f"accuracy {cfg.get('best_val_accuracy', float('nan')):.3f})")  # fmt: skip
         return net.eval(), list(cfg["class_names"]), how
     classes = list(manifest["classes"])
@@ -223,19 +225,28 @@ def _run_posthoc(spec: TaskSpec, manifest: dict[str, Any], sets: dict[str, Path]
         for name, s in scored.scores.items():
             result.scores[name][set_name] = dict(zip(cases, s.double().tolist(), strict=True))
         logger.info("%s / post-hoc family / %s: %d cases in %.1f s", spec.name, set_name, len(cases), sec)
-    for name in dets:
+    for name, det in dets.items():
         result.cost[name] = {
             "seconds_per_image": seconds / max(n, 1),
             "peak_mb": peak,
             "how": f"post-hoc family, one shared backbone pass per batch (all {len(dets)} detectors together; "
-            f"fit {fit_seconds:.1f} s in one pass); host: {result.host}",
+            f"fit {fit_seconds:.1f} s in one pass); host: {result.host}" + _resolved_settings(det),
         }
+
+
+def _resolved_settings(det: Any) -> str:
+    """What a detector resolved at fit that changes its formula (NERO: ``k >= D`` turns its norm term off)."""
+    if getattr(det, "k_effective", None) is None:
+        return ""
+    state = "on" if det.norm_term_active else "off (k >= D, as the official code)"
+    return f"; k = {det.k} resolved to k_effective = {det.k_effective}, feature-norm term {state}"
 
 
 def run_task(spec: TaskSpec, manifest: dict[str, Any], work: Path, epochs: int = 10, quick: bool = False) -> TaskResult:
     """Score every set of the task (ID validation, ID test, test OOD, shifts) with every detector of ``spec``.
 
-    With ``quick`` and ``spec.quick_ood``, only those test OOD sets and no shifts.
+    With ``quick`` and ``spec.quick_ood`` (bench sets only), only those test OOD sets and no shifts. A real dataset's
+    manifest (``"host": "train"``) gets a host trained here on its training split.
     """
     result = TaskResult()
     if spec.segmentation:
@@ -244,7 +255,7 @@ def run_task(spec: TaskSpec, manifest: dict[str, Any], work: Path, epochs: int =
         sets = {"seg_test": root / seg["dir"]}  # map threshold: the bundle's shipped healthy calibration
     else:
         sets = _set_dirs(manifest, ("id_val", "id_test", "ood_test", "shift"))
-        if quick and spec.quick_ood is not None:
+        if quick and spec.quick_ood is not None and not manifest.get("real"):
             keep = {"id_val", "id_test", *spec.quick_ood}
             sets = {k: v for k, v in sets.items() if k in keep}
     if spec.posthoc_host is not None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medood.data._files import PathLike
+from medood.data.demo.ood import ID_AFTER_PREPROCESSING
 from medood.utils.enums import OODKeys
 from medood.utils.errors import DataError
 from medood.utils.io import read_json_object
@@ -69,7 +70,7 @@ def contrast_ood_datalist(
     key: str = "ood",
     contrasts: Sequence[str] = CONTRASTS,
     slots: Mapping[str, Sequence[str]] | None = None,
-    skip: Sequence[str] = (),
+    skip: Sequence[str] = ID_AFTER_PREPROCESSING,
     set_field: str = "ood_type",
 ) -> list[dict[str, Any]]:
     """The OOD volumes of ``dataset.json[key]``: ``is_ood = 1``, ``label = -1``, ``ood_set = entry[set_field]``.
@@ -81,7 +82,8 @@ def contrast_ood_datalist(
         slots: per OOD type, the slots that hold the OOD image (the demo's ``wrong_contrast_pd`` and
             ``inverted_t1w`` alter the T1w slot only; ``ct_head`` holds one CT in every slot). Types not listed
             use every slot of ``contrasts``.
-        skip: OOD types left out (e.g. ``reoriented_pir``, which the preprocessing's reorientation makes ID).
+        skip: OOD types left out. Defaults to :data:`~medood.data.demo.ood.ID_AFTER_PREPROCESSING` (e.g.
+            ``reoriented_pir``, which the preprocessing's reorientation makes ID); pass it too when you add your own.
         set_field: the entry field naming its OOD set. Defaults to ``"ood_type"``.
 
     Raises:
@@ -108,7 +110,7 @@ def contrast_evaluation_datalist(
     ood_key: str = "ood",
     contrasts: Sequence[str] = CONTRASTS,
     ood_slots: Mapping[str, Sequence[str]] | None = None,
-    skip: Sequence[str] = (),
+    skip: Sequence[str] = ID_AFTER_PREPROCESSING,
 ) -> list[dict[str, Any]]:
     """The ID test volumes (``is_ood = 0``, ``ood_set = "id"``, ``label`` = contrast) followed by the OOD ones.
 

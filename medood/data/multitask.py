@@ -31,7 +31,7 @@ from monai.transforms import (
 from monai.transforms import Resized as MonaiResized
 
 from medood.data._files import PathLike, require_dir, require_file
-from medood.data.demo.ood import T1W_ONLY_KINDS
+from medood.data.demo.ood import ood_contrasts
 from medood.data.errors import DataError
 from medood.data.folders import _images_in, class_folder_datalist
 from medood.data.transforms import LoadImage2Dd, LoadVolumed
@@ -185,15 +185,14 @@ def brain_case_sets(
 ) -> dict[str, tuple[str, str]]:
     """``{case: (task, set)}`` of a demo brain set: ``brain_<contrast>`` tasks, ``"id"`` or the ``ood_type``.
 
-    Case names are the file names without extension (what the bundle writers use), e.g. ``sub-048_T1w``. OOD kinds
-    that leave a contrast's slot normal (:data:`~medood.data.demo.ood.T1W_ONLY_KINDS` outside T1w) are left out.
+    Case names are the file names without extension (what the bundle writers use), e.g. ``sub-048_T1w``. OOD slots
+    that are normal after preprocessing (:func:`~medood.data.demo.ood.ood_contrasts`: ``T1W_ONLY_KINDS`` outside
+    T1w, every slot of an ``ID_AFTER_PREPROCESSING`` kind such as ``reoriented_pir``) are left out.
     """
     data = read_json_object(Path(dataset_dir) / "dataset.json")
     out: dict[str, tuple[str, str]] = {}
     for key, kind in ((id_key, None), (ood_key, "ood_type")):
         for entry in data.get(key, []):
-            for contrast in contrasts:
-                if kind is not None and entry[kind] in T1W_ONLY_KINDS and contrast != "T1w":
-                    continue
+            for contrast in contrasts if kind is None else ood_contrasts(str(entry[kind]), contrasts):
                 out[case_name(entry[contrast])] = (f"brain_{contrast}", "id" if kind is None else str(entry[kind]))
     return out

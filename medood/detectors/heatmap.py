@@ -78,6 +78,9 @@ class HeatmapDetector(ClassifierDetector):
         decoder: :class:`~medood.networks.nets.HeatmapDecoder` options (``scale``, ``channels``,
             ``base_channels``, ``max_channels``, ``latent_channels``, ``norm``). Defaults to its defaults.
         loss_weight: ``w`` of the loss weighting ``1 + w |t|``. Defaults to 5.0.
+        loss_input_range: ``(lo, hi)`` of the images, mapped to ``[-1, 1]`` inside the loss (the official code's
+            range, so ``1 + w |t|`` weights dark and bright pixels alike; :class:`~medood.losses.HeatmapLoss`).
+            Defaults to ``None``: images as given (``[0, 1]``: the weight grows with brightness only).
         aux_corruptions: corruptions of the ID images used as auxiliary OOD data by ``fit``. Defaults to
             :data:`DEFAULT_AUX_CORRUPTIONS`.
         aux_per_image: corrupted copies per ID training image. Defaults to 1.
@@ -114,6 +117,7 @@ class HeatmapDetector(ClassifierDetector):
         num_classes: int | None = None,
         decoder: Mapping[str, Any] | None = None,
         loss_weight: float = 5.0,
+        loss_input_range: tuple[float, float] | None = None,
         aux_corruptions: Sequence[str] = DEFAULT_AUX_CORRUPTIONS,
         aux_per_image: int = 1,
         corruption_options: Mapping[str, Mapping[str, Any]] | None = None,
@@ -141,6 +145,7 @@ class HeatmapDetector(ClassifierDetector):
             spatial_dims, in_features, num_classes, in_channels, self.image_size, **dict(decoder or {})
         )
         self.loss_weight = float(loss_weight)
+        self.loss_input_range = None if loss_input_range is None else tuple(loss_input_range)
         self.aux_corruptions, self.aux_per_image = tuple(aux_corruptions), int(aux_per_image)
         self.corrupt = Corrupt(corruption_options, mask_background)
         self.epochs, self.lr, self.batch_size, self.seed = epochs, lr, batch_size, seed
@@ -204,7 +209,7 @@ class HeatmapDetector(ClassifierDetector):
         """
         return (
             TrainingStage(
-                "decoder", "decoder", HeatmapLoss, {"weight": self.loss_weight},
+                "decoder", "decoder", HeatmapLoss, {"weight": self.loss_weight, "input_range": self.loss_input_range},
                 data="ood_pairs", target_key=TARGET_KEYS, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
                 optimizer_kwargs={"betas": (0.5, 0.999)},
             ),

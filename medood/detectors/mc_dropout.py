@@ -9,8 +9,16 @@ The second prediction-uncertainty baseline of Karimi & Gholipour's comparison (G
 3. averaged over the whole image or its predicted foreground (``argmax`` of the mean probabilities
    ``!= background``; no foreground voxel: the whole image).
 
-The passes are seeded (``seed``, on a forked RNG): the same input gets the same score every time. The cost is
-``n_samples`` forward passes, so it cannot share a bundle's single inference pass.
+The passes are seeded (``seed``, on a forked RNG) **per case**: each image of a batch is passed on its own with the
+same masks, so a case gets the same score alone, in any batch and at any batch position. The cost is ``n_samples``
+forward passes per case, so it cannot share a bundle's single inference pass. A network without an active dropout
+module (none, or every rate 0) gets test-time dropout on its head's input, with a warning: that samples only the
+head, not the model's posterior (``dropout_source`` says which).
+
+The score is a region *mean*: with ``region="foreground"`` a larger predicted foreground of confident voxels lowers
+it. On the spectral bundle's host this ranks thick-slice (``anisotropic``) volumes and pathology ``ultrasound``
+below every ID case (AUROC 0.000; ``scripts/diagnose_mc_dropout.py``, figures in that bundle's README): a property
+of the score on that host, not of the ranking code.
 
 Score: higher = more OOD (more uncertain).
 
@@ -22,6 +30,7 @@ References:
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -35,6 +44,8 @@ from medood.detectors.registry import register_detector
 from medood.utils.batch import as_plain_tensor
 
 __all__ = ["MCDropoutDetector"]
+
+logger = logging.getLogger(__name__)
 
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 _HEADS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -86,7 +97,14 @@ class MCDropoutDetector(OODDetector):
             if dropout_layer not in modules:
                 raise ValueError(f"model has no module named {dropout_layer!r}")
             self._target, self._own = modules[dropout_layer], []
+            if not any(isinstance(m, _DROPOUT) and m.p > 0 for m in model.modules()):
+                logger.warning(
+                    "MC dropout: %s has no active dropout module; sampling test-time dropout (p=%g) on the input of "
+                    "%r only (the head, not the model's posterior)", type(model).__name__, p, dropout_layer,
+                )  # fmt: skip
         self.dropout_layer = dropout_layer
+        #: ``"model"`` (the network's own dropout modules) or ``"test_time:<layer>"`` (a pre-hook on that layer)
+        self.dropout_source = "model" if self._own or model is None else f"test_time:{dropout_layer}"
 
     @contextlib.contextmanager
     def _stochastic(self) -> Iterator[None]:
@@ -114,10 +132,16 @@ class MCDropoutDetector(OODDetector):
                     handle.remove()
 
     def extract_features(self, x: Tensor) -> dict[str, Tensor]:
-        """``n_samples`` stochastic passes: ``{"mc_variance": (B, *S), "mc_mean_probs": (B, K, *S)}``."""
-        model = self.model
-        if model is None:
+        """``n_samples`` stochastic passes per case: ``{"mc_variance": (B, *S), "mc_mean_probs": (B, K, *S)}``.
+
+        Each case is passed on its own with the same seeded masks (its score does not depend on the batch).
+        """
+        if self.model is None:
             raise ValueError("MCDropoutDetector needs the model: it runs its own stochastic passes")
+        cases = [self._passes(self.model, xi) for xi in x.split(1)]
+        return {key: torch.cat([c[key] for c in cases]) for key in (VARIANCE, MEAN_PROBS)}
+
+    def _passes(self, model: nn.Module, x: Tensor) -> dict[str, Tensor]:
         with torch.no_grad(), self._stochastic():
             mean = torch.softmax(as_plain_tensor(model(x)).float(), dim=1)
             m2 = torch.zeros_like(mean)

@@ -16,9 +16,11 @@ Algorithm (as the official NERO code, ``ood/run_nero.py``):
 
 ``k`` and small heads: the code uses ``k = 175`` for ResNet-18 (``D = 512``) and DeiT-S (``D = 384``) alike and
 takes ``argsort(R)[:, :k]``, which keeps every neuron when ``k >= D``. Then ``g(x) = 1`` for every input and the
-feature-norm term does nothing, e.g. for a ``D = 128`` head with the default ``k``; ``finalize_fit`` logs a
-warning. ``k`` may instead be a fraction of ``D`` (a float in ``(0, 1)``: ``k = 175 / 512`` keeps ResNet-18's
-ratio, 44 of 128). That fraction is an extrapolation: the paper does not scale ``k`` with ``D``.
+feature-norm term does nothing, e.g. for a ``D = 128`` head with the default ``k``;
+:meth:`NERODetector.neurons_kept` (the one place ``k`` is resolved) clamps it, logs a warning at fit and at a loaded
+detector's first score, and records ``k_effective`` / ``norm_term_active``. ``k`` may instead be a fraction of
+``D`` (a float in ``(0, 1)``: ``k = 175 / 512`` keeps ResNet-18's ratio, 44 of 128). That fraction is an
+extrapolation: the paper does not scale ``k`` with ``D``.
 
 The bias term: ``R_b = sum_c p_c b_c / z_c``, which is about ``b_yhat / z_yhat`` for a confident prediction. It
 shrinks as the top logit grows and depends on which class is predicted. ``s`` makes its training mean equal to
@@ -142,6 +144,10 @@ class NERODetector(ClassifierDetector):
         self.eps = float(eps)
         self.use_predicted_labels = bool(use_predicted_labels)
         self.seed = int(seed)
+        #: ``k`` as used for the last ``D`` seen (``None`` before fit / score) and whether ``g(x)`` can differ from 1
+        self.k_effective: int | None = None
+        self.norm_term_active: bool | None = None
+        self._warned_d: int | None = None
         self.register_buffer("pca_mean", torch.empty(0))
         self.register_buffer("pca_components", torch.empty(0, 0))
         self.register_buffer("centroids", torch.empty(0, 0))
@@ -149,9 +155,23 @@ class NERODetector(ClassifierDetector):
         self.reset_fit()
 
     def neurons_kept(self, d: int) -> int:
-        """The number of least-relevant neurons ``g(x)`` sums over for ``D = d`` features (``k`` resolved)."""
+        """The number of least-relevant neurons ``g(x)`` sums over for ``D = d`` features (``k`` resolved).
+
+        The one place ``k`` is resolved: a ``k >= D`` is clamped to ``D`` (then ``g(x) = 1``, the official code's
+        behaviour) with a warning, once per ``D``, at fit **and** when a loaded detector first scores. The result is
+        recorded in :attr:`k_effective` and :attr:`norm_term_active`.
+        """
         k = max(1, round(self.k * d)) if isinstance(self.k, float) else self.k
-        return min(k, d)
+        kept = min(k, d)
+        self.k_effective, self.norm_term_active = kept, kept < d
+        if kept >= d and self._warned_d != d:
+            self._warned_d = d
+            logger.warning(
+                "NERO: k = %s >= D = %d, clamped to k_effective = %d: the feature-norm term g(x) = 1 for every "
+                "input (as in the official code); pass a fraction such as k=175/512 to keep the paper's ResNet-18 "
+                "ratio", self.k, d, kept,
+            )  # fmt: skip
+        return kept
 
     # ------------------------------------------------------------------ relevance
     def relevance(self, features: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -186,13 +206,7 @@ class NERODetector(ClassifierDetector):
             raise ValueError("NERODetector.finalize_fit: no training features were seen")
         d = m.mean.shape[0]
         n_comp = max(1, min(int(2 * d / 3) if self.n_components is None else self.n_components, d))
-        if self.neurons_kept(d) >= d:
-            logger.warning(
-                "NERO: k = %s >= D = %d, so the feature-norm term g(x) = 1 for every input (as in the official "
-                "code); pass a fraction such as k=175/512 to keep the paper's ResNet-18 ratio",
-                self.k,
-                d,
-            )
+        self.neurons_kept(d)  # resolves k; warns and records a clamp
         if m.n < n_comp:
             logger.warning(
                 "NERO: %d training samples for %d PCA components; trailing components are arbitrary", m.n, n_comp

@@ -29,6 +29,7 @@ __all__ = [
     "METRICS",
     "SCORE_CONVENTION",
     "Table",
+    "method_standing",
     "ood_metrics",
     "results_markdown",
     "results_payload",
@@ -88,6 +89,37 @@ def results_payload(table: Table, **meta: Any) -> dict[str, Any]:
         "results": table,
         "mean": mean,
     }
+
+
+def method_standing(table: Mapping[str, Mapping[str, Mapping[str, float]]], method: str, label: str = "") -> str:
+    """One sentence from a ``{ood_set: {detector: metrics}}`` table: where ``method`` stands (AUROC, in %).
+
+    Its rank by mean AUROC, the sets where it is best (or tied), the sets where it is more than 5 points behind the
+    best detector (with that detector) and the sets where it is below chance. Pages write this instead of fixed
+    prose, so the text always follows the numbers.
+    """
+    sets = list(table)
+    dets = list(table[sets[0]])
+    mean = {d: sum(table[k][d]["auroc"] for k in sets) / len(sets) for d in dets}
+    order = sorted(dets, key=lambda d: -mean[d])
+    top = {k: max((d for d in dets if d != method), key=lambda d: table[k][d]["auroc"]) for k in sets}
+    best = [k for k in sets if table[k][method]["auroc"] >= table[k][top[k]]["auroc"] - 1e-9]
+    behind = sorted(
+        (k for k in sets if table[k][top[k]]["auroc"] - table[k][method]["auroc"] > 0.05),
+        key=lambda k: table[k][method]["auroc"] - table[k][top[k]]["auroc"],
+    )
+    below = [f"{k} ({100 * table[k][method]['auroc']:.1f})" for k in sets if table[k][method]["auroc"] < 0.5]
+    gaps = ", ".join(
+        f"{k} ({100 * table[k][method]['auroc']:.1f} vs {top[k]} {100 * table[k][top[k]]['auroc']:.1f})" for k in behind
+    )
+    other = next(d for d in order if d != method)
+    return (
+        f"{label or method}: rank {order.index(method) + 1} of {len(order)} by mean AUROC "
+        f"({100 * mean[method]:.1f}; best other: {other} {100 * mean[other]:.1f}); best (or tied) on: "
+        f"{', '.join(best) or 'none'}"
+        f"; more than 5 AUROC points behind the best detector on: {gaps or 'none'}; below chance (AUROC < 50) on "
+        f"{len(below)} of {len(sets)} OOD sets" + (": " + ", ".join(below) if below else "") + "."
+    )
 
 
 def _fmt(v: float) -> str:

@@ -23,6 +23,7 @@ from medood.transforms.corruptions import CORRUPTIONS, Corrupt, Corruptd, corrup
 from medood.transforms.foreground import FOREGROUND_KEY, Foreground, Foregroundd
 from medood.transforms.histogram import HistogramStandardize, HistogramStandardized, learn_landmarks
 from medood.transforms.intensity import ScaleNonzeroPercentile, ScaleNonzeroPercentiled
+from medood.transforms.policy import RandPolicy, RandPolicyd
 from medood.transforms.slices import RandSlices, RandSlicesd, foreground_extent, slice_positions
 
 __all__ = [
@@ -44,6 +45,8 @@ __all__ = [
     "RandMassEffectd",
     "RandPatchTransplant",
     "RandPatchTransplantd",
+    "RandPolicy",
+    "RandPolicyd",
     "RandSaturation",
     "RandSaturationd",
     "RandSlices",

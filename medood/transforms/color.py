@@ -8,6 +8,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform, Transform
 
+from medood.transforms._shared import SharedDrawd
+
 __all__ = ["RandSaturation", "RandSaturationd", "ToRGB", "ToRGBd"]
 
 #: ITU-R BT.601 luma weights (what torchvision's grayscale and saturation use).
@@ -95,30 +97,12 @@ class RandSaturation(RandomizableTransform):
         return out.clamp(0.0, 1.0) if self.clip else out
 
 
-class RandSaturationd(RandomizableTransform, MapTransform):
+class RandSaturationd(SharedDrawd):
     """Dictionary version of :class:`RandSaturation` (one factor for every key of an item)."""
 
     def __init__(
         self, keys: KeysCollection, factors: float = 0.5, prob: float = 1.0, clip: bool = True,
         allow_missing_keys: bool = False,
     ) -> None:  # fmt: skip
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob)
-        self.saturation = RandSaturation(factors, 1.0, clip)
-
-    def set_random_state(self, seed: int | None = None, state: object = None) -> RandSaturationd:
-        """Seed this transform and its array transform."""
-        super().set_random_state(seed, state)  # type: ignore[arg-type]
-        self.saturation.set_random_state(seed, state)  # type: ignore[arg-type]
-        return self
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        """Scale the saturation of every key (same factor)."""
-        d = dict(data)
-        self.randomize(None)
-        if not self._do_transform:
-            return d
-        self.saturation.randomize()
-        for key in self.key_iterator(d):
-            d[key] = self.saturation(d[key], randomize=False)
-        return d
+        super().__init__(keys, prob, allow_missing_keys)
+        self.saturation = self.inner = RandSaturation(factors, 1.0, clip)

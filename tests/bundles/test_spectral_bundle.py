@@ -43,8 +43,8 @@ def test_train_fit_infer_evaluate_calibrate(bundle_run: Callable[[str], BundleRu
 
     tables = json.loads((run.output("evaluate") / "results.json").read_text())["tasks"]
     assert set(tables) == {"brain_T1w", "brain_T2w", "brain_FLAIR"}
-    assert set(tables["brain_T1w"]) == {"wrong_contrast_pd", "inverted_t1w", "reoriented_pir"}
-    assert set(tables["brain_T2w"]) == {"reoriented_pir"}, "T1w-only kinds leave the T2w slot normal"
+    assert set(tables["brain_T1w"]) == {"wrong_contrast_pd", "inverted_t1w"}, "reoriented_pir is ID after RAS"
+    assert tables["brain_T2w"] == {}, "T1w-only kinds leave the T2w slot normal; reoriented_pir is ID"
     assert set(tables["brain_T1w"]["inverted_t1w"]["spectral"]) == {"auroc", "fpr95", "aupr_in", "aupr_out"}
 
     content = json.loads((run.output("calibration") / "calibration.json").read_text())

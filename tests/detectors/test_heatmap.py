@@ -73,8 +73,10 @@ def test_declared_stage_is_the_papers_optimiser_on_ood_pairs() -> None:
         200,
         {"betas": (0.5, 0.999)},
     )
-    assert stage.make_loss().weight == 5.0
+    assert stage.make_loss().weight == 5.0 and stage.make_loss().input_range is None, "off by default"
     assert det.stage_network("decoder") is det.decoder
+    official = HeatmapDetector(in_features=4, num_classes=2, image_size=8, in_channels=1, loss_input_range=(0, 1))
+    assert official.training_stages()[0].make_loss().input_range == (0.0, 1.0)
 
 
 def test_trained_maps_are_near_zero_on_id_and_large_on_auxiliary_ood() -> None:

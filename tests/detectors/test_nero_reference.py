@@ -98,6 +98,27 @@ def test_k_at_least_d_makes_the_norm_term_one_and_warns(caplog: pytest.LogCaptur
     assert bool((g < 1).all()) and float(g.std()) > 1e-3
 
 
+def test_k_above_d_is_a_recorded_clamp_also_for_a_loaded_detector(caplog: pytest.LogCaptureFixture) -> None:
+    """k = 175 > D = 24: the clamp is recorded (k_effective, norm_term_active) and logged when a loaded detector
+    scores (the old code only warned at fit, so a shipped detector turned its norm term off silently)."""
+    train, labels, test, w, b = _random_problem(6)
+    make = lambda k: NERODetector(weight=torch.from_numpy(w).float(), bias=torch.from_numpy(b).float(), k=k)  # noqa: E731
+    fitted = make(175).fit_features(_torch(train), torch.from_numpy(labels))
+    assert (fitted.k_effective, fitted.norm_term_active) == (24, False)
+    loaded = make(175)
+    loaded.load_state_dict(fitted.state_dict())
+    loaded.mark_fitted()
+    assert loaded.k_effective is None
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medood.detectors.nero"):
+        loaded.score_features(_torch(test))
+        loaded.score_features(_torch(test))
+    assert caplog.text.count("clamped to k_effective = 24") == 1, "logged once per D, at the first score"
+    assert (loaded.k_effective, loaded.norm_term_active) == (24, False)
+    small = make(8).fit_features(_torch(train), torch.from_numpy(labels))
+    assert (small.k_effective, small.norm_term_active) == (8, True)
+
+
 def test_fractional_k_scales_with_d_and_bad_k_is_rejected() -> None:
     assert NERODetector(weight=torch.zeros(3, 128), k=175 / 512).neurons_kept(128) == 44
     assert NERODetector(weight=torch.zeros(3, 512), k=175 / 512).neurons_kept(512) == 175

@@ -52,23 +52,37 @@ def test_mc_dropout_uses_own_dropout_seeded_and_matches_brute_force() -> None:
     s1, s2 = det.score(x).image_score, det.score(x).image_score
     assert torch.equal(s1, s2), "seeded: the same input gets the same score"
     assert all(not m.training for m in det._own), "dropout modules are back in eval mode"
-    with torch.random.fork_rng():
-        torch.manual_seed(3)
-        for m in det._own:
-            m.train()
-        probs = torch.stack([torch.softmax(net(x), 1) for _ in range(5)])
-        for m in det._own:
-            m.eval()
-    expected = probs.var(0, unbiased=True).sum(1).flatten(1).mean(1)
-    torch.testing.assert_close(s1, expected, rtol=1e-4, atol=1e-7)
-    assert (s1 > 0).all()
+    expected = []
+    for xi in x.split(1):  # each case on its own, the same seeded masks
+        with torch.random.fork_rng():
+            torch.manual_seed(3)
+            for m in det._own:
+                m.train()
+            probs = torch.stack([torch.softmax(net(xi), 1) for _ in range(5)])
+            for m in det._own:
+                m.eval()
+        expected.append(probs.var(0, unbiased=True).sum(1).flatten(1).mean(1))  # higher variance = higher score
+    torch.testing.assert_close(s1, torch.cat(expected), rtol=1e-4, atol=1e-7)
+    assert (s1 > 0).all() and det.dropout_source == "model"
     assert not torch.equal(MCDropoutDetector(model=net, n_samples=5, seed=4).score(x).image_score, s1)
 
 
-def test_mc_dropout_injects_test_time_dropout_when_the_net_has_none() -> None:
+def test_mc_dropout_score_of_a_case_does_not_depend_on_its_batch() -> None:
+    """The old batched passes gave a case other masks at another batch position (another score)."""
+    net, x = _unet(0.3), torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    det = MCDropoutDetector(model=net, n_samples=4, region="foreground")
+    alone = torch.cat([det.score(xi).image_score for xi in x.split(1)])
+    torch.testing.assert_close(det.score(x).image_score, alone)
+    torch.testing.assert_close(det.score(x.flip(0)).image_score, alone.flip(0))
+
+
+def test_mc_dropout_injects_test_time_dropout_when_the_net_has_none(caplog: pytest.LogCaptureFixture) -> None:
     net, x = _unet(0.0), torch.randn(2, 1, 16, 16)
-    det = MCDropoutDetector(model=net, n_samples=4, p=0.2)
+    with caplog.at_level("WARNING", logger="medood.detectors.mc_dropout"):
+        det = MCDropoutDetector(model=net, n_samples=4, p=0.2)
+    assert "no active dropout module" in caplog.text, "a host without dropout is said, not silently sampled"
     assert det.dropout_layer is not None and det._target is not None
+    assert det.dropout_source == f"test_time:{det.dropout_layer}"
     assert (det.score(x).image_score > 0).all()
     with torch.no_grad():
         a, b = net(x), net(x)

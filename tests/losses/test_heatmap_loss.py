@@ -49,3 +49,26 @@ def test_loss_feeds_the_precomputed_features_and_trains_the_decoder() -> None:
         HeatmapLoss()(net, x, {"target": t})
     with pytest.raises(ValueError, match=">= 0"):
         HeatmapLoss(weight=-1.0)
+
+
+def test_loss_weight_in_the_official_range_weights_dark_and_bright_alike() -> None:
+    """(1 + 5|t|): with [0, 1] images a dark target pixel weighs 1 and a bright one 6; the official [-1, 1] range
+    (``input_range=(0, 1)``) gives both the weight 6 (and mid-grey 1)."""
+    x, h = torch.full((1, 1, 3), 0.5), torch.zeros(1, 1, 3)
+    t = torch.tensor([[[0.0, 1.0, 0.5]]])
+    # [0, 1]: errors (x - t)^2 = 0.25, 0.25, 0 with weights 1, 6, 3.5
+    assert weighted_residual_loss(x, h, t).item() == pytest.approx(0.25 * 1 + 0.25 * 6)
+    # [-1, 1]: x = 0, t = -1, 1, 0: errors 1, 1, 0 with weights 6, 6, 1
+    assert weighted_residual_loss(x, h, t, input_range=(0.0, 1.0)).item() == pytest.approx(6 + 6)
+    dark, bright = (
+        weighted_residual_loss(x[..., :1], h[..., :1], t[..., i : i + 1], input_range=(0, 1)) for i in (0, 1)
+    )
+    assert dark.item() == pytest.approx(bright.item())
+    net = Echo()
+    feats, pred = torch.rand(1, 5), torch.tensor([0])
+    loss, _ = HeatmapLoss(input_range=(0.0, 1.0))(
+        net, torch.zeros(1, 1, 4), {"target": torch.ones(1, 1, 4), "features": feats, "pred": pred}
+    )
+    assert loss.item() == pytest.approx(4 * 6 * 4.0)  # x = -1, t = 1: (1 + 5) * 2^2 per pixel
+    with pytest.raises(ValueError, match="hi > lo"):
+        HeatmapLoss(input_range=(1.0, 1.0))

@@ -36,12 +36,12 @@ from medood.data.demo.brain import load_template, synthesize_subject
 from medood.data.demo.brain_set import save_nifti
 from medood.data.demo.images2d import get_spec, write_2d_set
 from medood.data.demo.lesions import LESION_KINDS
-from medood.data.demo.ood import T1W_ONLY_KINDS, make_brain_ood
+from medood.data.demo.ood import make_brain_ood, ood_contrasts
 from medood.data.demo.parallel import run_jobs
 from medood.transforms.corruptions import Corrupt
 from medood.utils.io import atomic_path, atomic_write_text
 
-__all__ = ["BENCH_TASKS", "BRAIN_BENCH_OOD", "MANIFEST", "brain_plan", "build_bench", "read_manifest"]
+__all__ = ["BENCH_TASKS", "BRAIN_BENCH_OOD", "MANIFEST", "add_derived_2d", "brain_plan", "build_bench", "read_manifest"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ MANIFEST = "manifest.json"
 BENCH_TASKS: tuple[str, ...] = (
     "brain_volume_ood", "brain_anomaly_segmentation", "pathology", "dermoscopy", "endoscopy",
 )  # fmt: skip
-#: brain OOD kinds of the benchmark and their family (``reoriented_pir`` is excluded: reorientation is not OOD)
+#: brain OOD kinds of the benchmark and their family (``ID_AFTER_PREPROCESSING`` kinds of :mod:`.ood`, e.g.
+#: ``reoriented_pir``, are excluded: reorientation is not OOD; :func:`brain_plan` drops them even if listed)
 BRAIN_BENCH_OOD: dict[str, str] = {
     "wrong_contrast_pd": "near",
     "inverted_t1w": "near",
@@ -142,11 +143,21 @@ def _build_2d(task: str, root: Path, seed: int, quick: bool, workers: int | None
         for kind in getattr(spec, folder):
             family = _NEAR_FAMILY.get(kind, fam) if fam == "near" else fam
             sets[kind] = {"dir": f"data/{folder}/{kind}", "role": "ood_test", "family": family}
+    add_derived_2d(root, sets, task, 60 if quick else 3 * n_test, workers)
+    return {"task": task, "kind": "2d", "train_dir": "data", "classes": list(spec.classes), "sets": sets}
+
+
+def add_derived_2d(root: Path, sets: dict[str, dict[str, Any]], task: str, n_shift: int,
+                   workers: int | None = None) -> None:  # fmt: skip
+    """Write the validation OOD family (of ``root/data/val``) and the shifted ID test images (of ``root/data/test``).
+
+    Adds their entries to ``sets`` (``dir`` relative to ``root``): ``val_<corruption>`` (role ``ood_val``, 100
+    images) and ``<shift>_s<k>`` (role ``shift``, ``n_shift`` images each).
+    """
     jobs: list[tuple[str, str, str, dict[str, Any] | None, int, str]] = []
     for name in VAL_OOD_2D:
         sets[f"val_{name}"] = {"dir": f"val_ood/{name}", "role": "ood_val", "family": "validation (corruption)"}
         jobs.append((str(root / "data/val"), str(root / f"val_ood/{name}"), name, None, 100, "ood_val"))
-    n_shift = 60 if quick else 3 * n_test
     for name, levels in SHIFTS_2D.items():
         if name == "colour" and task != "pathology":
             levels = [{"scale": lv["scale"], "offset": lv["offset"] / 2} for lv in levels]
@@ -154,7 +165,6 @@ def _build_2d(task: str, root: Path, seed: int, quick: bool, workers: int | None
             sets[f"{name}_s{k}"] = {"dir": f"shift/{name}_s{k}", "role": "shift", "shift": name, "strength": k}
             jobs.append((str(root / "data/test"), str(root / f"shift/{name}_s{k}"), name, option, n_shift, "shift"))
     run_jobs(_derived_2d, jobs, workers)
-    return {"task": task, "kind": "2d", "train_dir": "data", "classes": list(spec.classes), "sets": sets}
 
 
 # ---------------------------------------------------------------------------------------------- brain
@@ -220,8 +230,10 @@ def brain_plan(quick: bool = False) -> tuple[list[BrainJob], dict[str, dict[str,
         "id_test": {"dir": "id_test", "role": "id_test"},
     }
     for kind, family in BRAIN_BENCH_OOD.items():
-        one = kind in T1W_ONLY_KINDS
-        jobs += [(f"ood/{kind}", i, kind, ("T1w",) if one else all3) for i in range(30 if one else 10)]
+        slots = ood_contrasts(kind, all3)  # the one definition of what is OOD after preprocessing
+        if not slots:
+            continue
+        jobs += [(f"ood/{kind}", i, kind, slots) for i in range(30 if len(slots) == 1 else 10)]
         sets[kind] = {"dir": f"ood/{kind}", "role": "ood_test", "family": family}
     for name in VAL_OOD_BRAIN:
         jobs += [(f"val_ood/{name}", i, f"{name}:{{}}", all3) for i in range(10)]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -28,11 +28,13 @@ from medood.data.errors import DataError
 __all__ = [
     "BRAIN_OOD_KINDS",
     "FAR_OOD_GROUPS",
+    "ID_AFTER_PREPROCESSING",
     "T1W_ONLY_KINDS",
     "dicom_slice",
     "far_ood_generator",
     "far_ood_sources",
     "make_brain_ood",
+    "ood_contrasts",
 ]
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,28 @@ BRAIN_OOD_KINDS: tuple[str, ...] = (
 )
 #: OOD kinds whose T2w and FLAIR slots hold normal images (only the T1w slot is out of distribution).
 T1W_ONLY_KINDS: tuple[str, ...] = ("wrong_contrast_pd", "inverted_t1w")
+#: Generated kinds that are **in distribution after preprocessing** (every brain bundle reorients to RAS, so a healthy
+#: subject stored PIR is an ordinary healthy volume). The one definition every benchmark set, bundle evaluation and
+#: bench script uses: these kinds are never an OOD case (:func:`ood_contrasts` gives them no slot).
+ID_AFTER_PREPROCESSING: tuple[str, ...] = ("reoriented_pir",)
+
+
+def ood_contrasts(kind: str, contrasts: Sequence[str]) -> tuple[str, ...]:
+    """The contrast slots of a generated brain OOD case that hold an OOD image after preprocessing.
+
+    Args:
+        kind: the case's ``ood_type``.
+        contrasts: the task's contrast slots.
+
+    Returns:
+        ``()`` for :data:`ID_AFTER_PREPROCESSING` kinds; only ``T1w`` (if listed) for :data:`T1W_ONLY_KINDS`;
+        otherwise every slot of ``contrasts``.
+    """
+    if kind in ID_AFTER_PREPROCESSING:
+        return ()
+    if kind in T1W_ONLY_KINDS:
+        return tuple(c for c in contrasts if c == "T1w")
+    return tuple(contrasts)
 
 
 @functools.lru_cache(maxsize=16)
