@@ -24,14 +24,21 @@ import ignite.distributed as idist
 import torch
 from torch import nn
 
+from medood.data.shard import BatchShardSampler
 from medood.utils.distributed import get_rank, get_world_size, setup_distributed
 
-__all__ = ["amp_enabled", "cleanup", "ddp", "device", "rank", "rank_zero_handlers", "sampler"]
+__all__ = ["amp_enabled", "cleanup", "ddp", "device", "inference_sampler", "rank", "rank_zero_handlers", "sampler"]
 
 logger = logging.getLogger(__name__)
 
 #: Handler classes that only log or draw (kept on rank 0; every other handler runs on every rank).
-LOGGING_HANDLERS = ("StatsHandler", "TensorBoardStatsHandler", "ProgressBar", "TensorBoardImageHandler")
+LOGGING_HANDLERS = (
+    "StatsHandler",
+    "TensorBoardStatsHandler",
+    "ProgressBar",
+    "TensorBoardImageHandler",
+    "RunReportHandler",
+)
 
 
 def device(backend: str | None = None) -> torch.device:
@@ -96,6 +103,16 @@ def sampler(dataset: Any, shuffle: bool = True, even_divisible: bool = True, bal
     if weights is not None:
         return DistributedWeightedRandomSampler(dataset, weights.tolist(), even_divisible=even_divisible)
     return DistributedSampler(dataset, even_divisible=even_divisible, shuffle=shuffle)
+
+
+def inference_sampler(dataset: Any, batch_size: int) -> Any:
+    """The sampler of a sharded batch inference (``multi_gpu_inference.yaml``), or ``None`` for one process.
+
+    :class:`medood.data.shard.BatchShardSampler`: rank ``r`` of ``W`` scores the batches ``r, r + W, ...`` of the
+    one-process batching, each case once, in the batch one process puts it in (bit-identical results).
+    """
+    setup_distributed()
+    return None if get_world_size() == 1 else BatchShardSampler(dataset, batch_size)
 
 
 def rank_zero_handlers(handlers: Sequence[Any] | None) -> list[Any] | None:

@@ -32,7 +32,9 @@ from collections.abc import Iterable, Sized
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medood.data.shard import case_order, datalist_of, merge_rows
 from medood.data.skipping import CaseFailure, data_error_in, skipping_loader
+from medood.utils.distributed import get_rank
 from medood.utils.errors import printable_path
 from medood.utils.io import atomic_write
 
@@ -194,17 +196,26 @@ class FailedCasesWriter:
         return out
 
     def completed(self, engine: Engine) -> None:
-        """Write the CSV, then raise :class:`FailedCasesError` if a case failed (and ``raise_on_failure``)."""
-        failures = self.failures(engine)
-        write_errors_csv(self.csv_path, failures)
+        """Write the CSV, then raise :class:`FailedCasesError` if a case failed (and ``raise_on_failure``).
+
+        In a sharded run every rank's failures are gathered and rank 0 writes them, in datalist order, into one
+        ``errors.csv``; every rank raises when any case failed (the same exit status everywhere).
+        """
+        source = self._source(engine)
+        failures = merge_rows(self.failures(engine), case_order(datalist_of(source) or []), lambda f: f.case, source)
+        failures = list(dict.fromkeys(failures))  # a padded (training) sampler may repeat a failed case
+        if get_rank() == 0:
+            write_errors_csv(self.csv_path, failures)
         if not failures:
-            logger.info("no case failed; wrote an empty %s", self.csv_path)
+            if get_rank() == 0:
+                logger.info("no case failed; wrote an empty %s", self.csv_path)
             return
-        for line in failure_lines(failures):
-            logger.error("%s", line)
-        logger.error("%d cases failed and were skipped; see %s", len(failures), self.csv_path)
+        if get_rank() == 0:
+            for line in failure_lines(failures):
+                logger.error("%s", line)
+            logger.error("%d cases failed and were skipped; see %s", len(failures), self.csv_path)
         if self.raise_on_failure:
             print_failed_cases_concisely()
-            dataset = getattr(self._source(engine), "dataset", None)
+            dataset = getattr(source, "dataset", None)
             total = len(dataset) if isinstance(dataset, Sized) else None
             raise FailedCasesError(failures, self.csv_path, total)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from medood.data.shard import case_order, datalist_of, merge_rows
 from medood.detectors.base_featuremap import FeatureMapDetector
 from medood.io import run_folder as rf
 from medood.networks.feature_maps import FeatureRecorder
@@ -294,7 +295,11 @@ class GuardScoreWriter(_HookedPass):
                 )
 
     def on_end(self, engine: Engine) -> None:
-        """Write scores.csv and guard.json."""
+        """Write scores.csv and guard.json (rank 0 of a sharded run, every rank's rows in datalist order)."""
+        loader = getattr(engine, "data_loader", None)
+        self.rows = merge_rows(self.rows, case_order(datalist_of(loader) or []), lambda r: r["case"], loader)
+        if get_rank() != 0:
+            return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         rows = [{"case": r["case"], "score": r["score"], "flagged": r["flagged"]} for r in self.rows]
         rf.write_score_rows(self.output_dir / rf.SCORES_CSV, rows)  # medood.io.run_folder's layout

@@ -12,7 +12,9 @@ import torch
 from monai.networks.utils import eval_mode
 from torch import Tensor
 
+from medood.data.shard import case_order, datalist_of, merge_rows
 from medood.metrics.tables import results_payload, results_table, write_results
+from medood.utils.distributed import get_rank, get_world_size, is_sharded
 from medood.utils.enums import OODKeys
 
 if TYPE_CHECKING:
@@ -80,6 +82,7 @@ class OODTableWriter:
     def reset(self) -> None:
         """Forget the scores collected so far."""
         self.columns: dict[str, list[float]] = {self.name: []}
+        self.cases: list[str] = []
         self.is_ood: list[Any] = []
         self.sets: list[Any] = []
         self.payload: dict[str, Any] | None = None
@@ -90,7 +93,7 @@ class OODTableWriter:
 
         engine.add_event_handler(Events.STARTED, lambda _e: self.reset())
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
-        engine.add_event_handler(Events.COMPLETED, lambda _e: self.finalize())
+        engine.add_event_handler(Events.COMPLETED, self.finalize)
 
     def _iteration(self, engine: Engine) -> None:
         outputs, batch = _items(engine.state.output), _items(engine.state.batch)
@@ -99,6 +102,7 @@ class OODTableWriter:
             if self.score_key not in out:
                 raise KeyError(f"the engine output has no {self.score_key!r}: run an OODEvaluator")
             self.columns[self.name].append(float(_scalar(out[self.score_key])))
+            self.cases.append(str(_scalar(item.get(OODKeys.CASE.value, len(self.cases)))))
             self.is_ood.append(_scalar(item.get(self.is_ood_key)))
             self.sets.append(_scalar(item.get(self.set_key)))
         if self.variants is not None:  # the network input: the batch's (the output's may be post-processed)
@@ -108,8 +112,30 @@ class OODTableWriter:
                 for column, scores in self.variants(images).items():
                     self.columns.setdefault(column, []).extend(scores.detach().float().cpu().reshape(-1).tolist())
 
-    def finalize(self) -> Path | None:
-        """Write ``results.json`` / ``results.md``; returns the JSON path, or ``None`` if there is no table."""
+    def _merge_ranks(self, engine: Engine | None) -> bool:
+        """Gather every rank's items in datalist order (a sharded run); ``True`` on the rank that writes (rank 0)."""
+        loader = getattr(engine, "data_loader", None)
+        if get_world_size() == 1 or not is_sharded(loader):
+            return True
+        items = [
+            (case, ood, ood_set, {k: v[i] for k, v in self.columns.items() if i < len(v)})
+            for i, (case, ood, ood_set) in enumerate(zip(self.cases, self.is_ood, self.sets, strict=True))
+        ]
+        merged = merge_rows(items, case_order(datalist_of(loader) or []), lambda x: x[0], loader)
+        if get_rank() != 0:
+            return False
+        names = list(dict.fromkeys([self.name, *(k for x in merged for k in x[3])]))
+        self.cases, self.is_ood, self.sets = [x[0] for x in merged], [x[1] for x in merged], [x[2] for x in merged]
+        self.columns = {k: [x[3][k] for x in merged] for k in names}
+        return True
+
+    def finalize(self, engine: Engine | None = None) -> Path | None:
+        """Write ``results.json`` / ``results.md``; returns the JSON path, or ``None`` if there is no table.
+
+        In a sharded run every rank's items are gathered first and rank 0 writes the table of them all.
+        """
+        if not self._merge_ranks(engine):
+            return None
         if any(v is None for v in self.is_ood) or not self.is_ood:
             logger.info("OODTableWriter: the data has no %r labels; no results table", self.is_ood_key)
             return None

@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from medood.data.shard import case_order, datalist_of, merge_rows
 from medood.detectors.base import OODDetector
 from medood.detectors.posthoc import score_batch
 from medood.io import run_folder as rf
 from medood.metrics.tables import results_payload, results_table, write_results
 from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
 from medood.utils.checkpoints import save_checkpoint
+from medood.utils.distributed import get_rank, get_world_size, is_sharded
 from medood.utils.enums import OODKeys
 from medood.utils.io import atomic_write
 
@@ -151,7 +153,29 @@ class PosthocScoreWriter:
             w.writerow(header)
             w.writerows([rf.escape_cell(v) for v in row] for row in rows)  # no spreadsheet formulas
 
-    def _completed(self, _engine: Engine) -> None:
+    def _merge_ranks(self, engine: Engine) -> bool:
+        """Gather every rank's cases in datalist order (a sharded run); ``True`` on the rank that writes (rank 0)."""
+        loader = getattr(engine, "data_loader", None)
+        if get_world_size() == 1 or not is_sharded(loader):  # every rank saw every case
+            return True
+        scores = {n: torch.cat(v).cpu() if v else torch.zeros(0) for n, v in self.scores.items()}
+        logits = torch.cat(self.logits).cpu() if self.logits else torch.zeros(0, 0)
+        cases = [
+            ({k: v[i] for k, v in self.rows.items()}, {n: s[i] for n, s in scores.items()}, logits[i])
+            for i in range(len(self.rows["case"]))
+        ]
+        order = case_order(datalist_of(loader) or [])
+        merged = merge_rows(cases, order, lambda c: str(c[0]["case"]))
+        if get_rank() != 0:
+            return False
+        self.rows = {k: [c[0][k] for c in merged] for k in self.rows}
+        self.scores = {n: [torch.stack([c[1][n] for c in merged])] if merged else [] for n in self.scores}
+        self.logits = [torch.stack([c[2] for c in merged])] if merged else []
+        return True
+
+    def _completed(self, engine: Engine) -> None:
+        if not self._merge_ranks(engine):
+            return
         if not self.logits:
             raise RuntimeError("PosthocScoreWriter saw no batches: is the dataset empty?")
         cases, is_ood, sets = self.rows["case"], self.rows["is_ood"], self.rows["ood_set"]
@@ -235,7 +259,9 @@ class PosthocCalibrationHandler(PosthocScoreWriter):
         super().__init__(detectors, output_dir=".", head=head, write_table=False)
         self.save_path = save_path
 
-    def _completed(self, _engine: Engine) -> None:
+    def _completed(self, engine: Engine) -> None:
+        if not self._merge_ranks(engine):  # sharded: rank 0 calibrates on every rank's scores (datalist order)
+            return
         if not self.logits:
             raise RuntimeError("PosthocCalibrationHandler saw no batches: is the validation set empty?")
         for name, parts in self.scores.items():

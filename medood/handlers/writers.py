@@ -28,11 +28,13 @@ import numpy as np
 from torch import Tensor
 
 from medood.data.image2d import read_image_2d, write_map_nifti_2d, write_overlay_png
+from medood.data.shard import datalist_cases, datalist_of, merge_rows, sort_by_order, subset_loader, unique_case
 from medood.detectors.calibration import Calibration, overlay_window
 from medood.inferers.ood_inferer import OODInferer
 from medood.io import run_folder as rf
 from medood.io.result import OODResult
 from medood.io.run_folder import THRESHOLDS_FILE, RunFolder, write_thresholds
+from medood.utils.distributed import broadcast_object, get_rank
 from medood.utils.enums import OODKeys
 from medood.utils.io import atomic_path, case_name
 
@@ -219,28 +221,78 @@ class OODResultWriter:
         self._seen: dict[str, str] = {}
         self._resolved = False
         self._started = False
+        self._kept: dict[str, dict[str, Any]] = {}  # complete cases of the run resumed: {case: {"row", "slices"}}
+        self._order: dict[str, int] | None = None  # datalist order of the cases (the order of the merged rows)
+        self._names: dict[str, str] = {}  # input file -> case name, from the whole datalist
+        self._loader: list[Any] = []  # the engine's loader (whether the rows are sharded), when run by an engine
 
-    def start(self) -> None:
-        """Take the output folder for this run (:meth:`medood.io.RunFolder.start`); a resumed run keeps its rows."""
+    def start(self, engine: Engine | None = None) -> None:
+        """Take the output folder for this run (rank 0: :meth:`medood.io.RunFolder.start`).
+
+        A resumed run (``run_mode="resume"``) keeps the cases whose outputs are complete (their row in the last
+        ``scores.csv`` or in a progress journal of a killed run, and every file of the case present, the map
+        readable) and, given the engine, replaces its data loader by one over the batches that hold another case
+        (:func:`medood.data.shard.subset_loader`; whole batches of the loader, so that every case is computed in the
+        batch an uninterrupted run puts it in): the network never runs on a batch of kept cases again.
+        """
         self.reset()
-        self.run.start()
-        self._started = True
-        kept = set(self.run.previous_cases)
+        error, kept = None, {}
+        if get_rank() == 0:
+            try:
+                self.run.start()
+                kept = self._complete_cases()
+            except Exception as e:
+                error = e
+        message, kept = broadcast_object((None if error is None else str(error), kept))
+        if error is not None:
+            raise error
+        if message is not None:
+            raise RuntimeError(f"rank 0 could not take the output folder: {message}")
+        self._started, self._kept = True, kept
+        loader = getattr(engine, "data_loader", None)
+        self._loader = [] if loader is None else [loader]
+        items = datalist_of(loader)
+        if items is None:
+            return
+        names = datalist_cases(items, self.case_key)
+        self._names = {str(item["image"]): str(n) for item, n in zip(items, names, strict=True) if _has_image(item, n)}
+        self._order = {n: i for i, n in reversed(list(enumerate(names))) if n is not None}
+        if kept and engine is not None and loader is not None:
+            size = max(int(getattr(loader, "batch_size", 1) or 1), 1)  # whole batches: each case in its usual batch
+            redo = {i // size for i, name in enumerate(names) if name not in kept}
+            pending = [i for i in range(len(names)) if i // size in redo]
+            if get_rank() == 0:
+                logger.info("resume: %d complete case(s) kept in %s", len(kept), self.output_dir)
+            new = subset_loader(loader, pending)
+            engine.data_loader = engine.state.dataloader = new  # type: ignore[attr-defined]
+            self._loader = [new]
+            engine.state.epoch_length = _length(new) or None  # an empty loader still completes (the merge runs)
+
+    def _complete_cases(self) -> dict[str, dict[str, Any]]:
+        """The cases of a resumed run whose outputs are complete and valid (rank 0, after ``RunFolder.start``)."""
+        if self.run.mode != "resume":
+            return {}
+        found: dict[str, dict[str, Any]] = {}
+        previous = set(self.run.previous_cases)
         scores = self.output_dir / rf.SCORES_CSV
-        if kept and scores.is_file():
-            self.rows = [r.__dict__ | {"flagged": r.flagged} for r in rf.read_score_rows(scores) if r.case in kept]
-            for r in self.rows:
-                r.pop("extra", None)
-                self._seen[r["case"]] = r.get("image") or r["case"]
-            self._kept = {r["case"] for r in self.rows}
-        else:
-            self._kept = set()
+        if previous and scores.is_file():
+            slices: dict[str, list[list[Any]]] = {}
+            if (self.output_dir / rf.SLICE_SCORES_CSV).is_file():
+                for case, axis, idx, value in rf.read_slice_scores(self.output_dir / rf.SLICE_SCORES_CSV):
+                    slices.setdefault(case, []).append([axis, idx, value])
+            maps = [rf.map_suffix(self.map_name)] if self.save_maps else []
+            for r in rf.read_score_rows(scores):
+                if r.case in previous:
+                    row = {"case": r.case, "score": r.score, "flagged": r.flagged, "label": r.label, "image": r.image}
+                    found[r.case] = {"row": row, "slices": slices.get(r.case, []), "files": [r.case + m for m in maps]}
+        found.update(self.run.progress())
+        return {case: rec for case, rec in found.items() if _outputs_valid(self.output_dir, rec.get("files", []))}
 
     def attach(self, engine: Engine) -> None:
         """Attach to an Ignite engine."""
         from ignite.engine import Events
 
-        engine.add_event_handler(Events.STARTED, lambda _e: self.start())
+        engine.add_event_handler(Events.STARTED, self.start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
         engine.add_event_handler(Events.COMPLETED, lambda _e: self.finalize())
 
@@ -258,13 +310,14 @@ class OODResultWriter:
 
     # ------------------------------------------------------------------ per case
     def _unique_case(self, source: str) -> str:
-        name = case_name(source)
-        if name in self._seen and self._seen[name] != source:
-            parent = Path(source).parent.name
-            name = f"{parent}_{name}" if parent else f"{name}_{len(self._seen)}"
-            logger.warning("two inputs share the case name of %s; writing it as %r", source, name)
-        self._seen[name] = source
-        return name
+        """The case name of input ``source``: the datalist's (clashes resolved in datalist order) when known."""
+        known = self._names.get(source)
+        if known is not None:
+            self._seen[known] = source
+            if known != case_name(source):
+                logger.warning("two inputs share the case name of %s; writing it as %r", source, known)
+            return known
+        return unique_case(case_name(source), source, self._seen)
 
     def _resolve_thresholds(self) -> None:
         """Take missing thresholds and the window from the healthy calibration (once, at the first case)."""
@@ -327,7 +380,7 @@ class OODResultWriter:
             self._write_2d(case, arr, meta, item.get("image"))
         else:
             raise ValueError(f"{source}: anomaly map has {arr.ndim} spatial dims after squeezing; expected 2 or 3")
-        self._collect(result)
+        self._collect(result, [p for p in targets if p.is_file()])
         return case
 
     def _targets(self, case: str, ndim: int) -> list[Path]:
@@ -384,18 +437,38 @@ class OODResultWriter:
             return float(self.window[0]), float(self.window[1])
         return 0.0, float(max(arr.max(), 1e-12))
 
-    def _collect(self, result: OODResult) -> None:
-        if result.case in self._kept:  # a resumed case done again: its new row replaces the kept one
-            self.rows = [r for r in self.rows if r["case"] != result.case]
-            self._kept.discard(result.case)
-        self.rows.append(result.row())
-        for axis, values in sorted(result.slice_scores.items()):
-            self.slice_rows.extend(
-                (result.case, int(axis), i, float(v)) for i, v in enumerate(_to_numpy(values).tolist())
-            )
+    def _collect(self, result: OODResult, files: Sequence[Path] = ()) -> None:
+        row = result.row()
+        slices = [
+            (result.case, int(axis), i, float(v))
+            for axis, values in sorted(result.slice_scores.items())
+            for i, v in enumerate(_to_numpy(values).tolist())
+        ]
+        self._kept.pop(result.case, None)  # a resumed case done again: its new row replaces the kept one
+        self.rows.append(row)
+        self.slice_rows.extend(slices)
+        if self._started:  # the journal a resumed run reads (kill -9 safe: after the case's files are written)
+            self.run.record(result.case, row, [s[1:] for s in slices], [p.name for p in files], get_rank())
 
     def finalize(self) -> None:
-        """Write ``scores.csv``, ``slice_scores.csv`` and ``run.json`` (atomically)."""
+        """Write ``scores.csv``, ``slice_scores.csv`` and ``run.json`` (atomically; rank 0 of a sharded run).
+
+        Every rank's rows are gathered (:func:`medood.data.shard.merge_rows`) with the kept rows of a resumed run
+        and written in datalist order: the files one uninterrupted process writes.
+        """
+        kept = [(rec["row"], [(case, *s) for s in rec["slices"]]) for case, rec in self._kept.items()]
+        kept = kept if get_rank() == 0 else []  # every rank knows them; rank 0 gives them
+        by_case: dict[str, list[tuple[str, int, int, float]]] = {}
+        for sl in self.slice_rows:
+            by_case.setdefault(sl[0], []).append(sl)
+        own = [(r, by_case.get(r["case"], [])) for r in self.rows]
+        merged = merge_rows(kept + own, self._order, _case_of, *self._loader)  # datalist order across ranks
+        if kept:  # a resumed run: the kept rows go back to their places
+            merged = sort_by_order(merged, self._order, _case_of)
+        if get_rank() != 0:
+            return
+        self.rows = [r for r, _ in merged]
+        self.slice_rows = [s for _, sl in merged for s in sl]
         if not self.rows:
             logger.warning("OODResultWriter: no case was scored; no CSV written")
             if self._started:
@@ -407,6 +480,35 @@ class OODResultWriter:
         if self._started:
             self.run.finish([r["case"] for r in self.rows])
         logger.info("wrote %d cases to %s", len(self.rows), self.output_dir)
+
+
+def _case_of(row_and_slices: tuple[dict[str, Any], Any]) -> str:
+    return str(row_and_slices[0]["case"])
+
+
+def _has_image(item: Any, name: str | None) -> bool:
+    return name is not None and isinstance(item, dict) and isinstance(item.get("image"), (str, os.PathLike))
+
+
+def _length(loader: Any) -> int:
+    try:
+        return len(loader)
+    except TypeError:  # a SkippingDataLoader has no length
+        return 0
+
+
+def _outputs_valid(folder: Path, files: Sequence[str]) -> bool:
+    """Every file exists and is not empty, and the NIfTI ones read whole (a map cut short by a kill does not)."""
+    for name in files:
+        path = folder / name
+        if not path.is_file() or path.stat().st_size == 0:
+            return False
+        if name.endswith((".nii.gz", ".nii")):
+            try:
+                np.asarray(nib.load(path).dataobj)  # type: ignore[attr-defined]
+            except Exception:
+                return False
+    return True
 
 
 def _fallback_result(

@@ -42,6 +42,7 @@ from medood.utils.io import atomic_write, atomic_write_text, read_json_object
 __all__ = [
     "ERRORS_CSV",
     "METRICS_FILE",
+    "PROGRESS_JOURNAL",
     "RESULTS_FILE",
     "RUN_MANIFEST",
     "RUN_MODES",
@@ -58,6 +59,7 @@ __all__ = [
     "overlay_file",
     "read_manifest",
     "read_score_rows",
+    "read_slice_scores",
     "read_thresholds",
     "remove_stale_temporaries",
     "seg_file",
@@ -122,6 +124,9 @@ _RUN_FILES = {
     SCORES_CSV, SLICE_SCORES_CSV, THRESHOLDS_FILE, RUN_MANIFEST, ERRORS_CSV, METRICS_FILE, RESULTS_FILE,
     "results.md", "report.html", "worst_slices.png", "open_in_slicer.py", "predictions.csv",
 }  # fmt: skip
+#: the progress journal of a running run, one per rank (:meth:`RunFolder.record`; removed when the run finishes)
+PROGRESS_JOURNAL = ".progress.rank{rank}.jsonl"
+_PROGRESS = re.compile(r"^\.progress\.rank\d+\.jsonl$")
 #: temporaries of :mod:`medood.utils.io` (``.<name>.<random>.tmp<ext>``)
 _TEMPORARY = re.compile(r"^\..+\.[^.]+\.tmp(\..*)?$")
 
@@ -246,6 +251,25 @@ def write_slice_scores(path: str | os.PathLike[str], rows: Iterable[tuple[str, i
         for case, axis, idx, score in rows:
             w.writerow([escape_cell(case), axis, idx, escape_cell(float(score))])
     return Path(path)
+
+
+def read_slice_scores(path: str | os.PathLike[str]) -> list[tuple[str, int, int, float]]:
+    """The rows of ``slice_scores.csv`` (:func:`write_slice_scores`) as ``(case, axis, slice, score)``.
+
+    Raises:
+        DataError: missing file or a row that is not ``case,axis,slice,score``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(p, "does not exist")
+    out: list[tuple[str, int, int, float]] = []
+    with p.open(newline="", encoding="utf-8") as f:
+        for i, r in enumerate(csv.DictReader(f), start=2):
+            try:
+                out.append((unescape_cell(r["case"]), int(r["axis"]), int(r["slice"]), float(r["score"])))
+            except (KeyError, TypeError, ValueError):
+                raise DataError(p, f"line {i}: not a case,axis,slice,score row") from None
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ thresholds.json
@@ -391,7 +415,10 @@ class RunFolder:
 
     def clear(self) -> list[Path]:
         """Remove the run files of the folder (named run files and per-case maps, masks, overlays); others stay."""
-        gone = [p for p in self.root.iterdir() if p.is_file() and (p.name in _RUN_FILES or _CASE_FILE.match(p.name))]
+        gone = [
+            p for p in self.root.iterdir()
+            if p.is_file() and (p.name in _RUN_FILES or _CASE_FILE.match(p.name) or _PROGRESS.match(p.name))
+        ]  # fmt: skip
         for p in gone:
             p.unlink()
         if gone:
@@ -403,10 +430,49 @@ class RunFolder:
         """The cases a resumed run had completed (empty unless ``mode == "resume"``)."""
         return list((self.previous or {}).get("cases", [])) if self.mode == "resume" else []
 
+    # ------------------------------------------------------------------ progress journal (resume after kill -9)
+    def record(self, case: str, row: Mapping[str, Any], slices: Sequence[Any] = (), files: Sequence[str] = (),
+               rank: int = 0) -> None:  # fmt: skip
+        """Append a finished case (its ``scores.csv`` row, slice rows and file names) to this rank's journal.
+
+        One JSON line per case, flushed to disk (``fsync``) after the case's files were written, so that a run
+        killed at any point leaves a journal of complete cases only (a torn last line is ignored when read).
+        """
+        path = self.root / PROGRESS_JOURNAL.format(rank=rank)
+        line = json.dumps({"case": case, "row": dict(row), "slices": list(slices), "files": list(files)})
+        with path.open("ab") as f:
+            if f.tell():
+                with path.open("rb") as r:
+                    r.seek(-1, os.SEEK_END)
+                    if r.read(1) != b"\n":  # a line torn by a kill: start a fresh one
+                        f.write(b"\n")
+            f.write(line.encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def progress(self) -> dict[str, dict[str, Any]]:
+        """The cases every rank's journal recorded (``{case: {"row", "slices", "files"}}``, the last record wins)."""
+        out: dict[str, dict[str, Any]] = {}
+        for path in sorted(self.root.glob(".progress.rank*.jsonl")):
+            for line in path.read_bytes().splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # torn by a kill
+                if isinstance(rec, dict) and isinstance(rec.get("case"), str):
+                    out[rec["case"]] = rec
+        return out
+
+    def clear_progress(self) -> None:
+        """Remove the progress journals (the run's CSVs hold their rows now)."""
+        for path in self.root.glob(".progress.rank*.jsonl"):
+            path.unlink(missing_ok=True)
+
     def finish(self, cases: Sequence[str], status: str = "complete") -> Path:
-        """Record the run's cases (``scores.csv`` order), end time and status in ``run.json``."""
+        """Record the run's cases (``scores.csv`` order), end time and status in ``run.json``; drop the journals."""
         if not self.manifest:
             raise RuntimeError("RunFolder.finish before start")
+        self.clear_progress()
         files = sorted(p.name for p in self.root.iterdir() if p.is_file() and not _TEMPORARY.match(p.name))
         self.manifest.update(cases=list(dict.fromkeys(cases)), ended=_now(), status=status, files=files)
         return self._write()

@@ -22,7 +22,9 @@ import ignite.distributed as idist
 import torch
 
 __all__ = [
+    "all_gather_objects",
     "barrier",
+    "broadcast_object",
     "dataset_size",
     "gather_cases",
     "get_rank",
@@ -71,6 +73,24 @@ def barrier() -> None:
     """Wait for every rank (no-op for one process), e.g. before reading what rank 0 wrote."""
     if get_world_size() > 1:
         idist.barrier()
+
+
+def all_gather_objects(obj: T) -> list[T]:
+    """Every rank's ``obj`` (pickled; move tensors to the CPU first), in rank order; ``[obj]`` for one process."""
+    if get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: T, src: int = 0) -> T:
+    """Rank ``src``'s ``obj`` on every rank (pickled); ``obj`` itself for one process."""
+    if get_world_size() == 1:
+        return obj
+    box: list[Any] = [obj]
+    torch.distributed.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def is_sharded(loader: Any) -> bool:

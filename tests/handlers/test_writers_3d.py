@@ -136,6 +136,11 @@ def test_no_overwrite_keeps_existing_outputs(tmp_path, trained_ae):
     out = tmp_path / "out"
     _pipeline(paths, trained_ae, OODResultWriter(out)).run()
     before = (out / "case0_anomaly_map.nii.gz").read_bytes()
+    resumed = OODResultWriter(out, overwrite=False, run_mode="resume")
+    _pipeline(paths, trained_ae, resumed).run()  # case0 is complete: kept, never inferred nor written again
+    assert [r["case"] for r in resumed.rows] == ["case0"]
+    manifest = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**manifest, "cases": []}))  # case0 no longer recorded complete
     with pytest.raises(FileExistsError, match="overwrite=False"):  # a resumed run of the same settings
         _pipeline(paths, trained_ae, OODResultWriter(out, overwrite=False, run_mode="resume")).run()
     assert (out / "case0_anomaly_map.nii.gz").read_bytes() == before
