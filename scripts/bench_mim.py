@@ -46,9 +46,6 @@ CONFIGS = BUNDLE / "configs"
 logger = logging.getLogger("bench_mim")
 
 
-#: benchmark runs repeat into their own output folders (medood.io.run_folder: a rerun replaces the previous one)
-os.environ.setdefault("MEDOOD_RUN_MODE", "overwrite")
-
 
 def parser_for(configs: list[str], **overrides: Any) -> ConfigParser:
     p = ConfigParser()
@@ -134,6 +131,9 @@ def calibrate(detector: torch.nn.Module, dataset_dir: Path) -> None:
 
 
 def main() -> None:
+    # runs repeat into their own output folders (medood.io.run_folder): a rerun replaces the last one;
+    # set here, not at import, so importing this script (tests) leaves the environment alone
+    os.environ.setdefault("MEDOOD_RUN_MODE", "overwrite")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset-dir", type=Path, default=ROOT / "demo_data" / "brain_mri")
     ap.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench_mim")

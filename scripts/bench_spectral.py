@@ -70,9 +70,6 @@ BUNDLE = ROOT / "bundles" / "spectral_brain_mri_ood_classification"
 log = logging.getLogger("bench_spectral")
 
 
-#: benchmark runs repeat into their own output folders (medood.io.run_folder: a rerun replaces the previous one)
-os.environ.setdefault("MEDOOD_RUN_MODE", "overwrite")
-
 
 def host(bundle: Path) -> tuple[nn.Module, ConfigParser]:
     parser = ConfigParser()
@@ -385,6 +382,9 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
 
 
 def main() -> None:
+    # runs repeat into their own output folders (medood.io.run_folder): a rerun replaces the last one;
+    # set here, not at import, so importing this script (tests) leaves the environment alone
+    os.environ.setdefault("MEDOOD_RUN_MODE", "overwrite")
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--brain-dir", type=Path, default=ROOT / "demo_data" / "brain_mri")
     p.add_argument("--pathology-dir", type=Path, default=ROOT / "demo_data" / "pathology")

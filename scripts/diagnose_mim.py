@@ -443,6 +443,9 @@ def diagnose(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
+    # runs repeat into their own output folders (medood.io.run_folder): a rerun replaces the last one;
+    # set here, not at import, so importing this script (tests) leaves the environment alone
+    os.environ.setdefault("MEDOOD_RUN_MODE", "overwrite")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--label", required=True, help='entry label, e.g. "before" or "after: <change>"')
     ap.add_argument("--weights", type=Path, default=BUNDLE / "models" / "model.pt")

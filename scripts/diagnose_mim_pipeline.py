@@ -6,7 +6,6 @@ the lesioned ones; the figures come from :func:`medood.metrics.files.evaluate_ou
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,6 @@ from medood.metrics.files import evaluate_outputs, read_scores
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "mim_brain_mri_anomaly_segmentation"
 
-
-#: benchmark runs repeat into their own output folders (medood.io.run_folder: a rerun replaces the previous one)
-os.environ.setdefault("MEDOOD_RUN_MODE", "overwrite")
 
 
 def parser_for(configs: list[str], **overrides: Any) -> ConfigParser:
