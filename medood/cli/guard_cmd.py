@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "detector's fitted buffers, links to the original's weights and scripts). Running the companion the "
         "model-zoo way (python -m monai.bundle run --config_file C/configs/inference.json --bundle_root C) runs the "
         "original network once per case and writes the original outputs unchanged plus scores.csv "
-        "(case,score,flagged; higher = more OOD) and guard.json.",
+        "(case,score,flagged,image; higher = more OOD), thresholds.json, run.json and guard.json.",
     )
     p.add_argument("bundle", help="the original bundle folder")
     p.add_argument("--datalist", required=True, help="JSON list of in-distribution cases, or a dict of lists")

@@ -11,8 +11,8 @@ validation list too small for the requested false-alarm rate unless ``allow_smal
 * ``configs/inference.json``: the original inference config (with the ``overrides`` used for fitting), plus
   ``guard_*`` entries and one ``initialize`` step that attaches :class:`~medood.handlers.guard.GuardScoreWriter`
   to the original evaluator. Running it runs the original network once per batch; the hooks read that same pass.
-  The original outputs are written exactly as before, plus ``scores.csv`` (``case,score,flagged``) and
-  ``guard.json``;
+  The original outputs are written exactly as before, plus the guard's results through the one run-folder
+  writer (``scores.csv``: ``case,score,flagged,image``; ``thresholds.json``; ``run.json``) and ``guard.json``;
 * ``configs/metadata.json`` (the original's, with a ``guard`` section), the original's other ``configs/`` files
   (copied), ``docs/README.md`` and ``models/guard.pt`` (the detector's fitted buffers);
 * links to everything else of the original bundle (``models/model.pt``, ``scripts/``, data lists...), so every
@@ -499,7 +499,9 @@ per case) and adds a per-case out-of-distribution score from forward hooks on th
 python -m monai.bundle run --config_file {dest}/configs/inference.json --bundle_root {dest} [...the original options]
 ```
 
-Outputs: everything the original bundle writes, plus `scores.csv` (`case,score,flagged`; higher = more OOD) and
-`guard.json` in the output folder. A case with `flagged = 1` is unlike the data the guard was fitted on: do not
-trust its output. `bundle_root` is this folder; its `models/`, `scripts/` and other entries link to the original.
+Outputs: everything the original bundle writes, plus `scores.csv` (`case,score,flagged,image`; higher = more OOD),
+`thresholds.json`, `run.json` (the run manifest: rerunning into the same folder needs `MEDOOD_RUN_MODE=overwrite`
+or `resume`) and `guard.json` in the output folder. A case with `flagged = 1` is unlike the data the guard was
+fitted on: do not trust its output. `bundle_root` is this folder; its `models/`, `scripts/` and other entries
+link to the original.
 """

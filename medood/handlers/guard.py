@@ -10,10 +10,11 @@ bundle writes are untouched.
   training data);
 * :class:`FeatureCalibrationHandler`: records the scores of in-distribution validation cases into the
   detector's :class:`~medood.detectors.calibration.Calibration` (the thresholds);
-* :class:`GuardScoreWriter`: scores every case and writes ``scores.csv`` (``case,score,flagged``, the run-folder
-  layout of :mod:`medood.io.run_folder`) and
-  ``guard.json``; ``flagged`` = score above the threshold (the split-conformal threshold of
-  :func:`medood.utils.conformal.conformal_threshold` that ``medood guard`` computed on the validation scores).
+* :class:`GuardScoreWriter`: scores every case into an :class:`~medood.io.OODResult` for the run's one result
+  writer (:class:`~medood.handlers.writers.OODResultWriter`: ``scores.csv``, ``thresholds.json``, ``run.json`` of
+  :mod:`medood.io.run_folder`) and writes ``guard.json``; ``flagged`` = score above the threshold (the
+  split-conformal threshold of :func:`medood.utils.conformal.conformal_threshold` that ``medood guard`` computed on
+  the validation scores).
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from medood.data.shard import case_order, datalist_of, merge_rows
 from medood.detectors.base_featuremap import FeatureMapDetector
-from medood.io import run_folder as rf
+from medood.handlers.writers import OODResultWriter
+from medood.io.result import OODResult
 from medood.networks.feature_maps import FeatureRecorder
 from medood.utils.checkpoints import save_state
 from medood.utils.distributed import barrier, dataset_size, gather_cases, get_rank, is_sharded
@@ -80,15 +81,14 @@ def _batch_size(batch: Any, image_key: str) -> int:
     return int(image.shape[0])
 
 
-def _case_names(batch: Any, image_key: str, start: int) -> list[str]:
-    names: list[str] = []
+def _case_sources(batch: Any, image_key: str) -> list[str | None]:
+    """The input file of every case of a batch (``None`` where the image has no file name)."""
+    out: list[str | None] = []
     for item in _items(batch):
         meta = getattr(item.get(image_key), "meta", {}) or {}
         source = meta.get("filename_or_obj")
-        sources = source if isinstance(source, (list, tuple)) else [source]
-        for s in sources:
-            names.append(case_name(str(s)) if s else f"case_{start + len(names):04d}")
-    return names
+        out.extend(str(s) if s else None for s in (source if isinstance(source, (list, tuple)) else [source]))
+    return out
 
 
 class _HookedPass:
@@ -233,7 +233,12 @@ class FeatureCalibrationHandler(_HookedPass):
 
 
 class GuardScoreWriter(_HookedPass):
-    """Score every case of the run and write ``scores.csv`` (``case,score,flagged``) and ``guard.json``.
+    """A source of per-case :class:`~medood.io.OODResult` objects (score only, no map) for the run's one result writer.
+
+    Every case of the run is scored on the hooked forward pass and handed to an
+    :class:`~medood.handlers.writers.OODResultWriter` (``save_maps=False``), which decides ``flagged``, names the
+    case and writes ``scores.csv`` (``case,score,flagged[,image]``), ``thresholds.json`` and ``run.json`` through
+    :mod:`medood.io.run_folder`, as for every other detector; this handler adds ``guard.json`` (layers, rule).
 
     Args:
         detector: a fitted detector.
@@ -241,12 +246,15 @@ class GuardScoreWriter(_HookedPass):
         threshold: flag a case when its score is above it; ``medood guard`` writes the split-conformal threshold
             of its validation scores here. ``None``: the detector's calibration at ``false_alarm_rate``
             (:meth:`~medood.detectors.calibration.Calibration.thresholds`, for bundles that calibrate the detector
-            themselves). Defaults to ``None``.
+            themselves); a calibration too small for it refuses: ``flagged`` stays empty and ``guard.json`` records
+            why. Defaults to ``None``.
         false_alarm_rate: the requested false-alarm rate (recorded; used only when ``threshold`` is ``None``).
             Defaults to 0.05.
         image_key: batch key of the image. Defaults to ``"image"``.
         threshold_info: what the threshold guarantees (rule, ``alpha``, ``n``, rank, warnings), copied into
-            ``guard.json``. Defaults to ``None``.
+            ``guard.json`` and ``thresholds.json``. Defaults to ``None``.
+        run_mode: how the run treats an output folder that holds another run (:class:`medood.io.RunFolder`;
+            ``None``: ``MEDOOD_RUN_MODE``, else ``"new"``). Defaults to ``None``.
     """
 
     def __init__(
@@ -257,36 +265,48 @@ class GuardScoreWriter(_HookedPass):
         false_alarm_rate: float = 0.05,
         image_key: str = "image",
         threshold_info: dict[str, Any] | None = None,
+        run_mode: str | None = None,
     ) -> None:
         super().__init__(detector, image_key)
         if not 0.0 < false_alarm_rate < 1.0:
             raise ValueError(f"false_alarm_rate must be in (0, 1), got {false_alarm_rate}")
         self.output_dir, self.false_alarm_rate, self.threshold = Path(output_dir), false_alarm_rate, threshold
         self.threshold_info = dict(threshold_info or {})
-        self.rows: list[dict[str, Any]] = []
+        self.writer = OODResultWriter(
+            output_dir, score_threshold=threshold, score_percentile=100.0 * (1.0 - false_alarm_rate),
+            save_maps=False, run_mode=run_mode, score_rule=self.threshold_info if threshold is not None else None,
+            config={"guard": {"detector": detector.name, "layers": list(detector.layers), "threshold": threshold,
+                              "false_alarm_rate": false_alarm_rate}},
+        )  # fmt: skip
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """The ``scores.csv`` rows of the run (all ranks' on rank 0 once the run ended)."""
+        return self.writer.rows
 
     def on_start(self, engine: Engine) -> None:
-        """Resolve the threshold."""
+        """Take the output folder and resolve the threshold (the detector's state is loaded by now)."""
         self.detector.check_fitted()
-        if self.threshold is None:  # the detector's split-conformal flag threshold; None when it refused
-            found = self.detector.calibration.thresholds(alpha=self.false_alarm_rate)
-            self.threshold = found.score
-            self.threshold_info = {**(found.score_rule or {}), **self.threshold_info}
-            if self.threshold is None:
-                logger.warning(
-                    "guard: no flag threshold (%s): scores are written, cases are not flagged",
-                    self.threshold_info.get("refused", "no calibration"),
-                )
-        self.rows = []
+        self.writer.calibration = None if self.threshold is not None else self.detector.calibration
+        self.writer.start(engine)
+        record = self.writer.resolve_thresholds()
+        self.threshold = record["score_threshold"]
+        self.threshold_info = {**(record["score_rule"] or {}), **self.threshold_info}
+        if self.threshold is None:
+            logger.warning(
+                "guard: no flag threshold (%s): scores are written, cases are not flagged",
+                self.threshold_info.get("refused", "no calibration"),
+            )
 
     def on_batch(self, engine: Engine, features: dict[str, Tensor]) -> None:
-        """Score and flag the cases of the batch."""
+        """Score the cases of the batch and hand their results to the writer."""
         out = self.detector.score_features(features)
-        names = _case_names(engine.state.batch, self.image_key, len(self.rows))
-        for name, score in zip(names, out.image_score.tolist()):
-            flagged = None if self.threshold is None else int(score > self.threshold)
-            self.rows.append({"case": name, "score": score, "flagged": flagged})
-            if flagged:
+        sources = _case_sources(engine.state.batch, self.image_key)
+        for source, score in zip(sources, out.image_score.tolist()):
+            case = case_name(source) if source else f"case_{len(self.writer.rows):04d}"
+            result = OODResult(case, float(score), image=source, extras={"detector": self.detector.name})
+            name = self.writer.write_result(result)
+            if result.flagged:
                 logger.warning(
                     "%s is out of distribution (score %.4g > %.4g): do not trust its output",
                     name,
@@ -295,22 +315,19 @@ class GuardScoreWriter(_HookedPass):
                 )
 
     def on_end(self, engine: Engine) -> None:
-        """Write scores.csv and guard.json (rank 0 of a sharded run, every rank's rows in datalist order)."""
-        loader = getattr(engine, "data_loader", None)
-        self.rows = merge_rows(self.rows, case_order(datalist_of(loader) or []), lambda r: r["case"], loader)
+        """Write scores.csv, thresholds.json, run.json (the writer) and guard.json (rank 0 of a sharded run)."""
+        self.writer.finalize()
         if get_rank() != 0:
             return
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        rows = [{"case": r["case"], "score": r["score"], "flagged": r["flagged"]} for r in self.rows]
-        rf.write_score_rows(self.output_dir / rf.SCORES_CSV, rows)  # medood.io.run_folder's layout
+        rows = self.writer.rows
         info = {
             "detector": self.detector.name,
             "layers": self.detector.layers,
             "threshold": self.threshold,
             "false_alarm_rate": self.threshold_info.get("alpha", self.false_alarm_rate),
             "threshold_rule": self.threshold_info,
-            "n_cases": len(self.rows),
-            "n_flagged": None if self.threshold is None else sum(r["flagged"] for r in self.rows),
+            "n_cases": len(rows),
+            "n_flagged": None if self.threshold is None else sum(int(r["flagged"] or 0) for r in rows),
             "score_convention": "higher = more out-of-distribution; flagged = score > threshold",
         }
         atomic_write_text(self.output_dir / "guard.json", json.dumps(info, indent=2) + "\n")

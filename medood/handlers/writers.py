@@ -169,6 +169,8 @@ class OODResultWriter:
             ``None`` reads ``MEDOOD_RUN_MODE``, else ``"new"``. Stale temporaries are removed in every mode.
         config: what identifies the run's settings in ``run.json`` (e.g. the bundle's parsed config); the writer's
             own settings are always added.
+        score_rule: what a given ``score_threshold`` guarantees (rule, ``alpha``, ``n`` ...), recorded as
+            ``score_rule`` in ``thresholds.json``. Defaults to ``None`` (the calibration's rule, if any).
         output_transform: maps ``engine.state.output`` to a list of per-case dicts. Defaults to identity.
         batch_transform: maps ``engine.state.batch`` to a list of per-case dicts (for labels kept in the
             batch only). Defaults to identity.
@@ -192,6 +194,7 @@ class OODResultWriter:
         overwrite: bool = True,
         run_mode: str | None = None,
         config: dict[str, Any] | None = None,
+        score_rule: dict[str, Any] | None = None,
         output_transform: Callable[[Any], Any] = lambda x: x,
         batch_transform: Callable[[Any], Any] = lambda x: x,
     ) -> None:
@@ -202,6 +205,7 @@ class OODResultWriter:
         self.calibration, self.map_percentile, self.score_percentile = calibration, map_percentile, score_percentile
         self.save_maps, self.window, self.overwrite = save_maps, window, overwrite
         self.map_name, self.case_key = map_name, case_key
+        self.score_rule = None if score_rule is None else dict(score_rule)
         self.output_transform, self.batch_transform = output_transform, batch_transform
         settings = {
             "map_name": map_name,
@@ -220,6 +224,7 @@ class OODResultWriter:
         self.slice_rows: list[tuple[str, int, int, float]] = []
         self._seen: dict[str, str] = {}
         self._resolved = False
+        self.thresholds: dict[str, Any] = {}
         self._started = False
         self._kept: dict[str, dict[str, Any]] = {}  # complete cases of the run resumed: {case: {"row", "slices"}}
         self._order: dict[str, int] | None = None  # datalist order of the cases (the order of the merged rows)
@@ -319,22 +324,29 @@ class OODResultWriter:
             return known
         return unique_case(case_name(source), source, self._seen)
 
-    def _resolve_thresholds(self) -> None:
-        """Take missing thresholds and the window from the healthy calibration (once, at the first case)."""
+    def resolve_thresholds(self) -> dict[str, Any]:
+        """Take missing thresholds and the window from the healthy calibration and write ``thresholds.json``.
+
+        Done once per run, at the first case unless called before (after the detector's state is loaded);
+        returns the record (:func:`thresholds_record`, ``score_rule`` completed by the writer's ``score_rule``).
+        """
+        if self._resolved:
+            return self.thresholds
         record = thresholds_record(
             self.calibration, self.map_percentile, self.score_percentile,
             map_threshold=self.threshold, score_threshold=self.score_threshold, window=self.window,
         )  # fmt: skip
+        if self.score_rule is not None:
+            record["score_rule"] = {**(record["score_rule"] or {}), **self.score_rule}
         self.threshold, self.score_threshold = record["map_threshold"], record["score_threshold"]
-        # ``flagged`` whenever a threshold or a calibration is given: blank when uncalibrated or refused
-        self._flag_column = self.score_threshold is not None or self.calibration is not None
         self.window = None if record["window"] is None else (record["window"][0], record["window"][1])
-        if self.threshold is None:
+        if self.threshold is None and self.save_maps:
             logger.warning(
                 "no map threshold (none given, none calibrated): no *_%s_seg masks are written", self.map_name
             )
-        self.calibration = None
+        self.calibration, self.thresholds, self._resolved = None, record, True
         write_thresholds(self.output_dir, record)
+        return record
 
     def write_case(self, item: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
         """Write one case's files and collect its rows; returns the case name.
@@ -343,25 +355,39 @@ class OODResultWriter:
         :class:`~medood.engines.OODEvaluator` adds); an item without one (a custom engine) is turned into a result
         from ``map_key`` / ``score_key`` by a default :class:`~medood.inferers.OODInferer`.
         """
-        if not self._started:
-            self.start()
-        if not self._resolved:
-            self._resolve_thresholds()
-            self._resolved = True
         result = item.get(RESULT_KEY)
         if not isinstance(result, OODResult):
             result = _fallback_result(item, extra or {}, self.map_key, self.score_key, self.case_key, self.label_key)
         if self.label_key is not None and result.label is None:
             lab = item.get(self.label_key, (extra or {}).get(self.label_key))
             result.label = None if lab is None else int(np.asarray(_to_numpy(lab)).reshape(-1)[0])
-        result.decide(self.score_threshold)
         named = None if self.case_key is None else item.get(self.case_key, (extra or {}).get(self.case_key))
-        if named is not None:
-            source = str(_to_numpy(named).reshape(-1)[0]).replace("/", "_")
-        else:
-            source = result.image or result.case or f"case_{len(self.rows):04d}"
+        source = None if named is None else str(_to_numpy(named).reshape(-1)[0]).replace("/", "_")
+        return self.write_result(result, source, item.get("image"))
+
+    def write_result(self, result: OODResult, source: str | None = None, image: Any = None) -> str:
+        """Decide, name and write one :class:`~medood.io.OODResult` (every source of results ends here).
+
+        Args:
+            result: the case's result; ``flagged`` / ``threshold`` are set from the run's score threshold and
+                ``case`` from the datalist's case names.
+            source: what names the case (default: the result's input file, else its case).
+            image: the case's image on the map's grid (2D overlays of inputs read from arrays).
+
+        Returns:
+            the case name. A result without a map is allowed with ``save_maps=False`` (a score-only source such
+            as :class:`~medood.handlers.guard.GuardScoreWriter`): it gives a row and no file.
+        """
+        if not self._started:
+            self.start()
+        self.resolve_thresholds()
+        result.decide(self.score_threshold)
+        source = source or result.image or result.case or f"case_{len(self.rows):04d}"
         case = result.case = self._unique_case(source)
         amap = result.anomaly_map
+        if amap is None and not self.save_maps:
+            self._collect(result)
+            return case
         if amap is None:
             raise ValueError(f"case {case}: no anomaly map to write (a detector without maps: use save_maps=False)")
         meta = getattr(amap, "meta", {}) or {}
@@ -377,7 +403,7 @@ class OODResultWriter:
         if arr.ndim == 3:
             self._write_3d(case, arr, meta)
         elif arr.ndim == 2:
-            self._write_2d(case, arr, meta, item.get("image"))
+            self._write_2d(case, arr, meta, image)
         else:
             raise ValueError(f"{source}: anomaly map has {arr.ndim} spatial dims after squeezing; expected 2 or 3")
         self._collect(result, [p for p in targets if p.is_file()])

@@ -20,6 +20,7 @@ from monai.networks.nets import UNet
 
 from medood.cli import main
 from medood.engines.guard import read_id_datalist
+from medood.io.run_folder import read_score_rows
 from medood.utils.checkpoints import save_state
 
 SIZE = 24
@@ -149,7 +150,8 @@ def test_guard_companion_bundle_keeps_outputs_and_flags_other_modalities(
                 "--output_dir", str(guarded))  # fmt: skip
     seg = sorted(p.name for p in plain.iterdir())
     assert len(seg) == 9 and all(n.endswith("_seg.nii.gz") for n in seg)
-    assert sorted(p.name for p in guarded.iterdir()) == sorted([*seg, "errors.csv", "guard.json", "scores.csv"])
+    outputs = [*seg, "errors.csv", "guard.json", "run.json", "scores.csv", "thresholds.json"]
+    assert sorted(p.name for p in guarded.iterdir()) == sorted(outputs)
     match, mismatch, errors = filecmp.cmpfiles(plain, guarded, seg, shallow=False)
     assert match == seg and not mismatch and not errors, "the original outputs are byte-identical"
 
@@ -161,3 +163,11 @@ def test_guard_companion_bundle_keeps_outputs_and_flags_other_modalities(
     assert all(rows[c]["flagged"] == "1" for c in rows if c.startswith("ood_"))
     info = json.loads((guarded / "guard.json").read_text())
     assert info["n_cases"] == 9 and info["threshold"] == pytest.approx(meta["threshold"])
+    # the guard's results go through the one run-folder writer: its reader, thresholds.json and run.json
+    parsed = read_score_rows(guarded / "scores.csv")
+    assert [r.case for r in parsed] == list(rows) and all(r.image and r.image.endswith(".nii.gz") for r in parsed)
+    recorded = json.loads((guarded / "thresholds.json").read_text())
+    assert recorded["score_threshold"] == pytest.approx(meta["threshold"])
+    assert recorded["score_rule"]["rule"] == "split-conformal" and recorded["map_threshold"] is None
+    manifest = json.loads((guarded / "run.json").read_text())
+    assert manifest["status"] == "complete" and manifest["cases"] == list(rows)

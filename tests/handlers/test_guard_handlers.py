@@ -15,6 +15,7 @@ from monai.networks.nets import UNet
 
 from medood.detectors.spectral import SpectralDetector
 from medood.handlers.guard import FeatureCalibrationHandler, FeatureFitHandler, GuardScoreWriter, item_features
+from medood.io.run_folder import read_score_rows
 from medood.networks.feature_maps import encoder_stages
 from medood.utils.conformal import conformal_threshold
 
@@ -79,3 +80,15 @@ def test_fit_calibrate_and_write_scores(tmp_path: Path, sliding: bool) -> None:
     info = json.loads((tmp_path / "out" / "guard.json").read_text())
     assert info["n_cases"] == 6 and info["threshold"] == pytest.approx(threshold) and info["detector"] == "spectral"
     assert all(not m._forward_hooks for m in net.modules()), "the handlers remove their hooks at the end of a run"
+    assert [r.flagged for r in read_score_rows(tmp_path / "out" / "scores.csv")] == [int(s > threshold) for s in scores]
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["cases"] == [r["case"] for r in rows]
+
+    # no threshold given: the detector's calibration (5 scores) refuses alpha 0.05; scores written, nothing flagged
+    refused = GuardScoreWriter(det, tmp_path / "refused", false_alarm_rate=0.05)
+    _run(net, _cases(3, 2), refused, inferer)
+    parsed = read_score_rows(tmp_path / "refused" / "scores.csv")
+    assert len(parsed) == 3 and all(r.flagged is None for r in parsed)
+    info = json.loads((tmp_path / "refused" / "guard.json").read_text())
+    assert info["threshold"] is None and info["n_flagged"] is None and "19" in info["threshold_rule"]["refused"]
+    recorded = json.loads((tmp_path / "refused" / "thresholds.json").read_text())
+    assert recorded["score_threshold"] is None and "refused" in recorded["score_rule"]
