@@ -9,7 +9,6 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "medood"
 #: file -> why a function-level import of medood stays there
 ALLOWED = {
-    "__init__.py": "the training backend registered by the root package (issue 30 item 5, not yet removed)",
     "detectors/registry.py": "importing medood.detectors on first lookup registers every detector module",
     "monailabel/server.py": "the optional MONAI Label extra is imported only when the server starts",
 }

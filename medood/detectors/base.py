@@ -11,8 +11,8 @@ Fitting has two parts, both driven by ``fit(loader)``:
 
 * **training** of the detector's own networks: a trained detector declares its stages as data
   (:meth:`OODDetector.training_stages`, :class:`~medood.detectors.stages.TrainingStage`) and ``fit`` hands them
-  to the training backend that the package root registers (:func:`medood.engines.fit.fit_detector`); no
-  detector imports the engines;
+  to the ``trainer`` its caller gives (:func:`medood.engines.fit_detector`); no detector imports the engines and
+  nothing is registered globally;
 * **statistics**, streamed: :meth:`OODDetector.partial_fit_features` once per batch and
   :meth:`OODDetector.finalize_fit` at the end, so memory does not grow with the number of training images.
 
@@ -38,7 +38,6 @@ from medood.detectors.stages import DeclaresStages
 from medood.utils.batch import as_plain_tensor, unpack_batch
 from medood.utils.enums import OODKeys
 from medood.utils.modules import ResizableBuffers
-from medood.utils.plugins import get_training_backend
 from medood.utils.reduce import reduce_map
 
 __all__ = [
@@ -172,23 +171,38 @@ class OODDetector(ResizableBuffers, DeclaresStages, nn.Module, ABC):
         """
         return {}
 
-    def fit(self: Self, loader: Iterable[Any], **train_options: Any) -> Self:
+    def fit(self: Self, loader: Iterable[Any], trainer: Callable[..., Any] | None = None, **train_options: Any) -> Self:
         """Fit on in-distribution data: train the declared stages, then stream the statistics.
 
         Args:
             loader: an iterable of batches (tensors, ``{"image", "label"}`` dicts or ``(image, label)`` tuples);
                 it must be re-iterable when the detector has training stages.
-            **train_options: forwarded to the training backend (``epochs``, ``lr``, ``device``, ``stages``, ...).
+            trainer: ``trainer(detector, loader, **train_options)`` trains the declared stages
+                (:func:`medood.engines.fit_detector`); required when the detector has training stages.
+            **train_options: forwarded to ``trainer`` (``epochs``, ``lr``, ``device``, ``stages``, ...).
 
         Returns:
             ``self``, fitted.
         """
         if self.training_stages():
-            get_training_backend()(self, loader, **train_options)
-            self.eval()
+            self.train_stages(loader, trainer, **train_options)
         if self.fits_statistics:
             self.fit_statistics(loader)
         return self.mark_fitted()  # type: ignore[return-value]
+
+    def train_stages(self, loader: Iterable[Any], trainer: Callable[..., Any] | None, **train_options: Any) -> None:
+        """Hand the declared stages to ``trainer`` (the caller's training step); eval mode afterwards.
+
+        Raises:
+            TypeError: no ``trainer`` given (the detector layer does not import the engines).
+        """
+        if trainer is None:
+            raise TypeError(
+                f"{type(self).__name__} trains networks ({[st.name for st in self.training_stages()]}): pass "
+                "trainer=medood.engines.fit_detector to fit, or train its stages with medood.engines.StageTrainer"
+            )
+        trainer(self, loader, **train_options)
+        self.eval()
 
     def fit_statistics(self, loader: Iterable[Any]) -> None:
         """Stream ``loader`` once through ``partial_fit_features`` and ``finalize_fit`` (no training)."""

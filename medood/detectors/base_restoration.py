@@ -7,13 +7,14 @@ volume back together, smooths it (min-pool then mean-pool, as in the authors' LS
 outside the eroded brain. 2D inputs ``(B, C, H, W)`` are single slices (position 0 unless given).
 
 Training is declared, not run here: the tokenizer stage (VQ-VAE on foreground slices) plus the subclass's
-token stages (:meth:`SliceRestorationDetector.training_stages`); :mod:`medood.engines` trains them.
+token stages (:meth:`SliceRestorationDetector.training_stages`), each with its data builder defined here
+(:func:`slice_batches`, :func:`token_batches`); :mod:`medood.engines` trains them.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,12 +23,44 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 from torch import Tensor
 
+from medood.data.tokens import collect_slices
 from medood.detectors.base import OODDetector, OODOutput
-from medood.detectors.stages import TrainingStage
+from medood.detectors.stages import TrainingStage, chunk_batches
 from medood.losses import VQVAELoss
 from medood.networks.nets.vq_tokenizer import SliceTokenizer
 from medood.transforms.slices import slice_positions
 from medood.utils.enums import OODKeys
+
+#: the smallest foreground fraction of a training slice (the tokenizer and token stages' data)
+TRAINING_SLICE_FOREGROUND = 0.05
+
+
+def _padded_slices(detector: SliceRestorationDetector, images: Sequence[Mapping[str, Tensor]]) -> tuple[Tensor, Tensor]:
+    slices, positions = collect_slices(images, detector.slice_axis, min_foreground=TRAINING_SLICE_FOREGROUND)
+    return detector.pad_slices(slices)[0], positions
+
+
+def slice_batches(
+    detector: SliceRestorationDetector, stage: TrainingStage, images: Sequence[Mapping[str, Tensor]],
+    batch_size: int, device: torch.device | None = None, **options: Any,
+) -> list[dict[str, Tensor]]:  # fmt: skip
+    """The tokenizer stage's data: the images' foreground slices (padded) and positions ``{input_key, "position"}``."""
+    slices, positions = _padded_slices(detector, images)
+    return chunk_batches({stage.input_key: slices, "position": positions}, batch_size)
+
+
+def token_batches(
+    detector: SliceRestorationDetector, stage: TrainingStage, images: Sequence[Mapping[str, Tensor]],
+    batch_size: int, device: torch.device | None = None, **options: Any,
+) -> list[dict[str, Tensor]]:  # fmt: skip
+    """The token stages' data: those slices tokenized once by the trained tokenizer ``{input_key, "position"}``."""
+    slices, positions = _padded_slices(detector, images)
+    grids = []
+    with torch.no_grad():
+        for i in range(0, slices.shape[0], batch_size):
+            chunk = slices[i : i + batch_size].to(device)
+            grids.append(detector.tokenize(chunk, positions[i : i + batch_size].to(device)).cpu())
+    return chunk_batches({stage.input_key: torch.cat(grids), "position": positions}, batch_size)
 
 __all__ = ["SliceRestorationDetector"]
 
@@ -226,7 +259,7 @@ class SliceRestorationDetector(OODDetector):
             "tokenizer",
             "tokenizer",
             VQVAELoss,
-            data="slices",
+            build_data=slice_batches,
             target_key="position",
             **self._stage_defaults("tokenizer"),
         )
@@ -249,7 +282,7 @@ class SliceRestorationDetector(OODDetector):
     def _token_stage(self, name: str, network: str, loss: Any, **loss_kwargs: Any) -> TrainingStage:
         """A stage trained on token grids ``{"tokens", "position"}`` of the healthy slices."""
         return TrainingStage(
-            name, network, loss, loss_kwargs, data="tokens", input_key="tokens", target_key="position",
+            name, network, loss, loss_kwargs, build_data=token_batches, input_key="tokens", target_key="position",
             **self._stage_defaults(name),
         )  # fmt: skip
 

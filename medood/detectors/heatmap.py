@@ -35,7 +35,7 @@ References:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from medood.detectors.base import OODOutput
 from medood.detectors.base_posthoc import FEATURES, LOGITS, ClassifierDetector
+from medood.detectors.heatmap_data import ood_pair_batches
 from medood.detectors.registry import register_detector
 from medood.detectors.stages import TrainingStage
 from medood.losses import HeatmapLoss
@@ -52,7 +53,6 @@ from medood.losses.heatmap import TARGET_KEYS
 from medood.networks.hooks import flatten_features
 from medood.networks.nets.heatmap_decoder import HeatmapDecoder
 from medood.transforms.corruptions import CORRUPTIONS, Corrupt
-from medood.utils.plugins import get_training_backend
 
 __all__ = ["DEFAULT_AUX_CORRUPTIONS", "HeatmapDetector"]
 
@@ -189,29 +189,31 @@ class HeatmapDetector(ClassifierDetector):
         self.partial_fit_features({FEATURES: features})
         self.finalize_fit()
 
-    def fit(self, loader: Iterable[Any], **train_options: Any) -> HeatmapDetector:
+    def fit(
+        self, loader: Iterable[Any], trainer: Callable[..., Any] | None = None, **train_options: Any
+    ) -> HeatmapDetector:
         """Fit the feature range, then train the decoder on the ID images and their corrupted copies.
 
         Args:
             loader: ID training batches (re-iterable); labels are not needed (targets use predicted classes).
-            **train_options: forwarded to the training backend (``epochs``, ``lr``, ``device``, ...).
+            trainer: the training step (:func:`medood.engines.fit_detector`), see :meth:`OODDetector.fit`.
+            **train_options: forwarded to ``trainer`` (``epochs``, ``lr``, ``device``, ...).
         """
         self.fit_statistics(loader)  # the decoder's input normalisation must exist before it is trained
-        get_training_backend()(self, loader, **train_options)
-        self.eval()
+        self.train_stages(loader, trainer, **train_options)
         return self.mark_fitted()  # type: ignore[return-value]
 
     def training_stages(self) -> tuple[TrainingStage, ...]:
         """One stage: the decoder, on ID images (target = itself) and auxiliary OOD images (nearest ID image).
 
         Batches hold ``image``, ``target`` and the classifier's ``features`` (normalised) and ``pred``, computed
-        once when the targets are searched (:mod:`medood.engines.heatmap`).
+        once when the targets are searched (:mod:`medood.detectors.heatmap_data`).
         """
         return (
             TrainingStage(
                 "decoder", "decoder", HeatmapLoss, {"weight": self.loss_weight, "input_range": self.loss_input_range},
-                data="ood_pairs", target_key=TARGET_KEYS, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-                optimizer_kwargs={"betas": (0.5, 0.999)},
+                build_data=ood_pair_batches, target_key=TARGET_KEYS, epochs=self.epochs, lr=self.lr,
+                batch_size=self.batch_size, optimizer_kwargs={"betas": (0.5, 0.999)},
             ),
         )  # fmt: skip
 

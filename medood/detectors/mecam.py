@@ -139,7 +139,6 @@ class MECAMDetector(OODDetector):
                 network="net",
                 loss=MultiExitStageLoss,
                 loss_kwargs={"weights": self.exit_weights},
-                data="images",
                 target_key=OODKeys.LABEL.value,
                 epochs=self.epochs,
                 lr=self.lr,

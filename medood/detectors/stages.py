@@ -3,29 +3,44 @@
 A detector that owns networks (autoencoder, VQ-VAE tokenizer, token transformers, ...) returns its stages from
 :meth:`~medood.detectors.base.OODDetector.training_stages`, in order. Each names the submodule it trains, the
 stage loss (a class of :mod:`medood.losses` with the ``loss(network, inputs, targets) -> (loss, outputs)``
-interface), the batch keys and what the stage trains on, plus the defaults ``detector.fit`` uses. The engines
+interface), the batch keys, the **data builder** of its training batches (defined next to the method: the
+restoration detectors' slices and tokens in :mod:`~medood.detectors.base_restoration`, the heatmap decoder's OOD
+pairs in :mod:`~medood.detectors.heatmap_data`), plus the defaults of an in-memory fit. The engines
 (:class:`~medood.engines.StageTrainer`, :func:`~medood.engines.fit.fit_detector`) turn a stage into an Ignite
-trainer; the bundles' stage configs build the same :class:`~medood.engines.StageTrainer` with their own
-optimiser, schedule, validation and checkpoints.
+trainer; ``detector.fit(loader, trainer=medood.engines.fit_detector)`` hands the stages to that function (the
+detector layer never imports the engines, and nothing is registered globally); the bundles' stage configs build
+the same :class:`~medood.engines.StageTrainer` with their own optimiser, schedule, validation and checkpoints.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-__all__ = ["STAGE_DATA", "DeclaresStages", "TrainingStage"]
+__all__ = ["DeclaresStages", "StageData", "TrainingStage", "chunk_batches", "image_batches"]
 
-#: What a stage can train on. ``images``: the loader's batches as they are; ``slices``: the 2D foreground slices
-#: of the images with their normalised position (``{"image", "position"}``), padded to the detector's stride;
-#: ``tokens``: those slices tokenized once by the detector's (already trained) tokenizer (``{"tokens",
-#: "position"}``); ``ood_pairs``: the images with a ``"target"`` each (themselves) plus auxiliary OOD images
-#: with their nearest same-class in-distribution image as target (the heatmap decoder;
-#: :func:`medood.engines.heatmap.ood_pairs`).
-STAGE_DATA = ("images", "slices", "tokens", "ood_pairs")
+#: a stage's data builder: ``build_data(detector, stage, images, batch_size, device, **options)`` -> in-memory
+#: training batches, from the loader's image batches ``[{"image": (B, C, *S)[, "label"]}, ...]``; ``options`` are
+#: the fit's ``stage_options`` (e.g. the heatmap decoder's ``aux_images``), ignored by builders that need none.
+StageData = Callable[..., list[dict[str, Tensor]]]
+
+
+def image_batches(
+    detector: nn.Module, stage: TrainingStage, images: Sequence[Mapping[str, Tensor]], batch_size: int,
+    device: torch.device | None = None, **options: Any,
+) -> list[dict[str, Tensor]]:  # fmt: skip
+    """The default data builder: the loader's batches as they are."""
+    return [dict(b) for b in images]
+
+
+def chunk_batches(columns: Mapping[str, Tensor], batch_size: int) -> list[dict[str, Tensor]]:
+    """Batches of ``batch_size`` rows of equally long ``columns`` (``{key: (N, ...)}``), in order."""
+    n = next(iter(columns.values())).shape[0]
+    return [{k: v[i : i + batch_size] for k, v in columns.items()} for i in range(0, n, batch_size)]
 
 
 @dataclass(frozen=True)
@@ -37,14 +52,13 @@ class TrainingStage:
         network: attribute path of the trained submodule in the detector (``"tokenizer"``, ``"net"``).
         loss: the loss class; called as ``loss(**loss_kwargs)``.
         loss_kwargs: its constructor arguments.
-        data: one of :data:`STAGE_DATA`.
+        build_data: the stage's data builder (:data:`StageData`). Defaults to :func:`image_batches`.
         input_key: batch key of the network input. Defaults to ``"image"``.
         target_key: batch key handed second to the loss (``None`` = nothing; several keys = a dict of them).
             Defaults to ``None``.
         epochs: epochs ``detector.fit`` runs. Defaults to 20.
         lr: Adam learning rate of ``detector.fit``. Defaults to 1e-3.
-        batch_size: batch size of the ``slices`` / ``tokens`` / ``ood_pairs`` data ``detector.fit`` builds.
-            Defaults to 32.
+        batch_size: batch size of the data ``build_data`` builds for an in-memory fit. Defaults to 32.
         optimizer_kwargs: further Adam arguments of ``detector.fit`` (e.g. ``{"betas": (0.5, 0.999)}``).
             Defaults to none.
     """
@@ -53,7 +67,7 @@ class TrainingStage:
     network: str
     loss: Callable[..., nn.Module]
     loss_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    data: str = "images"
+    build_data: StageData = image_batches
     input_key: str = "image"
     target_key: str | tuple[str, ...] | None = None
     epochs: int = 20
@@ -62,8 +76,8 @@ class TrainingStage:
     optimizer_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.data not in STAGE_DATA:
-            raise ValueError(f"stage {self.name!r}: data must be one of {STAGE_DATA}, got {self.data!r}")
+        if not callable(self.build_data):
+            raise TypeError(f"stage {self.name!r}: build_data must be callable, got {self.build_data!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"stage {self.name!r}: epochs and batch_size must be >= 1 and lr > 0")
 

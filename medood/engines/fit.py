@@ -3,8 +3,8 @@
 A trained detector declares its stages as data (:class:`~medood.detectors.stages.TrainingStage`).
 :class:`StageTrainer` turns one stage into an Ignite trainer (the declared network, loss and batch keys); the
 bundles' stage configs build it with their own optimiser, schedule, validation and checkpoints, and
-:func:`fit_detector` (what ``detector.fit`` calls through the package's training backend) builds it with Adam
-and the declared defaults, one stage after the other, on in-memory data.
+:func:`fit_detector` (the ``trainer`` callers hand to ``detector.fit``) builds it with Adam and the declared
+defaults, one stage after the other, on the in-memory data each stage's own builder makes.
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from medood.data.tokens import collect_slices
 from medood.detectors.base import OODDetector
 from medood.detectors.heatmap import HeatmapDetector
 from medood.detectors.stages import TrainingStage
-from medood.engines.heatmap import ood_pairs
 from medood.engines.prepare import PrepareKeys
 from medood.engines.trainers import StepEvaluator, StepTrainer
 from medood.handlers.progress import ProgressBar
@@ -94,11 +92,6 @@ def _image_batches(loader: Iterable[Any]) -> list[dict[str, Tensor]]:
     return out
 
 
-def _chunks(items: Mapping[str, Tensor], batch_size: int) -> list[dict[str, Tensor]]:
-    n = next(iter(items.values())).shape[0]
-    return [{k: v[i : i + batch_size] for k, v in items.items()} for i in range(0, n, batch_size)]
-
-
 def stage_batches(
     detector: Any,
     stage: TrainingStage,
@@ -107,26 +100,11 @@ def stage_batches(
     device: torch.device,
     **options: Any,
 ) -> list[dict[str, Tensor]]:
-    """The in-memory training batches of ``stage`` (see :data:`~medood.detectors.stages.STAGE_DATA`).
+    """The in-memory training batches of ``stage``: its own data builder (``stage.build_data``) on ``images``.
 
-    ``slices`` and ``tokens`` use the restoration detectors' slicing (``slice_axis``, ``pad_slices``) and their
-    trained tokenizer (``tokenize``); ``ood_pairs`` is :func:`medood.engines.heatmap.ood_pairs` (``options``:
-    its ``aux_images``).
+    ``options`` are the builder's extra arguments (e.g. the heatmap decoder's ``aux_images``).
     """
-    if stage.data == "images":
-        return [dict(b) for b in images]
-    if stage.data == "ood_pairs":
-        return ood_pairs(detector, images, batch_size, device, **options)
-    slices, positions = collect_slices(images, detector.slice_axis, min_foreground=0.05)
-    slices, _ = detector.pad_slices(slices)
-    if stage.data == "slices":
-        return _chunks({stage.input_key: slices, "position": positions}, batch_size)
-    grids = []
-    with torch.no_grad():
-        for i in range(0, slices.shape[0], batch_size):
-            chunk = slices[i : i + batch_size].to(device)
-            grids.append(detector.tokenize(chunk, positions[i : i + batch_size].to(device)).cpu())
-    return _chunks({stage.input_key: torch.cat(grids), "position": positions}, batch_size)
+    return stage.build_data(detector, stage, images, batch_size, device, **options)
 
 
 def _epochs_of(spec: TrainingStage, epochs: int | Mapping[str, int] | None) -> int:
@@ -208,5 +186,5 @@ def train_heatmap_decoder(
     if aux_loader is not None:
         aux = torch.cat([as_plain_tensor(unpack_batch(b)[0]).float().cpu() for b in aux_loader])
     detector.fit_statistics(id_loader)
-    fit_detector(detector, id_loader, stage_options={"aux_images": aux}, **train_options)
+    detector.train_stages(id_loader, fit_detector, stage_options={"aux_images": aux}, **train_options)
     return detector.mark_fitted()  # type: ignore[return-value]

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from medood.detectors import NotFittedError, OODDetector, detector_classes, get_detector_class
+from medood.engines.fit import fit_detector as fit_trainer
 from tests.detectors.posthoc_utils import KNOWN_DIRECTION_FAILURES
 from tests.helpers import toy
 
@@ -39,7 +40,8 @@ def fit_detector(name: str, sd: int) -> OODDetector:
     torch.manual_seed(0)
     det = make_detector(name, sd)
     trained = bool(det.training_stages())
-    det.fit(toy.id_loader(sd, n=48 if sd == 2 else 12, batch_size=12) if trained else toy.id_loader(sd))
+    loader = toy.id_loader(sd, n=48 if sd == 2 else 12, batch_size=12) if trained else toy.id_loader(sd)
+    det.fit(loader, trainer=fit_trainer if trained else None)  # the engines' training step (no global backend)
     return det.eval()
 
 

@@ -7,7 +7,9 @@ import torch
 
 from medood.detectors import NotFittedError, get_detector
 from medood.detectors.heatmap import HeatmapDetector
+from medood.detectors.heatmap_data import ood_pair_batches
 from medood.detectors.posthoc import score_many
+from medood.engines.fit import fit_detector
 from medood.engines.heatmap import ood_pairs
 from tests.helpers import toy
 
@@ -54,7 +56,7 @@ def test_fit_keeps_the_classifier_frozen_and_trains_the_decoder() -> None:
     before = {k: v.clone() for k, v in net.state_dict().items()}
     det = HeatmapDetector(model=net, **{**HeatmapDetector.tiny_config(2), "epochs": 5})
     dec_before = {k: v.clone() for k, v in det.decoder.state_dict().items()}
-    det.fit(toy.id_loader(2, n=24, batch_size=12), progress=False)
+    det.fit(toy.id_loader(2, n=24, batch_size=12), trainer=fit_detector, progress=False)
     assert not net.training
     for k, v in net.state_dict().items():
         torch.testing.assert_close(v, before[k], msg=f"classifier weight {k} changed")
@@ -65,7 +67,7 @@ def test_fit_keeps_the_classifier_frozen_and_trains_the_decoder() -> None:
 def test_declared_stage_is_the_papers_optimiser_on_ood_pairs() -> None:
     det = HeatmapDetector(in_features=4, num_classes=2, image_size=8, in_channels=1)
     (stage,) = det.training_stages()
-    assert (stage.name, stage.network, stage.data) == ("decoder", "decoder", "ood_pairs")
+    assert (stage.name, stage.network, stage.build_data) == ("decoder", "decoder", ood_pair_batches)
     assert stage.target_key == ("target", "features", "pred")
     assert (stage.lr, stage.epochs, stage.batch_size, dict(stage.optimizer_kwargs)) == (
         2e-4,
@@ -83,7 +85,7 @@ def test_trained_maps_are_near_zero_on_id_and_large_on_auxiliary_ood() -> None:
     torch.manual_seed(0)
     det = get_detector("heatmap", model=toy.trained_classifier(2), **HeatmapDetector.tiny_config(2))
     loader = toy.id_loader(2, n=48, batch_size=12)
-    det.fit(loader, progress=False)
+    det.fit(loader, trainer=fit_detector, progress=False)
     pairs = ood_pairs(det, loader, 256)[0]  # the training pairs (the same seeded corruptions)
     is_aux = (pairs["image"] != pairs["target"]).flatten(1).any(1)
     with torch.no_grad():

@@ -14,7 +14,7 @@ from monai.data import DataLoader, Dataset
 
 from medood.detectors import MECAMDetector, NotFittedError
 from medood.detectors.mecam import all_exit_subsets, parse_exits
-from medood.engines import OODEvaluator
+from medood.engines import OODEvaluator, fit_detector
 from medood.handlers import CalibrationHandler, OODResultWriter
 from medood.inferers import OODInferer
 from medood.losses import MECAM_EXIT_WEIGHTS
@@ -148,7 +148,7 @@ def test_fit_trains_the_classifier_with_the_multi_exit_loss() -> None:
     assert det.stage_network("classifier") is det.net
     x, y = toy.blob_images(2, 30, seed=5)
     before = (det.net.eval()(x)[-1].argmax(1) == y).float().mean()
-    det.fit(toy.id_loader(2, n=48, batch_size=12), progress=False)
+    det.fit(toy.id_loader(2, n=48, batch_size=12), trainer=fit_detector, progress=False)
     assert det.is_fitted
     with torch.no_grad():
         after = (det.net(x)[-1].argmax(1) == y).float().mean()

@@ -34,7 +34,9 @@ from PIL import Image
 
 ZOO = Path(__file__).resolve().parents[1] / "data" / "model_zoo"
 REPO = Path(__file__).resolve().parents[2]
-GUARD_FILES = ("scores.csv", "guard.json", "errors.csv")  # errors.csv: the cases the guard skipped (empty if none)
+#: what the guard adds to the original outputs (errors.csv: the cases it skipped, empty if none; scores.csv,
+#: thresholds.json and run.json: the run-folder files of its results)
+GUARD_FILES = ("scores.csv", "guard.json", "errors.csv", "thresholds.json", "run.json")
 
 # ----------------------------------------------------------------------------------------------- synthetic cases
 
