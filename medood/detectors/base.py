@@ -33,12 +33,12 @@ from typing import Any, ClassVar, NamedTuple, TypeVar
 import torch
 from torch import Tensor, nn
 
+from medood.detectors._maps import MapScoring
 from medood.detectors.calibration import Calibration
 from medood.detectors.stages import DeclaresStages
 from medood.utils.batch import as_plain_tensor, unpack_batch
 from medood.utils.enums import OODKeys
 from medood.utils.modules import ResizableBuffers
-from medood.utils.reduce import reduce_map
 
 __all__ = [
     "NotFittedError",
@@ -69,7 +69,7 @@ class OODOutput(NamedTuple):
     extras: dict[str, Tensor] | None = None
 
 
-class OODDetector(ResizableBuffers, DeclaresStages, nn.Module, ABC):
+class OODDetector(ResizableBuffers, DeclaresStages, MapScoring, nn.Module, ABC):
     """Base class of every OOD / anomaly detector.
 
     Subclasses set the class attributes and implement :meth:`score_features`; detectors that need fitting
@@ -93,13 +93,9 @@ class OODDetector(ResizableBuffers, DeclaresStages, nn.Module, ABC):
     name: ClassVar[str] = ""
     requires_fit: ClassVar[bool] = True
     requires_training: ClassVar[bool] = False
-    produces_map: ClassVar[bool] = False
     needs_model: ClassVar[bool] = False
     needs_input_grad: ClassVar[bool] = False
-    score_from_map: ClassVar[bool] = True
     supported_spatial_dims: ClassVar[tuple[int, ...]] = (2, 3)
-    score_reduction: str = "topk"
-    score_k: int | float = 0.001
     _fitted: Tensor
 
     def __init__(self) -> None:
@@ -190,20 +186,6 @@ class OODDetector(ResizableBuffers, DeclaresStages, nn.Module, ABC):
             self.fit_statistics(loader)
         return self.mark_fitted()  # type: ignore[return-value]
 
-    def train_stages(self, loader: Iterable[Any], trainer: Callable[..., Any] | None, **train_options: Any) -> None:
-        """Hand the declared stages to ``trainer`` (the caller's training step); eval mode afterwards.
-
-        Raises:
-            TypeError: no ``trainer`` given (the detector layer does not import the engines).
-        """
-        if trainer is None:
-            raise TypeError(
-                f"{type(self).__name__} trains networks ({[st.name for st in self.training_stages()]}): pass "
-                "trainer=medood.engines.fit_detector to fit, or train its stages with medood.engines.StageTrainer"
-            )
-        trainer(self, loader, **train_options)
-        self.eval()
-
     def fit_statistics(self, loader: Iterable[Any]) -> None:
         """Stream ``loader`` once through ``partial_fit_features`` and ``finalize_fit`` (no training)."""
         self.reset_fit()
@@ -285,32 +267,7 @@ class OODDetector(ResizableBuffers, DeclaresStages, nn.Module, ABC):
                 f"got a tensor of shape {tuple(x.shape)}"
             )
 
-    # ------------------------------------------------------------------ maps -> scores
-    def foreground_mask(self, x: Tensor) -> Tensor | None:
-        """The voxels that count for the image score (``None`` = all). Brain detectors use the brain mask."""
-        return None
-
-    @property
-    def map_has_threshold(self) -> bool:
-        """Whether healthy map values give a mask threshold (the map defines the score; not an explanation map)."""
-        return self.produces_map and self.score_from_map
-
-    def map_score(self, anomaly_map: Tensor, x: Tensor, foreground: Tensor | None = None) -> Tensor:
-        """``(B,)`` scores of maps ``(B, 1, *S)``: ``score_reduction`` over ``foreground`` or ``foreground_mask(x)``.
-
-        The one definition of a map detector's image score (``score`` and :meth:`infer` use it); ``foreground`` is
-        the batch's, from :class:`medood.transforms.Foregroundd`.
-
-        Raises:
-            NotImplementedError: the map explains the score but does not define it (``score_from_map = False``).
-        """
-        if not self.score_from_map:
-            raise NotImplementedError(
-                f"{type(self).__name__}'s map explains its score but does not define it: use score(x).image_score"
-            )
-        mask = foreground.bool() if foreground is not None else self.foreground_mask(x)
-        return reduce_map(anomaly_map, self.score_reduction, self.score_k, mask)
-
+    # ------------------------------------------------------------------ maps -> scores (MapScoring), one call
     def infer(
         self,
         x: Tensor,

@@ -14,7 +14,7 @@ the same :class:`~medood.engines.StageTrainer` with their own optimiser, schedul
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,3 +106,17 @@ class DeclaresStages(nn.Module):
         for part in self.stage(name).network.split("."):
             module = getattr(module, part)
         return module
+
+    def train_stages(self, loader: Iterable[Any], trainer: Callable[..., Any] | None, **train_options: Any) -> None:
+        """Hand the declared stages to ``trainer`` (the caller's training step); eval mode afterwards.
+
+        Raises:
+            TypeError: no ``trainer`` given (the detector layer does not import the engines).
+        """
+        if trainer is None:
+            raise TypeError(
+                f"{type(self).__name__} trains networks ({[st.name for st in self.training_stages()]}): pass "
+                "trainer=medood.engines.fit_detector to fit, or train its stages with medood.engines.StageTrainer"
+            )
+        trainer(self, loader, **train_options)
+        self.eval()
