@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from medood.detectors._maps import MapScoring
 from medood.detectors.calibration import Calibration
-from medood.detectors.stages import DeclaresStages
+from medood.detectors.stages import DeclaresStages, Trainer
 from medood.utils.batch import as_plain_tensor, unpack_batch
 from medood.utils.enums import OODKeys
 from medood.utils.modules import ResizableBuffers
@@ -167,7 +167,7 @@ class OODDetector(ResizableBuffers, DeclaresStages, MapScoring, nn.Module, ABC):
         """
         return {}
 
-    def fit(self: Self, loader: Iterable[Any], trainer: Callable[..., Any] | None = None, **train_options: Any) -> Self:
+    def fit(self: Self, loader: Iterable[Any], trainer: Trainer | None = None, **train_options: Any) -> Self:
         """Fit on in-distribution data: train the declared stages, then stream the statistics.
 
         Args:
@@ -203,19 +203,22 @@ class OODDetector(ResizableBuffers, DeclaresStages, MapScoring, nn.Module, ABC):
         self.finalize_fit()
         logger.info("%s: statistics fitted on %d batches", type(self).__name__, n_batches)
 
-    def fit_features(self: Self, features: Mapping[str, Tensor], labels: Tensor | None = None) -> Self:
+    def fit_features(
+        self: Self, features: Mapping[str, Tensor], labels: Tensor | None = None, trainer: Trainer | None = None
+    ) -> Self:
         """Fit on precomputed features of the whole in-distribution training set.
 
         Args:
             features: mapping of feature name to ``(N, ...)`` tensors.
             labels: ``(N,)`` class labels, for class-conditional detectors.
+            trainer: the training step of a detector with training stages (see :meth:`fit`).
 
         Returns:
             ``self``, fitted.
         """
         if self.training_stages():  # trained detectors: the features are images, one in-memory batch
             batch = {**features, **({OODKeys.LABEL.value: labels} if labels is not None else {})}
-            return self.fit([batch])
+            return self.fit([batch], trainer=trainer)
         self.reset_fit()
         with torch.no_grad():
             self.partial_fit_features(features, labels)

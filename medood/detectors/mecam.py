@@ -90,7 +90,7 @@ class MECAMDetector(OODDetector):
     Example::
 
         det = MECAMDetector({"spatial_dims": 2, "in_channels": 3, "num_classes": 8})
-        det.fit(labelled_loader)                    # trains the multi-exit classifier
+        det.fit(labelled_loader, trainer=fit_detector)   # trains the multi-exit classifier (medood.engines)
         out = det.score(images)                     # out.image_score: -MSE, higher = more OOD
         cam = out.anomaly_map                       # fused CAM (B, 1, H, W): an explanation, not a mask
     """

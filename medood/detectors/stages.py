@@ -21,12 +21,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DeclaresStages", "StageData", "TrainingStage", "chunk_batches", "image_batches"]
+__all__ = ["DeclaresStages", "StageData", "Trainer", "TrainingStage", "chunk_batches", "image_batches"]
 
 #: a stage's data builder: ``build_data(detector, stage, images, batch_size, device, **options)`` -> in-memory
 #: training batches, from the loader's image batches ``[{"image": (B, C, *S)[, "label"]}, ...]``; ``options`` are
 #: the fit's ``stage_options`` (e.g. the heatmap decoder's ``aux_images``), ignored by builders that need none.
 StageData = Callable[..., list[dict[str, Tensor]]]
+#: the training step a caller hands to ``detector.fit``: ``trainer(detector, loader, **options)`` trains the stages
+#: (:func:`medood.engines.fit_detector`)
+Trainer = Callable[..., Any]
 
 
 def image_batches(
@@ -107,7 +110,7 @@ class DeclaresStages(nn.Module):
             module = getattr(module, part)
         return module
 
-    def train_stages(self, loader: Iterable[Any], trainer: Callable[..., Any] | None, **train_options: Any) -> None:
+    def train_stages(self, loader: Iterable[Any], trainer: Trainer | None, **train_options: Any) -> None:
         """Hand the declared stages to ``trainer`` (the caller's training step); eval mode afterwards.
 
         Raises:

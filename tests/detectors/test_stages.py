@@ -45,6 +45,8 @@ def test_a_trainable_detector_trains_with_the_step_its_caller_gives() -> None:
     calls: list[tuple[Any, dict[str, Any]]] = []
     det.fit(loader, trainer=lambda d, data, **kw: calls.append((d, kw)), epochs=3)
     assert calls == [(det, {"epochs": 3})] and det.is_fitted and not det.training
+    det.fit_features({"image": torch.rand(2, 1, 16, 16)}, trainer=lambda d, data, **kw: calls.append((d, data)))
+    assert calls[1][0] is det and tuple(calls[1][1][0]["image"].shape) == (2, 1, 16, 16), "one in-memory batch"
 
     before = {k: v.clone() for k, v in det.net.state_dict().items()}
     det.fit(loader, trainer=fit_detector, epochs=1, progress=False)  # the engines' step really trains the network

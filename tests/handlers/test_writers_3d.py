@@ -23,7 +23,7 @@ from monai.transforms import (
 )
 
 from medood.detectors import get_detector
-from medood.engines import OODEvaluator
+from medood.engines import OODEvaluator, fit_detector
 from medood.handlers import CalibrationHandler, OODResultWriter
 from medood.inferers import OODInferer
 from medood.utils.reduce import reduce_slices
@@ -70,7 +70,7 @@ def _pipeline(paths, det, writer_or_handler, extra_handlers=()):
 def trained_ae():
     torch.manual_seed(0)
     det = get_detector("ae", spatial_dims=3, channels=(4, 8), strides=(2, 2), epochs=2)
-    det.fit([torch.rand(2, 1, 8, 8, 8)])
+    det.fit([torch.rand(2, 1, 8, 8, 8)], trainer=fit_detector)
     return det.eval()
 
 
