@@ -31,6 +31,8 @@ from medood.networks.nets.vq_tokenizer import SliceTokenizer
 from medood.transforms.slices import slice_positions
 from medood.utils.enums import OODKeys
 
+__all__ = ["TRAINING_SLICE_FOREGROUND", "SliceRestorationDetector", "slice_batches", "token_batches"]
+
 #: the smallest foreground fraction of a training slice (the tokenizer and token stages' data)
 TRAINING_SLICE_FOREGROUND = 0.05
 
@@ -61,8 +63,6 @@ def token_batches(
             chunk = slices[i : i + batch_size].to(device)
             grids.append(detector.tokenize(chunk, positions[i : i + batch_size].to(device)).cpu())
     return chunk_batches({stage.input_key: torch.cat(grids), "position": positions}, batch_size)
-
-__all__ = ["SliceRestorationDetector"]
 
 
 def _pool(x: Tensor, kernel: int, kind: str) -> Tensor:

@@ -39,6 +39,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+
 def _uniform(item: Mapping[str, Any], source: str) -> dict[str, Any]:
     """The training keys only, the same for every item (so ID and auxiliary items collate into one batch)."""
     return {
