@@ -21,14 +21,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from medood.data.shard import case_order, datalist_of, merge_rows
+from medood.data.shard import case_order, datalist_of, item_case, merge_rows
 from medood.detectors.base_featuremap import FeatureMapDetector
+from medood.handlers.resume import ResumableRun, outputs_valid
 from medood.io import run_folder as rf
 from medood.networks.feature_maps import FeatureRecorder
 from medood.utils.checkpoints import save_state
@@ -247,6 +249,16 @@ class GuardScoreWriter(_HookedPass):
         image_key: batch key of the image. Defaults to ``"image"``.
         threshold_info: what the threshold guarantees (rule, ``alpha``, ``n``, rank, warnings), copied into
             ``guard.json``. Defaults to ``None``.
+        run_folder: own ``output_dir`` as a run folder (:class:`medood.io.RunFolder`: ``run.json``, a progress
+            journal, ``run_mode``): a resumed run keeps the cases whose row is recorded and whose ``case_files`` are
+            whole, and runs the network on the batches of the others only
+            (:class:`medood.handlers.resume.ResumableRun`). Defaults to ``False`` (a guard added to another bundle
+            writes beside that bundle's outputs).
+        run_mode: ``"new"``, ``"resume"`` or ``"overwrite"`` (``None``: ``MEDOOD_RUN_MODE``, else ``"new"``); used
+            with ``run_folder`` only.
+        case_files: the files the run writes per case besides the scores, as patterns of ``{case}`` (e.g.
+            ``["{case}_seg.nii.gz"]`` for a ``SaveImaged`` of the segmentation): a resumed case needs them whole.
+        config: what identifies the run's settings in ``run.json`` (the writer's own are always added).
     """
 
     def __init__(
@@ -257,6 +269,10 @@ class GuardScoreWriter(_HookedPass):
         false_alarm_rate: float = 0.05,
         image_key: str = "image",
         threshold_info: dict[str, Any] | None = None,
+        run_folder: bool = False,
+        run_mode: str | None = None,
+        case_files: Sequence[str] = (),
+        config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(detector, image_key)
         if not 0.0 < false_alarm_rate < 1.0:
@@ -264,6 +280,13 @@ class GuardScoreWriter(_HookedPass):
         self.output_dir, self.false_alarm_rate, self.threshold = Path(output_dir), false_alarm_rate, threshold
         self.threshold_info = dict(threshold_info or {})
         self.rows: list[dict[str, Any]] = []
+        self.case_files = list(case_files)
+        self.resume: ResumableRun | None = None
+        if run_folder:
+            settings = {"detector": detector.name, "layers": list(detector.layers), "threshold": threshold,
+                        "false_alarm_rate": false_alarm_rate, "case_files": self.case_files}  # fmt: skip
+            run = rf.RunFolder(self.output_dir, {**(config or {}), "writer": settings}, run_mode, "seg", [])
+            self.resume = ResumableRun(run)
 
     def on_start(self, engine: Engine) -> None:
         """Resolve the threshold."""
@@ -278,6 +301,23 @@ class GuardScoreWriter(_HookedPass):
                     self.threshold_info.get("refused", "no calibration"),
                 )
         self.rows = []
+        if self.resume is not None:
+            self.resume.start(
+                engine, self._complete_cases, lambda items: [item_case(it, None, self.image_key) for it in items]
+            )
+
+    def _complete_cases(self) -> dict[str, dict[str, Any]]:
+        """The cases of a resumed run whose row is recorded and whose files are whole (rank 0)."""
+        assert self.resume is not None
+        found: dict[str, dict[str, Any]] = {}
+        previous = set(self.resume.run.previous_cases)
+        if previous and (self.output_dir / rf.SCORES_CSV).is_file():
+            for r in rf.read_score_rows(self.output_dir / rf.SCORES_CSV):
+                if r.case in previous:
+                    row = {"case": r.case, "score": r.score, "flagged": r.flagged}
+                    found[r.case] = {"row": row, "files": [f.format(case=r.case) for f in self.case_files]}
+        found.update(self.resume.run.progress())
+        return {case: rec for case, rec in found.items() if outputs_valid(self.output_dir, rec.get("files", []))}
 
     def on_batch(self, engine: Engine, features: dict[str, Tensor]) -> None:
         """Score and flag the cases of the batch."""
@@ -286,6 +326,8 @@ class GuardScoreWriter(_HookedPass):
         for name, score in zip(names, out.image_score.tolist()):
             flagged = None if self.threshold is None else int(score > self.threshold)
             self.rows.append({"case": name, "score": score, "flagged": flagged})
+            if self.resume is not None:  # the journal (fsync-ed), after the case's files were written
+                self.resume.record(name, self.rows[-1], files=[f.format(case=name) for f in self.case_files])
             if flagged:
                 logger.warning(
                     "%s is out of distribution (score %.4g > %.4g): do not trust its output",
@@ -296,8 +338,11 @@ class GuardScoreWriter(_HookedPass):
 
     def on_end(self, engine: Engine) -> None:
         """Write scores.csv and guard.json (rank 0 of a sharded run, every rank's rows in datalist order)."""
-        loader = getattr(engine, "data_loader", None)
-        self.rows = merge_rows(self.rows, case_order(datalist_of(loader) or []), lambda r: r["case"], loader)
+        if self.resume is not None and self.resume.started:  # the kept rows of a resumed run too
+            self.rows = self.resume.merge(self.rows, [rec["row"] for rec in self.resume.kept.values()], _row_case)
+        else:
+            loader = getattr(engine, "data_loader", None)
+            self.rows = merge_rows(self.rows, case_order(datalist_of(loader) or []), _row_case, loader)
         if get_rank() != 0:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -314,5 +359,11 @@ class GuardScoreWriter(_HookedPass):
             "score_convention": "higher = more out-of-distribution; flagged = score > threshold",
         }
         atomic_write_text(self.output_dir / "guard.json", json.dumps(info, indent=2) + "\n")
+        if self.resume is not None:
+            self.resume.finish([r["case"] for r in self.rows])
         if self.threshold is not None:
             logger.info("guard: %d of %d cases flagged out of distribution", info["n_flagged"], info["n_cases"])
+
+
+def _row_case(row: dict[str, Any]) -> str:
+    return str(row["case"])
