@@ -368,16 +368,24 @@ def _datalist_names(items: Sequence[Any]) -> list[str | None]:
     return [str(it[key]) if isinstance(it, Mapping) and it.get(key) is not None else None for it in items]
 
 
-def _read_predictions(path: Path) -> dict[str, tuple[str, str, str | None]]:
+def _number(cell: str | None) -> int | str | None:
+    """A class label cell as written: an integer when it is one (as the data gives it), else the text."""
+    try:
+        return None if cell is None else int(cell)
+    except ValueError:
+        return cell
+
+
+def _read_predictions(path: Path) -> dict[str, tuple[str, str, int | str | None]]:
     """``{case: (pred_class, confidence, label)}`` of a ``predictions.csv`` (cells as written)."""
     if not path.is_file():
         return {}
     with path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    out: dict[str, tuple[str, str, str | None]] = {}
+    out: dict[str, tuple[str, str, int | str | None]] = {}
     for r in rows:
         if not r.get("case") or r.get("pred_class") is None or r.get("confidence") is None:
             raise DataError(path, "is not a case,pred_class,confidence file")
-        label = r.get("label")
-        out[rf.unescape_cell(r["case"])] = (rf.unescape_cell(r["pred_class"]), r["confidence"], label)
+        label = rf.unescape_cell(r["label"]) if r.get("label") else None
+        out[rf.unescape_cell(r["case"])] = (rf.unescape_cell(r["pred_class"]), r["confidence"], _number(label))
     return out
