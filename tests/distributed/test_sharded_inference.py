@@ -6,7 +6,9 @@
   writer: every detector's ``scores.csv`` and ``predictions.csv``);
 * a 1-process 3-D run (MECAM brain MRI, batches of 2, with slice scores) killed by SIGKILL after its fourth case,
   one finished map deleted, then resumed by 2 processes: every file equals the uninterrupted run's, and the network
-  saw only the batches holding a case that was not finished (each case once across the ranks).
+  saw only the batches holding a case that was not finished (each case once across the ranks); the same for the
+  score writers: NERO's post-hoc writer (evaluate.yaml, a half-journalled batch) and the spectral bundle (a
+  segmentation deleted), each resumed by 2 processes, and a finished NERO run resumed without any batch.
 """
 
 from __future__ import annotations
@@ -267,8 +269,9 @@ def test_nero_kill_9_then_two_process_resume_gives_the_uninterrupted_outputs(tmp
 @pytest.mark.slow
 def test_spectral_kill_9_then_resume_redoes_unfinished_and_broken_cases_only(tmp_path: Path) -> None:
     """The spectral bundle (6 volumes, batches of 1, a SaveImaged segmentation per case, scores.csv, guard.json):
-    killed right after the second case's journal line, the first case's segmentation deleted, resumed: the network
-    runs on the first case and cases 3-6 only, and every file equals the uninterrupted run's."""
+    killed right after the second case's journal line, the first case's segmentation deleted, resumed by 2
+    processes: the network runs on the first case and cases 3-6 only, and every file equals the uninterrupted
+    run's."""
     data = write_brain_dataset(tmp_path / "data")
     root = _bundle_root(tmp_path, SPECTRAL)
     clean, killed, first, again = (tmp_path / n for n in ("clean", "killed", "first", "again"))
@@ -285,7 +288,9 @@ def test_spectral_kill_9_then_resume_redoes_unfinished_and_broken_cases_only(tmp
                 KILL_AFTER_RECORDS="2") == -9  # fmt: skip
     assert not (killed / rf.SCORES_CSV).exists() and (killed / f"{cases[1]}_seg.nii.gz").is_file()
     (killed / f"{cases[0]}_seg.nii.gz").unlink()  # a recorded case without its segmentation: redone
-    assert _run(tmp_path, SPECTRAL, ["inference.yaml"], overrides, CALLS_DIR=str(again), COUNT_ITERATIONS="1",
+    configs = ["inference.yaml", "multi_gpu_inference.yaml"]
+    assert _run(tmp_path, SPECTRAL, configs, overrides, nproc=2, CALLS_DIR=str(again), COUNT_ITERATIONS="1",
                 MEDOOD_RUN_MODE="resume") == 0  # fmt: skip
-    assert _inferred(again) == sorted([cases[0], *cases[2:]])
+    assert _inferred(again) == sorted([cases[0], *cases[2:]]), "unfinished and broken cases only, once"
+    assert len({p.name.split(".")[1] for p in again.glob("calls.*")}) == 2, "both ranks scored cases"
     assert _tree(killed) == _tree(clean), "every output file as the uninterrupted run's"
