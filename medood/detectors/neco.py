@@ -124,6 +124,10 @@ class NECODetector(ClassifierDetector):
         k = min(self.neco_dim, d - 1)
         if k < self.neco_dim:
             logger.warning("NECO: neco_dim=%d >= feature dim %d; using %d components", self.neco_dim, d, k)
+        if m.n <= k:  # the standardised covariance has rank <= N - 1: the trailing directions are arbitrary
+            logger.warning(
+                "NECO: %d training samples for %d principal components; trailing components are arbitrary", m.n, k
+            )
         _, vecs = top_eigh(cov / torch.outer(std, std))
         self.feature_mean = m.mean.float().to(self.device)
         self.feature_std = std.float().to(self.device)

@@ -22,6 +22,7 @@ References:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import torch
@@ -34,6 +35,8 @@ from medood.detectors.registry import register_detector
 from medood.networks.hooks import flatten_features
 
 __all__ = ["ViMDetector"]
+
+logger = logging.getLogger(__name__)
 
 
 def default_principal_dim(d: int) -> int:
@@ -118,6 +121,10 @@ class ViMDetector(ClassifierDetector):
         second_moment = m.covariance() + torch.outer(m.mean, m.mean)  # 1/N sum (f - u)(f - u)^T
         d = second_moment.shape[0]
         dim = default_principal_dim(d) if self.principal_dim is None else min(self.principal_dim, d - 1)
+        if m.n <= dim:  # the second moment has rank <= N: the principal space is partly arbitrary, so is the residual
+            logger.warning(
+                "ViM: %d training samples for a %d-dimensional principal space; it is partly arbitrary", m.n, dim
+            )
         _, vecs = top_eigh(second_moment)
         null_space = vecs[:, dim:].float().contiguous().to(self.device)
         sample, _ = self._sampler.sample()

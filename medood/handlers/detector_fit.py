@@ -115,8 +115,15 @@ class DetectorFitHandler:
             self._cases.append((case, None if labels is None else labels[i].cpu()))
 
     def _replay(self, engine: Engine) -> None:
-        """Fit on every rank's cases in dataset order, in batches of the loader's size (distributed fitting)."""
-        cases = gather_cases(self._cases, dataset_size(engine))
+        """Fit on every rank's cases in dataset order, in batches of the loader's size (distributed fitting).
+
+        Each case goes to the dataset index the rank's sampler gave it: with the whole-batch
+        :class:`~medood.data.shard.BatchShardSampler` (``multi_gpu_fit.yaml``) every case was computed in the batch
+        one process puts it in, so the replayed batches, hence the fitted buffers, are one process's bit for bit.
+        """
+        loader = getattr(engine, "data_loader", None)
+        self._batch_size = int(getattr(loader, "batch_size", None) or self._batch_size)
+        cases = gather_cases(self._cases, dataset_size(engine), list(getattr(loader, "sampler", None) or []) or None)
         for start in range(0, len(cases), self._batch_size):
             chunk = cases[start : start + self._batch_size]
             feats = {k: torch.stack([c[0][k] for c in chunk]) for k in chunk[0][0]}

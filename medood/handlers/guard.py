@@ -253,6 +253,8 @@ class GuardScoreWriter(_HookedPass):
         image_key: batch key of the image. Defaults to ``"image"``.
         threshold_info: what the threshold guarantees (rule, ``alpha``, ``n``, rank, warnings), copied into
             ``guard.json`` and ``thresholds.json``. Defaults to ``None``.
+        case_files: files the run writes per case besides the scores, as patterns of ``{case}`` (e.g.
+            ``["{case}_seg.nii.gz"]`` for a ``SaveImaged`` of the segmentation): a resumed case needs them whole.
         run_mode: how the run treats an output folder that holds another run (:class:`medood.io.RunFolder`;
             ``None``: ``MEDOOD_RUN_MODE``, else ``"new"``). Defaults to ``None``.
     """
@@ -266,6 +268,7 @@ class GuardScoreWriter(_HookedPass):
         image_key: str = "image",
         threshold_info: dict[str, Any] | None = None,
         run_mode: str | None = None,
+        case_files: Sequence[str] = (),
     ) -> None:
         super().__init__(detector, image_key)
         if not 0.0 < false_alarm_rate < 1.0:
@@ -274,7 +277,7 @@ class GuardScoreWriter(_HookedPass):
         self.threshold_info = dict(threshold_info or {})
         self.writer = OODResultWriter(
             output_dir, score_threshold=threshold, score_percentile=100.0 * (1.0 - false_alarm_rate),
-            save_maps=False, run_mode=run_mode, score_rule=self.threshold_info if threshold is not None else None,
+            save_maps=False, run_mode=run_mode, case_files=case_files, score_rule=self.threshold_info if threshold is not None else None,
             config={"guard": {"detector": detector.name, "layers": list(detector.layers), "threshold": threshold,
                               "false_alarm_rate": false_alarm_rate}},
         )  # fmt: skip

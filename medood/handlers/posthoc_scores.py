@@ -16,12 +16,14 @@ from torch import Tensor
 from medood.data.shard import case_order, datalist_of, merge_rows
 from medood.detectors.base import OODDetector
 from medood.detectors.posthoc import score_batch
+from medood.handlers.resume import ResumableRun
 from medood.io import run_folder as rf
 from medood.metrics.tables import results_payload, results_table, write_results
 from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
 from medood.utils.checkpoints import save_checkpoint
-from medood.utils.distributed import get_rank, get_world_size, is_sharded
+from medood.utils.distributed import get_rank
 from medood.utils.enums import OODKeys
+from medood.utils.errors import DataError
 from medood.utils.io import atomic_write
 
 if TYPE_CHECKING:
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
 __all__ = ["PosthocCalibrationHandler", "PosthocScoreWriter"]
 
 logger = logging.getLogger(__name__)
+
+PREDICTIONS_CSV = "predictions.csv"
 
 
 def _column(batch: Any, key: str) -> list[Any] | None:
@@ -76,6 +80,17 @@ class PosthocScoreWriter:
         title: title of ``results.md``. Defaults to the generic one.
         meta: extra fields stored in ``results.json`` (task, classifier, ...).
         alpha: per-image false-alarm rate of ``flagged``. Defaults to 0.05.
+        run_folder: own ``output_dir`` as a run folder (:class:`medood.io.RunFolder`: ``run.json``, a progress
+            journal, ``run_mode``); a resumed run keeps the cases whose rows are recorded (the journal of a killed
+            run, or every detector's ``scores.csv`` and ``predictions.csv`` of a finished one) and scores the
+            batches of the others only (:class:`medood.handlers.resume.ResumableRun`). Defaults to ``False``.
+        run_mode: ``"new"``, ``"resume"`` or ``"overwrite"`` (``None``: ``MEDOOD_RUN_MODE``, else ``"new"``); used
+            with ``run_folder`` only.
+        config: what identifies the run's settings in ``run.json`` (the writer's own are always added).
+
+    Every case goes through one record ``{"case", "is_ood", "ood_set", "label", "scores": {detector: score},
+    "logits"}`` (what the journal holds; float32 values, exact in JSON), so a resumed run writes the bytes an
+    uninterrupted one writes.
     """
 
     def __init__(
@@ -88,6 +103,9 @@ class PosthocScoreWriter:
         title: str | None = None,
         meta: Mapping[str, Any] | None = None,
         alpha: float = 0.05,
+        run_folder: bool = False,
+        run_mode: str | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> None:
         self.alpha = alpha
         self.detectors = dict(detectors) if isinstance(detectors, Mapping) else {d.name: d for d in detectors}
@@ -96,6 +114,11 @@ class PosthocScoreWriter:
         self.write_table, self.title, self.meta = write_table, title, dict(meta or {})
         self._extractor: FeatureExtractor | None = None
         self._net: Any = None
+        self.resume: ResumableRun | None = None
+        if run_folder:
+            settings = {"detectors": sorted(self.detectors), "alpha": alpha, "class_names": self.class_names}
+            folder = rf.RunFolder(self.output_dir, {**(config or {}), "writer": settings}, run_mode, "scores", [])
+            self.resume = ResumableRun(folder)
         self.reset()
 
     def reset(self) -> None:
@@ -120,6 +143,8 @@ class PosthocScoreWriter:
         for det in self.detectors.values():
             det.check_fitted()
         self.reset()
+        if self.resume is not None:
+            self.resume.start(engine, self._complete_cases, _datalist_names)
 
     def _iteration(self, engine: Engine) -> None:
         from monai.networks.utils import eval_mode
@@ -145,6 +170,61 @@ class PosthocScoreWriter:
         for key in ("is_ood", "ood_set", OODKeys.LABEL.value):
             self.rows[key] += _column(batch, key) or [None] * n
         self.logits.append(logits.cpu())
+        if self.resume is not None:  # the journal of a resumed run (fsync-ed per case)
+            per_detector = {name: s.tolist() for name, s in scores.items()}
+            for record in self._records(start, per_detector, logits.cpu().tolist()):
+                self.resume.record(record["case"], record)
+
+    def _records(
+        self, start: int = 0, scores: dict[str, list[float]] | None = None, logits: list[list[float]] | None = None
+    ) -> list[dict[str, Any]]:
+        """The records of the cases from ``start`` on (their ``scores`` / ``logits`` from ``start``; default: all)."""
+        if scores is None:
+            scores = {n: torch.cat(v).tolist() if v else [] for n, v in self.scores.items()}
+        if logits is None:
+            logits = torch.cat(self.logits).tolist() if self.logits else []
+        return [
+            {"case": self.rows["case"][start + i], "is_ood": self.rows["is_ood"][start + i],
+             "ood_set": self.rows["ood_set"][start + i], "label": self.rows[OODKeys.LABEL.value][start + i],
+             "scores": {n: s[i] for n, s in scores.items()}, "logits": logits[i]}
+            for i in range(len(self.rows["case"]) - start)
+        ]  # fmt: skip
+
+    def _complete_cases(self) -> dict[str, dict[str, Any]]:
+        """The recorded cases of a resumed run (rank 0): the journal of a killed run, or the CSVs of a finished one.
+
+        A finished run's case is kept when every detector's ``scores.csv`` and ``predictions.csv`` hold its row
+        (its scores as written, 7 significant digits, and its prediction as written).
+        """
+        assert self.resume is not None
+        found: dict[str, dict[str, Any]] = {}
+        previous = self.resume.run.previous_cases
+        try:
+            per_detector = (
+                {
+                    n: {r.case: r for r in rf.read_score_rows(self.output_dir / n / rf.SCORES_CSV)}
+                    for n in self.detectors
+                }
+                if previous
+                else {}
+            )
+            predictions = _read_predictions(self.output_dir / PREDICTIONS_CSV) if previous else {}
+        except DataError as e:
+            logger.warning("resume: the previous run's CSVs cannot be read (%s); its cases are scored again", e)
+            per_detector, predictions = {}, {}
+        for case in previous:
+            rows = [per_detector.get(n, {}).get(case) for n in self.detectors]
+            if case not in predictions or any(r is None for r in rows):
+                continue
+            first = rows[0]
+            assert first is not None
+            found[case] = {"row": {
+                "case": case, "is_ood": first.label, "ood_set": first.extra.get("ood_set") or None,
+                "label": predictions[case][2], "scores": {n: r.score for n, r in zip(self.detectors, rows) if r},
+                "logits": None, "prediction": predictions[case][:2],
+            }}  # fmt: skip
+        found.update(self.resume.run.progress())
+        return found
 
     def _write_csv(self, path: Path, header: list[str], rows: list[list[Any]]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,35 +233,27 @@ class PosthocScoreWriter:
             w.writerow(header)
             w.writerows([rf.escape_cell(v) for v in row] for row in rows)  # no spreadsheet formulas
 
-    def _merge_ranks(self, engine: Engine) -> bool:
-        """Gather every rank's cases in datalist order (a sharded run); ``True`` on the rank that writes (rank 0)."""
-        loader = getattr(engine, "data_loader", None)
-        if get_world_size() == 1 or not is_sharded(loader):  # every rank saw every case
-            return True
-        scores = {n: torch.cat(v).cpu() if v else torch.zeros(0) for n, v in self.scores.items()}
-        logits = torch.cat(self.logits).cpu() if self.logits else torch.zeros(0, 0)
-        cases = [
-            ({k: v[i] for k, v in self.rows.items()}, {n: s[i] for n, s in scores.items()}, logits[i])
-            for i in range(len(self.rows["case"]))
-        ]
-        order = case_order(datalist_of(loader) or [])
-        merged = merge_rows(cases, order, lambda c: str(c[0]["case"]))
-        if get_rank() != 0:
-            return False
-        self.rows = {k: [c[0][k] for c in merged] for k in self.rows}
-        self.scores = {n: [torch.stack([c[1][n] for c in merged])] if merged else [] for n in self.scores}
-        self.logits = [torch.stack([c[2] for c in merged])] if merged else []
-        return True
+    def _merge_ranks(self, engine: Engine) -> list[dict[str, Any]] | None:
+        """Every case's record (the kept ones of a resumed run too) in datalist order; ``None`` on ranks but 0."""
+        own = self._records()
+        if self.resume is not None and self.resume.started:
+            merged = self.resume.merge(own, [rec["row"] for rec in self.resume.kept.values()], _record_case)
+        else:
+            loader = getattr(engine, "data_loader", None)
+            merged = merge_rows(own, case_order(datalist_of(loader) or []), _record_case, loader)
+        return merged if get_rank() == 0 else None
 
     def _completed(self, engine: Engine) -> None:
-        if not self._merge_ranks(engine):
+        records = self._merge_ranks(engine)
+        if records is None:
             return
-        if not self.logits:
+        if not records:
             raise RuntimeError("PosthocScoreWriter saw no batches: is the dataset empty?")
-        cases, is_ood, sets = self.rows["case"], self.rows["is_ood"], self.rows["ood_set"]
+        cases = [r["case"] for r in records]
+        is_ood, sets, labels = ([r[k] for r in records] for k in ("is_ood", "ood_set", OODKeys.LABEL.value))
         has_ood = all(v is not None for v in is_ood)
         has_sets = has_ood and all(v is not None for v in sets)
-        scores = {n: torch.cat(v) for n, v in self.scores.items()}
+        scores = {n: torch.tensor([r["scores"][n] for r in records], dtype=torch.float32) for n in self.detectors}
         for name, s in scores.items():
             cal = self.detectors[name].calibration
             thr = cal.thresholds(alpha=self.alpha).score if cal.has_scores else None
@@ -193,27 +265,40 @@ class PosthocScoreWriter:
             path = self.output_dir / name / rf.SCORES_CSV
             path.parent.mkdir(parents=True, exist_ok=True)
             rf.write_score_rows(path, score_rows, extra_columns=["ood_set"] if has_sets else [])
-        logits = torch.cat(self.logits)
-        prob, pred = torch.softmax(logits, 1).max(1)
-        names = self.class_names or [str(i) for i in range(logits.shape[1])]
-        labels = self.rows[OODKeys.LABEL.value]
+        names, predicted = self._predictions(records)
         has_label = all(v is not None for v in labels)
-        rows = [
-            [c, names[int(p)], f"{float(q):.6f}"] + ([labels[i]] if has_label else [])
-            for i, (c, p, q) in enumerate(zip(cases, pred.tolist(), prob.tolist(), strict=True))
-        ]
+        rows = [[c, p, q] + ([labels[i]] if has_label else []) for i, (c, (p, q)) in enumerate(zip(cases, predicted))]
         self._write_csv(
-            self.output_dir / "predictions.csv",
+            self.output_dir / PREDICTIONS_CSV,
             ["case", "pred_class", "confidence"] + (["label"] if has_label else []),
             rows,
         )
         logger.info("wrote scores of %d cases for %s to %s", len(cases), sorted(scores), self.output_dir)
         if self.write_table and has_ood and {0, 1} <= {int(v) for v in is_ood}:
-            self._write_table(scores, pred, labels if has_label else None)
+            pred = torch.tensor([names.index(p) if p in names else -1 for p, _ in predicted])
+            self._write_table(scores, pred, is_ood, sets, labels if has_label else None)
+        if self.resume is not None:
+            self.resume.finish(cases)
 
-    def _write_table(self, scores: dict[str, Tensor], pred: Tensor, labels: list[Any] | None) -> None:
-        is_ood = torch.tensor([int(v) for v in self.rows["is_ood"]], dtype=torch.bool)
-        sets = [str(s) if s is not None else "ood" for s in self.rows["ood_set"]]
+    def _predictions(self, records: list[dict[str, Any]]) -> tuple[list[str], list[tuple[str, str]]]:
+        """The class names and every case's ``(pred_class, confidence)``: softmax of its logits, or as kept."""
+        with_logits = [i for i, r in enumerate(records) if r.get("logits") is not None]
+        n_classes = len(records[with_logits[0]]["logits"]) if with_logits else len(self.class_names or [])
+        names = self.class_names or [str(i) for i in range(n_classes)]
+        predicted = [tuple(r.get("prediction") or ("", "")) for r in records]
+        if with_logits:
+            logits = torch.tensor([records[i]["logits"] for i in with_logits], dtype=torch.float32)
+            prob, pred = torch.softmax(logits, 1).max(1)
+            for i, p, q in zip(with_logits, pred.tolist(), prob.tolist(), strict=True):
+                predicted[i] = (names[int(p)], f"{float(q):.6f}")
+        return names, [(str(p), str(q)) for p, q in predicted]
+
+    def _write_table(
+        self, scores: dict[str, Tensor], pred: Tensor, is_ood_list: list[Any], sets_list: list[Any],
+        labels: list[Any] | None,
+    ) -> None:  # fmt: skip
+        is_ood = torch.tensor([int(v) for v in is_ood_list], dtype=torch.bool)
+        sets = [str(s) if s is not None else "ood" for s in sets_list]
         id_scores = {n: s[~is_ood] for n, s in scores.items()}
         names = list(dict.fromkeys(s for s, o in zip(sets, is_ood.tolist(), strict=True) if o))
         ood_scores = {}
@@ -260,13 +345,47 @@ class PosthocCalibrationHandler(PosthocScoreWriter):
         self.save_path = save_path
 
     def _completed(self, engine: Engine) -> None:
-        if not self._merge_ranks(engine):  # sharded: rank 0 calibrates on every rank's scores (datalist order)
+        records = self._merge_ranks(engine)  # sharded: rank 0 calibrates on every rank's scores (datalist order)
+        if records is None:
             return
-        if not self.logits:
+        if not records:
             raise RuntimeError("PosthocCalibrationHandler saw no batches: is the validation set empty?")
-        for name, parts in self.scores.items():
-            self.detectors[name].calibration.update(torch.cat(parts))
-        n = sum(int(t.shape[0]) for t in self.logits)
+        for name in self.detectors:
+            self.detectors[name].calibration.update(torch.tensor([r["scores"][name] for r in records]))
+        n = len(records)
         logger.info("calibrated %d detectors on %d in-distribution validation images", len(self.detectors), n)
         if self.save_path is not None:
             save_checkpoint({name: det.state_dict() for name, det in self.detectors.items()}, self.save_path)
+
+
+def _record_case(record: dict[str, Any]) -> str:
+    return str(record["case"])
+
+
+def _datalist_names(items: Sequence[Any]) -> list[str | None]:
+    """The case of every datalist item as the writer names it (its ``case`` field; ``None`` when it has none)."""
+    key = OODKeys.CASE.value
+    return [str(it[key]) if isinstance(it, Mapping) and it.get(key) is not None else None for it in items]
+
+
+def _number(cell: str | None) -> int | str | None:
+    """A class label cell as written: an integer when it is one (as the data gives it), else the text."""
+    try:
+        return None if cell is None else int(cell)
+    except ValueError:
+        return cell
+
+
+def _read_predictions(path: Path) -> dict[str, tuple[str, str, int | str | None]]:
+    """``{case: (pred_class, confidence, label)}`` of a ``predictions.csv`` (cells as written)."""
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    out: dict[str, tuple[str, str, int | str | None]] = {}
+    for r in rows:
+        if not r.get("case") or r.get("pred_class") is None or r.get("confidence") is None:
+            raise DataError(path, "is not a case,pred_class,confidence file")
+        label = rf.unescape_cell(r["label"]) if r.get("label") else None
+        out[rf.unescape_cell(r["case"])] = (rf.unescape_cell(r["pred_class"]), r["confidence"], _number(label))
+    return out

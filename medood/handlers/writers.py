@@ -28,13 +28,14 @@ import numpy as np
 from torch import Tensor
 
 from medood.data.image2d import read_image_2d, write_map_nifti_2d, write_overlay_png
-from medood.data.shard import datalist_cases, datalist_of, merge_rows, sort_by_order, subset_loader, unique_case
+from medood.data.shard import datalist_cases, unique_case
 from medood.detectors.calibration import Calibration, overlay_window
+from medood.handlers.resume import ResumableRun, outputs_valid
 from medood.inferers.ood_inferer import OODInferer
 from medood.io import run_folder as rf
 from medood.io.result import OODResult
 from medood.io.run_folder import THRESHOLDS_FILE, RunFolder, write_thresholds
-from medood.utils.distributed import broadcast_object, get_rank
+from medood.utils.distributed import get_rank
 from medood.utils.enums import OODKeys
 from medood.utils.io import atomic_path, case_name
 
@@ -169,6 +170,9 @@ class OODResultWriter:
             ``None`` reads ``MEDOOD_RUN_MODE``, else ``"new"``. Stale temporaries are removed in every mode.
         config: what identifies the run's settings in ``run.json`` (e.g. the bundle's parsed config); the writer's
             own settings are always added.
+        case_files: files the run writes per case besides the writer's own, as patterns of ``{case}`` (e.g.
+            ``["{case}_seg.nii.gz"]`` for a bundle's ``SaveImaged``): a resumed case needs them whole. Defaults to
+            ``()``.
         score_rule: what a given ``score_threshold`` guarantees (rule, ``alpha``, ``n`` ...), recorded as
             ``score_rule`` in ``thresholds.json``. Defaults to ``None`` (the calibration's rule, if any).
         output_transform: maps ``engine.state.output`` to a list of per-case dicts. Defaults to identity.
@@ -195,6 +199,7 @@ class OODResultWriter:
         run_mode: str | None = None,
         config: dict[str, Any] | None = None,
         score_rule: dict[str, Any] | None = None,
+        case_files: Sequence[str] = (),
         output_transform: Callable[[Any], Any] = lambda x: x,
         batch_transform: Callable[[Any], Any] = lambda x: x,
     ) -> None:
@@ -206,6 +211,7 @@ class OODResultWriter:
         self.save_maps, self.window, self.overwrite = save_maps, window, overwrite
         self.map_name, self.case_key = map_name, case_key
         self.score_rule = None if score_rule is None else dict(score_rule)
+        self.case_files = list(case_files)
         self.output_transform, self.batch_transform = output_transform, batch_transform
         settings = {
             "map_name": map_name,
@@ -216,6 +222,7 @@ class OODResultWriter:
             "save_maps": save_maps,
         }
         self.run = RunFolder(self.output_dir, {**(config or {}), "writer": settings}, run_mode, map_name)
+        self.resume = ResumableRun(self.run)
         self.reset()
 
     def reset(self) -> None:
@@ -225,11 +232,8 @@ class OODResultWriter:
         self._seen: dict[str, str] = {}
         self._resolved = False
         self.thresholds: dict[str, Any] = {}
-        self._started = False
-        self._kept: dict[str, dict[str, Any]] = {}  # complete cases of the run resumed: {case: {"row", "slices"}}
-        self._order: dict[str, int] | None = None  # datalist order of the cases (the order of the merged rows)
         self._names: dict[str, str] = {}  # input file -> case name, from the whole datalist
-        self._loader: list[Any] = []  # the engine's loader (whether the rows are sharded), when run by an engine
+        self.resume.reset()
 
     def start(self, engine: Engine | None = None) -> None:
         """Take the output folder for this run (rank 0: :meth:`medood.io.RunFolder.start`).
@@ -241,42 +245,17 @@ class OODResultWriter:
         batch an uninterrupted run puts it in): the network never runs on a batch of kept cases again.
         """
         self.reset()
-        error, kept = None, {}
-        if get_rank() == 0:
-            try:
-                self.run.start()
-                kept = self._complete_cases()
-            except Exception as e:
-                error = e
-        message, kept = broadcast_object((None if error is None else str(error), kept))
-        if error is not None:
-            raise error
-        if message is not None:
-            raise RuntimeError(f"rank 0 could not take the output folder: {message}")
-        self._started, self._kept = True, kept
-        loader = getattr(engine, "data_loader", None)
-        self._loader = [] if loader is None else [loader]
-        items = datalist_of(loader)
-        if items is None:
-            return
-        names = datalist_cases(items, self.case_key)
+        self.resume.start(engine, self._complete_cases, lambda items: datalist_cases(items, self.case_key))
+        items, names = self.resume.items or [], self.resume.names or []
         self._names = {str(item["image"]): str(n) for item, n in zip(items, names, strict=True) if _has_image(item, n)}
-        self._order = {n: i for i, n in reversed(list(enumerate(names))) if n is not None}
-        if kept and engine is not None and loader is not None:
-            size = max(int(getattr(loader, "batch_size", 1) or 1), 1)  # whole batches: each case in its usual batch
-            redo = {i // size for i, name in enumerate(names) if name not in kept}
-            pending = [i for i in range(len(names)) if i // size in redo]
-            if get_rank() == 0:
-                logger.info("resume: %d complete case(s) kept in %s", len(kept), self.output_dir)
-            new = subset_loader(loader, pending)
-            engine.data_loader = engine.state.dataloader = new  # type: ignore[attr-defined]
-            self._loader = [new]
-            engine.state.epoch_length = _length(new) or None  # an empty loader still completes (the merge runs)
+
+    def _case_files(self, case: str, suffixes: Sequence[str], files: Sequence[Path] = ()) -> list[str]:
+        """The files a complete case has: its maps (``suffixes`` or written ``files``) and ``case_files``."""
+        own = [case + m for m in suffixes] + [p.name for p in files]
+        return own + [f.format(case=case) for f in self.case_files]
 
     def _complete_cases(self) -> dict[str, dict[str, Any]]:
         """The cases of a resumed run whose outputs are complete and valid (rank 0, after ``RunFolder.start``)."""
-        if self.run.mode != "resume":
-            return {}
         found: dict[str, dict[str, Any]] = {}
         previous = set(self.run.previous_cases)
         scores = self.output_dir / rf.SCORES_CSV
@@ -289,9 +268,9 @@ class OODResultWriter:
             for r in rf.read_score_rows(scores):
                 if r.case in previous:
                     row = {"case": r.case, "score": r.score, "flagged": r.flagged, "label": r.label, "image": r.image}
-                    found[r.case] = {"row": row, "slices": slices.get(r.case, []), "files": [r.case + m for m in maps]}
+                    found[r.case] = {"row": row, "slices": slices.get(r.case, []), "files": self._case_files(r.case, maps)}
         found.update(self.run.progress())
-        return {case: rec for case, rec in found.items() if _outputs_valid(self.output_dir, rec.get("files", []))}
+        return {case: rec for case, rec in found.items() if outputs_valid(self.output_dir, rec.get("files", []))}
 
     def attach(self, engine: Engine) -> None:
         """Attach to an Ignite engine."""
@@ -378,7 +357,7 @@ class OODResultWriter:
             the case name. A result without a map is allowed with ``save_maps=False`` (a score-only source such
             as :class:`~medood.handlers.guard.GuardScoreWriter`): it gives a row and no file.
         """
-        if not self._started:
+        if not self.resume.started:
             self.start()
         self.resolve_thresholds()
         result.decide(self.score_threshold)
@@ -470,11 +449,11 @@ class OODResultWriter:
             for axis, values in sorted(result.slice_scores.items())
             for i, v in enumerate(_to_numpy(values).tolist())
         ]
-        self._kept.pop(result.case, None)  # a resumed case done again: its new row replaces the kept one
         self.rows.append(row)
         self.slice_rows.extend(slices)
-        if self._started:  # the journal a resumed run reads (kill -9 safe: after the case's files are written)
-            self.run.record(result.case, row, [s[1:] for s in slices], [p.name for p in files], get_rank())
+        # the journal a resumed run reads (kill -9 safe: after the case's files are written); a kept case done again
+        # loses its kept row
+        self.resume.record(result.case, row, [s[1:] for s in slices], self._case_files(result.case, [], files))
 
     def finalize(self) -> None:
         """Write ``scores.csv``, ``slice_scores.csv`` and ``run.json`` (atomically; rank 0 of a sharded run).
@@ -482,29 +461,24 @@ class OODResultWriter:
         Every rank's rows are gathered (:func:`medood.data.shard.merge_rows`) with the kept rows of a resumed run
         and written in datalist order: the files one uninterrupted process writes.
         """
-        kept = [(rec["row"], [(case, *s) for s in rec["slices"]]) for case, rec in self._kept.items()]
-        kept = kept if get_rank() == 0 else []  # every rank knows them; rank 0 gives them
+        kept = [(rec["row"], [(case, *s) for s in rec["slices"]]) for case, rec in self.resume.kept.items()]
         by_case: dict[str, list[tuple[str, int, int, float]]] = {}
         for sl in self.slice_rows:
             by_case.setdefault(sl[0], []).append(sl)
         own = [(r, by_case.get(r["case"], [])) for r in self.rows]
-        merged = merge_rows(kept + own, self._order, _case_of, *self._loader)  # datalist order across ranks
-        if kept:  # a resumed run: the kept rows go back to their places
-            merged = sort_by_order(merged, self._order, _case_of)
+        merged = self.resume.merge(own, kept, _case_of)  # datalist order across ranks, the kept rows in their places
         if get_rank() != 0:
             return
         self.rows = [r for r, _ in merged]
         self.slice_rows = [s for _, sl in merged for s in sl]
         if not self.rows:
             logger.warning("OODResultWriter: no case was scored; no CSV written")
-            if self._started:
-                self.run.finish([], status="empty")
+            self.resume.finish([], status="empty")
             return
         rf.write_score_rows(self.output_dir / rf.SCORES_CSV, self.rows)
         if self.slice_rows:
             rf.write_slice_scores(self.output_dir / rf.SLICE_SCORES_CSV, self.slice_rows)
-        if self._started:
-            self.run.finish([r["case"] for r in self.rows])
+        self.resume.finish([r["case"] for r in self.rows])
         logger.info("wrote %d cases to %s", len(self.rows), self.output_dir)
 
 
@@ -514,27 +488,6 @@ def _case_of(row_and_slices: tuple[dict[str, Any], Any]) -> str:
 
 def _has_image(item: Any, name: str | None) -> bool:
     return name is not None and isinstance(item, dict) and isinstance(item.get("image"), (str, os.PathLike))
-
-
-def _length(loader: Any) -> int:
-    try:
-        return len(loader)
-    except TypeError:  # a SkippingDataLoader has no length
-        return 0
-
-
-def _outputs_valid(folder: Path, files: Sequence[str]) -> bool:
-    """Every file exists and is not empty, and the NIfTI ones read whole (a map cut short by a kill does not)."""
-    for name in files:
-        path = folder / name
-        if not path.is_file() or path.stat().st_size == 0:
-            return False
-        if name.endswith((".nii.gz", ".nii")):
-            try:
-                np.asarray(nib.load(path).dataobj)  # type: ignore[attr-defined]
-            except Exception:
-                return False
-    return True
 
 
 def _fallback_result(

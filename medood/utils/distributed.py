@@ -104,20 +104,30 @@ def dataset_size(engine: Any) -> int:
     return len(engine.data_loader.dataset)
 
 
-def gather_cases(items: Sequence[T], total: int | None = None) -> list[T]:
+def gather_cases(items: Sequence[T], total: int | None = None, indices: Sequence[int] | None = None) -> list[T]:
     """Every rank's per-case ``items`` in the order of the unsharded dataset.
 
-    ``items[k]`` of rank ``r`` is case ``k * W + r`` (a ``DistributedSampler`` with ``shuffle=False``); the result
-    interleaves the ranks' lists accordingly and keeps the first ``total`` (the padding cases some samplers
-    repeat at the end). Objects are pickled (``all_gather_object``): move tensors to the CPU first.
+    Without ``indices``, ``items[k]`` of rank ``r`` is case ``k * W + r`` (a ``DistributedSampler`` with
+    ``shuffle=False``) and the result interleaves the ranks' lists accordingly; with ``indices`` (this rank's dataset
+    indices of ``items``, e.g. ``list(loader.sampler)`` of a :class:`medood.data.shard.BatchShardSampler`, which
+    gives each rank whole batches) every item goes to its index. The first ``total`` are kept (the padding cases
+    some samplers repeat at the end). Objects are pickled (``all_gather_object``): move tensors to the CPU first.
 
     Args:
         items: this rank's items, one per case, in the order the rank saw them.
         total: the dataset length (default: keep all).
+        indices: the dataset index of every item (default: the interleaved order above).
     """
     world = get_world_size()
     if world == 1:
         return list(items)[:total]
+    if indices is not None:
+        if len(indices) != len(items):
+            raise ValueError(f"gather_cases: {len(items)} items for {len(indices)} dataset indices")
+        placed: dict[int, T] = {}
+        for part in all_gather_objects([(int(i), item) for i, item in zip(indices, items, strict=True)]):
+            placed.update(part)
+        return [placed[i] for i in sorted(placed)][:total]
     lists: list[Any] = [None] * world
     torch.distributed.all_gather_object(lists, list(items))
     out: list[T] = []

@@ -6,7 +6,9 @@
   writer: every detector's ``scores.csv`` and ``predictions.csv``);
 * a 1-process 3-D run (MECAM brain MRI, batches of 2, with slice scores) killed by SIGKILL after its fourth case,
   one finished map deleted, then resumed by 2 processes: every file equals the uninterrupted run's, and the network
-  saw only the batches holding a case that was not finished (each case once across the ranks).
+  saw only the batches holding a case that was not finished (each case once across the ranks); the same for the
+  score writers: NERO's post-hoc writer (evaluate.yaml, a half-journalled batch) and the spectral bundle (a
+  segmentation deleted), each resumed by 2 processes, and a finished NERO run resumed without any batch.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tests.helpers.distributed import REPO, free_port
 MECAM_2D = BUNDLES / "mecam_dermoscopy_ood_classification"
 MECAM_3D = BUNDLES / "mecam_brain_mri_ood_classification"
 NERO = BUNDLES / "nero_endoscopy_ood_classification"
+SPECTRAL = BUNDLES / "spectral_brain_mri_ood_classification"
 #: 3-D overrides: a 16^3 field of view (the shipped weights are fully convolutional), slice scores along axis 2,
 #: batches of 2 (6 cases: 3 batches)
 TINY_3D = {"fov": [16, 16, 16], "inferer#slice_axes": [2], "batch_size": 2}
@@ -67,6 +70,31 @@ if kill_after:
         return out
 
     writers.write_map_nifti = write
+if os.environ.get("COUNT_ITERATIONS"):  # score-only bundles (SupervisedEvaluator): the cases of every iteration
+    from monai.engines import SupervisedEvaluator
+    from medood.utils.io import case_name
+    real_iteration = SupervisedEvaluator._iteration
+
+    def iteration(self, engine, batchdata):
+        meta = getattr(batchdata["image"], "meta", None) or {}
+        names = [case_name(f) for f in meta["filename_or_obj"]] if "filename_or_obj" in meta else batchdata["case"]
+        with calls.open("a") as f:
+            f.write("".join(f"{c}\n" for c in names))
+        return real_iteration(self, engine, batchdata)
+
+    SupervisedEvaluator._iteration = iteration
+kill_records = int(os.environ.get("KILL_AFTER_RECORDS", "0"))
+if kill_records:  # SIGKILL right after the k-th case is journalled (the next ones of its batch are not)
+    from medood.io.run_folder import RunFolder
+    real_record, recorded = RunFolder.record, []
+
+    def record(self, *args, **kwargs):
+        real_record(self, *args, **kwargs)
+        recorded.append(1)
+        if len(recorded) >= kill_records:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    RunFolder.record = record
 sys.argv = ["monai.bundle", *sys.argv[1:]]
 runpy.run_module("monai.bundle", run_name="__main__", alter_sys=True)
 """
@@ -190,8 +218,79 @@ def test_two_processes_write_the_posthoc_scores_of_one(tmp_path: Path) -> None:
     configs = ["inference.yaml", "multi_gpu_inference.yaml"]
     assert _run(tmp_path, NERO, configs, {"bundle_root": str(root), "output_dir": str(two), **overrides}, nproc=2,
                 CALLS_DIR=str(tmp_path)) == 0  # fmt: skip
-    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
-    assert len(files) > 20 and files == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
-    for name in files:
-        assert (two / name).read_bytes() == (one / name).read_bytes(), name
+    files = _tree(one)
+    assert len(files) > 20 and _tree(two) == files, "every file but run.json's id and times as one process's"
     assert len(rf.read_score_rows(two / "msp" / rf.SCORES_CSV)) == 9
+
+
+def _tree(out: Path) -> dict[str, bytes]:
+    """Every file under a run folder (sub-folders and hidden files included) but ``run.json``, whose cases and
+    status are kept; a journal left behind would show."""
+    got = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    manifest = json.loads(got.pop(rf.RUN_MANIFEST))
+    got["run.json:cases,status"] = json.dumps([manifest["cases"], manifest["status"]]).encode()
+    return got
+
+
+@pytest.mark.slow
+def test_nero_kill_9_then_two_process_resume_gives_the_uninterrupted_outputs(tmp_path: Path) -> None:
+    """NERO's post-hoc writer (evaluate.yaml: 21 ID / OOD images, batches of 4, every detector's scores.csv,
+    predictions.csv, results.json / .md): killed right after the fifth case's journal line (its batch half done),
+    resumed by 2 processes: only batches 2-6 reach the network, and every file equals the uninterrupted run's."""
+    data = make_class_folders(tmp_path / "data")
+    root = _bundle_root(tmp_path, NERO)
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    configs = ["inference.yaml", "evaluate.yaml"]
+    overrides = {"bundle_root": str(root), "dataset_dir": str(data), "batch_size": 4}
+    assert _run(tmp_path, NERO, configs, {**overrides, "output_dir": str(clean)}, CALLS_DIR=str(tmp_path)) == 0
+    cases = [r.case for r in rf.read_score_rows(clean / "msp" / rf.SCORES_CSV)]
+    assert len(cases) == 21 and (clean / rf.RESULTS_FILE).is_file()
+
+    first, again, third = (tmp_path / n for n in ("first", "again", "third"))
+    for folder in (first, again, third):
+        folder.mkdir()
+    overrides["output_dir"] = str(killed)
+    assert _run(tmp_path, NERO, configs, overrides, CALLS_DIR=str(first), COUNT_ITERATIONS="1",
+                KILL_AFTER_RECORDS="5") == -9  # fmt: skip
+    assert not (killed / "predictions.csv").exists() and list(killed.glob(".progress.rank*.jsonl")), "killed mid-run"
+    assert _run(tmp_path, NERO, [*configs, "multi_gpu_inference.yaml"], overrides, nproc=2, CALLS_DIR=str(again),
+                COUNT_ITERATIONS="1", MEDOOD_RUN_MODE="resume") == 0  # fmt: skip
+    assert _inferred(again) == sorted(cases[4:]), "the network ran on the batches of unfinished cases only, once"
+    assert len({p.name.split(".")[1] for p in again.glob("calls.*")}) == 2, "both ranks scored cases"
+    assert _tree(killed) == _tree(clean), "every output file as the uninterrupted run's"
+
+    # resuming a finished run: nothing reaches the network, the files stay (kept rows read back from the CSVs)
+    assert _run(tmp_path, NERO, configs, overrides, CALLS_DIR=str(third), COUNT_ITERATIONS="1",
+                MEDOOD_RUN_MODE="resume") == 0  # fmt: skip
+    assert _inferred(third) == []
+    assert _tree(killed) == _tree(clean)
+
+
+@pytest.mark.slow
+def test_spectral_kill_9_then_resume_redoes_unfinished_and_broken_cases_only(tmp_path: Path) -> None:
+    """The spectral bundle (6 volumes, batches of 1, a SaveImaged segmentation per case, scores.csv, guard.json):
+    killed right after the second case's journal line, the first case's segmentation deleted, resumed by 2
+    processes: the network runs on the first case and cases 3-6 only, and every file equals the uninterrupted
+    run's."""
+    data = write_brain_dataset(tmp_path / "data")
+    root = _bundle_root(tmp_path, SPECTRAL)
+    clean, killed, first, again = (tmp_path / n for n in ("clean", "killed", "first", "again"))
+    for folder in (first, again):
+        folder.mkdir()
+    overrides = {"bundle_root": str(root), "dataset_dir": str(data), "pixdim": 10.0, "fov": [16, 24, 16]}
+    assert _run(tmp_path, SPECTRAL, ["inference.yaml"], {**overrides, "output_dir": str(clean)},
+                CALLS_DIR=str(tmp_path)) == 0  # fmt: skip
+    cases = [r.case for r in rf.read_score_rows(clean / rf.SCORES_CSV)]
+    assert len(cases) == 6 and all((clean / f"{c}_seg.nii.gz").is_file() for c in cases)
+
+    overrides["output_dir"] = str(killed)
+    assert _run(tmp_path, SPECTRAL, ["inference.yaml"], overrides, CALLS_DIR=str(first), COUNT_ITERATIONS="1",
+                KILL_AFTER_RECORDS="2") == -9  # fmt: skip
+    assert not (killed / rf.SCORES_CSV).exists() and (killed / f"{cases[1]}_seg.nii.gz").is_file()
+    (killed / f"{cases[0]}_seg.nii.gz").unlink()  # a recorded case without its segmentation: redone
+    configs = ["inference.yaml", "multi_gpu_inference.yaml"]
+    assert _run(tmp_path, SPECTRAL, configs, overrides, nproc=2, CALLS_DIR=str(again), COUNT_ITERATIONS="1",
+                MEDOOD_RUN_MODE="resume") == 0  # fmt: skip
+    assert _inferred(again) == sorted([cases[0], *cases[2:]]), "unfinished and broken cases only, once"
+    assert len({p.name.split(".")[1] for p in again.glob("calls.*")}) == 2, "both ranks scored cases"
+    assert _tree(killed) == _tree(clean), "every output file as the uninterrupted run's"
