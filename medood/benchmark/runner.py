@@ -17,14 +17,13 @@ from __future__ import annotations
 import csv
 import functools
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from medood.benchmark.timing import peak_memory
 from medood.data.classification import class_folder_loader, classifier_preprocessing
 from medood.data.demo.bench import BRAIN_BENCH_OOD
 from medood.data.image2d import IMAGE_2D_SUFFIXES
@@ -36,7 +35,7 @@ from medood.networks.classifiers import build_classifier
 from medood.utils.checkpoints import load_state
 from medood.utils.io import case_name
 
-__all__ = ["TASKS", "TaskResult", "TaskSpec", "peak_memory", "run_task"]
+__all__ = ["TASKS", "TaskResult", "TaskSpec", "peak_memory", "resolved_k", "run_task"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,29 +122,6 @@ class TaskResult:
     cost: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: dict[str, dict[str, Path]] = field(default_factory=dict)
     host: str = ""
-
-
-def _status_kb(name: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(name + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def peak_memory(fn: Callable[[], Any]) -> tuple[Any, float, float]:
-    """``(fn(), seconds, peak MB)``: the rise of the process's resident-set high-water mark over ``fn``.
-
-    VmHWM, reset through ``/proc/self/clear_refs`` where allowed; otherwise the process peak so far, an upper bound).
-    """
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # not-a-file-write: a kernel control
-    except OSError:
-        pass
-    before = _status_kb("VmRSS")
-    start = time.perf_counter()
-    out = fn()
-    seconds = time.perf_counter() - start
-    return out, seconds, max(0.0, (_status_kb("VmHWM") - before) / 1024.0)
 
 
 def _read_scores(path: Path) -> dict[str, float]:
@@ -235,12 +211,23 @@ def _run_posthoc(spec: TaskSpec, manifest: dict[str, Any], sets: dict[str, Path]
         }
 
 
+def resolved_k(det: Any) -> dict[str, int] | None:
+    """NERO's ``k`` as resolved at fit: ``{"k", "k_effective", "d"}``; ``None`` for a detector without one.
+
+    ``k >= D`` (the feature width) turns NERO's feature-norm term off.
+    """
+    if getattr(det, "k_effective", None) is None:
+        return None
+    return {"k": det.k, "k_effective": det.k_effective, "d": int(det.head_weight.shape[1])}
+
+
 def _resolved_settings(det: Any) -> str:
     """What a detector resolved at fit that changes its formula (NERO: ``k >= D`` turns its norm term off)."""
-    if getattr(det, "k_effective", None) is None:
+    k = resolved_k(det)
+    if k is None:
         return ""
     state = "on" if det.norm_term_active else "off (k >= D, as the official code)"
-    return f"; k = {det.k} resolved to k_effective = {det.k_effective}, feature-norm term {state}"
+    return f"; k = {k['k']} resolved to k_effective = {k['k_effective']}, feature-norm term {state}"
 
 
 def run_task(spec: TaskSpec, manifest: dict[str, Any], work: Path, epochs: int = 10, quick: bool = False) -> TaskResult:
