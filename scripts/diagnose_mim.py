@@ -42,13 +42,13 @@ from monai.data import Dataset
 from monai.transforms import Compose, CropForegroundd, EnsureTyped, Orientationd, ResizeWithPadOrCropd, Spacingd
 from torch import Tensor
 
+from medood.benchmark.bundles import load_network
 from medood.data.datalist import bundle_datalist
 from medood.data.tokens import TokenGridDataset
 from medood.data.transforms import LoadVolumed
 from medood.losses import ImageAnomalyTokenLoss
 from medood.metrics import auroc, average_precision
 from medood.transforms import RandSlicesd, ScaleNonzeroPercentiled
-from medood.utils.checkpoints import load_state
 from medood.utils.machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,9 +60,7 @@ OPTIONAL_MODES = ("ar",)  # the AR baseline's own end result (slow: ~1 min per v
 
 # ---------------------------------------------------------------------------------------------- setup
 def detector(configs: list[str], weights: Path) -> Any:
-    net = parser_for(configs).get_parsed_content("network")
-    load_state(net, weights)
-    return net.eval()
+    return load_network(parser_for(configs), "network", weights)
 
 
 def load_cases(dataset_dir: Path) -> tuple[list[dict], list[dict]]:
