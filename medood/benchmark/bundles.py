@@ -26,7 +26,7 @@ from monai.bundle import ConfigParser
 from monai.data import DataLoader, Dataset
 from torch import nn
 
-from medood.benchmark.timing import ForwardTimer
+from medood.benchmark.timing import CallTimer
 from medood.data.folders import class_folder_datalist, ood_datalists
 from medood.metrics.files import evaluate_outputs
 from medood.utils.checkpoints import load_state
@@ -142,7 +142,8 @@ class EvaluatorRun:
     """One timed run of a bundle's evaluator.
 
     Attributes:
-        network_seconds: seconds of each call of the ``network`` (one per volume for a volume detector).
+        network_seconds: seconds of each call of the ``network`` (its ``infer`` for a detector, else its forward;
+            one per batch: one per volume at batch size 1).
         wall_seconds: the whole ``evaluator.run()`` (read, transforms, network, post-processing, writing).
         datalist: the items it ran on.
         network: the network it ran.
@@ -167,10 +168,13 @@ class EvaluatorRun:
 def timed_evaluator_run(parser: ConfigParser) -> EvaluatorRun:
     """Run the parser's ``evaluator`` on its ``datalist`` with every call of its ``network`` timed.
 
-    Set ``network`` / ``datalist`` / ``output_dir`` on the parser (and load the weights) before.
+    A detector is timed in :meth:`~medood.detectors.base.OODDetector.infer`, the call
+    :class:`~medood.inferers.OODInferer` makes once per batch (it does not go through ``forward`` for a detector
+    run on the whole input); any other network in its forward. Set ``network`` / ``datalist`` / ``output_dir`` on
+    the parser (and load the weights) before.
     """
     net = parser.get_parsed_content("network")
-    with ForwardTimer(net) as timer:
+    with CallTimer(net, "infer" if callable(getattr(net, "infer", None)) else "forward") as timer:
         evaluator = parser.get_parsed_content("evaluator")
         data = parser.get_parsed_content("datalist")
         start = time.perf_counter()

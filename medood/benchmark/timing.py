@@ -6,8 +6,8 @@
 * :func:`median_time`: median seconds of repeated calls after a warm-up;
 * :func:`forward_ratio`: a method's time over the plain forward pass of a network on the same batches (median of
   interleaved pairs, :func:`medood.utils.machine.paired_time_ratio`);
-* :class:`ForwardTimer`: seconds of each forward call of a module (e.g. one detector call per volume inside a
-  bundle's evaluator), through forward hooks.
+* :class:`CallTimer`: seconds of each call of a module's forward (hooks) or of another method (e.g. a detector's
+  ``infer``, one call per volume inside a bundle's evaluator).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_fe
 from medood.utils.machine import paired_time_ratio
 
 __all__ = [
-    "ForwardTimer",
+    "CallTimer",
     "Measurement",
     "forward_ratio",
     "head_features",
@@ -138,24 +138,38 @@ def head_features(net: nn.Module, batches: Iterable[torch.Tensor]) -> list[dict[
     return [{"features": flatten_features(f["features"]), "logits": f["logits"]} for f in feats]
 
 
-class ForwardTimer:
-    """Seconds of every forward call of ``module`` (forward pre- and post-hooks), e.g. one detector call per volume.
+class CallTimer:
+    """Seconds of every call of a module's ``method``, e.g. one detector call per volume inside an evaluator.
 
-    Use as a context manager (the hooks are removed on exit) or call :meth:`remove`.
+    ``method="forward"``: forward pre- and post-hooks (every ``module(...)`` call). Any other method (e.g.
+    ``"infer"``, the entry point :class:`~medood.inferers.OODInferer` calls on a detector without going through
+    ``forward``) is wrapped on the instance for the timer's lifetime. Use as a context manager (the hooks or the
+    wrapper are removed on exit) or call :meth:`remove`.
 
     Example:
-        >>> with ForwardTimer(net) as timer:
+        >>> with CallTimer(detector, "infer") as timer:
         ...     evaluator.run()
-        >>> timer.times  # one entry per forward call
+        >>> timer.times  # one entry per call
     """
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, method: str = "forward") -> None:
         self.times: list[float] = []
         self._start = 0.0
-        self._hooks = [
-            module.register_forward_pre_hook(self._pre),
-            module.register_forward_hook(self._post),
-        ]
+        self._module, self._method = module, method
+        self._hooks: list[Any] = []
+        if method == "forward":
+            self._hooks = [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
+            return
+        inner = getattr(module, method)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.times.append(time.perf_counter() - start)
+
+        object.__setattr__(module, method, timed)  # an instance attribute shadows the class's method
 
     def _pre(self, *_: Any) -> None:
         self._start = time.perf_counter()
@@ -164,12 +178,14 @@ class ForwardTimer:
         self.times.append(time.perf_counter() - self._start)
 
     def remove(self) -> None:
-        """Remove the hooks (the recorded times stay)."""
+        """Remove the hooks or the wrapper (the recorded times stay)."""
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        if self._method != "forward" and self._method in vars(self._module):
+            object.__delattr__(self._module, self._method)
 
-    def __enter__(self) -> ForwardTimer:
+    def __enter__(self) -> CallTimer:
         return self
 
     def __exit__(
