@@ -71,12 +71,15 @@ def load_network(parser: ConfigParser, key: str = "network", ckpt: Path | str | 
     return net.eval()
 
 
-def split_evaluation_items(items: Iterable[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, list]]:
+def split_evaluation_items(
+    items: Iterable[Mapping[str, Any]],
+) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """``(ID test items, {ood_set: items})`` of an evaluation datalist.
 
     Items carry ``is_ood`` (0 / 1) and, when OOD, ``ood_set``; the sets come in order of first appearance.
     """
-    test, sets = [], {}
+    test: list[dict[str, Any]] = []
+    sets: dict[str, list[dict[str, Any]]] = {}
     for d in items:
         if d["is_ood"]:
             sets.setdefault(d["ood_set"], []).append(dict(d))
