@@ -49,11 +49,11 @@ from medood.benchmark.bundles import (
 from medood.benchmark.report import bench_header, write_page
 from medood.benchmark.runner import resolved_k
 from medood.benchmark.script import add_common_arguments, render_only, start
-from medood.benchmark.tables import ood_task_table, set_sizes
+from medood.benchmark.tables import ood_task_section, set_sizes
 from medood.benchmark.timing import forward_ratio, head_features, over_batches
 from medood.detectors.posthoc import fit_many, score_many
 from medood.engines.posthoc import build_detectors
-from medood.metrics.tables import FPR95_CONVENTION, method_standing, results_table
+from medood.metrics.tables import FPR95_CONVENTION, results_table
 
 ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("bench_heatmap")
@@ -207,19 +207,12 @@ def markdown(res: Mapping[str, Any]) -> str:
     ]
     for name, table in res["tasks"].items():
         s = res["task_summary"][name]
-        lines += [
-            "",
-            f"## {name}",
-            "",
-            f"Classifier: `{s['classifier']}`, ID test accuracy {100 * s['id_test_accuracy']:.1f} %; "
-            f"{s.get('n_train', '?')} training images; {s['n_id_test']} ID test; OOD sets: "
-            + set_sizes(s["ood_set_sizes"]),
-            "",
-            *ood_task_table(table, highlight="heatmap", mean=_fmean),
-        ]
+        intro = (f"Classifier: `{s['classifier']}`, ID test accuracy {100 * s['id_test_accuracy']:.1f} %; "
+                 f"{s.get('n_train', '?')} training images; {s['n_id_test']} ID test; OOD sets: "
+                 + set_sizes(s["ood_set_sizes"]))  # fmt: skip
+        lines += ood_task_section(name, intro, table, "heatmap", "Heatmap decoder", mean=_fmean)
         c = s["cost"]
         ratios = ", ".join(f"{k} {v:.2f}" for k, v in s["mean_abs_h_ratio_to_id"].items())
-        lines += ["", method_standing(table, "heatmap", "Heatmap decoder")]
         lines += [
             "",
             f"Mean |h| on the ID test set: {s['mean_abs_h']['id_test']:.4f}; ratio of each OOD set's mean |h| to it: "

@@ -50,13 +50,13 @@ from medood.benchmark.bundles import (
 )
 from medood.benchmark.report import bench_header, write_page
 from medood.benchmark.script import add_common_arguments, render_only, start
-from medood.benchmark.tables import md_table, ood_task_table, set_sizes
+from medood.benchmark.tables import md_table, ood_task_section, set_sizes
 from medood.benchmark.tables import mean_over_sets as _mean
 from medood.benchmark.timing import forward_ratio, over_batches
 from medood.data.contrasts import contrast_datalist, contrast_evaluation_datalist
 from medood.detectors.mecam import CAM_GRIDS, MECAMDetector, all_exit_subsets
 from medood.engines.posthoc import evaluate_posthoc
-from medood.metrics.tables import FPR95_CONVENTION, METRICS, method_standing, results_table
+from medood.metrics.tables import FPR95_CONVENTION, METRICS, results_table
 from medood.networks.nets import FinalExitClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,19 +174,10 @@ def markdown(res: dict[str, Any]) -> str:
     ]
     for task, table in res["tasks"].items():
         s = res["task_summary"][task]
-        lines += [
-            "",
-            f"## {task}",
-            "",
-            f"Bundle `{s['bundle']}`; final-exit ID test accuracy {100 * s['id_test_accuracy_final_exit']:.1f} %; "
-            f"{s['n_train']} training and {s['n_id_test']} ID test images; OOD sets: "
-            + set_sizes(s["ood_set_sizes"])
-            + ". Sorted by mean AUROC.",
-            "",
-            *ood_task_table(table, highlight="mecam"),
-            "",
-            method_standing(table, "mecam", "MECAM"),
-        ]
+        intro = (f"Bundle `{s['bundle']}`; final-exit ID test accuracy {100 * s['id_test_accuracy_final_exit']:.1f} "
+                 f"%; {s['n_train']} training and {s['n_id_test']} ID test images; OOD sets: "
+                 + set_sizes(s["ood_set_sizes"]) + ". Sorted by mean AUROC.")  # fmt: skip
+        lines += ood_task_section(task, intro, table, "mecam", "MECAM")
     lines += _ablation_markdown(res) + _cost_markdown(res)
     lines += [
         "",

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["fmt3", "md_table", "mean_over_sets", "ood_task_table", "set_sizes"]
+from medood.metrics.tables import method_standing
+
+__all__ = ["fmt3", "md_table", "mean_over_sets", "ood_task_section", "ood_task_table", "set_sizes"]
 
 #: ``{ood_set: {detector: {metric: value}}}``
 OODTable = Mapping[str, Mapping[str, Mapping[str, float]]]
@@ -67,3 +69,21 @@ def ood_task_table(
         rows.append([f"**{det}**" if det == highlight else det, *cells])
     header = ["detector", *(f"{k} AUROC / FPR95" for k in sets), "mean AUROC", "mean FPR95"]
     return md_table(header, rows)
+
+
+def ood_task_section(
+    name: str,
+    intro: str,
+    table: OODTable,
+    method: str | None = None,
+    label: str = "",
+    detectors: Sequence[str] | None = None,
+    mean: Callable[[OODTable, str, str], float] = mean_over_sets,
+) -> list[str]:
+    """One task of a per-method page, as lines.
+
+    ``## name``, the ``intro`` sentence, :func:`ood_task_table` (``method`` in bold) and, with a ``method``, where
+    it stands (:func:`medood.metrics.tables.method_standing`, named ``label``).
+    """
+    lines = ["", f"## {name}", "", intro, "", *ood_task_table(table, detectors, method, mean)]
+    return lines + (["", method_standing(table, method, label)] if method else [])

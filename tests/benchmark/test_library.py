@@ -25,7 +25,7 @@ from medood.benchmark.bundles import (
 from medood.benchmark.report import bench_header, write_page
 from medood.benchmark.runner import resolved_k
 from medood.benchmark.script import add_common_arguments, render_only
-from medood.benchmark.tables import fmt3, md_table, mean_over_sets, ood_task_table, set_sizes
+from medood.benchmark.tables import fmt3, md_table, mean_over_sets, ood_task_section, ood_task_table, set_sizes
 from medood.benchmark.timing import CallTimer, forward_ratio, measure, median_time, over_batches, peak_memory
 from medood.detectors import NERODetector
 
@@ -198,3 +198,11 @@ def test_resolved_k_reports_neros_clamp() -> None:
     )
     assert resolved_k(det) == {"k": 175, "k_effective": 6, "d": 6}
     assert resolved_k(object()) is None
+
+
+def test_ood_task_section_states_where_the_method_stands() -> None:
+    table = {"s1": _row(msp=0.9, mine=0.6), "s2": _row(msp=0.5, mine=0.8)}
+    lines = ood_task_section("task", "Intro.", table, "mine", "Mine")
+    assert lines[:5] == ["", "## task", "", "Intro.", ""] and lines[-2] == ""
+    assert lines[-1].startswith("Mine: rank 2 of 2 by mean AUROC (70.0; best other: msp 70.0)")
+    assert ood_task_section("t", "i", table)[-1].startswith("| mine |")  # no method: no standing sentence
