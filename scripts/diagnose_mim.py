@@ -39,16 +39,14 @@ import torch.nn.functional as F
 from diagnose_mim_pipeline import end_result, parser_for  # scripts/ is on sys.path when run as a script
 from diagnose_mim_report import write_report
 from monai.data import Dataset
-from monai.transforms import Compose, CropForegroundd, EnsureTyped, Orientationd, ResizeWithPadOrCropd, Spacingd
 from torch import Tensor
 
-from medood.benchmark.bundles import load_network
+from medood.benchmark.bundles import load_network, model_space_transform
 from medood.data.datalist import bundle_datalist
 from medood.data.tokens import TokenGridDataset
-from medood.data.transforms import LoadVolumed
 from medood.losses import ImageAnomalyTokenLoss
 from medood.metrics import auroc, average_precision
-from medood.transforms import RandSlicesd, ScaleNonzeroPercentiled
+from medood.transforms import RandSlicesd
 from medood.utils.machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,19 +63,8 @@ def detector(configs: list[str], weights: Path) -> Any:
 
 def load_cases(dataset_dir: Path) -> tuple[list[dict], list[dict]]:
     """Lesioned and healthy validation volumes in model space (image, lesion, rescaled healthy twin)."""
-    fov, pixdim = parser_for(["inference.yaml"])["fov"], parser_for(["inference.yaml"])["pixdim"]
-    keys = ["image", "label", "twin"]
-    joint = Compose(
-        [
-            LoadVolumed(keys),
-            Orientationd(keys, "RAS", labels=None),
-            Spacingd(keys, pixdim, mode=("bilinear", "nearest", "bilinear")),
-            ScaleNonzeroPercentiled(["image", "twin"]),
-            CropForegroundd(keys, source_key="image", allow_smaller=True),
-            ResizeWithPadOrCropd(keys, fov),
-            EnsureTyped(keys, dtype=torch.float32, track_meta=False),
-        ]
-    )
+    parser = parser_for(["inference.yaml"])
+    joint = model_space_transform(parser["pixdim"], parser["fov"], ["image", "twin"], ["label"])
     healthy_list = bundle_datalist(dataset_dir, "validation", keep=["case"])
     twins = {c["case"]: c["image"] for c in healthy_list}
     lesioned = []

@@ -32,25 +32,18 @@ import torch.nn.functional as F
 from monai.bundle import ConfigParser
 from monai.data import Dataset
 from monai.transforms import (
-    Compose,
-    CropForegroundd,
-    EnsureTyped,
     GaussianSharpen,
     GaussianSmooth,
-    Orientationd,
     RandRicianNoise,
-    ResizeWithPadOrCropd,
-    Spacingd,
 )
 
-from medood.benchmark.bundles import bundle_parser, load_network
+from medood.benchmark.bundles import bundle_parser, load_network, model_space_transform
 from medood.benchmark.report import write_page
 from medood.benchmark.tables import fmt3 as f3
 from medood.benchmark.tables import md_table
 from medood.data.datalist import bundle_datalist
-from medood.data.transforms import LoadVolumed
 from medood.metrics import auroc, best_dice, dice_at_threshold, pixel_ap
-from medood.transforms import ScaleNonzeroPercentile, ScaleNonzeroPercentiled
+from medood.transforms import ScaleNonzeroPercentile
 from medood.utils.checkpoints import load_state
 from medood.utils.io import atomic_write_text
 from medood.utils.machine import describe_machine
@@ -73,18 +66,7 @@ REDUCTIONS = (("topk", 0.0001), ("topk", 0.001), ("topk", 0.01), ("topk", 0.03),
 
 def load(dataset_dir: Path, parser: ConfigParser) -> tuple[list[dict], list[dict], list[dict]]:
     """Healthy training (for the NLL percentiles), healthy validation and lesioned validation volumes."""
-    keys = ["image", "label"]
-    joint = Compose(
-        [
-            LoadVolumed(keys),
-            Orientationd(keys, "RAS", labels=None),
-            Spacingd(keys, parser["pixdim"], mode=("bilinear", "nearest")),
-            ScaleNonzeroPercentiled("image"),
-            CropForegroundd(keys, source_key="image", allow_smaller=True),
-            ResizeWithPadOrCropd(keys, parser["fov"]),
-            EnsureTyped(keys, dtype=torch.float32, track_meta=False),
-        ]
-    )
+    joint = model_space_transform(parser["pixdim"], parser["fov"], ["image"], ["label"])
     pre = parser.get_parsed_content("preprocessing")
     lesioned = list(Dataset(bundle_datalist(dataset_dir, "validation_lesion", keep=["label"]), joint))
     healthy = list(Dataset(bundle_datalist(dataset_dir, "validation"), pre))

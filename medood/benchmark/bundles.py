@@ -9,7 +9,8 @@ score with a bundle's own configs (preprocessing, datalists, network) rather tha
   sets of a demo task as the bundles' ``evaluate.yaml`` list them, and loaders over them;
 * :func:`collect_scores` / :func:`batch_images`: per-image scores of a detector over a loader, plain image batches;
 * :func:`timed_evaluator_run`: a bundle's inference evaluator with the seconds of every network call;
-* :func:`calibrated_map_quality`: map metrics of an evaluator's written maps at the detector's calibrated threshold.
+* :func:`calibrated_map_quality`: map metrics of an evaluator's written maps at the detector's calibrated threshold;
+* :func:`model_space_transform`: volumes and their masks read into a volume bundle's model space together.
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 from monai.data import DataLoader, Dataset
+from monai.transforms import Compose, CropForegroundd, EnsureTyped, Orientationd, ResizeWithPadOrCropd, Spacingd
 from torch import nn
 
 from medood.benchmark.timing import CallTimer
 from medood.data.folders import class_folder_datalist, ood_datalists
+from medood.data.transforms import LoadVolumed
 from medood.metrics.files import evaluate_outputs
+from medood.transforms import ScaleNonzeroPercentiled
 from medood.utils.checkpoints import load_state
 
 __all__ = [
@@ -40,6 +44,7 @@ __all__ = [
     "collect_scores",
     "item_loader",
     "load_network",
+    "model_space_transform",
     "split_evaluation_items",
     "timed_evaluator_run",
 ]
@@ -204,3 +209,27 @@ def calibrated_map_quality(run_dir: Path, datalist: list[Any], detector: Any, ma
         "volume_auroc": m.get("volume", {}).get("auroc", math.nan),
         "threshold": thr,
     }
+
+
+def model_space_transform(
+    pixdim: Sequence[float], fov: Sequence[int], images: Sequence[str], masks: Sequence[str] = ()
+) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """Read volumes (``images`` keys) and masks (``masks`` keys) into a volume bundle's model space, together.
+
+    RAS, resampled to ``pixdim`` (images bilinear, masks nearest), images scaled by their non-zero percentiles,
+    all cropped to the first image's foreground and padded / cropped to ``fov``; float32 tensors without
+    metadata. The geometry of the MIM bundle's preprocessing, applied to a lesion mask (or a healthy twin) too.
+    """
+    keys = [*images, *masks]
+    modes = ["bilinear"] * len(images) + ["nearest"] * len(masks)
+    return Compose(
+        [
+            LoadVolumed(keys),
+            Orientationd(keys, "RAS", labels=None),
+            Spacingd(keys, pixdim, mode=modes),
+            ScaleNonzeroPercentiled(list(images)),
+            CropForegroundd(keys, source_key=images[0], allow_smaller=True),
+            ResizeWithPadOrCropd(keys, fov),
+            EnsureTyped(keys, dtype=torch.float32, track_meta=False),
+        ]
+    )

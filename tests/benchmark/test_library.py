@@ -19,6 +19,7 @@ from medood.benchmark.bundles import (
     class_folder_sets,
     collect_scores,
     item_loader,
+    model_space_transform,
     split_evaluation_items,
     timed_evaluator_run,
 )
@@ -206,3 +207,21 @@ def test_ood_task_section_states_where_the_method_stands() -> None:
     assert lines[:5] == ["", "## task", "", "Intro.", ""] and lines[-2] == ""
     assert lines[-1].startswith("Mine: rank 2 of 2 by mean AUROC (70.0; best other: msp 70.0)")
     assert ood_task_section("t", "i", table)[-1].startswith("| mine |")  # no method: no standing sentence
+
+
+def test_model_space_transform_reads_a_volume_and_its_mask_together(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    vol = np.zeros((12, 12, 12), np.float32)
+    vol[2:10, 2:10, 2:10] = np.linspace(1, 2, 8 * 8 * 8).reshape(8, 8, 8)
+    mask = np.zeros_like(vol)
+    mask[4:6, 4:6, 4:6] = 1
+    for name, arr in (("img", vol), ("mask", mask)):
+        nib.save(nib.Nifti1Image(arr, np.eye(4)), str(tmp_path / f"{name}.nii.gz"))
+    out = model_space_transform((1.0, 1.0, 1.0), (10, 10, 10), ["image"], ["label"])(
+        {"image": str(tmp_path / "img.nii.gz"), "label": str(tmp_path / "mask.nii.gz")}
+    )
+    img, lab = out["image"], out["label"]
+    assert img.shape == lab.shape == (1, 10, 10, 10) and img.dtype == torch.float32
+    assert set(torch.unique(lab).tolist()) == {0.0, 1.0} and int(lab.sum()) == 8  # nearest: the mask stays binary
+    assert bool((img[lab > 0] > 0).all())  # cropped and padded together: the mask still lies on the brain
