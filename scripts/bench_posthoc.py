@@ -37,6 +37,7 @@ import torch
 
 from medood.benchmark.bundles import item_loader
 from medood.benchmark.report import bench_header, write_page
+from medood.benchmark.runner import trained_classifier
 from medood.benchmark.script import add_common_arguments, render_only, start
 from medood.benchmark.tables import md_table, ood_task_table, set_sizes
 from medood.benchmark.timing import forward_ratio, head_features, measure, median_time, over_batches
@@ -44,7 +45,6 @@ from medood.data.classification import class_folder_loader, classifier_preproces
 from medood.data.folders import ood_datalists
 from medood.detectors.posthoc import score_many
 from medood.detectors.registry import get_detector_class
-from medood.engines.classifier import load_classifier, train_folder_classifier
 from medood.engines.posthoc import build_detectors, evaluate_posthoc, load_detectors
 from medood.metrics.tables import FPR95_CONVENTION
 from medood.networks.classifiers import build_classifier
@@ -186,10 +186,7 @@ def task(work: Path, name: str, epochs: int) -> tuple[dict[str, Any], dict[str, 
     if name == "endoscopy":
         net, classes, how = bundle_classifier(), CLASSES, "the NERO bundle's shipped weights"
     else:
-        ckpt = work / "models" / name / "model.pt"
-        if not ckpt.is_file():
-            train_folder_classifier(data, ckpt.parent, epochs=epochs, seed=0, progress=False)
-        net, cfg = load_classifier(ckpt)
+        net, cfg = trained_classifier(data, work / "models" / name, epochs)
         classes, how = cfg["class_names"], f"trained here: resnet10, {epochs} epochs, seed 0"
     train, _ = class_folder_loader(data, "train", 64, classes, batch_size=64)
     test, _ = class_folder_loader(data, "test", 64, classes, batch_size=64)

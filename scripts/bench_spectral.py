@@ -31,18 +31,16 @@ import logging
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigParser
 from torch import nn
 
-from medood.benchmark.bundles import bundle_parser, load_network
+from medood.benchmark.bundles import bundle_parser, load_network, timed_process_run, timed_workflow_run
 from medood.benchmark.report import bench_header, write_page
 from medood.benchmark.script import add_common_arguments, render_only, start
 from medood.benchmark.tables import md_table
@@ -230,27 +228,6 @@ def host_bundle(work: Path) -> Path:
     return out
 
 
-def timed_run(config: Path, overrides: dict[str, Any]) -> float:
-    """Seconds of ``evaluator.run()`` (the run step) of a bundle config, in this process."""
-    wf = ConfigWorkflow(config_file=str(config), workflow_type="infer", **overrides)
-    wf.initialize()
-    start = time.perf_counter()
-    wf.run()
-    seconds = time.perf_counter() - start
-    wf.finalize()
-    return seconds
-
-
-def process_run(config: Path, overrides: dict[str, Any]) -> float:
-    """Seconds of a whole ``python -m monai.bundle run`` process."""
-    args = [f"--{k}={v}" for k, v in overrides.items()]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config), *args], env=env,
-                   check=True, capture_output=True)  # fmt: skip
-    return time.perf_counter() - start
-
-
 def guard_overhead(
     brain_dir: Path, work: Path, repeats: int, own_scores: dict[str, float], limit: int | None = None
 ) -> dict[str, Any]:
@@ -274,9 +251,9 @@ def guard_overhead(
             overrides: dict[str, Any] = {"dataset_dir": str(brain_dir), "datalist_key": "test", "output_dir": str(out)}
             if name == "plain":
                 overrides["bundle_root"] = str(plain)
-            runs[name].append(timed_run(cfg, {**overrides, "contrasts": ["T1w"]}))
+            runs[name].append(timed_workflow_run(cfg, {**overrides, "contrasts": ["T1w"]}))
             if r == 0:
-                procs[name].append(process_run(cfg, {**overrides, "contrasts": "['T1w']"}))
+                procs[name].append(timed_process_run(cfg, {**overrides, "contrasts": "['T1w']"}, ROOT))
             log.info("overhead run %d %s: %.1f s in process", r, name, runs[name][-1])
     guarded = read_scores_csv(work / "overhead_guard" / "scores.csv")
     diffs = [abs(guarded[c] - own_scores[c]) for c in guarded if c in own_scores]

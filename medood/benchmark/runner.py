@@ -35,7 +35,7 @@ from medood.networks.classifiers import build_classifier
 from medood.utils.checkpoints import load_state
 from medood.utils.io import case_name
 
-__all__ = ["TASKS", "TaskResult", "TaskSpec", "peak_memory", "resolved_k", "run_task"]
+__all__ = ["TASKS", "TaskResult", "TaskSpec", "peak_memory", "resolved_k", "run_task", "trained_classifier"]
 
 logger = logging.getLogger(__name__)
 
@@ -165,14 +165,23 @@ def _loader(folder: Path, image_size: int = 64) -> Any:
     return DataLoader(Dataset(items, classifier_preprocessing(image_size)), batch_size=64), [p.stem for p in files]
 
 
+def trained_classifier(data: Path, folder: Path, epochs: int) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The ResNet-10 of ``folder/model.pt`` (eval mode) and its config, trained there first when missing.
+
+    Training: :func:`medood.engines.classifier.train_folder_classifier` on the class folders of ``data``, seed 0.
+    """
+    ckpt = folder / "model.pt"
+    if not ckpt.is_file():
+        train_folder_classifier(data, folder, epochs=epochs, seed=0, progress=False)
+    net, cfg = load_classifier(ckpt)
+    return net.eval(), cfg
+
+
 def _host(spec: TaskSpec, manifest: dict[str, Any], work: Path, epochs: int) -> tuple[torch.nn.Module, list[str], str]:
 
     data = Path(manifest["train_dir"])
     if manifest.get("host", spec.posthoc_host) == "train":  # real data: the shipped hosts know the demo classes
-        ckpt = work / spec.name / "host" / "model.pt"
-        if not ckpt.is_file():
-            train_folder_classifier(data, ckpt.parent, epochs=epochs, seed=0, progress=False)
-        net, cfg = load_classifier(ckpt)
+        net, cfg = trained_classifier(data, work / spec.name / "host", epochs)
         which = "the real dataset's" if manifest.get("real") else "the bench"
         how = (f"ResNet-10 trained here on {which} training split ({epochs} epochs, seed 0; best validation "
                f"accuracy {cfg.get('best_val_accuracy', float('nan')):.3f})")  # fmt: skip

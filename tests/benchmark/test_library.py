@@ -24,7 +24,7 @@ from medood.benchmark.bundles import (
     timed_evaluator_run,
 )
 from medood.benchmark.report import bench_header, write_page
-from medood.benchmark.runner import resolved_k
+from medood.benchmark.runner import resolved_k, trained_classifier
 from medood.benchmark.script import add_common_arguments, render_only
 from medood.benchmark.tables import fmt3, md_table, mean_over_sets, ood_task_section, ood_task_table, set_sizes
 from medood.benchmark.timing import CallTimer, forward_ratio, measure, median_time, over_batches, peak_memory
@@ -225,3 +225,17 @@ def test_model_space_transform_reads_a_volume_and_its_mask_together(tmp_path: Pa
     assert img.shape == lab.shape == (1, 10, 10, 10) and img.dtype == torch.float32
     assert set(torch.unique(lab).tolist()) == {0.0, 1.0} and int(lab.sum()) == 8  # nearest: the mask stays binary
     assert bool((img[lab > 0] > 0).all())  # cropped and padded together: the mask still lies on the brain
+
+
+def test_trained_classifier_trains_once_then_loads(tmp_path: Path) -> None:
+    for split in ("train", "val"):
+        for c, cls in enumerate(("a", "b")):
+            for i in range(2):
+                _png(tmp_path / "data" / split / cls / f"{cls}{i}.png", 100 * c + i)
+    net, cfg = trained_classifier(tmp_path / "data", tmp_path / "host", 1)
+    assert (tmp_path / "host" / "model.pt").is_file() and not net.training and list(cfg["class_names"]) == ["a", "b"]
+    stamp = (tmp_path / "host" / "model.pt").stat().st_mtime_ns
+    again, cfg2 = trained_classifier(tmp_path / "data", tmp_path / "host", 1)
+    assert cfg2 == cfg and (tmp_path / "host" / "model.pt").stat().st_mtime_ns == stamp  # loaded, not retrained
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.equal(net(x), again(x))
