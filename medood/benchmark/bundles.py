@@ -219,13 +219,18 @@ def calibrated_map_quality(run_dir: Path, datalist: list[Any], detector: Any, ma
 
 
 def model_space_transform(
-    pixdim: Sequence[float], fov: Sequence[int], images: Sequence[str], masks: Sequence[str] = ()
+    pixdim: Sequence[float],
+    fov: Sequence[int],
+    images: Sequence[str],
+    masks: Sequence[str] = (),
+    intensity: Sequence[Callable[[Any], Any]] = (),
 ) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
     """Read volumes (``images`` keys) and masks (``masks`` keys) into a volume bundle's model space, together.
 
-    RAS, resampled to ``pixdim`` (images bilinear, masks nearest), images scaled by their non-zero percentiles,
-    all cropped to the first image's foreground and padded / cropped to ``fov``; float32 tensors without
-    metadata. The geometry of the MIM bundle's preprocessing, applied to a lesion mask (or a healthy twin) too.
+    RAS, resampled to ``pixdim`` (images bilinear, masks nearest), images scaled by their non-zero percentiles
+    (then the ``intensity`` transforms, e.g. a histogram standardisation), all cropped to the first image's
+    foreground and padded / cropped to ``fov``; float32 tensors without metadata. The geometry of the MIM bundle's
+    preprocessing, applied to a lesion mask (or a healthy twin) too.
     """
     keys = [*images, *masks]
     modes = ["bilinear"] * len(images) + ["nearest"] * len(masks)
@@ -235,6 +240,7 @@ def model_space_transform(
             Orientationd(keys, "RAS", labels=None),
             Spacingd(keys, pixdim, mode=modes),
             ScaleNonzeroPercentiled(list(images)),
+            *intensity,
             CropForegroundd(keys, source_key=images[0], allow_smaller=True),
             ResizeWithPadOrCropd(keys, fov),
             EnsureTyped(keys, dtype=torch.float32, track_meta=False),

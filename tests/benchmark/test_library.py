@@ -225,6 +225,10 @@ def test_model_space_transform_reads_a_volume_and_its_mask_together(tmp_path: Pa
     assert img.shape == lab.shape == (1, 10, 10, 10) and img.dtype == torch.float32
     assert set(torch.unique(lab).tolist()) == {0.0, 1.0} and int(lab.sum()) == 8  # nearest: the mask stays binary
     assert bool((img[lab > 0] > 0).all())  # cropped and padded together: the mask still lies on the brain
+    doubled = model_space_transform(
+        (1.0, 1.0, 1.0), (10, 10, 10), ["image"], intensity=[lambda d: {**d, "image": 2 * d["image"]}]
+    )({"image": str(tmp_path / "img.nii.gz")})
+    assert torch.allclose(doubled["image"], 2 * img)
 
 
 def test_trained_classifier_trains_once_then_loads(tmp_path: Path) -> None:
