@@ -58,6 +58,7 @@ from medood.data.multitask import (
 from medood.detectors.base_featuremap import FeatureMapDetector
 from medood.detectors.feature_mahalanobis import FeatureMahalanobisDetector
 from medood.detectors.mc_dropout import MCDropoutDetector
+from medood.detectors.posthoc import begin_fit, end_fit, fit_batch
 from medood.detectors.seg_entropy import SegEntropyDetector
 from medood.detectors.spectral import SpectralDetector
 from medood.engines.guard import build_guard
@@ -142,17 +143,10 @@ def fit_detectors(
 ) -> None:
     """Stream the fit cases through every detector that needs fitting (one forward each)."""
     start = time.perf_counter()
-    for det in dets.values():
-        det.reset_fit()
+    begin_fit(dets)
     for item in items:
-        _, feats = forward_features(net, recorder, transform, item)
-        for det in dets.values():
-            if det.requires_fit:
-                det.partial_fit_features(feats)
-    for det in dets.values():
-        if det.requires_fit:
-            det.finalize_fit()
-        det.mark_fitted()
+        fit_batch(dets, forward_features(net, recorder, transform, item)[1], None)
+    end_fit(dets)
     log.info("fitted on %d cases in %.0f s", len(items), time.perf_counter() - start)
 
 
