@@ -58,7 +58,7 @@ from medood.data.multitask import (
 from medood.detectors.base_featuremap import FeatureMapDetector
 from medood.detectors.feature_mahalanobis import FeatureMahalanobisDetector
 from medood.detectors.mc_dropout import MCDropoutDetector
-from medood.detectors.posthoc import begin_fit, end_fit, fit_batch
+from medood.detectors.posthoc import begin_fit, end_fit, fit_batch, score_batch
 from medood.detectors.seg_entropy import SegEntropyDetector
 from medood.detectors.spectral import SpectralDetector
 from medood.engines.guard import build_guard
@@ -175,8 +175,8 @@ def score_domain(net: nn.Module, items: dict, transform: Callable, mc_samples: i
     for i, item in enumerate(items["eval"]):
         x, feats = forward_features(net, recorder, transform, item)
         key = f"{item['task']}/{item['set']}/{item['case']}"
-        for name, det in dets.items():
-            scores[name][key] = float(det.score_features(feats).image_score[0])
+        for name, v in score_batch(dets, feats).items():
+            scores[name][key] = float(v[0])
         scores["mc_dropout"][key] = float(mc.score(x).image_score[0])
         if i % 50 == 0:
             log.info("scored %d / %d", i + 1, len(items["eval"]))
