@@ -161,8 +161,8 @@ def main() -> None:
         diffs = []
         for item in subset:
             name = Path(item["image"]).name.replace(".nii.gz", "")
-            a = np.asarray(nib.load(str(args.work / "vqvae_ar_lsr" / f"{name}_anomaly_map.nii.gz")).dataobj)
-            b = np.asarray(nib.load(str(args.work / "vqvae_ar_cached" / f"{name}_anomaly_map.nii.gz")).dataobj)
+            a = np.asarray(nib.load(str(args.work / "vqvae_ar_lsr" / f"{name}_anomaly_map.nii.gz")).dataobj)  # type: ignore[attr-defined]
+            b = np.asarray(nib.load(str(args.work / "vqvae_ar_cached" / f"{name}_anomaly_map.nii.gz")).dataobj)  # type: ignore[attr-defined]
             diffs.append(float(np.abs(a - b).max()))
         res["vqvae_ar"] = {
             **res["vqvae_ar_cached"],

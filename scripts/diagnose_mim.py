@@ -156,12 +156,12 @@ def token_figures(net: Any, ar: Any, lesion_stats: list[dict], healthy_stats: li
         "n_lesion_tokens_25": int(y25.sum()),
         "n_lesion_tokens_any": int(yany.sum()),
     }
-    for k, v in scores.items():
-        s = torch.cat(v).float()
+    for k, vs in scores.items():
+        s = torch.cat(vs).float()
         res[f"{k}_ranking"] = {"lesion_25": ranking(s, y25), "lesion_any": ranking(s, yany)}
     healthy_flags = [(flags(net, ar, st), st["brain"]) for st in healthy_stats]
-    for k, v in fl.items():
-        f = torch.cat(v)
+    for k, fs in fl.items():
+        f = torch.cat(fs)
         healthy = torch.cat([hf[k][brain] for hf, brain in healthy_flags])
         res[f"{k}_flags"] = {
             "lesion_25": flag_quality(f, y25),
@@ -265,7 +265,7 @@ def nll_threshold(net: Any, dataset_dir: Path, n_volumes: int, refit: bool) -> d
         return {"value": float(net.fitted_nll_threshold), "source": "checkpoint"}
     pre = parser_for(["inference.yaml"]).get_parsed_content("preprocessing")
     train = bundle_datalist(dataset_dir, "training")[:n_volumes]
-    ds = TokenGridDataset(net.tokenizer, Dataset(train, pre), flip_lr=False)
+    ds = TokenGridDataset(net.tokenizer, Dataset(train, pre), flip_lr=False)  # type: ignore[arg-type]
     batches = [
         {"tokens": ds.tokens[i : i + 64].long(), "position": ds.positions[i : i + 64]} for i in range(0, len(ds), 64)
     ]

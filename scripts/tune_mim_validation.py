@@ -68,8 +68,8 @@ def load(dataset_dir: Path, parser: ConfigParser) -> tuple[list[dict], list[dict
     """Healthy training (for the NLL percentiles), healthy validation and lesioned validation volumes."""
     joint = model_space_transform(parser["pixdim"], parser["fov"], ["image"], ["label"])
     pre = parser.get_parsed_content("preprocessing")
-    lesioned = list(Dataset(bundle_datalist(dataset_dir, "validation_lesion", keep=["label"]), joint))
-    healthy = list(Dataset(bundle_datalist(dataset_dir, "validation"), pre))
+    lesioned = list(Dataset(bundle_datalist(dataset_dir, "validation_lesion", keep=["label"]), joint))  # type: ignore[call-overload]
+    healthy = list(Dataset(bundle_datalist(dataset_dir, "validation"), pre))  # type: ignore[call-overload]
     return healthy, lesioned, bundle_datalist(dataset_dir, "training")
 
 
@@ -96,7 +96,8 @@ class Cached:
 
     def raw(self, net: Any, flags: torch.Tensor) -> dict[str, torch.Tensor]:
         """Raw residual volumes (before pooling and masking) of each residual variant for the flagged tokens."""
-        b, out = net.slice_batch, {r: [] for r in RESIDUALS}
+        b = net.slice_batch
+        out: dict[str, list[torch.Tensor]] = {r: [] for r in RESIDUALS}
         with torch.no_grad():
             for i in range(0, len(self.slices), b):
                 s, p, t, m = (v[i : i + b] for v in (self.slices, self.positions, self.tokens, flags))
