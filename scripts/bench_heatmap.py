@@ -27,25 +27,33 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from monai.bundle import ConfigParser
-from monai.data import DataLoader, Dataset
+from monai.data import DataLoader
 
+from medood.benchmark.bundles import (
+    batch_images,
+    bundle_parser,
+    class_folder_sets,
+    item_loader,
+    load_network,
+    split_evaluation_items,
+)
+from medood.benchmark.report import bench_header, write_page
+from medood.benchmark.runner import resolved_k
+from medood.benchmark.script import add_common_arguments, render_only, start
+from medood.benchmark.tables import ood_task_section, set_sizes
+from medood.benchmark.timing import forward_ratio, head_features, over_batches
 from medood.detectors.posthoc import fit_many, score_many
 from medood.engines.posthoc import build_detectors
-from medood.metrics.tables import FPR95_CONVENTION, METRICS, method_standing, results_table
-from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
-from medood.utils.checkpoints import load_state
-from medood.utils.io import atomic_write_text
-from medood.utils.machine import describe_machine, paired_time_ratio
+from medood.metrics.tables import FPR95_CONVENTION, results_table
 
 ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("bench_heatmap")
@@ -63,73 +71,38 @@ TASKS = {
 def bundle_parts(task: str, data: Path) -> tuple[ConfigParser, torch.nn.Module, Any]:
     """The bundle's parsed inference (+ evaluate) config, its frozen classifier and its trained heatmap detector."""
     name, _, extra = TASKS[task]
-    configs = ROOT / "bundles" / f"heatmap_{name}_ood_classification" / "configs"
-    parser = ConfigParser()
-    files = [configs / "inference.yaml", *([configs / extra] if extra else []), configs / "evaluate.yaml"]
-    parser.read_config([str(f) for f in files])
-    bundle = configs.parent
-    parser.update({"bundle_root": str(bundle), "dataset_dir": str(data), "device": "$torch.device('cpu')"})
-    det = parser.get_parsed_content("network")
-    load_state(det, parser.get_parsed_content("ckpt_path"))
-    return parser, parser.get_parsed_content("classifier"), det.eval()
+    bundle = ROOT / "bundles" / f"heatmap_{name}_ood_classification"
+    configs = ["inference.yaml", *([extra] if extra else []), "evaluate.yaml"]
+    parser = bundle_parser(bundle, configs, dataset_dir=str(data), device="$torch.device('cpu')")
+    det = load_network(parser)
+    return parser, parser.get_parsed_content("classifier"), det
 
 
-def loaders_2d(parser: ConfigParser, data: Path) -> tuple[DataLoader, DataLoader, dict[str, DataLoader]]:
-    """ID train, ID test and OOD-set loaders of a class-folder demo set, with the bundle's preprocessing."""
-    from medood.data.folders import class_folder_datalist, ood_datalists
-
+def loaders(parser: ConfigParser, data: Path, volumes: bool) -> tuple[DataLoader, DataLoader, dict[str, DataLoader]]:
+    """ID train, ID test and OOD-set loaders with the bundle's preprocessing: a class-folder demo set (2D), or
+    (``volumes``) the brain bundle's evaluate.yaml protocol (3D contrast volumes)."""
     pre = parser.get_parsed_content("preprocessing")
-    names = parser.get_parsed_content("class_names")
+    if volumes:
+        from medood.data.contrasts import contrast_datalist
+
+        contrasts = parser.get_parsed_content("contrasts")
+        train = contrast_datalist(parser.get_parsed_content("dataset_dir"), "training", contrasts)
+        test, sets = split_evaluation_items(parser.get_parsed_content("datalist"))  # ID test, then the OOD sets
+    else:
+        train, test, sets = class_folder_sets(data, parser.get_parsed_content("class_names"))
+    batch = 8 if volumes else 64
 
     def loader(items: list[dict[str, Any]]) -> DataLoader:
-        data = [{"image": d["image"], "label": d.get("label", -1)} for d in items]
-        return DataLoader(Dataset(data, pre), batch_size=64)
+        return item_loader(items, pre, batch, keys=("image", "label"))
 
-    sets = ood_datalists([data / "ood_near", data / "ood_far"])
-    train, test = (loader(class_folder_datalist(data, s, names)[0]) for s in ("train", "test"))
-    return train, test, {k: loader(v) for k, v in sets.items()}
-
-
-def loaders_3d(parser: ConfigParser) -> tuple[DataLoader, DataLoader, dict[str, DataLoader]]:
-    """ID train, ID test and OOD-set loaders of the brain bundle (its evaluate.yaml protocol and preprocessing)."""
-    from medood.data.contrasts import contrast_datalist
-
-    pre = parser.get_parsed_content("preprocessing")
-    contrasts = parser.get_parsed_content("contrasts")
-    items = parser.get_parsed_content("datalist")  # the evaluation datalist: ID test, then the OOD sets
-
-    def loader(data: list[dict[str, Any]]) -> DataLoader:
-        return DataLoader(Dataset([{"image": d["image"], "label": d["label"]} for d in data], pre), batch_size=8)
-
-    train = loader(contrast_datalist(parser.get_parsed_content("dataset_dir"), "training", contrasts))
-    sets = list(dict.fromkeys(d["ood_set"] for d in items if d["is_ood"]))
-    oods = {s: loader([d for d in items if d["is_ood"] and d["ood_set"] == s]) for s in sets}
-    return train, loader([d for d in items if not d["is_ood"]]), oods
+    return loader(train), loader(test), {k: loader(v) for k, v in sets.items()}
 
 
 def cost(net: torch.nn.Module, det: Any, batches: list[torch.Tensor], repeats: int) -> dict[str, Any]:
     """Decoder alone and classifier + decoder (``det.score``) over the classifier forward alone."""
-    head, _ = find_linear_head(net)
-    with torch.no_grad(), FeatureExtractor(net, {"features": f"{head}:input"}) as fx:
-        feats = [fx(x) for x in batches]
-    feats = [{"features": flatten_features(f["features"]), "logits": f["logits"]} for f in feats]
-
-    def forward() -> None:
-        with torch.no_grad():
-            for x in batches:
-                net(x)
-
-    def decoder() -> None:
-        with torch.no_grad():
-            for f in feats:
-                det.score_features(f)
-
-    def full() -> None:
-        for x in batches:
-            det.score(x)
-
-    r_dec, t_fwd, t_dec = paired_time_ratio(forward, decoder, repeats)
-    r_full, _, t_full = paired_time_ratio(forward, full, repeats)
+    feats = head_features(net, batches)
+    r_dec, t_fwd, t_dec = forward_ratio(net, batches, over_batches(det.score_features, feats, no_grad=True), repeats)
+    r_full, _, t_full = forward_ratio(net, batches, over_batches(det.score, batches), repeats)
     n = sum(x.shape[0] for x in batches)
     return {
         "decoder_over_forward": r_dec,
@@ -144,16 +117,6 @@ def cost(net: torch.nn.Module, det: Any, batches: list[torch.Tensor], repeats: i
         "repeats": repeats,
         "method": "median over interleaved (classifier forward, other) pairs of the time ratio, same batches",
     }
-
-
-def _images(loader: Iterable[Any], limit: int) -> list[torch.Tensor]:
-    out, n = [], 0
-    for b in loader:
-        out.append(torch.as_tensor(b["image"]).as_subclass(torch.Tensor).float())
-        n += out[-1].shape[0]
-        if n >= limit:
-            break
-    return out
 
 
 def evaluate(
@@ -172,6 +135,7 @@ def evaluate(
     mean_h = {"id_test": id_h, **{k: float(v.scores["heatmap"].mean()) for k, v in ood.items()}}
     labels = id_scores.labels
     acc = float((id_scores.logits.argmax(1) == labels).float().mean()) if labels is not None else float("nan")
+    nero_k = resolved_k(baselines["nero"]) if "nero" in baselines else None
     return {
         "table": table,
         "summary": {
@@ -182,29 +146,20 @@ def evaluate(
             "mean_abs_h_ratio_to_id": {k: v / id_h for k, v in mean_h.items() if k != "id_test"},
             "posthoc_fit_seconds_one_pass": fit_seconds,
             "detector_args": dict(detector_args),
-            **_nero_k(baselines),
+            **({"nero_k_effective": nero_k} if nero_k else {}),
         },
     }
-
-
-def _nero_k(baselines: Mapping[str, Any]) -> dict[str, Any]:
-    """NERO's resolved k (``k >= D`` turns its feature-norm term off) as recorded by the fitted detector."""
-    nero = baselines.get("nero")
-    if nero is None or getattr(nero, "k_effective", None) is None:
-        return {}
-    d = int(nero.head_weight.shape[1])
-    return {"nero_k_effective": {"k": nero.k, "k_effective": nero.k_effective, "d": d}}
 
 
 def run_task(name: str, data_root: Path, repeats: int) -> dict[str, Any]:
     """One demo task (pathology / endoscopy: 2D class folders; brain_mri*: 3D contrast volumes) with its bundle."""
     data = data_root / TASKS[name][1]
     parser, net, det = bundle_parts(name, data)
-    train, test, oods = loaders_3d(parser) if TASKS[name][1] == "brain_mri" else loaders_2d(parser, data)
+    train, test, oods = loaders(parser, data, TASKS[name][1] == "brain_mri")
     res = evaluate(net, det, train, test, oods, {})
     res["summary"]["classifier"] = str(Path(parser.get_parsed_content("classifier_path")).resolve().relative_to(ROOT))
     res["summary"]["n_train"] = len(train.dataset)  # type: ignore[arg-type]
-    res["summary"]["cost"] = cost(net, det, _images(test, 64)[:1] * 4, repeats)  # the ID test batch, 4 times
+    res["summary"]["cost"] = cost(net, det, batch_images(test, 64)[:1] * 4, repeats)  # the ID test batch, 4 times
     return res
 
 
@@ -233,6 +188,10 @@ def _notes(res: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _fmean(table: Mapping[str, Any], det: str, metric: str) -> float:
+    return statistics.fmean(table[k][det][metric] for k in table)
+
+
 def markdown(res: Mapping[str, Any]) -> str:
     """The tables: per task, AUROC / FPR95 per OOD set and the means, then the heatmap's |h| ratios and cost."""
     lines = [
@@ -248,28 +207,12 @@ def markdown(res: Mapping[str, Any]) -> str:
     ]
     for name, table in res["tasks"].items():
         s = res["task_summary"][name]
-        dets = list(next(iter(table.values())))
-        mean = {d: {m: statistics.fmean(table[k][d][m] for k in table) for m in METRICS} for d in dets}
-        order = sorted(dets, key=lambda d: -mean[d]["auroc"])
-        lines += [
-            "",
-            f"## {name}",
-            "",
-            f"Classifier: `{s['classifier']}`, ID test accuracy {100 * s['id_test_accuracy']:.1f} %; "
-            f"{s.get('n_train', '?')} training images; {s['n_id_test']} ID test; OOD sets: "
-            + ", ".join(f"{k} ({v})" for k, v in s["ood_set_sizes"].items()),
-            "",
-            "| detector | " + " | ".join(f"{k} AUROC / FPR95" for k in table) + " | mean AUROC | mean FPR95 |",
-            "|---" * (len(table) + 3) + "|",
-        ]
-        for det in order:
-            cells = [f"{100 * table[k][det]['auroc']:.1f} / {100 * table[k][det]['fpr95']:.1f}" for k in table]
-            cells += [f"{100 * mean[det]['auroc']:.1f}", f"{100 * mean[det]['fpr95']:.1f}"]
-            bold = "**" if det == "heatmap" else ""
-            lines.append(f"| {bold}{det}{bold} | " + " | ".join(cells) + " |")
+        intro = (f"Classifier: `{s['classifier']}`, ID test accuracy {100 * s['id_test_accuracy']:.1f} %; "
+                 f"{s.get('n_train', '?')} training images; {s['n_id_test']} ID test; OOD sets: "
+                 + set_sizes(s["ood_set_sizes"]))  # fmt: skip
+        lines += ood_task_section(name, intro, table, "heatmap", "Heatmap decoder", mean=_fmean)
         c = s["cost"]
         ratios = ", ".join(f"{k} {v:.2f}" for k, v in s["mean_abs_h_ratio_to_id"].items())
-        lines += ["", method_standing(table, "heatmap", "Heatmap decoder")]
         lines += [
             "",
             f"Mean |h| on the ID test set: {s['mean_abs_h']['id_test']:.4f}; ratio of each OOD set's mean |h| to it: "
@@ -285,31 +228,20 @@ def markdown(res: Mapping[str, Any]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "heatmap.json")
+    add_common_arguments(p, ROOT / "docs" / "benchmarks" / "heatmap.json")
     p.add_argument("--data", type=Path, default=ROOT / "demo_data", help="the demo data root")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS))
-    p.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the existing .json")
     args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.markdown_only:
-        atomic_write_text(args.out.with_suffix(".md"), markdown(json.loads(args.out.read_text())))
+    if render_only(args, markdown):
         return
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    res: dict[str, Any] = {"machine": describe_machine(), "fpr95_convention": FPR95_CONVENTION}
-    res["metrics"] = list(METRICS)
-    res["tasks"], res["task_summary"] = {}, {}
+    start(args)
+    res: dict[str, Any] = {**bench_header(), "tasks": {}, "task_summary": {}}
     for name in args.tasks:
         out = run_task(name, args.data, args.repeats)
         res["tasks"][name], res["task_summary"][name] = out["table"], out["summary"]
         logger.info("%s done", name)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(res, indent=2) + "\n")
-    atomic_write_text(args.out.with_suffix(".md"), markdown(res))
-    logger.info("wrote %s and %s", args.out, args.out.with_suffix(".md"))
+    write_page(args.out, res, markdown(res))
 
 
 if __name__ == "__main__":

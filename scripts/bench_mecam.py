@@ -29,7 +29,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -38,17 +37,27 @@ from typing import Any
 
 import torch
 from monai.bundle import ConfigParser
-from monai.data import DataLoader, Dataset
+from monai.data import DataLoader
 
+from medood.benchmark.bundles import (
+    batch_images,
+    bundle_parser,
+    class_folder_sets,
+    collect_scores,
+    item_loader,
+    load_network,
+    split_evaluation_items,
+)
+from medood.benchmark.report import bench_header, write_page
+from medood.benchmark.script import add_common_arguments, render_only, start
+from medood.benchmark.tables import md_table, ood_task_section, set_sizes
+from medood.benchmark.tables import mean_over_sets as _mean
+from medood.benchmark.timing import forward_ratio, over_batches
 from medood.data.contrasts import contrast_datalist, contrast_evaluation_datalist
-from medood.data.folders import class_folder_datalist, ood_datalists
 from medood.detectors.mecam import CAM_GRIDS, MECAMDetector, all_exit_subsets
 from medood.engines.posthoc import evaluate_posthoc
-from medood.metrics.tables import FPR95_CONVENTION, METRICS, method_standing, results_table
+from medood.metrics.tables import FPR95_CONVENTION, METRICS, results_table
 from medood.networks.nets import FinalExitClassifier
-from medood.utils.checkpoints import load_state
-from medood.utils.io import atomic_write_text
-from medood.utils.machine import describe_machine, paired_time_ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = {
@@ -61,68 +70,33 @@ logger = logging.getLogger("bench_mecam")
 
 def bundle_parts(task: str, data: Path) -> tuple[ConfigParser, MECAMDetector, Any]:
     """The bundle's parsed configs (inference + evaluate), its shipped detector (eval mode) and preprocessing."""
-    cfg = ROOT / "bundles" / BUNDLES[task] / "configs"
-    parser = ConfigParser()
-    parser.read_config([str(cfg / "inference.yaml"), str(cfg / "evaluate.yaml")])
-    parser.update({"bundle_root": str(cfg.parent), "dataset_dir": str(data)})
-    det = parser.get_parsed_content("network_def")
-    load_state(det, cfg.parent / "models" / "model.pt")
-    return parser, det.eval(), parser.get_parsed_content("preprocessing")
+    bundle = ROOT / "bundles" / BUNDLES[task]
+    parser = bundle_parser(bundle, ["inference.yaml", "evaluate.yaml"], dataset_dir=str(data))
+    det = load_network(parser, "network_def", bundle / "models" / "model.pt")
+    return parser, det, parser.get_parsed_content("preprocessing")
 
 
 def datalists(task: str, parser: ConfigParser, data: Path) -> tuple[list, list, dict[str, list]]:
     """``(train, ID test, {ood_set: items})`` as the bundle's train.yaml / evaluate.yaml list them."""
-    if task == "brain_mri":
-        contrasts = parser["contrasts"]
-        train = contrast_datalist(data, "training", contrasts)
-        items = contrast_evaluation_datalist(
-            data, parser["id_key"], parser["ood_key"], contrasts, parser["ood_slots"], parser["ood_skip"]
-        )
-    else:
-        names = parser["class_names"]
-        train = class_folder_datalist(data, "train", names)[0]
-        items = [{**d, "is_ood": 0} for d in class_folder_datalist(data, "test", names)[0]]
-        for entries in ood_datalists([data / "ood_near", data / "ood_far"]).values():
-            items += [{**e, "label": -1} for e in entries]
-    test = [d for d in items if d["is_ood"] == 0]
-    sets: dict[str, list] = {}
-    for d in items:
-        if d["is_ood"] == 1:
-            sets.setdefault(d["ood_set"], []).append(d)
-    return train, test, sets
-
-
-def _plain(batch: dict) -> torch.Tensor:
-    x = batch["image"]
-    return x.as_tensor() if hasattr(x, "as_tensor") else x
+    if task != "brain_mri":
+        return class_folder_sets(data, parser["class_names"])
+    contrasts = parser["contrasts"]
+    train = contrast_datalist(data, "training", contrasts)
+    items = contrast_evaluation_datalist(
+        data, parser["id_key"], parser["ood_key"], contrasts, parser["ood_slots"], parser["ood_skip"]
+    )
+    return (train, *split_evaluation_items(items))
 
 
 def mecam_scores(det: MECAMDetector, loader: DataLoader) -> dict[str, torch.Tensor]:
     """``{"mecam": (N,), "exits_<digits>": (N,) for the 15 subsets}`` of every image of ``loader``."""
-    out: dict[str, list[torch.Tensor]] = {}
-    with torch.no_grad():
-        for batch in loader:
-            x = _plain(batch)
-            out.setdefault("mecam", []).append(det.score(x).image_score.cpu())
-            for name, s in det.score_subsets(x, "all").items():
-                out.setdefault(name, []).append(s.cpu())
-    return {k: torch.cat(v) for k, v in out.items()}
+    return collect_scores(loader, lambda x: {"mecam": det.score(x).image_score, **det.score_subsets(x, "all")})
 
 
 def cost(det: MECAMDetector, batches: Sequence[torch.Tensor], repeats: int) -> dict[str, Any]:
     """MECAM scoring (the detector's ``cam_grid``) vs the classifier's plain forward pass (all exit logits) on the
     same batches."""
-
-    def forward() -> None:
-        with torch.no_grad():
-            for x in batches:
-                det.net(x)
-
-    def mecam() -> None:
-        for x in batches:
-            det.score(x)
-
-    ratio, t_fwd, t_mecam = paired_time_ratio(forward, mecam, repeats)
+    ratio, t_fwd, t_mecam = forward_ratio(det.net, batches, over_batches(det.score, batches), repeats)
     res = {"mecam_over_forward": ratio, "forward_seconds": t_fwd, "mecam_seconds": t_mecam}
     n = sum(int(x.shape[0]) for x in batches)
     return {**res, "images": n, "batch_size": int(batches[0].shape[0]), "input_shape": list(batches[0].shape[1:]),
@@ -134,12 +108,13 @@ def grid_variants(det: MECAMDetector, id_loader: DataLoader, sets: dict[str, Dat
                   repeats: int) -> dict[str, Any]:  # fmt: skip
     """Mean metrics and cost of MECAM with each ``cam_grid`` (the bundle's setting is restored afterwards)."""
     configured, out = det.cam_grid, {}
+
+    def scores(loader: DataLoader) -> torch.Tensor:
+        return collect_scores(loader, lambda x: {"mecam": det.score(x).image_score})["mecam"]
+
     for grid in CAM_GRIDS:
         det.cam_grid = grid
-        with torch.no_grad():
-            ids = torch.cat([det.score(_plain(b)).image_score.cpu() for b in id_loader])
-            ood = {s: torch.cat([det.score(_plain(b)).image_score.cpu() for b in ld]) for s, ld in sets.items()}
-        table = results_table({"mecam": ids}, {s: {"mecam": v} for s, v in ood.items()})
+        table = results_table({"mecam": scores(id_loader)}, {s: {"mecam": scores(ld)} for s, ld in sets.items()})
         out[grid] = {m: _mean(table, "mecam", m) for m in METRICS} | {"cost": cost(det, batches, repeats)}
     det.cam_grid = configured
     return out
@@ -151,7 +126,7 @@ def run_task(task: str, data: Path, batch_size: int, repeats: int) -> dict[str, 
     train, test, sets = datalists(task, parser, data)
 
     def loader(items: list) -> DataLoader:
-        return DataLoader(Dataset(items, pre), batch_size=batch_size, shuffle=False)
+        return item_loader(items, pre, batch_size)
 
     view = FinalExitClassifier(det.net).eval()
     nero_k = 175 / 512
@@ -164,7 +139,7 @@ def run_task(task: str, data: Path, batch_size: int, repeats: int) -> dict[str, 
     mecam_table = results_table(id_mecam, ood_mecam)
     table = {s: {"mecam": mecam_table[s]["mecam"], **payload["results"][s]} for s in sets}
     ablation = {s: {k: v for k, v in mecam_table[s].items() if k != "mecam"} for s in sets}
-    batches = [_plain(b) for b in loader(test)]
+    batches = batch_images(loader(test))
     variants = grid_variants(det, loader(test), {s: loader(v) for s, v in sets.items()}, batches, repeats)
     return {
         "table": table,
@@ -184,10 +159,6 @@ def run_task(task: str, data: Path, batch_size: int, repeats: int) -> dict[str, 
     }
 
 
-def _mean(table: dict, det: str, metric: str) -> float:
-    return sum(table[s][det][metric] for s in table) / len(table)
-
-
 def markdown(res: dict[str, Any]) -> str:
     """The page; every sentence is generated from ``res`` (the JSON this script writes)."""
     lines = [
@@ -203,26 +174,10 @@ def markdown(res: dict[str, Any]) -> str:
     ]
     for task, table in res["tasks"].items():
         s = res["task_summary"][task]
-        sets = list(table)
-        dets = sorted(table[sets[0]], key=lambda d: -_mean(table, d, "auroc"))
-        lines += [
-            "",
-            f"## {task}",
-            "",
-            f"Bundle `{s['bundle']}`; final-exit ID test accuracy {100 * s['id_test_accuracy_final_exit']:.1f} %; "
-            f"{s['n_train']} training and {s['n_id_test']} ID test images; OOD sets: "
-            + ", ".join(f"{k} ({v})" for k, v in s["ood_set_sizes"].items())
-            + ". Sorted by mean AUROC.",
-            "",
-            "| detector | " + " | ".join(f"{k} AUROC / FPR95" for k in sets) + " | mean AUROC | mean FPR95 |",
-            "|---" * (len(sets) + 3) + "|",
-        ]
-        for det in dets:
-            cells = [f"{100 * table[k][det]['auroc']:.1f} / {100 * table[k][det]['fpr95']:.1f}" for k in sets]
-            cells += [f"{100 * _mean(table, det, 'auroc'):.1f}", f"{100 * _mean(table, det, 'fpr95'):.1f}"]
-            name = f"**{det}**" if det == "mecam" else det
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines += ["", method_standing(table, "mecam", "MECAM")]
+        intro = (f"Bundle `{s['bundle']}`; final-exit ID test accuracy {100 * s['id_test_accuracy_final_exit']:.1f} "
+                 f"%; {s['n_train']} training and {s['n_id_test']} ID test images; OOD sets: "
+                 + set_sizes(s["ood_set_sizes"]) + ". Sorted by mean AUROC.")  # fmt: skip
+        lines += ood_task_section(task, intro, table, "mecam", "MECAM")
     lines += _ablation_markdown(res) + _cost_markdown(res)
     lines += [
         "",
@@ -240,9 +195,8 @@ def _ablation_markdown(res: dict[str, Any]) -> list[str]:
         "",
         "Mean over the OOD sets of each task, AUROC / FPR95 in %.",
         "",
-        "| exits | " + " | ".join(tasks) + " |",
-        "|---" * (len(tasks) + 1) + "|",
     ]
+    rows = []
     for subset in all_exit_subsets():
         name = "exits_" + "".join(map(str, subset))
         cells = [
@@ -250,7 +204,8 @@ def _ablation_markdown(res: dict[str, Any]) -> list[str]:
             f"{100 * _mean(res['exit_ablation'][t], name, 'fpr95'):.1f}"
             for t in tasks
         ]
-        lines.append(f"| {', '.join(map(str, subset))} | " + " | ".join(cells) + " |")
+        rows.append([", ".join(map(str, subset)), *cells])
+    lines += md_table(["exits", *tasks], rows)
     for t in tasks:
         means = {k: _mean(res["exit_ablation"][t], k, "auroc") for k in next(iter(res["exit_ablation"][t].values()))}
         lo, hi = min(means, key=means.__getitem__), max(means, key=means.__getitem__)
@@ -269,52 +224,37 @@ def _cost_markdown(res: dict[str, Any]) -> list[str]:
         "MECAM scoring (plain pass + fused CAM + masked pass) over the classifier's plain forward pass on the same",
         "batches (the ID test set): median ratio of interleaved pairs after a warm-up. Target <= 2.2.",
         "",
-        "| task (cam_grid) | input | batch | images | repeats | forward s | MECAM s | ratio | MECAM ms / image |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for task, c in res["cost"].items():
-        lines.append(
-            f"| {task} ({c['cam_grid']}) | {'x'.join(map(str, c['input_shape']))} | {c['batch_size']} | {c['images']} "
-            f"| {c['repeats']} | {c['forward_seconds']:.3f} | {c['mecam_seconds']:.3f} "
-            f"| **{c['mecam_over_forward']:.2f}** | {c['ms_per_image_mecam']:.2f} |"
-        )
+    rows = [[f"{task} ({c['cam_grid']})", "x".join(map(str, c["input_shape"])), c["batch_size"], c["images"],
+             c["repeats"], f"{c['forward_seconds']:.3f}", f"{c['mecam_seconds']:.3f}",
+             f"**{c['mecam_over_forward']:.2f}**", f"{c['ms_per_image_mecam']:.2f}"]
+            for task, c in res["cost"].items()]  # fmt: skip
+    lines += md_table(["task (cam_grid)", "input", "batch", "images", "repeats", "forward s", "MECAM s", "ratio",
+                       "MECAM ms / image"], rows)  # fmt: skip
     lines += [
         "",
         "`cam_grid`: `input` = every exit's CAM up-sampled to the input, then softmaxed and fused (the paper); `cam` =",
         "softmax and fusion on the finest fused exit's CAM grid, then one up-sampling of the fused map (the 3D",
         "bundle's setting). Both on every task (mean over the OOD sets, %; cost as above):",
         "",
-        "| task | cam_grid | mean AUROC | mean FPR95 | MECAM / forward |",
-        "|---|---|---|---|---|",
     ]
-    for task, by_grid in res.get("cam_grid", {}).items():
-        for grid, v in by_grid.items():
-            lines.append(
-                f"| {task} | {grid} | {100 * v['auroc']:.1f} | {100 * v['fpr95']:.1f} "
-                f"| {v['cost']['mecam_over_forward']:.2f} |"
-            )
+    rows = [[task, grid, f"{100 * v['auroc']:.1f}", f"{100 * v['fpr95']:.1f}", f"{v['cost']['mecam_over_forward']:.2f}"]
+            for task, by_grid in res.get("cam_grid", {}).items() for grid, v in by_grid.items()]  # fmt: skip
+    lines += md_table(["task", "cam_grid", "mean AUROC", "mean FPR95", "MECAM / forward"], rows)
     return lines
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "mecam.json")
+    add_common_arguments(p, ROOT / "docs" / "benchmarks" / "mecam.json")
     p.add_argument("--data", type=Path, default=ROOT / "demo_data", help="the demo data root (medood data demo)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--tasks", nargs="*", default=list(BUNDLES))
     p.add_argument("--repeats", type=int, default=9, help="interleaved timing pairs")
-    p.add_argument("--render", action="store_true", help="only rewrite the markdown from the existing JSON")
     args = p.parse_args()
-    if args.render:
-        atomic_write_text(args.out.with_suffix(".md"), markdown(json.loads(args.out.read_text())))
+    if render_only(args, markdown):
         return
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    res: dict[str, Any] = {"machine": describe_machine(), "fpr95_convention": FPR95_CONVENTION}
-    res["metrics"] = list(METRICS)
-    res.update(tasks={}, exit_ablation={}, cost={}, task_summary={})
+    start(args)
+    res: dict[str, Any] = {**bench_header(), "tasks": {}, "exit_ablation": {}, "cost": {}, "task_summary": {}}
     for task in args.tasks:
         batch = 4 if task == "brain_mri" else 64
         out = run_task(task, args.data / ("brain_mri" if task == "brain_mri" else task), batch, args.repeats)
@@ -322,10 +262,7 @@ def main() -> None:
         res["cost"][task], res["task_summary"][task] = out["cost"], out["summary"]
         res.setdefault("cam_grid", {})[task] = out["cam_grid"]
         logger.info("%s: MECAM / forward %.2f", task, out["cost"]["mecam_over_forward"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(res, indent=2) + "\n")
-    atomic_write_text(args.out.with_suffix(".md"), markdown(res))
-    logger.info("wrote %s and %s", args.out, args.out.with_suffix(".md"))
+    write_page(args.out, res, markdown(res))
 
 
 if __name__ == "__main__":

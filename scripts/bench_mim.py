@@ -25,7 +25,6 @@ import copy
 import json
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +33,12 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
+from medood.benchmark.bundles import bundle_parser, calibrated_map_quality, timed_evaluator_run
+from medood.benchmark.report import bench_header, write_page
+from medood.benchmark.script import add_common_arguments, start
+from medood.benchmark.tables import md_table
 from medood.detectors import VQVAEReconstructionDetector
-from medood.metrics.files import evaluate_outputs
 from medood.utils.checkpoints import load_state as load_weights
-from medood.utils.io import atomic_write_text
-from medood.utils.machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "mim_brain_mri_anomaly_segmentation"
@@ -46,23 +46,8 @@ CONFIGS = BUNDLE / "configs"
 logger = logging.getLogger("bench_mim")
 
 
-
 def parser_for(configs: list[str], **overrides: Any) -> ConfigParser:
-    p = ConfigParser()
-    p.read_config([str(CONFIGS / c) for c in configs])
-    p.read_meta(str(CONFIGS / "metadata.json"))
-    p.update({"bundle_root": str(BUNDLE), **overrides})
-    return p
-
-
-class NetworkTimer:
-    """Forward hooks timing each call of the detector (one call per volume)."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        self.times: list[float] = []
-        self._t = 0.0
-        net.register_forward_pre_hook(lambda *_: setattr(self, "_t", time.perf_counter()))
-        net.register_forward_hook(lambda *_: self.times.append(time.perf_counter() - self._t))
+    return bundle_parser(BUNDLE, configs, meta=True, **overrides)
 
 
 def run_inference(
@@ -83,34 +68,26 @@ def run_inference(
     if network is None:
         load_weights(net, p.get_parsed_content("ckpt_path"))
     net.eval()
-    timer = NetworkTimer(net)
-    evaluator = p.get_parsed_content("evaluator")
-    data = p.get_parsed_content("datalist")
-    start = time.perf_counter()
-    evaluator.run()
-    wall = time.perf_counter() - start
-    n = len(data)
+    run = timed_evaluator_run(p)
     return {
-        "network_s": float(np.mean(timer.times)),
-        "pipeline_s": wall / n,
-        "n": n,
+        "network_s": float(np.mean(run.network_seconds)),
+        "pipeline_s": run.wall_seconds / run.n,
+        "n": run.n,
         "net": net,
-        "datalist": data,
+        "datalist": run.datalist,
         "parser": p,
     }
 
 
 def quality(out: Path, datalist: list, net: Any, map_percentile: float) -> dict[str, float]:
-    thr = net.calibration.thresholds(map_percentile).map
-    m = evaluate_outputs(out, datalist, threshold=thr, slice_axis=2)
-    v = m["voxel"]["metrics"]
+    q = calibrated_map_quality(out, datalist, net, map_percentile)
     return {
-        "pixel_ap": v["pixel_ap"],
-        "best_dice": v["best_dice"],
-        "dice_at_val_threshold": v.get("dice", float("nan")),
-        "slice_ap": v["slice_ap"],
-        "volume_auroc": m["volume"]["auroc"],
-        "val_threshold": thr,
+        "pixel_ap": q["pixel_ap"],
+        "best_dice": q["best_dice"],
+        "dice_at_val_threshold": q["dice"],
+        "slice_ap": q["slice_ap"],
+        "volume_auroc": q["volume_auroc"],
+        "val_threshold": q["threshold"],
     }
 
 
@@ -135,9 +112,9 @@ def main() -> None:
     # set here, not at import, so importing this script (tests) leaves the environment alone
     os.environ.setdefault("MEDOOD_RUN_MODE", "overwrite")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(ap, ROOT / "docs" / "benchmarks" / "mim.json", render=False)
     ap.add_argument("--dataset-dir", type=Path, default=ROOT / "demo_data" / "brain_mri")
     ap.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench_mim")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "mim.json")
     ap.add_argument("--lsr-volumes", type=int, default=2, help="volumes for the slow LSR-style AR timing")
     ap.add_argument(
         "--reuse-ar",
@@ -147,9 +124,8 @@ def main() -> None:
         " weights on the same machine: the AR runs (~25 min on 2 cores) are not repeated; the report says so",
     )
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    start(args)
     os.environ.setdefault("MEDOOD_PROGRESS", "0")
-    torch.manual_seed(0)
     map_percentile = float(parser_for(["inference.yaml"])["map_percentile"])
     res: dict[str, Any] = {}
 
@@ -185,8 +161,8 @@ def main() -> None:
         diffs = []
         for item in subset:
             name = Path(item["image"]).name.replace(".nii.gz", "")
-            a = np.asarray(nib.load(str(args.work / "vqvae_ar_lsr" / f"{name}_anomaly_map.nii.gz")).dataobj)
-            b = np.asarray(nib.load(str(args.work / "vqvae_ar_cached" / f"{name}_anomaly_map.nii.gz")).dataobj)
+            a = np.asarray(nib.load(str(args.work / "vqvae_ar_lsr" / f"{name}_anomaly_map.nii.gz")).dataobj)  # type: ignore[attr-defined]
+            b = np.asarray(nib.load(str(args.work / "vqvae_ar_cached" / f"{name}_anomaly_map.nii.gz")).dataobj)  # type: ignore[attr-defined]
             diffs.append(float(np.abs(a - b).max()))
         res["vqvae_ar"] = {
             **res["vqvae_ar_cached"],
@@ -212,7 +188,7 @@ def main() -> None:
     logger.info("vqvae_recon: %s", res["vqvae_recon"])
 
     report = {
-        "machine": describe_machine(),
+        **bench_header(conventions=False),
         "n_test_volumes": mim["n"],
         "methods": res,
         "speed_ratio_ar_over_mim": res["vqvae_ar"]["seconds_per_volume"] / res["mim"]["seconds_per_volume"],
@@ -232,22 +208,22 @@ def main() -> None:
     }
     if reused is not None:
         report["notes"]["ar_runs"] = f"AR figures reused from {args.reuse_ar}: {reused.get('source', '')}"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(report, indent=2, default=float) + "\n")
-    rows = [
-        "| method | s / volume | pixel AP | best Dice (oracle) | Dice @ val thr | slice AP | volume AUROC |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    write_page(args.out, report, markdown(report), default=float)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The page, from the JSON this script writes."""
+    rows = []
     for k in ("mim", "vqvae_ar", "vqvae_ar_cached", "vqvae_recon"):
-        r = res[k]
-        rows.append(
-            f"| {k} | {r['seconds_per_volume']:.2f} | {r['pixel_ap']:.3f} | {r['best_dice']:.3f} | "
-            f"{r['dice_at_val_threshold']:.3f} | {r['slice_ap']:.3f} | {r['volume_auroc']:.3f} |"
-        )
-    md = "\n".join(
+        r = report["methods"][k]
+        figures = ("pixel_ap", "best_dice", "dice_at_val_threshold", "slice_ap", "volume_auroc")
+        rows.append([k, f"{r['seconds_per_volume']:.2f}", *(f"{r[f]:.3f}" for f in figures)])
+    header = ["method", "s / volume", "pixel AP", "best Dice (oracle)", "Dice @ val thr", "slice AP", "volume AUROC"]
+    return "\n".join(
         [
-            f"# MIM-OOD benchmark\n\nMachine: {report['machine']}. {mim['n']} demo test volumes (2 mm).\n",
-            *rows,
+            f"# MIM-OOD benchmark\n\nMachine: {report['machine']}. {report['n_test_volumes']} demo test volumes "
+            "(2 mm).\n",
+            *md_table(header, rows),
             "",
             f"Speed ratio LSR-style AR / MIM-OOD: {report['speed_ratio_ar_over_mim']:.1f}x; "
             f"KV-cached AR / MIM-OOD: {report['speed_ratio_cached_ar_over_mim']:.1f}x; "
@@ -257,8 +233,6 @@ def main() -> None:
             "",
         ]
     )
-    atomic_write_text(args.out.with_suffix(".md"), md)
-    logger.info("wrote %s and %s", args.out, args.out.with_suffix(".md"))
 
 
 if __name__ == "__main__":

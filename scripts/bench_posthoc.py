@@ -28,29 +28,28 @@ from __future__ import annotations
 import argparse
 import functools
 import inspect
-import json
 import logging
-import statistics
-import time
-from collections.abc import Callable, Sized
+from collections.abc import Sized
 from pathlib import Path
 from typing import Any, cast
 
 import torch
-from monai.data import DataLoader, Dataset
 
+from medood.benchmark.bundles import item_loader
+from medood.benchmark.report import bench_header, write_page
+from medood.benchmark.runner import trained_classifier
+from medood.benchmark.script import add_common_arguments, render_only, start
+from medood.benchmark.tables import md_table, ood_task_table, set_sizes
+from medood.benchmark.timing import forward_ratio, head_features, measure, median_time, over_batches
 from medood.data.classification import class_folder_loader, classifier_preprocessing
 from medood.data.folders import ood_datalists
 from medood.detectors.posthoc import score_many
 from medood.detectors.registry import get_detector_class
-from medood.engines.classifier import load_classifier, train_folder_classifier
 from medood.engines.posthoc import build_detectors, evaluate_posthoc, load_detectors
-from medood.metrics.tables import FPR95_CONVENTION, METRICS
+from medood.metrics.tables import FPR95_CONVENTION
 from medood.networks.classifiers import build_classifier
-from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
+from medood.networks.hooks import find_linear_head
 from medood.utils.checkpoints import load_state as load_weights
-from medood.utils.io import atomic_write_text
-from medood.utils.machine import describe_machine, paired_time_ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "nero_endoscopy_ood_classification"
@@ -63,16 +62,6 @@ def bundle_classifier() -> torch.nn.Module:
     return load_weights(build_classifier("resnet10", len(CLASSES)), BUNDLE / "models" / "model.pt").eval()
 
 
-def _median_time(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def overhead(net: torch.nn.Module, n_images: int, repeats: int) -> dict[str, Any]:
     """Forward alone vs score_many with every detector sharing it; ODIN separately. Fitted detectors from the
     bundle."""
@@ -80,27 +69,15 @@ def overhead(net: torch.nn.Module, n_images: int, repeats: int) -> dict[str, Any
     batches = list(torch.rand(n_images, 3, 64, 64, generator=torch.Generator().manual_seed(0)).split(64))
     others = {n: d for n, d in dets.items() if not d.needs_input_grad}
     own = [d for d in dets.values() if d.needs_input_grad]
-    head, _ = find_linear_head(net)
 
-    def forward() -> None:
-        with torch.no_grad():
-            for x in batches:
-                net(x)
+    def odin(x: torch.Tensor) -> None:
+        for det in own:
+            det.score(x)
 
-    def forward_all() -> None:
-        score_many(others, net, batches)
-
-    def odin() -> None:
-        for x in batches:
-            for det in own:
-                det.score(x)
-
-    ratio_all, t_fwd, t_all = paired_time_ratio(forward, forward_all, repeats)
-    ratio_odin, _, t_odin = paired_time_ratio(forward, odin, max(1, repeats // 2))
-    with torch.no_grad():
-        f = FeatureExtractor(net, {"features": f"{head}:input"})(batches[0])
-        feats = {"features": flatten_features(f["features"]), "logits": f["logits"]}
-    per_det = {n: _median_time(functools.partial(d.score_features, feats), repeats) for n, d in others.items()}
+    ratio_all, t_fwd, t_all = forward_ratio(net, batches, functools.partial(score_many, others, net, batches), repeats)
+    ratio_odin, _, t_odin = forward_ratio(net, batches, over_batches(odin, batches), max(1, repeats // 2))
+    feats = head_features(net, batches[:1])[0]
+    per_det = {n: median_time(functools.partial(d.score_features, feats), repeats) for n, d in others.items()}
     return {
         "overhead_all_over_forward": ratio_all,
         "odin_over_forward": ratio_odin,
@@ -117,21 +94,6 @@ def overhead(net: torch.nn.Module, n_images: int, repeats: int) -> dict[str, Any
             "score_features_ms_per_batch_of_64": {n: 1000 * t for n, t in sorted(per_det.items())},
         },
     }
-
-
-def _rss_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def _stream_fit(det: Any, n: int, weight: torch.Tensor, bias: torch.Tensor, batch: int) -> None:
@@ -161,12 +123,8 @@ def _fit_one(name: str, n: int, weight: torch.Tensor, bias: torch.Tensor, thread
 
     _stream_fit(make(), 2 * batch, weight, bias, batch)
     det = make()
-    exact = _reset_peak()
-    before = _rss_kb("VmRSS")
-    start = time.perf_counter()
-    _stream_fit(det, n, weight, bias, batch)
-    seconds = time.perf_counter() - start
-    return seconds, max(0, _rss_kb("VmHWM") - before) / 1024, exact
+    m = measure(functools.partial(_stream_fit, det, n, weight, bias, batch))
+    return m.seconds, m.peak_mb, m.exact
 
 
 def fit_scaling(net: torch.nn.Module, sizes: list[int], plateau: int, batch: int = 1024) -> dict[str, Any]:
@@ -228,15 +186,12 @@ def task(work: Path, name: str, epochs: int) -> tuple[dict[str, Any], dict[str, 
     if name == "endoscopy":
         net, classes, how = bundle_classifier(), CLASSES, "the NERO bundle's shipped weights"
     else:
-        ckpt = work / "models" / name / "model.pt"
-        if not ckpt.is_file():
-            train_folder_classifier(data, ckpt.parent, epochs=epochs, seed=0, progress=False)
-        net, cfg = load_classifier(ckpt)
+        net, cfg = trained_classifier(data, work / "models" / name, epochs)
         classes, how = cfg["class_names"], f"trained here: resnet10, {epochs} epochs, seed 0"
     train, _ = class_folder_loader(data, "train", 64, classes, batch_size=64)
     test, _ = class_folder_loader(data, "test", 64, classes, batch_size=64)
     sets = ood_datalists([data / "ood_near", data / "ood_far"])
-    oods = {s: DataLoader(Dataset(v, classifier_preprocessing(64)), batch_size=64) for s, v in sets.items()}
+    oods = {s: item_loader(v, classifier_preprocessing(64), 64) for s, v in sets.items()}
     payload = evaluate_posthoc(net, train, test, oods, "all", out_dir=work / "results" / name)
     summary = {
         "classifier": how,
@@ -265,12 +220,12 @@ def markdown(res: dict[str, Any]) -> str:
         f"{res['overhead_detail']['images']} images, batch 64, 64x64, the NERO bundle's resnet10)",
         f"- ODIN (perturbation: forward + backward + forward) / forward alone: {res['odin_over_forward']:.2f}",
         "",
-        "| detector | score_features ms per batch of 64 |",
-        "|---|---|",
+        *md_table(
+            ["detector", "score_features ms per batch of 64"],
+            ([n, f"{ms:.2f}"] for n, ms in res["overhead_detail"]["score_features_ms_per_batch_of_64"].items()),
+        ),
     ]
-    for n, ms in res["overhead_detail"]["score_features_ms_per_batch_of_64"].items():
-        lines.append(f"| {n} | {ms:.2f} |")
-    return "\n".join(lines + _fit_markdown(res) + _task_markdown(res))
+    return "\n".join(lines + _fit_markdown(res) + _task_markdown(res)) + "\n"
 
 
 #: what bounds each detector's fit memory (the constructor defaults)
@@ -301,19 +256,14 @@ def _fit_markdown(res: dict[str, Any]) -> list[str]:
         f"Memory: {fd['memory_method']}. No fit needed: {', '.join(fd['no_fit_needed'])}. "
         "Memory grows with N only until a detector's fixed cap is full (last column: one more N past every cap).",
         "",
-        "| detector | "
-        + " | ".join(f"s @ N={n}" for n in cols)
-        + " | "
-        + " | ".join(f"MB @ N={n}" for n in cols)
-        + " | memory bounded by |",
-        "|---" * (2 + 2 * len(cols)) + "|",
     ]
+    rows = []
     for n in res["fit_seconds"]:
         t = [res["fit_seconds"][n][s] for s in sizes] + ([extra[n]["seconds"]] if extra else [])
         mb = [res["fit_peak_mb"][n][s] for s in sizes] + ([extra[n]["peak_mb"]] if extra else [])
-        cells = [f"{v:.2f}" for v in t] + [f"{v:.1f}" for v in mb] + [_FIT_BOUNDS.get(n, "")]
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    return lines
+        rows.append([n, *(f"{v:.2f}" for v in t), *(f"{v:.1f}" for v in mb), _FIT_BOUNDS.get(n, "")])
+    header = ["detector", *(f"s @ N={n}" for n in cols), *(f"MB @ N={n}" for n in cols), "memory bounded by"]
+    return lines + md_table(header, rows)
 
 
 def _task_markdown(res: dict[str, Any]) -> list[str]:
@@ -330,25 +280,18 @@ def _task_markdown(res: dict[str, Any]) -> list[str]:
             f"### {name}",
             "",
             f"Classifier: {s['classifier']}; ID test accuracy {100 * s['id_test_accuracy']:.1f} %; "
-            f"{s['n_train']} training images; OOD sets: "
-            + ", ".join(f"{k} ({v})" for k, v in s["ood_set_sizes"].items()),
+            f"{s['n_train']} training images; OOD sets: " + set_sizes(s["ood_set_sizes"]),
             "",
-            "| detector | " + " | ".join(f"{k} AUROC / FPR95" for k in table) + " | mean AUROC | mean FPR95 |",
-            "|---" * (len(table) + 3) + "|",
+            *ood_task_table(table, list(s["mean"]), mean=lambda _t, d, m: s["mean"][d][m]),  # noqa: B023
+            "",
         ]
-        for det in s["mean"]:
-            cells = [f"{100 * table[k][det]['auroc']:.1f} / {100 * table[k][det]['fpr95']:.1f}" for k in table]
-            cells += [f"{100 * s['mean'][det]['auroc']:.1f}", f"{100 * s['mean'][det]['fpr95']:.1f}"]
-            lines.append(f"| {det} | " + " | ".join(cells) + " |")
-        lines.append("")
     return lines
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "posthoc.json")
+    add_common_arguments(p, ROOT / "docs" / "benchmarks" / "posthoc.json")
     p.add_argument("--work", type=Path, default=Path("/tmp/medood_bench_posthoc"), help="demo data, models, results")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--overhead-images", type=int, default=512)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
@@ -356,15 +299,10 @@ def main() -> None:
     p.add_argument("--tasks", nargs="*", default=["endoscopy", "pathology", "dermoscopy"])
     p.add_argument("--epochs", type=int, default=30, help="training epochs of the non-endoscopy classifiers")
     args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    res: dict[str, Any] = {
-        "machine": describe_machine(),
-        "fpr95_convention": FPR95_CONVENTION,
-        "metrics": list(METRICS),
-    }
+    if render_only(args, markdown):
+        return
+    start(args)
+    res: dict[str, Any] = bench_header()
     net = bundle_classifier()
     res.update(overhead(net, args.overhead_images, args.repeats))
     logger.info("overhead %.3f, ODIN %.2f", res["overhead_all_over_forward"], res["odin_over_forward"])
@@ -372,10 +310,7 @@ def main() -> None:
     res["tasks"], res["task_summary"] = {}, {}
     for name in args.tasks:
         res["tasks"][name], res["task_summary"][name] = task(args.work, name, args.epochs)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(res, indent=2) + "\n")
-    atomic_write_text(args.out.with_suffix(".md"), markdown(res) + "\n")
-    logger.info("wrote %s and %s", args.out, args.out.with_suffix(".md"))
+    write_page(args.out, res, markdown(res))
 
 
 if __name__ == "__main__":

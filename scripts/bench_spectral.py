@@ -31,17 +31,19 @@ import logging
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigParser
 from torch import nn
 
+from medood.benchmark.bundles import bundle_parser, load_network, timed_process_run, timed_workflow_run
+from medood.benchmark.report import bench_header, write_page
+from medood.benchmark.script import add_common_arguments, render_only, start
+from medood.benchmark.tables import md_table
 from medood.data.demo.brain import load_template
 from medood.data.demo.brain_set import save_nifti
 from medood.data.demo.ood import BRAIN_OOD_KINDS, ID_AFTER_PREPROCESSING, make_brain_ood, ood_contrasts
@@ -56,28 +58,22 @@ from medood.data.multitask import (
 from medood.detectors.base_featuremap import FeatureMapDetector
 from medood.detectors.feature_mahalanobis import FeatureMahalanobisDetector
 from medood.detectors.mc_dropout import MCDropoutDetector
+from medood.detectors.posthoc import begin_fit, end_fit, fit_batch, score_batch
 from medood.detectors.seg_entropy import SegEntropyDetector
 from medood.detectors.spectral import SpectralDetector
 from medood.engines.guard import build_guard
 from medood.metrics.ood_sets import METRICS, markdown_table, read_scores_csv, task_tables
 from medood.networks.feature_maps import FeatureRecorder, encoder_stages
-from medood.utils.checkpoints import load_state
 from medood.utils.io import atomic_write_text, case_name
-from medood.utils.machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "spectral_brain_mri_ood_classification"
 log = logging.getLogger("bench_spectral")
 
 
-
 def host(bundle: Path) -> tuple[nn.Module, ConfigParser]:
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.yaml"))
-    parser["bundle_root"] = str(bundle)
-    net = parser.get_parsed_content("network_def")
-    load_state(net, bundle / "models" / "model.pt")
-    return net.eval(), parser
+    parser = bundle_parser(bundle, ["inference.yaml"])
+    return load_network(parser, "network_def", bundle / "models" / "model.pt"), parser
 
 
 def extra_ood(brain_dir: Path, work: Path, n: int, seed: int) -> list[dict[str, Any]]:
@@ -147,17 +143,10 @@ def fit_detectors(
 ) -> None:
     """Stream the fit cases through every detector that needs fitting (one forward each)."""
     start = time.perf_counter()
-    for det in dets.values():
-        det.reset_fit()
+    begin_fit(dets)
     for item in items:
-        _, feats = forward_features(net, recorder, transform, item)
-        for det in dets.values():
-            if det.requires_fit:
-                det.partial_fit_features(feats)
-    for det in dets.values():
-        if det.requires_fit:
-            det.finalize_fit()
-        det.mark_fitted()
+        fit_batch(dets, forward_features(net, recorder, transform, item)[1], None)
+    end_fit(dets)
     log.info("fitted on %d cases in %.0f s", len(items), time.perf_counter() - start)
 
 
@@ -186,8 +175,8 @@ def score_domain(net: nn.Module, items: dict, transform: Callable, mc_samples: i
     for i, item in enumerate(items["eval"]):
         x, feats = forward_features(net, recorder, transform, item)
         key = f"{item['task']}/{item['set']}/{item['case']}"
-        for name, det in dets.items():
-            scores[name][key] = float(det.score_features(feats).image_score[0])
+        for name, v in score_batch(dets, feats).items():
+            scores[name][key] = float(v[0])
         scores["mc_dropout"][key] = float(mc.score(x).image_score[0])
         if i % 50 == 0:
             log.info("scored %d / %d", i + 1, len(items["eval"]))
@@ -233,27 +222,6 @@ def host_bundle(work: Path) -> Path:
     return out
 
 
-def timed_run(config: Path, overrides: dict[str, Any]) -> float:
-    """Seconds of ``evaluator.run()`` (the run step) of a bundle config, in this process."""
-    wf = ConfigWorkflow(config_file=str(config), workflow_type="infer", **overrides)
-    wf.initialize()
-    start = time.perf_counter()
-    wf.run()
-    seconds = time.perf_counter() - start
-    wf.finalize()
-    return seconds
-
-
-def process_run(config: Path, overrides: dict[str, Any]) -> float:
-    """Seconds of a whole ``python -m monai.bundle run`` process."""
-    args = [f"--{k}={v}" for k, v in overrides.items()]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config), *args], env=env,
-                   check=True, capture_output=True)  # fmt: skip
-    return time.perf_counter() - start
-
-
 def guard_overhead(
     brain_dir: Path, work: Path, repeats: int, own_scores: dict[str, float], limit: int | None = None
 ) -> dict[str, Any]:
@@ -277,9 +245,9 @@ def guard_overhead(
             overrides: dict[str, Any] = {"dataset_dir": str(brain_dir), "datalist_key": "test", "output_dir": str(out)}
             if name == "plain":
                 overrides["bundle_root"] = str(plain)
-            runs[name].append(timed_run(cfg, {**overrides, "contrasts": ["T1w"]}))
+            runs[name].append(timed_workflow_run(cfg, {**overrides, "contrasts": ["T1w"]}))
             if r == 0:
-                procs[name].append(process_run(cfg, {**overrides, "contrasts": "['T1w']"}))
+                procs[name].append(timed_process_run(cfg, {**overrides, "contrasts": "['T1w']"}, ROOT))
             log.info("overhead run %d %s: %.1f s in process", r, name, runs[name][-1])
     guarded = read_scores_csv(work / "overhead_guard" / "scores.csv")
     diffs = [abs(guarded[c] - own_scores[c]) for c in guarded if c in own_scores]
@@ -335,7 +303,7 @@ def standing(tasks: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_markdown(path: Path, result: dict[str, Any]) -> None:
+def markdown(result: dict[str, Any]) -> str:
     """The page; every sentence is generated from ``result`` (the JSON this script writes)."""
     ov = result["overhead"]
     tasks, dropped = protocol_tables(result["tasks"])
@@ -369,16 +337,14 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         "",
         "## Mean AUROC per task",
         "",
-        "| task | " + " | ".join(dets) + " |",
-        "|---|" + "---|" * len(dets),
-        *(f"| {t} | " + " | ".join(f"{m[d]:.3f}" for d in dets) + " |" for t, m in means.items()),
+        *md_table(["task", *dets], ([t, *(f"{m[d]:.3f}" for d in dets)] for t, m in means.items())),
         "",
         *standing(tasks),
         "",
     ]
     for metric in METRICS:
         lines += [f"## {metric}", "", markdown_table(tasks, metric)]
-    atomic_write_text(path, "\n".join(lines))
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -386,25 +352,20 @@ def main() -> None:
     # set here, not at import, so importing this script (tests) leaves the environment alone
     os.environ.setdefault("MEDOOD_RUN_MODE", "overwrite")
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_arguments(p, ROOT / "docs" / "benchmarks" / "spectral.json", threads=2)
     p.add_argument("--brain-dir", type=Path, default=ROOT / "demo_data" / "brain_mri")
     p.add_argument("--pathology-dir", type=Path, default=ROOT / "demo_data" / "pathology")
     p.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench_spectral")
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "spectral.json")
     p.add_argument("--extra-ood", type=int, default=2, help="generated OOD volumes per kind (besides the demo's)")
     p.add_argument("--mc-samples", type=int, default=6)
     p.add_argument("--repeats", type=int, default=3, help="alternating overhead runs per bundle")
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="smoke run: at most this many cases per list and set")
-    p.add_argument("--render", action="store_true", help="only rewrite the markdown from the existing JSON")
     args = p.parse_args()
-    if args.render:
-        write_markdown(args.out.with_suffix(".md"), json.loads(args.out.read_text()))
+    if render_only(args, markdown):
         return
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    machine, start = describe_machine(), time.perf_counter()
+    start(args, args.seed)
+    header, t0 = bench_header(conventions=False), time.perf_counter()
     net, parser = host(BUNDLE)
     pixdim, fov = parser.get_parsed_content("pixdim"), parser.get_parsed_content("fov")
     brain = limited(brain_items(args.brain_dir, args.work, args.extra_ood, args.seed), args.limit)
@@ -424,7 +385,7 @@ def main() -> None:
         sizes.setdefault(task, {}).setdefault(s, 0)
         sizes[task][s] += 1
     result = {
-        "machine": machine,
+        **header,
         "guard_overhead": overhead["guard_overhead"],
         "tasks": tasks,
         "overhead": overhead,
@@ -444,10 +405,9 @@ def main() -> None:
             "seg_entropy_volume": "mean softmax entropy over the whole input",
             "mc_dropout": f"mean predictive variance over the predicted foreground, {args.mc_samples} passes",
         },
-        "seconds": time.perf_counter() - start,
+        "seconds": time.perf_counter() - t0,
     }
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
-    write_markdown(args.out.with_suffix(".md"), result)
+    write_page(args.out, result, markdown(result))
     print(markdown_table(tasks, "auroc"))
     print(f"guard overhead {overhead['guard_overhead']:.3f}x")
 

@@ -39,16 +39,14 @@ import torch.nn.functional as F
 from diagnose_mim_pipeline import end_result, parser_for  # scripts/ is on sys.path when run as a script
 from diagnose_mim_report import write_report
 from monai.data import Dataset
-from monai.transforms import Compose, CropForegroundd, EnsureTyped, Orientationd, ResizeWithPadOrCropd, Spacingd
 from torch import Tensor
 
+from medood.benchmark.bundles import load_network, model_space_transform
 from medood.data.datalist import bundle_datalist
 from medood.data.tokens import TokenGridDataset
-from medood.data.transforms import LoadVolumed
 from medood.losses import ImageAnomalyTokenLoss
 from medood.metrics import auroc, average_precision
-from medood.transforms import RandSlicesd, ScaleNonzeroPercentiled
-from medood.utils.checkpoints import load_state
+from medood.transforms import RandSlicesd
 from medood.utils.machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,26 +58,13 @@ OPTIONAL_MODES = ("ar",)  # the AR baseline's own end result (slow: ~1 min per v
 
 # ---------------------------------------------------------------------------------------------- setup
 def detector(configs: list[str], weights: Path) -> Any:
-    net = parser_for(configs).get_parsed_content("network")
-    load_state(net, weights)
-    return net.eval()
+    return load_network(parser_for(configs), "network", weights)
 
 
 def load_cases(dataset_dir: Path) -> tuple[list[dict], list[dict]]:
     """Lesioned and healthy validation volumes in model space (image, lesion, rescaled healthy twin)."""
-    fov, pixdim = parser_for(["inference.yaml"])["fov"], parser_for(["inference.yaml"])["pixdim"]
-    keys = ["image", "label", "twin"]
-    joint = Compose(
-        [
-            LoadVolumed(keys),
-            Orientationd(keys, "RAS", labels=None),
-            Spacingd(keys, pixdim, mode=("bilinear", "nearest", "bilinear")),
-            ScaleNonzeroPercentiled(["image", "twin"]),
-            CropForegroundd(keys, source_key="image", allow_smaller=True),
-            ResizeWithPadOrCropd(keys, fov),
-            EnsureTyped(keys, dtype=torch.float32, track_meta=False),
-        ]
-    )
+    parser = parser_for(["inference.yaml"])
+    joint = model_space_transform(parser["pixdim"], parser["fov"], ["image", "twin"], ["label"])
     healthy_list = bundle_datalist(dataset_dir, "validation", keep=["case"])
     twins = {c["case"]: c["image"] for c in healthy_list}
     lesioned = []
@@ -171,12 +156,12 @@ def token_figures(net: Any, ar: Any, lesion_stats: list[dict], healthy_stats: li
         "n_lesion_tokens_25": int(y25.sum()),
         "n_lesion_tokens_any": int(yany.sum()),
     }
-    for k, v in scores.items():
-        s = torch.cat(v).float()
+    for k, vs in scores.items():
+        s = torch.cat(vs).float()
         res[f"{k}_ranking"] = {"lesion_25": ranking(s, y25), "lesion_any": ranking(s, yany)}
     healthy_flags = [(flags(net, ar, st), st["brain"]) for st in healthy_stats]
-    for k, v in fl.items():
-        f = torch.cat(v)
+    for k, fs in fl.items():
+        f = torch.cat(fs)
         healthy = torch.cat([hf[k][brain] for hf, brain in healthy_flags])
         res[f"{k}_flags"] = {
             "lesion_25": flag_quality(f, y25),
@@ -280,7 +265,7 @@ def nll_threshold(net: Any, dataset_dir: Path, n_volumes: int, refit: bool) -> d
         return {"value": float(net.fitted_nll_threshold), "source": "checkpoint"}
     pre = parser_for(["inference.yaml"]).get_parsed_content("preprocessing")
     train = bundle_datalist(dataset_dir, "training")[:n_volumes]
-    ds = TokenGridDataset(net.tokenizer, Dataset(train, pre), flip_lr=False)
+    ds = TokenGridDataset(net.tokenizer, Dataset(train, pre), flip_lr=False)  # type: ignore[arg-type]
     batches = [
         {"tokens": ds.tokens[i : i + 64].long(), "position": ds.positions[i : i + 64]} for i in range(0, len(ds), 64)
     ]

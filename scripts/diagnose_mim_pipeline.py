@@ -6,7 +6,6 @@ the lesioned ones; the figures come from :func:`medood.metrics.files.evaluate_ou
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,19 +13,16 @@ import numpy as np
 from monai.bundle import ConfigParser
 from torch import Tensor
 
+from medood.benchmark.bundles import bundle_parser, calibrated_map_quality, timed_evaluator_run
 from medood.metrics import auroc
-from medood.metrics.files import evaluate_outputs, read_scores
+from medood.metrics.files import read_scores
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "mim_brain_mri_anomaly_segmentation"
 
 
-
 def parser_for(configs: list[str], **overrides: Any) -> ConfigParser:
     """The bundle's configs merged, with ``bundle_root`` and ``overrides`` set."""
-    p = ConfigParser()
-    p.read_config([str(BUNDLE / "configs" / c) for c in configs])
-    p.update({"bundle_root": str(BUNDLE), **overrides})
-    return p
+    return bundle_parser(BUNDLE, configs, **overrides)
 
 
 class OracleFlags:
@@ -62,16 +58,7 @@ def run_pipeline(net: Any, datalist: list[dict], out: Path, dataset_dir: Path, c
     if calibrate:
         cal = {"_target_": "medood.handlers.CalibrationHandler", "detector": "@network", "foreground": "nonzero"}
         p["handlers"] = [*p["handlers"], cal]
-    times: list[float] = []
-    start = [0.0]
-    pre = net.register_forward_pre_hook(lambda *_: start.__setitem__(0, time.perf_counter()))
-    post = net.register_forward_hook(lambda *_: times.append(time.perf_counter() - start[0]))
-    try:
-        p.get_parsed_content("evaluator").run()
-    finally:
-        pre.remove()
-        post.remove()
-    return times
+    return timed_evaluator_run(p).network_seconds
 
 
 def end_result(net: Any, mode: str, lists: dict[str, list], work: Path, dataset_dir: Path, oracle: dict) -> dict:
@@ -93,8 +80,7 @@ def end_result(net: Any, mode: str, lists: dict[str, list], work: Path, dataset_
             hooks.clear()
             net.__dict__.pop("flag", None)
     map_percentile = float(parser_for(["inference.yaml"])["map_percentile"])
-    thr = net.calibration.thresholds(map_percentile).map
-    v = evaluate_outputs(work / mode / "lesion", lists["lesion"], threshold=thr, slice_axis=2)["voxel"]["metrics"]
+    v = calibrated_map_quality(work / mode / "lesion", lists["lesion"], net, map_percentile)
     h, _ = read_scores(work / mode / "healthy" / "scores.csv")
     ls, _ = read_scores(work / mode / "lesion" / "scores.csv")
     y = np.array([0] * len(h) + [1] * len(ls))
@@ -105,5 +91,5 @@ def end_result(net: Any, mode: str, lists: dict[str, list], work: Path, dataset_
         "dice_at_healthy_threshold": v["dice"],
         "slice_ap": v["slice_ap"],
         "volume_auroc": auroc(np.array(list(h.values()) + list(ls.values())), y),
-        "healthy_threshold": thr,
+        "healthy_threshold": v["threshold"],
     }

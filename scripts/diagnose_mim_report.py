@@ -6,11 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from medood.utils.io import atomic_write_text
-
-
-def _f(v: Any) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
+from medood.benchmark.report import write_page
+from medood.benchmark.tables import fmt3 as _f
+from medood.benchmark.tables import md_table
 
 
 def entry_markdown(e: dict[str, Any]) -> list[str]:
@@ -24,19 +22,13 @@ def entry_markdown(e: dict[str, Any]) -> list[str]:
     ]
     if "tokens" in e:
         lines += stage_markdown(e)
-    lines += [
-        "",
-        "End result (bundle pipeline, validation lesions vs healthy validation):",
-        "",
-        "| flagging | s / volume | pixel AP | best Dice | Dice @ healthy thr | slice AP | volume AUROC |",
-        "|---|---|---|---|---|---|---|",
+    lines += ["", "End result (bundle pipeline, validation lesions vs healthy validation):", ""]
+    header = ["flagging", "s / volume", "pixel AP", "best Dice", "Dice @ healthy thr", "slice AP", "volume AUROC"]
+    figures = ("pixel_ap", "best_dice", "dice_at_healthy_threshold", "slice_ap", "volume_auroc")
+    rows = [
+        [mode, f"{r['seconds_per_volume']:.2f}", *(_f(r[k]) for k in figures)] for mode, r in e["end_result"].items()
     ]
-    for mode, r in e["end_result"].items():
-        lines.append(
-            f"| {mode} | {r['seconds_per_volume']:.2f} | {_f(r['pixel_ap'])} | {_f(r['best_dice'])} | "
-            f"{_f(r['dice_at_healthy_threshold'])} | {_f(r['slice_ap'])} | {_f(r['volume_auroc'])} |"
-        )
-    return [*lines, ""]
+    return [*lines, *md_table(header, rows), ""]
 
 
 def stage_markdown(e: dict[str, Any]) -> list[str]:
@@ -46,42 +38,29 @@ def stage_markdown(e: dict[str, Any]) -> list[str]:
         f"Token scores over the {t['n_tokens']} brain tokens of lesioned slices ({t['n_lesion_tokens_25']} lesion"
         f" tokens at >= 25 %, {t['n_lesion_tokens_any']} with any lesion pixel):",
         "",
-        "| score | AUROC (25 %) | AP (25 %) | AUROC (any) | AP (any) |",
-        "|---|---|---|---|---|",
     ]
+    rows = []
     for k, name in (("atd", "token detector p"), ("nll", "in-painter masked NLL"), ("ar_nll", "AR token NLL")):
         r = t[f"{k}_ranking"]
-        lines.append(
-            f"| {name} | {_f(r['lesion_25']['auroc'])} | {_f(r['lesion_25']['ap'])} | {_f(r['lesion_any']['auroc'])}"
-            f" | {_f(r['lesion_any']['ap'])} |"
-        )
-    lines += [
-        "",
-        "| flagged tokens | recall (25 %) | precision (25 %) | recall (any) | precision (any) |"
-        " healthy brain tokens flagged |",
-        "|---|---|---|---|---|---|",
-    ]
+        rows.append([name, *(_f(r[s][m]) for s in ("lesion_25", "lesion_any") for m in ("auroc", "ap"))])
+    lines += md_table(["score", "AUROC (25 %)", "AP (25 %)", "AUROC (any)", "AP (any)"], rows)
+    lines.append("")
+    rows = []
     for k in ("atd", "nll", "union", "ar"):
         f = t[f"{k}_flags"]
-        lines.append(
-            f"| {k} | {_f(f['lesion_25']['recall'])} | {_f(f['lesion_25']['precision'])} | "
-            f"{_f(f['lesion_any']['recall'])} | {_f(f['lesion_any']['precision'])} | {_f(f['healthy_flag_rate'])} |"
-        )
+        cells = [_f(f[s][m]) for s in ("lesion_25", "lesion_any") for m in ("recall", "precision")]
+        rows.append([k, *cells, _f(f["healthy_flag_rate"])])
+    header = ["flagged tokens", "recall (25 %)", "precision (25 %)", "recall (any)", "precision (any)",
+              "healthy brain tokens flagged"]  # fmt: skip
+    lines += md_table(header, rows)
     for key, what in (("atd", "token detector p"), ("nll", "in-painter NLL")):
         rows = e.get("sweeps", {}).get(key, [])
         if rows:
-            lines += [
-                "",
-                f"Threshold sweep, {what}:",
-                "",
-                "| threshold | value | dilation | recall (25 %) | precision (25 %) | healthy brain tokens flagged |",
-                "|---|---|---|---|---|---|",
-            ]
-            lines += [
-                f"| {r['threshold']} | {r['value']:.3f} | {r['dilation']} | {_f(r['recall'])} | "
-                f"{_f(r['precision'])} | {_f(r['healthy_flag_rate'])} |"
-                for r in rows
-            ]
+            lines += ["", f"Threshold sweep, {what}:", ""]
+            header = ["threshold", "value", "dilation", "recall (25 %)", "precision (25 %)",
+                      "healthy brain tokens flagged"]  # fmt: skip
+            lines += md_table(header, ([r["threshold"], f"{r['value']:.3f}", r["dilation"], _f(r["recall"]),
+                                        _f(r["precision"]), _f(r["healthy_flag_rate"])] for r in rows))  # fmt: skip
     if "synthetic" in e:
         sy = e["synthetic"]
         lines += [
@@ -95,17 +74,29 @@ def stage_markdown(e: dict[str, Any]) -> list[str]:
         lines += ["", f"Detector time on one healthy volume (median of 3, flaggings interleaved): {timing}."]
     lines += ["", "In-painter (all lesion tokens in-painted) and tokenizer (model-space intensities, ~[0, 1]):", ""]
     lines += [f"- {k}: {_f(v)}" for k, v in {**e["inpainter"], **e["tokenizer"]}.items()]
-    lines += [
-        "",
-        "| case | lesion | lesion tokens | recall atd | recall nll | recall union | recall AR |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in e["per_case"]:
-        lines.append(
-            f"| {r['case']} | {r['lesion_type']} | {r['lesion_tokens']} | {_f(r['recall_atd'])} | "
-            f"{_f(r['recall_nll'])} | {_f(r['recall_union'])} | {_f(r['recall_ar'])} |"
-        )
-    return lines
+    lines.append("")
+    header = ["case", "lesion", "lesion tokens", "recall atd", "recall nll", "recall union", "recall AR"]
+    rows = [[r["case"], r["lesion_type"], r["lesion_tokens"], *(_f(r[f"recall_{k}"]) for k in ("atd", "nll", "union",
+             "ar"))] for r in e["per_case"]]  # fmt: skip
+    return lines + md_table(header, rows)
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The page of the whole JSON log: one summary table, then every entry."""
+    md = ["# MIM-OOD per-stage diagnosis (validation lesions only)", "", report["about"], ""]
+    rows = []
+    for e in report["entries"]:
+        token = _f(e["tokens"]["atd_ranking"]["lesion_25"]["auroc"]) if "tokens" in e else "-"
+        for mode, r in e["end_result"].items():
+            figures = ("pixel_ap", "best_dice", "dice_at_healthy_threshold", "volume_auroc")
+            rows.append([e["label"], mode, *(_f(r[k]) for k in figures), token])
+    header = ["entry", "flagging", "pixel AP", "best Dice", "Dice @ healthy thr", "volume AUROC",
+              "token AUROC (ATD, 25 %)"]  # fmt: skip
+    md += md_table(header, rows)
+    md.append("")
+    for e in report["entries"]:
+        md += entry_markdown(e)
+    return "\n".join(md)
 
 
 def write_report(out: Path, entry: dict[str, Any], about: str) -> None:
@@ -113,23 +104,4 @@ def write_report(out: Path, entry: dict[str, Any], about: str) -> None:
     report = json.loads(out.read_text()) if out.is_file() else {"entries": []}
     report["entries"] = [e for e in report["entries"] if e["label"] != entry["label"]] + [entry]
     report["about"] = about
-    atomic_write_text(out, json.dumps(report, indent=2, default=float) + "\n")
-    md = [
-        "# MIM-OOD per-stage diagnosis (validation lesions only)",
-        "",
-        report["about"],
-        "",
-        "| entry | flagging | pixel AP | best Dice | Dice @ healthy thr | volume AUROC | token AUROC (ATD, 25 %) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for e in report["entries"]:
-        for mode, r in e["end_result"].items():
-            md.append(
-                f"| {e['label']} | {mode} | {_f(r['pixel_ap'])} | {_f(r['best_dice'])} | "
-                f"{_f(r['dice_at_healthy_threshold'])} | {_f(r['volume_auroc'])} | "
-                f"{_f(e['tokens']['atd_ranking']['lesion_25']['auroc']) if 'tokens' in e else '-'} |"
-            )
-    md.append("")
-    for e in report["entries"]:
-        md += entry_markdown(e)
-    atomic_write_text(out.with_suffix(".md"), "\n".join(md))
+    write_page(out, report, report_markdown(report), default=float)

@@ -32,21 +32,18 @@ import torch.nn.functional as F
 from monai.bundle import ConfigParser
 from monai.data import Dataset
 from monai.transforms import (
-    Compose,
-    CropForegroundd,
-    EnsureTyped,
     GaussianSharpen,
     GaussianSmooth,
-    Orientationd,
     RandRicianNoise,
-    ResizeWithPadOrCropd,
-    Spacingd,
 )
 
+from medood.benchmark.bundles import bundle_parser, load_network, model_space_transform
+from medood.benchmark.report import write_page
+from medood.benchmark.tables import fmt3 as f3
+from medood.benchmark.tables import md_table
 from medood.data.datalist import bundle_datalist
-from medood.data.transforms import LoadVolumed
 from medood.metrics import auroc, best_dice, dice_at_threshold, pixel_ap
-from medood.transforms import ScaleNonzeroPercentile, ScaleNonzeroPercentiled
+from medood.transforms import ScaleNonzeroPercentile
 from medood.utils.checkpoints import load_state
 from medood.utils.io import atomic_write_text
 from medood.utils.machine import describe_machine
@@ -69,21 +66,10 @@ REDUCTIONS = (("topk", 0.0001), ("topk", 0.001), ("topk", 0.01), ("topk", 0.03),
 
 def load(dataset_dir: Path, parser: ConfigParser) -> tuple[list[dict], list[dict], list[dict]]:
     """Healthy training (for the NLL percentiles), healthy validation and lesioned validation volumes."""
-    keys = ["image", "label"]
-    joint = Compose(
-        [
-            LoadVolumed(keys),
-            Orientationd(keys, "RAS", labels=None),
-            Spacingd(keys, parser["pixdim"], mode=("bilinear", "nearest")),
-            ScaleNonzeroPercentiled("image"),
-            CropForegroundd(keys, source_key="image", allow_smaller=True),
-            ResizeWithPadOrCropd(keys, parser["fov"]),
-            EnsureTyped(keys, dtype=torch.float32, track_meta=False),
-        ]
-    )
+    joint = model_space_transform(parser["pixdim"], parser["fov"], ["image"], ["label"])
     pre = parser.get_parsed_content("preprocessing")
-    lesioned = list(Dataset(bundle_datalist(dataset_dir, "validation_lesion", keep=["label"]), joint))
-    healthy = list(Dataset(bundle_datalist(dataset_dir, "validation"), pre))
+    lesioned = list(Dataset(bundle_datalist(dataset_dir, "validation_lesion", keep=["label"]), joint))  # type: ignore[call-overload]
+    healthy = list(Dataset(bundle_datalist(dataset_dir, "validation"), pre))  # type: ignore[call-overload]
     return healthy, lesioned, bundle_datalist(dataset_dir, "training")
 
 
@@ -110,7 +96,8 @@ class Cached:
 
     def raw(self, net: Any, flags: torch.Tensor) -> dict[str, torch.Tensor]:
         """Raw residual volumes (before pooling and masking) of each residual variant for the flagged tokens."""
-        b, out = net.slice_batch, {r: [] for r in RESIDUALS}
+        b = net.slice_batch
+        out: dict[str, list[torch.Tensor]] = {r: [] for r in RESIDUALS}
         with torch.no_grad():
             for i in range(0, len(self.slices), b):
                 s, p, t, m = (v[i : i + b] for v in (self.slices, self.positions, self.tokens, flags))
@@ -269,8 +256,12 @@ def grow_text(r: dict[str, Any]) -> str:
 
 
 def write_markdown(path: Path, report: dict[str, Any]) -> None:
+    """Write :func:`markdown` of the JSON report to ``path``."""
+    atomic_write_text(path, markdown(report, path.with_suffix(".json").name))
+
+
+def markdown(report: dict[str, Any], json_name: str) -> str:
     """A readable summary of the JSON report: the best setting of each flagging, the shift check, the choice."""
-    f3 = "{:.3f}".format
     best: dict[tuple, dict[str, Any]] = {}
     for r in report["results"]:  # per flagging: the best post-processing by score, then its best volume AUROC
         key = (r["flagging"], r["value"], r["mask_dilation"], r["nll_groups"], grow_of(r))
@@ -280,27 +271,24 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         "# MIM-OOD inference settings chosen on validation data",
         "",
         f"Written by `scripts/tune_mim_validation.py` ({report['machine']}, {report['seconds']:.0f} s); every row in"
-        f" `{path.with_suffix('.json').name}`. {report['data']}. NLL thresholds: {report['nll_threshold_source']}.",
+        f" `{json_name}`. {report['data']}. NLL thresholds: {report['nll_threshold_source']}.",
         "",
         f"Selection: {report['selection']}.",
         "",
         "## Best post-processing of each flagging (clean validation)",
         "",
-        "| flagging | value | grown into | dilation | NLL passes | residual | min/mean pool | volume score |"
-        " pixel AP | best Dice | Dice @ healthy thr | per-case AP | volume AUROC | healthy tokens flagged |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(best.values(), key=score, reverse=True):
-        lines.append(
-            f"| {r['flagging']} | {r['value']:g} | {grow_text(r)} | {r['mask_dilation']} | "
-            f"{r['nll_groups'] if r['flagging'] != 'atd' else '-'} | {r['residual']} | "
-            f"{r['minpool']}/{r['avgpool']} | {r['reduction']} | {f3(r['pixel_ap'])} | {f3(r['best_dice'])} | "
-            f"{f3(r['dice_at_healthy_threshold'])} | {f3(r['case_ap']) if 'case_ap' in r else '-'} | "
-            f"{f3(r['volume_auroc'])} | {r['healthy_tokens_flagged']:.3f} |"
-        )
-    lines += ["", "## Best clean settings re-checked on shifted validation volumes", "",
-              "| setting | clean AP / Dice / Dice@thr / vol AUROC | shifted AP / Dice / Dice@thr / vol AUROC |",
-              "|---|---|---|"]  # fmt: skip
+    header = ["flagging", "value", "grown into", "dilation", "NLL passes", "residual", "min/mean pool", "volume score",
+              "pixel AP", "best Dice", "Dice @ healthy thr", "per-case AP", "volume AUROC",
+              "healthy tokens flagged"]  # fmt: skip
+    rows = [[r["flagging"], f"{r['value']:g}", grow_text(r), r["mask_dilation"],
+             r["nll_groups"] if r["flagging"] != "atd" else "-", r["residual"], f"{r['minpool']}/{r['avgpool']}",
+             r["reduction"], f3(r["pixel_ap"]), f3(r["best_dice"]), f3(r["dice_at_healthy_threshold"]),
+             f3(r["case_ap"]) if "case_ap" in r else "-", f3(r["volume_auroc"]), f"{r['healthy_tokens_flagged']:.3f}"]
+            for r in sorted(best.values(), key=score, reverse=True)]  # fmt: skip
+    lines += md_table(header, rows)
+    lines += ["", "## Best clean settings re-checked on shifted validation volumes", ""]
+    rows = []
     for c in report["candidates_checked_on_shift"]:
         sh = c["shifted"]
         name = (f"{c['flagging']} {c['value']:g}, grow {grow_text(c)}, dil {c['mask_dilation']}, "
@@ -308,13 +296,15 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
                 f" pool {c['minpool']}/{c['avgpool']}, {c['reduction']}")  # fmt: skip
         figs = [(f3(x["pixel_ap"]), f3(x["best_dice"]), f3(x["dice_at_healthy_threshold"]), f3(x["volume_auroc"]))
                 for x in (c, sh)]  # fmt: skip
-        lines.append(f"| {name} | {' / '.join(figs[0])} | {' / '.join(figs[1])} |")
+        rows.append([name, " / ".join(figs[0]), " / ".join(figs[1])])
+    lines += md_table(["setting", "clean AP / Dice / Dice@thr / vol AUROC", "shifted AP / Dice / Dice@thr / vol AUROC"],
+                      rows)  # fmt: skip
     sel = report["selected"]
     lines += ["", f"**Chosen**: {sel['flagging']} at p{sel['value']:g} of healthy training NLLs, grown into "
               f"{grow_text(sel)} (hysteresis), dilation "
               f"{sel['mask_dilation']}, {sel['nll_groups']} NLL passes, residual {sel['residual']}, min/mean pool "
               f"{sel['minpool']}/{sel['avgpool']}, volume score {sel['reduction']}.", ""]  # fmt: skip
-    atomic_write_text(path, "\n".join(lines))
+    return "\n".join(lines)
 
 
 def choose(checked: list[dict[str, Any]], slack: float) -> dict[str, Any]:
@@ -357,18 +347,21 @@ def stress_report(net: Any, healthy: list, lesioned: list, map_pct: float, out: 
               "nll_grow_steps", "residual", "minpool", "avgpool", "score_k")}, "machine": describe_machine(),
               "data": "the 8 healthy validation volumes and their 8 lesioned twins, each stress applied to all 16",
               "rows": rows}  # fmt: skip
-    atomic_write_text(out, json.dumps(report, indent=1) + "\n")
-    f3 = "{:.3f}".format
+    write_page(out, report, stress_markdown(report), indent=1)
+
+
+def stress_markdown(report: dict[str, Any]) -> str:
+    """The page of :func:`stress_report`'s JSON."""
     lines = ["# MIM-OOD shipped settings under acquisition stress (validation volumes only)", "",
              f"Written by `scripts/tune_mim_validation.py --stress` ({report['machine']}); {report['data']}. "
-             f"Settings: {report['settings']}. The map threshold is re-fitted on the stressed healthy volumes.", "",
-             "| stress | pixel AP | best Dice | Dice @ healthy thr | per-case AP | volume AUROC | healthy tokens"
-             " flagged |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for kind, r in rows.items():
-        lines.append(f"| {kind} | {f3(r['pixel_ap'])} | {f3(r['best_dice'])} | {f3(r['dice_at_healthy_threshold'])} | "
-                     f"{f3(r['case_ap'])} | {f3(r['volume_auroc'])} | {r['healthy_tokens_flagged']:.3f} |")  # fmt: skip
-    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
+             f"Settings: {report['settings']}. The map threshold is re-fitted on the stressed healthy volumes.",
+             ""]  # fmt: skip
+    header = ["stress", "pixel AP", "best Dice", "Dice @ healthy thr", "per-case AP", "volume AUROC",
+              "healthy tokens flagged"]  # fmt: skip
+    figures = ("pixel_ap", "best_dice", "dice_at_healthy_threshold", "case_ap", "volume_auroc")
+    rows = [[kind, *(f3(r[k]) for k in figures), f"{r['healthy_tokens_flagged']:.3f}"]
+            for kind, r in report["rows"].items()]  # fmt: skip
+    return "\n".join(lines + md_table(header, rows)) + "\n"
 
 
 def main() -> None:
@@ -402,12 +395,9 @@ def main() -> None:
         return
     torch.manual_seed(0)
     start = time.perf_counter()
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "inference.yaml"))
-    parser.update({"bundle_root": str(BUNDLE)})
-    net = parser.get_parsed_content("network")
-    load_state(net, args.ckpt, prefixes=["tokenizer.", "inpainter."] + ([] if args.no_atd else ["token_detector."]))
-    net.eval()
+    parser = bundle_parser(BUNDLE, ["inference.yaml"])
+    prefixes = ["tokenizer.", "inpainter."] + ([] if args.no_atd else ["token_detector."])
+    net = load_network(parser, "network", args.ckpt, prefixes=prefixes)
     map_pct = float(parser["map_percentile"])
     healthy, lesioned, train = load(args.dataset_dir, parser)
     if args.stress:
@@ -471,9 +461,7 @@ def main() -> None:
         "seconds": time.perf_counter() - start,
         "results": sorted(results, key=lambda r: -r["pixel_ap"]),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(report, indent=1) + "\n")
-    write_markdown(args.out.with_suffix(".md"), report)
+    write_page(args.out, report, markdown(report, args.out.name), indent=1)
     logger.info("selected: %s", chosen)
 
 

@@ -5,6 +5,13 @@ real datasets in their documented layouts (:mod:`medood.benchmark.real`), runs
 :func:`~medood.benchmark.runner.run_task` per task, and writes
 ``results.json`` (schema in the module :mod:`medood.benchmark.page` writer and ``docs/results.md``),
 ``results.md``, ``results_scores.csv.gz`` and PNG plots. ``scripts/benchmark.py`` is its command line.
+
+The per-method scripts (``scripts/bench_*.py``, ``scripts/diagnose_mim*.py``, ``scripts/tune_mim_validation.py``,
+pages under ``docs/benchmarks/``) keep only what is specific to their method and share the rest from here:
+:mod:`~medood.benchmark.bundles` (a bundle's configs, network, datalists, timed evaluator and workflow runs, map
+quality), :mod:`~medood.benchmark.timing` (peak memory, median and paired timings, call timers),
+:mod:`~medood.benchmark.tables` (markdown tables), :func:`~medood.benchmark.report.write_page` (JSON + page) and
+:mod:`~medood.benchmark.script` (common arguments, ``--render``).
 """
 
 from __future__ import annotations

@@ -18,10 +18,20 @@ from typing import Any
 import numpy as np
 
 from medood.benchmark.stats import bootstrap_metrics, flagged_rate, paired_auroc_difference
+from medood.metrics.tables import FPR95_CONVENTION, METRICS
 from medood.utils.conformal import CalibrationSizeError, conformal_threshold
 from medood.utils.io import atomic_path, atomic_write_text
+from medood.utils.machine import describe_machine
 
-__all__ = ["SCORES_FILE", "read_scores_table", "task_results", "write_scores_table"]
+__all__ = [
+    "SCORES_FILE",
+    "bench_header",
+    "read_scores_table",
+    "task_results",
+    "write_json",
+    "write_page",
+    "write_scores_table",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -142,3 +152,30 @@ def write_json(path: Path, payload: dict[str, Any]) -> Path:
         return x
 
     return atomic_write_text(path, json.dumps(clean(payload), indent=2) + "\n")
+
+
+def bench_header(conventions: bool = True) -> dict[str, Any]:
+    """The first keys of a per-method benchmark JSON.
+
+    ``machine`` (:func:`~medood.utils.machine.describe_machine`) and, with ``conventions``, ``fpr95_convention``
+    and the ``metrics`` of its OOD tables.
+    """
+    out: dict[str, Any] = {"machine": describe_machine()}
+    if conventions:
+        out.update(fpr95_convention=FPR95_CONVENTION, metrics=list(METRICS))
+    return out
+
+
+def write_page(
+    out: Path, payload: Mapping[str, Any], markdown: str, indent: int = 2, default: Any = None
+) -> tuple[Path, Path]:
+    """Atomically write a per-method benchmark: the JSON ``out`` and the page next to it (``.md``).
+
+    ``payload`` is written as ``json.dumps`` writes it (NaN included; ``default`` for other types), ``markdown``
+    as given; parent folders are created. Returns both paths.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    js = atomic_write_text(out, json.dumps(payload, indent=indent, default=default) + "\n")
+    md = atomic_write_text(out.with_suffix(".md"), markdown)
+    logger.info("wrote %s and %s", js, md)
+    return js, md

@@ -17,14 +17,13 @@ from __future__ import annotations
 import csv
 import functools
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from medood.benchmark.timing import peak_memory
 from medood.data.classification import class_folder_loader, classifier_preprocessing
 from medood.data.demo.bench import BRAIN_BENCH_OOD
 from medood.data.image2d import IMAGE_2D_SUFFIXES
@@ -36,7 +35,7 @@ from medood.networks.classifiers import build_classifier
 from medood.utils.checkpoints import load_state
 from medood.utils.io import case_name
 
-__all__ = ["TASKS", "TaskResult", "TaskSpec", "peak_memory", "run_task"]
+__all__ = ["TASKS", "TaskResult", "TaskSpec", "peak_memory", "resolved_k", "run_task", "trained_classifier"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,29 +124,6 @@ class TaskResult:
     host: str = ""
 
 
-def _status_kb(name: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(name + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def peak_memory(fn: Callable[[], Any]) -> tuple[Any, float, float]:
-    """``(fn(), seconds, peak MB)``: the rise of the process's resident-set high-water mark over ``fn``.
-
-    VmHWM, reset through ``/proc/self/clear_refs`` where allowed; otherwise the process peak so far, an upper bound).
-    """
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # not-a-file-write: a kernel control
-    except OSError:
-        pass
-    before = _status_kb("VmRSS")
-    start = time.perf_counter()
-    out = fn()
-    seconds = time.perf_counter() - start
-    return out, seconds, max(0.0, (_status_kb("VmHWM") - before) / 1024.0)
-
-
 def _read_scores(path: Path) -> dict[str, float]:
     with path.open(newline="") as f:
         return {r["case"]: float(r["score"]) for r in csv.DictReader(f) if r.get("score") not in (None, "")}
@@ -189,14 +165,23 @@ def _loader(folder: Path, image_size: int = 64) -> Any:
     return DataLoader(Dataset(items, classifier_preprocessing(image_size)), batch_size=64), [p.stem for p in files]
 
 
+def trained_classifier(data: Path, folder: Path, epochs: int) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The ResNet-10 of ``folder/model.pt`` (eval mode) and its config, trained there first when missing.
+
+    Training: :func:`medood.engines.classifier.train_folder_classifier` on the class folders of ``data``, seed 0.
+    """
+    ckpt = folder / "model.pt"
+    if not ckpt.is_file():
+        train_folder_classifier(data, folder, epochs=epochs, seed=0, progress=False)
+    net, cfg = load_classifier(ckpt)
+    return net.eval(), cfg
+
+
 def _host(spec: TaskSpec, manifest: dict[str, Any], work: Path, epochs: int) -> tuple[torch.nn.Module, list[str], str]:
 
     data = Path(manifest["train_dir"])
     if manifest.get("host", spec.posthoc_host) == "train":  # real data: the shipped hosts know the demo classes
-        ckpt = work / spec.name / "host" / "model.pt"
-        if not ckpt.is_file():
-            train_folder_classifier(data, ckpt.parent, epochs=epochs, seed=0, progress=False)
-        net, cfg = load_classifier(ckpt)
+        net, cfg = trained_classifier(data, work / spec.name / "host", epochs)
         which = "the real dataset's" if manifest.get("real") else "the bench"
         how = (f"ResNet-10 trained here on {which} training split ({epochs} epochs, seed 0; best validation "
                f"accuracy {cfg.get('best_val_accuracy', float('nan')):.3f})")  # fmt: skip
@@ -235,12 +220,23 @@ def _run_posthoc(spec: TaskSpec, manifest: dict[str, Any], sets: dict[str, Path]
         }
 
 
+def resolved_k(det: Any) -> dict[str, int] | None:
+    """NERO's ``k`` as resolved at fit: ``{"k", "k_effective", "d"}``; ``None`` for a detector without one.
+
+    ``k >= D`` (the feature width) turns NERO's feature-norm term off.
+    """
+    if getattr(det, "k_effective", None) is None:
+        return None
+    return {"k": det.k, "k_effective": det.k_effective, "d": int(det.head_weight.shape[1])}
+
+
 def _resolved_settings(det: Any) -> str:
     """What a detector resolved at fit that changes its formula (NERO: ``k >= D`` turns its norm term off)."""
-    if getattr(det, "k_effective", None) is None:
+    k = resolved_k(det)
+    if k is None:
         return ""
     state = "on" if det.norm_term_active else "off (k >= D, as the official code)"
-    return f"; k = {det.k} resolved to k_effective = {det.k_effective}, feature-norm term {state}"
+    return f"; k = {k['k']} resolved to k_effective = {k['k_effective']}, feature-norm term {state}"
 
 
 def run_task(spec: TaskSpec, manifest: dict[str, Any], work: Path, epochs: int = 10, quick: bool = False) -> TaskResult:

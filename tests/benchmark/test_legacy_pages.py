@@ -7,6 +7,7 @@ table had 66.7) and scored ``reoriented_pir`` (ID after preprocessing) as OOD.
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,3 +96,32 @@ def test_benchmark_records_neros_resolved_k() -> None:
         "term on"
     )
     assert _resolved_settings(object()) == ""
+
+
+PAGES = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
+
+
+@pytest.mark.parametrize(
+    ("name", "page"),
+    [
+        ("bench_heatmap", "heatmap"),
+        ("bench_mecam", "mecam"),
+        ("bench_posthoc", "posthoc"),
+        ("bench_spectral", "spectral"),
+        ("bench_mim", "mim"),
+        ("tune_mim_validation", "mim_validation_tuning"),
+        ("tune_mim_validation", "mim_validation_stress"),
+        ("diagnose_mim_report", "mim_diagnosis"),
+    ],
+)
+def test_committed_pages_are_their_json_rendered(script: Any, name: str, page: str) -> None:
+    """Each committed page is what its script writes from the committed JSON (the shared table writers of
+    medood.benchmark changed no byte of them)."""
+    module = script(name)
+    report = json.loads((PAGES / f"{page}.json").read_text())
+    render = {
+        "mim_validation_tuning": lambda r: module.markdown(r, f"{page}.json"),
+        "mim_validation_stress": module.__dict__.get("stress_markdown"),
+        "mim_diagnosis": module.__dict__.get("report_markdown"),
+    }.get(page, module.__dict__.get("markdown"))
+    assert render(report) == (PAGES / f"{page}.md").read_text()

@@ -1,0 +1,60 @@
+"""What every per-method benchmark script shares: its common arguments, its setup, and re-rendering its page.
+
+A script (``scripts/bench_*.py``) adds its own arguments, then::
+
+    args = parse(parser)                      # --out, --threads, --render (also spelt --markdown-only)
+    if render_only(args, markdown):           # rewrite the .md from the existing JSON and stop
+        return
+    start(args)                               # logging, torch threads, seed
+    ...
+    write_page(args.out, payload, markdown(payload))   # medood.benchmark.report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medood.utils.io import atomic_write_text
+
+__all__ = ["add_common_arguments", "render_only", "start"]
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def add_common_arguments(
+    p: argparse.ArgumentParser, out: Path, threads: int | None = None, render: bool = True
+) -> argparse.ArgumentParser:
+    """Add ``--out``, ``--threads`` and (with ``render``) ``--render`` to ``p``.
+
+    ``--out``: the JSON (the page is the same name with ``.md``); ``--threads``: torch threads (``None``: torch's
+    choice); ``--render`` (also ``--markdown-only``): rewrite the page from the JSON.
+    """
+    p.add_argument("--out", type=Path, default=out, help="the JSON (the page: the same name with .md)")
+    p.add_argument("--threads", type=int, default=threads, help="torch threads (default: %(default)s)")
+    if render:
+        p.add_argument("--render", "--markdown-only", dest="render", action="store_true",
+                       help="only rewrite the .md next to --out from its JSON")  # fmt: skip
+    return p
+
+
+def render_only(args: argparse.Namespace, markdown: Callable[[Any], str]) -> bool:
+    """With ``--render``: write ``markdown(<the JSON of --out>)`` next to it and return ``True`` (the script stops)."""
+    if not getattr(args, "render", False):
+        return False
+    atomic_write_text(args.out.with_suffix(".md"), markdown(json.loads(args.out.read_text())))
+    return True
+
+
+def start(args: argparse.Namespace, seed: int = 0, level: int = logging.INFO) -> None:
+    """Logging to the console, ``torch.set_num_threads(args.threads)`` when given, ``torch.manual_seed(seed)``."""
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(seed)
