@@ -3,7 +3,9 @@
 Run only after the choice is committed (it reads the test OOD kinds; nothing here changes the choice). Host and
 signature bank as ``diagnose_spectral.py`` (the demo brain training volumes at every contrast); sets: the bench
 ``brain_mri`` ``id_test`` volumes against every ``ood_test`` kind, contrasts pooled as in the benchmark's brain
-task. Compares the chosen setting with the bundle's setting before the choice (``--before``).
+task. Compares the chosen setting with the bundle's setting before the choice (``--before``) and with the
+baselines of the paper's claim on the same host and sets: softmax entropy (foreground / whole volume), MC dropout
+(6 samples, foreground) and pooled Mahalanobis on the two deepest stages (fitted on the same bank).
 
 Writes ``docs/benchmarks/spectral_setting_check.{json,md}``::
 
@@ -20,14 +22,56 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from diagnose_spectral import BUNDLE, ROOT, aurocs, detector, fitted, load_host, scores, spectra
+from torch import nn
 
 from medood.data.demo.bench import read_manifest
 from medood.data.multitask import brain_datalist, brain_transforms
-from medood.networks.feature_maps import encoder_stages
+from medood.detectors.base_featuremap import FeatureMapDetector
+from medood.detectors.feature_mahalanobis import FeatureMahalanobisDetector
+from medood.detectors.mc_dropout import MCDropoutDetector
+from medood.detectors.seg_entropy import SegEntropyDetector
+from medood.networks.feature_maps import FeatureRecorder, encoder_stages
 from medood.utils.io import atomic_write_text
 
 log = logging.getLogger("check_spectral_setting")
+
+
+def baselines(net: nn.Module, deep: list[str], bank: list[dict], sets: dict[str, list[dict]], tf: Any) -> dict:
+    """``{baseline: {set: scores}}`` of the uncertainty baselines and pooled Mahalanobis (one pass per volume)."""
+    dets: dict[str, FeatureMapDetector] = {
+        "entropy_foreground": SegEntropyDetector(region="foreground"),
+        "entropy_volume": SegEntropyDetector(region="volume"),
+        "mahalanobis_pool": FeatureMahalanobisDetector(layers=deep),
+    }
+    rec = FeatureRecorder(net, {n: n for n in [*deep, ""]})
+
+    def features(item: dict) -> tuple[torch.Tensor, dict]:
+        x = torch.as_tensor(tf(dict(item))["image"])[None].float()
+        rec.pop_calls()
+        with torch.no_grad():
+            net(x)
+        return x, {k: v[0] for k, v in rec.pop_calls().items()}
+
+    maha = dets["mahalanobis_pool"]
+    maha.reset_fit()
+    for item in bank:
+        maha.partial_fit_features(features(item)[1])
+    maha.finalize_fit()
+    for det in dets.values():
+        det.mark_fitted()
+    mc = MCDropoutDetector(model=net, n_samples=6, region="foreground")
+    out: dict[str, dict[str, list[float]]] = {name: {} for name in [*dets, "mc_dropout"]}
+    for name, items in sets.items():
+        for item in items:
+            x, feats = features(item)
+            for key, det in dets.items():
+                out[key].setdefault(name, []).append(float(det.score_features(feats).image_score[0]))
+            out["mc_dropout"].setdefault(name, []).append(float(mc.score(x).image_score[0]))
+    rec.remove()
+    return {k: {n: np.asarray(v) for n, v in d.items()} for k, d in out.items()}
 
 
 def main() -> None:
@@ -67,6 +111,9 @@ def main() -> None:
             "combine": combine,
             "auroc": aurocs(s, "id_test"),
         }
+    fit_items = brain_datalist(args.brain_dir / "dataset.json", "training", label_key=None)
+    for name, s in baselines(net, [stages[-2], stages[-1]], fit_items, items, tf).items():
+        result["settings"][name] = {"layers": [], "auroc": aurocs(s, "id_test")}
     result["seconds"] = round(time.perf_counter() - start, 1)
     result["omp_threads"] = os.environ.get("OMP_NUM_THREADS")
     result["protocol"] = (
@@ -86,7 +133,7 @@ def main() -> None:
     ]
     for name, r in result["settings"].items():
         vals = " | ".join(f"{r['auroc'][k]:.3f}" for k in kinds)
-        lines.append(f"| {name} | {'+'.join(r['layers'])} | {vals} | **{r['auroc']['mean']:.3f}** |")
+        lines.append(f"| {name} | {'+'.join(r['layers']) or '-'} | {vals} | **{r['auroc']['mean']:.3f}** |")
     atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
     log.info(
         "wrote %s in %.0f s: %s",
