@@ -88,12 +88,19 @@ def main() -> None:
     }
     weights["spectral.pt"]["n_training_signatures"] = int(det["signatures_0"].shape[0])
     weights["spectral.pt"]["n_validation_volumes"] = int(det["calibration.n_scores"])
+    if "signature_domains" in det and det["signature_domains"].numel():
+        counts = det["signature_domains"].bincount().tolist()
+        weights["spectral.pt"]["n_training_signatures_per_domain"] = dict(zip(("brain", "pathology"), counts))
     meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
     meta.update(
         {
             "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json",
-            "version": "0.1.0",
-            "changelog": {"0.1.0": "initial spectral OOD bundle on a multi-task (brain tissue + pathology) DynUNet"},
+            "version": "0.2.0",
+            "changelog": {
+                "0.2.0": "detector on the first encoder stage (chosen on the validation OOD family, "
+                "scripts/diagnose_spectral.py); signature bank over brain and pathology",
+                "0.1.0": "initial spectral OOD bundle on a multi-task (brain tissue + pathology) DynUNet",
+            },
             "monai_version": monai.__version__,
             "pytorch_version": torch.__version__.split("+")[0],
             "numpy_version": numpy.__version__,
@@ -106,8 +113,9 @@ def main() -> None:
             "name": "Spectral OOD detection on a multi-task segmentation host (brain MRI)",
             "task": "Brain tissue segmentation with a per-volume out-of-distribution score and flag",
             "description": "A DynUNet trained jointly on brain tissue (T1w, T2w, FLAIR) and pathology stain "
-            "segmentation; spectral signatures of its two deepest encoder stages, read by hooks on the same forward "
-            "pass, give a per-volume OOD score (higher = more OOD) and is_ood at 5% healthy false alarms.",
+            "segmentation; spectral signatures of its first encoder stage (chosen on validation OOD data), read by a "
+            "hook on the same forward pass, give a per-volume OOD score (higher = more OOD) and is_ood at 5% "
+            "healthy false alarms.",
             "authors": "medood developers",
             "copyright": "Copyright (c) medood developers",
             "intended_use": "Research only. Not a medical device. Shipped weights are trained on synthetic demo data.",

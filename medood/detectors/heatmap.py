@@ -9,8 +9,7 @@ Algorithm:
 3. it is trained (stage ``decoder``) on the ID training images with target ``t = x`` and on auxiliary OOD images
    with target ``t`` = the ID training image of the same predicted class whose features are nearest (Euclidean),
    with ``loss = mean_b sum (1 + 5 |t|) (x + h - t)^2`` (:class:`~medood.losses.HeatmapLoss`), Adam 2e-4,
-   betas (0.5, 0.999); so ``h = 0`` on ID images and ``h ~ t - x``, the difference to the closest ID image, on
-   OOD ones;
+   betas (0.5, 0.999); so ``h = 0`` on ID images and ``h ~ t - x`` (to the closest ID image) on OOD ones;
 4. map = channel-max ``|h|`` ``(B, 1, *S)``; image score = its mean over pixels (``score_reduction = "mean"``,
    the official formula, applied by :meth:`map_score`).
 
@@ -21,11 +20,15 @@ evaluation OOD sets.
 
 Differences from the official code: the feature range is the true minimum / maximum over all training features
 (the official ``get_norm_values`` reads the first sample of each batch only); the decoder grows with the input
-size and may predict on a coarser grid (``decoder={"scale": 2}``); the map is ``(B, 1, *S)`` as every medood map.
+size (``decoder={"scale": 2}``: a coarser grid); the map is ``(B, 1, *S)`` as every medood map.
 
-Score: higher = more OOD (a larger residual is needed to make the input look like its closest ID image).
+Options (off by default, the official default configuration): ``n_decoders`` trains that many decoders (stages
+``decoder``, ``decoder_1``, ...; independent initialisations) and averages their maps (official results: 5);
+``feature_layers`` concatenates the pooled outputs of further classifier modules to ``z`` (the official ``fw_layers``;
+the joint vector also picks the nearest ID target; needs the detector's own classifier pass, not a shared one).
 
-Cost: one classifier pass (shared with every post-hoc detector by ``score_many``) plus one decoder pass.
+Score: higher = more OOD (a larger residual is needed to make the input look like its closest ID image). Cost: one
+classifier pass (shared with every post-hoc detector by ``score_many``) plus one decoder pass.
 
 References:
     Hornauer & Belagiannis, "Heatmap-based Out-of-Distribution Detection", WACV 2023,
@@ -34,7 +37,6 @@ References:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -50,13 +52,12 @@ from medood.detectors.registry import register_detector
 from medood.detectors.stages import TrainingStage
 from medood.losses import HeatmapLoss
 from medood.losses.heatmap import TARGET_KEYS
-from medood.networks.hooks import flatten_features
+from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
 from medood.networks.nets.heatmap_decoder import HeatmapDecoder
 from medood.transforms.corruptions import CORRUPTIONS, Corrupt
 
 __all__ = ["DEFAULT_AUX_CORRUPTIONS", "HeatmapDetector"]
 
-logger = logging.getLogger(__name__)
 
 #: Corruptions ``fit`` uses as auxiliary OOD data by default (those that apply to any number of channels).
 DEFAULT_AUX_CORRUPTIONS: tuple[str, ...] = ("noise", "blur", "bias", "shuffle", "contrast", "gibbs", "motion")
@@ -73,16 +74,14 @@ class HeatmapDetector(ClassifierDetector):
         image_size: the classifier's input size, which the decoder paints (an int = every axis). Defaults to 64.
         spatial_dims: 2 or 3. Defaults to 2.
         in_channels: image channels (3 = RGB, 1 = MRI). Defaults to 3.
-        in_features: ``D``; read from the head when a model or ``weight`` is given.
-        num_classes: ``C``; read from the head when a model or ``weight`` is given.
+        in_features, num_classes: ``D`` and ``C``; read from the head when a model or ``weight`` is given.
         decoder: :class:`~medood.networks.nets.HeatmapDecoder` options (``scale``, ``channels``,
             ``base_channels``, ``max_channels``, ``latent_channels``, ``norm``). Defaults to its defaults.
         loss_weight: ``w`` of the loss weighting ``1 + w |t|``. Defaults to 5.0.
         loss_input_range: ``(lo, hi)`` of the images, mapped to ``[-1, 1]`` inside the loss (the official code's
             range, so ``1 + w |t|`` weights dark and bright pixels alike; :class:`~medood.losses.HeatmapLoss`).
             Defaults to ``None``: images as given (``[0, 1]``: the weight grows with brightness only).
-        aux_corruptions: corruptions of the ID images used as auxiliary OOD data by ``fit``. Defaults to
-            :data:`DEFAULT_AUX_CORRUPTIONS`.
+        aux_corruptions: corruptions of the ID images, auxiliary OOD data of ``fit``. Defaults to the default ones.
         aux_per_image: corrupted copies per ID training image. Defaults to 1.
         corruption_options: per-corruption overrides of :data:`~medood.transforms.corruptions.CORRUPTIONS`.
         mask_background: corruptions keep all-zero voxels at 0 (skull-stripped MRI). Defaults to False.
@@ -90,8 +89,9 @@ class HeatmapDetector(ClassifierDetector):
         lr: Adam learning rate. Defaults to 2e-4 (the paper; betas (0.5, 0.999)).
         batch_size: training batch size of ``fit``. Defaults to 200 (the paper).
         seed: seed of the auxiliary corruptions and of the training order. Defaults to 0.
-        weight: ``(C, D)`` head weight, without a model.
-        bias: ``(C,)`` head bias, without a model.
+        weight, bias: ``(C, D)`` head weight and ``(C,)`` bias, without a model.
+        n_decoders: decoders trained and averaged (the official ensemble: 5). Defaults to 1.
+        feature_layers: classifier modules whose pooled outputs join ``z`` (needs ``model``). Defaults to none.
 
     Example::
 
@@ -128,8 +128,12 @@ class HeatmapDetector(ClassifierDetector):
         seed: int = 0,
         weight: Tensor | None = None,
         bias: Tensor | None = None,
+        n_decoders: int = 1,
+        feature_layers: Sequence[str] = (),
     ) -> None:
         super().__init__(model=model, head=head, weight=weight, bias=bias)
+        if n_decoders < 1:
+            raise ValueError(f"n_decoders must be >= 1, got {n_decoders}")
         if model is not None:
             model.eval()  # the classifier is frozen: batch-norm statistics and dropout must not change
         if self.has_head:
@@ -141,9 +145,13 @@ class HeatmapDetector(ClassifierDetector):
             raise ValueError(f"aux_corruptions must be in {sorted(CORRUPTIONS)} (got {unknown}); aux_per_image >= 0")
         self.spatial_dims, self.in_channels = spatial_dims, in_channels
         self.image_size = tuple(int(s) for s in ensure_tuple_rep(image_size, spatial_dims))
-        self.decoder = HeatmapDecoder(
-            spatial_dims, in_features, num_classes, in_channels, self.image_size, **dict(decoder or {})
-        )
+        self.feature_layers = tuple(feature_layers)
+        if self.feature_layers:
+            in_features = self._hook_layers(model, head)
+        self.decoder_in_features, opts = int(in_features), dict(decoder or {})
+        decoders = [HeatmapDecoder(spatial_dims, in_features, num_classes, in_channels, self.image_size, **opts)
+                    for _ in range(n_decoders)]  # fmt: skip
+        self.decoder, self.extra_decoders = decoders[0], nn.ModuleList(decoders[1:])
         self.loss_weight = float(loss_weight)
         self.loss_input_range = None if loss_input_range is None else tuple(loss_input_range)
         self.aux_corruptions, self.aux_per_image = tuple(aux_corruptions), int(aux_per_image)
@@ -152,6 +160,33 @@ class HeatmapDetector(ClassifierDetector):
         self.register_buffer("feature_min", torch.zeros(()))
         self.register_buffer("feature_max", torch.zeros(()))
         self._running: list[float] = [0.0, 0.0]
+
+    def _hook_layers(self, model: nn.Module | None, head: str | nn.Linear | None) -> int:
+        """Hook ``feature_layers`` besides the head's input; the decoder's input size (one probe pass)."""
+        if model is None or self._extractor is None:
+            raise ValueError("feature_layers need the classifier: pass model=")
+        if isinstance(head, nn.Linear):
+            name = next(n for n, m in model.named_modules() if m is head)
+        else:
+            name = find_linear_head(model, head)[0]
+        self._extractor.remove()
+        self._extractor = FeatureExtractor(model, {FEATURES: f"{name}:input", **{n: n for n in self.feature_layers}})
+        with torch.no_grad():
+            probe = self.extract_features(torch.zeros(1, self.in_channels, *self.image_size))
+        return int(probe[FEATURES].shape[1])
+
+    @property
+    def decoders(self) -> list[nn.Module]:
+        """``decoder`` and the ``extra_decoders`` of the ensemble."""
+        return [self.decoder, *self.extra_decoders]
+
+    def extract_features(self, x: Tensor) -> dict[str, Tensor]:
+        """The classifier pass; with ``feature_layers`` the features are ``[z, pooled layer outputs]``."""
+        feats = super().extract_features(x)
+        if self.feature_layers:
+            pooled = [flatten_features(feats.pop(n)).float() for n in self.feature_layers]
+            feats[FEATURES] = torch.cat([feats[FEATURES], *pooled], dim=1)
+        return feats
 
     @classmethod
     def tiny_config(cls, spatial_dims: int) -> dict[str, Any]:
@@ -172,11 +207,7 @@ class HeatmapDetector(ClassifierDetector):
         self._running = [min(self._running[0], float(z.min())), max(self._running[1], float(z.max()))]
 
     def finalize_fit(self) -> None:
-        """Store the feature range.
-
-        Raises:
-            ValueError: every training feature is 0 (nothing to normalise).
-        """
+        """Store the feature range (``ValueError`` when every training feature is 0: nothing to normalise)."""
         lo, hi = self._running
         if hi <= lo:
             raise ValueError("the classifier's penultimate features are all 0 on the training data")
@@ -204,17 +235,20 @@ class HeatmapDetector(ClassifierDetector):
         return self.mark_fitted()  # type: ignore[return-value]
 
     def training_stages(self) -> tuple[TrainingStage, ...]:
-        """One stage: the decoder, on ID images (target = itself) and auxiliary OOD images (nearest ID image).
+        """One stage per decoder, on ID images (target = itself) and auxiliary OOD images (nearest ID image).
 
         Batches hold ``image``, ``target`` and the classifier's ``features`` (normalised) and ``pred``, computed
         once when the targets are searched (:mod:`medood.detectors.heatmap_data`).
         """
-        return (
+        names = [("decoder", "decoder")] + [(f"decoder_{i + 1}", f"extra_decoders.{i}") for i in
+                                            range(len(self.extra_decoders))]  # fmt: skip
+        return tuple(
             TrainingStage(
-                "decoder", "decoder", HeatmapLoss, {"weight": self.loss_weight, "input_range": self.loss_input_range},
+                name, network, HeatmapLoss, {"weight": self.loss_weight, "input_range": self.loss_input_range},
                 build_data=ood_pair_batches, target_key=TARGET_KEYS, epochs=self.epochs, lr=self.lr,
                 batch_size=self.batch_size, optimizer_kwargs={"betas": (0.5, 0.999)},
-            ),
+            )
+            for name, network in names
         )  # fmt: skip
 
     # ------------------------------------------------------------------ scoring
@@ -232,34 +266,35 @@ class HeatmapDetector(ClassifierDetector):
         """The frozen classifier's decoder inputs for images ``x``: ``(normalised z, predicted class)``."""
         return self.decoder_inputs(self.extract_features(x))
 
-    def residual(self, features: Mapping[str, Tensor]) -> Tensor:
-        """The decoder's residual ``h`` ``(B, in_channels, *image_size)`` in ``[-1, 1]``."""
+    def residuals(self, features: Mapping[str, Tensor]) -> list[Tensor]:
+        """Each decoder's residual ``h`` ``(B, in_channels, *image_size)`` in ``[-1, 1]``."""
         z, y = self.decoder_inputs(features)
-        return self.decoder(z.to(self.feature_min.device), y.to(self.feature_min.device))
+        if z.shape[1] != self.decoder_in_features:
+            raise ValueError(f"the decoder reads {self.decoder_in_features} features, got {z.shape[1]} (a multi-layer "
+                             "detector needs its own extract_features pass)")  # fmt: skip
+        return [dec(z.to(self.feature_min.device), y.to(self.feature_min.device)) for dec in self.decoders]
+
+    def residual(self, features: Mapping[str, Tensor]) -> Tensor:
+        """The decoders' mean residual ``h`` ``(B, in_channels, *image_size)`` in ``[-1, 1]``."""
+        return torch.stack(self.residuals(features)).mean(0)
 
     def score_features(self, features: Mapping[str, Tensor]) -> OODOutput:
-        """Map ``max_c |h|`` ``(B, 1, *S)`` and its mean (the image score); ``extras["residual"]`` is ``h``."""
+        """Map ``max_c |h|`` ``(B, 1, *S)`` (mean over the decoders), its mean the score; extras: the mean ``h``."""
         self.check_fitted()
-        h = self.residual(features)
-        amap = h.abs().amax(1, keepdim=True).float()
-        return OODOutput(self.map_score(amap, amap), amap, {"residual": h})  # no foreground: the map stands for x
+        hs = self.residuals(features)
+        amap = torch.stack([h.abs().amax(1, keepdim=True) for h in hs]).mean(0).float()
+        return OODOutput(self.map_score(amap, amap), amap, {"residual": torch.stack(hs).mean(0)})  # map stands for x
 
     def predict_map(self, x: Tensor) -> Tensor:
-        """The ``(B, 1, *S)`` map; a MONAI ``MetaTensor`` input's metadata is kept, so ``Invertd`` can map it back.
-
-        (The decoder paints the map from features alone; without the input's metadata and transform history the
-        bundles' ``Invertd`` would leave the map on the classifier's grid.)
-        """
+        """The ``(B, 1, *S)`` map, with a ``MetaTensor`` input's metadata (so the bundles' ``Invertd`` maps it back)."""
         amap = super().predict_map(x)
-        if isinstance(x, MetaTensor):
-            out = MetaTensor(amap)
-            out.copy_meta_from(x)
-            return out
-        return amap
+        if not isinstance(x, MetaTensor):
+            return amap
+        out = MetaTensor(amap)
+        out.copy_meta_from(x)
+        return out
 
     def _check_input(self, x: Tensor) -> None:
         if tuple(x.shape[2:]) != self.image_size:
-            raise ValueError(
-                f"the heatmap decoder paints {self.image_size} images (the classifier's input size); got a batch "
-                f"of shape {tuple(x.shape)}: resize the inputs as the classifier's preprocessing does"
-            )
+            raise ValueError(f"the heatmap decoder paints {self.image_size} images (the classifier's input size); got "
+                             f"a batch of shape {tuple(x.shape)}: resize the inputs as the classifier's preprocessing")

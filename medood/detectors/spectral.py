@@ -19,6 +19,11 @@ Algorithm, per hooked layer:
    (``||s - mean_i s_i||``). Several layers are combined by
    :meth:`~medood.detectors.base_featuremap.FeatureMapDetector.combine` (mean, or per-layer normalised).
 
+Options (off by default, the paper's settings): ``n_singular`` keeps only the largest singular values,
+``normalization`` ``"ratio"`` (``log(sigma / sigma_1)``) or ``"none"`` (``log sigma``) instead of the unit norm.
+Fit ``labels`` (a domain index per image, e.g. brain / pathology of a multi-task host) are stored with the
+signatures (``signature_domains``): :meth:`SpectralDetector.nearest_domain` names the domain an image is nearest to.
+
 Works on 2D and 3D feature maps alike (the spatial axes are flattened). Layers default to the two deepest encoder
 stages of the host (the bottleneck and the level above it).
 
@@ -43,24 +48,21 @@ from medood.detectors.base_featuremap import FeatureMapDetector
 from medood.detectors.knn import kth_nn_distance
 from medood.detectors.registry import register_detector
 
-__all__ = ["DISTANCES", "SpectralDetector", "spectral_signature"]
+__all__ = ["DISTANCES", "NORMALIZATIONS", "SpectralDetector", "signature_of", "singular_values", "spectral_signature"]
 
 logger = logging.getLogger(__name__)
 
 #: Distances of a signature to the training signatures.
 DISTANCES = ("min", "kth", "mean_signature")
+#: How the logged singular values become a signature (:func:`signature_of`).
+NORMALIZATIONS = ("l2", "ratio", "none")
 
 
-def spectral_signature(features: Tensor, eps: float = 1e-6) -> Tensor:
-    """Spectral signatures ``log sigma / ||log sigma||_2`` of feature maps ``(B, C, *S)`` -> ``(B, C)`` float64.
+def singular_values(features: Tensor, eps: float = 1e-6) -> Tensor:
+    """Descending singular values of feature maps ``(B, C, *S)`` -> ``(B, C)`` float64, floored at ``eps * sigma_1``.
 
-    Args:
-        features: one ``C x N`` matrix per image (``N`` = the flattened spatial axes).
-        eps: relative floor of the singular values (``sigma_i >= eps * sigma_1``). Defaults to 1e-6.
-
-    Returns:
-        Unit-norm signatures with the singular values in descending order; an all-zero feature map (no
-        spectrum) gives the zero vector.
+    From the eigenvalues of the ``C x C`` Gram matrix (the ``N x N`` one when ``N < C``); an all-zero map gives ones
+    (``log 1 = 0``: the zero signature).
     """
     if features.ndim < 3:
         raise ValueError(f"feature maps must be (B, C, *spatial), got shape {tuple(features.shape)}")
@@ -75,9 +77,47 @@ def spectral_signature(features: Tensor, eps: float = 1e-6) -> Tensor:
     sigma = eig.flip(-1).clamp_min(0.0).sqrt()  # descending singular values of F
     top = sigma[:, :1]
     floor = torch.where(top > 0, eps * top, torch.ones_like(top))  # all-zero maps: log 1 = 0 everywhere
-    log_sigma = torch.log(torch.maximum(sigma, floor))
+    return torch.maximum(sigma, floor)
+
+
+def signature_of(sigma: Tensor, n_singular: int | None = None, normalization: str = "l2") -> Tensor:
+    """Signatures of descending singular values ``(B, C)``: the ``n_singular`` largest, logged, normalised.
+
+    Args:
+        sigma: output of :func:`singular_values`.
+        n_singular: how many of the largest singular values are kept (``None`` = all).
+        normalization: ``"l2"`` (the paper's ``log sigma / ||log sigma||_2``), ``"ratio"`` (``log(sigma /
+            sigma_1)``: scale-free, not unit norm) or ``"none"`` (``log sigma``).
+    """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    if n_singular is not None:
+        sigma = sigma[:, : max(1, int(n_singular))]
+    log_sigma = torch.log(sigma)
+    if normalization == "ratio":
+        return log_sigma - log_sigma[:, :1]
+    if normalization == "none":
+        return log_sigma
     norm = log_sigma.norm(dim=1, keepdim=True)
     return torch.where(norm > 0, log_sigma / norm.clamp_min(torch.finfo(torch.float64).tiny), log_sigma)
+
+
+def spectral_signature(
+    features: Tensor, eps: float = 1e-6, n_singular: int | None = None, normalization: str = "l2"
+) -> Tensor:
+    """Spectral signatures ``log sigma / ||log sigma||_2`` of feature maps ``(B, C, *S)`` -> ``(B, C)`` float64.
+
+    Args:
+        features: one ``C x N`` matrix per image (``N`` = the flattened spatial axes).
+        eps: relative floor of the singular values (``sigma_i >= eps * sigma_1``). Defaults to 1e-6.
+        n_singular: keep only the largest ``n_singular`` singular values. Defaults to all.
+        normalization: see :func:`signature_of`. Defaults to ``"l2"`` (the paper's).
+
+    Returns:
+        Signatures with the singular values in descending order (unit norm with ``"l2"``); an all-zero feature
+        map (no spectrum) gives the zero vector.
+    """
+    return signature_of(singular_values(features, eps), n_singular, normalization)
 
 
 @register_detector("spectral")
@@ -95,9 +135,15 @@ class SpectralDetector(FeatureMapDetector):
         max_signatures: the most training signatures kept per layer. Defaults to 10 000.
         seed: seed of the sample when there are more training images. Defaults to 0.
         eps: relative singular-value floor. Defaults to 1e-6.
+        n_singular: keep only the largest ``n_singular`` singular values of each layer (``None`` = all, the
+            paper's).
+        normalization: ``"l2"`` (the paper's), ``"ratio"`` or ``"none"`` (:func:`signature_of`).
 
     Attributes:
         signatures_<i>: ``(M, C_i)`` float64 training signatures of layer ``i``.
+        signature_domains: ``(M,)`` domain index of each training signature (the ``labels`` given to the fit,
+            e.g. 0 brain / 1 pathology for a multi-task host; empty when none were given):
+            :meth:`nearest_domain` says which domain's signature an image is nearest to.
 
     Example::
 
@@ -116,6 +162,8 @@ class SpectralDetector(FeatureMapDetector):
         max_signatures: int = 10_000,
         seed: int = 0,
         eps: float = 1e-6,
+        n_singular: int | None = None,
+        normalization: str = "l2",
     ) -> None:
         super().__init__(model=model, layers=layers, n_stages=n_stages, combine=combine)
         if distance not in DISTANCES:
@@ -124,15 +172,26 @@ class SpectralDetector(FeatureMapDetector):
             raise ValueError(f"k and max_signatures must be >= 1, got {k} and {max_signatures}")
         if not 0.0 < eps < 1.0:
             raise ValueError(f"eps must be in (0, 1), got {eps}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        if n_singular is not None and n_singular < 1:
+            raise ValueError(f"n_singular must be >= 1 or None, got {n_singular}")
         self.distance, self.k, self.max_signatures, self.seed, self.eps = distance, int(k), max_signatures, seed, eps
+        self.n_singular, self.normalization = n_singular, normalization
         for i in range(len(self.layers)):
             self.register_buffer(f"signatures_{i}", torch.empty(0, 0, dtype=torch.float64))
+        self.register_buffer("signature_domains", torch.empty(0, dtype=torch.long))
         self.reset_fit()
 
     @classmethod
     def tiny_config(cls, spatial_dims: int) -> dict[str, Any]:
         """The default (two deepest stages of the toy classifier, minimum distance)."""
         return {}
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # detectors saved before the domain labels existed: no labels
+        state_dict.setdefault(prefix + "signature_domains", torch.empty(0, dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     @property
     def banks(self) -> list[Tensor]:
@@ -141,7 +200,11 @@ class SpectralDetector(FeatureMapDetector):
 
     def signatures(self, features: Mapping[str, Any]) -> list[Tensor]:
         """``(B, C_i)`` float64 signatures of every layer."""
-        return [spectral_signature(f, self.eps) for f in self.layer_features(features)]
+        return [self.signature_from(singular_values(f, self.eps)) for f in self.layer_features(features)]
+
+    def signature_from(self, sigma: Tensor) -> Tensor:
+        """This detector's signature (``n_singular``, ``normalization``) of descending singular values ``(B, C)``."""
+        return signature_of(sigma, self.n_singular, self.normalization)
 
     # ------------------------------------------------------------------ fit
     def reset_fit(self) -> None:
@@ -149,16 +212,22 @@ class SpectralDetector(FeatureMapDetector):
         self._samplers = [RowSampler(self.max_signatures, self.seed) for _ in self.layers]
 
     def partial_fit_features(self, features: Mapping[str, Tensor], labels: Tensor | None = None) -> None:
-        """Add the signatures of one batch of ``{layer: (B, C, *S)}`` (labels are not used)."""
-        for sampler, sig in zip(self._samplers, self.signatures(features)):
-            sampler.update(sig)
+        """Add the signatures of one batch of ``{layer: (B, C, *S)}``; ``labels``: ``(B,)`` domain indices or None."""
+        self.partial_fit_signatures(self.signatures(features), labels)
+
+    def partial_fit_signatures(self, signatures: Sequence[Tensor], labels: Tensor | None = None) -> None:
+        """Add one batch of per-layer signatures ``[(B, C_i)]`` (and their domain indices ``(B,)``, optional)."""
+        for sampler, sig in zip(self._samplers, signatures):
+            sampler.update(sig, labels)
 
     def finalize_fit(self) -> None:
         """Store the signatures and each layer's leave-one-out training distances (for ``"normalized"``)."""
         seen = self._samplers[0].seen
         for i, sampler in enumerate(self._samplers):
-            bank, _ = sampler.sample()
+            bank, domains = sampler.sample()
             setattr(self, f"signatures_{i}", bank.to(torch.float64).to(self.layer_mean.device))
+        empty = torch.empty(0, dtype=torch.long)
+        self.signature_domains = (empty if domains is None else domains.long()).to(self.layer_mean.device)
         kept = self.banks[0].shape[0]
         if seen > kept:
             logger.info("spectral: kept a seeded uniform sample of %d of %d training signatures", kept, seen)
@@ -183,5 +252,21 @@ class SpectralDetector(FeatureMapDetector):
 
     def score_layers(self, features: Mapping[str, Any]) -> Tensor:
         """``(B, L)`` distances of each layer's signature to that layer's training signatures."""
+        return self.score_signatures(self.signatures(features))
+
+    def score_signatures(self, signatures: Sequence[Tensor]) -> Tensor:
+        """``(B, L)`` distances of per-layer signatures ``[(B, C_i)]`` to the training signatures."""
+        return torch.stack([self._distance(s.to(b.device), b) for s, b in zip(signatures, self.banks)], dim=1)
+
+    def nearest_domain(self, features: Mapping[str, Any]) -> Tensor:
+        """``(B,)`` domain index of the training signature nearest to each image (mean distance over the layers).
+
+        Raises:
+            ValueError: the detector was fitted without domain labels.
+        """
+        self.check_fitted()
+        if self.signature_domains.numel() == 0:
+            raise ValueError("spectral: fitted without domain labels; give labels to the fit to use nearest_domain")
         sigs = self.signatures(features)
-        return torch.stack([self._distance(s.to(b.device), b) for s, b in zip(sigs, self.banks)], dim=1)
+        d = torch.stack([torch.cdist(s.to(b.device), b) for s, b in zip(sigs, self.banks)]).mean(0)
+        return self.signature_domains[d.argmin(dim=1)]

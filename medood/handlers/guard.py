@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -139,6 +140,9 @@ class _HookedPass:
         """Called when the run completes."""
 
 
+_LABEL = "__fit_label__"  # the per-case fit label, carried with a sharded case's features
+
+
 class FeatureFitHandler(_HookedPass):
     """Fit a feature-map detector on the cases of an in-distribution pass.
 
@@ -146,13 +150,19 @@ class FeatureFitHandler(_HookedPass):
         detector: the detector (its ``layers`` are hooked).
         image_key: batch key of the image. Defaults to ``"image"``.
         save_path: write the fitted detector there at the end (``{"model": state_dict}``). Defaults to ``None``.
+        label_key: batch key of an integer per case given to the fit as ``labels`` (e.g. the domain of a
+            multi-task host's case, stored by the spectral detector with its signatures). Defaults to ``None``.
     """
 
     def __init__(
-        self, detector: FeatureMapDetector, image_key: str = "image", save_path: str | os.PathLike[str] | None = None
+        self,
+        detector: FeatureMapDetector,
+        image_key: str = "image",
+        save_path: str | os.PathLike[str] | None = None,
+        label_key: str | None = None,
     ) -> None:
         super().__init__(detector, image_key)
-        self.save_path, self.n_cases = save_path, 0
+        self.save_path, self.n_cases, self.label_key = save_path, 0, label_key
 
     def on_start(self, engine: Engine) -> None:
         """Clear the running statistics."""
@@ -165,8 +175,13 @@ class FeatureFitHandler(_HookedPass):
         """Accumulate the batch (sharded under torchrun: keep its cases until every rank's are gathered)."""
         n = next(iter(features.values())).shape[0]
         self.n_cases += n
+        labels = None
+        if self.label_key is not None:
+            batch: Any = engine.state.batch
+            labels = torch.as_tensor(batch[self.label_key]).reshape(-1).long()
+            features = {**features, _LABEL: labels.to(self.detector.layer_mean.device)}
         if not self._sharded:
-            self.detector.partial_fit_features(features)
+            self.detector.partial_fit_features({k: v for k, v in features.items() if k != _LABEL}, labels)
             return
         self._cases.extend({k: v[i : i + 1].cpu() for k, v in features.items()} for i in range(n))
 
@@ -176,7 +191,8 @@ class FeatureFitHandler(_HookedPass):
             cases = gather_cases(self._cases, dataset_size(engine))
             self._cases, self.n_cases = [], len(cases)
             for case in cases:
-                self.detector.partial_fit_features({k: v.to(self.detector.layer_mean.device) for k, v in case.items()})
+                case = {k: v.to(self.detector.layer_mean.device) for k, v in case.items()}
+                self.detector.partial_fit_features({k: v for k, v in case.items() if k != _LABEL}, case.get(_LABEL))
         if self.n_cases == 0:
             raise RuntimeError("FeatureFitHandler saw no case: is the in-distribution list empty?")
         self.detector.finalize_fit()
@@ -277,7 +293,8 @@ class GuardScoreWriter(_HookedPass):
         self.threshold_info = dict(threshold_info or {})
         self.writer = OODResultWriter(
             output_dir, score_threshold=threshold, score_percentile=100.0 * (1.0 - false_alarm_rate),
-            save_maps=False, run_mode=run_mode, case_files=case_files, score_rule=self.threshold_info if threshold is not None else None,
+            save_maps=False, run_mode=run_mode, case_files=case_files,
+            score_rule=self.threshold_info if threshold is not None else None,
             config={"guard": {"detector": detector.name, "layers": list(detector.layers), "threshold": threshold,
                               "false_alarm_rate": false_alarm_rate}},
         )  # fmt: skip

@@ -268,7 +268,8 @@ class OODResultWriter:
             for r in rf.read_score_rows(scores):
                 if r.case in previous:
                     row = {"case": r.case, "score": r.score, "flagged": r.flagged, "label": r.label, "image": r.image}
-                    found[r.case] = {"row": row, "slices": slices.get(r.case, []), "files": self._case_files(r.case, maps)}
+                    files = self._case_files(r.case, maps)
+                    found[r.case] = {"row": row, "slices": slices.get(r.case, []), "files": files}
         found.update(self.run.progress())
         return {case: rec for case, rec in found.items() if outputs_valid(self.output_dir, rec.get("files", []))}
 

@@ -28,7 +28,9 @@ def test_train_fit_infer_evaluate_calibrate(bundle_run: Callable[[str], BundleRu
     data = Path(run.overrides()["dataset_dir"])
     assert set(torch.load(run.snapshot("train") / "model.pt", weights_only=True)) >= {"output_block.conv.conv.weight"}
     state = torch.load(run.snapshot("fit") / "spectral.pt", weights_only=True)["model"]
-    assert state["signatures_0"].shape[0] == 6 and int(state["calibration.n_scores"]) == 3  # 2 x 3 / 1 x 3 volumes
+    domains = state["signature_domains"].bincount().tolist()
+    assert domains[0] == 6 and domains[1] > 0, "brain (2 x 3 volumes) and pathology training patches in one bank"
+    assert state["signatures_0"].shape[0] == sum(domains) and int(state["calibration.n_scores"]) == 3  # 1 x 3
 
     out = run.output("infer")
     rows = list(csv.DictReader(open(out / "scores.csv")))
@@ -64,10 +66,40 @@ def test_shipped_weights_segment_and_score() -> None:
     x = torch.rand(1, 1, *meta["inputs"]["image"]["spatial_shape"])
     from medood.networks.feature_maps import FeatureRecorder, encoder_stages
 
-    assert encoder_stages(net, example=x) == det.layers
+    assert det.layers == parser["ood_layers"] and det.layers[0] in encoder_stages(net, 4, example=x)
     rec = FeatureRecorder(net, {k: k for k in det.layers})
     with torch.no_grad():
         out = net(x)
     assert out.shape == (1, meta["outputs"]["pred"]["num_channels"], *x.shape[2:])
     score = det.score_features({k: v[0] for k, v in rec.pop_calls().items()}).image_score
     assert det.is_fitted and det.calibration.has_scores and torch.isfinite(score).all()
+
+
+def test_shipped_bank_scores_pathology_against_pathology_signatures(tmp_path: Path) -> None:
+    """The shipped bank holds both domains the host serves; a pathology ID patch is nearest to a pathology signature
+    and scores as it would against the pathology signatures alone (fails on the brain-only bank shipped before)."""
+    from medood.data.demo import build_demo
+    from medood.data.multitask import pathology_datalist, pathology_transforms
+    from medood.detectors.spectral import SpectralDetector
+    from medood.networks.feature_maps import FeatureRecorder
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.yaml"))
+    parser["bundle_root"] = str(BUNDLE)
+    net = load_state(parser.get_parsed_content("network_def"), BUNDLE / "models" / "model.pt").eval()
+    det = load_state(parser.get_parsed_content("detector_def"), BUNDLE / "models" / "spectral.pt")
+    counts = det.signature_domains.bincount().tolist()
+    assert len(counts) == 2 and min(counts) > 0, "brain (0) and pathology (1) signatures"
+    build_demo(tmp_path, only=["pathology"], n_train=1, n_val=1, n_test=2, n_ood=1)
+    items = pathology_datalist(tmp_path / "pathology", "test")
+    x = torch.stack([torch.as_tensor(pathology_transforms(False)(dict(it))["image"]) for it in items]).float()
+    rec = FeatureRecorder(net, {k: k for k in det.layers})
+    with torch.no_grad():
+        net(x)
+    feats = {k: v[0] for k, v in rec.pop_calls().items()}
+    assert det.nearest_domain(feats).tolist() == [1] * len(items)
+    path_only = SpectralDetector(layers=det.layers)
+    rows = det.signature_domains == 1
+    path_only.signatures_0 = det.signatures_0[rows]
+    path_only.mark_fitted()
+    assert torch.allclose(det.score_features(feats).image_score, path_only.score_features(feats).image_score)

@@ -169,3 +169,42 @@ def test_signature_of_wide_maps_uses_the_small_gram() -> None:
     full = torch.cat([sigma, sigma.new_zeros(3, 250)], dim=1)
     ref = torch.log(torch.maximum(full, 1e-6 * sigma[:, :1]))
     torch.testing.assert_close(spectral_signature(f), ref / ref.norm(dim=1, keepdim=True))
+
+
+def test_n_singular_and_normalization_options() -> None:
+    """``n_singular`` keeps the largest singular values; ``ratio`` / ``none`` are the logged spectrum unnormalised."""
+    f = _maps(3, c=6, decay=0.05)
+    s = torch.linalg.svdvals(f.reshape(3, 6, -1).double())
+    assert torch.allclose(spectral_signature(f, normalization="none"), torch.log(s), atol=1e-8)
+    assert torch.allclose(spectral_signature(f, normalization="ratio"), torch.log(s / s[:, :1]), atol=1e-8)
+    top = spectral_signature(f, n_singular=2)
+    ref = torch.log(s[:, :2])
+    assert top.shape == (3, 2) and torch.allclose(top, ref / ref.norm(dim=1, keepdim=True), atol=1e-8)
+    det = SpectralDetector(layers=["a"], n_singular=2, normalization="ratio").fit_features({"a": _maps(10)})
+    assert det.signatures_0.shape == (10, 2) and torch.allclose(det.signatures_0[:, 0], torch.zeros(10).double())
+    with pytest.raises(ValueError, match="normalization"):
+        SpectralDetector(layers=["a"], normalization="max")
+    with pytest.raises(ValueError, match="n_singular"):
+        SpectralDetector(layers=["a"], n_singular=0)
+
+
+def test_domain_bank_scores_each_domain_against_its_own_signatures() -> None:
+    """A bank over two domains (labels at fit): an image of either domain is nearest to its own domain's signatures,
+    and is scored as close as by a bank of its own domain only (the other domain's signatures are farther)."""
+    flat, steep = _maps(12, decay=1.0, seed=1), _maps(12, decay=0.01, seed=2)
+    labels = torch.tensor([0] * 12 + [1] * 12)
+    joint = SpectralDetector(layers=["a"]).fit_features({"a": torch.cat([flat, steep])}, labels)
+    assert torch.equal(joint.signature_domains, labels)
+    test_flat, test_steep = _maps(4, decay=1.0, seed=5), _maps(4, decay=0.01, seed=6)
+    assert joint.nearest_domain({"a": test_flat}).tolist() == [0] * 4
+    assert joint.nearest_domain({"a": test_steep}).tolist() == [1] * 4
+    only_steep = SpectralDetector(layers=["a"]).fit_features({"a": steep})
+    assert torch.allclose(joint.score_features({"a": test_steep}).image_score,
+                          only_steep.score_features({"a": test_steep}).image_score)  # fmt: skip
+    fresh = roundtrip(joint, lambda: SpectralDetector(layers=["a"]))
+    assert torch.equal(fresh.signature_domains, labels)
+    unlabelled = SpectralDetector(layers=["a"]).fit_features({"a": flat})
+    with pytest.raises(ValueError, match="domain labels"):
+        unlabelled.nearest_domain({"a": test_flat})
+    legacy = {k: v for k, v in unlabelled.state_dict().items() if k != "signature_domains"}
+    SpectralDetector(layers=["a"]).load_state_dict(legacy)  # saved before the domain labels: still loads

@@ -92,3 +92,52 @@ def test_fit_calibrate_and_write_scores(tmp_path: Path, sliding: bool) -> None:
     assert info["threshold"] is None and info["n_flagged"] is None and "19" in info["threshold_rule"]["refused"]
     recorded = json.loads((tmp_path / "refused" / "thresholds.json").read_text())
     assert recorded["score_threshold"] is None and "refused" in recorded["score_rule"]
+
+
+def test_guard_writer_run_folder_resumes_an_interrupted_run(tmp_path: Path) -> None:
+    """``run_folder=True``: a run stopped after 2 of its 4 batches, a recorded case's file deleted, resumed: the
+    network runs on that case's batch and the last two only; scores.csv / guard.json equal an uninterrupted run's."""
+    import nibabel as nib
+    import numpy as np
+    from ignite.engine import Events
+    from monai.data import DataLoader, Dataset
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+
+    torch.manual_seed(0)
+    net = UNet(2, 1, 2, channels=(4, 8), strides=(2,), num_res_units=0).eval()
+    det = SpectralDetector(layers=encoder_stages(net))
+    _run(net, _cases(8, 0), FeatureFitHandler(det), batch=4)
+    files = []
+    for i, case in enumerate(_cases(4, 2) + _cases(4, 3, invert=True)):
+        files.append(tmp_path / "data" / f"c{i}.nii.gz")
+        files[-1].parent.mkdir(exist_ok=True)
+        nib.save(nib.Nifti1Image(case["image"][0].numpy().astype(np.float32), np.eye(4)), files[-1])
+    seen: list[int] = []
+    net.register_forward_hook(lambda _m, inputs, _o: seen.append(int(inputs[0].shape[0])))
+
+    def run(out: Path, mode: str, stop_after: int = 0) -> None:
+        def mark(engine: SupervisedEvaluator) -> None:  # a per-case file, as the spectral bundle's SaveImaged writes
+            for name in engine.state.batch["image"].meta["filename_or_obj"]:
+                (out / f"{Path(name).name[:-7]}_mark.txt").write_text(name)
+            if engine.state.iteration == stop_after:
+                raise RuntimeError("killed")
+
+        writer = GuardScoreWriter(
+            det, out, threshold=1.0, run_mode=mode, case_files=["{case}_mark.txt"]
+        )
+        data = Dataset([{"image": str(f)} for f in files], Compose([LoadImaged("image"), EnsureChannelFirstd("image")]))
+        ev = SupervisedEvaluator("cpu", DataLoader(data, batch_size=2), net, val_handlers=[writer], decollate=False)
+        ev.add_event_handler(Events.ITERATION_COMPLETED, mark)  # after the writer: the files exist when it records
+        ev.run()
+
+    run(tmp_path / "clean", "new")
+    with pytest.raises(RuntimeError, match="killed"):
+        run(tmp_path / "killed", "new", stop_after=2)
+    assert not (tmp_path / "killed" / "scores.csv").exists()
+    (tmp_path / "killed" / "c0_mark.txt").unlink()  # a recorded case without its file: its batch is redone
+    seen.clear()
+    run(tmp_path / "killed", "resume")
+    assert seen == [2, 2, 2], "batches 1, 3 and 4 only"
+    for name in ("scores.csv", "guard.json"):
+        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
+    assert json.loads((tmp_path / "killed" / "run.json").read_text())["cases"] == [f"c{i}" for i in range(8)]

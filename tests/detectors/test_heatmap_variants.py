@@ -1,0 +1,77 @@
+"""HeatmapDetector options of the official code: the decoder ensemble (``n_decoders``) and the multi-layer input
+(``feature_layers``): declared stages, shapes, training and the score direction on tiny networks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medood.detectors.heatmap import HeatmapDetector
+from medood.detectors.posthoc import score_many
+from medood.engines.fit import fit_detector
+from medood.engines.heatmap import ood_pairs
+from tests.helpers import toy
+
+
+def _aux_over_id(det: HeatmapDetector, loader: list) -> float:
+    """Mean map of the auxiliary OOD training pairs over that of the ID ones (> 1: OOD scores higher)."""
+    pairs = ood_pairs(det, loader, 256)[0]
+    is_aux = (pairs["image"] != pairs["target"]).flatten(1).any(1)
+    with torch.no_grad():
+        score = det.score(pairs["image"]).image_score
+    return float(score[is_aux].mean() / score[~is_aux].mean())
+
+
+def test_ensemble_trains_every_decoder_and_averages_their_maps() -> None:
+    torch.manual_seed(0)
+    cfg = {**HeatmapDetector.tiny_config(2), "epochs": 25, "n_decoders": 3}
+    det = HeatmapDetector(model=toy.trained_classifier(2), **cfg)
+    stages = det.training_stages()
+    assert [(s.name, s.network) for s in stages] == [
+        ("decoder", "decoder"), ("decoder_1", "extra_decoders.0"), ("decoder_2", "extra_decoders.1")
+    ]  # fmt: skip
+    assert [det.stage_network(s.name) for s in stages] == det.decoders
+    before = [{k: v.clone() for k, v in d.state_dict().items()} for d in det.decoders]
+    loader = toy.id_loader(2, n=24, batch_size=12)
+    det.fit(loader, trainer=fit_detector, progress=False)
+    for dec, init in zip(det.decoders, before):
+        assert any(not torch.equal(v, init[k]) for k, v in dec.state_dict().items()), "every decoder is trained"
+    x = toy.blob_images(2, 5, seed=4)[0]
+    with torch.no_grad():
+        feats = det.extract_features(x)
+        maps = torch.stack([h.abs().amax(1, keepdim=True) for h in det.residuals(feats)])
+        out = det.score(x)
+    assert out.anomaly_map.shape == (5, 1, 16, 16) and out.image_score.shape == (5,)
+    assert not torch.allclose(maps[0], maps[1]), "independent initialisations give different decoders"
+    torch.testing.assert_close(out.anomaly_map, maps.mean(0))
+    torch.testing.assert_close(out.image_score, maps.mean(0).mean(dim=(1, 2, 3)))
+    assert _aux_over_id(det, loader) > 2.0
+    state = det.state_dict()
+    assert any(k.startswith("extra_decoders.1.") for k in state)
+    fresh = HeatmapDetector(model=toy.trained_classifier(2), **cfg)
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh.eval().score(x).image_score, out.image_score)
+
+
+def test_multi_layer_input_concatenates_pooled_layers_and_trains() -> None:
+    torch.manual_seed(0)
+    net = toy.trained_classifier(2)
+    cfg = {**HeatmapDetector.tiny_config(2), "epochs": 25, "feature_layers": ["features.1"]}
+    det = HeatmapDetector(model=net, **cfg)
+    assert det.decoder_in_features == 16 + 8, "penultimate 16 + the 8 pooled channels of features.1"
+    x = toy.blob_images(2, 4, seed=5)[0]
+    feats = det.extract_features(x)
+    with torch.no_grad():
+        first = net.features[1](net.features[0](x)).mean(dim=(2, 3))
+    torch.testing.assert_close(feats["features"], torch.cat([net.features(x), first], dim=1))
+    loader = toy.id_loader(2, n=24, batch_size=12)
+    det.fit(loader, trainer=fit_detector, progress=False)
+    out = det.score(x)
+    assert out.anomaly_map.shape == (4, 1, 16, 16) and torch.isfinite(out.image_score).all()
+    assert _aux_over_id(det, loader) > 2.0
+    with pytest.raises(ValueError, match="its own extract_features"):
+        score_many({"heatmap": det}, net, [x])  # a shared pass has the penultimate features only
+    with pytest.raises(ValueError, match="feature_layers need the classifier"):
+        HeatmapDetector(in_features=16, num_classes=2, feature_layers=["features.1"])
+    with pytest.raises(ValueError, match="n_decoders"):
+        HeatmapDetector(in_features=16, num_classes=2, n_decoders=0)
