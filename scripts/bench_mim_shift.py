@@ -70,6 +70,11 @@ def parser_for(configs: list[str]) -> ConfigParser:
     return p
 
 
+def bundle_prep() -> str:
+    """The bundle's own preprocessing: ``nyul`` when inference.yaml sets ``histogram_landmarks``, else ``scale``."""
+    return "nyul" if parser_for(["inference.yaml"])["histogram_landmarks"] else "scale"
+
+
 def preprocessing(prep: str, with_label: bool) -> Compose:
     """The bundle's model-space preprocessing (label resampled nearest alongside), optionally standardised."""
     p = parser_for(["inference.yaml"])
@@ -366,21 +371,23 @@ def cmd_report(args: argparse.Namespace) -> None:
             report["sweep"][det] = rows
             report["chosen"][det] = chosen = choose(rows)
             finals = []  # the shipped and the chosen setting on every cached case, per size bucket
-            shipped: dict[str, Any] = {"prep": "scale", **SHIPPED}
+            shipped: dict[str, Any] = {"prep": bundle_prep(), **SHIPPED}
             for setting in {json.dumps(x, sort_keys=True): x for x in (shipped, chosen["setting"])}.values():
                 prep = str(setting["prep"])
                 names = {s: cached_cases(args.cache, det, prep, s) for s in SETS}
                 vols = {s: load_cache(args.cache, det, prep, s, names[s]) for s in SETS}
                 finals += evaluate(net, vols, [{k: setting[k] for k in SHIPPED}], prep)
             report.setdefault("final", {})[det] = finals
-    if len(args.detectors) == 2:  # MIM beside AR on the cases cached for both (AR: preprocessing 'scale')
-        common = {s: set.intersection(*(cached_cases(args.cache, d, "scale", s) for d in args.detectors)) for s in SETS}
+    if len(args.detectors) == 2:  # MIM beside AR on the cases cached for both (the bundle's preprocessing)
+        common = {
+            s: set.intersection(*(cached_cases(args.cache, d, bundle_prep(), s) for d in args.detectors)) for s in SETS
+        }
         report["paired_cases"] = {s: sorted(n) for s, n in common.items()}
         for det in args.detectors:
             net = detector(det)
             settings = [SHIPPED] + ([report["chosen"][det]["setting"]] if det in report["chosen"] else [])
             for setting in {json.dumps(x, sort_keys=True): x for x in settings}.values():
-                prep = setting.get("prep", "scale")
+                prep = setting.get("prep", bundle_prep())
                 names = {s: common[s] & cached_cases(args.cache, det, prep, s) for s in SETS}
                 vols = {s: load_cache(args.cache, det, prep, s, names[s]) for s in SETS}
                 fix = {k: setting[k] for k in SHIPPED}

@@ -4,6 +4,7 @@
 #   scripts/train_demo_weights.sh                 # all stages: vqvae detector mim ar
 #   scripts/train_demo_weights.sh detector mim    # only these stages (each loads the previous stages' weights)
 #   EXTRA="--epochs 2" scripts/train_demo_weights.sh vqvae   # extra overrides for every stage
+#   AUGMENT="augment_site.yaml" scripts/train_demo_weights.sh ...  # more configs merged after augment.yaml
 #
 # On a multi-core machine the token stages can run side by side after vqvae (the shipped weights were made so):
 #   scripts/train_demo_weights.sh detector &  scripts/train_demo_weights.sh ar &
@@ -45,7 +46,9 @@ for stage in "${STAGES[@]}"; do
   case "$stage" in
     assemble) ;;
     calibrate*) data="${CAL_DATA:-$DATA}" ;;  # its 'validation' list: the healthy volumes of the flag threshold
-    *) configs="${configs%]},'$B/configs/augment.yaml']" ;;
+    *) configs="${configs%]},'$B/configs/augment.yaml'"
+       for extra_config in ${AUGMENT:-}; do configs="$configs,'$B/configs/$extra_config'"; done
+       configs="$configs]" ;;
   esac
   cmd=("$PY" -m monai.bundle run --config_file "$configs" --bundle_root "$B" --dataset_dir "$data" --seed "$SEED"
        --meta_file "$B/configs/metadata.json" --logging_file "$B/configs/logging.conf")
