@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from monai.bundle import ConfigParser
 from monai.transforms import Compose, CropForegroundd, EnsureTyped, Orientationd, ResizeWithPadOrCropd, Spacingd
 from scipy import ndimage as ndi
@@ -125,17 +126,24 @@ def cmd_landmarks(args: argparse.Namespace) -> None:
     logger.info("landmarks: %s", landmarks)
 
 
-def detector(name: str) -> Any:
-    configs, weights = DETECTORS[name]
+def detector(name: str, weights: Path | None = None) -> Any:
+    """The bundle's detector ``name`` with its shipped weights (or the checkpoint ``weights``)."""
+    configs, shipped = DETECTORS[name]
     net = parser_for(configs).get_parsed_content("network")
-    load_state(net, BUNDLE / "models" / weights)
+    load_state(net, weights or BUNDLE / "models" / shipped)
     return net.eval()
 
 
 def cmd_compute(args: argparse.Namespace) -> None:
     """Stage volumes of every case (shifted set first), cached as compressed float16 / uint8 npz."""
     torch.manual_seed(0)
-    net = detector(args.detector)
+    net = detector(args.detector, args.weights)
+    for item in args.set or []:  # detector settings to try (e.g. flagging=union): cache them under their own --cache
+        name, _, value = item.partition("=")
+        if not hasattr(net, name):
+            raise SystemExit(f"--set {item}: the {args.detector} detector has no setting {name!r}")
+        setattr(net, name, yaml.safe_load(value))
+        logger.info("%s.%s = %r", args.detector, name, getattr(net, name))
     for prep, set_name in itertools.product(args.prep, args.sets):
         todo = cases(set_name, args.limit)
         half = sum(1 for c in todo if not c["lesioned"])
@@ -200,9 +208,21 @@ def make_map(net: Any, v: dict[str, Any], setting: dict[str, Any]) -> torch.Tens
 
 
 def volume_score(net: Any, kind: str, amap: torch.Tensor, v: dict[str, Any]) -> float:
+    """One candidate volume score of a map (see :data:`VOLUME_SCORES`)."""
     brain = v["image"] > 0
-    if kind.startswith("topk_"):
-        return float(reduce_map(amap[None, None], "topk", float(kind[5:]), brain[None, None]))
+    if kind.startswith("topk_"):  # topk_<fraction>[_rim<voxels>]: top-k mean, optionally off a wider rim
+        frac, _, rim = kind[5:].partition("_rim")
+        mask = torch.from_numpy(ndi.binary_erosion(brain.numpy(), iterations=int(rim))) if rim else brain
+        return float(reduce_map(amap[None, None], "topk", float(frac), mask[None, None]))
+    if kind.startswith("selfnorm_"):  # top-k over the volume's own median map value (a site-wide offset cancels)
+        top = float(reduce_map(amap[None, None], "topk", float(kind[9:]), brain[None, None]))
+        support = amap[brain & (amap > 0)]
+        return top / max(float(support.median()) if support.numel() else 0.0, 1e-6)
+    if kind.startswith("local_"):  # top 0.5 % of the map minus its Gaussian background (sigma in voxels)
+        sigma = float(kind[6:])
+        a, w = amap.numpy(), brain.numpy().astype(np.float32)
+        local = a - ndi.gaussian_filter(a, sigma) / np.maximum(ndi.gaussian_filter(w, sigma), 1e-3)
+        return float(reduce_map(torch.from_numpy(local)[None, None], "topk", 0.005, brain[None, None]))
     flagged = (v["flagged"] > 0) & brain
     if kind == "flagged_largest":  # voxels of the largest 3D-connected flagged (in-painted) region
         lab, n = ndi.label(flagged.numpy())
@@ -214,7 +234,18 @@ def volume_score(net: Any, kind: str, amap: torch.Tensor, v: dict[str, Any]) -> 
     raise ValueError(kind)
 
 
-VOLUME_SCORES = ("topk_0.001", "topk_0.01", "flagged_largest", "flagged_mass", "region_0.1", "region_0.2", "region_0.3")
+VOLUME_SCORES = {  # candidate volume scores -> column label
+    "topk_0.001": "top 0.1 %",
+    "topk_0.01": "top 1 %",
+    "topk_0.001_rim5": "top 0.1 % off a 5-voxel rim",
+    "selfnorm_0.001": "top 0.1 % / own median",
+    "local_8": "top 0.5 % above its 8-voxel background",
+    "flagged_largest": "largest flagged region",
+    "flagged_mass": "map mass in flagged",
+    "region_0.1": "largest region > 0.1",
+    "region_0.2": "> 0.2",
+    "region_0.3": "> 0.3",
+}
 
 
 def seg_figures(
@@ -308,6 +339,63 @@ def healthy_sources(net: Any, vols: list[dict[str, Any]], setting: dict[str, Any
     return out
 
 
+def lesion_stages(vols: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per lesioned case, what each stage sees inside the lesion (is it flagged? is its token NLL unusual?).
+
+    ``nll_above_p95``: fraction of lesion (or healthy brain) voxels whose token NLL is above the 95th percentile of
+    the CLEAN healthy validation brains' token NLLs: a lesion at the healthy rate is one the in-painter finds as
+    likely as healthy tissue, which no threshold on the NLL can flag without flagging healthy tissue as often.
+    """
+    ref = torch.cat([v["token_nll"][v["image"] > 0][::5] for v in vols["clean"] if not v["lesioned"]])
+    p95 = float(torch.quantile(ref, 0.95))
+    out: dict[str, Any] = {"nll_p95": p95, "healthy": {}, "lesioned": []}
+    for s, vs in vols.items():
+        healthy = [v for v in vs if not v["lesioned"]]
+        out["healthy"][s] = {
+            "nll_above_p95": float(
+                np.mean([float((v["token_nll"][v["image"] > 0] > p95).float().mean()) for v in healthy])
+            ),
+            "flagged": float(np.mean([float((v["flagged"] > 0)[v["image"] > 0].float().mean()) for v in healthy])),
+        }
+        for v in (v for v in vs if v["lesioned"]):
+            lab = v["label"]
+            out["lesioned"].append(
+                {
+                    "set": s,
+                    "case": v["case"],
+                    "voxels": int(lab.sum()),
+                    "flagged": float((v["flagged"] > 0)[lab].float().mean()),
+                    "nll_above_p95": float((v["token_nll"][lab] > p95).float().mean()),
+                    "recon_residual": float(v["recon_residual"][lab].mean()),
+                    "residual": float(v["residual"][lab].mean()),
+                }
+            )
+    return out
+
+
+def flagging_alternatives(caches: list[str], setting: dict[str, Any], volume_score_name: str) -> dict[str, Any]:
+    """Other flaggings / weights (``NAME=DIR`` caches of ``compute --set ... [--weights ...]``): how much healthy
+    brain and lesion they flag, and the figures of ``setting`` with their maps."""
+    out = {}
+    net = detector("mim")
+    for item in caches:
+        name, _, path = item.partition("=")
+        names = {s: cached_cases(Path(path), "mim", "nyul", s) for s in SETS}
+        vols = {s: load_cache(Path(path), "mim", "nyul", s, names[s]) for s in SETS}
+        stages = lesion_stages(vols)
+        (row,) = evaluate(net, vols, [{k: setting[k] for k in SHIPPED}], "nyul", buckets=False)
+        les = stages["lesioned"]
+        out[name] = {
+            "healthy_flagged": {s: h["flagged"] for s, h in stages["healthy"].items()},
+            "lesion_flagged_mean": float(np.mean([r["flagged"] for r in les])),
+            "lesions_under_10pct_flagged": int(sum(r["flagged"] < 0.1 for r in les)),
+            "lesioned_volumes": len(les),
+            "map_score": {s: map_score(row[s]) for s in SETS},
+            "volume_auroc": {s: row[s]["volume_auroc"][volume_score_name] for s in SETS},
+        }
+    return out
+
+
 SWEEP_SAMPLE = 60_000  # voxels per lesioned volume for AP / best Dice in the sweep (the final rows use all)
 SHIPPED = {"residual": "input", "minpool": 1, "avgpool": 5, "erode": 1}
 GRID = [
@@ -378,6 +466,14 @@ def cmd_report(args: argparse.Namespace) -> None:
                 vols = {s: load_cache(args.cache, det, prep, s, names[s]) for s in SETS}
                 finals += evaluate(net, vols, [{k: setting[k] for k in SHIPPED}], prep)
             report.setdefault("final", {})[det] = finals
+            if det == "mim":  # the stage diagnosis inside the lesions, with the bundle's weights and flagging
+                names = {s: cached_cases(args.cache, det, bundle_prep(), s) for s in SETS}
+                stage_vols = {s: load_cache(args.cache, det, bundle_prep(), s, names[s]) for s in SETS}
+                report["lesion_stages"] = lesion_stages(stage_vols)
+                if args.flagging_cache:
+                    report["flagging_alternatives"] = flagging_alternatives(
+                        args.flagging_cache, chosen["setting"], chosen["volume_score"]
+                    )
     if len(args.detectors) == 2:  # MIM beside AR on the cases cached for both (the bundle's preprocessing)
         common = {
             s: set.intersection(*(cached_cases(args.cache, d, bundle_prep(), s) for d in args.detectors)) for s in SETS
@@ -436,9 +532,53 @@ def _table_head() -> list[str]:
     buckets = " | ".join(f"{b}: lesions / det. flag / det. map / AP / best Dice / Dice@thr" for b in SIZE_BUCKETS)
     return [
         "| detector | prep | residual | min/mean pool | rim erosion | set | pixel AP | best Dice | Dice@thr | "
-        f"{buckets} | volume AUROC: top 0.1 % / top 1 % / largest flagged region / map mass in flagged |",
+        f"{buckets} | volume AUROC: {' / '.join(VOLUME_SCORES.values())} |",
         "|" + "---|" * (10 + len(SIZE_BUCKETS)),
     ]
+
+
+def _stage_lines(report: dict[str, Any]) -> list[str]:
+    """The lesion-stage and flagging-alternative sections of the page."""
+    f3 = "{:.3f}".format
+    lines: list[str] = []
+    st = report.get("lesion_stages")
+    if st:
+        lines += [
+            "",
+            "## Inside the lesions, stage by stage (MIM-OOD, the bundle's flagging)",
+            "",
+            f"Token NLL reference: 95th percentile of the clean healthy brains' token NLLs ({f3(st['nll_p95'])}). "
+            "Healthy brains above it: "
+            + "; ".join(f"{s} {f3(h['nll_above_p95'])} (flagged {f3(h['flagged'])})" for s, h in st["healthy"].items())
+            + ". A lesion whose 'NLL > p95' fraction is at the healthy rate is as likely as healthy tissue to the "
+            "in-painter: no NLL threshold flags it without flagging as much healthy brain.",
+            "",
+            "| set | case | lesion voxels | flagged | NLL > p95 | tokenizer recon residual | residual |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['set']} | {r['case']} | {r['voxels']} | {f3(r['flagged'])} | {f3(r['nll_above_p95'])} | "
+            f"{f3(r['recon_residual'])} | {f3(r['residual'])} |"
+            for r in st["lesioned"]
+        ]
+    alt = report.get("flagging_alternatives")
+    if alt:
+        lines += [
+            "",
+            "## Other flaggings / weights with the chosen post-processing (MIM-OOD)",
+            "",
+            "| variant | healthy brain flagged (clean / shifted) | lesion flagged (mean) | lesioned volumes < 10 % "
+            "flagged | map score (clean / shifted) | volume AUROC (clean / shifted) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, a in alt.items():
+            lines.append(
+                f"| {name} | {' / '.join(f3(x) for x in a['healthy_flagged'].values())} | "
+                f"{f3(a['lesion_flagged_mean'])} | {a['lesions_under_10pct_flagged']} of {a['lesioned_volumes']} | "
+                f"{' / '.join(f3(x) for x in a['map_score'].values())} | "
+                f"{' / '.join(f3(x) for x in a['volume_auroc'].values())} |"
+            )
+    return lines
 
 
 def write_markdown(path: Path, report: dict[str, Any]) -> None:
@@ -495,6 +635,7 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         for s, h in per.items():
             sites = "; ".join(f"{site}: " + " / ".join(f3(x) for x in d.values()) for site, d in h["per_site"].items())
             lines.append(f"- {key}, {s}: {sites}")
+    lines += _stage_lines(report)
     lines += ["", "## Chosen (validation only)", ""]
     for det, c in report["chosen"].items():
         lines.append(
@@ -515,10 +656,18 @@ def main() -> None:
     cp.add_argument("--prep", nargs="+", default=["scale"], choices=("scale", "nyul"))
     cp.add_argument("--sets", nargs="+", default=["shifted", "clean"], choices=sorted(SETS))
     cp.add_argument("--limit", type=int, help="only the first N healthy and N lesioned cases of each set")
+    cp.add_argument("--weights", type=Path, help="another checkpoint of the detector (e.g. a retrained one)")
+    cp.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a detector setting (repeatable)")
     rp = sub.add_parser("report")
     rp.add_argument("--detectors", nargs="+", default=["mim", "ar"])
     rp.add_argument("--preps", nargs="+", default=["scale", "nyul"], choices=("scale", "nyul"))
     rp.add_argument("--sweep", action="store_true", help="every fix setting (default: the shipped one only)")
+    rp.add_argument(
+        "--flagging-cache",
+        action="append",
+        metavar="NAME=DIR",
+        help="MIM stage caches of another flagging or weights (compute --set/--weights), reported beside",
+    )
     rp.add_argument("--out", type=Path, default=OUT / "mim_shift.json")
     for p in (cp, rp):
         p.add_argument("--cache", type=Path, default=ROOT / "outputs" / "mim_shift_cache")
