@@ -42,10 +42,11 @@ from monai.data import Dataset
 from torch import Tensor
 
 from medood.benchmark.bundles import load_network, model_space_transform
+from medood.benchmark.stage_maps import flag_quality, ranking
 from medood.data.datalist import bundle_datalist
 from medood.data.tokens import TokenGridDataset
 from medood.losses import ImageAnomalyTokenLoss
-from medood.metrics import auroc, average_precision
+from medood.metrics import auroc
 from medood.transforms import RandSlicesd
 from medood.utils.machine import describe_machine
 
@@ -125,16 +126,6 @@ def flags(net: Any, ar: Any, st: dict[str, Tensor]) -> dict[str, Tensor]:
         out[mode] = net.flag_scores(st["atd"], st["nll"])
     net.flagging = configured
     return {**out, "ar": st["ar_nll"] > ar.threshold_nll}
-
-
-def ranking(score: Tensor, target: Tensor) -> dict[str, float]:
-    y = target.flatten().numpy()
-    return {"auroc": auroc(score.flatten().numpy(), y), "ap": average_precision(score.flatten().numpy(), y)}
-
-
-def flag_quality(flagged: Tensor, target: Tensor) -> dict[str, float]:
-    tp = float((flagged & target).sum())
-    return {"recall": tp / max(float(target.sum()), 1.0), "precision": tp / max(float(flagged.sum()), 1.0)}
 
 
 def token_figures(net: Any, ar: Any, lesion_stats: list[dict], healthy_stats: list[dict]) -> dict[str, Any]:
