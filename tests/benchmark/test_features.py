@@ -19,6 +19,7 @@ from torch import nn
 from medood.benchmark.bundles import bundle_network
 from medood.benchmark.features import layer_summaries, recorded_forward
 from medood.benchmark.stats import set_aurocs
+from medood.benchmark.timing import batch_record
 from medood.networks.feature_maps import FeatureRecorder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,3 +94,27 @@ def test_render_rewrites_the_page_from_its_json(tmp_path: Path, monkeypatch: Any
     assert json.loads((tmp_path / f"{page}.json").read_text()) == json.loads(
         (ROOT / "docs" / "benchmarks" / f"{page}.json").read_text()
     )
+
+
+def test_batch_record_and_the_heatmap_cost_built_on_it() -> None:
+    batches = [torch.rand(4, 3, 8, 8), torch.rand(4, 3, 8, 8), torch.rand(2, 3, 8, 8)]
+    assert batch_record(batches, 5) == {"images": 10, "batch_size": 4, "input_shape": [3, 8, 8], "repeats": 5}
+    spec = importlib.util.spec_from_file_location("bench_heatmap_cost_test", ROOT / "scripts" / "bench_heatmap.py")
+    assert spec is not None and spec.loader is not None
+    heatmap: Any = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(heatmap)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(192, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+
+    class Det:
+        decoder = nn.Linear(16, 4)
+
+        def score_features(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+            return self.decoder(feats["features"]).abs().mean(1)
+
+        def score(self, x: torch.Tensor) -> torch.Tensor:
+            return self.decoder(net[:3](x)).abs().mean(1)
+
+    cost = heatmap.cost(net, Det(), batches, 1)
+    assert {k: cost[k] for k in ("images", "batch_size", "input_shape", "repeats")} == batch_record(batches, 1)
+    assert cost["decoder_parameters"] == 16 * 4 + 4
+    assert cost["forward_ms_per_image"] > 0 and cost["score_ms_per_image"] > 0 and cost["score_over_forward"] > 0
