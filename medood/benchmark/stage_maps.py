@@ -112,27 +112,26 @@ def seg_figures(
 
 
 def bucket_figures(
-    maps: Sequence[Any],
-    labels: Sequence[Any],
-    foregrounds: Sequence[Any],
+    cases: Sequence[SegCase],
     threshold: float,
     flagged: Sequence[Any] | None = None,
     buckets: Buckets = SIZE_BUCKETS,
 ) -> dict[str, dict[str, float]]:
     """Per lesion-size bucket: how many lesions, the fraction detected, and the map figures of that bucket.
 
-    A lesion component (:func:`components`) is detected by the map when one of its voxels is ``>= threshold``, by
-    ``flagged`` (e.g. the in-painted tokens at voxel resolution) when one of its voxels is ``> 0``. The map
-    figures (:func:`seg_figures`, every voxel) of a bucket use the lesions of that bucket as positives and leave
-    the other buckets' lesion voxels out of the foreground. Buckets without a lesion are left out.
+    ``cases`` are ``(map, lesion mask, foreground)`` as in :func:`seg_figures`. A lesion component
+    (:func:`components`) is detected by the map when one of its voxels is ``>= threshold``, by ``flagged`` (e.g.
+    the in-painted tokens at voxel resolution) when one of its voxels is ``> 0``. The map figures
+    (:func:`seg_figures`, every voxel) of a bucket use the lesions of that bucket as positives and leave the other
+    buckets' lesion voxels out of the foreground. Buckets without a lesion are left out.
 
     Returns:
         ``{bucket: {"lesions", "detected_map", ["detected_flagged"], "pixel_ap", "best_dice",
         "dice_at_threshold"}}`` in bucket order.
     """
-    maps_np, fgs_np = [_np(m) for m in maps], [_np(f).astype(bool) for f in foregrounds]
+    maps_np, fgs_np = [_np(c[0]) for c in cases], [_np(c[2]).astype(bool) for c in cases]
     flags_np = None if flagged is None else [_np(f) > 0 for f in flagged]
-    comps = [components(lab, buckets) for lab in labels]
+    comps = [components(c[1], buckets) for c in cases]
     out: dict[str, dict[str, float]] = {}
     for b in buckets:
         sel: list[SegCase] = []

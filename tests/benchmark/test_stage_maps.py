@@ -99,7 +99,7 @@ def test_bucket_figures_leave_the_other_buckets_out() -> None:
     flagged = [np.zeros_like(k) for _, k, _ in cases]
     flagged[0][4, 4, 4] = True  # the 8-voxel lesion of case 0 flagged
     thr = 1.2
-    out = bucket_figures(*zip(*cases), threshold=thr, flagged=flagged, buckets=SMALL)
+    out = bucket_figures(cases, thr, flagged, SMALL)
     assert list(out) == ["tiny", "mid", "big"]
     for b, size in (("tiny", 2), ("mid", 8), ("big", 27)):
         row = out[b]
@@ -115,7 +115,7 @@ def test_bucket_figures_leave_the_other_buckets_out() -> None:
         assert y.sum() == 2 * size
         assert row["pixel_ap"] == pytest.approx(average_precision_score(y, scores))
         assert row["best_dice"] == pytest.approx(_best_dice(scores, y))
-    without = bucket_figures(*zip(*cases), threshold=thr, buckets={"none": (100, 200), **SMALL})
+    without = bucket_figures(cases, thr, buckets={"none": (100, 200), **SMALL})
     assert "none" not in without and "detected_flagged" not in without["big"]
 
 
@@ -232,8 +232,8 @@ def test_bucket_figures_and_threshold_as_bench_mim_shift_figures() -> None:
                                 shift.MAP_ALPHA)  # fmt: skip
     assert own == theirs["own_healthy_threshold"] == theirs["map_threshold"]
     les = [v for v in vols if v["lesioned"]]
-    ours = bucket_figures([v["residual"] for v in les], [v["label"] for v in les], [v["image"] > 0 for v in les],
-                          own, [v["flagged"] for v in les], buckets)  # fmt: skip
+    cases = [(v["residual"], v["label"], v["image"] > 0) for v in les]
+    ours = bucket_figures(cases, own, [v["flagged"] for v in les], buckets)
     assert set(ours) == {"<500", "500-1500", ">1500"}
     for b, row in ours.items():
         assert row == theirs[b]
