@@ -45,6 +45,7 @@ from medood.benchmark.features import layer_summaries
 from medood.benchmark.report import write_page
 from medood.benchmark.script import add_common_arguments, render_only, start
 from medood.benchmark.stats import set_aurocs
+from medood.benchmark.tables import md_table
 from medood.data.demo.bench import read_manifest
 from medood.data.multitask import (
     BRAIN_CONTRASTS,
@@ -247,21 +248,20 @@ def _setting(r: dict[str, Any]) -> str:
 
 def render(res: dict[str, Any]) -> str:
     kinds = [k for k in res["current"]["auroc"] if k != "mean"]
-    head = (
-        "| layers | singular values | normalisation | combine | " + " | ".join(kinds) + " | mean | T1w | T2w | FLAIR |"
-    )
+    head = ["layers", "singular values", "normalisation", "combine", *kinds, "mean", "T1w", "T2w", "FLAIR"]
 
-    def row(r: dict[str, Any]) -> str:
+    def row(r: dict[str, Any]) -> list[str]:
         pc = r["auroc_per_contrast"]
-        return (
-            f"| {_setting(r)} | "
-            + " | ".join(f"{r['auroc'][k]:.3f}" for k in kinds)
-            + f" | **{r['auroc']['mean']:.3f}** | {pc['T1w']:.3f} | {pc['T2w']:.3f} | {pc['FLAIR']:.3f} |"
-        )
+        return [_setting(r), *(f"{r['auroc'][k]:.3f}" for k in kinds), f"**{r['auroc']['mean']:.3f}**",
+                *(f"{pc[c]:.3f}" for c in ("T1w", "T2w", "FLAIR"))]  # fmt: skip
 
-    sep = "|" + "---|" * (head.count("|") - 1)
     top = sorted(res["grid"], key=lambda r: -r["auroc"]["mean"])[:10]
     d = res["domains"]
+    banks = (("brain_bank_only", "brain"), ("brain_joint_bank", "brain + pathology"), ("pathology_bank_only",
+             "pathology"), ("pathology_joint_bank", "brain + pathology"), ("pathology_brain_bank",
+             "brain only (the bank shipped before)"))  # fmt: skip
+    bank_rows = [[name.split("_")[0], bank, " | ".join(f"{k} {v:.3f}" for k, v in d[name].items())]
+                 for name, bank in banks]  # fmt: skip
     lines = [
         "# Spectral signatures: diagnosis on the validation OOD family",
         "",
@@ -275,31 +275,16 @@ def render(res: dict[str, Any]) -> str:
         "",
         "## Per layer (all singular values, l2, the paper's signature)",
         "",
-        head,
-        sep,
-        *[row(r) for r in res["per_layer"]],
+        *md_table(head, (row(r) for r in res["per_layer"])),
         "",
         "## The ten best settings of the grid",
         "",
-        head,
-        sep,
-        *[row(r) for r in top],
+        *md_table(head, (row(r) for r in top)),
         "",
         "## Signature bank over both domains (chosen setting)",
         "",
-        "| validation | bank | " + " | ".join(["kind 1", "kind 2", "mean"]) + " |",
-        "|---|---|---|---|---|",
+        *md_table(["validation", "bank", "kind 1", "kind 2", "mean"], bank_rows),
     ]
-    for name, bank in (
-        ("brain_bank_only", "brain"),
-        ("brain_joint_bank", "brain + pathology"),
-        ("pathology_bank_only", "pathology"),
-        ("pathology_joint_bank", "brain + pathology"),
-        ("pathology_brain_bank", "brain only (the bank shipped before)"),
-    ):
-        r = d[name]
-        vals = " | ".join(f"{k} {v:.3f}" for k, v in r.items())
-        lines.append(f"| {name.split('_')[0]} | {bank} | {vals} |")
     own = d["id_nearest_own_domain"]
     lines += [
         "",
