@@ -39,7 +39,13 @@ from monai.transforms import (
 
 from medood.benchmark.bundles import bundle_parser, load_network, model_space_transform
 from medood.benchmark.report import write_page
-from medood.benchmark.stage_maps import choose_worst_case, healthy_values, rank_worst_case, seg_figures
+from medood.benchmark.stage_maps import (
+    choose_worst_case,
+    healthy_values,
+    percentile_table,
+    rank_worst_case,
+    seg_figures,
+)
 from medood.benchmark.stage_maps import volume_aurocs as stage_volume_aurocs
 from medood.benchmark.tables import fmt3 as f3
 from medood.benchmark.tables import md_table
@@ -408,11 +414,8 @@ def main() -> None:
     pre = parser.get_parsed_content("preprocessing")
     groups = tuple(args.nll_groups)
     train_cached = [Cached(net, pre(c)["image"], False, groups) for c in train[: args.nll_volumes]]
-    nll_thr = {
-        g: {p: float(torch.quantile(torch.cat([c.nll[g].flatten() for c in train_cached]).double()[: 2**24], p / 100))
-            for p in NLL_PERCENTILES}
-        for g in groups
-    }  # fmt: skip
+    nll_thr = {g: percentile_table(torch.cat([c.nll[g].flatten() for c in train_cached]), NLL_PERCENTILES)
+               for g in groups}  # fmt: skip
     del train_cached
     logger.info("healthy training token NLL percentiles: %s", nll_thr)
     cases = [Cached(net, d["image"], not args.no_atd, groups) for d in healthy + lesioned]

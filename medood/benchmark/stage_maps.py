@@ -8,8 +8,9 @@ Pure functions on numpy / torch arrays, no script state:
   threshold, optionally the per-case mean AP) and per size bucket (:func:`bucket_figures`: lesions detected by
   the map or by a flag volume, and the map figures with the other buckets' lesions left out);
 * the healthy map values a threshold is fitted on (:func:`healthy_values`, :func:`healthy_map_threshold`:
-  split-conformal), volume AUROCs of several volume scores (:func:`volume_aurocs`), token / voxel ranking and
-  recall-precision figures (:func:`ranking`, :func:`flag_quality`);
+  split-conformal), percentiles of healthy scores (:func:`percentile_table`), volume AUROCs of several volume
+  scores (:func:`volume_aurocs`), token / voxel ranking and recall-precision figures (:func:`ranking`,
+  :func:`flag_quality`);
 * the choice by the worst case over sets (:func:`rank_worst_case`, :func:`choose_worst_case`);
 * cached stage volumes as compressed ``.npz`` (:func:`save_stage_volumes`, :func:`load_stage_volumes`).
 
@@ -41,6 +42,7 @@ __all__ = [
     "healthy_map_threshold",
     "healthy_values",
     "load_stage_volumes",
+    "percentile_table",
     "rank_worst_case",
     "ranking",
     "save_stage_volumes",
@@ -171,6 +173,16 @@ def healthy_map_threshold(values: np.ndarray, alpha: float, max_values: int = 2_
     """
     values = np.asarray(values).ravel()
     return float(conformal_threshold(values[:: max(1, values.size // max_values)], alpha).threshold)
+
+
+def percentile_table(values: Any, percentiles: Iterable[float], max_values: int = 2**24) -> dict[float, float]:
+    """``{p: the p-th percentile}`` of the first ``max_values`` of ``values`` (flattened, float64).
+
+    :func:`torch.quantile` (linear interpolation, as :func:`numpy.percentile`), which takes at most ``2**24`` values;
+    e.g. the healthy token-NLL percentiles a flagging threshold is chosen from.
+    """
+    v = torch.as_tensor(values).flatten().double()[:max_values]
+    return {p: float(torch.quantile(v, p / 100)) for p in percentiles}
 
 
 def volume_aurocs(scores: Mapping[str, Sequence[float]], lesioned: Sequence[int]) -> dict[str, float]:

@@ -25,6 +25,7 @@ from medood.benchmark.stage_maps import (
     healthy_map_threshold,
     healthy_values,
     load_stage_volumes,
+    percentile_table,
     rank_worst_case,
     ranking,
     save_stage_volumes,
@@ -271,3 +272,12 @@ def test_tune_mim_validation_figures_and_choice() -> None:
     worst = [min(r["volume_auroc"], r["shifted"]["volume_auroc"]) for r in rows]
     ok = [r for r, a in zip(rows, worst) if a >= max(worst) - 0.2]
     assert tune.choose(rows, 0.2) is max(ok, key=lambda r: min(tune.score(r), tune.score(r["shifted"])))
+
+
+def test_percentile_table_is_numpys_on_the_first_values() -> None:
+    v = np.random.default_rng(4).gamma(2.0, size=(30, 40))
+    table = percentile_table(torch.from_numpy(v), (50, 95, 99.5))
+    assert list(table) == [50, 95, 99.5]
+    assert table == pytest.approx({p: np.percentile(v, p) for p in (50, 95, 99.5)})
+    capped = percentile_table(v, [90], max_values=100)
+    assert capped[90] == pytest.approx(np.percentile(v.ravel()[:100], 90))
