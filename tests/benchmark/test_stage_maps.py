@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -281,3 +282,39 @@ def test_percentile_table_is_numpys_on_the_first_values() -> None:
     assert table == pytest.approx({p: np.percentile(v, p) for p in (50, 95, 99.5)})
     capped = percentile_table(v, [90], max_values=100)
     assert capped[90] == pytest.approx(np.percentile(v.ravel()[:100], 90))
+
+
+PAGES = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
+
+
+def test_committed_choices_recomputed_from_their_json() -> None:
+    """The moved selection rules give the committed choices from the committed rows (no rerun needed)."""
+    tune: Any = _script("tune_mim_validation")
+    report = json.loads((PAGES / "mim_validation_tuning.json").read_text())
+    checked = report["candidates_checked_on_shift"]
+    assert tune.choose(checked, 0.05) == report["selected"]
+    candidates = tune.select(report["results"], 0.05, len(checked))
+    assert len(candidates) == len(checked) and all(map(tune.same_setting, candidates, checked))
+    shift = json.loads((PAGES / "mim_shift.json").read_text())
+    for det, rows in shift["sweep"].items():
+        chosen = shift["chosen"][det]
+        best, volume = _shift_choice(rows, chosen["sets"])
+        assert {k: best[k] for k in chosen["setting"]} == chosen["setting"] and volume == chosen["volume_score"]
+
+
+def _shift_choice(rows: list[dict[str, Any]], sets: list[str]) -> tuple[dict[str, Any], str]:
+    """bench_mim_shift's rule with this module: the map setting, then the volume score, by the worst case."""
+    best = choose_worst_case(rows, lambda r: [r[s] for s in sets], _map_score)
+    return best, choose_worst_case(list(best[sets[0]]["volume_auroc"]),
+                                   lambda k: [best[s]["volume_auroc"][k] for s in sets], float)  # fmt: skip
+
+
+def _map_score(f: dict[str, Any]) -> float:
+    return float(np.mean([f["all"]["pixel_ap"], f["all"]["best_dice"], f["all"]["dice_at_threshold"]]))
+
+
+def test_mim_shift_page_re_renders(tmp_path: Path) -> None:
+    """docs/benchmarks/mim_shift.md is its JSON rendered (the check the lead's switch to stage_maps must keep)."""
+    shift: Any = _script("bench_mim_shift")
+    shift.write_markdown(tmp_path / "mim_shift.md", json.loads((PAGES / "mim_shift.json").read_text()))
+    assert (tmp_path / "mim_shift.md").read_text() == (PAGES / "mim_shift.md").read_text()
