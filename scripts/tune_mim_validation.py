@@ -50,7 +50,6 @@ from medood.benchmark.stage_maps import volume_aurocs as stage_volume_aurocs
 from medood.benchmark.tables import fmt3 as f3
 from medood.benchmark.tables import md_table
 from medood.data.datalist import bundle_datalist
-from medood.metrics import auroc
 from medood.transforms import ScaleNonzeroPercentile
 from medood.utils.checkpoints import load_state
 from medood.utils.io import atomic_write_text
@@ -346,7 +345,7 @@ def stress_report(net: Any, healthy: list, lesioned: list, map_pct: float, out: 
         fig = figures(maps[: len(hs)], maps[len(hs) :], hs, ls, map_pct)
         s = [float(reduce_map(m, net.score_reduction, net.score_k, (d["image"] > 0)[None])) for m, d in
              zip(maps, hs + ls)]  # fmt: skip
-        fig["volume_auroc"] = float(auroc(np.array(s), np.array([0] * len(hs) + [1] * len(ls))))
+        fig["volume_auroc"] = stage_volume_aurocs({"v": s}, [0] * len(hs) + [1] * len(ls))["v"]
         fig["healthy_tokens_flagged"] = float(np.mean([float(f.float().mean()) for f in flags[: len(hs)]]))
         rows[kind] = fig
         logger.info("stress %s: %s", kind, fig)
