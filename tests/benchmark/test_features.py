@@ -81,8 +81,10 @@ def test_bundle_network_loads_the_shipped_weights() -> None:
 
 
 @pytest.mark.parametrize(("script", "page"), [("diagnose_spectral", "spectral_diagnosis"),
-                                              ("compare_multitask", "spectral_multitask")])  # fmt: skip
+                                              ("compare_multitask", "spectral_multitask"),
+                                              ("check_spectral_setting", "spectral_setting_check")])  # fmt: skip
 def test_render_rewrites_the_page_from_its_json(tmp_path: Path, monkeypatch: Any, script: str, page: str) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # check_spectral_setting imports diagnose_spectral
     spec = importlib.util.spec_from_file_location(f"{script}_render_test", ROOT / "scripts" / f"{script}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
