@@ -3,7 +3,6 @@ the --render path of the spectral diagnosis and multi-task comparison scripts.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -21,6 +20,7 @@ from medood.benchmark.features import layer_summaries, recorded_forward
 from medood.benchmark.stats import set_aurocs
 from medood.benchmark.timing import batch_record
 from medood.networks.feature_maps import FeatureRecorder
+from tests.helpers.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,10 +85,7 @@ def test_bundle_network_loads_the_shipped_weights() -> None:
                                               ("check_spectral_setting", "spectral_setting_check")])  # fmt: skip
 def test_render_rewrites_the_page_from_its_json(tmp_path: Path, monkeypatch: Any, script: str, page: str) -> None:
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # check_spectral_setting imports diagnose_spectral
-    spec = importlib.util.spec_from_file_location(f"{script}_render_test", ROOT / "scripts" / f"{script}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(script, f"{script}_render_test")
     shutil.copyfile(ROOT / "docs" / "benchmarks" / f"{page}.json", tmp_path / f"{page}.json")
     monkeypatch.setattr(sys, "argv", [script, "--render", "--out", str(tmp_path / page)])  # the old suffix-less form
     module.main()
@@ -101,10 +98,7 @@ def test_render_rewrites_the_page_from_its_json(tmp_path: Path, monkeypatch: Any
 def test_batch_record_and_the_heatmap_cost_built_on_it() -> None:
     batches = [torch.rand(4, 3, 8, 8), torch.rand(4, 3, 8, 8), torch.rand(2, 3, 8, 8)]
     assert batch_record(batches, 5) == {"images": 10, "batch_size": 4, "input_shape": [3, 8, 8], "repeats": 5}
-    spec = importlib.util.spec_from_file_location("bench_heatmap_cost_test", ROOT / "scripts" / "bench_heatmap.py")
-    assert spec is not None and spec.loader is not None
-    heatmap: Any = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(heatmap)
+    heatmap: Any = load_script("bench_heatmap", "bench_heatmap_cost_test")
     net = nn.Sequential(nn.Flatten(), nn.Linear(192, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
 
     class Det:

@@ -3,10 +3,8 @@ and against the helpers of scripts/bench_mim_shift.py it replaces (same numbers)
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -33,21 +31,13 @@ from medood.benchmark.stage_maps import (
     seg_figures,
     volume_aurocs,
 )
+from tests.helpers.scripts import load_script
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 SMALL = {"tiny": (0, 3), "mid": (3, 10), "big": (10, np.inf)}
 
 
 def _script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"{name}_stage_maps_test", SCRIPTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.modules.pop(spec.name, None)
-    return module
+    return load_script(name, f"{name}_stage_maps_test")
 
 
 def _volume(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
