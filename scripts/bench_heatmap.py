@@ -49,11 +49,11 @@ from medood.benchmark.bundles import (
 from medood.benchmark.report import bench_header, write_page
 from medood.benchmark.runner import resolved_k
 from medood.benchmark.script import add_common_arguments, render_only, start
-from medood.benchmark.tables import ood_task_section, set_sizes
-from medood.benchmark.timing import forward_ratio, head_features, over_batches
+from medood.benchmark.tables import LEGACY_NOTE, METRICS_NOTE, ood_task_section, set_sizes
+from medood.benchmark.timing import batch_record, forward_ratio, head_features, over_batches
 from medood.detectors.posthoc import fit_many, score_many
 from medood.engines.posthoc import build_detectors
-from medood.metrics.tables import FPR95_CONVENTION, results_table
+from medood.metrics.tables import results_table
 
 ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("bench_heatmap")
@@ -103,18 +103,16 @@ def cost(net: torch.nn.Module, det: Any, batches: list[torch.Tensor], repeats: i
     feats = head_features(net, batches)
     r_dec, t_fwd, t_dec = forward_ratio(net, batches, over_batches(det.score_features, feats, no_grad=True), repeats)
     r_full, _, t_full = forward_ratio(net, batches, over_batches(det.score, batches), repeats)
-    n = sum(x.shape[0] for x in batches)
+    shape = batch_record(batches, repeats)
+    n = shape["images"]
     return {
         "decoder_over_forward": r_dec,
         "score_over_forward": r_full,
-        "images": n,
-        "batch_size": batches[0].shape[0],
-        "input_shape": list(batches[0].shape[1:]),
+        **shape,
         "forward_ms_per_image": 1000 * t_fwd / n,
         "decoder_ms_per_image": 1000 * t_dec / n,
         "score_ms_per_image": 1000 * t_full / n,
         "decoder_parameters": sum(p.numel() for p in det.decoder.parameters()),
-        "repeats": repeats,
         "method": "median over interleaved (classifier forward, other) pairs of the time ratio, same batches",
     }
 
@@ -181,9 +179,7 @@ def _notes(res: Mapping[str, Any]) -> list[str]:
             "when k = D): " + ", ".join(f"{t} {v['k_effective']} of D = {v['d']}" for t, v in ks.items()) + "."
         )
     lines += [
-        "- This page is a legacy per-method benchmark: the comparison of every method on the same benchmark sets, "
-        "with intervals, is `docs/results.md` (`scripts/benchmark.py`). Why the decoder trails where it does: the "
-        "heatmap bundles' `docs/README.md`.",
+        f"- {LEGACY_NOTE} Why the decoder trails where it does: the heatmap bundles' `docs/README.md`.",
     ]
     return lines
 
@@ -202,7 +198,7 @@ def markdown(res: Mapping[str, Any]) -> str:
         "Written by `scripts/bench_heatmap.py`; numbers in `heatmap.json`. The bundles' shipped weights; every "
         "detector on the **same frozen classifier**, post-hoc detectors fitted on the ID training set in one "
         "backbone pass, all (with the heatmap decoder) scored in one backbone pass per batch. Nothing is tuned on "
-        f"OOD data. Metrics in %, OOD positive; FPR95 = {FPR95_CONVENTION}. Demo data: not comparable with "
+        f"OOD data. {METRICS_NOTE} Demo data: not comparable with "
         "published numbers (small sets: see the set sizes).",
     ]
     for name, table in res["tasks"].items():

@@ -50,13 +50,13 @@ from medood.benchmark.bundles import (
 )
 from medood.benchmark.report import bench_header, write_page
 from medood.benchmark.script import add_common_arguments, render_only, start
-from medood.benchmark.tables import md_table, ood_task_section, set_sizes
+from medood.benchmark.tables import LEGACY_NOTE, METRICS_NOTE, md_table, ood_task_section, set_sizes
 from medood.benchmark.tables import mean_over_sets as _mean
-from medood.benchmark.timing import forward_ratio, over_batches
+from medood.benchmark.timing import batch_record, forward_ratio, over_batches
 from medood.data.contrasts import contrast_datalist, contrast_evaluation_datalist
 from medood.detectors.mecam import CAM_GRIDS, MECAMDetector, all_exit_subsets
 from medood.engines.posthoc import evaluate_posthoc
-from medood.metrics.tables import FPR95_CONVENTION, METRICS, results_table
+from medood.metrics.tables import METRICS, results_table
 from medood.networks.nets import FinalExitClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,11 +97,9 @@ def cost(det: MECAMDetector, batches: Sequence[torch.Tensor], repeats: int) -> d
     """MECAM scoring (the detector's ``cam_grid``) vs the classifier's plain forward pass (all exit logits) on the
     same batches."""
     ratio, t_fwd, t_mecam = forward_ratio(det.net, batches, over_batches(det.score, batches), repeats)
-    res = {"mecam_over_forward": ratio, "forward_seconds": t_fwd, "mecam_seconds": t_mecam}
-    n = sum(int(x.shape[0]) for x in batches)
-    return {**res, "images": n, "batch_size": int(batches[0].shape[0]), "input_shape": list(batches[0].shape[1:]),
-            "repeats": repeats, "ms_per_image_mecam": 1000 * res["mecam_seconds"] / n,
-            "cam_grid": det.cam_grid}  # fmt: skip
+    shape = batch_record(batches, repeats)
+    return {"mecam_over_forward": ratio, "forward_seconds": t_fwd, "mecam_seconds": t_mecam, **shape,
+            "ms_per_image_mecam": 1000 * t_mecam / shape["images"], "cam_grid": det.cam_grid}  # fmt: skip
 
 
 def grid_variants(det: MECAMDetector, id_loader: DataLoader, sets: dict[str, DataLoader], batches: list,
@@ -166,7 +164,7 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         f"Machine: {res['machine']}. Written by `scripts/bench_mecam.py`; numbers in `mecam.json`.",
         "",
-        f"Metrics in %, OOD positive; FPR95 = {FPR95_CONVENTION}. Post-hoc detectors are scored on the final exit",
+        f"{METRICS_NOTE} Post-hoc detectors are scored on the final exit",
         "of the bundle's shipped multi-exit classifier (one backbone pass; ODIN adds its perturbed passes), fitted on",
         "the ID training set with default settings (NERO: k = 175/512 of the feature width). Demo data: procedural",
         "dermoscopy look-alikes, real IHC tissue patches, synthetic brain MRI; a few images per OOD set, so one",
@@ -179,11 +177,7 @@ def markdown(res: dict[str, Any]) -> str:
                  + set_sizes(s["ood_set_sizes"]) + ". Sorted by mean AUROC.")  # fmt: skip
         lines += ood_task_section(task, intro, table, "mecam", "MECAM")
     lines += _ablation_markdown(res) + _cost_markdown(res)
-    lines += [
-        "",
-        "This page is a legacy per-method benchmark: the comparison of every method on the same benchmark sets, "
-        "with intervals, is `docs/results.md` (`scripts/benchmark.py`).",
-    ]
+    lines += ["", LEGACY_NOTE]
     return "\n".join(lines) + "\n"
 
 

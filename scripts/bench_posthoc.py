@@ -39,14 +39,13 @@ from medood.benchmark.bundles import item_loader
 from medood.benchmark.report import bench_header, write_page
 from medood.benchmark.runner import trained_classifier
 from medood.benchmark.script import add_common_arguments, render_only, start
-from medood.benchmark.tables import md_table, ood_task_table, set_sizes
+from medood.benchmark.tables import METRICS_NOTE, md_table, ood_task_table, set_sizes
 from medood.benchmark.timing import forward_ratio, head_features, measure, median_time, over_batches
 from medood.data.classification import class_folder_loader, classifier_preprocessing
 from medood.data.folders import ood_datalists
 from medood.detectors.posthoc import score_many
 from medood.detectors.registry import get_detector_class
 from medood.engines.posthoc import build_detectors, evaluate_posthoc, load_detectors
-from medood.metrics.tables import FPR95_CONVENTION
 from medood.networks.classifiers import build_classifier
 from medood.networks.hooks import find_linear_head
 from medood.utils.checkpoints import load_state as load_weights
@@ -271,7 +270,7 @@ def _task_markdown(res: dict[str, Any]) -> list[str]:
         "",
         "## Demo tasks (procedural look-alike images: not comparable with published numbers)",
         "",
-        f"Metrics in %, OOD positive; FPR95 = {FPR95_CONVENTION}. Mean over the OOD sets of each task.",
+        f"{METRICS_NOTE} Mean over the OOD sets of each task.",
         "",
     ]
     for name, table in res["tasks"].items():

@@ -40,7 +40,8 @@ import torch
 from monai.bundle import ConfigParser
 from torch import nn
 
-from medood.benchmark.bundles import bundle_parser, load_network, timed_process_run, timed_workflow_run
+from medood.benchmark.bundles import bundle_network, timed_process_run, timed_workflow_run
+from medood.benchmark.features import recorded_forward
 from medood.benchmark.report import bench_header, write_page
 from medood.benchmark.script import add_common_arguments, render_only, start
 from medood.benchmark.tables import md_table
@@ -69,11 +70,6 @@ from medood.utils.io import atomic_write_text, case_name
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "spectral_brain_mri_ood_classification"
 log = logging.getLogger("bench_spectral")
-
-
-def host(bundle: Path) -> tuple[nn.Module, ConfigParser]:
-    parser = bundle_parser(bundle, ["inference.yaml"])
-    return load_network(parser, "network_def", bundle / "models" / "model.pt"), parser
 
 
 def extra_ood(brain_dir: Path, work: Path, n: int, seed: int) -> list[dict[str, Any]]:
@@ -128,16 +124,6 @@ def feature_detectors(layers: Sequence[str]) -> dict[str, FeatureMapDetector]:
     }
 
 
-def forward_features(
-    net: nn.Module, recorder: FeatureRecorder, transform: Callable, item: dict
-) -> tuple[torch.Tensor, dict]:
-    x = torch.as_tensor(transform(dict(item))["image"])[None].float()
-    recorder.pop_calls()  # drop what other passes (MC dropout) recorded
-    with torch.no_grad():
-        net(x)
-    return x, {k: v[0] for k, v in recorder.pop_calls().items()}
-
-
 def fit_detectors(
     net: nn.Module, recorder: FeatureRecorder, transform: Callable, items: list[dict], dets: dict
 ) -> None:
@@ -145,7 +131,7 @@ def fit_detectors(
     start = time.perf_counter()
     begin_fit(dets)
     for item in items:
-        fit_batch(dets, forward_features(net, recorder, transform, item)[1], None)
+        fit_batch(dets, recorded_forward(net, recorder, transform, item)[1], None)
     end_fit(dets)
     log.info("fitted on %d cases in %.0f s", len(items), time.perf_counter() - start)
 
@@ -173,7 +159,7 @@ def score_domain(net: nn.Module, items: dict, transform: Callable, mc_samples: i
     mc = MCDropoutDetector(model=net, n_samples=mc_samples, region="foreground")
     scores: dict[str, dict[str, float]] = {name: {} for name in [*dets, "mc_dropout"]}
     for i, item in enumerate(items["eval"]):
-        x, feats = forward_features(net, recorder, transform, item)
+        x, feats = recorded_forward(net, recorder, transform, item)
         key = f"{item['task']}/{item['set']}/{item['case']}"
         for name, v in score_batch(dets, feats).items():
             scores[name][key] = float(v[0])
@@ -366,7 +352,7 @@ def main() -> None:
         return
     start(args, args.seed)
     header, t0 = bench_header(conventions=False), time.perf_counter()
-    net, parser = host(BUNDLE)
+    net, parser = bundle_network(BUNDLE)
     pixdim, fov = parser.get_parsed_content("pixdim"), parser.get_parsed_content("fov")
     brain = limited(brain_items(args.brain_dir, args.work, args.extra_ood, args.seed), args.limit)
     patho = limited(pathology_items(args.pathology_dir), args.limit)

@@ -32,8 +32,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_spectral import BUNDLE, ROOT, brain_items, host, pathology_items
+from bench_spectral import BUNDLE, ROOT, brain_items, pathology_items
 
+from medood.benchmark.bundles import bundle_network
 from medood.data.multitask import brain_transforms, pathology_transforms
 from medood.detectors.mc_dropout import MEAN_PROBS, VARIANCE, MCDropoutDetector
 from medood.utils.io import atomic_write_text
@@ -91,7 +92,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    net, parser = host(BUNDLE)
+    net, parser = bundle_network(BUNDLE)
     mc = MCDropoutDetector(model=net, n_samples=args.mc_samples, region="foreground")
     domains = [
         (brain_transforms(False, parser["pixdim"], parser["fov"]),

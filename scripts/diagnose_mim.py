@@ -42,10 +42,11 @@ from monai.data import Dataset
 from torch import Tensor
 
 from medood.benchmark.bundles import load_network, model_space_transform
+from medood.benchmark.stage_maps import flag_quality, percentile_table, ranking
 from medood.data.datalist import bundle_datalist
 from medood.data.tokens import TokenGridDataset
 from medood.losses import ImageAnomalyTokenLoss
-from medood.metrics import auroc, average_precision
+from medood.metrics import auroc
 from medood.transforms import RandSlicesd
 from medood.utils.machine import describe_machine
 
@@ -125,16 +126,6 @@ def flags(net: Any, ar: Any, st: dict[str, Tensor]) -> dict[str, Tensor]:
         out[mode] = net.flag_scores(st["atd"], st["nll"])
     net.flagging = configured
     return {**out, "ar": st["ar_nll"] > ar.threshold_nll}
-
-
-def ranking(score: Tensor, target: Tensor) -> dict[str, float]:
-    y = target.flatten().numpy()
-    return {"auroc": auroc(score.flatten().numpy(), y), "ap": average_precision(score.flatten().numpy(), y)}
-
-
-def flag_quality(flagged: Tensor, target: Tensor) -> dict[str, float]:
-    tp = float((flagged & target).sum())
-    return {"recall": tp / max(float(target.sum()), 1.0), "precision": tp / max(float(flagged.sum()), 1.0)}
 
 
 def token_figures(net: Any, ar: Any, lesion_stats: list[dict], healthy_stats: list[dict]) -> dict[str, Any]:
@@ -273,13 +264,13 @@ def nll_threshold(net: Any, dataset_dir: Path, n_volumes: int, refit: bool) -> d
         values = torch.cat(
             [net.token_nll(b["tokens"].to(net.device), b["position"].to(net.device)).flatten().cpu() for b in batches]
         )
-    value = float(torch.quantile(values.double()[: 2**24], net.nll_percentile / 100))
+    value = percentile_table(values, [net.nll_percentile])[net.nll_percentile]
     net.nll_threshold = value  # fixed for this diagnosis (the bundle fits it with fit_statistics)
     if net.nll_grow_percentile is not None:  # the hysteresis' lower threshold, from the same NLLs
         net.fitted_nll_grow_threshold.fill_(
-            float(torch.quantile(values.double()[: 2**24], net.nll_grow_percentile / 100))
+            percentile_table(values, [net.nll_grow_percentile])[net.nll_grow_percentile]
         )
-    table = {f"p{q:g}": float(torch.quantile(values.double(), q / 100)) for q in (90, 95, 98, 99, 99.5, 99.9)}
+    table = {f"p{q:g}": v for q, v in percentile_table(values, (90, 95, 98, 99, 99.5, 99.9)).items()}
     return {
         "value": value,
         "source": f"fitted: p{net.nll_percentile:g} of NLLs, {len(ds)} slices of {len(train)} training volumes",

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import logging
 import os
 import time
@@ -39,10 +38,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from medood.benchmark.bundles import bundle_network
+from medood.benchmark.features import layer_summaries
+from medood.benchmark.report import write_page
+from medood.benchmark.script import add_common_arguments, render_only, start
+from medood.benchmark.stats import set_aurocs
+from medood.benchmark.tables import md_table
 from medood.data.demo.bench import read_manifest
 from medood.data.multitask import (
     BRAIN_CONTRASTS,
@@ -53,9 +56,7 @@ from medood.data.multitask import (
     pathology_transforms,
 )
 from medood.detectors.spectral import SpectralDetector, singular_values
-from medood.networks.feature_maps import FeatureRecorder, encoder_stages
-from medood.utils.checkpoints import load_state
-from medood.utils.io import atomic_write_text
+from medood.networks.feature_maps import encoder_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "spectral_brain_mri_ood_classification"
@@ -65,29 +66,9 @@ NORMALIZATIONS = ("l2", "ratio", "none")
 BRAIN_DOMAIN, PATHOLOGY_DOMAIN = 0, 1
 
 
-def load_host(bundle: Path) -> tuple[nn.Module, ConfigParser]:
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.yaml"))
-    parser["bundle_root"] = str(bundle)
-    net = parser.get_parsed_content("network_def")
-    load_state(net, bundle / "models" / "model.pt")
-    return net.eval(), parser
-
-
 def spectra(net: nn.Module, layers: Sequence[str], items: Sequence[dict], transform: Callable) -> list[torch.Tensor]:
     """Per layer, the ``(n, C)`` singular values of every item (one forward each)."""
-    recorder = FeatureRecorder(net, {name: name for name in layers})
-    out: list[list[torch.Tensor]] = [[] for _ in layers]
-    for item in items:
-        x = torch.as_tensor(transform(dict(item))["image"])[None].float()
-        recorder.pop_calls()
-        with torch.no_grad():
-            net(x)
-        feats = recorder.pop_calls()
-        for i, name in enumerate(layers):
-            out[i].append(singular_values(feats[name][0]))
-    recorder.remove()
-    return [torch.cat(v) for v in out]
+    return layer_summaries(net, layers, items, transform, singular_values)
 
 
 def bench_sets(manifest: dict[str, Any], brain: bool) -> dict[str, list[dict]]:
@@ -124,19 +105,6 @@ def scores(det: SpectralDetector, idx: Sequence[int], sig: Sequence[torch.Tensor
     return det.combine(det.score_signatures([det.signature_from(sig[i]) for i in idx])).numpy()
 
 
-def aurocs(s: dict[str, np.ndarray], id_key: str, mask: dict[str, np.ndarray] | None = None) -> dict[str, float]:
-    """AUROC (OOD positive) of each OOD set against ``id_key``; ``mask`` selects cases of each set."""
-    pick = (lambda k: s[k][mask[k]]) if mask else (lambda k: s[k])
-    out = {}
-    for k in s:
-        if k == id_key:
-            continue
-        y = np.r_[np.zeros(len(pick(id_key))), np.ones(len(pick(k)))]
-        out[k] = round(float(roc_auc_score(y, np.r_[pick(id_key), pick(k)])), 4)
-    out["mean"] = round(float(np.mean([v for k, v in out.items()])), 4)
-    return out
-
-
 def layer_sets(names: Sequence[str]) -> list[tuple[int, ...]]:
     n = len(names)
     return [(i,) for i in range(n)] + [tuple(range(n - 2, n)), tuple(range(n - 3, n)), tuple(range(n))]
@@ -148,12 +116,14 @@ def main() -> None:
     ap.add_argument("--brain-dir", type=Path, default=ROOT / "demo_data" / "brain_mri")
     ap.add_argument("--pathology-dir", type=Path, default=ROOT / "demo_data" / "pathology")
     ap.add_argument("--margin", type=float, default=0.005)
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "spectral_diagnosis")
+    add_common_arguments(ap, ROOT / "docs" / "benchmarks" / "spectral_diagnosis.json")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    start = time.perf_counter()
-    torch.manual_seed(0)
-    net, parser = load_host(BUNDLE)
+    args.out = args.out.with_suffix(".json")  # an --out without the suffix, as the script once took, still works
+    if render_only(args, render):
+        return
+    start(args)  # logging, --threads, torch.manual_seed(0)
+    t0 = time.perf_counter()
+    net, parser = bundle_network(BUNDLE)
     stages = encoder_stages(net, 4)
     brain_tf = brain_transforms(False, parser["pixdim"], parser["fov"])
     path_tf = pathology_transforms(False)
@@ -174,7 +144,7 @@ def main() -> None:
     val_b = {k: spectra(net, stages, v, brain_tf) for k, v in brain_val.items()}
     val_p = {k: spectra(net, stages, v, path_tf) for k, v in path_val.items()}
     contrast = {k: np.array([it["contrast"] for it in v]) for k, v in brain_val.items()}
-    log.info("spectra of every set in %.0f s", time.perf_counter() - start)
+    log.info("spectra of every set in %.0f s", time.perf_counter() - t0)
 
     current = {
         "layers": [stages.index(x) for x in parser["ood_layers"]],
@@ -196,10 +166,10 @@ def main() -> None:
                 "n_singular": n_sing,
                 "normalization": norm,
                 "combine": combine,
-                "auroc": aurocs(s, "id_val"),
+                "auroc": set_aurocs(s, "id_val"),
             }
             row["auroc_per_contrast"] = {
-                c: aurocs(s, "id_val", {k: contrast[k] == c for k in s})["mean"] for c in BRAIN_CONTRASTS
+                c: set_aurocs(s, "id_val", {k: contrast[k] == c for k in s})["mean"] for c in BRAIN_CONTRASTS
             }
             grid.append(row)
     key = lambda r: (r["layers"], r["n_singular"], r["normalization"], r["combine"])  # noqa: E731
@@ -232,11 +202,11 @@ def main() -> None:
         return det.signature_domains[d.argmin(1)]
 
     domains = {
-        "brain_bank_only": aurocs({k: scores(only_b, lx, v) for k, v in val_b.items()}, "id_val"),
-        "brain_joint_bank": aurocs({k: scores(joint, lx, v) for k, v in val_b.items()}, "id_val"),
-        "pathology_bank_only": aurocs({k: scores(only_p, lx, v) for k, v in val_p.items()}, "id_val"),
-        "pathology_joint_bank": aurocs({k: scores(joint, lx, v) for k, v in val_p.items()}, "id_val"),
-        "pathology_brain_bank": aurocs({k: scores(only_b, lx, v) for k, v in val_p.items()}, "id_val"),
+        "brain_bank_only": set_aurocs({k: scores(only_b, lx, v) for k, v in val_b.items()}, "id_val"),
+        "brain_joint_bank": set_aurocs({k: scores(joint, lx, v) for k, v in val_b.items()}, "id_val"),
+        "pathology_bank_only": set_aurocs({k: scores(only_p, lx, v) for k, v in val_p.items()}, "id_val"),
+        "pathology_joint_bank": set_aurocs({k: scores(joint, lx, v) for k, v in val_p.items()}, "id_val"),
+        "pathology_brain_bank": set_aurocs({k: scores(only_b, lx, v) for k, v in val_p.items()}, "id_val"),
         "id_nearest_own_domain": {
             "brain": round(float((nearest(joint, val_b["id_val"]) == BRAIN_DOMAIN).double().mean()), 4),
             "pathology": round(float((nearest(joint, val_p["id_val"]) == PATHOLOGY_DOMAIN).double().mean()), 4),
@@ -264,13 +234,11 @@ def main() -> None:
         "per_layer": per_layer,
         "grid": grid,
         "domains": domains,
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": round(time.perf_counter() - t0, 1),
         "omp_threads": os.environ.get("OMP_NUM_THREADS"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
-    atomic_write_text(args.out.with_suffix(".md"), render(result))
-    log.info("wrote %s.{json,md} in %.0f s", args.out, result["seconds"])
+    write_page(args.out, result, render(result), indent=1)
+    log.info("%.0f s", result["seconds"])
 
 
 def _setting(r: dict[str, Any]) -> str:
@@ -280,21 +248,20 @@ def _setting(r: dict[str, Any]) -> str:
 
 def render(res: dict[str, Any]) -> str:
     kinds = [k for k in res["current"]["auroc"] if k != "mean"]
-    head = (
-        "| layers | singular values | normalisation | combine | " + " | ".join(kinds) + " | mean | T1w | T2w | FLAIR |"
-    )
+    head = ["layers", "singular values", "normalisation", "combine", *kinds, "mean", "T1w", "T2w", "FLAIR"]
 
-    def row(r: dict[str, Any]) -> str:
+    def row(r: dict[str, Any]) -> list[str]:
         pc = r["auroc_per_contrast"]
-        return (
-            f"| {_setting(r)} | "
-            + " | ".join(f"{r['auroc'][k]:.3f}" for k in kinds)
-            + f" | **{r['auroc']['mean']:.3f}** | {pc['T1w']:.3f} | {pc['T2w']:.3f} | {pc['FLAIR']:.3f} |"
-        )
+        return [_setting(r), *(f"{r['auroc'][k]:.3f}" for k in kinds), f"**{r['auroc']['mean']:.3f}**",
+                *(f"{pc[c]:.3f}" for c in ("T1w", "T2w", "FLAIR"))]  # fmt: skip
 
-    sep = "|" + "---|" * (head.count("|") - 1)
     top = sorted(res["grid"], key=lambda r: -r["auroc"]["mean"])[:10]
     d = res["domains"]
+    banks = (("brain_bank_only", "brain"), ("brain_joint_bank", "brain + pathology"), ("pathology_bank_only",
+             "pathology"), ("pathology_joint_bank", "brain + pathology"), ("pathology_brain_bank",
+             "brain only (the bank shipped before)"))  # fmt: skip
+    bank_rows = [[name.split("_")[0], bank, " | ".join(f"{k} {v:.3f}" for k, v in d[name].items())]
+                 for name, bank in banks]  # fmt: skip
     lines = [
         "# Spectral signatures: diagnosis on the validation OOD family",
         "",
@@ -308,31 +275,16 @@ def render(res: dict[str, Any]) -> str:
         "",
         "## Per layer (all singular values, l2, the paper's signature)",
         "",
-        head,
-        sep,
-        *[row(r) for r in res["per_layer"]],
+        *md_table(head, (row(r) for r in res["per_layer"])),
         "",
         "## The ten best settings of the grid",
         "",
-        head,
-        sep,
-        *[row(r) for r in top],
+        *md_table(head, (row(r) for r in top)),
         "",
         "## Signature bank over both domains (chosen setting)",
         "",
-        "| validation | bank | " + " | ".join(["kind 1", "kind 2", "mean"]) + " |",
-        "|---|---|---|---|---|",
+        *md_table(["validation", "bank", "kind 1", "kind 2", "mean"], bank_rows),
     ]
-    for name, bank in (
-        ("brain_bank_only", "brain"),
-        ("brain_joint_bank", "brain + pathology"),
-        ("pathology_bank_only", "pathology"),
-        ("pathology_joint_bank", "brain + pathology"),
-        ("pathology_brain_bank", "brain only (the bank shipped before)"),
-    ):
-        r = d[name]
-        vals = " | ".join(f"{k} {v:.3f}" for k, v in r.items())
-        lines.append(f"| {name.split('_')[0]} | {bank} | {vals} |")
     own = d["id_nearest_own_domain"]
     lines += [
         "",

@@ -39,10 +39,17 @@ from monai.transforms import (
 
 from medood.benchmark.bundles import bundle_parser, load_network, model_space_transform
 from medood.benchmark.report import write_page
+from medood.benchmark.stage_maps import (
+    choose_worst_case,
+    healthy_values,
+    percentile_table,
+    rank_worst_case,
+    seg_figures,
+)
+from medood.benchmark.stage_maps import volume_aurocs as stage_volume_aurocs
 from medood.benchmark.tables import fmt3 as f3
 from medood.benchmark.tables import md_table
 from medood.data.datalist import bundle_datalist
-from medood.metrics import auroc, best_dice, dice_at_threshold, pixel_ap
 from medood.transforms import ScaleNonzeroPercentile
 from medood.utils.checkpoints import load_state
 from medood.utils.io import atomic_write_text
@@ -112,31 +119,32 @@ class Cached:
 def figures(
     hmaps: list[torch.Tensor], lmaps: list[torch.Tensor], healthy: list, lesioned: list, map_pct: float
 ) -> dict[str, float]:
-    """Validation figures of one setting (maps already post-processed)."""
-    hv = torch.cat([m[0][x[None] > 0].flatten() for m, x in zip(hmaps, [h["image"][0] for h in healthy])])
+    """Validation figures of one setting (maps already post-processed); the map threshold is the bundle's rule,
+    the ``map_pct`` percentile of the healthy validation values (on at most 2^24 of them, seeded)."""
+    hv = torch.from_numpy(healthy_values([m[0, 0] for m in hmaps], [h["image"][0] > 0 for h in healthy]))
     thr = float(
         torch.quantile(
             hv[torch.randperm(hv.numel(), generator=torch.Generator().manual_seed(0))[: 2**24]], map_pct / 100
         )
     )
-    maps = [m[0, 0].numpy() for m in lmaps]
-    masks = [(d["label"][0] > 0.5).numpy() for d in lesioned]
-    fgs = [(d["image"][0] > 0).numpy() for d in lesioned]
+    cases = [(m[0, 0], d["label"][0] > 0.5, d["image"][0] > 0) for m, d in zip(lmaps, lesioned)]
+    fig = seg_figures(cases, thr, case_ap=True)
     return {
-        "pixel_ap": float(pixel_ap(maps, masks, foreground=fgs)),
-        "best_dice": float(best_dice(maps, masks, foreground=fgs)[0]),
-        "dice_at_healthy_threshold": float(dice_at_threshold(maps, masks, thr, foreground=fgs).pooled),
-        "case_ap": float(np.mean([pixel_ap([m], [k], foreground=[f]) for m, k, f in zip(maps, masks, fgs)])),
+        "pixel_ap": fig["pixel_ap"],
+        "best_dice": fig["best_dice"],
+        "dice_at_healthy_threshold": fig["dice_at_threshold"],
+        "case_ap": fig["case_ap"],
         "map_threshold": thr,
     }
 
 
 def volume_aurocs(hmaps: list, lmaps: list, healthy: list, lesioned: list) -> dict[str, float]:
-    out = {}
-    for kind, k in REDUCTIONS:
-        s = [float(reduce_map(m, kind, k, (d["image"] > 0)[None])) for m, d in zip(hmaps + lmaps, healthy + lesioned)]
-        out[f"{kind}_{k:g}"] = float(auroc(np.array(s), np.array([0] * len(hmaps) + [1] * len(lmaps))))
-    return out
+    scores = {
+        f"{kind}_{k:g}": [float(reduce_map(m, kind, k, (d["image"] > 0)[None])) for m, d in
+                          zip(hmaps + lmaps, healthy + lesioned)]
+        for kind, k in REDUCTIONS
+    }  # fmt: skip
+    return stage_volume_aurocs(scores, [0] * len(hmaps) + [1] * len(lmaps))
 
 
 def postprocess(net: Any, raw: torch.Tensor, x: torch.Tensor, pool: tuple[int, int]) -> torch.Tensor:
@@ -152,8 +160,7 @@ def score(r: dict[str, Any]) -> float:
 
 def select(results: list[dict[str, Any]], slack: float, n: int = 1) -> list[dict[str, Any]]:
     """The ``n`` best settings: volume AUROC within ``slack`` of the best, then the highest :func:`score`."""
-    best_auroc = max(r["volume_auroc"] for r in results)
-    return sorted((r for r in results if r["volume_auroc"] >= best_auroc - slack), key=score, reverse=True)[:n]
+    return rank_worst_case(results, lambda r: [r], score, gate=lambda r: r["volume_auroc"], slack=slack)[:n]
 
 
 def shift(x: torch.Tensor, kind: str, seed: int) -> torch.Tensor:
@@ -311,9 +318,8 @@ def choose(checked: list[dict[str, Any]], slack: float) -> dict[str, Any]:
     """The shift-checked candidate to ship, by its worst case: the lower of its clean and shifted volume AUROC
     within ``slack`` of the best such value, then the highest lower of its clean and shifted :func:`score` (a
     shifted figure is not averaged away by a lucky clean one)."""
-    worst_auroc = [min(c["volume_auroc"], c["shifted"]["volume_auroc"]) for c in checked]
-    ok = [c for c, a in zip(checked, worst_auroc) if a >= max(worst_auroc) - slack]
-    return max(ok, key=lambda c: min(score(c), score(c["shifted"])))
+    return choose_worst_case(checked, lambda c: (c, c["shifted"]), score, gate=lambda v: v["volume_auroc"],
+                             slack=slack)  # fmt: skip
 
 
 def selection_text(slack: float, candidates: int) -> str:
@@ -339,7 +345,7 @@ def stress_report(net: Any, healthy: list, lesioned: list, map_pct: float, out: 
         fig = figures(maps[: len(hs)], maps[len(hs) :], hs, ls, map_pct)
         s = [float(reduce_map(m, net.score_reduction, net.score_k, (d["image"] > 0)[None])) for m, d in
              zip(maps, hs + ls)]  # fmt: skip
-        fig["volume_auroc"] = float(auroc(np.array(s), np.array([0] * len(hs) + [1] * len(ls))))
+        fig["volume_auroc"] = stage_volume_aurocs({"v": s}, [0] * len(hs) + [1] * len(ls))["v"]
         fig["healthy_tokens_flagged"] = float(np.mean([float(f.float().mean()) for f in flags[: len(hs)]]))
         rows[kind] = fig
         logger.info("stress %s: %s", kind, fig)
@@ -407,11 +413,8 @@ def main() -> None:
     pre = parser.get_parsed_content("preprocessing")
     groups = tuple(args.nll_groups)
     train_cached = [Cached(net, pre(c)["image"], False, groups) for c in train[: args.nll_volumes]]
-    nll_thr = {
-        g: {p: float(torch.quantile(torch.cat([c.nll[g].flatten() for c in train_cached]).double()[: 2**24], p / 100))
-            for p in NLL_PERCENTILES}
-        for g in groups
-    }  # fmt: skip
+    nll_thr = {g: percentile_table(torch.cat([c.nll[g].flatten() for c in train_cached]), NLL_PERCENTILES)
+               for g in groups}  # fmt: skip
     del train_cached
     logger.info("healthy training token NLL percentiles: %s", nll_thr)
     cases = [Cached(net, d["image"], not args.no_atd, groups) for d in healthy + lesioned]

@@ -10,8 +10,10 @@ The per-method scripts (``scripts/bench_*.py``, ``scripts/diagnose_mim*.py``, ``
 pages under ``docs/benchmarks/``) keep only what is specific to their method and share the rest from here:
 :mod:`~medood.benchmark.bundles` (a bundle's configs, network, datalists, timed evaluator and workflow runs, map
 quality), :mod:`~medood.benchmark.timing` (peak memory, median and paired timings, call timers),
-:mod:`~medood.benchmark.tables` (markdown tables), :func:`~medood.benchmark.report.write_page` (JSON + page) and
-:mod:`~medood.benchmark.script` (common arguments, ``--render``).
+:mod:`~medood.benchmark.tables` (markdown tables), :func:`~medood.benchmark.report.write_page` (JSON + page),
+:mod:`~medood.benchmark.script` (common arguments, ``--render``), :mod:`~medood.benchmark.stage_maps` (the MIM
+scripts' map sweeps on cached stage volumes: lesion size buckets, per-bucket map figures, worst-case choice) and
+:mod:`~medood.benchmark.features` (recorded layer features of a host network, the spectral scripts' loop).
 """
 
 from __future__ import annotations

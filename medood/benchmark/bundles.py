@@ -4,7 +4,7 @@ The per-method scripts (``scripts/bench_*.py``, ``scripts/diagnose_mim*.py``, ``
 score with a bundle's own configs (preprocessing, datalists, network) rather than copies of them:
 
 * :func:`bundle_parser` / :func:`load_network`: the configs merged with ``bundle_root`` set, and a network with
-  its weights loaded, in eval mode;
+  its weights loaded, in eval mode; :func:`bundle_network`: both at once, the shipped weights;
 * :func:`class_folder_sets` / :func:`split_evaluation_items` / :func:`item_loader`: ID train, ID test and the OOD
   sets of a demo task as the bundles' ``evaluate.yaml`` list them, and loaders over them;
 * :func:`collect_scores` / :func:`batch_images`: per-image scores of a detector over a loader, plain image batches;
@@ -43,6 +43,7 @@ from medood.utils.checkpoints import load_state
 __all__ = [
     "EvaluatorRun",
     "batch_images",
+    "bundle_network",
     "bundle_parser",
     "calibrated_map_quality",
     "class_folder_sets",
@@ -81,6 +82,14 @@ def load_network(parser: ConfigParser, key: str = "network", ckpt: Path | str | 
     net = parser.get_parsed_content(key)
     load_state(net, ckpt if ckpt is not None else parser.get_parsed_content("ckpt_path"), **kwargs)
     return net.eval()
+
+
+def bundle_network(
+    bundle: Path, key: str = "network_def", configs: Sequence[str] = ("inference.yaml",), weights: str = "model.pt"
+) -> tuple[Any, ConfigParser]:
+    """A bundle's network ``key`` with its shipped ``models/<weights>`` (eval mode), and the parsed ``configs``."""
+    parser = bundle_parser(bundle, configs)
+    return load_network(parser, key, bundle / "models" / weights), parser
 
 
 def split_evaluation_items(

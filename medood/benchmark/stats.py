@@ -5,7 +5,7 @@ Seeded. The metrics themselves are :func:`medood.metrics.tables.ood_metrics` (ch
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ import torch
 from medood.metrics.functional import auroc
 from medood.metrics.tables import METRICS, ood_metrics
 
-__all__ = ["bootstrap_metrics", "flagged_rate", "paired_auroc_difference"]
+__all__ = ["bootstrap_metrics", "flagged_rate", "paired_auroc_difference", "set_aurocs"]
 
 
 def _metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
@@ -94,3 +94,38 @@ def bootstrap_statistic(
     idx = _resamples(len(values), n_boot, rng)
     boots = np.array([statistic(values[i]) for i in idx])
     return [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
+
+
+def set_aurocs(
+    scores: Mapping[str, np.ndarray],
+    id_key: str,
+    mask: Mapping[str, np.ndarray] | None = None,
+    digits: int | None = 4,
+) -> dict[str, float]:
+    """AUROC (OOD positive) of every set of ``scores`` against the ID set ``id_key``, and their ``mean``.
+
+    Args:
+        scores: ``{set: per-case scores}``, the ID set among them.
+        id_key: the name of the ID set.
+        mask: optional ``{set: boolean mask}`` selecting the cases of each set (e.g. one contrast).
+        digits: rounding of every value (``None``: none).
+
+    Returns:
+        ``{set: AUROC, ..., "mean": mean over the sets}`` in the order of ``scores`` (ID set left out).
+    """
+
+    def pick(k: str) -> np.ndarray:
+        v = np.asarray(scores[k], dtype=np.float64)
+        return v[np.asarray(mask[k], dtype=bool)] if mask else v
+
+    def rounded(v: float) -> float:
+        return v if digits is None else round(v, digits)
+
+    ids = pick(id_key)
+    out = {}
+    for k in scores:
+        if k != id_key:
+            ood = pick(k)
+            out[k] = rounded(auroc(np.r_[ids, ood], np.r_[np.zeros(ids.size), np.ones(ood.size)]))
+    out["mean"] = rounded(float(np.mean(list(out.values()))))
+    return out

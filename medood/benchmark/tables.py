@@ -10,9 +10,26 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from medood.metrics.tables import method_standing
+from medood.metrics.tables import FPR95_CONVENTION, method_standing
 
-__all__ = ["fmt3", "md_table", "mean_over_sets", "ood_task_section", "ood_task_table", "set_sizes"]
+__all__ = [
+    "LEGACY_NOTE",
+    "METRICS_NOTE",
+    "fmt3",
+    "md_table",
+    "mean_over_sets",
+    "ood_task_section",
+    "ood_task_table",
+    "set_sizes",
+]
+
+#: the metric conventions of the per-method pages' OOD tables (one sentence)
+METRICS_NOTE = f"Metrics in %, OOD positive; FPR95 = {FPR95_CONVENTION}."
+#: where a per-method page sends its reader for the comparison of every method with intervals (one sentence)
+LEGACY_NOTE = (
+    "This page is a legacy per-method benchmark: the comparison of every method on the same benchmark sets, "
+    "with intervals, is `docs/results.md` (`scripts/benchmark.py`)."
+)
 
 #: ``{ood_set: {detector: {metric: value}}}``
 OODTable = Mapping[str, Mapping[str, Mapping[str, float]]]

@@ -5,7 +5,7 @@
   allocations, which ``tracemalloc`` does not;
 * :func:`median_time`: median seconds of repeated calls after a warm-up;
 * :func:`forward_ratio`: a method's time over the plain forward pass of a network on the same batches (median of
-  interleaved pairs, :func:`medood.utils.machine.paired_time_ratio`);
+  interleaved pairs, :func:`medood.utils.machine.paired_time_ratio`); :func:`batch_record`: what it was timed on;
 * :class:`CallTimer`: seconds of each call of a module's forward (hooks) or of another method (e.g. a detector's
   ``infer``, one call per volume inside a bundle's evaluator).
 """
@@ -29,6 +29,7 @@ from medood.utils.machine import paired_time_ratio
 __all__ = [
     "CallTimer",
     "Measurement",
+    "batch_record",
     "forward_ratio",
     "head_features",
     "measure",
@@ -125,6 +126,20 @@ def forward_ratio(
     batches); medians of interleaved pairs after a warm-up (:func:`medood.utils.machine.paired_time_ratio`).
     """
     return paired_time_ratio(over_batches(net, batches, no_grad=True), other, repeats)
+
+
+def batch_record(batches: Sequence[torch.Tensor], repeats: int) -> dict[str, Any]:
+    """What a cost figure was timed on.
+
+    Returns:
+        ``images`` (in all), ``batch_size`` (of the first batch), ``input_shape`` (one image's) and ``repeats``.
+    """
+    return {
+        "images": sum(int(x.shape[0]) for x in batches),
+        "batch_size": int(batches[0].shape[0]),
+        "input_shape": list(batches[0].shape[1:]),
+        "repeats": repeats,
+    }
 
 
 def head_features(net: nn.Module, batches: Iterable[torch.Tensor]) -> list[dict[str, torch.Tensor]]:

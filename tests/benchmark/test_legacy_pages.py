@@ -112,6 +112,8 @@ PAGES = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
         ("tune_mim_validation", "mim_validation_tuning"),
         ("tune_mim_validation", "mim_validation_stress"),
         ("diagnose_mim_report", "mim_diagnosis"),
+        ("diagnose_spectral", "spectral_diagnosis"),
+        ("compare_multitask", "spectral_multitask"),
     ],
 )
 def test_committed_pages_are_their_json_rendered(script: Any, name: str, page: str) -> None:
@@ -123,5 +125,5 @@ def test_committed_pages_are_their_json_rendered(script: Any, name: str, page: s
         "mim_validation_tuning": lambda r: module.markdown(r, f"{page}.json"),
         "mim_validation_stress": module.__dict__.get("stress_markdown"),
         "mim_diagnosis": module.__dict__.get("report_markdown"),
-    }.get(page, module.__dict__.get("markdown"))
+    }.get(page, module.__dict__.get("markdown", module.__dict__.get("render")))
     assert render(report) == (PAGES / f"{page}.md").read_text()
