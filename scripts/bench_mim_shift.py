@@ -428,7 +428,7 @@ def choose(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Worst case of clean and shifted: the map setting, then the volume score (see ``selection``)."""
     sets = [s for s in SETS if rows[0][s] is not None]
     best = max(rows, key=lambda r: min(map_score(r[s]) for s in sets))
-    worst = {k: min(best[s]["volume_auroc"][k] for s in sets) for k in VOLUME_SCORES}
+    worst = {k: min(best[s]["volume_auroc"][k] for s in sets) for k in best[sets[0]]["volume_auroc"]}
     return {
         "setting": {k: best[k] for k in ("prep", *SHIPPED)},
         "volume_score": max(worst, key=worst.__getitem__),
@@ -519,7 +519,7 @@ def _row_lines(r: dict[str, Any], label: str) -> list[str]:
                 else f"{x['lesions']} / {f3(x['detected_flagged'])} / {f3(x['detected_map'])}"
                 f" / {f3(x['pixel_ap'])} / {f3(x['best_dice'])} / {f3(x['dice_at_threshold'])}"
             )
-        va = " / ".join(f3(f["volume_auroc"][k]) for k in VOLUME_SCORES)
+        va = " / ".join(f3(x) for x in f["volume_auroc"].values())
         out.append(
             f"| {label} | {r['prep']} | {r['residual']} | {r['minpool']}/{r['avgpool']} | {r['erode']} | {s} | "
             f"{f3(f['all']['pixel_ap'])} | {f3(f['all']['best_dice'])} | {f3(f['all']['dice_at_threshold'])} | "
@@ -528,11 +528,11 @@ def _row_lines(r: dict[str, Any], label: str) -> list[str]:
     return out
 
 
-def _table_head() -> list[str]:
+def _table_head(scores: list[str]) -> list[str]:
     buckets = " | ".join(f"{b}: lesions / det. flag / det. map / AP / best Dice / Dice@thr" for b in SIZE_BUCKETS)
     return [
         "| detector | prep | residual | min/mean pool | rim erosion | set | pixel AP | best Dice | Dice@thr | "
-        f"{buckets} | volume AUROC: {' / '.join(VOLUME_SCORES.values())} |",
+        f"{buckets} | volume AUROC: {' / '.join(VOLUME_SCORES.get(k, k) for k in scores)} |",
         "|" + "---|" * (10 + len(SIZE_BUCKETS)),
     ]
 
@@ -583,6 +583,8 @@ def _stage_lines(report: dict[str, Any]) -> list[str]:
 
 def write_markdown(path: Path, report: dict[str, Any]) -> None:
     f3 = "{:.3f}".format
+    first = next(iter(report["sweep"].values()))[0]  # the volume scores the report measured (older reports: fewer)
+    scores = list(next(first[s] for s in SETS if first[s] is not None)["volume_auroc"])
     lines = [
         "# MIM-OOD and the AR baseline on clean and shifted-site validation volumes",
         "",
@@ -599,12 +601,17 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         "",
         f"Cases: {report.get('paired_cases')}.",
         "",
-        *_table_head(),
+        *_table_head(scores),
     ]
     for det, rows in report.get("paired", {}).items():
         for i, r in enumerate(rows):
             lines += _row_lines(r, f"{det} {'shipped' if i == 0 else 'chosen'}")
-    lines += ["", "## Every cached case: the shipped setting and the chosen one, per lesion size", "", *_table_head()]
+    lines += [
+        "",
+        "## Every cached case: the shipped setting and the chosen one, per lesion size",
+        "",
+        *_table_head(scores),
+    ]
     for det, rows in report.get("final", {}).items():
         for i, r in enumerate(rows):
             lines += _row_lines(r, f"{det} {'shipped' if i == 0 else 'chosen'}")
@@ -612,7 +619,7 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
     for det, rows in report["sweep"].items():
         sets = report["chosen"][det]["sets"]
         ranked = sorted(rows[1:], key=lambda r: -min(map_score(r[s]) for s in sets))[:6]
-        lines += [f"### {det} (cases: {report['data']})" if det == "mim" else f"### {det}", "", *_table_head()]
+        lines += [f"### {det} (cases: {report['data']})" if det == "mim" else f"### {det}", "", *_table_head(scores)]
         for r in [rows[0], *ranked]:
             lines += _row_lines(r, det)
         lines.append("")
