@@ -440,6 +440,7 @@ def choose(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def cmd_report(args: argparse.Namespace) -> None:
     start = time.perf_counter()
+    args.shipped_prep = args.shipped_prep or bundle_prep()
     report: dict[str, Any] = {"machine": describe_machine(), "data": {}, "sweep": {}, "chosen": {}, "paired": {}}
     grid = [SHIPPED] + [g for g in GRID if g != SHIPPED]
     for det in args.detectors:  # the same fix budget for both detectors, on every case cached for them
@@ -459,7 +460,7 @@ def cmd_report(args: argparse.Namespace) -> None:
             report["sweep"][det] = rows
             report["chosen"][det] = chosen = choose(rows)
             finals = []  # the shipped and the chosen setting on every cached case, per size bucket
-            shipped: dict[str, Any] = {"prep": bundle_prep(), **SHIPPED}
+            shipped: dict[str, Any] = {"prep": args.shipped_prep, **SHIPPED}
             for setting in {json.dumps(x, sort_keys=True): x for x in (shipped, chosen["setting"])}.values():
                 prep = str(setting["prep"])
                 names = {s: cached_cases(args.cache, det, prep, s) for s in SETS}
@@ -467,8 +468,8 @@ def cmd_report(args: argparse.Namespace) -> None:
                 finals += evaluate(net, vols, [{k: setting[k] for k in SHIPPED}], prep)
             report.setdefault("final", {})[det] = finals
             if det == "mim":  # the stage diagnosis inside the lesions, with the bundle's weights and flagging
-                names = {s: cached_cases(args.cache, det, bundle_prep(), s) for s in SETS}
-                stage_vols = {s: load_cache(args.cache, det, bundle_prep(), s, names[s]) for s in SETS}
+                names = {s: cached_cases(args.cache, det, args.shipped_prep, s) for s in SETS}
+                stage_vols = {s: load_cache(args.cache, det, args.shipped_prep, s, names[s]) for s in SETS}
                 report["lesion_stages"] = lesion_stages(stage_vols)
                 if args.flagging_cache:
                     report["flagging_alternatives"] = flagging_alternatives(
@@ -476,14 +477,15 @@ def cmd_report(args: argparse.Namespace) -> None:
                     )
     if len(args.detectors) == 2:  # MIM beside AR on the cases cached for both (the bundle's preprocessing)
         common = {
-            s: set.intersection(*(cached_cases(args.cache, d, bundle_prep(), s) for d in args.detectors)) for s in SETS
+            s: set.intersection(*(cached_cases(args.cache, d, args.shipped_prep, s) for d in args.detectors))
+            for s in SETS
         }
         report["paired_cases"] = {s: sorted(n) for s, n in common.items()}
         for det in args.detectors:
             net = detector(det)
             settings = [SHIPPED] + ([report["chosen"][det]["setting"]] if det in report["chosen"] else [])
             for setting in {json.dumps(x, sort_keys=True): x for x in settings}.values():
-                prep = setting.get("prep", bundle_prep())
+                prep = setting.get("prep", args.shipped_prep)
                 names = {s: common[s] & cached_cases(args.cache, det, prep, s) for s in SETS}
                 vols = {s: load_cache(args.cache, det, prep, s, names[s]) for s in SETS}
                 fix = {k: setting[k] for k in SHIPPED}
@@ -669,6 +671,11 @@ def main() -> None:
     rp.add_argument("--detectors", nargs="+", default=["mim", "ar"])
     rp.add_argument("--preps", nargs="+", default=["scale", "nyul"], choices=("scale", "nyul"))
     rp.add_argument("--sweep", action="store_true", help="every fix setting (default: the shipped one only)")
+    rp.add_argument(
+        "--shipped-prep",
+        choices=("scale", "nyul"),
+        help="the preprocessing of the 'shipped' rows and of the MIM / AR pairing (default: the bundle's own)",
+    )
     rp.add_argument(
         "--flagging-cache",
         action="append",
