@@ -30,6 +30,7 @@ from medood.losses import VQVAELoss
 from medood.networks.nets.vq_tokenizer import SliceTokenizer
 from medood.transforms.slices import slice_positions
 from medood.utils.enums import OODKeys
+from medood.utils.reduce import rim_eroded
 
 __all__ = ["TRAINING_SLICE_FOREGROUND", "SliceRestorationDetector", "slice_batches", "token_batches"]
 
@@ -93,6 +94,7 @@ class SliceRestorationDetector(OODDetector):
         score_reduction: image / volume score reduction over the brain (``"max"``, ``"mean"``, ``"topk"``, or
             ``"largest_region"``: :meth:`region_score` at level ``score_k``). Defaults to ``"topk"``.
         score_k: top-k count or fraction of brain voxels. Defaults to 0.001.
+        score_erode: rim of the brain (6-connected erosion steps) left out of the volume score. Defaults to 0.
         slice_batch: slices processed per network call. Defaults to 64.
         fit_epochs: epochs of each declared stage when trained by ``fit`` (stage name -> epochs; the bundle's
             stage configs are the way to train on real data). Defaults to 30 per stage.
@@ -114,6 +116,7 @@ class SliceRestorationDetector(OODDetector):
         erode_mask: int = 1,
         score_reduction: str = "topk",
         score_k: int | float = 0.001,
+        score_erode: int = 0,
         slice_batch: int = 64,
         fit_epochs: Mapping[str, int] | None = None,
         fit_lr: float = 1e-3,
@@ -129,7 +132,7 @@ class SliceRestorationDetector(OODDetector):
             raise ValueError("the restoration detectors use a 2D (slice) tokenizer")
         self.slice_axis, self.min_foreground = slice_axis, min_foreground
         self.minpool, self.avgpool, self.erode_mask = minpool, avgpool, erode_mask
-        self.score_reduction, self.score_k = score_reduction, score_k
+        self.score_reduction, self.score_k, self.score_erode = score_reduction, score_k, score_erode
         self.slice_batch = slice_batch
 
     # ------------------------------------------------------------------ subclass hook
@@ -199,11 +202,11 @@ class SliceRestorationDetector(OODDetector):
         return (_pool(_pool(raw, mp, "min"), ap, "mean") * self.map_support(x)).float()
 
     def map_score(self, anomaly_map: Tensor, x: Tensor, foreground: Tensor | None = None) -> Tensor:
-        """The base's reductions, plus ``"largest_region"``: :meth:`region_score` of the map at ``score_k``."""
+        """The base's reductions over the brain off its ``score_erode`` rim, or ``"largest_region"``."""
+        mask = rim_eroded(foreground if foreground is not None else self.foreground_mask(x), self.score_erode)
         if self.score_reduction == "largest_region":
-            mask = foreground.bool() if foreground is not None else self.foreground_mask(x)
             return self.region_score(anomaly_map, float(self.score_k), mask)
-        return super().map_score(anomaly_map, x, foreground)
+        return super().map_score(anomaly_map, x, mask)
 
     @staticmethod
     def region_score(anomaly_map: Tensor, level: float, mask: Tensor) -> Tensor:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+from scipy import ndimage as ndi
 from torch import Tensor
 
 from medood.utils.enums import MapReduction
 
-__all__ = ["reduce_map", "reduce_slices"]
+__all__ = ["reduce_map", "reduce_slices", "rim_eroded"]
 
 
 def _k_of(k: int | float, n: int) -> int:
@@ -95,3 +97,15 @@ def reduce_slices(
     if mask is not None:
         valid = mask.expand_as(anomaly_map).movedim(2 + ax, 1).reshape(b * n, -1).bool()
     return _reduce_rows(values, valid, reduction, k).reshape(b, n)
+
+
+def rim_eroded(mask: Tensor, steps: int) -> Tensor:
+    """Boolean masks ``(B, 1, *spatial)`` without their ``steps``-voxel rim (6- / 4-connected erosion steps, per image).
+
+    The rim of a skull-stripped brain is partial volume and skull-strip error at another site; a volume score reduced
+    over the eroded mask leaves it out (``SliceRestorationDetector(score_erode=...)``).
+    """
+    if steps <= 0:
+        return mask.bool()
+    out = [ndi.binary_erosion(m[0].cpu().numpy().astype(bool), iterations=steps) for m in mask]
+    return torch.from_numpy(np.stack(out))[:, None].to(mask.device)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from medood.detectors import MIMDetector, VQVAEARDetector, VQVAEReconstructionDetector
+from medood.utils.reduce import rim_eroded
 
 TOK = {"channels": (8, 16), "num_res_layers": 1, "num_embeddings": 16, "embedding_dim": 8}
 TINY = {"hidden_size": 16, "depth": 1, "num_heads": 2, "dropout": 0.0}
@@ -253,3 +254,17 @@ def test_largest_region_score_is_the_cluster_extent_above_score_k() -> None:
     assert det.map_score(amap, x).tolist() == [8.0, 0.0]
     x[0, 0, 1] = 0  # outside the brain: not counted
     assert det.map_score(amap, x).tolist() == [4.0, 0.0]
+
+
+def test_score_erode_leaves_the_brain_rim_out_of_the_volume_score() -> None:
+    x = torch.zeros(1, 1, 12, 12, 12)
+    x[0, 0, 1:11, 1:11, 1:11] = 1.0  # a 10-voxel brain cube
+    amap = torch.zeros_like(x)
+    amap[0, 0, 1, 5, 5] = 9.0  # hot voxel on the brain rim (a skull-strip edge)
+    amap[0, 0, 5, 5, 5] = 2.0  # inside
+    plain, eroded = _mim(score_k=1), _mim(score_k=1, score_erode=2)
+    assert plain.map_score(amap, x).item() == 9.0
+    assert eroded.map_score(amap, x).item() == 2.0  # the rim voxel is left out
+    brain = rim_eroded(x > 0, 2)
+    assert int(brain.sum()) == 6**3  # 6-connected steps erode a cube face by face
+    assert rim_eroded(x > 0, 0).equal(x > 0)
