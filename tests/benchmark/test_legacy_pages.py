@@ -109,6 +109,7 @@ PAGES = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
         ("bench_posthoc", "posthoc"),
         ("bench_spectral", "spectral"),
         ("bench_mim", "mim"),
+        ("bench_mim_shift", "mim_shift"),
         ("tune_mim_validation", "mim_validation_tuning"),
         ("tune_mim_validation", "mim_validation_stress"),
         ("diagnose_mim_report", "mim_diagnosis"),
