@@ -1,12 +1,11 @@
 """medood.benchmark.stage_maps: every figure checked against a direct computation (sklearn / numpy) on tiny arrays,
-and as medood.benchmark.mim_shift (scripts/bench_mim_shift.py's sweep) and scripts/tune_mim_validation.py use it."""
+and as medood.benchmark.mim_shift and medood.benchmark.mim_tuning (the MIM validation scripts' sweeps) use it."""
 
 from __future__ import annotations
 
 import itertools
 import json
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from medood.benchmark import mim_tuning as tune
 from medood.benchmark.mim_shift import GRID, MAP_ALPHA, SHIPPED, choose, figures
 from medood.benchmark.stage_maps import (
     SIZE_BUCKETS,
@@ -33,13 +33,8 @@ from medood.benchmark.stage_maps import (
     volume_aurocs,
 )
 from medood.benchmark.volume_scores import VOLUME_SCORES
-from tests.helpers.scripts import load_script
 
 SMALL = {"tiny": (0, 3), "mid": (3, 10), "big": (10, np.inf)}
-
-
-def _script(name: str) -> ModuleType:
-    return load_script(name, f"{name}_stage_maps_test")
 
 
 def _volume(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -234,8 +229,7 @@ def test_bucket_figures_and_threshold_as_mim_shift_figures() -> None:
         assert row == theirs[b]
 
 
-def test_tune_mim_validation_figures_and_choice() -> None:
-    tune: Any = _script("tune_mim_validation")
+def test_mim_tuning_figures_and_choice() -> None:
     cases = [_volume(s) for s in (20, 21, 22, 23)]
     hmaps = [torch.from_numpy(m)[None, None] for m, _, _ in cases[:2]]
     lmaps = [torch.from_numpy(m)[None, None] for m, _, _ in cases[2:]]
@@ -282,7 +276,6 @@ PAGES = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
 
 def test_committed_choices_recomputed_from_their_json() -> None:
     """The moved selection rules give the committed choices from the committed rows (no rerun needed)."""
-    tune: Any = _script("tune_mim_validation")
     report = json.loads((PAGES / "mim_validation_tuning.json").read_text())
     checked = report["candidates_checked_on_shift"]
     assert tune.choose(checked, 0.05) == report["selected"]
