@@ -16,7 +16,7 @@ import torch
 from scipy import ndimage as ndi
 
 from medood.detectors.base_restoration import SliceRestorationDetector
-from medood.utils.reduce import reduce_map
+from medood.utils.reduce import reduce_map, rim_eroded
 
 __all__ = [
     "VOLUME_SCORES",
@@ -42,13 +42,12 @@ def _top(amap: torch.Tensor, fraction: float, mask: torch.Tensor) -> float:
 def top_k(fraction: float, rim: int = 0) -> VolumeScore:
     """Mean of the top ``fraction`` of the brain's map values, the brain first eroded by ``rim`` voxels.
 
-    The erosion is :func:`scipy.ndimage.binary_erosion` (6-connected structure, ``rim`` iterations): the rim's
-    partial-volume values are left out of the score.
+    The erosion is :func:`~medood.utils.reduce.rim_eroded` (``rim`` 6-connected steps, as the detectors'
+    ``score_erode``): the rim's partial-volume values are left out of the score.
     """
 
     def score(amap: torch.Tensor, brain: torch.Tensor, flagged: torch.Tensor) -> float:
-        mask = torch.from_numpy(ndi.binary_erosion(brain.numpy(), iterations=rim)) if rim else brain
-        return _top(amap, fraction, mask)
+        return _top(amap, fraction, rim_eroded(brain[None, None], rim)[0, 0])
 
     return score
 
