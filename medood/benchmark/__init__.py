@@ -16,8 +16,10 @@ scripts' map sweeps on cached stage volumes: lesion size buckets, per-bucket map
 :mod:`~medood.benchmark.mim_shift` with :mod:`~medood.benchmark.mim_shift_page` (the MIM / AR clean and
 shifted-site sweep, its stage diagnoses and page), :mod:`~medood.benchmark.volume_scores` (candidate volume scores
 of a map), :mod:`~medood.benchmark.mim_tuning` with :mod:`~medood.benchmark.mim_tuning_page` (the MIM flagging and
-post-processing sweep on validation volumes, acquisition stress, their pages) and
-:mod:`~medood.benchmark.features` (recorded layer features of a host network, the spectral scripts' loop).
+post-processing sweep on validation volumes, acquisition stress, their pages),
+:mod:`~medood.benchmark.mim_diagnosis` with :mod:`~medood.benchmark.mim_diagnosis_page` (the MIM per-stage
+diagnosis and its page) and :mod:`~medood.benchmark.features` (recorded layer features of a host network, the
+spectral scripts' loop).
 """
 
 from __future__ import annotations
