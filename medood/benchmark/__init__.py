@@ -12,8 +12,14 @@ pages under ``docs/benchmarks/``) keep only what is specific to their method and
 quality), :mod:`~medood.benchmark.timing` (peak memory, median and paired timings, call timers),
 :mod:`~medood.benchmark.tables` (markdown tables), :func:`~medood.benchmark.report.write_page` (JSON + page),
 :mod:`~medood.benchmark.script` (common arguments, ``--render``), :mod:`~medood.benchmark.stage_maps` (the MIM
-scripts' map sweeps on cached stage volumes: lesion size buckets, per-bucket map figures, worst-case choice) and
-:mod:`~medood.benchmark.features` (recorded layer features of a host network, the spectral scripts' loop).
+scripts' map sweeps on cached stage volumes: lesion size buckets, per-bucket map figures, worst-case choice),
+:mod:`~medood.benchmark.mim_shift` with :mod:`~medood.benchmark.mim_shift_page` (the MIM / AR clean and
+shifted-site sweep, its stage diagnoses and page), :mod:`~medood.benchmark.volume_scores` (candidate volume scores
+of a map), :mod:`~medood.benchmark.mim_tuning` with :mod:`~medood.benchmark.mim_tuning_page` (the MIM flagging and
+post-processing sweep on validation volumes, acquisition stress, their pages),
+:mod:`~medood.benchmark.mim_diagnosis` with :mod:`~medood.benchmark.mim_diagnosis_page` (the MIM per-stage
+diagnosis and its page) and :mod:`~medood.benchmark.features` (recorded layer features of a host network, the
+spectral scripts' loop).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Pure functions on numpy / torch arrays, no script state:
 * the choice by the worst case over sets (:func:`rank_worst_case`, :func:`choose_worst_case`);
 * cached stage volumes as compressed ``.npz`` (:func:`save_stage_volumes`, :func:`load_stage_volumes`).
 
-Used by ``scripts/tune_mim_validation.py``, ``scripts/diagnose_mim.py`` and ``scripts/bench_mim_shift.py``.
+Used by ``scripts/tune_mim_validation.py``, ``scripts/diagnose_mim.py`` and :mod:`medood.benchmark.mim_shift`.
 """
 
 from __future__ import annotations

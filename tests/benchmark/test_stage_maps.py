@@ -1,12 +1,11 @@
 """medood.benchmark.stage_maps: every figure checked against a direct computation (sklearn / numpy) on tiny arrays,
-and against the helpers of scripts/bench_mim_shift.py it replaces (same numbers)."""
+and as medood.benchmark.mim_shift and medood.benchmark.mim_tuning (the MIM validation scripts' sweeps) use it."""
 
 from __future__ import annotations
 
 import itertools
 import json
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -14,6 +13,8 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from medood.benchmark import mim_tuning as tune
+from medood.benchmark.mim_shift import GRID, MAP_ALPHA, SHIPPED, choose, figures
 from medood.benchmark.stage_maps import (
     SIZE_BUCKETS,
     bucket_figures,
@@ -31,13 +32,9 @@ from medood.benchmark.stage_maps import (
     seg_figures,
     volume_aurocs,
 )
-from tests.helpers.scripts import load_script
+from medood.benchmark.volume_scores import VOLUME_SCORES
 
 SMALL = {"tiny": (0, 3), "mid": (3, 10), "big": (10, np.inf)}
-
-
-def _script(name: str) -> ModuleType:
-    return load_script(name, f"{name}_stage_maps_test")
 
 
 def _volume(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -170,47 +167,40 @@ def test_stage_volume_cache_round_trip(tmp_path: Path) -> None:
     assert healthy["label"] is None
 
 
-def test_same_numbers_as_bench_mim_shift() -> None:
-    """The lead's scripts/bench_mim_shift.py can switch to this module without a changed figure (its own helpers,
-    where it still has them, give the same numbers)."""
-    shift: Any = _script("bench_mim_shift")
-    amap, mask, fg = _volume(6)
+def test_components_raster_order_and_the_shift_choice() -> None:
+    """Components in raster order; medood.benchmark.mim_shift.choose is the worst case of clean and shifted (the map
+    setting by its map score, then the volume score by its AUROC), written here with max()."""
+    mask = _volume(6)[1]
     mask[2:4, 8:11, 0:12] = True  # a 72-voxel lesion more
-    ours = components(mask)
-    if hasattr(shift, "components"):
-        theirs = shift.components(torch.from_numpy(mask))
-        assert [(b, c.sum()) for b, c in ours] == [(b, c.sum()) for b, c in theirs]
-    assert [(b, c.sum()) for b, c in ours] == [("<500", 2), ("<500", 72), ("<500", 8), ("<500", 27)]  # raster order
-    cases = [(amap, mask, fg), _volume(7)]
-    for sample in (None, 100):
-        assert seg_figures(cases, 0.8, sample) == shift.seg_figures(cases, 0.8, sample)
+    assert [(b, c.sum()) for b, c in components(mask)] == [("<500", 2), ("<500", 72), ("<500", 8), ("<500", 27)]
     rng = np.random.default_rng(2)
-    vs = shift.VOLUME_SCORES
-    rows = [{"prep": p, **s, **{k: {"all": {m: rng.random() for m in ("pixel_ap", "best_dice", "dice_at_threshold")},
-             "volume_auroc": {v: rng.random() for v in vs}} for k in ("clean", "shifted")}}
-            for p, s in itertools.product(("scale", "nyul"), shift.GRID)]  # fmt: skip
     sets = ("clean", "shifted")
-    best = choose_worst_case(rows, lambda r: [r[s] for s in sets], shift.map_score)
-    volume = choose_worst_case(list(vs), lambda k: [best[s]["volume_auroc"][k] for s in sets], float)
-    theirs_choice = shift.choose(rows)
-    assert {k: best[k] for k in ("prep", *shift.SHIPPED)} == theirs_choice["setting"]
-    assert volume == theirs_choice["volume_score"]
+
+    def figs() -> dict[str, Any]:
+        return {"all": {m: rng.random() for m in ("pixel_ap", "best_dice", "dice_at_threshold")},
+                "volume_auroc": {v: rng.random() for v in VOLUME_SCORES}}  # fmt: skip
+
+    rows: list[dict[str, Any]] = [
+        {"prep": p, **s, **{k: figs() for k in sets}} for p, s in itertools.product(("scale", "nyul"), GRID)
+    ]
+    best = max(rows, key=lambda r: min(_map_score(r[s]) for s in sets))
+    worst = {k: min(best[s]["volume_auroc"][k] for s in sets) for k in VOLUME_SCORES}
+    chosen = choose(rows)
+    assert chosen["setting"] == {k: best[k] for k in ("prep", *SHIPPED)}
+    assert chosen["volume_score"] == max(worst, key=worst.__getitem__)
+    assert chosen["worst_case_volume_auroc"] == max(worst.values())
 
 
 class _IdentityNet:
-    """Stands in for the MIM detector in bench_mim_shift.figures: the map is the cached residual as it is."""
+    """Stands in for the MIM detector in mim_shift.figures: the map is the cached residual as it is."""
 
     erode_mask = 1
 
     def postprocess_map(self, raw: torch.Tensor, image: torch.Tensor, minpool: int, avgpool: int) -> torch.Tensor:
         return raw
 
-    def region_score(self, amap: torch.Tensor, q: float, brain: torch.Tensor) -> torch.Tensor:
-        return amap.flatten(1).amax(1)
 
-
-def test_bucket_figures_and_threshold_as_bench_mim_shift_figures() -> None:
-    shift: Any = _script("bench_mim_shift")
+def test_bucket_figures_and_threshold_as_mim_shift_figures() -> None:
     rng = np.random.default_rng(8)
     vols = []
     for i in range(4):  # a healthy volume, then lesioned ones with a lesion in each of the real size buckets
@@ -225,10 +215,10 @@ def test_bucket_figures_and_threshold_as_bench_mim_shift_figures() -> None:
         vols.append({"residual": torch.from_numpy(amap), "image": torch.from_numpy(fg * rng.random(fg.shape) + fg),
                      "flagged": torch.from_numpy((amap > 2.5).astype(np.float32)), "label": torch.from_numpy(mask),
                      "lesioned": int(i >= 1)})  # fmt: skip
-    theirs = shift.figures(_IdentityNet(), vols, shift.SHIPPED, None)
+    theirs = figures(_IdentityNet(), vols, SHIPPED, None)
     healthy = [v for v in vols if not v["lesioned"]]
     own = healthy_map_threshold(healthy_values([v["residual"] for v in healthy], [v["image"] > 0 for v in healthy]),
-                                shift.MAP_ALPHA)  # fmt: skip
+                                MAP_ALPHA)  # fmt: skip
     assert own == theirs["own_healthy_threshold"] == theirs["map_threshold"]
     les = [v for v in vols if v["lesioned"]]
     cases = [(v["residual"], v["label"], v["image"] > 0) for v in les]
@@ -239,8 +229,7 @@ def test_bucket_figures_and_threshold_as_bench_mim_shift_figures() -> None:
         assert row == theirs[b]
 
 
-def test_tune_mim_validation_figures_and_choice() -> None:
-    tune: Any = _script("tune_mim_validation")
+def test_mim_tuning_figures_and_choice() -> None:
     cases = [_volume(s) for s in (20, 21, 22, 23)]
     hmaps = [torch.from_numpy(m)[None, None] for m, _, _ in cases[:2]]
     lmaps = [torch.from_numpy(m)[None, None] for m, _, _ in cases[2:]]
@@ -287,7 +276,6 @@ PAGES = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
 
 def test_committed_choices_recomputed_from_their_json() -> None:
     """The moved selection rules give the committed choices from the committed rows (no rerun needed)."""
-    tune: Any = _script("tune_mim_validation")
     report = json.loads((PAGES / "mim_validation_tuning.json").read_text())
     checked = report["candidates_checked_on_shift"]
     assert tune.choose(checked, 0.05) == report["selected"]
@@ -295,24 +283,8 @@ def test_committed_choices_recomputed_from_their_json() -> None:
     assert len(candidates) == len(checked) and all(map(tune.same_setting, candidates, checked))
     shift = json.loads((PAGES / "mim_shift.json").read_text())
     for det, rows in shift["sweep"].items():
-        chosen = shift["chosen"][det]
-        best, volume = _shift_choice(rows, chosen["sets"])
-        assert {k: best[k] for k in chosen["setting"]} == chosen["setting"] and volume == chosen["volume_score"]
-
-
-def _shift_choice(rows: list[dict[str, Any]], sets: list[str]) -> tuple[dict[str, Any], str]:
-    """bench_mim_shift's rule with this module: the map setting, then the volume score, by the worst case."""
-    best = choose_worst_case(rows, lambda r: [r[s] for s in sets], _map_score)
-    return best, choose_worst_case(list(best[sets[0]]["volume_auroc"]),
-                                   lambda k: [best[s]["volume_auroc"][k] for s in sets], float)  # fmt: skip
+        assert choose(rows) == shift["chosen"][det]
 
 
 def _map_score(f: dict[str, Any]) -> float:
     return float(np.mean([f["all"]["pixel_ap"], f["all"]["best_dice"], f["all"]["dice_at_threshold"]]))
-
-
-def test_mim_shift_page_re_renders(tmp_path: Path) -> None:
-    """docs/benchmarks/mim_shift.md is its JSON rendered (the check the lead's switch to stage_maps must keep)."""
-    shift: Any = _script("bench_mim_shift")
-    shift.write_markdown(tmp_path / "mim_shift.md", json.loads((PAGES / "mim_shift.json").read_text()))
-    assert (tmp_path / "mim_shift.md").read_text() == (PAGES / "mim_shift.md").read_text()

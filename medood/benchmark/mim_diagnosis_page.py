@@ -1,4 +1,8 @@
-"""The JSON log and the markdown report of ``scripts/diagnose_mim.py`` (one labelled entry per run)."""
+"""The JSON log and the page of ``scripts/diagnose_mim.py`` (``docs/benchmarks/mim_diagnosis.*``).
+
+One labelled entry per run (:func:`write_report`); the page (:func:`report_markdown`) is a summary table, then every
+entry (:func:`entry_markdown`: settings, stage figures of :mod:`medood.benchmark.mim_diagnosis`, end results).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,11 @@ from medood.benchmark.report import write_page
 from medood.benchmark.tables import fmt3 as _f
 from medood.benchmark.tables import md_table
 
+__all__ = ["entry_markdown", "report_markdown", "stage_markdown", "write_report"]
+
 
 def entry_markdown(e: dict[str, Any]) -> list[str]:
+    """The lines of one entry: its weights and settings, the stage figures (when measured), the end results."""
     lines = [
         f"## {e['label']}",
         "",
@@ -32,6 +39,7 @@ def entry_markdown(e: dict[str, Any]) -> list[str]:
 
 
 def stage_markdown(e: dict[str, Any]) -> list[str]:
+    """The lines of an entry's stage figures: token scores and flags, threshold sweeps, in-painter, per case."""
     t = e["tokens"]
     lines = [
         "",
