@@ -115,7 +115,8 @@ def _seed_claim(tasks: dict[str, Any], method: str, seed: str, task_names: tuple
             texts.append(f"{figure}; {own[0]}; best baseline on any classifier (overall ranking): {text}")
             verdicts.append(own[1])
     holds_all = _verdict(verdicts, refuted_by_any=same_host is not None)
-    why = "procedural / derived demo images at 64 px and small CPU-trained hosts, not the papers' datasets"
+    why = ("procedural / derived demo images at 64 px and small CPU-trained hosts, not the papers' datasets and "
+           "backbones")  # fmt: skip
     if same_host is None or missing:
         why += "; the seed's host differs from the post-hoc family's host"
         why += f" (no same-classifier family on {', '.join(missing)})" if missing else ""

@@ -105,7 +105,7 @@ TASKS: dict[str, TaskSpec] = {
                 "spectral": ("spectral_brain_mri_ood_classification", ("inference.yaml",), "."),
             },
             seeds=("heatmap", "mecam", "spectral"), quick_ood=tuple(BRAIN_BENCH_OOD),  # all 6 kinds, no shifts
-        ),  # no same_host: the 3-D contrast classifiers need volume loaders and contrast labels the family lacks
+        ),  # no same_host: the brain bench has no training split to fit on; the 3-D classifiers need contrast labels
         TaskSpec(
             "brain_anomaly_segmentation", "brain_mri",
             {"mim": ("mim_brain_mri_anomaly_segmentation", ("inference.yaml",), ".")},
