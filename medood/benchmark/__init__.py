@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from medood.benchmark.maps import map_metrics
-from medood.benchmark.page import results_markdown, seed_claims
+from medood.benchmark.page import host_sentence, results_markdown, seed_claims
 from medood.benchmark.plots import histogram_png, map_png, roc_png
 from medood.benchmark.real import manifest_from_folders, real_manifest
 from medood.benchmark.report import SCORES_FILE, task_results, write_json, write_scores_table
@@ -173,8 +173,10 @@ def run_benchmark(
             if spec.segmentation:
                 res = _segmentation(spec, manifest, result, docs, n_boot)
             else:
-                res = task_results(manifest, result.scores, result.cost, spec.seeds, alpha, n_boot)
-                res["host"] = f"Post-hoc family host: {result.host}." if result.host else ""
+                res = task_results(manifest, result.scores, result.cost, spec.seeds, alpha, n_boot,
+                                   same_host=result.same_host)  # fmt: skip
+                res["hosts"] = {seed: family["host"] for seed, family in result.same_host.items()}
+                res["host"] = host_sentence(result.host, result.same_host)
                 res["plots"] = _plots(task, res, result.scores, result.runs, docs)
         except Exception as err:  # reported on the page; the run goes on
             logger.exception("benchmark %s failed", task)

@@ -5,6 +5,7 @@ score with a bundle's own configs (preprocessing, datalists, network) rather tha
 
 * :func:`bundle_parser` / :func:`load_network`: the configs merged with ``bundle_root`` set, and a network with
   its weights loaded, in eval mode; :func:`bundle_network`: both at once, the shipped weights;
+  :func:`bundle_classifier`: the classifier a seed method sits on, as a plain classifier for post-hoc detectors;
 * :func:`class_folder_sets` / :func:`split_evaluation_items` / :func:`item_loader`: ID train, ID test and the OOD
   sets of a demo task as the bundles' ``evaluate.yaml`` list them, and loaders over them;
 * :func:`collect_scores` / :func:`batch_images`: per-image scores of a detector over a loader, plain image batches;
@@ -37,12 +38,15 @@ from medood.benchmark.timing import CallTimer
 from medood.data.folders import class_folder_datalist, ood_datalists
 from medood.data.transforms import LoadVolumed
 from medood.metrics.files import evaluate_outputs
+from medood.networks.nets import FinalExitClassifier, MultiExitResNet
 from medood.transforms import ScaleNonzeroPercentiled
 from medood.utils.checkpoints import load_state
 
 __all__ = [
+    "BundleClassifier",
     "EvaluatorRun",
     "batch_images",
+    "bundle_classifier",
     "bundle_network",
     "bundle_parser",
     "calibrated_map_quality",
@@ -90,6 +94,52 @@ def bundle_network(
     """A bundle's network ``key`` with its shipped ``models/<weights>`` (eval mode), and the parsed ``configs``."""
     parser = bundle_parser(bundle, configs)
     return load_network(parser, key, bundle / "models" / weights), parser
+
+
+@dataclass(frozen=True)
+class BundleClassifier:
+    """The classifier a bundle's detector sits on, as a plain ``x -> logits`` network.
+
+    Attributes:
+        network: the classifier (eval mode, shipped weights): a heatmap bundle's frozen ``classifier_def``, or
+            the final exit of a MECAM bundle's multi-exit network (:class:`~medood.networks.nets.FinalExitClassifier`).
+        class_names: its label order (the bundle's ``class_names``).
+        image_size: the side of its square inputs (the bundle's ``image_size``).
+        weights: the resolved weights file (two bundles with the same file share one classifier).
+        description: one phrase naming it, for the page.
+    """
+
+    network: nn.Module
+    class_names: list[str]
+    image_size: int
+    weights: Path
+    description: str
+
+
+def bundle_classifier(bundle: Path, configs: Sequence[str] = ("inference.yaml",)) -> BundleClassifier:
+    """The classifier of ``bundle`` with its shipped weights, read through the bundle's configs.
+
+    A bundle with a ``classifier_def`` (the heatmap bundles) gives that network with the weights of its
+    ``classifier_path`` (possibly another bundle's); one whose ``network_def`` owns a
+    :class:`~medood.networks.nets.MultiExitResNet` (MECAM) gives its final exit.
+
+    Raises:
+        ValueError: the bundle has neither.
+    """
+    parser = bundle_parser(bundle, configs)
+    names, size = list(parser["class_names"]), int(parser["image_size"])
+    if parser.get("classifier_def") is not None:
+        weights = Path(parser.get_parsed_content("classifier_path")).resolve()
+        net = load_network(parser, "classifier_def", weights)
+        how = f"the frozen classifier of {bundle.name} ({weights.parent.parent.name}/models/{weights.name})"
+        return BundleClassifier(net, names, size, weights, how)
+    weights = Path(parser.get_parsed_content("ckpt_path")).resolve()
+    owner = load_network(parser, "network_def", weights)
+    multi = getattr(owner, "net", None)
+    if not isinstance(multi, MultiExitResNet):
+        raise ValueError(f"{bundle.name}: no classifier_def and no multi-exit network in network_def")
+    how = f"the final exit of the multi-exit ResNet of {bundle.name} (models/{weights.name})"
+    return BundleClassifier(FinalExitClassifier(multi).eval(), names, size, weights, how)
 
 
 def split_evaluation_items(

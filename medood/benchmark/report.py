@@ -17,7 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from medood.benchmark.stats import bootstrap_metrics, flagged_rate, paired_auroc_difference
+from medood.benchmark.stats import (
+    bootstrap_metrics,
+    flagged_rate,
+    paired_auroc_difference,
+    paired_mean_auroc_difference,
+)
 from medood.metrics.tables import FPR95_CONVENTION, METRICS
 from medood.utils.conformal import CalibrationSizeError, conformal_threshold
 from medood.utils.io import atomic_path, atomic_write_text
@@ -38,6 +43,10 @@ logger = logging.getLogger(__name__)
 SCORES_FILE = "results_scores.csv.gz"
 
 
+#: ``{detector: {set: {case: score}}}``
+Scores = dict[str, dict[str, dict[str, float]]]
+
+
 def _aligned(a: Mapping[str, float], cases: list[str]) -> np.ndarray:
     return np.array([a[c] for c in cases], dtype=np.float64)
 
@@ -49,6 +58,23 @@ def _threshold(val: np.ndarray, alpha: float) -> tuple[float | None, str | None]
         return None, str(err)
 
 
+def _paired(scores: Scores, task: dict[str, Any], id_cases: list[str], a: str, b: str, n_boot: int,
+            seed: int) -> dict[str, Any]:  # fmt: skip
+    """``{"baseline": b, "sets": {set: paired test}, "mean": paired test of the mean over those sets}`` of a - b."""
+    ranked = list(task["sets"])
+    sets = [s for s in ranked if a in task["sets"][s]["detectors"] and b in task["sets"][s]["detectors"]]
+    cases = {s: sorted(set(scores[a][s]) & set(scores[b][s])) for s in sets}
+    id_a, id_b = _aligned(scores[a]["id_test"], id_cases), _aligned(scores[b]["id_test"], id_cases)
+    oods_a = {s: _aligned(scores[a][s], cases[s]) for s in sets}
+    oods_b = {s: _aligned(scores[b][s], cases[s]) for s in sets}
+    per_set = {s: paired_auroc_difference(id_a, oods_a[s], id_b, oods_b[s], n_boot, seed + ranked.index(s))
+               for s in sets}  # fmt: skip
+    mean = None
+    if sets:
+        mean = paired_mean_auroc_difference(id_a, list(oods_a.values()), id_b, list(oods_b.values()), n_boot, seed)
+    return {"baseline": b, "sets": per_set, "mean": mean}
+
+
 def task_results(
     manifest: dict[str, Any],
     scores: dict[str, dict[str, dict[str, float]]],
@@ -57,13 +83,19 @@ def task_results(
     alpha: float = 0.05,
     n_boot: int = 1000,
     seed: int = 0,
+    same_host: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The ``results.json`` entry of one (classification) task.
 
     Thresholds: per detector the split-conformal threshold of its ``id_val`` scores at ``alpha``; the realised
-    false-alarm rate is the fraction of ``id_test`` above it. Paired tests: each seed method against the best
-    baseline (the non-seed detector with the highest mean AUROC over the test OOD sets; with no baseline, the best
-    other seed method), on the cases both scored.
+    false-alarm rate is the fraction of ``id_test`` above it. Paired tests (per OOD set, and of the mean over the
+    sets), on the cases both scored:
+
+    * ``paired``: each seed method against the best baseline on any classifier (the non-seed detector with the
+      highest mean AUROC over the test OOD sets; with no baseline, the best other seed method);
+    * ``paired_same_host``: each seed of ``same_host`` (``{seed: {"host", "rows": {detector: row}}}``, the
+      post-hoc rows on the seed's own classifier) against the best non-seed row among them, and against that
+      classifier's MSP row (``"msp"``), with the host named.
     """
     sets = manifest["sets"]
     ood_sets = [s for s, v in sets.items() if v["role"] == "ood_test"]
@@ -100,18 +132,21 @@ def task_results(
     baselines = [d for d in means if d not in seeds]
     for sm in (d for d in seeds if d in means):
         pool = baselines or [d for d in means if d != sm]
-        if not pool:
+        if pool:
+            best = max(pool, key=lambda d: means[d])
+            out["paired"][sm] = _paired(scores, out, id_cases, sm, best, n_boot, seed)
+            out["paired"][sm]["baseline_is_seed"] = not baselines
+    out["paired_same_host"] = {}
+    for sm, family in (same_host or {}).items():
+        pool = [r for r in family["rows"].values() if r in means and r not in seeds]
+        if sm not in means or not pool:
             continue
         best = max(pool, key=lambda d: means[d])
-        per_set = {}
-        for i, s in enumerate(out["sets"]):
-            if sm in out["sets"][s]["detectors"] and best in out["sets"][s]["detectors"]:
-                cases = sorted(set(scores[sm][s]) & set(scores[best][s]))
-                per_set[s] = paired_auroc_difference(
-                    _aligned(scores[sm]["id_test"], id_cases), _aligned(scores[sm][s], cases),
-                    _aligned(scores[best]["id_test"], id_cases), _aligned(scores[best][s], cases), n_boot, seed + i,
-                )  # fmt: skip
-        out["paired"][sm] = {"baseline": best, "baseline_is_seed": not baselines, "sets": per_set}
+        entry = {"host": family["host"], **_paired(scores, out, id_cases, sm, best, n_boot, seed)}
+        msp = family["rows"].get("msp")
+        if msp in means:
+            entry["msp"] = _paired(scores, out, id_cases, sm, msp, n_boot, seed)
+        out["paired_same_host"][sm] = entry
     out["mean_auroc"] = means
     return out
 

@@ -5,7 +5,10 @@ Two kinds of scorer, both timed (seconds per image or volume) with the process's
 * the **post-hoc family** (every registered post-hoc detector, :func:`medood.engines.posthoc.build_detectors`):
   one classifier per task (the task bundle's shipped classifier, or a ResNet-10 trained here on the bench
   training split, seeded), fitted in one pass over the ID training images (:func:`~medood.detectors.posthoc.fit_many`)
-  and scored in one backbone pass per set (:func:`~medood.detectors.posthoc.score_many`);
+  and scored in one backbone pass per set (:func:`~medood.detectors.posthoc.score_many`); the same family again
+  on the classifier each seed method sits on (``TaskSpec.same_host``: MECAM's final exit, a heatmap decoder's
+  frozen classifier; :func:`medood.benchmark.bundles.bundle_classifier`), rows named ``<detector>@<seed>``, so
+  a seed is compared with the baselines on its own network; a classifier already hosting a family is not rerun;
 * a **bundle** (the seed methods): its inference workflow with its shipped weights
   (:func:`medood.engines.calibrate.run_bundle_inference`) on each set folder; its ``scores.csv`` (and anomaly maps).
 
@@ -23,6 +26,7 @@ from typing import Any
 
 import torch
 
+from medood.benchmark.bundles import bundle_classifier
 from medood.benchmark.timing import peak_memory
 from medood.data.classification import class_folder_loader, classifier_preprocessing
 from medood.data.demo.bench import BRAIN_BENCH_OOD
@@ -53,6 +57,8 @@ class TaskSpec:
         posthoc_host: ``None`` (no post-hoc family), ``"train"`` (a ResNet-10 trained here) or a bundle whose
             ``models/model.pt`` is the host classifier.
         seeds: the seed methods among the detectors (compared with the best baseline).
+        same_host: the bundle detectors whose own classifier also hosts the post-hoc family (rows
+            ``<detector>@<seed>``; skipped on real data: the shipped classifiers know the demo classes only).
         segmentation: score maps against lesion masks (the anomaly-segmentation task).
         quick_ood: with ``quick``, only these test OOD sets (and no robustness shifts); ``None`` = all sets.
         full_only: run with ``--full`` only (too slow for the quick page on 2 CPU cores).
@@ -63,6 +69,7 @@ class TaskSpec:
     bundles: dict[str, tuple[str, tuple[str, ...], str]] = field(default_factory=dict)
     posthoc_host: str | None = None
     seeds: tuple[str, ...] = ()
+    same_host: tuple[str, ...] = ()
     segmentation: bool = False
     quick_ood: tuple[str, ...] | None = None
     full_only: bool = False
@@ -77,17 +84,18 @@ TASKS: dict[str, TaskSpec] = {
                 "mecam": ("mecam_pathology_ood_classification", ("inference.yaml",), "."),
                 "heatmap": ("heatmap_pathology_ood_classification", ("inference.yaml",), "."),
             },
-            posthoc_host="train", seeds=("mecam", "heatmap"),
+            posthoc_host="train", seeds=("mecam", "heatmap"), same_host=("mecam", "heatmap"),
         ),
         TaskSpec(
             "dermoscopy", "dermoscopy",
             {"mecam": ("mecam_dermoscopy_ood_classification", ("inference.yaml",), ".")},
-            posthoc_host="train", seeds=("mecam",),
+            posthoc_host="train", seeds=("mecam",), same_host=("mecam",),
         ),
         TaskSpec(
             "endoscopy", "endoscopy",
             {"heatmap": ("heatmap_endoscopy_ood_classification", ("inference.yaml",), ".")},
             posthoc_host="nero_endoscopy_ood_classification", seeds=("nero", "heatmap"),
+            same_host=("heatmap",),  # its classifier is the NERO bundle's: the task's family, not run twice
         ),
         TaskSpec(
             "brain_volume_ood", "brain_mri",
@@ -97,7 +105,7 @@ TASKS: dict[str, TaskSpec] = {
                 "spectral": ("spectral_brain_mri_ood_classification", ("inference.yaml",), "."),
             },
             seeds=("heatmap", "mecam", "spectral"), quick_ood=tuple(BRAIN_BENCH_OOD),  # all 6 kinds, no shifts
-        ),
+        ),  # no same_host: the brain bench has no training split to fit on; the 3-D classifiers need contrast labels
         TaskSpec(
             "brain_anomaly_segmentation", "brain_mri",
             {"mim": ("mim_brain_mri_anomaly_segmentation", ("inference.yaml",), ".")},
@@ -116,12 +124,15 @@ class TaskResult:
         cost: ``{detector: {"seconds_per_image", "peak_mb", "how"}}``.
         runs: ``{detector: {set: run folder}}`` (bundle outputs: maps, overlays).
         host: how the post-hoc family's classifier was obtained.
+        same_host: ``{seed: {"host": description, "rows": {detector: its row on the seed's classifier}}}`` for
+            every seed with a post-hoc family on its own classifier (a post-hoc seed: the task's family).
     """
 
     scores: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     cost: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: dict[str, dict[str, Path]] = field(default_factory=dict)
     host: str = ""
+    same_host: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _read_scores(path: Path) -> dict[str, float]:
@@ -192,32 +203,64 @@ def _host(spec: TaskSpec, manifest: dict[str, Any], work: Path, epochs: int) -> 
     return net.eval(), classes, f"the shipped classifier of {spec.posthoc_host} (resnet10)"
 
 
-def _run_posthoc(spec: TaskSpec, manifest: dict[str, Any], sets: dict[str, Path], work: Path, epochs: int,
-                 result: TaskResult) -> None:  # fmt: skip
-
-    net, classes, result.host = _host(spec, manifest, work, epochs)
+def _run_family(net: torch.nn.Module, classes: list[str], image_size: int, host: str, suffix: str,
+                manifest: dict[str, Any], sets: dict[str, Path], result: TaskResult) -> dict[str, str]:  # fmt: skip
+    """Fit the post-hoc family on ``net``, score every set; returns ``{detector: its row, <detector><suffix>}``."""
     dets = build_detectors("all", net)
     for d in dets.values():
         d.eval()
-    train, _ = class_folder_loader(manifest["train_dir"], "train", 64, classes, batch_size=64)
+    rows = {name: name + suffix for name in dets}
+    train, _ = class_folder_loader(manifest["train_dir"], "train", image_size, classes, batch_size=64)
     _, fit_seconds, fit_mb = peak_memory(lambda: fit_many(dets, net, train))
     seconds, peak, n = 0.0, fit_mb, 0
-    for name in dets:
-        result.scores[name] = {}
+    for row in rows.values():
+        result.scores[row] = {}
     for set_name, folder in sets.items():
-        loader, cases = _loader(folder)
+        loader, cases = _loader(folder, image_size)
         scored, sec, mb = peak_memory(functools.partial(score_many, dets, net, loader))
         seconds, peak, n = seconds + sec, max(peak, mb), n + len(cases)
         for name, s in scored.scores.items():
-            result.scores[name][set_name] = dict(zip(cases, s.double().tolist(), strict=True))
-        logger.info("%s / post-hoc family / %s: %d cases in %.1f s", spec.name, set_name, len(cases), sec)
+            result.scores[rows[name]][set_name] = dict(zip(cases, s.double().tolist(), strict=True))
+        logger.info("post-hoc family%s / %s: %d cases in %.1f s", suffix, set_name, len(cases), sec)
     for name, det in dets.items():
-        result.cost[name] = {
+        result.cost[rows[name]] = {
             "seconds_per_image": seconds / max(n, 1),
             "peak_mb": peak,
             "how": f"post-hoc family, one shared backbone pass per batch (all {len(dets)} detectors together; "
-            f"fit {fit_seconds:.1f} s in one pass); host: {result.host}" + _resolved_settings(det),
+            f"fit {fit_seconds:.1f} s in one pass); host: {host}" + _resolved_settings(det),
         }
+    return rows
+
+
+def _run_posthoc(spec: TaskSpec, manifest: dict[str, Any], sets: dict[str, Path], work: Path, epochs: int,
+                 result: TaskResult) -> dict[Path, dict[str, Any]]:  # fmt: skip
+    """The task's family; returns ``{weights file: its same_host entry}`` when the host is a shipped classifier."""
+    net, classes, result.host = _host(spec, manifest, work, epochs)
+    family = {"host": result.host, "rows": _run_family(net, classes, 64, result.host, "", manifest, sets, result)}
+    for seed in spec.seeds:
+        if seed in family["rows"]:  # a post-hoc seed (NERO) sits on the task's host
+            result.same_host[seed] = family
+    if manifest.get("host", spec.posthoc_host) == "train":
+        return {}
+    return {(BUNDLES / str(spec.posthoc_host) / "models" / "model.pt").resolve(): family}
+
+
+def _run_same_host(spec: TaskSpec, manifest: dict[str, Any], sets: dict[str, Path], result: TaskResult,
+                   done: dict[Path, dict[str, Any]]) -> None:  # fmt: skip
+    """The post-hoc family on the classifier of each seed of ``spec.same_host``, once per weights file (``done``)."""
+    if manifest.get("real"):
+        logger.info("%s: no same-classifier families on real data (the shipped classifiers know demo classes)",
+                    spec.name)  # fmt: skip
+        return
+    for seed in (s for s in spec.same_host if s in spec.bundles):
+        clf = bundle_classifier(BUNDLES / spec.bundles[seed][0], spec.bundles[seed][1])
+        if clf.weights not in done:
+            rows = _run_family(clf.network, clf.class_names, clf.image_size, clf.description, f"@{seed}", manifest,
+                               sets, result)  # fmt: skip
+            done[clf.weights] = {"host": clf.description, "rows": rows}
+        else:
+            logger.info("%s: %s sits on a classifier whose family already ran: reused", spec.name, seed)
+        result.same_host[seed] = done[clf.weights]
 
 
 def resolved_k(det: Any) -> dict[str, int] | None:
@@ -255,8 +298,8 @@ def run_task(spec: TaskSpec, manifest: dict[str, Any], work: Path, epochs: int =
         if quick and spec.quick_ood is not None and not manifest.get("real"):
             keep = {"id_val", "id_test", *spec.quick_ood}
             sets = {k: v for k, v in sets.items() if k in keep}
-    if spec.posthoc_host is not None:
-        _run_posthoc(spec, manifest, sets, work, epochs, result)
+    done = _run_posthoc(spec, manifest, sets, work, epochs, result) if spec.posthoc_host is not None else {}
+    _run_same_host(spec, manifest, sets, result, done)
     for det in spec.bundles:
         _run_bundle(spec, det, manifest, sets, work, result)
     for by_set in result.scores.values():

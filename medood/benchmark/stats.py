@@ -5,7 +5,7 @@ Seeded. The metrics themselves are :func:`medood.metrics.tables.ood_metrics` (ch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -13,7 +13,13 @@ import torch
 from medood.metrics.functional import auroc
 from medood.metrics.tables import METRICS, ood_metrics
 
-__all__ = ["bootstrap_metrics", "flagged_rate", "paired_auroc_difference", "set_aurocs"]
+__all__ = [
+    "bootstrap_metrics",
+    "flagged_rate",
+    "paired_auroc_difference",
+    "paired_mean_auroc_difference",
+    "set_aurocs",
+]
 
 
 def _metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
@@ -50,6 +56,21 @@ def bootstrap_metrics(
     return out
 
 
+def _auroc_difference(id_a: np.ndarray, ood_a: np.ndarray, id_b: np.ndarray, ood_b: np.ndarray,
+                      i: np.ndarray, o: np.ndarray) -> float:  # fmt: skip
+    labels = np.r_[np.zeros(i.size), np.ones(o.size)]
+    return auroc(np.r_[id_a[i], ood_a[o]], labels) - auroc(np.r_[id_b[i], ood_b[o]], labels)
+
+
+def _paired_summary(observed: float, boots: np.ndarray, n_boot: int) -> dict[str, float | list[float]]:
+    p = min(1.0, 2 * min(float(np.mean(boots <= 0)), float(np.mean(boots >= 0))))
+    return {
+        "difference": float(observed),
+        "ci": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))],
+        "p": max(p, 1.0 / n_boot),
+    }
+
+
 def paired_auroc_difference(
     id_a: np.ndarray, ood_a: np.ndarray, id_b: np.ndarray, ood_b: np.ndarray, n_boot: int = 1000, seed: int = 0
 ) -> dict[str, float | list[float]]:
@@ -64,19 +85,42 @@ def paired_auroc_difference(
         raise ValueError("paired comparison needs both detectors' scores on the same cases")
     rng = np.random.default_rng(seed)
     ids, oods = _resamples(id_a.size, n_boot, rng), _resamples(ood_a.size, n_boot, rng)
-    labels = np.r_[np.zeros(id_a.size), np.ones(ood_a.size)]
+    observed = _auroc_difference(id_a, ood_a, id_b, ood_b, np.arange(id_a.size), np.arange(ood_a.size))
+    boots = np.array([_auroc_difference(id_a, ood_a, id_b, ood_b, ids[b], oods[b]) for b in range(n_boot)])
+    return _paired_summary(observed, boots, n_boot)
 
-    def diff(i: np.ndarray, o: np.ndarray) -> float:
-        return auroc(np.r_[id_a[i], ood_a[o]], labels) - auroc(np.r_[id_b[i], ood_b[o]], labels)
 
-    observed = diff(np.arange(id_a.size), np.arange(ood_a.size))
-    boots = np.array([diff(ids[b], oods[b]) for b in range(n_boot)])
-    p = min(1.0, 2 * min(float(np.mean(boots <= 0)), float(np.mean(boots >= 0))))
-    return {
-        "difference": float(observed),
-        "ci": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))],
-        "p": max(p, 1.0 / n_boot),
-    }
+def paired_mean_auroc_difference(
+    id_a: np.ndarray,
+    oods_a: Sequence[np.ndarray],
+    id_b: np.ndarray,
+    oods_b: Sequence[np.ndarray],
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, float | list[float]]:
+    """Mean over OOD sets of AUROC(a) - AUROC(b), its paired bootstrap 95 % interval and a two-sided p-value.
+
+    As :func:`paired_auroc_difference`, over several OOD sets scored against one ID set: each resample draws the
+    ID cases once (shared by every set, as the per-set AUROCs share them) and each OOD set's cases, the same
+    indices for both detectors.
+
+    Raises:
+        ValueError: no OOD set, or the two detectors' scores are not on the same cases.
+    """
+    id_a, id_b = np.asarray(id_a, np.float64), np.asarray(id_b, np.float64)
+    oods_a, oods_b = [np.asarray(x, np.float64) for x in oods_a], [np.asarray(x, np.float64) for x in oods_b]
+    if not oods_a or id_a.shape != id_b.shape or [x.shape for x in oods_a] != [x.shape for x in oods_b]:
+        raise ValueError("paired comparison needs both detectors' scores on the same cases of at least one OOD set")
+    rng = np.random.default_rng(seed)
+    ids = _resamples(id_a.size, n_boot, rng)
+    oods = [_resamples(x.size, n_boot, rng) for x in oods_a]
+
+    def mean_diff(i: np.ndarray, os: Sequence[np.ndarray]) -> float:
+        return float(np.mean([_auroc_difference(id_a, a, id_b, b, i, o) for a, b, o in zip(oods_a, oods_b, os)]))
+
+    observed = mean_diff(np.arange(id_a.size), [np.arange(x.size) for x in oods_a])
+    boots = np.array([mean_diff(ids[b], [o[b] for o in oods]) for b in range(n_boot)])
+    return _paired_summary(observed, boots, n_boot)
 
 
 def flagged_rate(scores: np.ndarray, threshold: float | None) -> float | None:
