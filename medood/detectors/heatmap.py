@@ -176,6 +176,11 @@ class HeatmapDetector(ClassifierDetector):
         return int(probe[FEATURES].shape[1])
 
     @property
+    def needs_own_pass(self) -> bool:
+        """With ``feature_layers`` the decoder reads more than a shared pass's penultimate features."""
+        return bool(self.feature_layers)
+
+    @property
     def decoders(self) -> list[nn.Module]:
         """``decoder`` and the ``extra_decoders`` of the ensemble."""
         return [self.decoder, *self.extra_decoders]

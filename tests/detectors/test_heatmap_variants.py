@@ -69,8 +69,11 @@ def test_multi_layer_input_concatenates_pooled_layers_and_trains() -> None:
     out = det.score(x)
     assert out.anomaly_map.shape == (4, 1, 16, 16) and torch.isfinite(out.image_score).all()
     assert _aux_over_id(det, loader) > 2.0
+    assert det.needs_own_pass and not HeatmapDetector(model=net, **{**cfg, "feature_layers": []}).needs_own_pass
+    shared = score_many({"heatmap": det}, net, [x]).scores["heatmap"]  # its own pass: more than the penultimate
+    torch.testing.assert_close(shared, out.image_score.float().cpu())
     with pytest.raises(ValueError, match="its own extract_features"):
-        score_many({"heatmap": det}, net, [x])  # a shared pass has the penultimate features only
+        det.score_features({"features": feats["features"][:, :16], "logits": feats["logits"]})
     with pytest.raises(ValueError, match="feature_layers need the classifier"):
         HeatmapDetector(in_features=16, num_classes=2, feature_layers=["features.1"])
     with pytest.raises(ValueError, match="n_decoders"):
