@@ -113,7 +113,7 @@ def cost(net: torch.nn.Module, det: Any, batches: list[torch.Tensor], repeats: i
         "forward_ms_per_image": 1000 * t_fwd / n,
         "decoder_ms_per_image": 1000 * t_dec / n,
         "score_ms_per_image": 1000 * t_full / n,
-        "decoder_parameters": sum(p.numel() for p in det.decoder.parameters()),
+        "decoder_parameters": sum(p.numel() for dec in det.decoders for p in dec.parameters()),
         "method": "median over interleaved (classifier forward, other) pairs of the time ratio, same batches",
     }
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -78,3 +80,29 @@ def test_multi_layer_input_concatenates_pooled_layers_and_trains() -> None:
         HeatmapDetector(in_features=16, num_classes=2, feature_layers=["features.1"])
     with pytest.raises(ValueError, match="n_decoders"):
         HeatmapDetector(in_features=16, num_classes=2, n_decoders=0)
+
+
+def test_joint_decoders_stage_trains_each_member_as_its_own_stage_would() -> None:
+    from medood.engines.fit import StageTrainer
+    from medood.engines.heatmap import ood_pairs
+
+    net = toy.trained_classifier(2)  # before the seed: a first call trains it (and draws random numbers)
+
+    def trained(stages: list[str]) -> HeatmapDetector:
+        torch.manual_seed(0)
+        det = HeatmapDetector(model=copy.deepcopy(net), **{**HeatmapDetector.tiny_config(2), "n_decoders": 2})
+        loader = toy.id_loader(2, n=16, batch_size=8)
+        det.fit_statistics(loader)
+        data = ood_pairs(det, loader, 8)
+        for stage in stages:
+            opt = torch.optim.Adam(det.stage_network(stage).parameters(), lr=5e-3, betas=(0.5, 0.999))
+            StageTrainer(det, stage, device=torch.device("cpu"), max_epochs=3, train_data_loader=data,
+                         optimizer=opt).run()  # fmt: skip
+        return det
+
+    joint, alone = trained(["decoders"]), trained(["decoder", "decoder_1"])
+    assert "decoders" not in [s.name for s in joint.training_stages()], "fit trains the decoders one by one"
+    assert not any(k.startswith("decoder_ensemble") for k in joint.state_dict()), "the state dict is unchanged"
+    for a, b in zip(joint.decoders, alone.decoders, strict=True):
+        for (k, v), w in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            torch.testing.assert_close(v, w, rtol=1e-5, atol=1e-6, msg=f"{k}: joint != its own stage")
