@@ -50,7 +50,7 @@ from medood.benchmark.report import bench_header, write_page
 from medood.benchmark.runner import resolved_k
 from medood.benchmark.script import add_common_arguments, render_only, start
 from medood.benchmark.tables import LEGACY_NOTE, METRICS_NOTE, ood_task_section, set_sizes
-from medood.benchmark.timing import batch_record, forward_ratio, head_features, over_batches
+from medood.benchmark.timing import batch_record, forward_ratio, over_batches
 from medood.detectors.posthoc import fit_many, score_many
 from medood.engines.posthoc import build_detectors
 from medood.metrics.tables import results_table
@@ -100,7 +100,8 @@ def loaders(parser: ConfigParser, data: Path, volumes: bool) -> tuple[DataLoader
 
 def cost(net: torch.nn.Module, det: Any, batches: list[torch.Tensor], repeats: int) -> dict[str, Any]:
     """Decoder alone and classifier + decoder (``det.score``) over the classifier forward alone."""
-    feats = head_features(net, batches)
+    with torch.no_grad():
+        feats = [det.extract_features(x) for x in batches]  # the detector's own features (all its layers)
     r_dec, t_fwd, t_dec = forward_ratio(net, batches, over_batches(det.score_features, feats, no_grad=True), repeats)
     r_full, _, t_full = forward_ratio(net, batches, over_batches(det.score, batches), repeats)
     shape = batch_record(batches, repeats)
@@ -112,7 +113,7 @@ def cost(net: torch.nn.Module, det: Any, batches: list[torch.Tensor], repeats: i
         "forward_ms_per_image": 1000 * t_fwd / n,
         "decoder_ms_per_image": 1000 * t_dec / n,
         "score_ms_per_image": 1000 * t_full / n,
-        "decoder_parameters": sum(p.numel() for p in det.decoder.parameters()),
+        "decoder_parameters": sum(p.numel() for dec in det.decoders for p in dec.parameters()),
         "method": "median over interleaved (classifier forward, other) pairs of the time ratio, same batches",
     }
 

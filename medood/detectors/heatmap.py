@@ -23,7 +23,8 @@ Differences from the official code: the feature range is the true minimum / maxi
 size (``decoder={"scale": 2}``: a coarser grid); the map is ``(B, 1, *S)`` as every medood map.
 
 Options (off by default, the official default configuration): ``n_decoders`` trains that many decoders (stages
-``decoder``, ``decoder_1``, ...; independent initialisations) and averages their maps (official results: 5);
+``decoder``, ``decoder_1``, ...; independent initialisations; or all in one stage ``decoders``, as the bundles do) and
+averages their maps (official results: 5);
 ``feature_layers`` concatenates the pooled outputs of further classifier modules to ``z`` (the official ``fw_layers``;
 the joint vector also picks the nearest ID target; needs the detector's own classifier pass, not a shared one).
 
@@ -37,6 +38,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -53,7 +55,7 @@ from medood.detectors.stages import TrainingStage
 from medood.losses import HeatmapLoss
 from medood.losses.heatmap import TARGET_KEYS
 from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
-from medood.networks.nets.heatmap_decoder import HeatmapDecoder
+from medood.networks.nets.heatmap_decoder import HeatmapDecoder, HeatmapDecoderEnsemble
 from medood.transforms.corruptions import CORRUPTIONS, Corrupt
 
 __all__ = ["DEFAULT_AUX_CORRUPTIONS", "HeatmapDetector"]
@@ -176,6 +178,11 @@ class HeatmapDetector(ClassifierDetector):
         return int(probe[FEATURES].shape[1])
 
     @property
+    def needs_own_pass(self) -> bool:
+        """With ``feature_layers`` the decoder reads more than a shared pass's penultimate features."""
+        return bool(self.feature_layers)
+
+    @property
     def decoders(self) -> list[nn.Module]:
         """``decoder`` and the ``extra_decoders`` of the ensemble."""
         return [self.decoder, *self.extra_decoders]
@@ -250,6 +257,21 @@ class HeatmapDetector(ClassifierDetector):
             )
             for name, network in names
         )  # fmt: skip
+
+    def stage(self, name: str) -> TrainingStage:
+        """A declared stage, or ``"decoders"``: every decoder as one network (the bundles' one trainer).
+
+        ``"decoders"`` is not among :meth:`training_stages` (``fit`` trains the decoders one by one); it trains
+        :attr:`decoder_ensemble` with the ``decoder`` stage's data, loss and settings.
+        """
+        if name != "decoders":
+            return super().stage(name)
+        return dataclasses.replace(super().stage("decoder"), name="decoders", network="decoder_ensemble")
+
+    @property
+    def decoder_ensemble(self) -> HeatmapDecoderEnsemble:
+        """Every decoder as one network (built on access, not a submodule: the state dict is unchanged)."""
+        return HeatmapDecoderEnsemble(self.decoders)
 
     # ------------------------------------------------------------------ scoring
     def normalise(self, z: Tensor) -> Tensor:

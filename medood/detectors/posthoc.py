@@ -7,9 +7,9 @@ scoring ten baselines costs one pass over the data instead of ten. This is the o
 ``medood posthoc`` CLI, :func:`medood.engines.posthoc.evaluate_posthoc`, the ``PosthocScoreWriter`` handler
 (through :func:`score_batch`) and the NERO bundle all go through it.
 
-Detectors whose class sets ``needs_input_grad = True`` (ODIN: its input perturbation needs gradients with
-respect to the images) cannot score precomputed features; :func:`score_batch` calls their own
-``score(images)`` on the same batches instead.
+Detectors with ``needs_own_pass`` (ODIN: its input perturbation needs gradients with respect to the images; a
+multi-layer heatmap detector: features beyond the penultimate) cannot score the shared features;
+:func:`score_batch` calls their own ``score(images)`` on the same batches instead.
 
 Example::
 
@@ -57,7 +57,7 @@ class PosthocScores(NamedTuple):
         logits: ``(N, C)`` classifier logits on the CPU (from the shared backbone pass).
         labels: ``(N,)`` labels when every batch had them, else ``None``.
         seconds: ``{"features": the backbone pass and every score_features call, "input_grad": the own
-            passes of detectors with needs_input_grad}``.
+            passes of detectors with needs_own_pass}``.
     """
 
     scores: dict[str, Tensor]
@@ -219,13 +219,13 @@ def score_batch(
 ) -> dict[str, Tensor]:
     """Score one batch with several detectors, sharing its features.
 
-    Each detector runs ``score_features(features)``, except detectors with ``needs_input_grad``, which run
+    Each detector runs ``score_features(features)``, except detectors with ``needs_own_pass``, which run
     ``score(images)`` (their own passes through their host model).
 
     Args:
         detectors: fitted detectors by name.
         features: the batch's shared features, ``{"features": (B, D), "logits": (B, C)}``.
-        images: the batch's images; needed only when a detector has ``needs_input_grad``.
+        images: the batch's images; needed only when a detector has ``needs_own_pass``.
 
     Returns:
         ``{name: (B,) float32 scores on the CPU}``, higher = more OOD.
@@ -235,9 +235,9 @@ def score_batch(
     """
     scores = {}
     for name, det in detectors.items():
-        if det.needs_input_grad:
+        if det.needs_own_pass:
             if images is None:
-                raise ValueError(f"{name} needs gradients with respect to the input: pass the batch's images")
+                raise ValueError(f"{name} needs its own pass (input gradients or more features): pass the images")
             out = det.score(images)
         else:
             with torch.no_grad():
@@ -274,8 +274,8 @@ def score_many(
     named = _named(detectors)
     for det in named.values():
         det.check_fitted()
-    shared = {n: d for n, d in named.items() if not d.needs_input_grad}
-    own = {n: d for n, d in named.items() if d.needs_input_grad}
+    shared = {n: d for n, d in named.items() if not d.needs_own_pass}
+    own = {n: d for n, d in named.items() if d.needs_own_pass}
     scores: dict[str, list[Tensor]] = {n: [] for n in named}
     logits: list[Tensor] = []
     labels: list[Tensor] | None = []

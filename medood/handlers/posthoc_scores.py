@@ -60,7 +60,7 @@ class PosthocScoreWriter:
 
     Attach to a ``SupervisedEvaluator`` whose network is the host classifier. A forward hook captures the
     penultimate features of the engine's own forward pass and :func:`~medood.detectors.posthoc.score_batch`
-    scores them with every detector (detectors with ``needs_input_grad``, i.e. ODIN, run their own passes on the
+    scores them with every detector (detectors with ``needs_own_pass``, e.g. ODIN, run their own passes on the
     batch's images, in eval mode). At completion it writes into ``output_dir``:
 
     * ``<detector>/scores.csv``: ``case,score,flagged`` (:mod:`medood.io.run_folder`'s layout; higher = more OOD;
@@ -157,7 +157,7 @@ class PosthocScoreWriter:
             OODKeys.LOGITS.value: logits,
         }
         batch = engine.state.batch
-        needs_images = any(det.needs_input_grad for det in self.detectors.values())
+        needs_images = any(det.needs_own_pass for det in self.detectors.values())
         images = _stack(batch, OODKeys.IMAGE.value) if needs_images else None
         with eval_mode(self._net):
             scores = score_batch(self.detectors, feats, images)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import torch
 from torch import Tensor, nn
 
 __all__ = ["TARGET_KEYS", "HeatmapLoss", "weighted_residual_loss"]
@@ -71,9 +72,16 @@ class HeatmapLoss(nn.Module):
         self.input_range = None if input_range is None else (float(input_range[0]), float(input_range[1]))
 
     def forward(self, network: nn.Module, inputs: Tensor, targets: Mapping[str, Tensor] | None) -> tuple[Tensor, dict]:
-        """Residual ``network(features, pred)`` compared with the target images."""
+        """Residual ``network(features, pred)`` compared with the target images.
+
+        A :class:`~medood.networks.nets.heatmap_decoder.HeatmapDecoderEnsemble` returns ``K`` residuals per image
+        (concatenated along the batch): each is compared with the same targets, the loss is the sum of theirs (so
+        each member's gradient is exactly that of its own training).
+        """
         if not isinstance(targets, Mapping) or any(k not in targets for k in TARGET_KEYS):
             raise ValueError(f"the heatmap stage needs the batch keys {TARGET_KEYS} besides the image")
         h = network(targets["features"].float(), targets["pred"].reshape(-1).long())
-        loss = weighted_residual_loss(inputs, h, targets["target"], self.weight, self.input_range)
+        members = h.split(inputs.shape[0]) if inputs.shape[0] else (h,)  # > 1: a decoder ensemble, concatenated
+        t, w, r = targets["target"], self.weight, self.input_range
+        loss = torch.stack([weighted_residual_loss(inputs, hk, t, w, r) for hk in members]).sum()
         return loss, {"pred": h.detach()}

@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from medood.benchmark.page import results_markdown, seed_claims
 from medood.benchmark.report import SCORES_FILE, read_scores_table, task_results, write_scores_table
-from medood.benchmark.stats import bootstrap_metrics, paired_auroc_difference
+from medood.benchmark.stats import bootstrap_metrics, paired_auroc_difference, paired_mean_auroc_difference
 from medood.data.demo.bench import BRAIN_BENCH_OOD, brain_plan
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -38,6 +38,18 @@ def test_paired_difference() -> None:
     assert worse["difference"] > 0 and worse["ci"][0] > 0 and worse["p"] < 0.05
     with pytest.raises(ValueError, match="same cases"):
         paired_auroc_difference(id_s, ood_s, id_s[:-1], ood_s)
+
+
+def test_paired_mean_difference_pairs_training_runs() -> None:
+    rng = np.random.default_rng(2)
+    id_a, near, far = rng.normal(0, 1, (120, 3)), rng.normal(0.5, 1, (80, 3)), rng.normal(2, 1, (60, 3))
+    id_b = id_a + rng.normal(0, 2, (120, 3))
+    oods_b = [near + rng.normal(0, 2, (80, 3)), far + rng.normal(0, 2, (60, 3))]
+    runs = paired_mean_auroc_difference(id_a, [near, far], id_b, oods_b, 200)
+    assert len(runs["runs"]) == 3 and runs["difference"] == pytest.approx(np.mean(runs["runs"]))
+    assert runs["ci"][0] > 0 and all(r > 0 for r in runs["runs"]), "a is b without the added noise"
+    first = paired_mean_auroc_difference(id_a[:, 0], [near[:, 0], far[:, 0]], id_b[:, 0], [o[:, 0] for o in oods_b])
+    assert "runs" not in first and first["difference"] == pytest.approx(runs["runs"][0]), "run 0 alone"
 
 
 def test_brain_plan_sizes_and_reoriented_scans_are_never_ood() -> None:

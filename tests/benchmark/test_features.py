@@ -103,6 +103,10 @@ def test_batch_record_and_the_heatmap_cost_built_on_it() -> None:
 
     class Det:
         decoder = nn.Linear(16, 4)
+        decoders = [decoder]
+
+        def extract_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"features": net[:3](x), "logits": net(x)}  # the detector's own pass (all its layers)
 
         def score_features(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
             return self.decoder(feats["features"]).abs().mean(1)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -69,9 +71,38 @@ def test_multi_layer_input_concatenates_pooled_layers_and_trains() -> None:
     out = det.score(x)
     assert out.anomaly_map.shape == (4, 1, 16, 16) and torch.isfinite(out.image_score).all()
     assert _aux_over_id(det, loader) > 2.0
+    assert det.needs_own_pass and not HeatmapDetector(model=net, **{**cfg, "feature_layers": []}).needs_own_pass
+    shared = score_many({"heatmap": det}, net, [x]).scores["heatmap"]  # its own pass: more than the penultimate
+    torch.testing.assert_close(shared, out.image_score.float().cpu())
     with pytest.raises(ValueError, match="its own extract_features"):
-        score_many({"heatmap": det}, net, [x])  # a shared pass has the penultimate features only
+        det.score_features({"features": feats["features"][:, :16], "logits": feats["logits"]})
     with pytest.raises(ValueError, match="feature_layers need the classifier"):
         HeatmapDetector(in_features=16, num_classes=2, feature_layers=["features.1"])
     with pytest.raises(ValueError, match="n_decoders"):
         HeatmapDetector(in_features=16, num_classes=2, n_decoders=0)
+
+
+def test_joint_decoders_stage_trains_each_member_as_its_own_stage_would() -> None:
+    from medood.engines.fit import StageTrainer
+    from medood.engines.heatmap import ood_pairs
+
+    net = toy.trained_classifier(2)  # before the seed: a first call trains it (and draws random numbers)
+
+    def trained(stages: list[str]) -> HeatmapDetector:
+        torch.manual_seed(0)
+        det = HeatmapDetector(model=copy.deepcopy(net), **{**HeatmapDetector.tiny_config(2), "n_decoders": 2})
+        loader = toy.id_loader(2, n=16, batch_size=8)
+        det.fit_statistics(loader)
+        data = ood_pairs(det, loader, 8)
+        for stage in stages:
+            opt = torch.optim.Adam(det.stage_network(stage).parameters(), lr=5e-3, betas=(0.5, 0.999))
+            StageTrainer(det, stage, device=torch.device("cpu"), max_epochs=3, train_data_loader=data,
+                         optimizer=opt).run()  # fmt: skip
+        return det
+
+    joint, alone = trained(["decoders"]), trained(["decoder", "decoder_1"])
+    assert "decoders" not in [s.name for s in joint.training_stages()], "fit trains the decoders one by one"
+    assert not any(k.startswith("decoder_ensemble") for k in joint.state_dict()), "the state dict is unchanged"
+    for a, b in zip(joint.decoders, alone.decoders, strict=True):
+        for (k, v), w in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            torch.testing.assert_close(v, w, rtol=1e-5, atol=1e-6, msg=f"{k}: joint != its own stage")

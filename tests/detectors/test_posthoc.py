@@ -103,7 +103,7 @@ def test_score_batch_uses_score_for_detectors_that_need_input_gradients(model: t
     out = score_batch(dets, feats, x)
     torch.testing.assert_close(out["image_only"], x.flatten(1).sum(1))
     torch.testing.assert_close(out["energy"], dets["energy"].score_features(feats).image_score)
-    with pytest.raises(ValueError, match="image_only needs gradients"):
+    with pytest.raises(ValueError, match="image_only needs its own pass"):
         score_batch(dets, feats)
     torch.testing.assert_close(score_many(dets, model, [x]).scores["image_only"], x.flatten(1).sum(1))
 

@@ -39,7 +39,7 @@ from monai.networks.blocks import Convolution
 from monai.utils import ensure_tuple_rep
 from torch import Tensor, nn
 
-__all__ = ["HeatmapDecoder", "decoder_geometry"]
+__all__ = ["HeatmapDecoder", "HeatmapDecoderEnsemble", "decoder_geometry"]
 
 
 def decoder_geometry(out_size: Sequence[int], scale: int = 1) -> tuple[tuple[int, ...], int]:
@@ -145,3 +145,24 @@ class HeatmapDecoder(nn.Module):
         if self.grid != self.out_size:
             h = F.interpolate(h, size=self.out_size, mode=self.mode, align_corners=False)
         return h
+
+
+class HeatmapDecoderEnsemble(nn.Module):
+    """Several decoders trained as one network: their residuals concatenated along the batch.
+
+    ``forward(z, y)`` is ``(K * B, C, *S)``, rows ``k * B`` to ``(k + 1) * B`` from member ``k``;
+    :class:`~medood.losses.HeatmapLoss` compares every member with the same targets (the sum of the members'
+    losses). One optimiser and the same batches for every member: each member's gradient, and with a
+    per-parameter optimiser (Adam) its update, is that of its own training on the same data order.
+
+    Args:
+        members: the decoders (modules shared with their owner, not copied).
+    """
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, z: Tensor, y: Tensor) -> Tensor:
+        """``(K * B, C, *S)``: every member's residual for ``(z, y)``, member after member."""
+        return torch.cat([m(z, y) for m in self.members])
