@@ -117,9 +117,10 @@ def _seed_claim(tasks: dict[str, Any], method: str, seed: str, task_names: tuple
     holds_all = _verdict(verdicts, refuted_by_any=same_host is not None)
     why = ("procedural / derived demo images at 64 px and small CPU-trained hosts, not the papers' datasets and "
            "backbones")  # fmt: skip
-    if same_host is None or missing:
-        why += "; the seed's host differs from the post-hoc family's host"
-        why += f" (no same-classifier family on {', '.join(missing)})" if missing else ""
+    if same_host is None:
+        why += "; judged against the post-hoc family on the same host (it is one of that family)"
+    elif missing:
+        why += f"; no same-classifier family on {', '.join(missing)}: judged there against another host's baselines"
     if seed == "spectral":
         holds_all = None  # the claim's baseline (prediction uncertainty) is not run here
         why = ("no prediction-uncertainty baseline runs on the brain volumes here (the post-hoc family needs a "
