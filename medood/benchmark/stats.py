@@ -14,6 +14,7 @@ from medood.metrics.functional import auroc
 from medood.metrics.tables import METRICS, ood_metrics
 
 __all__ = [
+    "as_runs",
     "bootstrap_metrics",
     "flagged_rate",
     "paired_auroc_difference",
@@ -98,29 +99,46 @@ def paired_mean_auroc_difference(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict[str, float | list[float]]:
-    """Mean over OOD sets of AUROC(a) - AUROC(b), its paired bootstrap 95 % interval and a two-sided p-value.
+    """Mean over OOD sets (and runs) of AUROC(a) - AUROC(b), its paired bootstrap 95 % interval and a p-value.
 
     As :func:`paired_auroc_difference`, over several OOD sets scored against one ID set: each resample draws the
     ID cases once (shared by every set, as the per-set AUROCs share them) and each OOD set's cases, the same
-    indices for both detectors.
+    indices for both detectors. Scores are ``(N,)`` or ``(N, R)``: ``R`` training runs of each detector (e.g.
+    seeds), run ``r`` of ``a`` paired with run ``r`` of ``b`` on the same resampled cases; the difference is
+    averaged over the sets and the runs. With ``(N, R)`` scores, ``runs``: the observed difference of each run
+    (mean over the sets).
 
     Raises:
-        ValueError: no OOD set, or the two detectors' scores are not on the same cases.
+        ValueError: no OOD set, or the two detectors' scores are not on the same cases (and runs).
     """
-    id_a, id_b = np.asarray(id_a, np.float64), np.asarray(id_b, np.float64)
-    oods_a, oods_b = [np.asarray(x, np.float64) for x in oods_a], [np.asarray(x, np.float64) for x in oods_b]
+    multi = np.ndim(id_a) == 2
+    id_a, id_b = as_runs(id_a), as_runs(id_b)
+    oods_a, oods_b = [as_runs(x) for x in oods_a], [as_runs(x) for x in oods_b]
     if not oods_a or id_a.shape != id_b.shape or [x.shape for x in oods_a] != [x.shape for x in oods_b]:
         raise ValueError("paired comparison needs both detectors' scores on the same cases of at least one OOD set")
+    if any(x.shape[1] != id_a.shape[1] for x in oods_a):
+        raise ValueError("every set needs the same number of runs")
     rng = np.random.default_rng(seed)
-    ids = _resamples(id_a.size, n_boot, rng)
-    oods = [_resamples(x.size, n_boot, rng) for x in oods_a]
+    ids = _resamples(id_a.shape[0], n_boot, rng)
+    oods = [_resamples(x.shape[0], n_boot, rng) for x in oods_a]
 
-    def mean_diff(i: np.ndarray, os: Sequence[np.ndarray]) -> float:
-        return float(np.mean([_auroc_difference(id_a, a, id_b, b, i, o) for a, b, o in zip(oods_a, oods_b, os)]))
+    def run_diffs(i: np.ndarray, os: Sequence[np.ndarray]) -> np.ndarray:
+        return np.array([
+            np.mean([_auroc_difference(id_a[:, r], a[:, r], id_b[:, r], b[:, r], i, o)
+                     for a, b, o in zip(oods_a, oods_b, os)])
+            for r in range(id_a.shape[1])
+        ])  # fmt: skip
 
-    observed = mean_diff(np.arange(id_a.size), [np.arange(x.size) for x in oods_a])
-    boots = np.array([mean_diff(ids[b], [o[b] for o in oods]) for b in range(n_boot)])
-    return _paired_summary(observed, boots, n_boot)
+    observed = run_diffs(np.arange(id_a.shape[0]), [np.arange(x.shape[0]) for x in oods_a])
+    boots = np.array([run_diffs(ids[b], [o[b] for o in oods]).mean() for b in range(n_boot)])
+    out = _paired_summary(float(observed.mean()), boots, n_boot)
+    return {**out, "runs": [float(v) for v in observed]} if multi else out
+
+
+def as_runs(x: np.ndarray) -> np.ndarray:
+    """Scores as a float64 ``(N, R)`` array of ``R`` runs (a ``(N,)`` array is one run)."""
+    x = np.asarray(x, np.float64)
+    return x[:, None] if x.ndim == 1 else x
 
 
 def flagged_rate(scores: np.ndarray, threshold: float | None) -> float | None:
