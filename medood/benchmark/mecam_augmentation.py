@@ -46,12 +46,14 @@ CONFIGS = ("inference.yaml", "train.yaml")
 def training_overrides(run: Path, dataset_dir: Path, autoaugment: bool, seed: int) -> dict[str, Any]:
     """The ``monai.bundle run`` overrides of one training run: the policy, the seed and every output under ``run``.
 
-    Everything else (epochs, optimiser, data) stays the bundle's ``train.yaml`` recipe.
+    Everything else (epochs, optimiser, data) stays the bundle's ``train.yaml`` recipe. ``autoaugment`` stays a
+    bool: the command line gets ``--autoaugment=True`` / ``False``, which ``monai.bundle run`` (fire) parses as a
+    bool; a lowercase ``false`` would arrive as the (truthy) string ``"false"`` and switch the policy on.
     """
-    run = run.resolve()
+    run = run.absolute()
     return {
-        "dataset_dir": str(dataset_dir.resolve()),
-        "autoaugment": str(autoaugment).lower(),
+        "dataset_dir": str(dataset_dir.absolute()),
+        "autoaugment": bool(autoaugment),
         "seed": seed,
         "ckpt_path": str(run / "model.pt"),
         "ckpt_dir": str(run / "stages"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import fire.parser
 import numpy as np
 import pytest
 from PIL import Image
@@ -27,12 +28,13 @@ def _arm(rng: np.random.Generator, shift: float, runs: int = 2) -> dict[str, np.
 
 
 def test_training_outputs_stay_in_the_run_folder(tmp_path: Path) -> None:
-    o = training_overrides(tmp_path / "run", tmp_path / "data", True, 1)
-    assert o["autoaugment"] == "true" and o["seed"] == 1 and o["dataset_dir"] == str((tmp_path / "data").resolve())
+    o = training_overrides(tmp_path / "run", tmp_path / "data", False, 1)
+    assert o["autoaugment"] is False and o["seed"] == 1 and o["dataset_dir"] == str((tmp_path / "data").absolute())
     for key in ("ckpt_path", "ckpt_dir", "resume_dir", "log_dir", "output_dir"):
-        assert o[key].startswith(str((tmp_path / "run").resolve()))
-    cmd = process_run_command([Path("b/inference.yaml"), Path("b/train.yaml")], {"seed": 1})
-    assert cmd[-3:] == ["--config_file", "['b/inference.yaml', 'b/train.yaml']", "--seed=1"]
+        assert o[key].startswith(str((tmp_path / "run").absolute()))
+    cmd = process_run_command([Path("b/inference.yaml"), Path("b/train.yaml")], {"autoaugment": False, "seed": 1})
+    assert cmd[-4:] == ["--config_file", "['b/inference.yaml', 'b/train.yaml']", "--autoaugment=False", "--seed=1"]
+    assert fire.parser.DefaultParseValue(cmd[-2].split("=")[1]) is False  # 'false' would be a truthy string
 
 
 def test_paired_mean_difference_over_runs() -> None:
@@ -42,8 +44,9 @@ def test_paired_mean_difference_over_runs() -> None:
     col = paired_mean_auroc_difference(a["id_val"][:, :1], [a["a"][:, :1]], b["id_val"][:, :1], [b["a"][:, :1]], 50)
     assert "runs" not in one and col == {**one, "runs": [one["difference"]]}  # one run: the 1-D figures
     both = paired_mean_auroc_difference(a["id_val"], [a["a"], a["b"]], b["id_val"], [b["a"], b["b"]], 200)
-    assert len(both["runs"]) == 2 and both["difference"] == pytest.approx(np.mean(both["runs"]))
-    assert both["ci"][0] > 0  # clearly better in both runs
+    runs, ci = np.asarray(both["runs"]), np.asarray(both["ci"])
+    assert runs.shape == (2,) and both["difference"] == pytest.approx(runs.mean())
+    assert ci[0] > 0  # clearly better in both runs
     with pytest.raises(ValueError, match="runs"):
         paired_mean_auroc_difference(a["id_val"], [a["a"][:, :1]], b["id_val"], [b["a"][:, :1]])
 
