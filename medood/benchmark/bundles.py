@@ -11,7 +11,7 @@ score with a bundle's own configs (preprocessing, datalists, network) rather tha
 * :func:`collect_scores` / :func:`batch_images`: per-image scores of a detector over a loader, plain image batches;
 * :func:`timed_evaluator_run`: a bundle's inference evaluator with the seconds of every network call;
   :func:`timed_workflow_run` / :func:`timed_process_run`: the run step of a bundle config in this process, a whole
-  ``monai.bundle run`` process;
+  ``monai.bundle run`` process (:func:`process_run_command`: its arguments);
 * :func:`calibrated_map_quality`: map metrics of an evaluator's written maps at the detector's calibrated threshold;
 * :func:`model_space_transform`: volumes and their masks read into a volume bundle's model space together.
 """
@@ -55,6 +55,7 @@ __all__ = [
     "item_loader",
     "load_network",
     "model_space_transform",
+    "process_run_command",
     "split_evaluation_items",
     "timed_evaluator_run",
     "timed_process_run",
@@ -321,15 +322,23 @@ def timed_workflow_run(config: Path, overrides: Mapping[str, Any]) -> float:
     return seconds
 
 
-def timed_process_run(config: Path, overrides: Mapping[str, Any], pythonpath: Path | None = None) -> float:
+def process_run_command(config: Path | Sequence[Path], overrides: Mapping[str, Any]) -> list[str]:
+    """The ``python -m monai.bundle run`` argument list of ``config`` (one file, or several merged in order)."""
+    files = str(config) if isinstance(config, (str, Path)) else str([str(c) for c in config])
+    args = [f"--{k}={v}" for k, v in overrides.items()]
+    return [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *args]
+
+
+def timed_process_run(
+    config: Path | Sequence[Path], overrides: Mapping[str, Any], pythonpath: Path | None = None
+) -> float:
     """Seconds of a whole ``python -m monai.bundle run --config_file config --<key>=<value> ...`` process.
 
-    Imports, parsing and loading included, as a user's command line runs it; ``pythonpath`` is put on the child's
+    Imports, parsing and loading included, as a user's command line runs it; ``config``: one file or several
+    merged in order (e.g. a bundle's inference and train configs); ``pythonpath`` is put on the child's
     ``PYTHONPATH``. Raises :class:`subprocess.CalledProcessError` when the run fails.
     """
-    args = [f"--{k}={v}" for k, v in overrides.items()]
     env = {**os.environ, **({"PYTHONPATH": str(pythonpath)} if pythonpath else {})}
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config), *args], env=env,
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(process_run_command(config, overrides), env=env, check=True, capture_output=True)
     return time.perf_counter() - start

@@ -104,20 +104,21 @@ def paired_mean_auroc_difference(
 
     As :func:`paired_auroc_difference`, over several OOD sets scored against one ID set: each resample draws the
     ID cases once (shared by every set, as the per-set AUROCs share them) and each OOD set's cases, the same
-    indices for both detectors.
-
-    Scores may also be ``(N, R)``: ``R`` training runs of each detector (e.g. seeds), run ``r`` of ``a`` paired
-    with run ``r`` of ``b`` on the same case resamples; the difference is then averaged over the sets and the runs,
-    and ``runs`` (only for ``(N, R)`` scores) holds the observed difference of each run (averaged over the sets).
+    indices for both detectors. Scores are ``(N,)`` or ``(N, R)``: ``R`` training runs of each detector (e.g.
+    seeds), run ``r`` of ``a`` paired with run ``r`` of ``b`` on the same resampled cases; the difference is
+    averaged over the sets and the runs. With ``(N, R)`` scores, ``runs``: the observed difference of each run
+    (mean over the sets).
 
     Raises:
-        ValueError: no OOD set, or the two detectors' scores are not on the same cases.
+        ValueError: no OOD set, or the two detectors' scores are not on the same cases (and runs).
     """
     with_runs = np.ndim(id_a) > 1
     id_a, id_b = as_runs(id_a), as_runs(id_b)
     oods_a, oods_b = [as_runs(x) for x in oods_a], [as_runs(x) for x in oods_b]
     if not oods_a or id_a.shape != id_b.shape or [x.shape for x in oods_a] != [x.shape for x in oods_b]:
         raise ValueError("paired comparison needs both detectors' scores on the same cases of at least one OOD set")
+    if any(x.shape[1] != id_a.shape[1] for x in oods_a):
+        raise ValueError("every set needs the same number of runs")
     rng = np.random.default_rng(seed)
     ids = _resamples(id_a.shape[0], n_boot, rng)
     oods = [_resamples(x.shape[0], n_boot, rng) for x in oods_a]
