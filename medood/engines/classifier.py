@@ -268,6 +268,7 @@ def train_classifier(
     from ignite.engine import Events
     from monai.utils import set_determinism
 
+    resume = as_flag(resume, "resume")
     s = settings or TrainSettings()
     if s.seed is not None:
         set_determinism(seed=s.seed)
@@ -281,7 +282,6 @@ def train_classifier(
         handler.attach(trainer)
     keeper = _KeepBest(network, trainer, s.metric, s.select == "loss", checkpoint_path, config)
     evaluator.add_event_handler(Events.COMPLETED, keeper)
-    resume = as_flag(resume, "resume")
     if resume and resume_dir is None:
         raise ValueError("resume=True needs the resume_dir of the interrupted run")
     if resume_dir is not None:
