@@ -48,7 +48,8 @@ def training_overrides(run: Path, dataset_dir: Path, autoaugment: bool, seed: in
 
     Everything else (epochs, optimiser, data) stays the bundle's ``train.yaml`` recipe. ``autoaugment`` stays a
     bool: the command line gets ``--autoaugment=True`` / ``False``, which ``monai.bundle run`` (fire) parses as a
-    bool; a lowercase ``false`` would arrive as the (truthy) string ``"false"`` and switch the policy on.
+    bool (a lowercase ``false`` arrives as the string ``"false"``, which the bundle reads as False through
+    :func:`medood.utils.as_flag`; before that it was truthy and switched the policy on).
     """
     run = run.absolute()
     return {

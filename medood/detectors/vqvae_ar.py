@@ -38,6 +38,7 @@ from medood.detectors.stages import TrainingStage
 from medood.losses import ARTokenLoss, ar_sequences
 from medood.networks.nets.ar_cache import KVCache, cached_forward
 from medood.networks.nets.vq_tokenizer import SliceTokenizer
+from medood.utils.config import as_flag
 
 __all__ = ["VQVAEARDetector"]
 
@@ -57,7 +58,8 @@ class VQVAEARDetector(TokenNLLRestorationDetector):
         n_restorations: restorations per slice. Defaults to 15 (LSR).
         temperature: sampling temperature. Defaults to 1.0.
         weight_temperature: the 3 in ``softmax(3 / mean residual)``. Defaults to 3.0.
-        use_cache: KV-cached, volume-batched restoration (fast) or LSR-style (slow). Defaults to True.
+        use_cache: KV-cached, volume-batched restoration (fast) or LSR-style (slow); read by
+            :func:`~medood.utils.as_flag` (``--use_cache false`` from the command line is False). Defaults to True.
         seed: sampling seed (restorations are random). Defaults to 0.
         **kwargs: :class:`~medood.detectors.base_restoration.SliceRestorationDetector` arguments.
     """
@@ -73,7 +75,7 @@ class VQVAEARDetector(TokenNLLRestorationDetector):
         n_restorations: int = 15,
         temperature: float = 1.0,
         weight_temperature: float = 3.0,
-        use_cache: bool = True,
+        use_cache: bool | str = True,
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
@@ -91,7 +93,7 @@ class VQVAEARDetector(TokenNLLRestorationDetector):
             num_tokens=self.num_tokens + num_position_bins, max_seq_len=seq_len, use_flash_attention=True, **cfg
         )
         self.n_restorations, self.temperature, self.weight_temperature = n_restorations, temperature, weight_temperature
-        self.use_cache = use_cache
+        self.use_cache = as_flag(use_cache, "use_cache")
 
     # ------------------------------------------------------------------ likelihood
     def sequences(self, tokens: Tensor, positions: Tensor) -> Tensor:

@@ -31,6 +31,7 @@ from medood.engines.resume import TrainingCheckpoint
 from medood.handlers.progress import ProgressBar
 from medood.networks.classifiers import build_classifier
 from medood.utils.checkpoints import load_checkpoint, save_checkpoint
+from medood.utils.config import as_flag
 from medood.utils.errors import DataError
 
 __all__ = [
@@ -241,7 +242,7 @@ def train_classifier(
     train_handlers: Sequence[Any] = (),
     progress: bool | None = None,
     resume_dir: str | os.PathLike[str] | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
 ) -> TrainedClassifier:
     """Train ``network``, validating on ``val_loader``; keep (and return) the best validation weights.
 
@@ -261,11 +262,13 @@ def train_classifier(
         progress: show a progress bar; ``None`` = on unless ``CI=true`` or ``MEDOOD_PROGRESS=0``.
         resume_dir: keep the last state of the run there at every epoch end (network, optimizer, schedule, the
             best weights so far and the trainer: :class:`~medood.engines.TrainingCheckpoint`). Defaults to None.
-        resume: continue from the last state in ``resume_dir`` (from its iteration). Defaults to False.
+        resume: continue from the last state in ``resume_dir`` (from its iteration); read by
+            :func:`~medood.utils.as_flag`. Defaults to False.
     """
     from ignite.engine import Events
     from monai.utils import set_determinism
 
+    resume = as_flag(resume, "resume")
     s = settings or TrainSettings()
     if s.seed is not None:
         set_determinism(seed=s.seed)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from medood.data.shard import BatchShardSampler
+from medood.utils.config import as_flag
 from medood.utils.distributed import get_rank, get_world_size, setup_distributed
 
 __all__ = ["amp_enabled", "cleanup", "ddp", "device", "inference_sampler", "rank", "rank_zero_handlers", "sampler"]
@@ -54,8 +55,8 @@ def rank() -> int:
 
 def ddp(
     module: nn.Module,
-    sync_batchnorm: bool = False,
-    find_unused_parameters: bool = False,
+    sync_batchnorm: bool | str = False,
+    find_unused_parameters: bool | str = False,
     backend: str | None = None,
 ) -> nn.Module:
     """``module`` on this rank's device, wrapped in ``DistributedDataParallel`` when there are several ranks.
@@ -69,7 +70,13 @@ def ddp(
             implementation; ignored with a log line on the CPU). Defaults to False.
         find_unused_parameters: DDP's option for networks with parameters a step leaves unused. Defaults to False.
         backend: as :func:`device`.
+
+    Raises:
+        ValueError: a flag that is not a boolean (:func:`~medood.utils.as_flag`: ``'false'`` from the command line
+            is False).
     """
+    sync_batchnorm = as_flag(sync_batchnorm, "sync_batchnorm")
+    find_unused_parameters = as_flag(find_unused_parameters, "ddp_find_unused_parameters")
     dev = setup_distributed(backend)
     module = module.to(dev)
     if get_world_size() == 1:
@@ -124,13 +131,18 @@ def rank_zero_handlers(handlers: Sequence[Any] | None) -> list[Any] | None:
     return [h for h in handlers if type(h).__name__ not in LOGGING_HANDLERS]
 
 
-def amp_enabled(amp: bool, dev: str | torch.device) -> bool:
-    """Whether to run with mixed precision: ``amp`` on a GPU; on the CPU it is ignored (float32) with a log line."""
+def amp_enabled(amp: bool | str, dev: str | torch.device) -> bool:
+    """Whether to run with mixed precision: ``amp`` on a GPU; on the CPU it is ignored (float32) with a log line.
+
+    ``amp`` is read by :func:`~medood.utils.as_flag` (``--amp false`` from the command line is False; a value
+    that is not a boolean raises ``ValueError``).
+    """
     dev = torch.device(dev)
-    if amp and dev.type != "cuda":
+    enabled = as_flag(amp, "amp")
+    if enabled and dev.type != "cuda":
         logger.info("amp: true ignored on %s: mixed precision is for GPUs, running float32", dev)
         return False
-    return bool(amp)
+    return enabled
 
 
 def cleanup() -> None:

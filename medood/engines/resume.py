@@ -25,6 +25,7 @@ from typing import Any
 from ignite.handlers import Checkpoint, DiskSaver
 
 from medood.utils.checkpoints import load_checkpoint
+from medood.utils.config import as_flag
 from medood.utils.distributed import get_rank
 
 __all__ = ["TrainingCheckpoint", "latest_checkpoint", "resume_training"]
@@ -72,8 +73,8 @@ class TrainingCheckpoint:
         objects: what defines the run besides the trainer: ``{"model": ..., "optimizer": ..., "lr_scheduler":
             ...}`` (objects with ``state_dict`` / ``load_state_dict``). The trainer and, when it has one, its AMP
             ``GradScaler`` are added by :meth:`attach`.
-        resume: load the newest checkpoint before training (``FileNotFoundError`` if there is none).
-            Defaults to False.
+        resume: load the newest checkpoint before training (``FileNotFoundError`` if there is none); read by
+            :func:`~medood.utils.as_flag` (``--resume false`` from the command line is False). Defaults to False.
         every_iterations: also save every this many iterations (``None``: at epoch ends only). Defaults to None.
     """
 
@@ -82,13 +83,13 @@ class TrainingCheckpoint:
         save_dir: str | os.PathLike[str],
         prefix: str,
         objects: Mapping[str, Any],
-        resume: bool = False,
+        resume: bool | str = False,
         every_iterations: int | None = None,
     ) -> None:
         if every_iterations is not None and every_iterations < 1:
             raise ValueError(f"every_iterations must be >= 1, got {every_iterations}")
         self.save_dir, self.prefix, self.objects = Path(save_dir), prefix, dict(objects)
-        self.resume, self.every_iterations = bool(resume), every_iterations
+        self.resume, self.every_iterations = as_flag(resume, "resume"), every_iterations
         self.resumed_from: Path | None = None
 
     def attach(self, trainer: Any) -> None:

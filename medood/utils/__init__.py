@@ -1,8 +1,9 @@
-"""Small shared utilities: enums, errors, atomic file writing, checkpoints."""
+"""Small shared utilities: enums, errors, atomic file writing, checkpoints, boolean options."""
 
 from __future__ import annotations
 
 from medood.utils.checkpoints import compact_checkpoint, load_checkpoint, load_state, save_checkpoint, save_state
+from medood.utils.config import as_flag
 from medood.utils.enums import MapReduction, OODKeys
 from medood.utils.errors import DataError
 from medood.utils.io import atomic_path, atomic_write, atomic_write_bytes, atomic_write_text
@@ -11,6 +12,7 @@ __all__ = [
     "DataError",
     "MapReduction",
     "OODKeys",
+    "as_flag",
     "atomic_path",
     "atomic_write",
     "atomic_write_bytes",

@@ -5,6 +5,9 @@ MONAI configs are code: ``$`` expressions and ``_target_`` objects run when a bu
 parses: ``yaml.SafeLoader`` (a ``!!python/...`` tag is refused, never constructed) or ``json``, and it refuses
 what MONAI would silently accept: a duplicate key (the later value would win), a top-level value other than a
 mapping, an empty file. A config that lies outside its bundle's ``configs/`` folder is flagged in the log.
+
+:func:`as_flag` reads a boolean option the way the command line gives it: ``monai.bundle run`` parses overrides
+with python-fire, so ``--amp false`` arrives as the string ``'false'`` (truthy), and only ``--amp False`` as a bool.
 """
 
 from __future__ import annotations
@@ -13,18 +16,43 @@ import json
 import logging
 import os
 import re
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from medood.utils.errors import DataError
 
-__all__ = ["CONFIG_SUFFIXES", "find_bundle_root", "read_config"]
+__all__ = ["CONFIG_SUFFIXES", "as_flag", "find_bundle_root", "read_config"]
 
 logger = logging.getLogger(__name__)
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+
+_FLAG_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def as_flag(value: Any, name: str) -> bool:
+    """A boolean option as a bool, whether it came from a config file or from the command line as text.
+
+    Args:
+        value: a bool (numpy's too), the integer 0 or 1, or one of the strings true / false / yes / no / on / off /
+            1 / 0 in any case, with surrounding spaces ignored.
+        name: the option's name, for the error message.
+
+    Returns:
+        ``value`` as a bool.
+
+    Raises:
+        ValueError: anything else (e.g. ``'flase'``, ``2``, ``None``), naming the option.
+    """
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, Integral) and value in (0, 1)):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _FLAG_WORDS:
+        return _FLAG_WORDS[value.strip().lower()]
+    raise ValueError(f"{name} must be true or false (or yes/no, on/off, 1/0), got {value!r}")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

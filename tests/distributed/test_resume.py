@@ -62,6 +62,17 @@ def test_single_process_helpers_are_no_ops_and_amp_stays_off_on_cpu(caplog: pyte
     assert amp_enabled(True, "cuda") is True
 
 
+def test_flags_given_as_command_line_text() -> None:
+    assert amp_enabled("false", "cuda") is False and amp_enabled("True", "cuda") is True
+    net = torch.nn.BatchNorm1d(3)
+    assert ddp(net, sync_batchnorm="false", find_unused_parameters="off") is net
+    with pytest.raises(ValueError, match="sync_batchnorm must be true or false"):
+        ddp(net, sync_batchnorm="flase")
+    with pytest.raises(ValueError, match="resume must be true or false"):
+        TrainingCheckpoint(".", "last", {}, resume="ture")
+    assert TrainingCheckpoint(".", "last", {}, resume="FALSE").resume is False
+
+
 def test_train_classifier_resumes_with_its_best_weights_so_far(tmp_path: Path) -> None:
     from medood.engines.classifier import TrainSettings, train_classifier
     from tests.helpers import toy
