@@ -30,6 +30,7 @@ from medood.benchmark.bundles import (
     timed_process_run,
 )
 from medood.benchmark.stats import bootstrap_metrics, bootstrap_statistic, paired_mean_auroc_difference, set_aurocs
+from medood.utils.io import atomic_write_text
 
 __all__ = [
     "arm_metrics",
@@ -80,7 +81,7 @@ def train_run(bundle: Path, overrides: Mapping[str, Any], run: Path, pythonpath:
     command = process_run_command(configs, overrides)  # as a shell line: the config list in double quotes
     line = " ".join(["python", *command[1:5], f'"{command[5]}"', *command[6:]])
     out = {"command": line, "seconds": round(seconds, 1), "model": overrides["ckpt_path"]}
-    record.write_text(json.dumps(out, indent=1) + "\n")
+    atomic_write_text(record, json.dumps(out, indent=1) + "\n")
     return out
 
 
