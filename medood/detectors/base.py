@@ -81,8 +81,7 @@ class OODDetector(ResizableBuffers, DeclaresStages, MapScoring, nn.Module, ABC):
         requires_training: the detector owns networks; :meth:`training_stages` declares how they are trained.
         produces_map: ``predict_map`` returns a voxel-wise anomaly map.
         needs_model: the constructor takes a host classifier ``model`` (post-hoc detectors).
-        needs_input_grad: scoring differentiates w.r.t. the input (ODIN): batch scorers call :meth:`score` on images
-            (:attr:`needs_own_pass`).
+        needs_input_grad: scoring differentiates w.r.t. the input (ODIN): batch scorers call :meth:`score` on images.
         score_from_map: whether the image score is :meth:`map_score` of the map. ``False`` where the map only
             explains a score computed otherwise (MECAM's CAM): no map threshold is recorded for it.
         supported_spatial_dims: spatial dimensionalities of the inputs the detector accepts.
@@ -107,11 +106,7 @@ class OODDetector(ResizableBuffers, DeclaresStages, MapScoring, nn.Module, ABC):
     # ------------------------------------------------------------------ state
     @property
     def needs_own_pass(self) -> bool:
-        """Batch scorers call :meth:`score` on the images, not ``score_features`` on a shared classifier pass.
-
-        True with ``needs_input_grad`` (ODIN) and for detectors that read more than the shared penultimate features
-        (a heatmap detector with ``feature_layers``).
-        """
+        """Batch scorers call :meth:`score` on images, not ``score_features`` on a shared pass (ODIN; multi-layer)."""
         return self.needs_input_grad
 
     @property

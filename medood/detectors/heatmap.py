@@ -259,11 +259,7 @@ class HeatmapDetector(ClassifierDetector):
         )  # fmt: skip
 
     def stage(self, name: str) -> TrainingStage:
-        """A declared stage, or ``"decoders"``: every decoder as one network (the bundles' one trainer).
-
-        ``"decoders"`` is not among :meth:`training_stages` (``fit`` trains the decoders one by one); it trains
-        :attr:`decoder_ensemble` with the ``decoder`` stage's data, loss and settings.
-        """
+        """A declared stage, or ``"decoders"``: :attr:`decoder_ensemble` with the ``decoder`` stage's data and loss."""
         if name != "decoders":
             return super().stage(name)
         return dataclasses.replace(super().stage("decoder"), name="decoders", network="decoder_ensemble")
