@@ -168,12 +168,21 @@ class MECAMDetector(OODDetector):
         weights = conf / conf.sum(1, keepdim=True)
         mode = "bilinear" if len(size) == 2 else "trilinear"
         grid = tuple(int(s) for s in (size if self.cam_grid == "input" else cams[exits[0]].shape[2:]))
-        index = pred.view(-1, 1, *[1] * len(grid)).expand(-1, 1, *grid)
-        fused = torch.zeros(pred.shape[0], 1, *grid, device=cams[0].device)
+        n, c = cams[0].shape[:2]
+        # softmax_P(z) = 1 / (1 + sum_{j != P} exp(z_j - z_P)); the differences are linear in the CAM, so they are
+        # up-sampled instead of the C class maps (one channel fewer, the same map up to float rounding)
+        others = torch.arange(c, device=pred.device).expand(n, c)
+        others = others[others != pred[:, None]].view(n, c - 1)
+        fused = torch.zeros(n, 1, *grid, device=cams[0].device)
         for i, e in enumerate(exits):
-            up = cams[e].float()
-            up = up if tuple(up.shape[2:]) == grid else F.interpolate(up, size=grid, mode=mode, align_corners=False)
-            fused = fused + weights[:, i].view(-1, 1, *[1] * len(grid)) * up.softmax(1).gather(1, index)
+            cam = cams[e].float()
+            spatial = [1] * (cam.ndim - 2)
+            diff = cam.gather(1, others.view(n, c - 1, *spatial).expand(-1, -1, *cam.shape[2:]))
+            diff = diff - cam.gather(1, pred.view(n, 1, *spatial).expand(-1, 1, *cam.shape[2:]))
+            if tuple(diff.shape[2:]) != grid:
+                diff = F.interpolate(diff, size=grid, mode=mode, align_corners=False)
+            prob = torch.sigmoid(-torch.logsumexp(diff, 1, keepdim=True))  # 1 / (1 + sum exp(diff)), stable
+            fused = fused + weights[:, i].view(-1, 1, *[1] * len(grid)) * prob
         if grid != tuple(size):
             fused = F.interpolate(fused, size=tuple(size), mode=mode, align_corners=False)
         return fused.clamp(0.0, 1.0)
