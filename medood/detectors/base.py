@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from medood.detectors._maps import MapScoring
+from medood.detectors._maps import MapScoring, OODOutput
 from medood.detectors.calibration import Calibration
 from medood.detectors.stages import DeclaresStages, Trainer
 from medood.utils.batch import as_plain_tensor, unpack_batch
@@ -53,20 +53,6 @@ Self = TypeVar("Self", bound="OODDetector")
 
 class NotFittedError(RuntimeError):
     """Raised when a detector that needs fitting is used before :meth:`OODDetector.fit`."""
-
-
-class OODOutput(NamedTuple):
-    """What a detector returns.
-
-    Attributes:
-        image_score: ``(B,)`` float tensor, higher = more OOD.
-        anomaly_map: ``(B, 1, *spatial)`` float32 tensor for detectors that produce maps, else ``None``.
-        extras: optional named tensors that explain the score (e.g. NERO's neuron relevance ``(B, D)``).
-    """
-
-    image_score: Tensor
-    anomaly_map: Tensor | None = None
-    extras: dict[str, Tensor] | None = None
 
 
 class OODDetector(ResizableBuffers, DeclaresStages, MapScoring, nn.Module, ABC):
@@ -274,31 +260,3 @@ class OODDetector(ResizableBuffers, DeclaresStages, MapScoring, nn.Module, ABC):
                 f"{type(self).__name__} supports {self.supported_spatial_dims}-D inputs of shape (B, C, *spatial), "
                 f"got a tensor of shape {tuple(x.shape)}"
             )
-
-    # ------------------------------------------------------------------ maps -> scores (MapScoring), one call
-    def infer(
-        self,
-        x: Tensor,
-        make_map: Callable[[Tensor], Tensor] | None = None,
-        foreground: Tensor | None = None,
-        anomaly_map: Tensor | None = None,
-    ) -> OODOutput:
-        """Score, map and extras in one call (what :class:`medood.inferers.OODInferer` runs).
-
-        The one place that decides how the score relates to the map: a map detector scores :meth:`map_score` of
-        ``anomaly_map``, else of ``make_map(x)`` (the inferer's patch / slice run of ``forward``), else of
-        :meth:`predict_map`; a detector whose map explains its score (``score_from_map = False``) or that has no map
-        returns :meth:`score`.
-
-        Raises:
-            ValueError: patch- or slice-wise inference (``make_map``) of a detector that scores whole inputs.
-        """
-        if self.produces_map and not self.score_from_map and make_map is not None:
-            raise ValueError(
-                f"{type(self).__name__} scores whole inputs (its map explains the score): "
-                "use OODInferer(roi_size=None) without slice_axis"
-            )
-        if not self.produces_map or not self.score_from_map:
-            return self.score(x)
-        amap = anomaly_map if anomaly_map is not None else (make_map or self.predict_map)(x)
-        return OODOutput(self.map_score(amap, x, foreground), amap)

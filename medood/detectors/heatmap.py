@@ -38,7 +38,6 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -49,13 +48,10 @@ from torch import Tensor, nn
 
 from medood.detectors.base import OODOutput
 from medood.detectors.base_posthoc import FEATURES, LOGITS, ClassifierDetector
-from medood.detectors.heatmap_data import ood_pair_batches
+from medood.detectors.heatmap_stages import DecoderStages
 from medood.detectors.registry import register_detector
-from medood.detectors.stages import TrainingStage
-from medood.losses import HeatmapLoss
-from medood.losses.heatmap import TARGET_KEYS
 from medood.networks.hooks import FeatureExtractor, find_linear_head, flatten_features
-from medood.networks.nets.heatmap_decoder import HeatmapDecoder, HeatmapDecoderEnsemble
+from medood.networks.nets.heatmap_decoder import HeatmapDecoder
 from medood.transforms.corruptions import CORRUPTIONS, Corrupt
 
 __all__ = ["DEFAULT_AUX_CORRUPTIONS", "HeatmapDetector"]
@@ -66,7 +62,7 @@ DEFAULT_AUX_CORRUPTIONS: tuple[str, ...] = ("noise", "blur", "bias", "shuffle", 
 
 
 @register_detector("heatmap")
-class HeatmapDetector(ClassifierDetector):
+class HeatmapDetector(DecoderStages, ClassifierDetector):
     """Heatmap decoder on a frozen classifier (trained; produces maps; 2D and 3D).
 
     Args:
@@ -182,11 +178,6 @@ class HeatmapDetector(ClassifierDetector):
         """With ``feature_layers`` the decoder reads more than a shared pass's penultimate features."""
         return bool(self.feature_layers)
 
-    @property
-    def decoders(self) -> list[nn.Module]:
-        """``decoder`` and the ``extra_decoders`` of the ensemble."""
-        return [self.decoder, *self.extra_decoders]
-
     def extract_features(self, x: Tensor) -> dict[str, Tensor]:
         """The classifier pass; with ``feature_layers`` the features are ``[z, pooled layer outputs]``."""
         feats = super().extract_features(x)
@@ -241,34 +232,6 @@ class HeatmapDetector(ClassifierDetector):
         self.train_stages(loader, trainer, **train_options)
         return self.mark_fitted()  # type: ignore[return-value]
 
-    def training_stages(self) -> tuple[TrainingStage, ...]:
-        """One stage per decoder, on ID images (target = itself) and auxiliary OOD images (nearest ID image).
-
-        Batches hold ``image``, ``target`` and the classifier's ``features`` (normalised) and ``pred``, computed
-        once when the targets are searched (:mod:`medood.detectors.heatmap_data`).
-        """
-        names = [("decoder", "decoder")] + [(f"decoder_{i + 1}", f"extra_decoders.{i}") for i in
-                                            range(len(self.extra_decoders))]  # fmt: skip
-        return tuple(
-            TrainingStage(
-                name, network, HeatmapLoss, {"weight": self.loss_weight, "input_range": self.loss_input_range},
-                build_data=ood_pair_batches, target_key=TARGET_KEYS, epochs=self.epochs, lr=self.lr,
-                batch_size=self.batch_size, optimizer_kwargs={"betas": (0.5, 0.999)},
-            )
-            for name, network in names
-        )  # fmt: skip
-
-    def stage(self, name: str) -> TrainingStage:
-        """A declared stage, or ``"decoders"``: :attr:`decoder_ensemble` with the ``decoder`` stage's data and loss."""
-        if name != "decoders":
-            return super().stage(name)
-        return dataclasses.replace(super().stage("decoder"), name="decoders", network="decoder_ensemble")
-
-    @property
-    def decoder_ensemble(self) -> HeatmapDecoderEnsemble:
-        """Every decoder as one network (built on access, not a submodule: the state dict is unchanged)."""
-        return HeatmapDecoderEnsemble(self.decoders)
-
     # ------------------------------------------------------------------ scoring
     def normalise(self, z: Tensor) -> Tensor:
         """Min-max normalised penultimate features ``(z - min) / (max - min)`` (the fitted ID training range)."""
@@ -314,5 +277,7 @@ class HeatmapDetector(ClassifierDetector):
 
     def _check_input(self, x: Tensor) -> None:
         if tuple(x.shape[2:]) != self.image_size:
-            raise ValueError(f"the heatmap decoder paints {self.image_size} images (the classifier's input size); got "
-                             f"a batch of shape {tuple(x.shape)}: resize the inputs as the classifier's preprocessing")
+            raise ValueError(
+                f"the heatmap decoder paints {self.image_size} images (the classifier's input size); got "
+                f"a batch of shape {tuple(x.shape)}: resize the inputs as the classifier's preprocessing"
+            )
