@@ -3,8 +3,10 @@
 Pixel AP (pooled voxels, lesion positive), the oracle best Dice (threshold chosen on the test labels, as papers
 report it), the Dice at the **calibrated** threshold (split-conformal on healthy validation map values at a
 per-voxel marginal false-alarm rate ``map_alpha``: a threshold a user can actually apply), and slice AP (slice
-scores of the run along the file's last voxel axis, a slice positive when it holds lesion voxels). All from
-:mod:`medood.metrics.segmentation` / :mod:`medood.metrics.functional`.
+scores of the run along the file's last voxel axis, a slice positive when it holds lesion voxels). Pixel AP and
+best Dice are exact on every foreground voxel, for the point estimate and every bootstrap resample
+(:class:`medood.metrics.case_counts.CaseVoxelCounts`); the rest from :mod:`medood.metrics.segmentation` /
+:mod:`medood.metrics.functional`.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import nibabel as nib
 import numpy as np
 
 from medood.benchmark.stats import bootstrap_statistic
+from medood.metrics.case_counts import CaseVoxelCounts
 from medood.metrics.functional import slice_level_metrics
-from medood.metrics.segmentation import best_dice, dice_at_threshold, pixel_ap
+from medood.metrics.segmentation import dice_at_threshold
 from medood.utils.conformal import conformal_threshold
 
 __all__ = ["map_metrics"]
 
-_VOXELS = 20000  # voxels per case sampled for AP / best Dice (seeded)
+_VOXELS = 20000  # healthy validation voxels per case sampled for the calibrated map threshold (seeded)
 
 
 def _load(path: Path) -> np.ndarray:
@@ -76,15 +79,17 @@ def map_metrics(
     fgs = [_load(test_images / f"{c}_T1w.nii.gz") > 0 for c in cases]
     idx = np.arange(len(cases))
 
+    counts = CaseVoxelCounts(maps, gts, fgs)  # exact pooled AP / best Dice of any case resample, all voxels
+
     def ap(i: np.ndarray) -> float:
-        return pixel_ap([maps[k] for k in i], [gts[k] for k in i], [fgs[k] for k in i], _VOXELS)
+        return counts.pixel_ap(i)
 
     def dice_cal(i: np.ndarray) -> float:
         return dice_at_threshold([maps[k] for k in i], [gts[k] for k in i], threshold,
                                  [fgs[k] for k in i]).pooled  # fmt: skip
 
     def dice_best(i: np.ndarray) -> float:
-        return best_dice([maps[k] for k in i], [gts[k] for k in i], [fgs[k] for k in i], 256, _VOXELS).dice
+        return counts.best_dice(i)[0]
 
     sl = _slice_scores(test_run)
     s_scores, s_labels = [], []
@@ -102,7 +107,7 @@ def map_metrics(
         "pixel_ap": ap(idx),
         "pixel_ap_ci": bootstrap_statistic(idx, ap, n_boot),
         "best_dice": dice_best(idx),
-        "best_dice_ci": bootstrap_statistic(idx, dice_best, max(50, n_boot // 4)),
+        "best_dice_ci": bootstrap_statistic(idx, dice_best, n_boot),
         "dice_at_calibrated": dice_cal(idx),
         "dice_at_calibrated_ci": bootstrap_statistic(idx, dice_cal, n_boot),
     }
