@@ -29,6 +29,7 @@ from medood.benchmark.bundles import (
 from medood.benchmark.report import bench_header
 from medood.benchmark.runner import BUNDLES, resolved_k
 from medood.benchmark.timing import batch_record, forward_ratio, over_batches
+from medood.data.contrasts import contrast_datalist
 from medood.detectors.posthoc import fit_many, score_many
 from medood.engines.posthoc import build_detectors
 from medood.metrics.tables import results_table
@@ -63,8 +64,6 @@ def loaders(parser: ConfigParser, data: Path, volumes: bool) -> tuple[DataLoader
     """
     pre = parser.get_parsed_content("preprocessing")
     if volumes:
-        from medood.data.contrasts import contrast_datalist
-
         contrasts = parser.get_parsed_content("contrasts")
         train = contrast_datalist(parser.get_parsed_content("dataset_dir"), "training", contrasts)
         test, sets = split_evaluation_items(parser.get_parsed_content("datalist"))  # ID test, then the OOD sets

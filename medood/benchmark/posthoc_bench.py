@@ -26,6 +26,7 @@ from medood.benchmark.report import bench_header
 from medood.benchmark.runner import BUNDLES, trained_classifier
 from medood.benchmark.timing import forward_ratio, head_features, measure, median_time, over_batches
 from medood.data.classification import class_folder_loader, classifier_preprocessing
+from medood.data.demo import build_demo
 from medood.data.folders import ood_datalists
 from medood.detectors.posthoc import score_many
 from medood.detectors.registry import get_detector_class
@@ -170,8 +171,6 @@ def fit_scaling(net: torch.nn.Module, sizes: Sequence[int], plateau: int, batch:
 
 def _demo(work: Path, name: str) -> Path:
     """The demo set ``name``: the repository's ``demo_data/<name>``, else built under ``work/demo`` once."""
-    from medood.data.demo import build_demo
-
     root = BUNDLES.parent / "demo_data" / name
     if not root.is_dir():
         root = work / "demo" / name
