@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from diagnose_spectral import BUNDLE, ROOT, detector, fitted, scores, spectra
 from torch import nn
 
 from medood.benchmark.bundles import bundle_network
 from medood.benchmark.features import recorded_forward
 from medood.benchmark.report import write_page
 from medood.benchmark.script import add_common_arguments, render_only, start
+from medood.benchmark.spectral_diagnosis import BUNDLE, detector, fitted, scores, spectra
 from medood.benchmark.stats import set_aurocs
 from medood.benchmark.tables import md_table
 from medood.data.demo.bench import read_manifest
@@ -41,6 +41,7 @@ from medood.detectors.mc_dropout import MCDropoutDetector
 from medood.detectors.seg_entropy import SegEntropyDetector
 from medood.networks.feature_maps import FeatureRecorder, encoder_stages
 
+ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("check_spectral_setting")
 
 

@@ -20,6 +20,8 @@ __all__ = [
     "mean_over_sets",
     "ood_task_section",
     "ood_task_table",
+    "pct",
+    "pct_ci",
     "set_sizes",
 ]
 
@@ -50,6 +52,26 @@ def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
 def fmt3(v: Any) -> str:
     """A float with 3 decimals; anything else (``None``, a string, an int) as ``str``."""
     return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def pct(v: float, sign: str = "") -> str:
+    """A fraction in % with one decimal (``sign="+"``: always signed).
+
+    Example:
+        >>> pct(0.1234), pct(0.1234, "+")
+        ('12.3', '+12.3')
+    """
+    return f"{100 * v:{sign}.1f}"
+
+
+def pct_ci(v: float, ci: Sequence[float], sign: str = "") -> str:
+    """``"v [lo, hi]"`` in % (:func:`pct`): a value and its interval.
+
+    Example:
+        >>> pct_ci(0.5, [0.25, 0.75])
+        '50.0 [25.0, 75.0]'
+    """
+    return f"{pct(v, sign)} [{pct(ci[0], sign)}, {pct(ci[1], sign)}]"
 
 
 def set_sizes(sizes: Mapping[str, Any]) -> str:

@@ -17,6 +17,7 @@ from torch import nn
 
 from medood.benchmark.bundles import bundle_network
 from medood.benchmark.features import layer_summaries, recorded_forward
+from medood.benchmark.heatmap_bench import cost as heatmap_cost
 from medood.benchmark.stats import set_aurocs
 from medood.benchmark.timing import batch_record
 from medood.networks.feature_maps import FeatureRecorder
@@ -84,7 +85,7 @@ def test_bundle_network_loads_the_shipped_weights() -> None:
                                               ("compare_multitask", "spectral_multitask"),
                                               ("check_spectral_setting", "spectral_setting_check")])  # fmt: skip
 def test_render_rewrites_the_page_from_its_json(tmp_path: Path, monkeypatch: Any, script: str, page: str) -> None:
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # check_spectral_setting imports diagnose_spectral
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # a script imports its siblings as it does when run
     module = load_script(script, f"{script}_render_test")
     shutil.copyfile(ROOT / "docs" / "benchmarks" / f"{page}.json", tmp_path / f"{page}.json")
     monkeypatch.setattr(sys, "argv", [script, "--render", "--out", str(tmp_path / page)])  # the old suffix-less form
@@ -98,7 +99,6 @@ def test_render_rewrites_the_page_from_its_json(tmp_path: Path, monkeypatch: Any
 def test_batch_record_and_the_heatmap_cost_built_on_it() -> None:
     batches = [torch.rand(4, 3, 8, 8), torch.rand(4, 3, 8, 8), torch.rand(2, 3, 8, 8)]
     assert batch_record(batches, 5) == {"images": 10, "batch_size": 4, "input_shape": [3, 8, 8], "repeats": 5}
-    heatmap: Any = load_script("bench_heatmap", "bench_heatmap_cost_test")
     net = nn.Sequential(nn.Flatten(), nn.Linear(192, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
 
     class Det:
@@ -114,7 +114,7 @@ def test_batch_record_and_the_heatmap_cost_built_on_it() -> None:
         def score(self, x: torch.Tensor) -> torch.Tensor:
             return self.decoder(net[:3](x)).abs().mean(1)
 
-    cost = heatmap.cost(net, Det(), batches, 1)
+    cost = heatmap_cost(net, Det(), batches, 1)
     assert {k: cost[k] for k in ("images", "batch_size", "input_shape", "repeats")} == batch_record(batches, 1)
     assert cost["decoder_parameters"] == 16 * 4 + 4
     assert cost["forward_ms_per_image"] > 0 and cost["score_ms_per_image"] > 0 and cost["score_over_forward"] > 0

@@ -1,4 +1,5 @@
-"""The legacy per-method pages (scripts/bench_{heatmap,mecam,spectral}.py): every sentence follows the numbers.
+"""The legacy per-method pages (scripts/bench_{heatmap,mecam,spectral}.py, their medood.benchmark modules): every
+sentence follows the numbers.
 
 The old pages printed fixed prose on every run (e.g. that a decoder "ranks every OOD set below chance" while the
 table had 66.7) and scored ``reoriented_pir`` (ID after preprocessing) as OOD.
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 
+from medood.benchmark.heatmap_page import markdown as heatmap_markdown
 from medood.benchmark.mim_diagnosis_page import report_markdown
 from medood.benchmark.runner import _resolved_settings
 from medood.detectors import NERODetector
@@ -55,7 +57,7 @@ def test_method_standing_follows_the_table() -> None:
     assert "below chance (AUROC < 50) on 1 of 3 OOD sets: ct (30.0)." in text
 
 
-def test_heatmap_page_has_no_fixed_claims(script: Any) -> None:
+def test_heatmap_page_has_no_fixed_claims() -> None:
     table = {"wrong_contrast_pd": _row(heatmap=0.667, msp=0.5), "ct_head": _row(heatmap=0.9, msp=0.8)}
     summary = {
         "classifier": "c.pt", "id_test_accuracy": 0.9, "n_id_test": 48, "ood_set_sizes": {"wrong_contrast_pd": 3,
@@ -65,7 +67,7 @@ def test_heatmap_page_has_no_fixed_claims(script: Any) -> None:
                  "decoder_ms_per_image": 1.0, "decoder_over_forward": 1.0, "score_over_forward": 2.0,
                  "decoder_parameters": 10},
     }  # fmt: skip
-    page = script("bench_heatmap").markdown({"machine": "m", "tasks": {"t": table}, "task_summary": {"t": summary}})
+    page = heatmap_markdown({"machine": "m", "tasks": {"t": table}, "task_summary": {"t": summary}})
     assert "below chance" not in page.replace("below chance (AUROC < 50) on 0 of 2 OOD sets", "")
     assert "rank 1 of 2" in page and "t 64 of D = 64" in page and "docs/results.md" in page
 
@@ -117,6 +119,7 @@ PAGES = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
         ("diagnose_spectral", "spectral_diagnosis"),
         ("compare_multitask", "spectral_multitask"),
         ("choose_mecam_augmentation", "mecam_augmentation"),
+        ("choose_heatmap_variant", "heatmap_variants"),
     ],
 )
 def test_committed_pages_are_their_json_rendered(script: Any, name: str, page: str, monkeypatch: Any) -> None:
