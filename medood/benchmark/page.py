@@ -126,10 +126,10 @@ def _seed_claim(tasks: dict[str, Any], method: str, seed: str, task_names: tuple
     if seed == "spectral":  # judged on its own host's baselines (medood.benchmark.spectral_claim)
         from medood.benchmark.spectral_claim import spectral_claim
 
-        judged = [(t, spectral_claim(tasks[t])) for t in task_names if t in tasks]
-        texts = [f"{t}: {j[0]}" for t, j in judged if j] or texts
-        holds_all = _verdict([j[1] for _, j in judged if j], refuted_by_any=True) if any(j for _, j in judged) else None
-        why = "; ".join(j[2] for _, j in judged if j) or ("the spectral host's baselines did not run (no id_fit set)")
+        judged = [(t, j) for t in task_names if t in tasks and (j := spectral_claim(tasks[t])) is not None]
+        texts = [f"{t}: {j[0]}" for t, j in judged] or texts
+        holds_all = _verdict([j[1] for _, j in judged], refuted_by_any=True)
+        why = "; ".join(j[2] for _, j in judged) or "the spectral host's baselines did not run (no id_fit set)"
     return {"method": method, "claim": claim, "paper_figure": paper, "our_figure": "; ".join(texts) or "not measured",
             "holds": holds_all, "why": why}  # fmt: skip
 
