@@ -24,11 +24,14 @@ def _uncertainty(pair: dict[str, Any]) -> tuple[bool | None, str]:
     verdicts = {s: _holds(d) for s, d in pair["sets"].items()}
     above = [s for s, v in verdicts.items() if v is True]
     below = [s for s, v in verdicts.items() if v is False]
-    open_ = [s for s, v in verdicts.items() if v is None]
-    holds = False if below else True if verdicts and not open_ else None
+    level = [s for s, v in verdicts.items() if v is None and pair["sets"][s]["ci"] == [0, 0]]
+    open_ = [s for s, v in verdicts.items() if v is None and s not in level]
+    holds = False if below else True if len(above) == len(verdicts) > 0 else None
     text = f"vs {pair['baseline']}: above on {len(above)} of {len(verdicts)} OOD kinds"
     if below:
         text += "; below on " + ", ".join(f"{s} ({_diff(pair['sets'][s])})" for s in below)
+    if level:
+        text += "; level (the same AUROC on every resample, e.g. both 100) on " + ", ".join(level)
     if open_:
         text += "; undecided (interval spans 0) on " + ", ".join(f"{s} ({_diff(pair['sets'][s])})" for s in open_)
     return holds, text
@@ -63,8 +66,8 @@ def spectral_claim(task: dict[str, Any], seed: str = "spectral") -> tuple[str, b
     unc = False if False in verdicts else True if all(v is True for v in verdicts) else None
     holds = False if unc is False or mahal_ok is False else True if unc and mahal_ok else None
     why = [{True: "above entropy and MC dropout on every OOD kind", False: "significantly below entropy or MC dropout "
-            "on at least one OOD kind", None: "not significantly above entropy or MC dropout on every OOD kind (the "
-            "paired interval spans 0 somewhere)"}[unc]]  # fmt: skip
+            "on at least one OOD kind", None: "not significantly above entropy or MC dropout on every OOD kind (level "
+            "with one, or the paired interval spans 0, somewhere)"}[unc]]  # fmt: skip
     why.append("pooled Mahalanobis not measured" if mahal_ok is None else
                f"{'at least level with' if mahal_ok else 'below'} pooled Mahalanobis by mean AUROC")  # fmt: skip
     why.append("procedural brain volumes at 5 mm on a small CPU-trained multi-task host, not the paper's data")

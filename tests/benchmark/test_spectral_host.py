@@ -151,3 +151,21 @@ def test_id_fit_split_is_disjoint_deterministic_and_added_to_an_old_manifest(tmp
     bench._brain_job(again, 2026, small[0][1])
     fitted = (root / "id_fit" / "sub-000_T1w.nii.gz").read_bytes()
     assert (again / "id_fit" / "sub-000_T1w.nii.gz").read_bytes() == fitted != before
+
+
+def test_a_kind_where_both_are_perfect_is_level_and_leaves_the_claim_undecided() -> None:
+    from medood.benchmark.spectral_claim import spectral_claim
+
+    def test(*ci: float) -> dict[str, Any]:
+        return {"difference": sum(ci) / 2, "ci": list(ci), "p": 0.01}
+
+    def pair(a: str, b: str, x: dict[str, Any]) -> dict[str, Any]:
+        return {"a": a, "baseline": b, "sets": {"x": x, "y": test(0.1, 0.3)}, "mean": test(0.05, 0.15)}
+
+    task = {"mean_auroc": {"spectral": 0.99, ROWS[0]: 0.7, ROWS[1]: 0.6, ROWS[2]: 0.9, ROWS[3]: 0.99},
+            "paired_same_host": {"spectral": {"pairs": [pair("spectral", ROWS[0], test(0, 0)),
+                                                        pair("spectral", ROWS[1], test(0.1, 0.2)),
+                                                        pair(ROWS[3], ROWS[2], test(0, 0.1))]}}}  # fmt: skip
+    figure, holds, why = spectral_claim(task) or ("", True, "")
+    assert holds is None and "level (the same AUROC on every resample, e.g. both 100) on x" in figure
+    assert "above on 1 of 2 OOD kinds" in figure and "above on 2 of 2" in figure and "level with one" in why
