@@ -41,10 +41,10 @@ from monai.bundle import ConfigParser
 from torch import nn
 
 from medood.benchmark.bundles import bundle_network, timed_process_run, timed_workflow_run
-from medood.benchmark.features import recorded_forward
 from medood.benchmark.report import bench_header, write_page
 from medood.benchmark.script import add_common_arguments, render_only, start
-from medood.benchmark.tables import md_table
+from medood.benchmark.spectral_host import feature_detectors, feature_notes, fit_and_score
+from medood.benchmark.spectral_page import markdown
 from medood.data.demo.brain import load_template
 from medood.data.demo.brain_set import save_nifti
 from medood.data.demo.ood import BRAIN_OOD_KINDS, ID_AFTER_PREPROCESSING, make_brain_ood, ood_contrasts
@@ -56,15 +56,11 @@ from medood.data.multitask import (
     pathology_datalist,
     pathology_transforms,
 )
-from medood.detectors.base_featuremap import FeatureMapDetector
-from medood.detectors.feature_mahalanobis import FeatureMahalanobisDetector
 from medood.detectors.mc_dropout import MCDropoutDetector
-from medood.detectors.posthoc import begin_fit, end_fit, fit_batch, score_batch
-from medood.detectors.seg_entropy import SegEntropyDetector
 from medood.detectors.spectral import SpectralDetector
 from medood.engines.guard import build_guard
-from medood.metrics.ood_sets import METRICS, markdown_table, read_scores_csv, task_tables
-from medood.networks.feature_maps import FeatureRecorder, encoder_stages
+from medood.metrics.ood_sets import markdown_table, read_scores_csv, task_tables
+from medood.networks.feature_maps import encoder_stages
 from medood.utils.io import atomic_write_text, case_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,31 +107,6 @@ def pathology_items(root: Path) -> dict[str, list[dict[str, Any]]]:
     return {"fit": pathology_datalist(root, "train"), "eval": evals}
 
 
-def feature_detectors(layers: Sequence[str]) -> dict[str, FeatureMapDetector]:
-    deep = [layers[-1]]
-    return {
-        "spectral": SpectralDetector(layers=layers),
-        "spectral_bottleneck": SpectralDetector(layers=deep),
-        "spectral_normalized": SpectralDetector(layers=layers, combine="normalized"),
-        "mahalanobis_pool": FeatureMahalanobisDetector(layers=layers),
-        "mahalanobis_pool_bottleneck": FeatureMahalanobisDetector(layers=deep),
-        "seg_entropy": SegEntropyDetector(region="foreground"),
-        "seg_entropy_volume": SegEntropyDetector(region="volume"),
-    }
-
-
-def fit_detectors(
-    net: nn.Module, recorder: FeatureRecorder, transform: Callable, items: list[dict], dets: dict
-) -> None:
-    """Stream the fit cases through every detector that needs fitting (one forward each)."""
-    start = time.perf_counter()
-    begin_fit(dets)
-    for item in items:
-        fit_batch(dets, recorded_forward(net, recorder, transform, item)[1], None)
-    end_fit(dets)
-    log.info("fitted on %d cases in %.0f s", len(items), time.perf_counter() - start)
-
-
 def context_accuracy(det: SpectralDetector, tasks: Sequence[str]) -> float | None:
     """Leave-one-out 1-NN accuracy of the task (context) of each training signature: are contexts distinct?"""
     if len(set(tasks)) < 2 or det.banks[0].shape[0] != len(tasks):
@@ -146,28 +117,20 @@ def context_accuracy(det: SpectralDetector, tasks: Sequence[str]) -> float | Non
     return sum(tasks[j] == t for j, t in zip(nearest, tasks)) / len(tasks)
 
 
+def _key(item: dict) -> str:
+    return f"{item['task']}/{item['set']}/{item['case']}"
+
+
 def score_domain(net: nn.Module, items: dict, transform: Callable, mc_samples: int) -> tuple[dict, float | None]:
     """Fit the feature detectors on ``items["fit"]``, score ``items["eval"]`` (one forward each, plus the
     MC-dropout passes). Returns ``({detector: {case key: score}}, context accuracy of the spectral signatures)``."""
     layers = encoder_stages(net, 2)
     dets = feature_detectors(layers)
-    recorder = FeatureRecorder(net, {name: name for name in [*layers, ""]})
-    fit_detectors(net, recorder, transform, items["fit"], dets)
+    mc = MCDropoutDetector(model=net, n_samples=mc_samples, region="foreground")
+    scores = fit_and_score(net, layers, transform, items, dets, mc, _key)[0]
     spectral = dets["spectral"]
     assert isinstance(spectral, SpectralDetector)
-    accuracy = context_accuracy(spectral, [it["task"] for it in items["fit"]])
-    mc = MCDropoutDetector(model=net, n_samples=mc_samples, region="foreground")
-    scores: dict[str, dict[str, float]] = {name: {} for name in [*dets, "mc_dropout"]}
-    for i, item in enumerate(items["eval"]):
-        x, feats = recorded_forward(net, recorder, transform, item)
-        key = f"{item['task']}/{item['set']}/{item['case']}"
-        for name, v in score_batch(dets, feats).items():
-            scores[name][key] = float(v[0])
-        scores["mc_dropout"][key] = float(mc.score(x).image_score[0])
-        if i % 50 == 0:
-            log.info("scored %d / %d", i + 1, len(items["eval"]))
-    recorder.remove()
-    return scores, accuracy
+    return scores, context_accuracy(spectral, [it["task"] for it in items["fit"]])
 
 
 def limited(items: dict[str, list[dict]], n: int | None) -> dict[str, list[dict]]:
@@ -250,89 +213,6 @@ def guard_overhead(
     }  # fmt: skip
 
 
-UNCERTAINTY = ("seg_entropy", "seg_entropy_volume", "mc_dropout")
-
-
-def protocol_tables(tasks: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The tables without the sets the one protocol never scores as OOD (``ID_AFTER_PREPROCESSING``; a JSON written
-    before that definition has them), and the names dropped."""
-    dropped = sorted({s for t in tasks.values() for s in t if s in ID_AFTER_PREPROCESSING})
-    kept = {task: {s: v for s, v in t.items() if s not in ID_AFTER_PREPROCESSING} for task, t in tasks.items()}
-    return {task: t for task, t in kept.items() if t}, dropped
-
-
-def mean_auroc(tasks: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """``{task: {detector: mean AUROC over the task's OOD sets}}``."""
-    return {
-        task: {d: statistics.fmean(t[s][d]["auroc"] for s in t) for d in next(iter(t.values()))}
-        for task, t in tasks.items()
-    }
-
-
-def standing(tasks: dict[str, Any]) -> list[str]:
-    """Generated sentences: per task, spectral against the uncertainty scores and pooled Mahalanobis (mean AUROC),
-    and the OOD kinds where spectral is not above every uncertainty score (the paper's claim)."""
-    means, lines = mean_auroc(tasks), []
-    for task, m in means.items():
-        unc = {d: m[d] for d in UNCERTAINTY if d in m}
-        ahead = [d for d in unc if m["spectral"] > unc[d]]
-        not_above = [
-            s for s, row in tasks[task].items() if any(row[d]["auroc"] >= row["spectral"]["auroc"] for d in unc)
-        ]
-        lines.append(
-            f"- {task}: spectral {m['spectral']:.3f}; ahead of {len(ahead)} of {len(unc)} uncertainty scores by mean "
-            "AUROC (" + ", ".join(f"{d} {v:.3f}" for d, v in unc.items()) + f"); pooled Mahalanobis "
-            f"{m['mahalanobis_pool']:.3f} ({'behind' if m['spectral'] < m['mahalanobis_pool'] else 'level or ahead'})"
-            f"; OOD kinds where an uncertainty score is level with (e.g. both 1.000) or ahead of spectral: "
-            f"{', '.join(not_above) or 'none'}."
-        )
-    return lines
-
-
-def markdown(result: dict[str, Any]) -> str:
-    """The page; every sentence is generated from ``result`` (the JSON this script writes)."""
-    ov = result["overhead"]
-    tasks, dropped = protocol_tables(result["tasks"])
-    means = mean_auroc(tasks)
-    dets = sorted(next(iter(means.values())))
-    lines = [
-        "# Spectral signatures vs Mahalanobis, entropy and MC dropout (multi-task host)",
-        "",
-        f"Machine: {result['machine']}. Produced by `scripts/bench_spectral.py` in {result['seconds']:.0f} s.",
-        "Higher score = more OOD; OOD is the positive class; FPR95 = fraction of OOD accepted at 95 % ID TPR.",
-        "Legacy per-method page: the comparison of every method on the benchmark sets, with intervals, is "
-        "`docs/results.md` (`scripts/benchmark.py`).",
-        "",
-        f"Guard overhead (companion / plain segmentation bundle, median evaluator run on {ov['n_volumes']} ID test "
-        f"volumes): **{result['guard_overhead']:.3f}x** ({ov['guard_overhead_end_to_end']:.3f}x for whole "
-        "`monai.bundle run` processes).",
-        "",
-        "Spectral signatures identify the contrast of a brain training volume (leave-one-out nearest neighbour, "
-        f"chance 1/3): {result['spectral_contrast_identification']['loo_1nn_accuracy']}.",
-        "",
-        "Cases per set: "
-        + json.dumps({t: {k: n for k, n in v.items() if k not in dropped} for t, v in result["set_sizes"].items()}),
-    ]
-    if dropped:
-        lines += [
-            "",
-            f"Not OOD after preprocessing, left out of every table and mean here: {', '.join(dropped)} "
-            "(`medood.data.demo.ood.ID_AFTER_PREPROCESSING`; this JSON was written before that definition).",
-        ]
-    lines += [
-        "",
-        "## Mean AUROC per task",
-        "",
-        *md_table(["task", *dets], ([t, *(f"{m[d]:.3f}" for d in dets)] for t, m in means.items())),
-        "",
-        *standing(tasks),
-        "",
-    ]
-    for metric in METRICS:
-        lines += [f"## {metric}", "", markdown_table(tasks, metric)]
-    return "\n".join(lines)
-
-
 def main() -> None:
     # runs repeat into their own output folders (medood.io.run_folder): a rerun replaces the last one;
     # set here, not at import, so importing this script (tests) leaves the environment alone
@@ -381,16 +261,7 @@ def main() -> None:
             "what": "leave-one-out nearest-neighbour contrast (T1w / T2w / FLAIR) of each brain training volume's "
             "spectral signature (mean distance over the two layers): 1/3 = chance",
         },
-        "detectors": {
-            "spectral": "2 deepest encoder stages (downsamples.1, bottleneck), min distance, mean over layers",
-            "spectral_bottleneck": "bottleneck only, min distance",
-            "spectral_normalized": "2 stages, per-layer normalised by leave-one-out training distances",
-            "mahalanobis_pool": "global-average-pooled 2 stages, one Gaussian each, mean of squared distances",
-            "mahalanobis_pool_bottleneck": "bottleneck only",
-            "seg_entropy": "mean softmax entropy over the predicted foreground",
-            "seg_entropy_volume": "mean softmax entropy over the whole input",
-            "mc_dropout": f"mean predictive variance over the predicted foreground, {args.mc_samples} passes",
-        },
+        "detectors": feature_notes(args.mc_samples),
         "seconds": time.perf_counter() - t0,
     }
     write_page(args.out, result, markdown(result))

@@ -95,7 +95,9 @@ def task_results(
       highest mean AUROC over the test OOD sets; with no baseline, the best other seed method);
     * ``paired_same_host``: each seed of ``same_host`` (``{seed: {"host", "rows": {detector: row}}}``, the
       post-hoc rows on the seed's own classifier) against the best non-seed row among them, and against that
-      classifier's MSP row (``"msp"``), with the host named.
+      classifier's MSP row (``"msp"``), with the host named; ``"pairs"``: ``a - b`` for each ``[a, b]`` of the
+      family's ``pairs`` (``{"a", "baseline": b, "sets", "mean"}``); a family's ``refit`` row (the seed refitted
+      on its host) is no baseline of ``paired``.
     """
     sets = manifest["sets"]
     ood_sets = [s for s, v in sets.items() if v["role"] == "ood_test"]
@@ -129,7 +131,8 @@ def task_results(
             mean_auroc[d].append(float(m["auroc"]))  # type: ignore[arg-type]
         out["sets"][s] = entry
     means = {d: float(np.mean(v)) for d, v in mean_auroc.items() if v}
-    baselines = [d for d in means if d not in seeds]
+    refits = {f.get("refit") for f in (same_host or {}).values()}  # a seed refitted on its host is no baseline
+    baselines = [d for d in means if d not in seeds and d not in refits]
     for sm in (d for d in seeds if d in means):
         pool = baselines or [d for d in means if d != sm]
         if pool:
@@ -146,6 +149,9 @@ def task_results(
         msp = family["rows"].get("msp")
         if msp in means:
             entry["msp"] = _paired(scores, out, id_cases, sm, msp, n_boot, seed)
+        pairs = [(a, b) for a, b in family.get("pairs", ()) if a in means and b in means]
+        if pairs:  # further paired tests the family asks for (a volume seed against each of its own rows)
+            entry["pairs"] = [{"a": a, **_paired(scores, out, id_cases, a, b, n_boot, seed)} for a, b in pairs]
         out["paired_same_host"][sm] = entry
     out["mean_auroc"] = means
     return out

@@ -9,6 +9,8 @@ Two kinds of scorer, both timed (seconds per image or volume) with the process's
   on the classifier each seed method sits on (``TaskSpec.same_host``: MECAM's final exit, a heatmap decoder's
   frozen classifier; :func:`medood.benchmark.bundles.bundle_classifier`), rows named ``<detector>@<seed>``, so
   a seed is compared with the baselines on its own network; a classifier already hosting a family is not rerun;
+  on a volume seed's segmentation host (``TaskSpec.volume_host``) its own baselines instead
+  (:func:`medood.benchmark.spectral_host.host_family`, fitted on the bench ``id_fit`` split);
 * a **bundle** (the seed methods): its inference workflow with its shipped weights
   (:func:`medood.engines.calibrate.run_bundle_inference`) on each set folder; its ``scores.csv`` (and anomaly maps).
 
@@ -27,6 +29,7 @@ from typing import Any
 import torch
 
 from medood.benchmark.bundles import bundle_classifier
+from medood.benchmark.spectral_host import FIT_SET, host_family, volume_host
 from medood.benchmark.timing import peak_memory
 from medood.data.classification import class_folder_loader, classifier_preprocessing
 from medood.data.demo.bench import BRAIN_BENCH_OOD
@@ -60,6 +63,8 @@ class TaskSpec:
         same_host: the bundle detectors whose own classifier also hosts the post-hoc family (rows
             ``<detector>@<seed>``; skipped on real data: the shipped classifiers know the demo classes only).
         segmentation: score maps against lesion masks (the anomaly-segmentation task).
+        volume_host: the bundle detectors whose segmentation host gets its own baselines (rows
+            ``<detector>@<seed>``, :func:`~medood.benchmark.spectral_host.host_family`; bench sets with ``id_fit``).
         quick_ood: with ``quick``, only these test OOD sets (and no robustness shifts); ``None`` = all sets.
         full_only: run with ``--full`` only (too slow for the quick page on 2 CPU cores).
     """
@@ -71,6 +76,7 @@ class TaskSpec:
     seeds: tuple[str, ...] = ()
     same_host: tuple[str, ...] = ()
     segmentation: bool = False
+    volume_host: tuple[str, ...] = ()
     quick_ood: tuple[str, ...] | None = None
     full_only: bool = False
 
@@ -105,6 +111,7 @@ TASKS: dict[str, TaskSpec] = {
                 "spectral": ("spectral_brain_mri_ood_classification", ("inference.yaml",), "."),
             },
             seeds=("heatmap", "mecam", "spectral"), quick_ood=tuple(BRAIN_BENCH_OOD),  # all 6 kinds, no shifts
+            volume_host=("spectral",),
         ),  # no same_host: the brain bench has no training split to fit on; the 3-D classifiers need contrast labels
         TaskSpec(
             "brain_anomaly_segmentation", "brain_mri",
@@ -300,6 +307,15 @@ def run_task(spec: TaskSpec, manifest: dict[str, Any], work: Path, epochs: int =
             sets = {k: v for k, v in sets.items() if k in keep}
     done = _run_posthoc(spec, manifest, sets, work, epochs, result) if spec.posthoc_host is not None else {}
     _run_same_host(spec, manifest, sets, result, done)
+    for seed in spec.volume_host:
+        if FIT_SET not in manifest["sets"]:
+            logger.info("%s: no %s set to fit %s's baselines on: not run", spec.name, FIT_SET, seed)
+            continue
+        fam = host_family(volume_host(BUNDLES / spec.bundles[seed][0]), sets, Path(manifest["sets"][FIT_SET]["dir"]),
+                          seed)  # fmt: skip
+        result.scores.update(fam.scores)
+        result.cost.update(fam.cost)
+        result.same_host[seed] = fam.family
     for det in spec.bundles:
         _run_bundle(spec, det, manifest, sets, work, result)
     for by_set in result.scores.values():

@@ -72,8 +72,9 @@ def test_heatmap_page_has_no_fixed_claims() -> None:
     assert "rank 1 of 2" in page and "t 64 of D = 64" in page and "docs/results.md" in page
 
 
-def test_spectral_page_drops_id_after_preprocessing_sets(script: Any) -> None:
-    bench = script("bench_spectral")
+def test_spectral_page_drops_id_after_preprocessing_sets() -> None:
+    from medood.benchmark import spectral_page as bench  # the page scripts/bench_spectral.py writes
+
     row = _row(spectral=0.9, mahalanobis_pool=0.8, seg_entropy=0.95, seg_entropy_volume=0.5, mc_dropout=0.0)
     tasks, dropped = bench.protocol_tables({"brain_T1w": {"anisotropic": row, "reoriented_pir": _row(spectral=0.1)}})
     assert dropped == ["reoriented_pir"] and list(tasks["brain_T1w"]) == ["anisotropic"]

@@ -3,6 +3,8 @@
 Per task a folder with a ``manifest.json`` naming every set, its role and its size:
 
 * ``id_val``: in-distribution validation images (thresholds: the split-conformal rule needs ``n >= 1/alpha - 1``);
+* ``id_fit`` (brain only): in-distribution volumes to fit feature detectors on (the brain bench has no training
+  split), other subjects than ``id_val`` / ``id_test`` (their own seed stream);
 * ``id_test``: in-distribution test images (>= 200 images; brain: >= 60 volumes);
 * ``ood_test``: one set per OOD kind (>= 100 images; brain: >= 30 volumes), ``family`` ``near`` (acquisition
   shift, unseen class, artefact) or ``far`` (other modality / organ);
@@ -225,9 +227,11 @@ def brain_plan(quick: bool = False) -> tuple[list[BrainJob], dict[str, dict[str,
     jobs: list[BrainJob] = []
     jobs += [("id_val", i, "none", all3) for i in range(20)]  # 60 volumes
     jobs += [("id_test", i, "none", all3) for i in range(20)]  # 60 volumes
+    jobs += [("id_fit", i, "none", all3) for i in range(20)]  # 60 volumes: seeds (seed, 7, code of "id_fit", i)
     sets: dict[str, dict[str, Any]] = {
         "id_val": {"dir": "id_val", "role": "id_val"},
         "id_test": {"dir": "id_test", "role": "id_test"},
+        "id_fit": {"dir": "id_fit", "role": "id_fit"},
     }
     for kind, family in BRAIN_BENCH_OOD.items():
         slots = ood_contrasts(kind, all3)  # the one definition of what is OOD after preprocessing
@@ -260,6 +264,31 @@ def _build_brain(root: Path, seed: int, quick: bool, workers: int | None) -> dic
     return {"task": "brain_mri", "kind": "brain", "sets": sets, "segmentation": seg}
 
 
+def _count(root: Path, s: dict[str, Any]) -> None:
+    files = (root / s["dir"]).rglob("*")
+    s["n"] = sum(1 for p in files if p.is_file() and p.suffix in (".png", ".jpg", ".gz"))
+
+
+def _add_missing_brain_sets(root: Path, workers: int | None) -> None:
+    """Write the sets of :func:`brain_plan` that an existing brain manifest lacks (e.g. ``id_fit``, added later).
+
+    Each subject's seed depends on its folder and index only, so the sets written here are those a fresh build
+    writes, and no existing file changes.
+    """
+    manifest = json.loads((root / MANIFEST).read_text())
+    jobs, sets = brain_plan(bool(manifest.get("quick")))
+    missing = {k: v for k, v in sets.items() if k not in manifest["sets"]}
+    if not missing:
+        return
+    dirs = {v["dir"] for v in missing.values()}
+    run_jobs(functools.partial(_brain_job, root, int(manifest["seed"])), [j for j in jobs if j[0] in dirs], workers)
+    for k, v in missing.items():
+        _count(root, v)
+        manifest["sets"][k] = v
+    atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    logger.info("bench brain_mri: added %s to %s", ", ".join(missing), root / MANIFEST)
+
+
 def build_bench(
     out: str | Path,
     only: list[str] | None = None,
@@ -289,6 +318,8 @@ def build_bench(
         root = Path(out) / name
         if (root / MANIFEST).is_file():
             logger.info("bench %s: %s exists, kept", name, root / MANIFEST)
+            if name == "brain_mri":
+                _add_missing_brain_sets(root, workers)
             written[name] = root
             continue
         start = time.perf_counter()
@@ -298,8 +329,7 @@ def build_bench(
             else _build_2d(name, root, seed, quick, workers)
         )
         for s in manifest["sets"].values():
-            files = (root / s["dir"]).rglob("*")
-            s["n"] = sum(1 for p in files if p.is_file() and p.suffix in (".png", ".jpg", ".gz"))
+            _count(root, s)
         manifest.update(seed=seed, quick=quick, seconds=round(time.perf_counter() - start, 1))
         atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
         logger.info("bench %s written to %s in %.0f s", name, root, manifest["seconds"])
