@@ -87,7 +87,7 @@ def cam_quality(cam: Tensor) -> dict[str, Tensor]:
     n = flat.shape[1]
     p = flat / flat.sum(1, keepdim=True).clamp_min(1e-12)
     entropy = -(p * p.clamp_min(1e-30).log()).sum(1) / np.log(n)
-    k = max(1, int(round(TOP_FRACTION * n)))
+    k = max(1, round(TOP_FRACTION * n))
     top = p.topk(k, dim=1).values.sum(1)
     return {"mean": flat.mean(1), "entropy": entropy, "top10": top}
 
@@ -110,8 +110,8 @@ def image_figures(det: MECAMDetector, x: Tensor, gen: torch.Generator) -> dict[s
     out = det.net.forward_cams(x)
     f, size, n_exits = out.features, x.shape[2:], len(out.cams)
     final = out.cams[-1].flatten(2).mean(-1).float()
-    res: dict[str, Tensor] = {"msp": final.softmax(1).amax(1), "pred": final.argmax(1).double(),
-                              "feat_norm2": f.double().pow(2).sum(1), "mecam": det.score(x).image_score.double()}  # fmt: skip
+    res: dict[str, Tensor] = {"msp": final.softmax(1).amax(1), "pred": final.argmax(1).double()}
+    res.update(feat_norm2=f.double().pow(2).sum(1), mecam=det.score(x).image_score.double())
     for e in range(n_exits):
         logits = out.cams[e].flatten(2).mean(-1).float()
         res[f"exit{e}/conf"] = logits.softmax(1).amax(1).double()
@@ -121,8 +121,8 @@ def image_figures(det: MECAMDetector, x: Tensor, gen: torch.Generator) -> dict[s
         cam = det.fused_cam(out.cams, size, subset)
         if subset == tuple(range(n_exits)):
             res["fused/cam_mean"] = cam.flatten(1).double().mean(1)
-            for name, m in (("random", _shuffled(cam, gen)), ("constant", cam.mean(dim=tuple(range(1, cam.ndim)),
-                                                                                   keepdim=True).expand_as(cam))):  # fmt: skip
+            constant = cam.mean(dim=tuple(range(1, cam.ndim)), keepdim=True).expand_as(cam)
+            for name, m in (("random", _shuffled(cam, gen)), ("constant", constant)):
                 res[f"ctrl/{name}"] = -feature_change(f, det.net.features(x * (1.0 - m)), "mse")
         for s in STRENGTHS:
             g = det.net.features(x * (1.0 - s * cam))

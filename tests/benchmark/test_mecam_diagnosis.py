@@ -1,0 +1,116 @@
+"""MECAM per-stage diagnosis: CAM statistics, feature changes, the per-image figures, the rule and the page."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medood.benchmark.mecam_diagnosis import (
+    SHIPPED,
+    cam_quality,
+    candidate_name,
+    feature_change,
+    image_figures,
+    select,
+    set_table,
+)
+from medood.benchmark.mecam_diagnosis_page import finding, markdown
+from medood.detectors.mecam import MECAMDetector
+
+
+def _det() -> MECAMDetector:
+    torch.manual_seed(0)
+    return MECAMDetector(**MECAMDetector.tiny_config(2)).mark_fitted().eval()  # type: ignore[return-value]
+
+
+def test_cam_quality_extremes() -> None:
+    uniform = torch.full((1, 1, 10, 10), 0.3)
+    peak = torch.zeros(1, 1, 10, 10)
+    peak[0, 0, 2, 3] = 1.0
+    u, p = cam_quality(uniform), cam_quality(peak)
+    assert u["entropy"].item() == pytest.approx(1.0) and u["top10"].item() == pytest.approx(0.1)
+    assert u["mean"].item() == pytest.approx(0.3)
+    assert p["entropy"].item() == pytest.approx(0.0, abs=1e-9) and p["top10"].item() == pytest.approx(1.0)
+
+
+def test_feature_changes() -> None:
+    f, g = torch.randn(4, 8), torch.randn(4, 8)
+    assert torch.allclose(feature_change(f, g, "mse"), (f - g).double().pow(2).mean(1))
+    # relative and cosine do not see a common scale of both features; the MSE grows with its square
+    for change in ("relative", "cosine"):
+        assert torch.allclose(feature_change(3 * f, 3 * g, change), feature_change(f, g, change))
+    assert torch.allclose(feature_change(3 * f, 3 * g, "mse"), 9 * feature_change(f, g, "mse"))
+    assert torch.allclose(feature_change(f, 2 * f, "cosine"), torch.zeros(4, dtype=torch.float64), atol=1e-7)
+    with pytest.raises(ValueError, match="change must be one of"):
+        feature_change(f, g, "l1")
+
+
+def test_image_figures_match_the_detector() -> None:
+    det = _det()
+    x = torch.rand(3, 1, 16, 16)
+    fig = image_figures(det, x, torch.Generator().manual_seed(0))
+    assert torch.allclose(fig["cand/" + SHIPPED], fig["mecam"], atol=1e-5)
+    subsets = det.score_subsets(x, [[0, 3]])
+    assert torch.allclose(fig["cand/" + candidate_name((0, 3), "mse", 1.0)], subsets["exits_03"].double(), atol=1e-5)
+    out = det.net.forward_cams(x)
+    cam = det.fused_cam(out.cams, x.shape[2:])
+    const = cam.mean(dim=(1, 2, 3), keepdim=True)
+    expected = -(out.features - det.net.features(x * (1 - const))).pow(2).mean(1)
+    assert torch.allclose(fig["ctrl/constant"], expected.double(), atol=1e-5)
+    assert not torch.allclose(fig["ctrl/random"], fig["mecam"])  # the shuffled CAM masks other pixels
+    assert len([k for k in fig if k.startswith("cand/")]) == 15 * 3 * 2
+    assert all(v.shape == (3,) for v in fig.values())
+
+
+def _figures(rng: np.random.Generator, good: str, shift: float) -> dict[str, dict[str, np.ndarray]]:
+    names = ["mecam", "msp", "feat_norm2", "ctrl/random", "ctrl/constant", "pred", "exit0/cam_top10",
+             "cand/" + SHIPPED, "cand/" + good]  # fmt: skip
+    out = {}
+    for s, n in (("id_val", 60), ("a", 50), ("b", 40)):
+        d = {k: rng.normal(0, 1, n) for k in names}
+        if s != "id_val":
+            d["cand/" + good] += shift
+        d["mecam"] = d["cand/" + SHIPPED]
+        out[s] = d
+    return out
+
+
+def test_rule_replaces_only_a_clearly_better_setting() -> None:
+    rng = np.random.default_rng(0)
+    good = candidate_name((0, 3), "cosine", 1.0)
+    sel = select(_figures(rng, good, 2.0), "id_val", n_boot=200)
+    assert sel["best"] == good and sel["wins"] and sel["difference"]["ci"][0] > 0
+    sel = select(_figures(rng, good, 0.0), "id_val", n_boot=200)
+    assert not sel["wins"]  # noise alone: the interval of the best candidate's gain reaches 0
+
+
+def test_page_from_tiny_detector_figures() -> None:
+    det, gen = _det(), torch.Generator().manual_seed(0)
+    torch.manual_seed(1)
+    base = torch.rand(20, 1, 16, 16)
+    sets = {"id_val": base, "val_a": (base * 3).clamp(0, 3), "cross_b": torch.rand(12, 1, 16, 16) * 0.1}
+    fig = {k: {n: v.numpy() for n, v in image_figures(det, x, gen).items()} for k, x in sets.items()}
+    table = set_table(fig, "id_val")
+    assert set(table["auroc"]["mecam"]) == {"val_a", "cross_b", "mean"}
+    n = {k: len(v) for k, v in sets.items()}
+    task = {"bundle": "b", "exits": [0, 1, 2, 3], "n": n, "corruption_sets": ["val_a"], "cross_sets": ["cross_b"],
+            "id_val_accuracy": 0.5, "seconds": 1.0, "figures": table,
+            "selection": select(fig, "id_val", n_boot=50)}  # fmt: skip
+    f = finding(task)
+    assert f["stage"] in ("read-out", "CAM", "classifier")
+    page = markdown({"machine": "m", "n_boot": 50, "tasks": {"toy": task}})
+    assert "## toy" in page and f"Limiting stage: **{f['stage']}**" in page
+    assert "cross-task validation proxy for far-OOD" in page and "| 0123 |" in page
+
+
+def test_limiting_stage_rules() -> None:
+    def task(rho: float, mecam: float, control: float, cam: float) -> dict:
+        a = {"mecam": {"mean": mecam}, "ctrl/random": {"mean": 0.5}, "ctrl/constant": {"mean": control},
+             "msp": {"mean": 0.4}, "exit0/cam_entropy": {"mean": cam}}  # fmt: skip
+        return {"figures": {"auroc": a, "spearman": {"feat_norm2": rho}}}
+
+    assert finding(task(-0.8, 0.7, 0.5, 0.5))["stage"] == "read-out"  # follows the norm
+    assert finding(task(0.1, 0.6, 0.65, 0.5))["stage"] == "read-out"  # the CAM's location adds nothing
+    assert finding(task(0.1, 0.7, 0.5, 0.55))["stage"] == "CAM"
+    assert finding(task(0.1, 0.7, 0.5, 0.2))["stage"] == "classifier"  # CAM statistic reversed: far from chance
