@@ -26,7 +26,7 @@ from scipy.stats import spearmanr
 from torch import Tensor
 
 from medood.benchmark.stats import paired_mean_auroc_difference
-from medood.detectors.mecam import MECAMDetector, all_exit_subsets
+from medood.detectors.mecam import CHANGES, MECAMDetector, all_exit_subsets, feature_change
 from medood.metrics import auroc
 
 __all__ = [
@@ -36,15 +36,11 @@ __all__ = [
     "STRENGTHS",
     "cam_quality",
     "candidate_name",
-    "feature_change",
     "image_figures",
     "select",
     "set_table",
 ]
 
-#: how the feature change is measured: the paper's mean squared difference, it over ``mean_d f(x)^2`` (relative),
-#: and ``1 - cos(f(x), f(x'))``
-CHANGES = ("mse", "relative", "cosine")
 #: the mask strength ``s`` of ``x' = x (1 - s M)`` (the paper: 1)
 STRENGTHS = (1.0, 0.5)
 #: the shipped setting's candidate name (the bundles' inference.yaml: all four exits, MSE, full mask)
@@ -63,22 +59,6 @@ TOP_FRACTION = 0.1
 def candidate_name(exits: Sequence[int], change: str, strength: float) -> str:
     """``"exits_023/relative/0.5"``."""
     return f"exits_{''.join(map(str, exits))}/{change}/{strength}"
-
-
-def feature_change(f: Tensor, g: Tensor, change: str) -> Tensor:
-    """``(B,)`` change between features ``f`` and ``g`` ``(B, D)``: ``mse``, ``relative`` or ``cosine``.
-
-    Raises:
-        ValueError: an unknown ``change``.
-    """
-    f, g = f.double(), g.double()
-    if change == "mse":
-        return (f - g).pow(2).mean(1)
-    if change == "relative":
-        return (f - g).pow(2).mean(1) / f.pow(2).mean(1).clamp_min(1e-12)
-    if change == "cosine":
-        return 1.0 - torch.nn.functional.cosine_similarity(f, g, dim=1, eps=1e-12)
-    raise ValueError(f"change must be one of {CHANGES}, got {change!r}")
 
 
 def cam_quality(cam: Tensor) -> dict[str, Tensor]:
@@ -123,11 +103,11 @@ def image_figures(det: MECAMDetector, x: Tensor, gen: torch.Generator) -> dict[s
             res["fused/cam_mean"] = cam.flatten(1).double().mean(1)
             constant = cam.mean(dim=tuple(range(1, cam.ndim)), keepdim=True).expand_as(cam)
             for name, m in (("random", _shuffled(cam, gen)), ("constant", constant)):
-                res[f"ctrl/{name}"] = -feature_change(f, det.net.features(x * (1.0 - m)), "mse")
+                res[f"ctrl/{name}"] = -feature_change(f.double(), det.net.features(x * (1.0 - m)).double(), "mse")
         for s in STRENGTHS:
             g = det.net.features(x * (1.0 - s * cam))
             for change in CHANGES:
-                res["cand/" + candidate_name(subset, change, s)] = -feature_change(f, g, change)
+                res["cand/" + candidate_name(subset, change, s)] = -feature_change(f.double(), g.double(), change)
     return {k: v.detach().cpu().double() for k, v in res.items()}
 
 

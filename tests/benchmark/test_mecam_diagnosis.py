@@ -10,7 +10,6 @@ from medood.benchmark.mecam_diagnosis import (
     SHIPPED,
     cam_quality,
     candidate_name,
-    feature_change,
     image_figures,
     select,
     set_table,
@@ -34,18 +33,6 @@ def test_cam_quality_extremes() -> None:
     assert p["entropy"].item() == pytest.approx(0.0, abs=1e-9) and p["top10"].item() == pytest.approx(1.0)
 
 
-def test_feature_changes() -> None:
-    f, g = torch.randn(4, 8), torch.randn(4, 8)
-    assert torch.allclose(feature_change(f, g, "mse"), (f - g).double().pow(2).mean(1))
-    # relative and cosine do not see a common scale of both features; the MSE grows with its square
-    for change in ("relative", "cosine"):
-        assert torch.allclose(feature_change(3 * f, 3 * g, change), feature_change(f, g, change))
-    assert torch.allclose(feature_change(3 * f, 3 * g, "mse"), 9 * feature_change(f, g, "mse"))
-    assert torch.allclose(feature_change(f, 2 * f, "cosine"), torch.zeros(4, dtype=torch.float64), atol=1e-7)
-    with pytest.raises(ValueError, match="change must be one of"):
-        feature_change(f, g, "l1")
-
-
 def test_image_figures_match_the_detector() -> None:
     det = _det()
     x = torch.rand(3, 1, 16, 16)
@@ -60,6 +47,9 @@ def test_image_figures_match_the_detector() -> None:
     assert torch.allclose(fig["ctrl/constant"], expected.double(), atol=1e-5)
     assert not torch.allclose(fig["ctrl/random"], fig["mecam"])  # the shuffled CAM masks other pixels
     assert len([k for k in fig if k.startswith("cand/")]) == 15 * 3 * 2
+    det.exits, det.change = (0, 3), "cosine"  # a candidate is the detector with that setting
+    assert torch.allclose(fig["cand/" + candidate_name((0, 3), "cosine", 1.0)], det.score(x).image_score.double(),
+                          atol=1e-5)  # fmt: skip
     assert all(v.shape == (3,) for v in fig.values())
 
 
