@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from medood.benchmark.mecam_diagnosis import (
     SHIPPED,
@@ -14,7 +17,7 @@ from medood.benchmark.mecam_diagnosis import (
     select,
     set_table,
 )
-from medood.benchmark.mecam_diagnosis_page import finding, markdown
+from medood.benchmark.mecam_diagnosis_page import figure_name, finding, markdown, write_figures
 from medood.detectors.mecam import MECAMDetector
 
 
@@ -75,7 +78,7 @@ def test_rule_replaces_only_a_clearly_better_setting() -> None:
     assert not sel["wins"]  # noise alone: the interval of the best candidate's gain reaches 0
 
 
-def test_page_from_tiny_detector_figures() -> None:
+def test_page_from_tiny_detector_figures(tmp_path: Path) -> None:
     det, gen = _det(), torch.Generator().manual_seed(0)
     torch.manual_seed(1)
     base = torch.rand(20, 1, 16, 16)
@@ -89,18 +92,27 @@ def test_page_from_tiny_detector_figures() -> None:
             "selection": select(fig, "id_val", n_boot=50)}  # fmt: skip
     f = finding(task)
     assert f["stage"] in ("read-out", "CAM", "classifier")
-    page = markdown({"machine": "m", "n_boot": 50, "tasks": {"toy": task}})
+    res = {"machine": "m", "n_boot": 50, "tasks": {"toy": task}}
+    page = markdown(res)
     assert "## toy" in page and f"Limiting stage: **{f['stage']}**" in page
     assert "cross-task validation proxy for far-OOD" in page and "| 0123 |" in page
+    (png,) = write_figures(res, tmp_path)
+    assert png.name == figure_name("toy") and f"]({png.name})" in page
+    img = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    assert img.shape[2] == 3 and (np.abs(img - img[:1, :1]).sum(-1) > 0).mean() > 0.05  # bars drawn, not blank
 
 
 def test_limiting_stage_rules() -> None:
-    def task(rho: float, mecam: float, control: float, cam: float) -> dict:
-        a = {"mecam": {"mean": mecam}, "ctrl/random": {"mean": 0.5}, "ctrl/constant": {"mean": control},
-             "msp": {"mean": 0.4}, "exit0/cam_entropy": {"mean": cam}}  # fmt: skip
+    def task(rho: float, mecam: float, control: float, premise: bool) -> dict:
+        a = {"mecam": {"s": mecam, "mean": mecam}, "ctrl/random": {"mean": 0.5}, "ctrl/constant": {"mean": control},
+             "msp": {"mean": 0.4}}  # fmt: skip
+        for e in range(4):
+            a[f"exit{e}/cam_entropy"] = {"s": 0.7 if premise else 0.3, "mean": 0.7 if premise else 0.3}
+            a[f"exit{e}/cam_top10"] = {"s": 0.3, "mean": 0.3}
         return {"figures": {"auroc": a, "spearman": {"feat_norm2": rho}}}
 
-    assert finding(task(-0.8, 0.7, 0.5, 0.5))["stage"] == "read-out"  # follows the norm
-    assert finding(task(0.1, 0.6, 0.65, 0.5))["stage"] == "read-out"  # the CAM's location adds nothing
-    assert finding(task(0.1, 0.7, 0.5, 0.55))["stage"] == "CAM"
-    assert finding(task(0.1, 0.7, 0.5, 0.2))["stage"] == "classifier"  # CAM statistic reversed: far from chance
+    assert finding(task(-0.8, 0.8, 0.5, True))["stage"] == "read-out"  # follows the norm
+    assert finding(task(0.1, 0.66, 0.65, True))["stage"] == "CAM"  # the CAM's location adds little
+    assert finding(task(0.1, 0.8, 0.5, False))["stage"] == "CAM"  # OOD CAMs not less focused
+    f = finding(task(0.1, 0.8, 0.5, True))
+    assert f["stage"] == "classifier" and f["premise"] == 1.0
