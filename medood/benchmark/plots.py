@@ -1,6 +1,6 @@
 """PNG plots of the evidence page, drawn with Pillow (no plotting library needed).
 
-ROC curves per OOD set, ID vs OOD score histograms, and example maps.
+ROC curves per OOD set, ID vs OOD score histograms, example maps, and grouped bars of values in [0, 1].
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 
 from medood.utils.io import atomic_path
 
-__all__ = ["histogram_png", "map_png", "roc_png"]
+__all__ = ["bars_png", "histogram_png", "map_png", "roc_png"]
 
 _COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75),
             (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]  # fmt: skip
@@ -91,3 +91,30 @@ def map_png(
         rgb[edge] = (0.1, 0.9, 0.1)
     img = Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8)).rotate(90, expand=True)
     return _save(img.resize((img.width * 3, img.height * 3), Image.Resampling.NEAREST), path)
+
+
+def bars_png(path: Path, title: str, groups: Mapping[str, Mapping[str, float]], ylabel: str, ref: float = 0.5) -> Path:
+    """Grouped bars of values in [0, 1] (e.g. AUROCs), a grey line at ``ref`` (chance for an AUROC).
+
+    One group per key of ``groups``, one colour per series (the keys of each group; legend in the upper left).
+    """
+    img = Image.new("RGB", (W, H), "white")
+    draw = ImageDraw.Draw(img)
+    _axes(draw, title, "", ylabel)
+    draw.line([_xy(0, ref), _xy(1, ref)], fill=(160, 160, 160))
+    for v in (0.0, ref, 1.0):
+        draw.text((M - 22, _xy(0, v)[1] - 6), f"{v:g}", fill=(0, 0, 0))
+    series = list(dict.fromkeys(k for g in groups.values() for k in g))
+    width = 1 / max(len(groups), 1)
+    bar = width * 0.8 / max(len(series), 1)
+    for i, (name, values) in enumerate(groups.items()):
+        x0 = i * width + width * 0.1
+        draw.text((_xy(x0, 0)[0], H - M + 2), name, fill=(0, 0, 0))
+        for k, s in enumerate(series):
+            if s in values:
+                v = min(max(float(values[s]), 0.0), 1.0)
+                (xa, ya), (xb, yb) = _xy(x0 + k * bar, v), _xy(x0 + (k + 1) * bar, 0)
+                draw.rectangle([xa, ya, xb - 1, yb], fill=_COLOURS[k % len(_COLOURS)])
+    for k, s in enumerate(series):
+        draw.text((M + 4, M // 2 + 4 + 12 * k), s, fill=_COLOURS[k % len(_COLOURS)])
+    return _save(img, path)

@@ -12,6 +12,10 @@ Algorithm (methods.md §1.4), for an input ``x`` and a trained :class:`~medood.n
 6. ``s(x) = mean_d (f(x) - f(x'))^2``: masking the regions that carry the class evidence changes the features of
    in-distribution inputs more than those of OOD inputs, whose CAMs lack focused evidence.
 
+Feature change (``change``): ``"mse"`` (the paper, above), ``"relative"`` (the MSE over ``mean_d f(x)^2``) or
+``"cosine"`` (``1 - cos(f(x), f(x'))``). The two normalised ones do not grow with the feature norm, which the MSE
+mostly follows on the demo bundles (``docs/benchmarks/mecam_diagnosis.md``, issue 23).
+
 Score: the paper's ``s`` is higher for in-distribution inputs; medood returns **``-s``** (higher = more OOD).
 Cost: two forward passes per input (the plain and the masked one).
 
@@ -44,10 +48,27 @@ from medood.losses import MECAM_EXIT_WEIGHTS, MultiExitStageLoss
 from medood.networks.nets.multi_exit_resnet import MultiExitResNet
 from medood.utils.enums import OODKeys
 
-__all__ = ["CAM_GRIDS", "MECAMDetector", "all_exit_subsets", "parse_exits"]
+__all__ = ["CAM_GRIDS", "CHANGES", "MECAMDetector", "all_exit_subsets", "feature_change", "parse_exits"]
 
 #: Where the exits' CAMs are fused: on the input grid (the paper) or on the finest fused CAM's grid.
 CAM_GRIDS = ("input", "cam")
+#: How the change of the pooled features under the mask is measured (see the module docstring).
+CHANGES = ("mse", "relative", "cosine")
+
+
+def feature_change(f: Tensor, g: Tensor, change: str = "mse") -> Tensor:
+    """``(B,)`` change between pooled features ``f`` and ``g`` ``(B, D)`` (float32 or wider): one of :data:`CHANGES`.
+
+    Raises:
+        ValueError: an unknown ``change``.
+    """
+    if change == "mse":
+        return (f - g).pow(2).mean(1)
+    if change == "relative":
+        return (f - g).pow(2).mean(1) / f.pow(2).mean(1).clamp_min(1e-12)
+    if change == "cosine":
+        return 1.0 - F.cosine_similarity(f, g, dim=1, eps=1e-12)
+    raise ValueError(f"change must be one of {CHANGES}, got {change!r}")
 
 
 def parse_exits(exits: Iterable[int] | str, num_exits: int = 4) -> tuple[int, ...]:
@@ -86,6 +107,8 @@ class MECAMDetector(OODDetector):
             up-sampled to the input once: cheaper for 3D volumes, where up-sampling every class channel of every
             exit to the full volume costs about one forward pass; the maps differ only below the CAM's voxel size).
             Defaults to ``"input"``.
+        change: the feature change of step 6: ``"mse"`` (the paper), ``"relative"`` or ``"cosine"``
+            (:func:`feature_change`). Defaults to ``"mse"``.
 
     Example::
 
@@ -107,6 +130,7 @@ class MECAMDetector(OODDetector):
         epochs: int = 30,
         lr: float = 1e-3,
         cam_grid: str = "input",
+        change: str = "mse",
     ) -> None:
         super().__init__()
         if network is None:
@@ -120,6 +144,9 @@ class MECAMDetector(OODDetector):
         if cam_grid not in CAM_GRIDS:
             raise ValueError(f"cam_grid must be one of {CAM_GRIDS}, got {cam_grid!r}")
         self.cam_grid = cam_grid
+        if change not in CHANGES:
+            raise ValueError(f"change must be one of {CHANGES}, got {change!r}")
+        self.change = change
 
     @property
     def exits(self) -> tuple[int, ...]:
@@ -188,9 +215,9 @@ class MECAMDetector(OODDetector):
         return fused.clamp(0.0, 1.0)
 
     def _masked_change(self, x: Tensor, features: Tensor, cam: Tensor) -> Tensor:
-        """Step 6: ``mean_d (f(x) - f(x * (1 - M)))^2``, the paper's score (higher = more in-distribution)."""
+        """Step 6: the change of ``f`` under ``x * (1 - M)`` (:attr:`change`; higher = more in-distribution)."""
         masked = self.net.features(x * (1.0 - cam).to(x.dtype))
-        return (features.float() - masked.float()).pow(2).mean(1)
+        return feature_change(features.float(), masked.float(), self.change)
 
     def _image(self, features: Mapping[str, Tensor]) -> Tensor:
         key = OODKeys.IMAGE.value
@@ -205,9 +232,10 @@ class MECAMDetector(OODDetector):
         return x
 
     def score_features(self, features: Mapping[str, Tensor]) -> OODOutput:
-        """Score ``{"image": (B, C, *S)}``: ``-MSE(f(x), f(x'))``, the fused CAM as the (explanation) map.
+        """Score ``{"image": (B, C, *S)}``: ``-change(f(x), f(x'))``, the fused CAM as the (explanation) map.
 
-        ``extras``: ``feature_mse`` (the paper's score, higher = ID) and ``pred_class`` (the final exit's class).
+        ``extras``: ``feature_mse`` (the feature change of :attr:`change`, the paper's MSE by default; higher =
+        ID) and ``pred_class`` (the final exit's class).
         """
         self.check_fitted()
         x = self._image(features)

@@ -121,6 +121,7 @@ PAGES = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
         ("compare_multitask", "spectral_multitask"),
         ("choose_mecam_augmentation", "mecam_augmentation"),
         ("choose_heatmap_variant", "heatmap_variants"),
+        ("diagnose_mecam", "mecam_diagnosis"),
     ],
 )
 def test_committed_pages_are_their_json_rendered(script: Any, name: str, page: str, monkeypatch: Any) -> None:

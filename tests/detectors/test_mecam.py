@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from monai.data import DataLoader, Dataset
 
 from medood.detectors import MECAMDetector, NotFittedError
-from medood.detectors.mecam import all_exit_subsets, parse_exits
+from medood.detectors.mecam import all_exit_subsets, feature_change, parse_exits
 from medood.engines import OODEvaluator, fit_detector
 from medood.handlers import CalibrationHandler, OODResultWriter
 from medood.inferers import OODInferer
@@ -76,6 +76,31 @@ def test_matches_the_paper_formula(sd: int, exits: tuple[int, ...]) -> None:
     assert float(out.anomaly_map.max()) <= 1.0
     torch.testing.assert_close(out.extras["feature_mse"], -out.image_score)
     torch.testing.assert_close(out.extras["pred_class"], det.net(x)[-1].argmax(1))
+
+
+@pytest.mark.parametrize("change", ["relative", "cosine"])
+def test_normalised_feature_changes(change: str) -> None:
+    """The ``change`` option: the same fused CAM and masked pass, the change normalised by the feature norm."""
+    det = _detector(2)
+    x = toy.blob_images(2, 4, seed=3)[0]
+    mse = det.score(x).image_score
+    det.change = change
+    out = det.score(x)
+    with torch.no_grad():
+        f = det.net.features(x)
+        g = det.net.features(x * (1 - out.anomaly_map))
+    if change == "relative":
+        expected = mse / f.pow(2).mean(1)
+    else:
+        expected = F.cosine_similarity(f, g, dim=1) - 1
+    torch.testing.assert_close(out.image_score, expected, atol=1e-6, rtol=1e-4)
+    assert not torch.allclose(out.image_score, mse)
+    torch.testing.assert_close(det.score_subsets(x, ["0123"])["exits_0123"], out.image_score)
+    # a common scale of both features changes neither normalised score; the MSE grows with its square
+    torch.testing.assert_close(feature_change(3 * f, 3 * g, change), feature_change(f, g, change))
+    torch.testing.assert_close(feature_change(3 * f, 3 * g, "mse"), 9 * feature_change(f, g, "mse"))
+    with pytest.raises(ValueError, match="change must be one of"):
+        MECAMDetector(**{**MECAMDetector.tiny_config(2), "change": "l1"})
 
 
 def test_fusion_on_the_cam_grid() -> None:
