@@ -47,11 +47,14 @@ __all__ = [
 #: ``{variant: HeatmapDetector options}`` over the bundle's ``network_def``. ``multi_layer``: the pooled output of
 #: ``layer3`` joins ``z`` (the pooled ``layer4`` output): the classifier's last two stages, as the official
 #: ``fw_layers = 3`` feeds its decoder (which adds the unpooled maps inside the decoder instead).
+#: Every variant sets both the decoder count and the extra layers, so a bundle that ships a chosen variant (the
+#: pathology ensemble, the endoscopy multi-layer input) still gives the official default as ``default``.
+_OFFICIAL: dict[str, Any] = {"n_decoders": 1, "feature_layers": ()}
 VARIANTS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "loss_range": {"loss_input_range": (0.0, 1.0)},
-    "multi_layer": {"feature_layers": ("layer3",)},
-    "ensemble5": {"n_decoders": 5},
+    "default": _OFFICIAL,
+    "loss_range": {**_OFFICIAL, "loss_input_range": (0.0, 1.0)},
+    "multi_layer": {**_OFFICIAL, "feature_layers": ("layer3",)},
+    "ensemble5": {**_OFFICIAL, "n_decoders": 5},
 }
 
 

@@ -83,3 +83,16 @@ def test_variant_metrics_pair_runs_and_the_rule_needs_interval_and_runs() -> Non
     assert chosen == "four_of_five", "the highest mean AUROC among those passing both conditions"
     assert "not above 0" in why["ci_touches_0"] and "needed: 4" in why["two_of_five"]
     assert choose_variant({"default": rows["default"], "x": rows["ci_touches_0"]})[0] == "default"
+
+
+def test_default_is_the_official_single_decoder_even_on_a_bundle_that_ships_a_variant() -> None:
+    """The pathology bundle ships 5 decoders, the endoscopy one a multi-layer input: 'default' undoes both."""
+    base = {**_base(), "n_decoders": 3, "feature_layers": ("features.1",)}
+    default = build_variant(base, "default", seed=0)
+    assert len(default.decoders) == 1 and default.feature_layers == ()
+    ens = build_variant(base, "ensemble5", seed=0)
+    assert len(ens.decoders) == 5 and ens.feature_layers == ()
+    ens = ens.fit(toy.id_loader(2, n=8, batch_size=8), trainer=fit_detector, progress=False)
+    member = ensemble_member(ens, base, 2)  # loads decoder 2 into a one-decoder detector
+    x = toy.blob_images(2, 3, seed=1)[0]
+    torch.testing.assert_close(member.score(x).image_score, member_scores(ens, x)[:, 2])
