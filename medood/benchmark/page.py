@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from medood.benchmark.spectral_claim import spectral_claim
+from medood.benchmark.stats import paired_holds, paired_text
+
 __all__ = ["host_sentence", "results_markdown", "seed_claims"]
 
 
@@ -17,26 +20,12 @@ def _ci(v: Any, ci: Any, pct: bool = True) -> str:
     return f"{f * v:.{d}f} [{f * ci[0]:.{d}f}, {f * ci[1]:.{d}f}]"
 
 
-def _holds(diff: dict[str, Any] | None) -> bool | None:
-    """True / False when the paired 95 % interval excludes 0 (better / worse), ``None`` when it includes 0."""
-    if not diff:
-        return None
-    lo, hi = diff["ci"]
-    return True if lo > 0 else False if hi < 0 else None
-
-
-def _diff(d: dict[str, Any]) -> str:
-    """A paired AUROC difference in points: ``+1.2 [-0.3, +2.8], p=0.120``."""
-    lo, hi = d["ci"]
-    return f"{100 * d['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}], p={d['p']:.3f}"
-
-
 def _paired_cells(p: dict[str, Any]) -> str:
     """The mean-over-sets difference of a paired entry, then each set's."""
-    sets = "; ".join(f"{s}: {_diff(d)}" for s, d in p["sets"].items())
+    sets = "; ".join(f"{s}: {paired_text(d)}" for s, d in p["sets"].items())
     if not p.get("mean"):
         return sets
-    return f"mean over {len(p['sets'])} sets {_diff(p['mean'])}; per set: {sets}"
+    return f"mean over {len(p['sets'])} sets {paired_text(p['mean'])}; per set: {sets}"
 
 
 def host_sentence(host: str, same_host: Mapping[str, Mapping[str, Any]]) -> str:
@@ -61,13 +50,13 @@ def _same_host(task: dict[str, Any], seed: str, msp_floor: bool) -> tuple[str, b
         return None
     means = task["mean_auroc"]
     text = (f"same classifier ({p['host']}): {seed} mean AUROC {100 * means[seed]:.1f} vs the best baseline there, "
-            f"{p['baseline']}, {100 * means[p['baseline']]:.1f}: difference {_diff(p['mean'])} (paired bootstrap "
+            f"{p['baseline']}, {100 * means[p['baseline']]:.1f}: difference {paired_text(p['mean'])} (paired bootstrap "
             f"of the mean over {len(p['sets'])} test OOD sets)")  # fmt: skip
-    holds = _holds(p["mean"])
+    holds = paired_holds(p["mean"])
     if "msp" in p and p["msp"].get("mean"):
         text += (f"; vs MSP on that classifier ({p['msp']['baseline']}, {100 * means[p['msp']['baseline']]:.1f}): "
-                 f"{_diff(p['msp']['mean'])}")  # fmt: skip
-        if msp_floor and _holds(p["msp"]["mean"]) is False:
+                 f"{paired_text(p['msp']['mean'])}")  # fmt: skip
+        if msp_floor and paired_holds(p["msp"]["mean"]) is False:
             holds = False
     return text, holds
 
@@ -76,7 +65,7 @@ def _mean_paired(task: dict[str, Any], seed: str) -> tuple[str, bool | None]:
     p = task.get("paired", {}).get(seed)
     if not p or not p["sets"]:
         return "not measured", None
-    verdicts = [_holds(d) for d in p["sets"].values()]
+    verdicts = [paired_holds(d) for d in p["sets"].values()]
     wins, losses = verdicts.count(True), verdicts.count(False)
     text = (f"{seed} vs {p['baseline']}: better on {wins}, worse on {losses}, undecided on "
             f"{len(verdicts) - wins - losses} of {len(verdicts)} OOD sets (paired bootstrap 95 % CI of the AUROC "
@@ -124,8 +113,6 @@ def _seed_claim(tasks: dict[str, Any], method: str, seed: str, task_names: tuple
     elif missing:
         why += f"; no same-classifier family on {', '.join(missing)}: judged there against another host's baselines"
     if seed == "spectral":  # judged on its own host's baselines (medood.benchmark.spectral_claim)
-        from medood.benchmark.spectral_claim import spectral_claim
-
         judged = [(t, j) for t in task_names if t in tasks and (j := spectral_claim(tasks[t])) is not None]
         texts = [f"{t}: {j[0]}" for t, j in judged] or texts
         holds_all = _verdict([j[1] for _, j in judged], refuted_by_any=True)

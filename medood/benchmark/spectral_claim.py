@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from medood.benchmark.page import _diff, _holds
+from medood.benchmark.stats import paired_holds as _holds
+from medood.benchmark.stats import paired_text as _diff
 
 __all__ = ["UNCERTAINTY", "spectral_claim"]
 

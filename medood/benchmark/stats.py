@@ -19,7 +19,9 @@ __all__ = [
     "bootstrap_metrics",
     "flagged_rate",
     "paired_auroc_difference",
+    "paired_holds",
     "paired_mean_auroc_difference",
+    "paired_text",
     "set_aurocs",
 ]
 
@@ -192,3 +194,17 @@ def set_aurocs(
             out[k] = rounded(auroc(np.r_[ids, ood], np.r_[np.zeros(ids.size), np.ones(ood.size)]))
     out["mean"] = rounded(float(np.mean(list(out.values()))))
     return out
+
+
+def paired_holds(diff: dict[str, Any] | None) -> bool | None:
+    """True / False when the paired 95 % interval excludes 0 (better / worse), ``None`` when it includes 0."""
+    if not diff:
+        return None
+    lo, hi = diff["ci"]
+    return True if lo > 0 else False if hi < 0 else None
+
+
+def paired_text(d: dict[str, Any]) -> str:
+    """A paired AUROC difference in points: ``+1.2 [-0.3, +2.8], p=0.120``."""
+    lo, hi = d["ci"]
+    return f"{100 * d['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}], p={d['p']:.3f}"
