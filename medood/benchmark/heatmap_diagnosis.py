@@ -1,0 +1,253 @@
+"""Per-stage figures of Heatmap-OOD on VALIDATION data (``scripts/diagnose_heatmap.py``): which stage limits it.
+
+The stages of the issue, each measured on seeded decoder runs of :mod:`medood.benchmark.heatmap_variants` (the
+bundle's shipped detector options, its data less the validation family's corruptions):
+
+* decoder response (:func:`response_figures`): the score (pixel mean of the channel-max ``|h|``) on the ID training
+  images, on held-out ID images and on every validation OOD set; the AUROC of ID training vs held-out ID images
+  (0.5: the decoder treats unseen ID images as its training images; near 1: it memorised them);
+* the target's scale (:func:`target_figures`): ``|t - x|`` of every auxiliary OOD image (distance to its nearest
+  same-class ID training image, the quantity the decoder must paint) against the ``|h|`` it paints there, and the
+  Spearman correlation of the score with image mean intensity and contrast (:func:`intensity_figures`);
+* the auxiliary OOD mix (:data:`MIXES`, :func:`mix_options`): decoders trained with corruptions only, other organs
+  only, or both (the bundles' mix), compared with :func:`~medood.benchmark.heatmap_variants.choose_variant`'s rule;
+* :func:`limiting_stage`: the verdict of the figures, with the thresholds it used (fixed before the run).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+from torch import Tensor
+
+from medood.benchmark.bundles import batch_images, bundle_parser, item_loader
+from medood.benchmark.heatmap_variants import (
+    build_variant,
+    bundle_detector_kwargs,
+    bundle_training_data,
+    choose_variant,
+    held_out_corruptions,
+    member_scores,
+    variant_metrics,
+)
+from medood.benchmark.stats import set_aurocs
+from medood.data.demo.bench import read_manifest
+from medood.data.folders import scoring_datalist
+from medood.detectors.heatmap import HeatmapDetector
+from medood.detectors.heatmap_data import nearest_id_targets, predicted_features
+from medood.engines.fit import train_heatmap_decoder
+from medood.metrics import auroc
+from medood.transforms.corruptions import corruption_plan
+
+__all__ = [
+    "GAP_AUROC",
+    "GAP_RATIO",
+    "MIXES",
+    "PAINT_RATIO",
+    "auxiliary_groups",
+    "diagnose_task",
+    "image_scores",
+    "intensity_figures",
+    "limiting_stage",
+    "mix_options",
+    "response_figures",
+    "summarise_runs",
+    "target_figures",
+]
+
+#: ``{mix: (corruptions of the ID images, other-organ images)}``: the auxiliary OOD data of each arm.
+MIXES: dict[str, tuple[bool, bool]] = {
+    "both": (True, True),
+    "corruptions": (True, False),
+    "other_organs": (False, True),
+}
+#: A generalisation gap limits the detector when held-out ID images score this many times the training images...
+GAP_RATIO = 1.5
+#: ... and are separated from them with at least this AUROC.
+GAP_AUROC = 0.75
+#: The target stage limits it when the decoder paints less than this fraction of ``|t - x|`` on its own aux images.
+PAINT_RATIO = 0.5
+
+
+def mix_options(mix: str, options: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """``(detector options of the arm, whether it trains on the other-organ images)``; ``mix`` in :data:`MIXES`."""
+    if mix not in MIXES:
+        raise ValueError(f"unknown auxiliary mix {mix!r}; known: {sorted(MIXES)}")
+    corruptions, organs = MIXES[mix]
+    return {**options, **({} if corruptions else {"aux_corruptions": ()})}, organs
+
+
+@torch.no_grad()
+def image_scores(detector: HeatmapDetector, images: Tensor, batch_size: int = 64) -> np.ndarray:
+    """``(N,)`` detector scores (mean over its decoders of the pixel mean of channel-max ``|h|``), float64."""
+    if images.shape[0] == 0:
+        return np.zeros(0)
+    cols = [member_scores(detector, xb) for xb in images.split(batch_size)]
+    return torch.cat(cols).mean(1).double().numpy()
+
+
+def auxiliary_groups(detector: HeatmapDetector, id_images: Tensor, other_organs: Tensor | None) -> dict[str, Tensor]:
+    """The decoder's auxiliary OOD images by source: ``corruptions`` and ``other_organs`` (when given).
+
+    The corruptions are the detector's seeded corruptions of the ID images, as
+    :func:`~medood.detectors.heatmap_data.ood_pairs` makes them.
+    """
+    out = {}
+    if detector.aux_corruptions and detector.aux_per_image > 0:
+        plan = corruption_plan(id_images.shape[0], detector.aux_corruptions, detector.aux_per_image, detector.seed)
+        out["corruptions"] = torch.stack([detector.corrupt(id_images[i], name, s) for i, name, s in plan])
+    if other_organs is not None and other_organs.shape[0]:
+        out["other_organs"] = other_organs
+    return out
+
+
+def _pixel_mean(d: Tensor) -> np.ndarray:
+    return d.abs().amax(1).flatten(1).mean(1).double().numpy()
+
+
+@torch.no_grad()
+def target_figures(detector: HeatmapDetector, id_images: Tensor, groups: Mapping[str, Tensor]) -> dict[str, Any]:
+    """Per image group: mean ``|t - x|``, the mean ``|h|`` the decoder paints there, and their ratio.
+
+    ``|t - x|``: channel max, pixel mean; ``t`` the nearest same-class ID training image, as in the decoder's
+    training pairs (images whose class no ID image has are left out).
+    """
+    id_f, id_p = predicted_features(detector, [id_images])
+    out = {}
+    for name, x in groups.items():
+        f, p = predicted_features(detector, [x])
+        idx = nearest_id_targets(id_f, id_p, f, p)
+        keep = idx >= 0
+        target = float(_pixel_mean(id_images[idx[keep]] - x[keep]).mean())
+        painted = float(image_scores(detector, x[keep]).mean())
+        out[name] = {"n": int(keep.sum()), "target": target, "painted": painted, "ratio": painted / target}
+    return out
+
+
+def intensity_figures(images: Tensor, scores: np.ndarray) -> dict[str, float]:
+    """Spearman correlation of ``scores`` with each image's mean intensity and contrast (standard deviation)."""
+    flat = images.flatten(1).double()
+    stats = {"mean_intensity": flat.mean(1).numpy(), "contrast": flat.std(1).numpy()}
+    return {k: float(spearmanr(v, scores).statistic) for k, v in stats.items()}
+
+
+def response_figures(scores: Mapping[str, np.ndarray], train_key: str, heldout_keys: list[str]) -> dict[str, Any]:
+    """Mean score of every set; per held-out ID set its ratio to ``train_key``'s and the AUROC separating the two.
+
+    Held-out images positive: 0.5 = no generalisation gap, 1 = the decoder knows its training images.
+    """
+    train = np.asarray(scores[train_key], np.float64)
+    out: dict[str, Any] = {"mean": {k: float(np.mean(v)) for k, v in scores.items()}, "gap": {}}
+    for k in heldout_keys:
+        held = np.asarray(scores[k], np.float64)
+        labels = np.r_[np.zeros(train.size), np.ones(held.size)]
+        out["gap"][k] = {"ratio": float(held.mean() / train.mean()), "auroc": float(auroc(np.r_[train, held], labels))}
+    return out
+
+
+def summarise_runs(runs: list[Any]) -> Any:
+    """Nested dicts of per-run numbers averaged over the runs (same keys in every run; ints kept from run 0)."""
+    first = runs[0]
+    if isinstance(first, dict):
+        return {k: summarise_runs([r[k] for r in runs]) for k in first}
+    if isinstance(first, bool | int):
+        return first
+    return float(np.mean(runs))
+
+
+def limiting_stage(figures: Mapping[str, Any], mix_choice: str, reference: str = "both") -> dict[str, Any]:
+    """The stage(s) that limit the detector, from the seed-averaged figures of one task.
+
+    ``figures``: ``{"response": {"gap": {set: {ratio, auroc}}}, "targets": {group: {ratio, ...}}}``. A
+    generalisation gap: some held-out ID set scores at least :data:`GAP_RATIO` times the training images with an
+    AUROC of at least :data:`GAP_AUROC`; the target's scale: the decoder paints less than :data:`PAINT_RATIO` of
+    ``|t - x|`` on some auxiliary group; the mix: an arm other than ``reference`` won the rule.
+    """
+    gap = [k for k, g in figures["response"]["gap"].items() if g["ratio"] >= GAP_RATIO and g["auroc"] >= GAP_AUROC]
+    under = [k for k, t in figures["targets"].items() if t["ratio"] < PAINT_RATIO]
+    stages = (["generalisation"] if gap else []) + (["target_scale"] if under else [])
+    stages += ["auxiliary_mix"] if mix_choice != reference else []
+    return {"stages": stages, "gap_sets": gap, "underpainted_groups": under, "mix_choice": mix_choice,
+            "thresholds": {"gap_ratio": GAP_RATIO, "gap_auroc": GAP_AUROC, "paint_ratio": PAINT_RATIO}}  # fmt: skip
+
+
+def _images(items: list[dict[str, Any]], transform: Any) -> Tensor:
+    return torch.cat(batch_images(item_loader(items, transform, 32, keys=["image"])))
+
+
+def _run_figures(det: HeatmapDetector, images: Mapping[str, Tensor], groups: Mapping[str, Tensor],
+                 oods: list[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:  # fmt: skip
+    """Scores of every image set and the stage figures of one trained decoder run."""
+    scores = {k: image_scores(det, x) for k, x in images.items()}
+    response = response_figures({**scores, **{f"aux_{k}": image_scores(det, x) for k, x in groups.items()}},
+                                "id_train", ["id_heldout", "id_val"])  # fmt: skip
+    figures = {
+        "response": response, "targets": target_figures(det, images["id_train"], groups),
+        "val_targets": target_figures(det, images["id_train"], {k: images[k] for k in ["id_val", *oods]}),
+        "intensity": {k: intensity_figures(images[k], scores[k]) for k in ("id_heldout", "id_val")},
+    }  # fmt: skip
+    return scores, figures
+
+
+def diagnose_task(bundle: Path, bench: Path, dataset_dir: Path, epochs: int, seeds: int, n_boot: int = 1000
+                  ) -> dict[str, Any]:  # fmt: skip
+    """Every stage figure of one heatmap bundle, every mix arm trained ``seeds`` times (seeds ``0..seeds-1``).
+
+    The decoders are trained as ``scripts/choose_heatmap_variant.py`` trains them (the bundle's shipped detector
+    options, its ``train.yaml`` data from ``dataset_dir``, the validation family's corruptions held out, ``epochs``
+    per decoder); scored on the bundle's ID training images (``id_train``), its own held-out ID images
+    (``id_heldout``: its ``val`` split), the bench's ``id_val`` and validation OOD sets (never a test OOD kind).
+    """
+    parser = bundle_parser(bundle, ["inference.yaml", "train.yaml"], device="cpu", dataset_dir=str(dataset_dir))
+    manifest = read_manifest(bench)
+    transform = parser.get_parsed_content("preprocessing")
+    options = {
+        "epochs": epochs, "lr": parser["learning_rate"], "batch_size": parser["train_batch_size"],
+        "aux_corruptions": held_out_corruptions(manifest, parser["aux_corruptions"]),
+        "aux_per_image": parser["aux_per_image"],
+    }  # fmt: skip
+    base = bundle_detector_kwargs(parser)
+    id_loader, organs = bundle_training_data(parser, options["batch_size"])
+    images = {"id_train": torch.cat(batch_images(id_loader)),
+              "id_heldout": _images(parser.get_parsed_content("val_datalist"), transform)}  # fmt: skip
+    for name, s in manifest["sets"].items():
+        if s["role"] in ("id_val", "ood_val"):
+            images["id_val" if s["role"] == "id_val" else name] = _images(scoring_datalist(s["dir"], None), transform)
+    oods = [k for k, s in manifest["sets"].items() if s["role"] == "ood_val"]
+    scores: dict[str, dict[str, list[np.ndarray]]] = {}
+    figures: dict[str, list[Any]] = {}
+    seconds: dict[str, list[float]] = {}
+    for mix in MIXES:
+        for seed in range(seeds):
+            opts, with_organs = mix_options(mix, options)
+            det = build_variant(base, "default", seed=seed, **opts)
+            t0 = time.perf_counter()
+            train_heatmap_decoder(det, id_loader, [organs] if with_organs else None, progress=False)
+            seconds.setdefault(mix, []).append(round(time.perf_counter() - t0, 1))
+            groups = auxiliary_groups(build_variant(base, "default", seed=seed, **options), images["id_train"], organs)
+            run_scores, run_figures = _run_figures(det.eval(), images, groups, oods)
+            for k, v in run_scores.items():
+                scores.setdefault(mix, {}).setdefault(k, []).append(v)
+            figures.setdefault(mix, []).append(run_figures)
+    val = {mix: {k: np.stack(by[k], axis=1) for k in ["id_val", *oods]} for mix, by in scores.items()}
+    metrics = variant_metrics(val, "id_val", reference="both", n_boot=n_boot)
+    chosen, why = choose_variant(metrics, reference="both")
+    summary = {mix: summarise_runs(runs) for mix, runs in figures.items()}
+    for mix, by in val.items():
+        runs = [set_aurocs({k: v[:, r] for k, v in by.items()}, "id_val", digits=None) for r in range(seeds)]
+        metrics[mix].update(train_seconds=seconds[mix], set_aurocs={k: [r[k] for r in runs] for k in oods})
+    return {
+        "bundle": str(bundle.relative_to(bundle.parents[1])), "dataset_dir": str(dataset_dir),
+        "n": {k: int(x.shape[0]) for k, x in images.items()}, "other_organ_images": int(organs.shape[0]),
+        "detector_options": {k: v for k, v in base.items() if k in ("n_decoders", "feature_layers", "decoder")},
+        "training": {**options, "aux_corruptions": list(options["aux_corruptions"])},
+        "mix_arms": {k: {"corruptions": c, "other_organs": o} for k, (c, o) in MIXES.items()},
+        "figures": summary, "mixes": metrics, "chosen": chosen, "why": why,
+        "limiting": limiting_stage(summary["both"], chosen),
+    }  # fmt: skip

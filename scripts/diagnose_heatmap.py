@@ -1,0 +1,71 @@
+"""Heatmap-OOD per stage on VALIDATION data (issue 23): decoder response, the target's scale, the auxiliary mix.
+
+For each task (pathology, endoscopy: the 2-D heatmap bundles), decoders are trained as
+``scripts/choose_heatmap_variant.py`` trains them (the bundle's shipped detector options and ``train.yaml`` data, the
+validation family's corruptions held out, ``--epochs`` per decoder), ``--seeds`` times for each auxiliary OOD mix of
+:data:`medood.benchmark.heatmap_diagnosis.MIXES` (corruptions only, other organs only, both = the bundles' mix), and
+scored on the bundle's ID training images, its held-out ``val`` split, the bench ``id_val`` images and the
+validation OOD family only (never a test OOD kind). The figures and the verdict are
+:mod:`medood.benchmark.heatmap_diagnosis`; the page :mod:`medood.benchmark.heatmap_diagnosis_page`.
+
+Writes ``docs/benchmarks/heatmap_diagnosis.{json,md}``::
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/diagnose_heatmap.py --seeds 5
+    python scripts/diagnose_heatmap.py --render          # the page again from the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from medood.benchmark.heatmap_diagnosis import GAP_AUROC, GAP_RATIO, PAINT_RATIO, diagnose_task
+from medood.benchmark.heatmap_diagnosis_page import markdown
+from medood.benchmark.heatmap_variants import choose_variant
+from medood.benchmark.report import bench_header, write_page
+from medood.benchmark.script import add_common_arguments, render_only, start
+
+log = logging.getLogger("diagnose_heatmap")
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = {"pathology": "heatmap_pathology_ood_classification", "endoscopy": "heatmap_endoscopy_ood_classification"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bench-dir", type=Path, default=Path("/tmp/medood_benchmark/bench"))
+    ap.add_argument("--data-dir", type=Path, default=ROOT / "demo_data", help="the bundles' data (<dir>/<task>)")
+    ap.add_argument("--tasks", nargs="+", choices=list(BUNDLES), default=list(BUNDLES))
+    ap.add_argument("--epochs", type=int, default=30, help="epochs of every decoder (default: the bundles' 30)")
+    ap.add_argument("--seeds", type=int, default=5, help="training runs of every mix (seeds 0..N-1)")
+    ap.add_argument("--n-boot", type=int, default=1000)
+    add_common_arguments(ap, ROOT / "docs" / "benchmarks" / "heatmap_diagnosis.json", threads=1)
+    args = ap.parse_args()
+    if render_only(args, markdown):
+        return
+    start(args)
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {
+        **bench_header(conventions=False),
+        "command": "python scripts/diagnose_heatmap.py " + " ".join(sys.argv[1:]),
+        "omp_threads": os.environ.get("OMP_NUM_THREADS"),
+        "epochs": args.epochs, "seeds": args.seeds, "n_boot": args.n_boot,
+        "thresholds": {"gap_ratio": GAP_RATIO, "gap_auroc": GAP_AUROC, "paint_ratio": PAINT_RATIO},
+        "rule": " ".join(choose_variant.__doc__.split("\n\n")[1].split()).replace("``", "`"),  # type: ignore[union-attr]
+        "tasks": {},
+    }  # fmt: skip
+    for task in args.tasks:
+        result["tasks"][task] = diagnose_task(ROOT / "bundles" / BUNDLES[task], args.bench_dir / task,
+                                              args.data_dir / task, args.epochs, args.seeds, args.n_boot)  # fmt: skip
+        result["seconds"] = round(time.perf_counter() - t0, 1)
+        write_page(args.out, result, markdown(result))  # after every task: a finished task is kept
+        log.info("%s: limiting %s, mix %s", task, result["tasks"][task]["limiting"]["stages"],
+                 result["tasks"][task]["chosen"])  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
