@@ -126,7 +126,12 @@ def target_figures(detector: HeatmapDetector, id_images: Tensor, groups: Mapping
         keep = idx >= 0
         target = float(_pixel_mean(id_images[idx[keep]] - x[keep]).mean())
         painted = float(image_scores(detector, x[keep]).mean())
-        out[name] = {"n": int(keep.sum()), "target": target, "painted": painted, "ratio": painted / target}
+        out[name] = {
+            "n": int(keep.sum()),
+            "target": target,
+            "painted": painted,
+            "ratio": painted / target if target > 0 else float("inf"),
+        }
     return out
 
 
