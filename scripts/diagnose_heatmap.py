@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30, help="epochs of every decoder (default: the bundles' 30)")
     ap.add_argument("--seeds", type=int, default=5, help="training runs of every mix (seeds 0..N-1)")
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--n-decoders", type=int, default=None,
+                    help="decoders per run (default: the bundle's; 1 = one member of a shipped ensemble)")  # fmt: skip
     add_common_arguments(ap, ROOT / "docs" / "benchmarks" / "heatmap_diagnosis.json", threads=1)
     args = ap.parse_args()
     if render_only(args, markdown):
@@ -53,14 +55,16 @@ def main() -> None:
         **bench_header(conventions=False),
         "command": "python scripts/diagnose_heatmap.py " + " ".join(sys.argv[1:]),
         "omp_threads": os.environ.get("OMP_NUM_THREADS"),
-        "epochs": args.epochs, "seeds": args.seeds, "n_boot": args.n_boot,
+        "epochs": args.epochs, "seeds": args.seeds, "n_boot": args.n_boot, "n_decoders": args.n_decoders,
         "thresholds": {"gap_ratio": GAP_RATIO, "gap_auroc": GAP_AUROC, "paint_ratio": PAINT_RATIO},
         "rule": " ".join(choose_variant.__doc__.split("\n\n")[1].split()).replace("``", "`"),  # type: ignore[union-attr]
         "tasks": {},
     }  # fmt: skip
+    override = {} if args.n_decoders is None else {"n_decoders": args.n_decoders}
     for task in args.tasks:
         result["tasks"][task] = diagnose_task(ROOT / "bundles" / BUNDLES[task], args.bench_dir / task,
-                                              args.data_dir / task, args.epochs, args.seeds, args.n_boot)  # fmt: skip
+                                              args.data_dir / task, args.epochs, args.seeds, args.n_boot,
+                                              **override)  # fmt: skip
         result["seconds"] = round(time.perf_counter() - t0, 1)
         write_page(args.out, result, markdown(result))  # after every task: a finished task is kept
         log.info("%s: limiting %s, mix %s", task, result["tasks"][task]["limiting"]["stages"],

@@ -200,14 +200,15 @@ def _run_figures(det: HeatmapDetector, images: Mapping[str, Tensor], groups: Map
     return scores, figures
 
 
-def diagnose_task(bundle: Path, bench: Path, dataset_dir: Path, epochs: int, seeds: int, n_boot: int = 1000
-                  ) -> dict[str, Any]:  # fmt: skip
+def diagnose_task(bundle: Path, bench: Path, dataset_dir: Path, epochs: int, seeds: int, n_boot: int = 1000,
+                  **detector_options: Any) -> dict[str, Any]:  # fmt: skip
     """Every stage figure of one heatmap bundle, every mix arm trained ``seeds`` times (seeds ``0..seeds-1``).
 
     The decoders are trained as ``scripts/choose_heatmap_variant.py`` trains them (the bundle's shipped detector
     options, its ``train.yaml`` data from ``dataset_dir``, the validation family's corruptions held out, ``epochs``
     per decoder); scored on the bundle's ID training images (``id_train``), its own held-out ID images
     (``id_heldout``: its ``val`` split), the bench's ``id_val`` and validation OOD sets (never a test OOD kind).
+    ``detector_options`` override the shipped ones (e.g. ``n_decoders=1``: one member of a shipped ensemble).
     """
     parser = bundle_parser(bundle, ["inference.yaml", "train.yaml"], device="cpu", dataset_dir=str(dataset_dir))
     manifest = read_manifest(bench)
@@ -217,7 +218,7 @@ def diagnose_task(bundle: Path, bench: Path, dataset_dir: Path, epochs: int, see
         "aux_corruptions": held_out_corruptions(manifest, parser["aux_corruptions"]),
         "aux_per_image": parser["aux_per_image"],
     }  # fmt: skip
-    base = bundle_detector_kwargs(parser)
+    base = {**bundle_detector_kwargs(parser), **detector_options}
     id_loader, organs = bundle_training_data(parser, options["batch_size"])
     images = {"id_train": torch.cat(batch_images(id_loader)),
               "id_heldout": _images(parser.get_parsed_content("val_datalist"), transform)}  # fmt: skip

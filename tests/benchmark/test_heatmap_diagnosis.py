@@ -113,6 +113,6 @@ def test_limiting_stage_verdicts_and_the_page() -> None:
     text = finding("toy", task)
     assert "limiting stage: target scale" in text and "0.20 of |t - x| on corruptions" in text
     assert "both 75.0, corruptions 60.0" in text and "1.00x the training images" in text
-    page = markdown({"command": "c", "seconds": 1.0, "machine": "m", "omp_threads": "1", "epochs": 2, "seeds": 2,
+    page = markdown({"command": "c", "seconds": 1.0, "machine": "m", "omp_threads": "1", "epochs": 2, "seeds": 2, "n_decoders": 1,
                      "thresholds": {}, "rule": "r", "tasks": {"toy": task}})  # fmt: skip
     assert text in page and "| corruptions | 80.0 | 60.0 (70.0-80.0) | -15.0 [-20.0, -10.0]; runs -10.0 -20.0 |" in page
