@@ -18,6 +18,7 @@ __all__ = ["finding", "markdown", "mix_table", "response_table", "target_table"]
 STAGES = {
     "generalisation": "generalisation gap (held-out ID images score far above the training images)",
     "target_scale": "target scale (the decoder paints a small fraction of |t - x|)",
+    "target_definition": "target definition (an oracle painting exactly t - x would rank no better than the decoder)",
     "auxiliary_mix": "auxiliary OOD mix (another mix wins the rule)",
 }
 
@@ -41,11 +42,17 @@ def response_table(t: dict[str, Any]) -> list[str]:
 
 
 def target_table(t: dict[str, Any]) -> list[str]:
-    """``|t - x|`` to the nearest same-class ID training image vs the painted ``|h|``, per image set."""
+    """``|t - x|`` (nearest same-class ID training image) vs the painted ``|h|`` per image set, and their AUROCs.
+
+    The AUROCs vs ``id_val``: of an oracle painting exactly ``t - x``, and of the decoder.
+    """
     f = t["figures"]["both"]
     rows = [[f"aux {k}" if src == "targets" else k, v["n"], f"{v['target']:.4f}", f"{v['painted']:.4f}",
-             f"{v['ratio']:.2f}"] for src in ("targets", "val_targets") for k, v in f[src].items()]  # fmt: skip
-    return md_table(["image set", "n", "mean \\|t - x\\|", "mean \\|h\\| painted", "painted / target"], rows)
+             f"{v['ratio']:.2f}", _pct(v["target_auroc"]) if "target_auroc" in v else "",
+             _pct(v["painted_auroc"]) if "painted_auroc" in v else ""]
+            for src in ("targets", "val_targets") for k, v in f[src].items()]  # fmt: skip
+    return md_table(["image set", "n", "mean \\|t - x\\|", "mean \\|h\\| painted", "painted / target",
+                     "oracle \\|t - x\\| AUROC % vs id_val", "decoder AUROC % vs id_val"], rows)  # fmt: skip
 
 
 def mix_table(t: dict[str, Any]) -> list[str]:
@@ -71,10 +78,14 @@ def finding(task: str, t: dict[str, Any]) -> str:
     stages = "; ".join(STAGES[s] for s in lim["stages"]) or "none of the measured stages"
     return (
         f"Heatmap diagnosis ({task}, validation only, {len(t['mixes']['both']['run_mean_aurocs'])} seeded runs): "
-        f"limiting stage: {stages}. ID validation images score {gap['ratio']:.2f}x the training images "
-        f"(AUROC {_pct(gap['auroc'])} % separating them); the decoder paints "
+        f"mean validation AUROC {_pct(t['mixes']['both']['mean_auroc'])} vs ViM on the same classifier "
+        f"{_pct(t['vim_reference']['mean'])}; limiting stage: {stages}. ID validation images score "
+        f"{gap['ratio']:.2f}x the training images (AUROC {_pct(gap['auroc'])} % separating them); an oracle "
+        "painting exactly |t - x| would reach mean "
+        f"AUROC {_pct(lim['oracle_target_auroc'])} on the validation OOD sets, the decoder "
+        f"{_pct(lim['decoder_auroc'])}; the decoder paints "
         + ", ".join(f"{v['ratio']:.2f} of |t - x| on {k}" for k, v in tg.items())
-        + f"; auxiliary mix: {t['chosen']} kept by the rule (mean validation AUROC "
+        + f"; auxiliary mix chosen by the rule: {t['chosen']} (mean validation AUROC "
         + ", ".join(f"{k} {_pct(m['mean_auroc'])}" for k, m in t["mixes"].items())
         + ")."
     )

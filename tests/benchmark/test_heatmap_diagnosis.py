@@ -62,8 +62,12 @@ def test_auxiliary_groups_are_the_training_pairs_corruptions() -> None:
 def test_target_figures_measure_the_distance_to_the_nearest_id_image() -> None:
     det, x = _fitted()
     flat = torch.full_like(x[:4], 0.5)
-    out = target_figures(det, x, {"same": x, "flat": flat})
+    out = target_figures(det, x, {"same": x, "flat": flat}, reference="same")
     assert out["same"]["target"] == pytest.approx(0.0, abs=1e-7), "an ID image is its own nearest target"
+    assert out["flat"]["target_auroc"] == 1.0 and "target_auroc" not in out["same"], "oracle: 0 on ID, > 0 on flat"
+    assert out["flat"]["painted_auroc"] == pytest.approx(
+        float(np.mean(image_scores(det, flat)[:, None] > image_scores(det, x)[None]))
+    )
     id_f, id_p = predicted_features(det, [x])
     f, p = predicted_features(det, [flat])
     idx = nearest_id_targets(id_f, id_p, f, p)
@@ -86,11 +90,13 @@ def test_response_gap_and_intensity_correlations() -> None:
     assert abs(intensity_figures(images, rng.normal(size=20))["mean_intensity"]) < 0.6
 
 
-def _figures(gap_ratio: float, gap_auroc: float, paint: float) -> dict:
+def _figures(gap_ratio: float, gap_auroc: float, paint: float, oracle: float = 0.9) -> dict:
     return {"response": {"mean": {"id_train": 0.1, "id_val": 0.1 * gap_ratio},
                          "gap": {"id_val": {"ratio": gap_ratio, "auroc": gap_auroc}}},
             "targets": {"corruptions": {"n": 4, "target": 0.2, "painted": 0.2 * paint, "ratio": paint}},
-            "val_targets": {"id_val": {"n": 3, "target": 0.1, "painted": 0.05, "ratio": 0.5}},
+            "val_targets": {"id_val": {"n": 3, "target": 0.1, "painted": 0.05, "ratio": 0.5},
+                            "val_a": {"n": 3, "target": 0.2, "painted": 0.1, "ratio": 0.5, "target_auroc": oracle,
+                                      "painted_auroc": 0.8}},
             "intensity": {"id_val": {"mean_intensity": 0.1, "contrast": -0.2}}}  # fmt: skip
 
 
@@ -98,6 +104,7 @@ def test_limiting_stage_verdicts_and_the_page() -> None:
     assert limiting_stage(_figures(1.0, 0.5, 0.9), "both")["stages"] == []
     assert limiting_stage(_figures(2.0, 0.9, 0.9), "both")["stages"] == ["generalisation"]
     assert limiting_stage(_figures(2.0, 0.6, 0.9), "both")["stages"] == [], "a ratio alone is no gap"
+    assert limiting_stage(_figures(1.0, 0.5, 0.9, oracle=0.8), "both")["stages"] == ["target_definition"]
     lim = limiting_stage(_figures(1.0, 0.5, 0.1), "corruptions")
     assert lim["stages"] == ["target_scale", "auxiliary_mix"] and lim["underpainted_groups"] == ["corruptions"]
     runs = [_figures(1.0, 0.5, 0.2), _figures(1.0, 0.7, 0.4)]
@@ -109,10 +116,17 @@ def test_limiting_stage_verdicts_and_the_page() -> None:
     task = {"bundle": "bundles/b", "detector_options": {}, "n": {"id_train": 5, "id_val": 3}, "training": {},
             "other_organ_images": 2, "mix_arms": {}, "figures": {"both": runs[0]}, "chosen": "both",
             "why": {"corruptions": "worse"}, "mixes": {"both": mix, "corruptions": worse},
-            "limiting": limiting_stage(runs[0], "both")}  # fmt: skip
+            "limiting": limiting_stage(runs[0], "both"), "vim_reference": {"val_a": 0.9, "mean": 0.9}}  # fmt: skip
     text = finding("toy", task)
-    assert "limiting stage: target scale" in text and "0.20 of |t - x| on corruptions" in text
-    assert "both 75.0, corruptions 60.0" in text and "1.00x the training images" in text
-    page = markdown({"command": "c", "seconds": 1.0, "machine": "m", "omp_threads": "1", "epochs": 2, "seeds": 2, "n_decoders": 1,
-                     "thresholds": {}, "rule": "r", "tasks": {"toy": task}})  # fmt: skip
+    assert (
+        "AUROC 75.0 vs ViM on the same classifier 90.0; limiting stage: target scale" in text
+        and "0.20 of |t - x| on corruptions" in text
+    )
+    assert (
+        "both 75.0, corruptions 60.0" in text
+        and "exactly |t - x| would reach mean AUROC 90.0" in text
+        and "1.00x the training images" in text
+    )
+    page = markdown({"command": "c", "seconds": 1.0, "machine": "m", "omp_threads": "1", "epochs": 2, "seeds": 2,
+                     "n_decoders": 1, "thresholds": {}, "rule": "r", "tasks": {"toy": task}})  # fmt: skip
     assert text in page and "| corruptions | 80.0 | 60.0 (70.0-80.0) | -15.0 [-20.0, -10.0]; runs -10.0 -20.0 |" in page
