@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from medood.benchmark.heatmap_diagnosis import GAP_AUROC, GAP_RATIO, PAINT_RATIO
 from medood.benchmark.heatmap_diagnosis_page import markdown
 from medood.benchmark.heatmap_variants import choose_variant
 from medood.benchmark.report import bench_header, write_page
-from medood.benchmark.script import add_common_arguments, render_only, start
+from medood.benchmark.script import add_common_arguments, render_only, rule_text, run_fields, start
 
 log = logging.getLogger("diagnose_heatmap")
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,11 +51,10 @@ def main() -> None:
     t0 = time.perf_counter()
     result: dict[str, Any] = {
         **bench_header(conventions=False),
-        "command": "python scripts/diagnose_heatmap.py " + " ".join(sys.argv[1:]),
-        "omp_threads": os.environ.get("OMP_NUM_THREADS"),
+        **run_fields(__file__),
         "epochs": args.epochs, "seeds": args.seeds, "n_boot": args.n_boot, "n_decoders": args.n_decoders,
         "thresholds": {"gap_ratio": GAP_RATIO, "gap_auroc": GAP_AUROC, "paint_ratio": PAINT_RATIO},
-        "rule": " ".join(choose_variant.__doc__.split("\n\n")[1].split()).replace("``", "`"),  # type: ignore[union-attr]
+        "rule": rule_text(choose_variant),
         "tasks": {},
     }  # fmt: skip
     override = {} if args.n_decoders is None else {"n_decoders": args.n_decoders}

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ import torch
 
 from medood.utils.io import atomic_write_text
 
-__all__ = ["add_common_arguments", "render_only", "start"]
+__all__ = ["add_common_arguments", "render_only", "rule_text", "run_fields", "start"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -58,3 +60,16 @@ def start(args: argparse.Namespace, seed: int = 0, level: int = logging.INFO) ->
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     torch.manual_seed(seed)
+
+
+def run_fields(script_file: str) -> dict[str, Any]:
+    """The ``command`` (``python scripts/<name> <arguments as run>``) and ``omp_threads`` keys of a script's JSON."""
+    return {
+        "command": f"python scripts/{Path(script_file).name} " + " ".join(sys.argv[1:]),
+        "omp_threads": os.environ.get("OMP_NUM_THREADS"),
+    }
+
+
+def rule_text(choice: Callable[..., Any]) -> str:
+    """The rule of a choice function: the second paragraph of its docstring as one line, in single backquotes."""
+    return " ".join((choice.__doc__ or "").split("\n\n")[1].split()).replace("``", "`")
