@@ -119,7 +119,7 @@ def test_limiting_stage_verdicts_and_the_page() -> None:
             "limiting": limiting_stage(runs[0], "both"), "vim_reference": {"val_a": 0.9, "mean": 0.9}}  # fmt: skip
     text = finding("toy", task)
     assert (
-        "AUROC 75.0 vs ViM on the same classifier 90.0; limiting stage: target scale" in text
+        "AUROC 75.0 vs ViM on the same classifier 90.0 (behind ViM here too); limiting stage: target scale" in text
         and "0.20 of |t - x| on corruptions" in text
     )
     assert (
