@@ -4,10 +4,10 @@ The stages of the issue, each measured on seeded decoder runs of :mod:`medood.be
 bundle's shipped detector options, its data less the validation family's corruptions):
 
 * decoder response (:func:`response_figures`): the score (pixel mean of the channel-max ``|h|``) on the ID training
-  images, on held-out ID images and on every validation OOD set; the AUROC of ID training vs held-out ID images
-  (0.5: the decoder treats unseen ID images as its training images; near 1: it memorised them);
+  images, held-out ID images and every validation OOD set; the AUROC of ID training vs held-out ID images (0.5: none);
 * the target's scale (:func:`target_figures`): ``|t - x|`` of every auxiliary OOD image (distance to its nearest
   same-class ID training image, the quantity the decoder must paint) against the ``|h|`` it paints there, and the
+  AUROC of an oracle painting exactly ``|t - x|`` (also for other targets: :func:`alternative_targets`); the
   Spearman correlation of the score with image mean intensity and contrast (:func:`intensity_figures`);
 * the auxiliary OOD mix (:data:`MIXES`, :func:`mix_options`): decoders trained with corruptions only, other organs
   only, or both (the bundles' mix), compared with :func:`~medood.benchmark.heatmap_variants.choose_variant`'s rule;
@@ -46,12 +46,14 @@ from medood.detectors.vim import ViMDetector
 from medood.engines.fit import train_heatmap_decoder
 from medood.metrics import auroc
 from medood.transforms.corruptions import corruption_plan
+from medood.utils.neighbours import nearest_neighbours
 
 __all__ = [
     "GAP_AUROC",
     "GAP_RATIO",
     "MIXES",
     "PAINT_RATIO",
+    "alternative_targets",
     "auxiliary_groups",
     "diagnose_task",
     "image_scores",
@@ -64,11 +66,7 @@ __all__ = [
 ]
 
 #: ``{mix: (corruptions of the ID images, other-organ images)}``: the auxiliary OOD data of each arm.
-MIXES: dict[str, tuple[bool, bool]] = {
-    "both": (True, True),
-    "corruptions": (True, False),
-    "other_organs": (False, True),
-}
+MIXES = {"both": (True, True), "corruptions": (True, False), "other_organs": (False, True)}
 #: A generalisation gap limits the detector when held-out ID images score this many times the training images...
 GAP_RATIO = 1.5
 #: ... and are separated from them with at least this AUROC.
@@ -142,6 +140,30 @@ def target_figures(detector: HeatmapDetector, id_images: Tensor, groups: Mapping
     return out
 
 
+@torch.no_grad()
+def alternative_targets(detector: HeatmapDetector, id_images: Tensor, groups: Mapping[str, Tensor],
+                        reference: str) -> dict[str, dict[str, float]]:  # fmt: skip
+    """AUROC vs ``reference`` of oracles painting exactly ``|t - x|`` for other targets ``t`` than the decoder's.
+
+    ``t``: the nearest ID training image in pixels, of any class (``pixels``) or of the same predicted class
+    (``pixels_same_class``); the decoder's own (nearest in features, same class) is in :func:`target_figures`.
+    """
+    id_p = predicted_features(detector, [id_images])[1]
+    dist: dict[str, dict[str, np.ndarray]] = {"pixels": {}, "pixels_same_class": {}}
+    for name, x in groups.items():
+        p = predicted_features(detector, [x])[1]
+        for key, g in (("pixels", None), ("pixels_same_class", (p, id_p))):
+            idx = nearest_neighbours(x.flatten(1), id_images.flatten(1), *(g or (None, None)))[0]
+            dist[key][name] = _pixel_mean(id_images[idx.clamp_min(0)] - x)[idx.numpy() >= 0]
+    out = {}
+    for key, d in dist.items():
+        ref = d[reference]
+        out[key] = {k: float(auroc(np.r_[ref, v], np.r_[np.zeros(ref.size), np.ones(v.size)])) for k, v in d.items()
+                    if k != reference}  # fmt: skip
+        out[key]["mean"] = float(np.mean(list(out[key].values())))
+    return out
+
+
 def intensity_figures(images: Tensor, scores: np.ndarray) -> dict[str, float]:
     """Spearman correlation of ``scores`` with each image's mean intensity and contrast (standard deviation)."""
     flat = images.flatten(1).double()
@@ -196,10 +218,6 @@ def limiting_stage(figures: Mapping[str, Any], mix_choice: str, reference: str =
             "thresholds": {"gap_ratio": GAP_RATIO, "gap_auroc": GAP_AUROC, "paint_ratio": PAINT_RATIO}}  # fmt: skip
 
 
-def _images(items: list[dict[str, Any]], transform: Any) -> Tensor:
-    return torch.cat(batch_images(item_loader(items, transform, 32, keys=["image"])))
-
-
 def _run_figures(det: HeatmapDetector, images: Mapping[str, Tensor], groups: Mapping[str, Tensor],
                  oods: list[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:  # fmt: skip
     """Scores of every image set and the stage figures of one trained decoder run."""
@@ -210,6 +228,8 @@ def _run_figures(det: HeatmapDetector, images: Mapping[str, Tensor], groups: Map
         "response": response, "targets": target_figures(det, images["id_train"], groups),
         "val_targets": target_figures(det, images["id_train"], {k: images[k] for k in ["id_val", *oods]}, "id_val"),
         "intensity": {k: intensity_figures(images[k], scores[k]) for k in ("id_heldout", "id_val")},
+        "alternative_targets": alternative_targets(det, images["id_train"], {k: images[k] for k in ["id_val", *oods]},
+                                                   "id_val"),
     }  # fmt: skip
     return scores, figures
 
@@ -227,6 +247,7 @@ def diagnose_task(bundle: Path, bench: Path, dataset_dir: Path, epochs: int, see
     parser = bundle_parser(bundle, ["inference.yaml", "train.yaml"], device="cpu", dataset_dir=str(dataset_dir))
     manifest = read_manifest(bench)
     transform = parser.get_parsed_content("preprocessing")
+    _images = lambda items: torch.cat(batch_images(item_loader(items, transform, 32, keys=["image"])))  # noqa: E731
     options = {
         "epochs": epochs, "lr": parser["learning_rate"], "batch_size": parser["train_batch_size"],
         "aux_corruptions": held_out_corruptions(manifest, parser["aux_corruptions"]),
@@ -235,10 +256,10 @@ def diagnose_task(bundle: Path, bench: Path, dataset_dir: Path, epochs: int, see
     base = {**bundle_detector_kwargs(parser), **detector_options}
     id_loader, organs = bundle_training_data(parser, options["batch_size"])
     images = {"id_train": torch.cat(batch_images(id_loader)),
-              "id_heldout": _images(parser.get_parsed_content("val_datalist"), transform)}  # fmt: skip
+              "id_heldout": _images(parser.get_parsed_content("val_datalist"))}  # fmt: skip
     for name, s in manifest["sets"].items():
         if s["role"] in ("id_val", "ood_val"):
-            images["id_val" if s["role"] == "id_val" else name] = _images(scoring_datalist(s["dir"], None), transform)
+            images["id_val" if s["role"] == "id_val" else name] = _images(scoring_datalist(s["dir"], None))
     oods = [k for k, s in manifest["sets"].items() if s["role"] == "ood_val"]
     scores: dict[str, dict[str, list[np.ndarray]]] = {}
     figures: dict[str, list[Any]] = {}
@@ -272,6 +293,5 @@ def diagnose_task(bundle: Path, bench: Path, dataset_dir: Path, epochs: int, see
         "training": {**options, "aux_corruptions": list(options["aux_corruptions"])},
         "mix_arms": {k: {"corruptions": c, "other_organs": o} for k, (c, o) in MIXES.items()},
         "figures": summary, "mixes": metrics, "chosen": chosen, "why": why,
-        "limiting": limiting_stage(summary["both"], chosen),
-        "vim_reference": vim_aurocs,
+        "limiting": limiting_stage(summary["both"], chosen), "vim_reference": vim_aurocs,
     }  # fmt: skip

@@ -111,6 +111,9 @@ def markdown(result: dict[str, Any]) -> str:
         "",
     ]
     for task, t in result["tasks"].items():
+        alternatives = "; ".join(f"nearest in {k.replace('_', ' ')}: mean {_pct(v['mean'])} ("
+                                 + ", ".join(f"{s} {_pct(a)}" for s, a in v.items() if s != "mean") + ")"
+                                 for k, v in t["figures"]["both"]["alternative_targets"].items())  # fmt: skip
         correlations = "; ".join(f"{k}: mean intensity {v['mean_intensity']:+.2f}, contrast {v['contrast']:+.2f}"
                                  for k, v in t["figures"]["both"]["intensity"].items())  # fmt: skip
         lines += [
@@ -125,6 +128,9 @@ def markdown(result: dict[str, Any]) -> str:
             "### 2. The target's scale",
             "",
             *target_table(t),
+            "",
+            f"Oracles painting exactly |t - x| for other targets t, AUROC % vs id_val: {alternatives} (the decoder's "
+            f"own target, nearest in features and of the same class: {_pct(t['limiting']['oracle_target_auroc'])}).",
             "",
             f"Spearman correlation of the score with image statistics: {correlations}.",
             "",

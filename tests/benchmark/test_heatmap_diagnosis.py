@@ -9,6 +9,7 @@ import torch
 
 from medood.benchmark.heatmap_diagnosis import (
     MIXES,
+    alternative_targets,
     auxiliary_groups,
     image_scores,
     intensity_figures,
@@ -76,6 +77,9 @@ def test_target_figures_measure_the_distance_to_the_nearest_id_image() -> None:
     assert out["flat"]["painted"] == pytest.approx(float(image_scores(det, flat).mean()))
     assert out["flat"]["ratio"] == pytest.approx(out["flat"]["painted"] / out["flat"]["target"])
     np.testing.assert_allclose(image_scores(det, x), det.score(x).image_score.double().numpy(), rtol=1e-5)
+    alt = alternative_targets(det, x, {"ref": x, "same": x.clone(), "flat": flat}, "ref")
+    assert alt["pixels"] == {"same": 0.5, "flat": 1.0, "mean": 0.75}, "ID images are their own nearest in pixels"
+    assert alt["pixels_same_class"]["flat"] == 1.0 and set(alt) == {"pixels", "pixels_same_class"}
 
 
 def test_response_gap_and_intensity_correlations() -> None:
@@ -97,7 +101,8 @@ def _figures(gap_ratio: float, gap_auroc: float, paint: float, oracle: float = 0
             "val_targets": {"id_val": {"n": 3, "target": 0.1, "painted": 0.05, "ratio": 0.5},
                             "val_a": {"n": 3, "target": 0.2, "painted": 0.1, "ratio": 0.5, "target_auroc": oracle,
                                       "painted_auroc": 0.8}},
-            "intensity": {"id_val": {"mean_intensity": 0.1, "contrast": -0.2}}}  # fmt: skip
+            "intensity": {"id_val": {"mean_intensity": 0.1, "contrast": -0.2}},
+            "alternative_targets": {"pixels": {"val_a": 0.7, "mean": 0.7}}}  # fmt: skip
 
 
 def test_limiting_stage_verdicts_and_the_page() -> None:
@@ -129,6 +134,7 @@ def test_limiting_stage_verdicts_and_the_page() -> None:
     )
     page = markdown({"command": "c", "seconds": 1.0, "machine": "m", "omp_threads": "1", "epochs": 2, "seeds": 2,
                      "n_decoders": 1, "thresholds": {}, "rule": "r", "tasks": {"toy": task}})  # fmt: skip
+    assert "nearest in pixels: mean 70.0 (val_a 70.0)" in page
     assert text in page and "| corruptions | 80.0 | 60.0 (70.0-80.0) | -15.0 [-20.0, -10.0]; runs -10.0 -20.0 |" in page
 
 
