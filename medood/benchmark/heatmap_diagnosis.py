@@ -10,7 +10,8 @@ bundle's shipped detector options, its data less the validation family's corrupt
   AUROC of an oracle painting exactly ``|t - x|`` (also for other targets: :func:`alternative_targets`); the
   Spearman correlation of the score with image mean intensity and contrast (:func:`intensity_figures`);
 * the auxiliary OOD mix (:data:`MIXES`, :func:`mix_options`): decoders trained with corruptions only, other organs
-  only, or both (the bundles' mix), compared with :func:`~medood.benchmark.heatmap_variants.choose_variant`'s rule;
+  only, or both (the bundles' mix), and with the nearest ID target searched in pixels (``pixel_target``), compared
+  with :func:`~medood.benchmark.heatmap_variants.choose_variant`'s rule;
 * :func:`limiting_stage`: the verdict of the figures, with the thresholds it used (fixed before the run).
 """
 
@@ -37,7 +38,7 @@ from medood.benchmark.heatmap_variants import (
     member_scores,
     variant_metrics,
 )
-from medood.benchmark.stats import set_aurocs
+from medood.benchmark.stats import set_aurocs, summarise_runs
 from medood.data.demo.bench import read_manifest
 from medood.data.folders import scoring_datalist
 from medood.detectors.heatmap import HeatmapDetector
@@ -49,6 +50,7 @@ from medood.transforms.corruptions import corruption_plan
 from medood.utils.neighbours import nearest_neighbours
 
 __all__ = [
+    "ARM_OPTIONS",
     "GAP_AUROC",
     "GAP_RATIO",
     "MIXES",
@@ -61,12 +63,19 @@ __all__ = [
     "limiting_stage",
     "mix_options",
     "response_figures",
-    "summarise_runs",
     "target_figures",
 ]
 
-#: ``{mix: (corruptions of the ID images, other-organ images)}``: the auxiliary OOD data of each arm.
-MIXES = {"both": (True, True), "corruptions": (True, False), "other_organs": (False, True)}
+#: ``{arm: (corruptions of the ID images, other-organ images)}``: the auxiliary OOD data of each arm (``pixel_target``:
+#: the bundles' mix with the target of the fix candidate for the target's definition, :data:`ARM_OPTIONS`).
+MIXES = {
+    "both": (True, True),
+    "corruptions": (True, False),
+    "other_organs": (False, True),
+    "pixel_target": (True, True),
+}
+#: Detector options of an arm besides its mix: ``pixel_target`` searches the nearest ID target in pixels, any class.
+ARM_OPTIONS: dict[str, dict[str, Any]] = {"pixel_target": {"target_space": "pixels"}}
 #: A generalisation gap limits the detector when held-out ID images score this many times the training images...
 GAP_RATIO = 1.5
 #: ... and are separated from them with at least this AUROC.
@@ -80,7 +89,7 @@ def mix_options(mix: str, options: Mapping[str, Any]) -> tuple[dict[str, Any], b
     if mix not in MIXES:
         raise ValueError(f"unknown auxiliary mix {mix!r}; known: {sorted(MIXES)}")
     corruptions, organs = MIXES[mix]
-    return {**options, **({} if corruptions else {"aux_corruptions": ()})}, organs
+    return {**options, **({} if corruptions else {"aux_corruptions": ()}), **ARM_OPTIONS.get(mix, {})}, organs
 
 
 @torch.no_grad()
@@ -183,16 +192,6 @@ def response_figures(scores: Mapping[str, np.ndarray], train_key: str, heldout_k
         labels = np.r_[np.zeros(train.size), np.ones(held.size)]
         out["gap"][k] = {"ratio": float(held.mean() / train.mean()), "auroc": float(auroc(np.r_[train, held], labels))}
     return out
-
-
-def summarise_runs(runs: list[Any]) -> Any:
-    """Nested dicts of per-run numbers averaged over the runs (same keys in every run; ints kept from run 0)."""
-    first = runs[0]
-    if isinstance(first, dict):
-        return {k: summarise_runs([r[k] for r in runs]) for k in first}
-    if isinstance(first, bool | int):
-        return first
-    return float(np.mean(runs))
 
 
 def limiting_stage(figures: Mapping[str, Any], mix_choice: str, reference: str = "both") -> dict[str, Any]:

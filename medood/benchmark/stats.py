@@ -21,6 +21,7 @@ __all__ = [
     "paired_auroc_difference",
     "paired_mean_auroc_difference",
     "set_aurocs",
+    "summarise_runs",
 ]
 
 
@@ -192,3 +193,13 @@ def set_aurocs(
             out[k] = rounded(auroc(np.r_[ids, ood], np.r_[np.zeros(ids.size), np.ones(ood.size)]))
     out["mean"] = rounded(float(np.mean(list(out.values()))))
     return out
+
+
+def summarise_runs(runs: list[Any]) -> Any:
+    """Nested dicts of per-run numbers averaged over the runs (same keys in every run; ints kept from run 0)."""
+    first = runs[0]
+    if isinstance(first, dict):
+        return {k: summarise_runs([r[k] for r in runs]) for k in first}
+    if isinstance(first, bool | int):
+        return first
+    return float(np.mean(runs))

@@ -16,14 +16,15 @@ from medood.benchmark.heatmap_diagnosis import (
     limiting_stage,
     mix_options,
     response_figures,
-    summarise_runs,
     target_figures,
 )
 from medood.benchmark.heatmap_diagnosis_page import finding, markdown
 from medood.benchmark.heatmap_variants import build_variant
+from medood.benchmark.stats import summarise_runs
 from medood.detectors.heatmap import HeatmapDetector
 from medood.detectors.heatmap_data import nearest_id_targets, ood_pairs, predicted_features
 from medood.engines.fit import train_heatmap_decoder
+from medood.engines.heatmap import heatmap_training_datalist
 from tests.helpers import toy
 
 
@@ -40,7 +41,8 @@ def test_mix_options_drop_corruptions_or_organs() -> None:
     assert mix_options("both", opts) == (opts, True)
     assert mix_options("corruptions", opts) == (opts, False)
     assert mix_options("other_organs", opts) == ({"aux_corruptions": (), "epochs": 3}, True)
-    assert set(MIXES) == {"both", "corruptions", "other_organs"}
+    assert set(MIXES) == {"both", "corruptions", "other_organs", "pixel_target"}
+    assert mix_options("pixel_target", opts) == ({**opts, "target_space": "pixels"}, True)
     with pytest.raises(ValueError, match="unknown auxiliary mix"):
         mix_options("organs", opts)
 
@@ -148,3 +150,20 @@ def test_script_fields_and_rule_text(monkeypatch: pytest.MonkeyPatch) -> None:
         "command": "python scripts/diagnose_heatmap.py --seeds 3", "omp_threads": "1"}  # fmt: skip
     rule = rule_text(choose_variant)
     assert rule.startswith("A variant replaces `reference` only if (1)") and "\n" not in rule and "``" not in rule
+
+
+def test_pixel_targets_are_the_nearest_id_image_in_pixels() -> None:
+    det, x = _fitted()
+    det.target_space = "pixels"
+    pairs = ood_pairs(det, [{"image": x}], batch_size=64)[0]
+    aux = ~(pairs["image"] == pairs["target"]).flatten(1).all(1)
+    d = torch.cdist(pairs["image"][aux].flatten(1), x.flatten(1))
+    torch.testing.assert_close(pairs["target"][aux], x[d.argmin(1)])
+    det.target_space = "features"
+    feature_pairs = ood_pairs(det, [{"image": x}], batch_size=64)[0]
+    assert not torch.equal(feature_pairs["target"], pairs["target"]), "the feature search picks other targets"
+    base = {**HeatmapDetector.tiny_config(2), "model": toy.trained_classifier(2)}
+    with pytest.raises(ValueError, match="target_space"):
+        build_variant(base, "default", target_space="pixel")
+    with pytest.raises(NotImplementedError, match="feature space only"):
+        heatmap_training_datalist(build_variant(base, "default", target_space="pixels"), [{"image": "a"}], [], None)
