@@ -210,8 +210,8 @@ def limiting_stage(figures: Mapping[str, Any], mix_choice: str, reference: str =
     oracle = float(np.mean([v["target_auroc"] for v in vals])) if vals else float("nan")
     painted = float(np.mean([v["painted_auroc"] for v in vals])) if vals else float("nan")
     stages = (["generalisation"] if gap else []) + (["target_scale"] if under else [])
-    stages += (["target_definition"] if oracle <= painted else []) + (["auxiliary_mix"] if mix_choice != reference
-                                                                       else [])  # fmt: skip
+    stages += ["target_definition"] if oracle <= painted else []
+    stages += ["auxiliary_mix"] if mix_choice not in (reference, *ARM_OPTIONS) else []
     return {"stages": stages, "gap_sets": gap, "underpainted_groups": under, "mix_choice": mix_choice,
             "oracle_target_auroc": oracle, "decoder_auroc": painted,
             "thresholds": {"gap_ratio": GAP_RATIO, "gap_auroc": GAP_AUROC, "paint_ratio": PAINT_RATIO}}  # fmt: skip
@@ -291,6 +291,7 @@ def diagnose_task(bundle: Path, bench: Path, dataset_dir: Path, epochs: int, see
         "detector_options": {k: v for k, v in base.items() if k in ("n_decoders", "feature_layers", "decoder")},
         "training": {**options, "aux_corruptions": list(options["aux_corruptions"])},
         "mix_arms": {k: {"corruptions": c, "other_organs": o} for k, (c, o) in MIXES.items()},
-        "figures": summary, "mixes": metrics, "chosen": chosen, "why": why,
-        "limiting": limiting_stage(summary["both"], chosen), "vim_reference": vim_aurocs,
+        "arm_options": ARM_OPTIONS,
+        "figures": summary, "mixes": metrics, "chosen": chosen, "why": why, "vim_reference": vim_aurocs,
+        "limiting": limiting_stage(summary["both"], chosen),
     }  # fmt: skip

@@ -19,7 +19,7 @@ STAGES = {
     "generalisation": "generalisation gap (held-out ID images score far above the training images)",
     "target_scale": "target scale (the decoder paints a small fraction of |t - x|)",
     "target_definition": "target definition (an oracle painting exactly t - x would rank no better than the decoder)",
-    "auxiliary_mix": "auxiliary OOD mix (another mix wins the rule)",
+    "auxiliary_mix": "auxiliary OOD mix (another arm wins the rule)",
 }
 
 
@@ -67,7 +67,7 @@ def mix_table(t: dict[str, Any]) -> list[str]:
         rows.append([mix, *(_pct(m["sets"][s]["auroc"]) for s in sets),
                      f"{_pct(m['mean_auroc'])} ({_pct(min(runs))}-{_pct(max(runs))})", diff,
                      f"{np.median(m['train_seconds']):.0f}"])  # fmt: skip
-    return md_table(["auxiliary mix", *(f"{s} AUROC % (seed 0)" for s in sets), "mean AUROC % over runs (min-max)",
+    return md_table(["arm", *(f"{s} AUROC % (seed 0)" for s in sets), "mean AUROC % over runs (min-max)",
                      "mean AUROC - both [paired 95 % CI]; per run", "train s / run"], rows)  # fmt: skip
 
 
@@ -88,7 +88,7 @@ def finding(task: str, t: dict[str, Any]) -> str:
         f"AUROC {_pct(lim['oracle_target_auroc'])} on the validation OOD sets, the decoder "
         f"{_pct(lim['decoder_auroc'])}; the decoder paints "
         + ", ".join(f"{v['ratio']:.2f} of |t - x| on {k}" for k, v in tg.items())
-        + f"; auxiliary mix chosen by the rule: {t['chosen']} (mean validation AUROC "
+        + f"; arm chosen by the rule (auxiliary mix, target search): {t['chosen']} (mean validation AUROC "
         + ", ".join(f"{k} {_pct(m['mean_auroc'])}" for k, m in t["mixes"].items())
         + ")."
     )
@@ -103,7 +103,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['omp_threads']}). Decoders trained as `scripts/choose_heatmap_variant.py` trains them (the "
         f"bundle's shipped detector options, its data with the validation family's corruptions held out, "
         f"{result['epochs']} epochs; decoders per run: {result['n_decoders'] or 'as shipped'}), {result['seeds']} "
-        "seeded runs per auxiliary mix; figures are means over the "
+        "seeded runs per arm; figures are means over the "
         "runs of the shipped mix (`both`) unless said. Scored on the bundle's ID training images (`id_train`), its "
         "own held-out `val` split (`id_heldout`), the bench `id_val` images and the validation OOD family only "
         f"(never a test OOD kind). Score = pixel mean of the channel-max |h|. Thresholds (fixed before the run): "
@@ -134,13 +134,14 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             f"Spearman correlation of the score with image statistics: {correlations}.",
             "",
-            "### 3. The auxiliary OOD mix",
+            "### 3. The auxiliary OOD mix (and the target-search arm)",
             "",
-            f"Arms: {t['mix_arms']}. Training: {t['training']}; {t['other_organ_images']} other-organ images.",
+            f"Arms (auxiliary data): {t['mix_arms']}; other options: {t['arm_options']}. Training: "
+            f"{t['training']}; {t['other_organ_images']} other-organ images.",
             "",
             *mix_table(t),
             "",
-            f"**Mix choice: {t['chosen']}.** " + " ".join(f"{k}: {v}." for k, v in t["why"].items()),
+            f"**Choice: {t['chosen']}.** " + " ".join(f"{k}: {v}." for k, v in t["why"].items()),
             "",
         ]
     return "\n".join(lines)

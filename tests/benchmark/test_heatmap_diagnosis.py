@@ -112,6 +112,7 @@ def test_limiting_stage_verdicts_and_the_page() -> None:
     assert limiting_stage(_figures(2.0, 0.9, 0.9), "both")["stages"] == ["generalisation"]
     assert limiting_stage(_figures(2.0, 0.6, 0.9), "both")["stages"] == [], "a ratio alone is no gap"
     assert limiting_stage(_figures(1.0, 0.5, 0.9, oracle=0.8), "both")["stages"] == ["target_definition"]
+    assert limiting_stage(_figures(1.0, 0.5, 0.9), "pixel_target")["stages"] == [], "a target arm is no mix stage"
     lim = limiting_stage(_figures(1.0, 0.5, 0.1), "corruptions")
     assert lim["stages"] == ["target_scale", "auxiliary_mix"] and lim["underpainted_groups"] == ["corruptions"]
     runs = [_figures(1.0, 0.5, 0.2), _figures(1.0, 0.7, 0.4)]
@@ -121,7 +122,7 @@ def test_limiting_stage_verdicts_and_the_page() -> None:
            "mean_auroc": 0.75, "train_seconds": [1.0, 2.0]}  # fmt: skip
     worse = {**mix, "mean_auroc": 0.6, "vs_both": {"difference": -0.15, "ci": [-0.2, -0.1], "runs": [-0.1, -0.2]}}
     task = {"bundle": "bundles/b", "detector_options": {}, "n": {"id_train": 5, "id_val": 3}, "training": {},
-            "other_organ_images": 2, "mix_arms": {}, "figures": {"both": runs[0]}, "chosen": "both",
+            "other_organ_images": 2, "mix_arms": {}, "arm_options": {}, "figures": {"both": runs[0]}, "chosen": "both",
             "why": {"corruptions": "worse"}, "mixes": {"both": mix, "corruptions": worse},
             "limiting": limiting_stage(runs[0], "both"), "vim_reference": {"val_a": 0.9, "mean": 0.9}}  # fmt: skip
     text = finding("toy", task)
