@@ -1,18 +1,13 @@
 """Per-stage figures of Heatmap-OOD on VALIDATION data (``scripts/diagnose_heatmap.py``): which stage limits it.
 
-The stages of the issue, each measured on seeded decoder runs of :mod:`medood.benchmark.heatmap_variants` (the
-bundle's shipped detector options, its data less the validation family's corruptions):
-
-* decoder response (:func:`response_figures`): the score (pixel mean of the channel-max ``|h|``) on the ID training
-  images, held-out ID images and every validation OOD set; the AUROC of ID training vs held-out ID images (0.5: none);
-* the target's scale (:func:`target_figures`): ``|t - x|`` of every auxiliary OOD image (distance to its nearest
-  same-class ID training image, the quantity the decoder must paint) against the ``|h|`` it paints there, and the
-  AUROC of an oracle painting exactly ``|t - x|`` (also for other targets: :func:`alternative_targets`); the
-  Spearman correlation of the score with image mean intensity and contrast (:func:`intensity_figures`);
-* the auxiliary OOD mix (:data:`MIXES`, :func:`mix_options`): decoders trained with corruptions only, other organs
-  only, or both (the bundles' mix), and with the nearest ID target searched in pixels (``pixel_target``), compared
-  with :func:`~medood.benchmark.heatmap_variants.choose_variant`'s rule;
-* :func:`limiting_stage`: the verdict of the figures, with the thresholds it used (fixed before the run).
+Measured on seeded decoder runs of :mod:`medood.benchmark.heatmap_variants` (the bundle's shipped detector options
+and data, the validation family's corruptions held out): the decoder response (:func:`response_figures`: the score,
+pixel mean of the channel-max ``|h|``, on ID training, held-out ID and validation OOD images; training vs held-out
+AUROC); the target (:func:`target_figures`: ``|t - x|`` to the nearest same-class ID training image vs the painted
+``|h|``, and the AUROC of an oracle painting exactly ``|t - x|``, also for other targets: :func:`alternative_targets`;
+image statistics: :func:`intensity_figures`); the arms (:data:`MIXES`, :func:`mix_options`: corruptions only, other
+organs only, both = the bundles' mix, pixel targets) under :func:`~medood.benchmark.heatmap_variants.choose_variant`'s
+rule; the verdict (:func:`limiting_stage`, thresholds fixed before the run).
 """
 
 from __future__ import annotations
@@ -63,6 +58,7 @@ __all__ = [
     "limiting_stage",
     "mix_options",
     "response_figures",
+    "shipped_options",
     "target_figures",
 ]
 
@@ -90,6 +86,11 @@ def mix_options(mix: str, options: Mapping[str, Any]) -> tuple[dict[str, Any], b
         raise ValueError(f"unknown auxiliary mix {mix!r}; known: {sorted(MIXES)}")
     corruptions, organs = MIXES[mix]
     return {**options, **({} if corruptions else {"aux_corruptions": ()}), **ARM_OPTIONS.get(mix, {})}, organs
+
+
+def shipped_options(base: Mapping[str, Any]) -> dict[str, Any]:
+    """The decoder count and extra layers of a bundle's ``network_def`` (over any variant that pins official ones)."""
+    return {"n_decoders": base.get("n_decoders", 1), "feature_layers": tuple(base.get("feature_layers", ()))}
 
 
 @torch.no_grad()
@@ -266,11 +267,12 @@ def diagnose_task(bundle: Path, bench: Path, dataset_dir: Path, epochs: int, see
     for mix in MIXES:
         for seed in range(seeds):
             opts, with_organs = mix_options(mix, options)
-            det = build_variant(base, "default", seed=seed, **opts)
+            det = build_variant(base, "default", seed=seed, **opts, **shipped_options(base))
             t0 = time.perf_counter()
             train_heatmap_decoder(det, id_loader, [organs] if with_organs else None, progress=False)
             seconds.setdefault(mix, []).append(round(time.perf_counter() - t0, 1))
-            groups = auxiliary_groups(build_variant(base, "default", seed=seed, **options), images["id_train"], organs)
+            ref = build_variant(base, "default", seed=seed, **options, **shipped_options(base))
+            groups = auxiliary_groups(ref, images["id_train"], organs)
             run_scores, run_figures = _run_figures(det.eval(), images, groups, oods)
             for k, v in run_scores.items():
                 scores.setdefault(mix, {}).setdefault(k, []).append(v)

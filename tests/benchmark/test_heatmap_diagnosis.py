@@ -16,10 +16,11 @@ from medood.benchmark.heatmap_diagnosis import (
     limiting_stage,
     mix_options,
     response_figures,
+    shipped_options,
     target_figures,
 )
 from medood.benchmark.heatmap_diagnosis_page import finding, markdown
-from medood.benchmark.heatmap_variants import build_variant
+from medood.benchmark.heatmap_variants import VARIANTS, build_variant
 from medood.benchmark.stats import summarise_runs
 from medood.detectors.heatmap import HeatmapDetector
 from medood.detectors.heatmap_data import nearest_id_targets, ood_pairs, predicted_features
@@ -168,3 +169,13 @@ def test_pixel_targets_are_the_nearest_id_image_in_pixels() -> None:
         build_variant(base, "default", target_space="pixel")
     with pytest.raises(NotImplementedError, match="feature space only"):
         heatmap_training_datalist(build_variant(base, "default", target_space="pixels"), [{"image": "a"}], [], None)
+
+
+def test_shipped_options_override_a_variant_that_pins_the_official_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = {**HeatmapDetector.tiny_config(2), "model": toy.trained_classifier(2), "n_decoders": 2,
+            "feature_layers": ["features.1"]}  # fmt: skip
+    monkeypatch.setitem(VARIANTS, "default", {"n_decoders": 1, "feature_layers": ()})
+    assert shipped_options(base) == {"n_decoders": 2, "feature_layers": ("features.1",)}
+    det = build_variant(base, "default", **shipped_options(base))
+    assert len(det.decoders) == 2 and det.feature_layers == ("features.1",)
+    assert shipped_options({}) == {"n_decoders": 1, "feature_layers": ()}
