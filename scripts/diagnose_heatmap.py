@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 from medood.benchmark.heatmap_diagnosis import GAP_AUROC, GAP_RATIO, PAINT_RATIO, diagnose_task
 from medood.benchmark.heatmap_diagnosis_page import markdown
 from medood.benchmark.heatmap_variants import choose_variant
-from medood.benchmark.report import bench_header, write_page
-from medood.benchmark.script import add_common_arguments, render_only, rule_text, run_fields, start
+from medood.benchmark.script import add_common_arguments, docstring_rule, render_only, run_choice, start
 
 log = logging.getLogger("diagnose_heatmap")
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +37,7 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=ROOT / "demo_data", help="the bundles' data (<dir>/<task>)")
     ap.add_argument("--tasks", nargs="+", choices=list(BUNDLES), default=list(BUNDLES))
     ap.add_argument("--epochs", type=int, default=30, help="epochs of every decoder (default: the bundles' 30)")
-    ap.add_argument("--seeds", type=int, default=5, help="training runs of every mix (seeds 0..N-1)")
+    ap.add_argument("--seeds", type=int, default=5, help="training runs of every arm (seeds 0..N-1)")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--n-decoders", type=int, default=None,
                     help="decoders per run (default: the bundle's; 1 = one member of a shipped ensemble)")  # fmt: skip
@@ -48,24 +46,20 @@ def main() -> None:
     if render_only(args, markdown):
         return
     start(args)
-    t0 = time.perf_counter()
-    result: dict[str, Any] = {
-        **bench_header(conventions=False),
-        **run_fields(__file__),
+    override = {} if args.n_decoders is None else {"n_decoders": args.n_decoders}
+
+    def run_task(task: str) -> dict[str, Any]:
+        out = diagnose_task(ROOT / "bundles" / BUNDLES[task], args.bench_dir / task, args.data_dir / task,
+                            args.epochs, args.seeds, args.n_boot, **override)  # fmt: skip
+        log.info("%s: limiting %s, arm %s", task, out["limiting"]["stages"], out["chosen"])
+        return out
+
+    header = {
         "epochs": args.epochs, "seeds": args.seeds, "n_boot": args.n_boot, "n_decoders": args.n_decoders,
         "thresholds": {"gap_ratio": GAP_RATIO, "gap_auroc": GAP_AUROC, "paint_ratio": PAINT_RATIO},
-        "rule": rule_text(choose_variant),
-        "tasks": {},
+        "rule": docstring_rule(choose_variant),
     }  # fmt: skip
-    override = {} if args.n_decoders is None else {"n_decoders": args.n_decoders}
-    for task in args.tasks:
-        result["tasks"][task] = diagnose_task(ROOT / "bundles" / BUNDLES[task], args.bench_dir / task,
-                                              args.data_dir / task, args.epochs, args.seeds, args.n_boot,
-                                              **override)  # fmt: skip
-        result["seconds"] = round(time.perf_counter() - t0, 1)
-        write_page(args.out, result, markdown(result))  # after every task: a finished task is kept
-        log.info("%s: limiting %s, mix %s", task, result["tasks"][task]["limiting"]["stages"],
-                 result["tasks"][task]["chosen"])  # fmt: skip
+    run_choice(args.out, Path(__file__).name, header, args.tasks, run_task, markdown)
 
 
 if __name__ == "__main__":

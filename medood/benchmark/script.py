@@ -8,6 +8,9 @@ A script (``scripts/bench_*.py``) adds its own arguments, then::
     start(args)                               # logging, torch threads, seed
     ...
     write_page(args.out, payload, markdown(payload))   # medood.benchmark.report
+
+A choice on validation data (``scripts/choose_*.py``) runs its tasks through :func:`run_choice`, which writes the
+page after every task, and records its rule with :func:`docstring_rule`.
 """
 
 from __future__ import annotations
@@ -17,15 +20,17 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from medood.benchmark.report import bench_header, write_page
 from medood.utils.io import atomic_write_text
 
-__all__ = ["add_common_arguments", "render_only", "rule_text", "run_fields", "start"]
+__all__ = ["add_common_arguments", "docstring_rule", "render_only", "run_choice", "start"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -62,14 +67,35 @@ def start(args: argparse.Namespace, seed: int = 0, level: int = logging.INFO) ->
     torch.manual_seed(seed)
 
 
-def run_fields(script_file: str) -> dict[str, Any]:
-    """The ``command`` (``python scripts/<name> <arguments as run>``) and ``omp_threads`` keys of a script's JSON."""
-    return {
-        "command": f"python scripts/{Path(script_file).name} " + " ".join(sys.argv[1:]),
+def docstring_rule(fn: Callable[..., Any]) -> str:
+    """The second paragraph of ``fn``'s docstring on one line: the rule of a choice, as its JSON records it."""
+    return " ".join((fn.__doc__ or "").split("\n\n")[1].split())
+
+
+def run_choice(
+    out: Path,
+    script: str,
+    header: Mapping[str, Any],
+    tasks: Sequence[str],
+    run_task: Callable[[str], dict[str, Any]],
+    markdown: Callable[[dict[str, Any]], str],
+) -> dict[str, Any]:
+    """Run ``run_task`` on every task, writing the JSON ``out`` and its page after each (a finished task is kept).
+
+    The JSON: :func:`~medood.benchmark.report.bench_header`, ``command`` (``python scripts/<script>`` with this
+    process's arguments), ``omp_threads``, the keys of ``header``, ``tasks`` (``{task: run_task(task)}``) and
+    ``seconds`` (since the call, updated after every task).
+    """
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {
+        **bench_header(),
+        "command": f"python scripts/{script} " + " ".join(sys.argv[1:]),
         "omp_threads": os.environ.get("OMP_NUM_THREADS"),
+        **header,
+        "tasks": {},
     }
-
-
-def rule_text(choice: Callable[..., Any]) -> str:
-    """The rule of a choice function: the second paragraph of its docstring as one line, in single backquotes."""
-    return " ".join((choice.__doc__ or "").split("\n\n")[1].split()).replace("``", "`")
+    for task in tasks:
+        result["tasks"][task] = run_task(task)
+        result["seconds"] = round(time.perf_counter() - t0, 1)
+        write_page(out, result, markdown(result))
+    return result

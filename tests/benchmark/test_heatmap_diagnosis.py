@@ -142,18 +142,6 @@ def test_limiting_stage_verdicts_and_the_page() -> None:
     assert text in page and "| corruptions | 80.0 | 60.0 (70.0-80.0) | -15.0 [-20.0, -10.0]; runs -10.0 -20.0 |" in page
 
 
-def test_script_fields_and_rule_text(monkeypatch: pytest.MonkeyPatch) -> None:
-    from medood.benchmark.heatmap_variants import choose_variant
-    from medood.benchmark.script import rule_text, run_fields
-
-    monkeypatch.setattr("sys.argv", ["x.py", "--seeds", "3"])
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert run_fields("/a/scripts/diagnose_heatmap.py") == {
-        "command": "python scripts/diagnose_heatmap.py --seeds 3", "omp_threads": "1"}  # fmt: skip
-    rule = rule_text(choose_variant)
-    assert rule.startswith("A variant replaces `reference` only if (1)") and "\n" not in rule and "``" not in rule
-
-
 def test_pixel_targets_are_the_nearest_id_image_in_pixels() -> None:
     det, x = _fitted()
     det.target_space = "pixels"
