@@ -23,6 +23,7 @@ __all__ = [
     "paired_mean_auroc_difference",
     "paired_text",
     "set_aurocs",
+    "summarise_runs",
 ]
 
 
@@ -208,3 +209,13 @@ def paired_text(d: dict[str, Any]) -> str:
     """A paired AUROC difference in points: ``+1.2 [-0.3, +2.8], p=0.120``."""
     lo, hi = d["ci"]
     return f"{100 * d['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}], p={d['p']:.3f}"
+
+
+def summarise_runs(runs: list[Any]) -> Any:
+    """Nested dicts of per-run numbers averaged over the runs (same keys in every run; ints kept from run 0)."""
+    first = runs[0]
+    if isinstance(first, dict):
+        return {k: summarise_runs([r[k] for r in runs]) for k in first}
+    if isinstance(first, bool | int):
+        return first
+    return float(np.mean(runs))

@@ -90,6 +90,8 @@ class HeatmapDetector(DecoderStages, ClassifierDetector):
         weight, bias: ``(C, D)`` head weight and ``(C,)`` bias, without a model.
         n_decoders: decoders trained and averaged (the official ensemble: 5). Defaults to 1.
         feature_layers: classifier modules whose pooled outputs join ``z`` (needs ``model``). Defaults to none.
+        target_space: where an auxiliary image's nearest ID target is searched: ``"features"`` (the paper: the
+            classifier's features, same predicted class) or ``"pixels"`` (the images, any class; in-memory pairs).
 
     Example::
 
@@ -128,6 +130,7 @@ class HeatmapDetector(DecoderStages, ClassifierDetector):
         bias: Tensor | None = None,
         n_decoders: int = 1,
         feature_layers: Sequence[str] = (),
+        target_space: str = "features",
     ) -> None:
         super().__init__(model=model, head=head, weight=weight, bias=bias)
         if n_decoders < 1:
@@ -139,6 +142,8 @@ class HeatmapDetector(DecoderStages, ClassifierDetector):
         if in_features is None or num_classes is None:
             raise ValueError("HeatmapDetector needs the classifier: pass model=, weight= or in_features/num_classes")
         unknown = sorted(set(aux_corruptions) - set(CORRUPTIONS))
+        if target_space not in ("features", "pixels"):
+            raise ValueError(f"target_space must be 'features' or 'pixels', got {target_space!r}")
         if unknown or aux_per_image < 0:
             raise ValueError(f"aux_corruptions must be in {sorted(CORRUPTIONS)} (got {unknown}); aux_per_image >= 0")
         self.spatial_dims, self.in_channels = spatial_dims, in_channels
@@ -153,6 +158,7 @@ class HeatmapDetector(DecoderStages, ClassifierDetector):
         self.loss_weight = float(loss_weight)
         self.loss_input_range = None if loss_input_range is None else tuple(loss_input_range)
         self.aux_corruptions, self.aux_per_image = tuple(aux_corruptions), int(aux_per_image)
+        self.target_space = target_space
         self.corrupt = Corrupt(corruption_options, mask_background)
         self.epochs, self.lr, self.batch_size, self.seed = epochs, lr, batch_size, seed
         self.register_buffer("feature_min", torch.zeros(()))

@@ -112,7 +112,10 @@ def ood_pairs(
     inputs, targets, feats, preds = x, x, id_f, id_p
     if aux.shape[0]:
         aux_f, aux_p = predicted_features(detector, [aux], device)
-        idx = nearest_id_targets(id_f, id_p, aux_f, aux_p)
+        if detector.target_space == "pixels":  # the nearest ID image in pixels, any class
+            idx = nearest_id_targets(x.flatten(1), torch.zeros_like(id_p), aux.flatten(1), torch.zeros_like(aux_p))
+        else:
+            idx = nearest_id_targets(id_f, id_p, aux_f, aux_p)
         keep = idx >= 0
         inputs, targets = torch.cat([x, aux[keep]]), torch.cat([x, x[idx[keep]]])
         feats, preds = torch.cat([id_f, aux_f[keep]]), torch.cat([id_p, aux_p[keep]])

@@ -108,6 +108,8 @@ def heatmap_training_datalist(
     """
     if not id_items:
         raise ValueError("heatmap_training_datalist needs ID training items")
+    if getattr(detector, "target_space", "features") != "features":
+        raise NotImplementedError("the file-based decoder datalist searches targets in feature space only")
     ids = [_uniform(item, "id") for item in id_items]
     auxs = [_uniform(item, "auxiliary") for item in aux_items]
     id_f, id_p = _item_features(detector, ids, transform, batch_size, num_workers, device)
