@@ -10,7 +10,8 @@ Two kinds of scorer, both timed (seconds per image or volume) with the process's
   frozen classifier; :func:`medood.benchmark.bundles.bundle_classifier`), rows named ``<detector>@<seed>``, so
   a seed is compared with the baselines on its own network; a classifier already hosting a family is not rerun;
   on a volume seed's segmentation host (``TaskSpec.volume_host``) its own baselines instead
-  (:func:`medood.benchmark.spectral_host.host_family`, fitted on the bench ``id_fit`` split);
+  (:func:`medood.benchmark.spectral_host.host_family`, fitted on the bench ``id_fit`` split; ID and test OOD sets
+  only, no robustness shifts: MC dropout's six passes over 900 shifted volumes would add about an hour to ``--full``);
 * a **bundle** (the seed methods): its inference workflow with its shipped weights
   (:func:`medood.engines.calibrate.run_bundle_inference`) on each set folder; its ``scores.csv`` (and anomaly maps).
 
@@ -311,7 +312,8 @@ def run_task(spec: TaskSpec, manifest: dict[str, Any], work: Path, epochs: int =
         if FIT_SET not in manifest["sets"]:
             logger.info("%s: no %s set to fit %s's baselines on: not run", spec.name, FIT_SET, seed)
             continue
-        fam = host_family(volume_host(BUNDLES / spec.bundles[seed][0]), sets, Path(manifest["sets"][FIT_SET]["dir"]),
+        scored = {k: v for k, v in sets.items() if manifest["sets"][k]["role"] != "shift"}  # MC dropout: 6 passes
+        fam = host_family(volume_host(BUNDLES / spec.bundles[seed][0]), scored, Path(manifest["sets"][FIT_SET]["dir"]),
                           seed)  # fmt: skip
         result.scores.update(fam.scores)
         result.cost.update(fam.cost)

@@ -34,9 +34,11 @@ def _volumes(folder: Path, n: int, rng: np.random.Generator, noise: float = 0.0)
     return folder
 
 
-def _manifest(root: Path, fit: bool = True) -> dict[str, Any]:
+def _manifest(root: Path, fit: bool = True, shift: bool = False) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     sets = {"id_val": {"role": "id_val"}, "id_test": {"role": "id_test"}, "noisy": {"role": "ood_test"}}
+    if shift:
+        sets["noise_s1"] = {"role": "shift"}
     for name, s in sets.items():
         s["dir"] = str(_volumes(root / name, 2, rng, 4.0 if name == "noisy" else 0.0))
     if fit:
@@ -68,8 +70,10 @@ def test_runner_adds_the_family_only_where_an_id_fit_set_exists(tmp_path: Path, 
     monkeypatch.setattr(runner, "_run_bundle", lambda *a: None)  # the seed's own bundle run is not tested here
     monkeypatch.setattr(runner, "host_family", functools.partial(host_family, mc_samples=2))  # fast
     spec = TaskSpec("toy", "toy", {"spectral": SPECTRAL}, seeds=("spectral",), volume_host=("spectral",))
-    result = run_task(spec, _manifest(tmp_path / "a"), tmp_path / "runs")
-    assert set(result.scores) == set(ROWS) and set(result.scores[ROWS[0]]) == {"id_val", "id_test", "noisy"}
+    result = run_task(spec, _manifest(tmp_path / "a", shift=True), tmp_path / "runs")
+    assert set(result.scores) == set(ROWS) and set(result.scores[ROWS[0]]) == {"id_val", "id_test", "noisy"}, (
+        "ID and test OOD sets only: no robustness shifts for the host's baselines"
+    )
     assert result.same_host["spectral"]["rows"]["mc_dropout"] == "mc_dropout@spectral"
     assert not run_task(spec, _manifest(tmp_path / "b", fit=False), tmp_path / "runs").scores  # real data: no id_fit
 
